@@ -1,0 +1,278 @@
+//! # AuditActor: the hash chain over every event
+//!
+//! **Owns** the head of the audit chain (`seq`, `hash`) and the checkpoint
+//! schedule. Nobody else writes `audit_logs`.
+//!
+//! **Takes** events through an [`AuditHandle`] (a bounded queue):
+//! [`AuditHandle::record`] never blocks its caller. Its ractor mailbox takes
+//! only [`AuditMsg::Drain`].
+//!
+//! **Does**: a loop takes every queued event, chains the batch in memory
+//! ([`audit_chain::chain`], so batched entries are linked exactly like single
+//! ones), appends it in one transaction, retrying while the store is down,
+//! and only then moves its head. Every `checkpoint_every` entries, or every
+//! `checkpoint_interval` when anything changed, it signs `{seq, head_hash,
+//! time}` with the keyring's Ed25519 checkpoint key and writes the checkpoint
+//! both to the store and to an append-only file outside the database.
+//!
+//! **Supervised by** the root supervisor. **A crash** loses the events queued
+//! but not yet appended; the chain in the store stays consistent, because the
+//! head is re-read from the store on start.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use metrics::counter;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::audit_chain::{self, ChainHead, CheckpointFile, PendingAudit};
+use crate::crypto::Keyring;
+use crate::metric_names as m;
+use crate::store::DynStore;
+
+/// What travels on the queue: an event, or the nudge of a drain.
+pub enum Queued {
+    Event(PendingAudit),
+    Wake,
+}
+
+/// The cheap, cloneable way to append events.
+#[derive(Clone)]
+pub struct AuditHandle {
+    tx: mpsc::Sender<Queued>,
+}
+
+impl AuditHandle {
+    /// Queues an event without waiting. When the queue is full the event
+    /// waits on a task of its own rather than being dropped.
+    pub fn record(&self, event: PendingAudit) {
+        match self.tx.try_send(Queued::Event(event)) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(event)) => {
+                let tx = self.tx.clone();
+                tokio::spawn(async move {
+                    if tx.send(event).await.is_err() {
+                        tracing::error!("audit actor gone; an audit event was lost");
+                    }
+                });
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                tracing::error!("audit actor gone; an audit event was lost");
+            }
+        }
+    }
+}
+
+/// Tuning and keys of the audit actor.
+#[derive(Clone)]
+pub struct AuditConfig {
+    pub queue_capacity: usize,
+    pub checkpoint_every: u64,
+    pub checkpoint_interval: Duration,
+    /// The append-only file of signed checkpoints, outside the database.
+    pub checkpoint_file: PathBuf,
+    /// Signs checkpoints (the checkpoint key of the active master key).
+    pub keyring: Arc<Keyring>,
+}
+
+/// The actor. Stateless itself; see [`AuditState`].
+pub struct AuditActor;
+
+/// Control messages.
+pub enum AuditMsg {
+    /// Append everything queued, write a final checkpoint, then answer.
+    Drain(RpcReplyPort<()>),
+}
+
+/// The loop's task and its stop flag.
+pub struct AuditState {
+    stop: Arc<AtomicBool>,
+    tx: mpsc::Sender<Queued>,
+    task: Option<JoinHandle<()>>,
+}
+
+/// Why the audit actor could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("cannot read the audit chain head: {0}")]
+    Head(#[from] crate::store::StoreError),
+}
+
+impl AuditActor {
+    /// Spawns the actor linked to `supervisor`; reads the chain head first.
+    pub async fn spawn_linked(
+        supervisor: ractor::ActorCell,
+        store: DynStore,
+        config: AuditConfig,
+    ) -> Result<(ActorRef<AuditMsg>, AuditHandle), ActorProcessingErr> {
+        let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
+        let handle = AuditHandle { tx: tx.clone() };
+        let (actor, _) =
+            Actor::spawn_linked(None, AuditActor, (store, config, tx, rx), supervisor).await?;
+        Ok((actor, handle))
+    }
+}
+
+impl Actor for AuditActor {
+    type Msg = AuditMsg;
+    type State = AuditState;
+    type Arguments = (
+        DynStore,
+        AuditConfig,
+        mpsc::Sender<Queued>,
+        mpsc::Receiver<Queued>,
+    );
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        (store, config, tx, rx): Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let head = match store.audit_head().await.map_err(AuditError::from)? {
+            Some(last) => ChainHead {
+                seq: last.seq,
+                hash: last.hash,
+            },
+            None => ChainHead {
+                seq: 0,
+                hash: audit_chain::GENESIS_HASH.to_owned(),
+            },
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn(chain_loop(store, config, head, rx, stop.clone()));
+        Ok(AuditState {
+            stop,
+            tx,
+            task: Some(task),
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            AuditMsg::Drain(reply) => {
+                state.stop.store(true, Ordering::SeqCst);
+                // A no-op wake-up: an empty queue would otherwise keep the loop asleep.
+                let _ = state.tx.try_send(Queued::Wake);
+                if let Some(task) = state.task.take() {
+                    let _ = task.await;
+                }
+                let _ = reply.send(());
+            }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(task) = state.task.take() {
+            task.abort();
+        }
+        Ok(())
+    }
+}
+
+const BATCH_MAX: usize = 1024;
+
+/// Chains and appends batches until drained.
+async fn chain_loop(
+    store: DynStore,
+    config: AuditConfig,
+    mut head: ChainHead,
+    mut rx: mpsc::Receiver<Queued>,
+    stop: Arc<AtomicBool>,
+) {
+    let file = CheckpointFile::new(config.checkpoint_file.clone());
+    let mut checkpointed_seq = head.seq;
+    let mut last_checkpoint = Instant::now();
+    let mut queued = Vec::with_capacity(BATCH_MAX);
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            rx.close();
+        }
+        let received = tokio::select! {
+            n = rx.recv_many(&mut queued, BATCH_MAX) => n,
+            _ = tokio::time::sleep(config.checkpoint_interval) => usize::MAX,
+        };
+        if received == 0 {
+            break; // closed and empty
+        }
+        let pending: Vec<PendingAudit> = queued
+            .drain(..)
+            .filter_map(|q| match q {
+                Queued::Event(e) => Some(e),
+                Queued::Wake => None,
+            })
+            .collect();
+        if !pending.is_empty() {
+            let (records, new_head) = audit_chain::chain(&head, pending);
+            append_with_retry(&*store, &records).await;
+            counter!(m::AUDIT_ENTRIES).increment(records.len() as u64);
+            head = new_head;
+        }
+        let due = head.seq >= checkpointed_seq + config.checkpoint_every
+            || (head.seq > checkpointed_seq && last_checkpoint.elapsed() >= config.checkpoint_interval);
+        if due {
+            checkpoint(&*store, &config, &file, &head).await;
+            checkpointed_seq = head.seq;
+            last_checkpoint = Instant::now();
+        }
+    }
+    if head.seq > checkpointed_seq {
+        checkpoint(&*store, &config, &file, &head).await;
+    }
+}
+
+async fn append_with_retry(store: &dyn crate::store::Store, records: &[crate::store::AuditRecord]) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match store.append_audit(records).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, entries = records.len(), "audit append failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+async fn checkpoint(
+    store: &dyn crate::store::Store,
+    config: &AuditConfig,
+    file: &CheckpointFile,
+    head: &ChainHead,
+) {
+    let version = config.keyring.active_version();
+    let key = match config.keyring.checkpoint_signing_key(version) {
+        Ok(key) => key,
+        Err(e) => {
+            tracing::error!(error = %e, "no checkpoint signing key; checkpoint skipped");
+            return;
+        }
+    };
+    let cp = audit_chain::sign_checkpoint(
+        &key,
+        &Keyring::checkpoint_key_id(version),
+        head.seq,
+        &head.hash,
+        crate::now_ms(),
+    );
+    if let Err(e) = file.append(&cp) {
+        tracing::error!(error = %e, "cannot append to the checkpoint file");
+    }
+    if let Err(e) = store.insert_checkpoint(cp).await {
+        tracing::error!(error = %e, "cannot store the audit checkpoint");
+    }
+}

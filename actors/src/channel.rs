@@ -1,0 +1,1079 @@
+//! # ChannelActor: ordering and fan-out of one channel
+//!
+//! **Owns** a channel's `seq` counter, its joined connections (each with the
+//! handle of its bounded outbound queue), the recent `clientMsgId`s of its
+//! senders, the writes it has handed to the persistence actor and not yet
+//! seen committed, and who is typing.
+//!
+//! **Takes** [`ChannelMsg`]: joins and leaves from connection actors; sends,
+//! edits, deletes, receipts and reactions from connection actors and REST
+//! handlers (each with a [`Reply`] that says where the answer goes); presence
+//! changes from presence actors; commits from the persistence actor; member
+//! removal and channel deletion from REST handlers.
+//!
+//! **Does**: a send is checked ([`authz`]), de-duplicated by `clientMsgId`,
+//! given the next `seq` and a message id, encrypted (AES-256-GCM under the
+//! channel's key for that `seq`), and handed to the persistence actor; the
+//! handler returns at once. When the commit arrives the sender gets its ack,
+//! and the `new_message` push is encoded once per encoding in use and the
+//! same bytes are queued to every joined connection, straight into their
+//! queues, in `seq` order (the persistence actor answers in submission
+//! order). A join with `sinceSeq` replays what the connection missed from
+//! the store while live pushes for it are held back, then releases them: no
+//! gap, no duplicate at the seam.
+//!
+//! **Supervised by** the [`ChannelDirectory`](crate::channel_directory),
+//! which starts it on first use; it stops itself when idle. **A crash** drops
+//! its state: every joined connection is closed with 1011 so that it
+//! reconnects and recovers with `sinceSeq`; sends that were not acked are
+//! resent by their clients; the next start recovers `seq` from the store.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use courier_protocol::codec::Encoding;
+use courier_protocol::frames::{ChannelView, MessageView, PresenceStatus, Ref, ServerFrame};
+use courier_protocol::{ChannelId, ErrorCode, MessageId, UserId};
+use metrics::{counter, histogram};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::oneshot;
+
+use crate::audit::AuditHandle;
+use crate::audit_chain::PendingAudit;
+use crate::authz::{self, Action, Principal, RolePermissions};
+use crate::crypto::MessageCipher;
+use crate::frames_out as out;
+use crate::history;
+use crate::metric_names as m;
+use crate::outbound::{ConnId, EncodedFrame, Outbound, Push};
+use crate::persistence::{PersistError, PersistReply, PersistenceHandle};
+use crate::store::{
+    Channel, ClientMsgRef, DynStore, Member, Role, StoredMessage, WriteOp, WriteOutcome,
+};
+
+/// What the channel actors of one server share (read-only).
+pub struct ChannelServices {
+    pub store: DynStore,
+    pub cipher: Arc<MessageCipher>,
+    pub persistence: PersistenceHandle,
+    pub audit: AuditHandle,
+    pub permissions: Arc<RolePermissions>,
+    /// At most this many messages are replayed on a join with `sinceSeq`.
+    pub recovery_limit: u32,
+    /// A typing indicator expires after this long without renewal.
+    pub typing_expiry: Duration,
+    /// A channel with no connections and no pending writes stops after this.
+    pub idle_stop: Duration,
+}
+
+/// Why a request to a channel failed. Mapped to an error code at the edge.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum ChannelError {
+    #[error("{0}")]
+    Forbidden(&'static str),
+    #[error("{0}")]
+    NotFound(&'static str),
+    #[error("the message store is unavailable; retry")]
+    Unavailable,
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ChannelError {
+    /// The protocol error code.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ChannelError::Forbidden(_) => ErrorCode::Forbidden,
+            ChannelError::NotFound(_) => ErrorCode::NotFound,
+            ChannelError::Unavailable => ErrorCode::Unavailable,
+            ChannelError::Internal(_) => ErrorCode::Internal,
+        }
+    }
+}
+
+impl From<PersistError> for ChannelError {
+    fn from(e: PersistError) -> Self {
+        match e {
+            PersistError::Full | PersistError::Closed => ChannelError::Unavailable,
+            PersistError::Rejected(why) => ChannelError::Internal(why),
+        }
+    }
+}
+
+/// The successful answer to a request.
+#[derive(Clone, Debug)]
+pub enum Accepted {
+    /// A send: the message as committed (or the original, for a duplicate).
+    Sent { message: MessageView, duplicate: bool },
+    /// Anything else.
+    Done,
+}
+
+/// Where the answer to a request goes.
+pub enum Reply {
+    /// An `ack` or `error` frame into a connection's queue.
+    Frame {
+        outbound: Outbound,
+        reference: Option<Ref>,
+    },
+    /// A REST handler waiting for the result.
+    Oneshot(oneshot::Sender<Result<Accepted, ChannelError>>),
+    /// Nobody is waiting.
+    None,
+}
+
+impl Reply {
+    /// Sends the result.
+    pub fn send(self, result: Result<Accepted, ChannelError>) {
+        match self {
+            Reply::Frame {
+                outbound,
+                reference,
+            } => {
+                let frame = match &result {
+                    Ok(Accepted::Sent { message, duplicate }) => out::ack_sent(
+                        reference,
+                        message.id,
+                        message.seq,
+                        message.timestamp,
+                        *duplicate,
+                    ),
+                    Ok(Accepted::Done) => out::ack(reference),
+                    Err(e) => out::error(reference, e.code(), &e.to_string()),
+                };
+                outbound.push_encoded(&EncodedFrame::single(&frame, outbound.encoding()));
+            }
+            Reply::Oneshot(tx) => {
+                let _ = tx.send(result);
+            }
+            Reply::None => {}
+        }
+    }
+}
+
+/// Who sends: enough to authorize, attribute and audit.
+#[derive(Clone, Debug)]
+pub struct Sender {
+    pub user_id: UserId,
+    pub username: String,
+    pub role: Role,
+    /// The sender's membership of this channel, if any.
+    pub member: Option<Member>,
+    pub ip: Option<String>,
+}
+
+/// `join_channel`.
+pub struct JoinRequest {
+    pub outbound: Outbound,
+    pub user_id: UserId,
+    pub member: Member,
+    pub since_seq: Option<u64>,
+    pub reference: Option<Ref>,
+}
+
+/// `send_message` (WebSocket) or `POST /api/messages` (REST).
+pub struct PublishRequest {
+    pub sender: Sender,
+    pub text: String,
+    pub client_msg_id: Option<String>,
+    pub contains_phi: bool,
+    /// PHI kinds the server's detectors found (names only, for the audit).
+    pub phi_found: Vec<String>,
+    pub reply_to: Option<MessageId>,
+    pub ttl_seconds: Option<u64>,
+    pub reply: Reply,
+    /// When the request reached the server (for the ack latency metric).
+    pub received: Instant,
+}
+
+/// `edit_message`: authorized by the caller, who read the message.
+pub struct EditRequest {
+    pub editor: UserId,
+    pub original: MessageView,
+    pub text: String,
+    pub reply: Reply,
+}
+
+/// `delete_message`: authorized by the caller, who read the message.
+pub struct DeleteRequest {
+    pub deleter: UserId,
+    pub message_id: MessageId,
+    pub seq: u64,
+    pub reply: Reply,
+}
+
+/// Messages of a channel actor.
+pub enum ChannelMsg {
+    Join(Box<JoinRequest>),
+    Leave {
+        conn_id: ConnId,
+    },
+    Publish(Box<PublishRequest>),
+    Edit(Box<EditRequest>),
+    Delete(Box<DeleteRequest>),
+    Typing {
+        user_id: UserId,
+        is_typing: bool,
+    },
+    MarkRead {
+        user_id: UserId,
+        seq: u64,
+        reply: Reply,
+    },
+    React {
+        message_id: MessageId,
+        user_id: UserId,
+        reaction: String,
+        add: bool,
+        reply: Reply,
+    },
+    /// A user's presence changed (from their presence actor).
+    Presence {
+        user_id: UserId,
+        status: PresenceStatus,
+        last_seen: i64,
+    },
+    /// A message expired and was deleted by retention: tell the members.
+    Expired {
+        message_id: MessageId,
+        seq: u64,
+    },
+    /// A membership ended (REST): its connections leave, everyone is told.
+    MemberRemoved {
+        user_id: UserId,
+    },
+    /// The channel was deleted (REST): tell everyone and stop.
+    Deleted,
+    /// Outcomes of this channel's writes, in submission order.
+    Committed(Vec<(u64, Result<WriteOutcome, PersistError>)>),
+    /// A join's replay was read from the store.
+    Replayed {
+        conn_id: ConnId,
+        messages: Result<Vec<MessageView>, String>,
+    },
+    /// Once a second: typing expiry and the idle check.
+    Tick,
+}
+
+/// What the actor starts with.
+pub struct ChannelArgs {
+    pub channel: Channel,
+    pub services: Arc<ChannelServices>,
+}
+
+/// The actor; its configuration is the shared services.
+pub struct ChannelActor;
+
+struct Subscriber {
+    outbound: Outbound,
+    user_id: UserId,
+    /// False while a replay is being read: live pushes wait in `held`.
+    live: bool,
+    held: Vec<tokio_tungstenite::tungstenite::Message>,
+}
+
+/// The joined connections. Dropped without a clean stop (a crash), it closes
+/// every one of them with 1011 so that their clients reconnect and recover.
+#[derive(Default)]
+struct Subscribers {
+    by_conn: HashMap<ConnId, Subscriber>,
+    msgpack: usize,
+    json: usize,
+    clean: bool,
+}
+
+impl Subscribers {
+    fn insert(&mut self, sub: Subscriber) {
+        match sub.outbound.encoding() {
+            Encoding::MessagePack => self.msgpack += 1,
+            Encoding::Json => self.json += 1,
+        }
+        if let Some(old) = self.by_conn.insert(sub.outbound.conn_id(), sub) {
+            self.uncount(&old);
+        }
+    }
+
+    fn remove(&mut self, conn: ConnId) -> Option<Subscriber> {
+        let sub = self.by_conn.remove(&conn)?;
+        self.uncount(&sub);
+        Some(sub)
+    }
+
+    fn uncount(&mut self, sub: &Subscriber) {
+        match sub.outbound.encoding() {
+            Encoding::MessagePack => self.msgpack -= 1,
+            Encoding::Json => self.json -= 1,
+        }
+    }
+
+    fn online(&self) -> Vec<UserId> {
+        let mut users: Vec<UserId> = self.by_conn.values().map(|s| s.user_id).collect();
+        users.sort();
+        users.dedup();
+        users
+    }
+
+    fn has_user(&self, user: UserId) -> bool {
+        self.by_conn.values().any(|s| s.user_id == user)
+    }
+
+    /// Encodes `frame` once per encoding in use and queues it to every
+    /// subscriber but those of `except`. Returns how many got it.
+    fn fan_out(&mut self, frame: &ServerFrame, except: Option<UserId>) -> u64 {
+        if self.by_conn.is_empty() {
+            return 0;
+        }
+        let encoded = EncodedFrame::new(frame, self.msgpack > 0, self.json > 0);
+        let mut delivered = 0;
+        let mut gone = Vec::new();
+        for sub in self.by_conn.values_mut() {
+            if Some(sub.user_id) == except {
+                continue;
+            }
+            if !sub.live {
+                if let Some(msg) = encoded.message(sub.outbound.encoding()) {
+                    sub.held.push(msg);
+                }
+                continue;
+            }
+            match sub.outbound.push_encoded(&encoded) {
+                Push::Queued => delivered += 1,
+                Push::SlowConsumer | Push::Gone => gone.push(sub.outbound.conn_id()),
+            }
+        }
+        for conn in gone {
+            self.remove(conn);
+        }
+        delivered
+    }
+}
+
+impl Drop for Subscribers {
+    fn drop(&mut self) {
+        if !self.clean {
+            for sub in self.by_conn.values() {
+                sub.outbound.close_now(1011);
+            }
+        }
+    }
+}
+
+/// Recent client ids of this channel's senders, oldest evicted first.
+struct ClientIds {
+    map: HashMap<(UserId, String), Dedup>,
+    order: VecDeque<(UserId, String)>,
+}
+
+enum Dedup {
+    /// Committed: the original.
+    Known(ClientMsgRef),
+    /// In flight: resends wait for the original's commit.
+    Pending(u64),
+}
+
+const CLIENT_IDS_KEPT: usize = 10_000;
+
+impl ClientIds {
+    fn insert(&mut self, key: (UserId, String), value: Dedup) {
+        if self.map.insert(key.clone(), value).is_none() {
+            self.order.push_back(key);
+            if self.order.len() > CLIENT_IDS_KEPT {
+                if let Some(old) = self.order.pop_front() {
+                    self.map.remove(&old);
+                }
+            }
+        }
+    }
+}
+
+/// A write handed to the persistence actor, awaiting its commit.
+enum Pending {
+    Publish {
+        message: MessageView,
+        reply: Reply,
+        /// Resends of the same `clientMsgId` that arrived meanwhile.
+        resends: Vec<Reply>,
+        received: Instant,
+        phi_found: Vec<String>,
+        ip: Option<String>,
+        /// `(sender, clientMsgId)` when the send carried one.
+        client_key: Option<(UserId, String)>,
+    },
+    Edit {
+        message: MessageView,
+        editor: UserId,
+        reply: Reply,
+    },
+    Delete {
+        deleter: UserId,
+        message_id: MessageId,
+        seq: u64,
+        reply: Reply,
+    },
+    Read {
+        user_id: UserId,
+        seq: u64,
+        reply: Reply,
+    },
+    React {
+        user_id: UserId,
+        message_id: MessageId,
+        reaction: String,
+        add: bool,
+        reply: Reply,
+    },
+}
+
+/// Everything the actor owns.
+pub struct ChannelState {
+    services: Arc<ChannelServices>,
+    channel: Channel,
+    /// The last `seq` handed out.
+    last_assigned: u64,
+    /// The last `seq` committed and fanned out.
+    last_committed: u64,
+    subscribers: Subscribers,
+    client_ids: ClientIds,
+    pending: HashMap<u64, Pending>,
+    next_token: u64,
+    typing: HashMap<UserId, Instant>,
+    idle_since: Instant,
+}
+
+impl Actor for ChannelActor {
+    type Msg = ChannelMsg;
+    type State = ChannelState;
+    type Arguments = ChannelArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: ChannelArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let store = &args.services.store;
+        let last = store.last_seq(args.channel.id).await?;
+        let mut client_ids = ClientIds {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+        };
+        let mut recent = store
+            .recent_client_ids(args.channel.id, CLIENT_IDS_KEPT as u32)
+            .await?;
+        recent.sort_by_key(|r| r.seq);
+        for r in recent {
+            client_ids.insert((r.sender_id, r.client_msg_id.clone()), Dedup::Known(r));
+        }
+        myself.send_interval(Duration::from_secs(1), || ChannelMsg::Tick);
+        metrics::gauge!(m::CHANNELS_ACTIVE).increment(1.0);
+        Ok(ChannelState {
+            services: args.services,
+            channel: args.channel,
+            last_assigned: last,
+            last_committed: last,
+            subscribers: Subscribers::default(),
+            client_ids,
+            pending: HashMap::new(),
+            next_token: 1,
+            typing: HashMap::new(),
+            idle_since: Instant::now(),
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        state.subscribers.clean = true;
+        metrics::gauge!(m::CHANNELS_ACTIVE).decrement(1.0);
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            ChannelMsg::Join(req) => state.join(&myself, *req),
+            ChannelMsg::Leave { conn_id } => {
+                if let Some(sub) = state.subscribers.remove(conn_id) {
+                    if !state.subscribers.has_user(sub.user_id) {
+                        state.stop_typing(sub.user_id);
+                    }
+                }
+            }
+            ChannelMsg::Publish(req) => state.publish(&myself, *req),
+            ChannelMsg::Edit(req) => state.edit(&myself, *req),
+            ChannelMsg::Delete(req) => state.delete(&myself, *req),
+            ChannelMsg::Typing { user_id, is_typing } => {
+                if is_typing {
+                    let deadline = Instant::now() + state.services.typing_expiry;
+                    state.typing.insert(user_id, deadline);
+                    let frame = out::typing(state.channel.id, user_id, true);
+                    state.subscribers.fan_out(&frame, Some(user_id));
+                } else {
+                    state.stop_typing(user_id);
+                }
+            }
+            ChannelMsg::MarkRead {
+                user_id,
+                seq,
+                reply,
+            } => {
+                let seq = seq.min(state.last_committed);
+                let op = WriteOp::MarkRead {
+                    channel_id: state.channel.id,
+                    user_id,
+                    seq,
+                };
+                state.submit(&myself, op, Pending::Read { user_id, seq, reply });
+            }
+            ChannelMsg::React {
+                message_id,
+                user_id,
+                reaction,
+                add,
+                reply,
+            } => {
+                let op = if add {
+                    WriteOp::AddReaction {
+                        message_id,
+                        user_id,
+                        reaction: reaction.clone(),
+                        created_at: crate::now_ms(),
+                    }
+                } else {
+                    WriteOp::RemoveReaction {
+                        message_id,
+                        user_id,
+                        reaction: reaction.clone(),
+                    }
+                };
+                let pending = Pending::React {
+                    user_id,
+                    message_id,
+                    reaction,
+                    add,
+                    reply,
+                };
+                state.submit(&myself, op, pending);
+            }
+            ChannelMsg::Presence {
+                user_id,
+                status,
+                last_seen,
+            } => {
+                let frame = out::presence(user_id, status, last_seen);
+                state.subscribers.fan_out(&frame, Some(user_id));
+            }
+            ChannelMsg::Expired { message_id, seq } => {
+                let frame = out::message_deleted(message_id, state.channel.id, seq);
+                state.subscribers.fan_out(&frame, None);
+            }
+            ChannelMsg::MemberRemoved { user_id } => {
+                let frame = out::system_event(
+                    "member_removed",
+                    serde_json::json!({"channelId": state.channel.id, "userId": user_id}),
+                );
+                state.subscribers.fan_out(&frame, None);
+                let conns: Vec<ConnId> = state
+                    .subscribers
+                    .by_conn
+                    .values()
+                    .filter(|s| s.user_id == user_id)
+                    .map(|s| s.outbound.conn_id())
+                    .collect();
+                for conn in conns {
+                    state.subscribers.remove(conn);
+                }
+            }
+            ChannelMsg::Deleted => {
+                let frame = out::system_event(
+                    "channel_deleted",
+                    serde_json::json!({"channelId": state.channel.id}),
+                );
+                state.subscribers.fan_out(&frame, None);
+                state.subscribers.clean = true;
+                myself.stop(Some("channel deleted".into()));
+            }
+            ChannelMsg::Committed(outcomes) => {
+                for (token, outcome) in outcomes {
+                    if let Some(pending) = state.pending.remove(&token) {
+                        state.committed(pending, outcome);
+                    }
+                }
+            }
+            ChannelMsg::Replayed { conn_id, messages } => state.replayed(conn_id, messages),
+            ChannelMsg::Tick => {
+                let now = Instant::now();
+                let expired: Vec<UserId> = state
+                    .typing
+                    .iter()
+                    .filter(|(_, deadline)| **deadline <= now)
+                    .map(|(u, _)| *u)
+                    .collect();
+                for user in expired {
+                    state.stop_typing(user);
+                }
+                if state.subscribers.by_conn.is_empty() && state.pending.is_empty() {
+                    if state.idle_since.elapsed() >= state.services.idle_stop {
+                        state.subscribers.clean = true;
+                        myself.stop(Some("idle".into()));
+                    }
+                } else {
+                    state.idle_since = now;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ChannelState {
+    fn principal<'a>(&'a self, sender: &Sender) -> Principal<'a> {
+        Principal {
+            user_id: sender.user_id,
+            role: sender.role,
+            permissions: &self.services.permissions,
+        }
+    }
+
+    fn join(&mut self, myself: &ActorRef<ChannelMsg>, req: JoinRequest) {
+        let JoinRequest {
+            outbound,
+            user_id,
+            member,
+            since_seq,
+            reference,
+        } = req;
+        let last = self.last_committed;
+        let missing = since_seq.map(|s| last.saturating_sub(s));
+        let recovered = match missing {
+            Some(n) => n <= u64::from(self.services.recovery_limit),
+            None => false,
+        };
+        let arriving = !self.subscribers.has_user(user_id);
+        let mut online = self.subscribers.online();
+        if arriving {
+            online.push(user_id);
+        }
+        let view = ChannelView {
+            id: self.channel.id,
+            name: self.channel.name.clone(),
+            kind: out::kind(self.channel.kind),
+            last_seq: last,
+            last_read_seq: member.last_read_seq.min(last),
+            unread: last.saturating_sub(member.last_read_seq),
+            recovered,
+            online,
+        };
+        let ack = out::ack_channel(reference, view);
+        outbound.push_encoded(&EncodedFrame::single(&ack, outbound.encoding()));
+        if arriving {
+            let frame = out::presence(user_id, PresenceStatus::Online, crate::now_ms());
+            self.subscribers.fan_out(&frame, Some(user_id));
+        }
+        let conn_id = outbound.conn_id();
+        let replay_from = since_seq.filter(|s| recovered && *s < last);
+        self.subscribers.insert(Subscriber {
+            outbound,
+            user_id,
+            live: replay_from.is_none(),
+            held: Vec::new(),
+        });
+        if let Some(after) = replay_from {
+            let services = self.services.clone();
+            let channel = self.channel.id;
+            let limit = (last - after) as u32;
+            let myself = myself.clone();
+            tokio::spawn(async move {
+                let messages = read_replay(&services, channel, after, last, limit).await;
+                let _ = myself.cast(ChannelMsg::Replayed { conn_id, messages });
+            });
+        }
+    }
+
+    fn replayed(&mut self, conn_id: ConnId, messages: Result<Vec<MessageView>, String>) {
+        let Some(sub) = self.subscribers.by_conn.get_mut(&conn_id) else {
+            return;
+        };
+        let messages = match messages {
+            Ok(m) => m,
+            Err(why) => {
+                tracing::error!(channel_id = %self.channel.id, error = %why, "replay failed");
+                let frame = out::error(None, ErrorCode::Internal, "recovery failed; page with fetch_history");
+                sub.outbound.push_encoded(&EncodedFrame::single(&frame, sub.outbound.encoding()));
+                Vec::new()
+            }
+        };
+        let encoding = sub.outbound.encoding();
+        let mut ok = true;
+        for message in messages {
+            let frame = out::new_message(message);
+            if sub.outbound.push_encoded(&EncodedFrame::single(&frame, encoding)) != Push::Queued {
+                ok = false;
+                break;
+            }
+        }
+        for held in std::mem::take(&mut sub.held) {
+            if !ok || sub.outbound.push(held) != Push::Queued {
+                ok = false;
+                break;
+            }
+        }
+        sub.live = true;
+        if !ok {
+            self.subscribers.remove(conn_id);
+        }
+    }
+
+    fn stop_typing(&mut self, user: UserId) {
+        if self.typing.remove(&user).is_some() {
+            let frame = out::typing(self.channel.id, user, false);
+            self.subscribers.fan_out(&frame, Some(user));
+        }
+    }
+
+    /// Hands a write to the persistence actor; answers `unavailable` at once
+    /// when its queue is full. Returns whether it was queued.
+    fn submit(&mut self, myself: &ActorRef<ChannelMsg>, op: WriteOp, pending: Pending) -> bool {
+        let token = self.next_token;
+        match self
+            .services
+            .persistence
+            .submit(op, PersistReply::Channel(myself.clone(), token))
+        {
+            Ok(()) => {
+                self.next_token += 1;
+                self.pending.insert(token, pending);
+                true
+            }
+            Err(e) => {
+                pending.fail(e.into());
+                false
+            }
+        }
+    }
+
+    fn publish(&mut self, myself: &ActorRef<ChannelMsg>, req: PublishRequest) {
+        let principal = self.principal(&req.sender);
+        let action = Action::Post {
+            channel: &self.channel,
+            member: req.sender.member.as_ref(),
+        };
+        if let Err(denied) = authz::decide(principal, action) {
+            self.services.audit.record(PendingAudit::new(
+                Some(req.sender.user_id),
+                req.sender.ip.clone(),
+                "access.denied",
+                serde_json::json!({"op": "send_message", "channelId": self.channel.id}),
+            ));
+            req.reply.send(Err(ChannelError::Forbidden(denied.0)));
+            return;
+        }
+        let dedup_key = req
+            .client_msg_id
+            .as_ref()
+            .map(|c| (req.sender.user_id, c.clone()));
+        if let Some(key) = &dedup_key {
+            match self.client_ids.map.get(key) {
+                Some(Dedup::Known(original)) => {
+                    let message = MessageView {
+                        id: original.message_id,
+                        channel_id: self.channel.id,
+                        seq: original.seq,
+                        sender_id: original.sender_id,
+                        sender: req.sender.username.clone(),
+                        text: String::new(),
+                        timestamp: original.created_at,
+                        contains_phi: false,
+                        reply_to: None,
+                        edited_at: None,
+                        expires_at: None,
+                    };
+                    req.reply.send(Ok(Accepted::Sent {
+                        message,
+                        duplicate: true,
+                    }));
+                    return;
+                }
+                Some(Dedup::Pending(token)) => {
+                    if let Some(Pending::Publish { resends, .. }) = self.pending.get_mut(token) {
+                        resends.push(req.reply);
+                        return;
+                    }
+                }
+                None => {}
+            }
+        }
+
+        let seq = self.last_assigned + 1;
+        let id = MessageId::new();
+        let now = crate::now_ms();
+        let sealed = match self.services.cipher.seal(self.channel.id, id, seq, req.text.as_bytes()) {
+            Ok(sealed) => sealed,
+            Err(e) => {
+                tracing::error!(error = %e, "encryption failed");
+                req.reply.send(Err(ChannelError::Internal("encryption failed".into())));
+                return;
+            }
+        };
+        let expires_at = req
+            .ttl_seconds
+            .map(|ttl| now.saturating_add((ttl.min(i64::MAX as u64 / 1000) * 1000) as i64));
+        let stored = StoredMessage {
+            id,
+            channel_id: self.channel.id,
+            seq,
+            sender_id: req.sender.user_id,
+            client_msg_id: req.client_msg_id.clone(),
+            ciphertext: sealed.ciphertext,
+            nonce: sealed.nonce.to_vec(),
+            key_version: sealed.key_version,
+            contains_phi: req.contains_phi,
+            reply_to: req.reply_to,
+            created_at: now,
+            edited_at: None,
+            expires_at,
+            deleted_at: None,
+        };
+        let message = MessageView {
+            id,
+            channel_id: self.channel.id,
+            seq,
+            sender_id: req.sender.user_id,
+            sender: req.sender.username,
+            text: req.text,
+            timestamp: now,
+            contains_phi: req.contains_phi,
+            reply_to: req.reply_to,
+            edited_at: None,
+            expires_at,
+        };
+        let token = self.next_token;
+        let pending = Pending::Publish {
+            message,
+            reply: req.reply,
+            resends: Vec::new(),
+            received: req.received,
+            phi_found: req.phi_found,
+            ip: req.sender.ip,
+            client_key: dedup_key.clone(),
+        };
+        if self.submit(myself, WriteOp::InsertMessage(stored), pending) {
+            self.last_assigned = seq;
+            if let Some(key) = dedup_key {
+                self.client_ids.insert(key, Dedup::Pending(token));
+            }
+        }
+    }
+
+    fn edit(&mut self, myself: &ActorRef<ChannelMsg>, req: EditRequest) {
+        let o = &req.original;
+        let sealed = match self.services.cipher.seal(self.channel.id, o.id, o.seq, req.text.as_bytes()) {
+            Ok(sealed) => sealed,
+            Err(e) => {
+                tracing::error!(error = %e, "encryption failed");
+                req.reply.send(Err(ChannelError::Internal("encryption failed".into())));
+                return;
+            }
+        };
+        let edited_at = crate::now_ms();
+        let op = WriteOp::EditMessage {
+            id: o.id,
+            ciphertext: sealed.ciphertext,
+            nonce: sealed.nonce.to_vec(),
+            key_version: sealed.key_version,
+            edited_at,
+        };
+        let mut message = req.original;
+        message.text = req.text;
+        message.edited_at = Some(edited_at);
+        let pending = Pending::Edit {
+            message,
+            editor: req.editor,
+            reply: req.reply,
+        };
+        self.submit(myself, op, pending);
+    }
+
+    fn delete(&mut self, myself: &ActorRef<ChannelMsg>, req: DeleteRequest) {
+        let op = WriteOp::DeleteMessage {
+            id: req.message_id,
+            deleted_at: crate::now_ms(),
+        };
+        let pending = Pending::Delete {
+            deleter: req.deleter,
+            message_id: req.message_id,
+            seq: req.seq,
+            reply: req.reply,
+        };
+        self.submit(myself, op, pending);
+    }
+
+    /// A write was committed (or refused): answer, push, audit.
+    fn committed(&mut self, pending: Pending, outcome: Result<WriteOutcome, PersistError>) {
+        let channel_id = self.channel.id;
+        let audit = |actor: UserId, ip: Option<String>, action: &str, details: serde_json::Value| {
+            PendingAudit::new(Some(actor), ip, action, details)
+        };
+        match (pending, outcome) {
+            (Pending::Publish { message, reply, resends, received, phi_found, ip, client_key }, Ok(WriteOutcome::Done)) => {
+                self.last_committed = self.last_committed.max(message.seq);
+                if let Some(key) = client_key {
+                    self.client_ids.map.insert(
+                        key.clone(),
+                        Dedup::Known(ClientMsgRef {
+                            sender_id: message.sender_id,
+                            client_msg_id: key.1,
+                            message_id: message.id,
+                            seq: message.seq,
+                            created_at: message.timestamp,
+                        }),
+                    );
+                }
+                histogram!(m::PUBLISH_ACK_SECONDS).record(received.elapsed().as_secs_f64());
+                counter!(m::MESSAGES_PUBLISHED).increment(1);
+                self.services.audit.record(audit(
+                    message.sender_id,
+                    ip,
+                    "message.send",
+                    serde_json::json!({
+                        "channelId": channel_id, "messageId": message.id, "seq": message.seq,
+                        "containsPHI": message.contains_phi, "phiDetected": phi_found,
+                    }),
+                ));
+                for resend in resends {
+                    resend.send(Ok(Accepted::Sent {
+                        message: message.clone(),
+                        duplicate: true,
+                    }));
+                }
+                let frame = out::new_message(message.clone());
+                reply.send(Ok(Accepted::Sent {
+                    message,
+                    duplicate: false,
+                }));
+                let delivered = self.subscribers.fan_out(&frame, None);
+                counter!(m::MESSAGES_DELIVERED).increment(delivered);
+            }
+            (Pending::Publish { message, reply, resends, .. }, Ok(WriteOutcome::Duplicate(original))) => {
+                // A tombstone took this seq in the store; nothing is delivered.
+                self.last_committed = self.last_committed.max(message.seq);
+                let key = (original.sender_id, original.client_msg_id.clone());
+                let view = MessageView {
+                    id: original.message_id,
+                    seq: original.seq,
+                    timestamp: original.created_at,
+                    ..message
+                };
+                self.client_ids.map.insert(key, Dedup::Known(original));
+                for r in resends.into_iter().chain(std::iter::once(reply)) {
+                    r.send(Ok(Accepted::Sent {
+                        message: view.clone(),
+                        duplicate: true,
+                    }));
+                }
+            }
+            (Pending::Publish { message, reply, resends, client_key, .. }, outcome) => {
+                // Refused: the seq stays unused in the store. Resends may try again.
+                if let Some(key) = client_key {
+                    self.client_ids.map.remove(&key);
+                }
+                let err = match outcome {
+                    Err(e) => ChannelError::from(e),
+                    Ok(_) => ChannelError::Internal("unexpected write outcome".into()),
+                };
+                tracing::error!(channel_id = %channel_id, seq = message.seq, error = %err, "message not committed");
+                self.last_committed = self.last_committed.max(message.seq);
+                for r in resends.into_iter().chain(std::iter::once(reply)) {
+                    r.send(Err(err.clone()));
+                }
+            }
+            (Pending::Edit { message, editor, reply }, Ok(WriteOutcome::Done)) => {
+                self.services.audit.record(audit(
+                    editor,
+                    None,
+                    "message.edit",
+                    serde_json::json!({"channelId": channel_id, "messageId": message.id, "seq": message.seq}),
+                ));
+                reply.send(Ok(Accepted::Done));
+                self.subscribers.fan_out(&out::message_updated(message), None);
+            }
+            (Pending::Delete { deleter, message_id, seq, reply }, Ok(WriteOutcome::Done)) => {
+                self.services.audit.record(audit(
+                    deleter,
+                    None,
+                    "message.delete",
+                    serde_json::json!({"channelId": channel_id, "messageId": message_id, "seq": seq}),
+                ));
+                reply.send(Ok(Accepted::Done));
+                self.subscribers.fan_out(&out::message_deleted(message_id, channel_id, seq), None);
+            }
+            (Pending::Read { user_id, seq, reply }, Ok(WriteOutcome::Done)) => {
+                self.services.audit.record(audit(
+                    user_id,
+                    None,
+                    "message.read_receipt",
+                    serde_json::json!({"channelId": channel_id, "seq": seq}),
+                ));
+                reply.send(Ok(Accepted::Done));
+                self.subscribers.fan_out(&out::read_receipt(channel_id, user_id, seq), None);
+            }
+            (Pending::React { user_id, message_id, reaction, add, reply }, Ok(WriteOutcome::Reactions(counts))) => {
+                self.services.audit.record(audit(
+                    user_id,
+                    None,
+                    if add { "reaction.add" } else { "reaction.remove" },
+                    serde_json::json!({"channelId": channel_id, "messageId": message_id, "reaction": reaction}),
+                ));
+                reply.send(Ok(Accepted::Done));
+                self.subscribers.fan_out(&out::reaction_updated(channel_id, message_id, counts), None);
+            }
+            (pending, Ok(WriteOutcome::NotFound)) => pending.fail(ChannelError::NotFound("no such message")),
+            (pending, Ok(other)) => {
+                tracing::error!(outcome = ?other, "unexpected write outcome");
+                pending.fail(ChannelError::Internal("unexpected write outcome".into()));
+            }
+            (pending, Err(e)) => pending.fail(e.into()),
+        }
+    }
+}
+
+impl Pending {
+    fn fail(self, err: ChannelError) {
+        match self {
+            Pending::Publish { reply, resends, .. } => {
+                for r in resends.into_iter().chain(std::iter::once(reply)) {
+                    r.send(Err(err.clone()));
+                }
+            }
+            Pending::Edit { reply, .. }
+            | Pending::Delete { reply, .. }
+            | Pending::Read { reply, .. }
+            | Pending::React { reply, .. } => reply.send(Err(err)),
+        }
+    }
+}
+
+/// Reads and decrypts the messages a joining connection missed.
+async fn read_replay(
+    services: &ChannelServices,
+    channel: ChannelId,
+    after: u64,
+    up_to: u64,
+    limit: u32,
+) -> Result<Vec<MessageView>, String> {
+    let rows = services
+        .store
+        .messages_after(channel, after, limit)
+        .await
+        .map_err(|e| e.to_string())?;
+    let rows: Vec<_> = rows.into_iter().filter(|r| r.message.seq <= up_to).collect();
+    history::open_rows(services.cipher.clone(), rows)
+        .await
+        .map_err(|e| e.to_string())
+}

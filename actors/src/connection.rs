@@ -1,0 +1,829 @@
+//! # ConnectionActor: one per WebSocket
+//!
+//! **Owns** one socket: its reader task (frames in), its writer task and
+//! bounded outbound queue (frames out, see [`outbound`](crate::outbound)),
+//! the authentication state, the encoding of its pushes (that of its first
+//! frame), and the channels it has joined.
+//!
+//! **Takes** [`ConnMsg`]: frames from its reader task (one at a time, with
+//! a permit, so a flooding client is slowed by TCP instead of filling
+//! memory), its timers (authentication deadline, heartbeat, token expiry),
+//! and the server's shutdown phases.
+//!
+//! **Does**: authenticates the first frame within the deadline, then answers
+//! every request of PROTOCOL.md section 4 in the order the frames came. Reads
+//! (history, membership) it does itself; writes go to the channel actors,
+//! which answer straight into this connection's queue. Undecodable frames
+//! get `invalid_frame` and the connection goes on.
+//!
+//! **Supervised by** the realtime root. **A crash** closes only this
+//! socket; its channels and presence actor drop it when they next fail to
+//! push to its queue.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use courier_protocol::codec::{self, Encoding};
+use courier_protocol::error::close;
+use courier_protocol::frames::{
+    AuthSuccess, AuthUser, AuthenticationResponse, ClientFrame, ClientRequest, ErrorBody,
+    FetchHistory, History, Pong, ReadPosition, Ref, ServerFrame, UserStatus,
+};
+use courier_protocol::{ChannelId, ErrorCode, MessageId};
+use futures_util::stream::BoxStream;
+use futures_util::{Sink, StreamExt};
+use metrics::counter;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::{self, Message};
+
+use crate::audit_chain::PendingAudit;
+use crate::authz::{Action, Principal};
+use crate::channel::{
+    Accepted, ChannelError, ChannelMsg, DeleteRequest, EditRequest, JoinRequest, PublishRequest,
+    Reply, Sender,
+};
+use crate::frames_out as out;
+use crate::history;
+use crate::identity::{AuthRejected, Identity};
+use crate::metric_names as m;
+use crate::outbound::{self, ConnId, EncodedFrame, Outbound, WriterEnd};
+use crate::presence::{ForUser, PresenceMsg};
+use crate::realtime::{AccessError, Realtime, ShutdownPhase};
+use crate::store::{Channel, Member};
+
+/// The socket's halves, boxed so that plain TCP and TLS look the same.
+pub type WsStream = BoxStream<'static, Result<Message, tungstenite::Error>>;
+/// The socket's write half.
+pub type WsSink = Pin<Box<dyn Sink<Message, Error = tungstenite::Error> + Send>>;
+
+/// Where the connection comes from (for the audit log).
+#[derive(Clone, Debug, Default)]
+pub struct Peer {
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+/// What a connection actor starts with.
+pub struct ConnectionArgs {
+    pub realtime: Arc<Realtime>,
+    pub stream: WsStream,
+    pub sink: WsSink,
+    pub peer: Peer,
+    /// Counts this connection while the actor lives (for graceful shutdown).
+    pub live: crate::realtime::ConnectionGuard,
+}
+
+/// Messages of a connection actor.
+pub enum ConnMsg {
+    /// A frame from the socket; the permit bounds frames in flight.
+    Frame(Message, OwnedSemaphorePermit),
+    /// The socket's read side ended (with a close code to send, if any).
+    ReadEnded(Option<u16>),
+    /// The writer stopped.
+    WriteEnded(WriterEnd),
+    AuthDeadline,
+    Heartbeat,
+    /// The access token expired (the expiry it was scheduled for).
+    TokenExpired(i64),
+    /// The server entered a shutdown phase.
+    Shutdown(ShutdownPhase),
+}
+
+/// The actor; its configuration is the shared [`Realtime`] handles.
+pub struct ConnectionActor;
+
+/// A channel this connection joined.
+struct Joined {
+    actor: ActorRef<ChannelMsg>,
+}
+
+/// Everything the actor owns.
+pub struct ConnectionState {
+    realtime: Arc<Realtime>,
+    conn_id: ConnId,
+    peer: Peer,
+    /// The queue; its encoding is that of pushes.
+    outbound: Outbound,
+    /// Set by the first frame.
+    push_encoding: Option<Encoding>,
+    identity: Option<Identity>,
+    joined: HashMap<ChannelId, Joined>,
+    last_heard: Instant,
+    reader: JoinHandle<()>,
+    writer: JoinHandle<()>,
+    span: tracing::Span,
+    _live: crate::realtime::ConnectionGuard,
+}
+
+/// Frames a client may have in flight before its reader waits.
+const FRAMES_IN_FLIGHT: usize = 8;
+
+impl Actor for ConnectionActor {
+    type Msg = ConnMsg;
+    type State = ConnectionState;
+    type Arguments = ConnectionArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: ConnectionArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let conn_id = ConnId::next();
+        let span = tracing::info_span!("conn", conn_id = conn_id.0, user_id = tracing::field::Empty);
+        let limits = &args.realtime.limits;
+        let (outbound, receiver) =
+            outbound::outbound(conn_id, limits.outbound_queue, Encoding::MessagePack);
+        let writer = {
+            let myself = myself.clone();
+            let sink = args.sink;
+            tokio::spawn(async move {
+                let end = outbound::run_writer(sink, receiver).await;
+                let _ = myself.cast(ConnMsg::WriteEnded(end));
+            })
+        };
+        let reader = tokio::spawn(read_loop(
+            args.stream,
+            myself.clone(),
+            args.realtime.shutdown.clone(),
+        ));
+        myself.send_after(limits.auth_timeout, || ConnMsg::AuthDeadline);
+        myself.send_interval(limits.heartbeat, || ConnMsg::Heartbeat);
+        counter!(m::CONNECTIONS_TOTAL).increment(1);
+        metrics::gauge!(m::CONNECTIONS).increment(1.0);
+        Ok(ConnectionState {
+            realtime: args.realtime,
+            conn_id,
+            peer: args.peer,
+            outbound,
+            push_encoding: None,
+            identity: None,
+            joined: HashMap::new(),
+            last_heard: Instant::now(),
+            reader,
+            writer,
+            span,
+            _live: args.live,
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        metrics::gauge!(m::CONNECTIONS).decrement(1.0);
+        state.reader.abort();
+        for (channel_id, joined) in state.joined.drain() {
+            let _ = joined.actor.cast(ChannelMsg::Leave {
+                conn_id: state.conn_id,
+            });
+            if let Some(identity) = &state.identity {
+                let msg = PresenceMsg::Left { channel_id };
+                let _ = state.realtime.presence.cast(ForUser(identity.user_id, msg));
+            }
+        }
+        if let Some(identity) = &state.identity {
+            let msg = PresenceMsg::Disconnected {
+                conn_id: state.conn_id,
+            };
+            let _ = state.realtime.presence.cast(ForUser(identity.user_id, msg));
+        }
+        // Let the writer finish what is queued (a close frame, say) briefly.
+        let writer = std::mem::replace(&mut state.writer, tokio::spawn(async {}));
+        tokio::spawn(async move {
+            if tokio::time::timeout(Duration::from_secs(2), writer).await.is_err() {
+                tracing::debug!("writer did not finish in time");
+            }
+        });
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let span = state.span.clone();
+        let _enter = span.enter();
+        match msg {
+            ConnMsg::Frame(frame, _permit) => {
+                state.last_heard = Instant::now();
+                state.on_frame(&myself, frame).await;
+            }
+            ConnMsg::ReadEnded(code) => {
+                if let Some(code) = code {
+                    state.outbound.close_now(code);
+                } else {
+                    myself.stop(None);
+                }
+            }
+            ConnMsg::WriteEnded(_) => myself.stop(None),
+            ConnMsg::AuthDeadline => {
+                if state.identity.is_none() {
+                    counter!(m::AUTH_FAILURES, "reason" => "timeout").increment(1);
+                    state.send(
+                        &out::error(None, ErrorCode::AuthTimeout, "authentication timed out"),
+                        state.encoding(),
+                    );
+                    state.close_after_queued(close::AUTH_FAILED, "authentication timed out");
+                }
+            }
+            ConnMsg::Heartbeat => {
+                if state.last_heard.elapsed() >= state.realtime.limits.idle_timeout {
+                    state.outbound.close_now(close::IDLE);
+                } else {
+                    state.outbound.push(Message::Ping(Bytes::new()));
+                }
+            }
+            ConnMsg::TokenExpired(expiry) => {
+                if state.identity.as_ref().is_some_and(|i| i.expires_at == expiry) {
+                    state.send(
+                        &out::error(None, ErrorCode::AuthFailed, "access token expired"),
+                        state.encoding(),
+                    );
+                    state.close_after_queued(close::AUTH_FAILED, "token expired");
+                }
+            }
+            ConnMsg::Shutdown(ShutdownPhase::Draining) => {
+                let frame = ServerFrame::shutdown();
+                state.send(&frame, state.encoding());
+            }
+            ConnMsg::Shutdown(ShutdownPhase::Closing) => {
+                state.close_after_queued(close::GOING_AWAY, "server shutting down");
+            }
+            ConnMsg::Shutdown(ShutdownPhase::Running) => {}
+        }
+        Ok(())
+    }
+}
+
+/// Reads frames and hands them to the actor one permit at a time.
+async fn read_loop(
+    mut stream: WsStream,
+    actor: ActorRef<ConnMsg>,
+    mut shutdown: watch::Receiver<ShutdownPhase>,
+) {
+    let permits = Arc::new(Semaphore::new(FRAMES_IN_FLIGHT));
+    let end = loop {
+        tokio::select! {
+            changed = shutdown.changed() => {
+                if changed.is_err() {
+                    continue;
+                }
+                let phase = *shutdown.borrow_and_update();
+                if actor.cast(ConnMsg::Shutdown(phase)).is_err() {
+                    return;
+                }
+            }
+            item = stream.next() => match item {
+                Some(Ok(msg)) => {
+                    let Ok(permit) = permits.clone().acquire_owned().await else { break None };
+                    if actor.cast(ConnMsg::Frame(msg, permit)).is_err() {
+                        return;
+                    }
+                }
+                Some(Err(tungstenite::Error::Capacity(_))) => break Some(close::TOO_LARGE),
+                Some(Err(tungstenite::Error::Utf8(_))) => break Some(close::INVALID_PAYLOAD),
+                Some(Err(tungstenite::Error::Protocol(_))) => break Some(1002),
+                Some(Err(_)) | None => break None,
+            }
+        }
+    };
+    let _ = actor.cast(ConnMsg::ReadEnded(end));
+}
+
+impl ConnectionState {
+    /// The encoding of pushes (MessagePack until the first frame says).
+    fn encoding(&self) -> Encoding {
+        self.push_encoding.unwrap_or(Encoding::MessagePack)
+    }
+
+    /// Queues one frame in `encoding`.
+    fn send(&self, frame: &ServerFrame, encoding: Encoding) {
+        self.outbound.push_encoded(&EncodedFrame::single(frame, encoding));
+    }
+
+    fn close_after_queued(&self, code: u16, reason: &'static str) {
+        let outbound = self.outbound.clone();
+        tokio::spawn(async move { outbound.close_after_queued(code, reason).await });
+    }
+
+    fn audit(&self, action: &str, details: serde_json::Value) {
+        let actor = self.identity.as_ref().map(|i| i.user_id);
+        let mut event = PendingAudit::new(actor, self.peer.ip.clone(), action, details);
+        event.user_agent = self.peer.user_agent.clone();
+        self.realtime.audit.record(event);
+    }
+
+    async fn on_frame(&mut self, myself: &ActorRef<ConnMsg>, frame: Message) {
+        let (bytes, encoding) = match &frame {
+            Message::Binary(b) => (b.as_ref(), Encoding::MessagePack),
+            Message::Text(t) => (t.as_bytes(), Encoding::Json),
+            Message::Close(_) => {
+                // The client's close: answer it (tungstenite does) and stop reading.
+                return;
+            }
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => return,
+        };
+        counter!(m::FRAMES_IN).increment(1);
+        if self.push_encoding.is_none() {
+            self.push_encoding = Some(encoding);
+            self.outbound = self.outbound.with_encoding(encoding);
+        }
+        let request = match codec::decode_client(bytes, encoding) {
+            Ok(request) => request,
+            Err(e) => {
+                counter!(m::INVALID_FRAMES).increment(1);
+                self.send(&e.to_error_frame(), encoding);
+                return;
+            }
+        };
+        let ClientFrame { reference, request } = request;
+        match (&self.identity, request) {
+            (_, ClientRequest::Authenticate(auth)) => {
+                self.authenticate(myself, reference, &auth.token, encoding).await;
+            }
+            (None, ClientRequest::Ping | ClientRequest::Heartbeat) => {
+                self.send(&pong(reference), encoding);
+            }
+            (None, _) => {
+                counter!(m::AUTH_FAILURES, "reason" => "unauthenticated").increment(1);
+                self.send(
+                    &out::error(reference, ErrorCode::Unauthenticated, "authenticate first"),
+                    encoding,
+                );
+                self.close_after_queued(close::AUTH_FAILED, "not authenticated");
+            }
+            (Some(identity), request) => {
+                let identity = identity.clone();
+                let reply = Reply::Frame {
+                    outbound: self.outbound.with_encoding(encoding),
+                    reference: reference.clone(),
+                };
+                if let Err(e) = self.request(&identity, request, reference.clone(), encoding, reply).await {
+                    self.send(&out::error(reference, e.code(), &e.to_string()), encoding);
+                }
+            }
+        }
+    }
+
+    async fn authenticate(
+        &mut self,
+        myself: &ActorRef<ConnMsg>,
+        reference: Option<Ref>,
+        token: &str,
+        encoding: Encoding,
+    ) {
+        let result = self.realtime.authenticator.authenticate(token).await;
+        let identity = match (result, &self.identity) {
+            (Ok(new), Some(current)) if new.user_id != current.user_id => {
+                Err(AuthRejected::InvalidToken)
+            }
+            (other, _) => other,
+        };
+        match identity {
+            Ok(identity) => {
+                let first = self.identity.is_none();
+                self.span.record("user_id", tracing::field::display(identity.user_id));
+                let expires_in = identity.expires_at.saturating_sub(crate::now_ms()).max(0) as u64;
+                let expiry = identity.expires_at;
+                myself.send_after(Duration::from_millis(expires_in), move || ConnMsg::TokenExpired(expiry));
+                let response = ServerFrame::AuthenticationResponse(AuthenticationResponse {
+                    reference,
+                    result: Ok(AuthSuccess {
+                        user: AuthUser {
+                            id: identity.user_id,
+                            username: identity.username.clone(),
+                            role: identity.role.as_str().to_owned(),
+                        },
+                        session_id: identity.session_id,
+                        server_time: crate::now_ms(),
+                        heartbeat_ms: self.realtime.limits.heartbeat.as_millis() as u64,
+                    }),
+                });
+                if first {
+                    let msg = PresenceMsg::Connected {
+                        conn_id: self.conn_id,
+                        session_id: identity.session_id,
+                        outbound: self.outbound.clone(),
+                    };
+                    let _ = self.realtime.presence.cast(ForUser(identity.user_id, msg));
+                }
+                self.identity = Some(identity);
+                if first {
+                    self.audit("ws.connect", serde_json::json!({"connId": self.conn_id.0}));
+                }
+                self.send(&response, encoding);
+            }
+            Err(rejected) => {
+                counter!(m::AUTH_FAILURES, "reason" => "token").increment(1);
+                self.audit("ws.auth_failed", serde_json::json!({"reason": rejected.to_string()}));
+                let code = match rejected {
+                    AuthRejected::Unavailable => ErrorCode::Unavailable,
+                    _ => ErrorCode::AuthFailed,
+                };
+                let response = ServerFrame::AuthenticationResponse(AuthenticationResponse {
+                    reference,
+                    result: Err(ErrorBody {
+                        code,
+                        message: rejected.to_string(),
+                    }),
+                });
+                self.send(&response, encoding);
+                self.close_after_queued(close::AUTH_FAILED, "authentication failed");
+            }
+        }
+    }
+
+    fn principal<'a>(&'a self, identity: &Identity) -> Principal<'a> {
+        Principal {
+            user_id: identity.user_id,
+            role: identity.role,
+            permissions: &self.realtime.permissions,
+        }
+    }
+
+    fn sender(&self, identity: &Identity, member: Option<Member>) -> Sender {
+        Sender {
+            user_id: identity.user_id,
+            username: identity.username.clone(),
+            role: identity.role,
+            member,
+            ip: self.peer.ip.clone(),
+        }
+    }
+
+    /// The channel actor for a channel the caller may read, with the caller's
+    /// membership.
+    async fn channel_actor(
+        &self,
+        identity: &Identity,
+        channel_id: ChannelId,
+    ) -> Result<(ActorRef<ChannelMsg>, Channel, Option<Member>), RequestError> {
+        let (channel, member) = self
+            .realtime
+            .channel_access(self.principal(identity), channel_id, |c, m| Action::ReadChannel {
+                channel: c,
+                member: m,
+            })
+            .await?;
+        let actor = match self.joined.get(&channel_id) {
+            Some(j) => j.actor.clone(),
+            None => self.realtime.channel_actor(channel.clone()).await?,
+        };
+        Ok((actor, channel, member))
+    }
+
+    async fn request(
+        &mut self,
+        identity: &Identity,
+        request: ClientRequest,
+        reference: Option<Ref>,
+        encoding: Encoding,
+        reply: Reply,
+    ) -> Result<(), RequestError> {
+        let limits = &self.realtime.limits;
+        match request {
+            // Handled before dispatch, in `on_frame`.
+            ClientRequest::Authenticate(_) => {}
+            ClientRequest::Ping | ClientRequest::Heartbeat => self.send(&pong(reference), encoding),
+            ClientRequest::JoinChannel(join) => {
+                let (channel, member) = self
+                    .realtime
+                    .channel_access(self.principal(identity), join.channel_id, |c, m| {
+                        Action::ReadChannel { channel: c, member: m }
+                    })
+                    .await
+                    .inspect_err(|_| {
+                        self.audit("access.denied", serde_json::json!({"op": "join_channel", "channelId": join.channel_id}));
+                    })?;
+                let member = match member {
+                    Some(member) => member,
+                    None => self.realtime.become_member(&channel, identity.user_id).await?,
+                };
+                let actor = self.realtime.channel_actor(channel.clone()).await?;
+                let request = JoinRequest {
+                    outbound: self.outbound.clone(),
+                    user_id: identity.user_id,
+                    member,
+                    since_seq: join.since_seq,
+                    reference,
+                };
+                actor
+                    .cast(ChannelMsg::Join(Box::new(request)))
+                    .map_err(|_| RequestError::Unavailable)?;
+                if self.joined.insert(channel.id, Joined { actor: actor.clone() }).is_none() {
+                    let msg = PresenceMsg::Joined {
+                        channel_id: channel.id,
+                        channel: actor,
+                    };
+                    let _ = self.realtime.presence.cast(ForUser(identity.user_id, msg));
+                }
+                self.audit("channel.join", serde_json::json!({"channelId": channel.id}));
+            }
+            ClientRequest::LeaveChannel(leave) => {
+                if let Some(joined) = self.joined.remove(&leave.channel_id) {
+                    let _ = joined.actor.cast(ChannelMsg::Leave { conn_id: self.conn_id });
+                    let msg = PresenceMsg::Left {
+                        channel_id: leave.channel_id,
+                    };
+                    let _ = self.realtime.presence.cast(ForUser(identity.user_id, msg));
+                }
+                reply.send(Ok(Accepted::Done));
+            }
+            ClientRequest::SendMessage(send) => {
+                if send.text.len() > limits.max_text_bytes {
+                    return Err(RequestError::TooLarge("text is over the size limit"));
+                }
+                if send.client_msg_id.as_ref().is_some_and(|c| c.len() > 64) {
+                    return Err(RequestError::Invalid("clientMsgId is over 64 bytes"));
+                }
+                if let Err(retry_after) = self.realtime.check_send_rate(identity.user_id) {
+                    counter!(m::RATE_LIMITED, "limit" => "send_message").increment(1);
+                    self.send(&out::rate_limited(reference, retry_after.as_millis() as u64), encoding);
+                    return Ok(());
+                }
+                let (actor, _, member) = self.channel_actor(identity, send.channel_id).await?;
+                let phi_found = self.realtime.phi.detect_names(&send.text);
+                if !phi_found.is_empty() {
+                    counter!(m::PHI_DETECTED).increment(1);
+                }
+                let request = PublishRequest {
+                    sender: self.sender(identity, member),
+                    contains_phi: send.contains_phi || !phi_found.is_empty(),
+                    phi_found,
+                    text: send.text,
+                    client_msg_id: send.client_msg_id,
+                    reply_to: send.reply_to,
+                    ttl_seconds: send.ttl_seconds.map(u64::from),
+                    reply,
+                    received: Instant::now(),
+                };
+                actor
+                    .cast(ChannelMsg::Publish(Box::new(request)))
+                    .map_err(|_| RequestError::Unavailable)?;
+            }
+            ClientRequest::EditMessage(edit) => {
+                if edit.text.len() > limits.max_text_bytes {
+                    return Err(RequestError::TooLarge("text is over the size limit"));
+                }
+                let (actor, original) = self.modifiable(identity, edit.message_id).await?;
+                let request = EditRequest {
+                    editor: identity.user_id,
+                    original,
+                    text: edit.text,
+                    reply,
+                };
+                actor
+                    .cast(ChannelMsg::Edit(Box::new(request)))
+                    .map_err(|_| RequestError::Unavailable)?;
+            }
+            ClientRequest::DeleteMessage(delete) => {
+                let (actor, original) = self.modifiable(identity, delete.message_id).await?;
+                let request = DeleteRequest {
+                    deleter: identity.user_id,
+                    message_id: original.id,
+                    seq: original.seq,
+                    reply,
+                };
+                actor
+                    .cast(ChannelMsg::Delete(Box::new(request)))
+                    .map_err(|_| RequestError::Unavailable)?;
+            }
+            ClientRequest::TypingIndicator(typing) => {
+                if let Some(joined) = self.joined.get(&typing.channel_id) {
+                    let _ = joined.actor.cast(ChannelMsg::Typing {
+                        user_id: identity.user_id,
+                        is_typing: typing.is_typing,
+                    });
+                }
+            }
+            ClientRequest::ReadReceipt(receipt) => {
+                let (actor, _, member) = self.channel_actor(identity, receipt.channel_id).await?;
+                if member.is_none() {
+                    return Err(RequestError::Forbidden("not a member of this channel"));
+                }
+                let seq = match receipt.up_to {
+                    ReadPosition::Seq(seq) => seq,
+                    ReadPosition::Message(id) => {
+                        let row = self.realtime.store.get_message(id).await?;
+                        match row {
+                            Some(r) if r.message.channel_id == receipt.channel_id => r.message.seq,
+                            _ => return Err(RequestError::NotFound("no such message")),
+                        }
+                    }
+                };
+                actor
+                    .cast(ChannelMsg::MarkRead {
+                        user_id: identity.user_id,
+                        seq,
+                        reply,
+                    })
+                    .map_err(|_| RequestError::Unavailable)?;
+            }
+            ClientRequest::FetchHistory(fetch) => {
+                let frame = self.history(identity, reference, &fetch).await?;
+                self.send(&frame, encoding);
+            }
+            ClientRequest::AddReaction(r) | ClientRequest::RemoveReaction(r)
+                if r.reaction.is_empty() || r.reaction.len() > 64 =>
+            {
+                return Err(RequestError::Invalid("reaction must be 1 to 64 bytes"));
+            }
+            ClientRequest::AddReaction(r) => self.react(identity, r.message_id, r.reaction, true, reply).await?,
+            ClientRequest::RemoveReaction(r) => {
+                self.react(identity, r.message_id, r.reaction, false, reply).await?
+            }
+            ClientRequest::OpenDirect(open) => {
+                let view = self.realtime.open_direct(identity, open.user_id).await?;
+                self.audit("channel.open_direct", serde_json::json!({"channelId": view.id}));
+                self.send(&out::ack_channel(reference, view), encoding);
+            }
+            ClientRequest::SetStatus(status) => {
+                let status = match status.status {
+                    UserStatus::Online => courier_protocol::frames::PresenceStatus::Online,
+                    UserStatus::Away => courier_protocol::frames::PresenceStatus::Away,
+                };
+                let _ = self
+                    .realtime
+                    .presence
+                    .cast(ForUser(identity.user_id, PresenceMsg::SetStatus(status)));
+                reply.send(Ok(Accepted::Done));
+            }
+        }
+        Ok(())
+    }
+
+    /// A message the caller may edit or delete, with its channel's actor.
+    async fn modifiable(
+        &self,
+        identity: &Identity,
+        message_id: MessageId,
+    ) -> Result<(ActorRef<ChannelMsg>, courier_protocol::frames::MessageView), RequestError> {
+        let row = self
+            .realtime
+            .store
+            .get_message(message_id)
+            .await?
+            .filter(|r| r.message.deleted_at.is_none())
+            .ok_or(RequestError::NotFound("no such message"))?;
+        let author = row.message.sender_id;
+        let channel_id = row.message.channel_id;
+        self.realtime
+            .channel_access(self.principal(identity), channel_id, |c, m| Action::ModifyMessage {
+                channel: c,
+                member: m,
+                author,
+            })
+            .await
+            .inspect_err(|_| {
+                self.audit("access.denied", serde_json::json!({"op": "modify_message", "messageId": message_id}));
+            })?;
+        let (actor, _, _) = self.channel_actor(identity, channel_id).await?;
+        let original = history::open_row(&self.realtime.cipher, row).map_err(RequestError::from)?;
+        Ok((actor, original))
+    }
+
+    async fn react(
+        &self,
+        identity: &Identity,
+        message_id: MessageId,
+        reaction: String,
+        add: bool,
+        reply: Reply,
+    ) -> Result<(), RequestError> {
+        let row = self
+            .realtime
+            .store
+            .get_message(message_id)
+            .await?
+            .filter(|r| r.message.deleted_at.is_none())
+            .ok_or(RequestError::NotFound("no such message"))?;
+        let (actor, _, member) = self.channel_actor(identity, row.message.channel_id).await?;
+        if member.is_none() {
+            return Err(RequestError::Forbidden("not a member of this channel"));
+        }
+        actor
+            .cast(ChannelMsg::React {
+                message_id,
+                user_id: identity.user_id,
+                reaction,
+                add,
+                reply,
+            })
+            .map_err(|_| RequestError::Unavailable)
+    }
+
+    async fn history(
+        &self,
+        identity: &Identity,
+        reference: Option<Ref>,
+        fetch: &FetchHistory,
+    ) -> Result<ServerFrame, RequestError> {
+        let (messages, has_more) = self
+            .realtime
+            .read_history(self.principal(identity), fetch.channel_id, fetch.before_seq, fetch.effective_limit())
+            .await?;
+        self.audit(
+            "history.read",
+            serde_json::json!({"channelId": fetch.channel_id, "count": messages.len()}),
+        );
+        Ok(ServerFrame::History(History {
+            reference,
+            channel_id: fetch.channel_id,
+            messages,
+            has_more,
+        }))
+    }
+}
+
+fn pong(reference: Option<Ref>) -> ServerFrame {
+    ServerFrame::Pong(Pong {
+        reference,
+        server_time: crate::now_ms(),
+    })
+}
+
+/// Why a request failed; mapped to an error code once, here.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("{0}")]
+    Forbidden(&'static str),
+    #[error("{0}")]
+    NotFound(&'static str),
+    #[error("{0}")]
+    Invalid(&'static str),
+    #[error("{0}")]
+    TooLarge(&'static str),
+    #[error("{0}")]
+    Conflict(&'static str),
+    #[error("service unavailable; retry")]
+    Unavailable,
+    #[error("internal error")]
+    Internal,
+}
+
+impl RequestError {
+    /// The protocol error code.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            RequestError::Forbidden(_) => ErrorCode::Forbidden,
+            RequestError::NotFound(_) => ErrorCode::NotFound,
+            RequestError::Invalid(_) => ErrorCode::InvalidFrame,
+            RequestError::TooLarge(_) => ErrorCode::TooLarge,
+            RequestError::Conflict(_) => ErrorCode::Conflict,
+            RequestError::Unavailable => ErrorCode::Unavailable,
+            RequestError::Internal => ErrorCode::Internal,
+        }
+    }
+}
+
+impl From<AccessError> for RequestError {
+    fn from(e: AccessError) -> Self {
+        match e {
+            AccessError::NotFound(what) => RequestError::NotFound(what),
+            AccessError::Denied(d) => RequestError::Forbidden(d.0),
+            AccessError::Invalid(what) => RequestError::Invalid(what),
+            AccessError::Conflict(what) => RequestError::Conflict(what),
+            AccessError::Unavailable => RequestError::Unavailable,
+            AccessError::Internal => RequestError::Internal,
+        }
+    }
+}
+
+impl From<crate::store::StoreError> for RequestError {
+    fn from(e: crate::store::StoreError) -> Self {
+        AccessError::from(e).into()
+    }
+}
+
+impl From<history::HistoryError> for RequestError {
+    fn from(_: history::HistoryError) -> Self {
+        RequestError::Internal
+    }
+}
+
+impl From<ChannelError> for RequestError {
+    fn from(e: ChannelError) -> Self {
+        match e {
+            ChannelError::Forbidden(w) => RequestError::Forbidden(w),
+            ChannelError::NotFound(w) => RequestError::NotFound(w),
+            ChannelError::Unavailable => RequestError::Unavailable,
+            ChannelError::Internal(_) => RequestError::Internal,
+        }
+    }
+}
+
+/// A send rate of `per_minute`, with a burst of a sixth of it (at least 1).
+pub fn send_quota(per_minute: u32) -> governor::Quota {
+    let per_minute = NonZeroU32::new(per_minute.max(1)).unwrap_or(NonZeroU32::MIN);
+    let burst = NonZeroU32::new((per_minute.get() / 6).max(1)).unwrap_or(NonZeroU32::MIN);
+    governor::Quota::per_minute(per_minute).allow_burst(burst)
+}

@@ -1,0 +1,80 @@
+//! Names of every `courier_*` metric, in one place so that the recorders and
+//! the documentation agree. Labels never carry user data (no ids, no names).
+
+/// Open WebSocket connections (gauge).
+pub const CONNECTIONS: &str = "courier_connections";
+/// WebSocket connections accepted since start (counter).
+pub const CONNECTIONS_TOTAL: &str = "courier_connections_total";
+/// Frames received from clients (counter; label `encoding`).
+pub const FRAMES_IN: &str = "courier_frames_in_total";
+/// Frames queued to clients (counter).
+pub const FRAMES_OUT: &str = "courier_frames_out_total";
+/// Frames answered with `invalid_frame` (counter).
+pub const INVALID_FRAMES: &str = "courier_invalid_frames_total";
+/// Messages accepted and committed (counter).
+pub const MESSAGES_PUBLISHED: &str = "courier_messages_published_total";
+/// Message pushes handed to connections (counter).
+pub const MESSAGES_DELIVERED: &str = "courier_messages_delivered_total";
+/// Time from a send arriving at its channel to its ack (histogram, seconds).
+pub const PUBLISH_ACK_SECONDS: &str = "courier_publish_ack_seconds";
+/// Rows per persistence batch (histogram).
+pub const PERSIST_BATCH_SIZE: &str = "courier_persist_batch_size";
+/// Time to commit one persistence batch (histogram, seconds).
+pub const PERSIST_FLUSH_SECONDS: &str = "courier_persist_flush_seconds";
+/// Writes waiting in the persistence queue (gauge).
+pub const PERSIST_QUEUE: &str = "courier_persist_queue_depth";
+/// Writes refused because the persistence queue was full (counter).
+pub const PERSIST_REJECTED: &str = "courier_persist_rejected_total";
+/// Failed batch commits that will be retried (counter).
+pub const PERSIST_RETRIES: &str = "courier_persist_retries_total";
+/// Audit entries appended to the chain (counter).
+pub const AUDIT_ENTRIES: &str = "courier_audit_entries_total";
+/// Failed authentications (counter; label `reason`).
+pub const AUTH_FAILURES: &str = "courier_auth_failures_total";
+/// Requests refused by a rate limit (counter; label `limit`).
+pub const RATE_LIMITED: &str = "courier_rate_limited_total";
+/// Connections closed with 4009 because their queue overflowed (counter).
+pub const SLOW_CONSUMERS: &str = "courier_slow_consumer_disconnects_total";
+/// Channel actors running (gauge).
+pub const CHANNELS_ACTIVE: &str = "courier_channels_active";
+/// Users with at least one connection (gauge).
+pub const USERS_ONLINE: &str = "courier_users_online";
+/// Messages whose ciphertext failed authentication on read (counter).
+pub const DECRYPT_FAILURES: &str = "courier_decrypt_failures_total";
+/// Messages flagged as containing PHI by the server's detectors (counter).
+pub const PHI_DETECTED: &str = "courier_phi_detected_total";
+/// Resident memory of the process (gauge, bytes).
+pub const PROCESS_RSS: &str = "courier_process_resident_memory_bytes";
+/// CPU time of the process (gauge, seconds; monotonic).
+pub const PROCESS_CPU: &str = "courier_process_cpu_seconds";
+/// Open file descriptors of the process (gauge).
+pub const PROCESS_FDS: &str = "courier_process_open_fds";
+
+/// Registers descriptions and units with the installed recorder.
+pub fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_gauge!(CONNECTIONS, "Open WebSocket connections");
+    describe_counter!(CONNECTIONS_TOTAL, "WebSocket connections accepted");
+    describe_counter!(FRAMES_IN, "Frames received from clients");
+    describe_counter!(FRAMES_OUT, "Frames queued to clients");
+    describe_counter!(INVALID_FRAMES, "Frames answered with invalid_frame");
+    describe_counter!(MESSAGES_PUBLISHED, "Messages committed");
+    describe_counter!(MESSAGES_DELIVERED, "Message pushes handed to connections");
+    describe_histogram!(PUBLISH_ACK_SECONDS, Unit::Seconds, "Send to ack latency");
+    describe_histogram!(PERSIST_BATCH_SIZE, Unit::Count, "Rows per persistence batch");
+    describe_histogram!(PERSIST_FLUSH_SECONDS, Unit::Seconds, "Persistence batch commit time");
+    describe_gauge!(PERSIST_QUEUE, "Writes waiting for the persistence actor");
+    describe_counter!(PERSIST_REJECTED, "Writes refused: persistence queue full");
+    describe_counter!(PERSIST_RETRIES, "Persistence batches retried after a failure");
+    describe_counter!(AUDIT_ENTRIES, "Audit entries chained");
+    describe_counter!(AUTH_FAILURES, "Failed authentications");
+    describe_counter!(RATE_LIMITED, "Requests refused by a rate limit");
+    describe_counter!(SLOW_CONSUMERS, "Connections closed as slow consumers (4009)");
+    describe_gauge!(CHANNELS_ACTIVE, "Channel actors running");
+    describe_gauge!(USERS_ONLINE, "Users with at least one connection");
+    describe_counter!(DECRYPT_FAILURES, "Ciphertexts that failed authentication");
+    describe_counter!(PHI_DETECTED, "Messages flagged as PHI by the server");
+    describe_gauge!(PROCESS_RSS, Unit::Bytes, "Resident memory of the process");
+    describe_gauge!(PROCESS_CPU, Unit::Seconds, "CPU time used by the process");
+    describe_gauge!(PROCESS_FDS, "Open file descriptors");
+}

@@ -1,0 +1,322 @@
+//! # PersistenceActor: group commit
+//!
+//! **Owns** the only write path of the realtime traffic into the store:
+//! messages, edits, deletes, receipts, reactions and membership.
+//!
+//! **Takes** writes through a [`PersistenceHandle`] (a bounded queue, because
+//! ractor mailboxes are unbounded): [`PersistenceHandle::submit`] either
+//! queues a [`WriteOp`] at once or refuses with [`PersistError::Full`], which
+//! the caller answers as `unavailable`. Its ractor mailbox takes only
+//! [`PersistenceMsg::Drain`].
+//!
+//! **Does**: the body of the actor is a batching loop. It takes the first
+//! queued write, then keeps collecting until the batch holds `batch_max`
+//! writes or `batch_delay` has passed since the first one, and commits the
+//! batch in one transaction ([`Store::apply_batch`]). Only after the commit
+//! does it answer each writer: channel actors get one
+//! [`ChannelMsg::Committed`] per batch with all their outcomes, in order;
+//! other writers get a oneshot. When the store is unreachable the batch is
+//! retried with backoff (nothing is acked meanwhile; the queue fills and new
+//! writes are refused), and service resumes by itself when the store returns.
+//! A batch that fails for another reason is retried op by op, so one bad row
+//! fails alone.
+//!
+//! **Supervised by** the root supervisor. **A crash** loses the writes that
+//! were queued but not committed; none of them was acked, so clients resend
+//! them (idempotently, by `clientMsgId`).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use metrics::{counter, gauge, histogram};
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::channel::ChannelMsg;
+use crate::metric_names as m;
+use crate::store::{DynStore, StoreError, WriteOp, WriteOutcome};
+
+/// Why a write was not committed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PersistError {
+    /// The queue is full (the store is slow or down): try again later.
+    #[error("persistence queue is full")]
+    Full,
+    /// The persistence actor is stopping or gone.
+    #[error("persistence is shutting down")]
+    Closed,
+    /// The store refused this write (not a transient failure).
+    #[error("write rejected: {0}")]
+    Rejected(String),
+}
+
+/// Who hears about a write once it is committed.
+pub enum PersistReply {
+    /// A channel actor, through one [`ChannelMsg::Committed`] per batch; the
+    /// token lets it match outcomes to its pending writes.
+    Channel(ActorRef<ChannelMsg>, u64),
+    /// Anyone else (REST handlers, connection actors).
+    Oneshot(oneshot::Sender<Result<WriteOutcome, PersistError>>),
+    /// Nobody.
+    None,
+}
+
+pub struct Write {
+    op: WriteOp,
+    reply: PersistReply,
+}
+
+/// What travels on the queue: a write, or the nudge of a drain that wakes an
+/// idle loop so it notices it must stop.
+pub enum Queued {
+    Write(Write),
+    Wake,
+}
+
+/// The cheap, cloneable way in: a bounded queue to the batching loop.
+#[derive(Clone)]
+pub struct PersistenceHandle {
+    tx: mpsc::Sender<Queued>,
+}
+
+impl PersistenceHandle {
+    /// Queues a write, or refuses at once when the queue is full.
+    pub fn submit(&self, op: WriteOp, reply: PersistReply) -> Result<(), PersistError> {
+        match self.tx.try_send(Queued::Write(Write { op, reply })) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                counter!(m::PERSIST_REJECTED).increment(1);
+                Err(PersistError::Full)
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(PersistError::Closed),
+        }
+    }
+
+    /// Queues a write and waits for its commit.
+    pub async fn write(&self, op: WriteOp) -> Result<WriteOutcome, PersistError> {
+        let (tx, rx) = oneshot::channel();
+        self.submit(op, PersistReply::Oneshot(tx))?;
+        rx.await.map_err(|_| PersistError::Closed)?
+    }
+}
+
+/// Tuning of the batching loop.
+#[derive(Clone, Debug)]
+pub struct PersistenceConfig {
+    /// Flush when a batch holds this many writes.
+    pub batch_max: usize,
+    /// Flush this long after the first write of a batch at the latest.
+    pub batch_delay: Duration,
+    /// Writes that may wait; more are refused.
+    pub queue_capacity: usize,
+}
+
+/// The actor. Read-only configuration.
+pub struct PersistenceActor;
+
+/// Control messages. Writes do not come this way (see [`PersistenceHandle`]).
+pub enum PersistenceMsg {
+    /// Stop taking writes, commit everything queued, then answer.
+    Drain(RpcReplyPort<()>),
+}
+
+/// What the actor starts with.
+pub struct PersistenceArgs {
+    pub store: DynStore,
+    pub config: PersistenceConfig,
+}
+
+/// The batching loop's task and the way to stop it.
+pub struct PersistenceState {
+    stop: Arc<AtomicBool>,
+    closer: mpsc::Sender<Queued>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl PersistenceActor {
+    /// Spawns the actor linked to `supervisor` and returns it with its handle.
+    pub async fn spawn_linked(
+        supervisor: ractor::ActorCell,
+        store: DynStore,
+        config: PersistenceConfig,
+    ) -> Result<(ActorRef<PersistenceMsg>, PersistenceHandle), ractor::SpawnErr> {
+        let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
+        let handle = PersistenceHandle { tx: tx.clone() };
+        let (actor, _) = Actor::spawn_linked(
+            None,
+            PersistenceActor,
+            (PersistenceArgs { store, config }, tx, rx),
+            supervisor,
+        )
+        .await?;
+        Ok((actor, handle))
+    }
+}
+
+impl Actor for PersistenceActor {
+    type Msg = PersistenceMsg;
+    type State = PersistenceState;
+    type Arguments = (PersistenceArgs, mpsc::Sender<Queued>, mpsc::Receiver<Queued>);
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        (args, closer, rx): Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn(batch_loop(args.store, args.config, rx, stop.clone()));
+        Ok(PersistenceState {
+            stop,
+            closer,
+            task: Some(task),
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            PersistenceMsg::Drain(reply) => {
+                state.stop.store(true, Ordering::SeqCst);
+                // Wake the loop if it is idle on an empty queue; when the
+                // queue is full it is busy and will see the flag anyway.
+                let _ = state.closer.try_send(Queued::Wake);
+                if let Some(task) = state.task.take() {
+                    let _ = task.await;
+                }
+                let _ = reply.send(());
+            }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(task) = state.task.take() {
+            task.abort();
+        }
+        Ok(())
+    }
+}
+
+/// Collects batches and commits them until drained.
+async fn batch_loop(
+    store: DynStore,
+    config: PersistenceConfig,
+    mut rx: mpsc::Receiver<Queued>,
+    stop: Arc<AtomicBool>,
+) {
+    let batch_max = config.batch_max.max(1);
+    let mut queued: Vec<Queued> = Vec::with_capacity(batch_max);
+    let mut batch: Vec<Write> = Vec::with_capacity(batch_max);
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            rx.close();
+        }
+        if rx.recv_many(&mut queued, batch_max).await == 0 {
+            break; // closed and empty
+        }
+        let deadline = tokio::time::Instant::now() + config.batch_delay;
+        while queued.len() < batch_max && !stop.load(Ordering::SeqCst) {
+            let room = batch_max - queued.len();
+            tokio::select! {
+                n = rx.recv_many(&mut queued, room) => if n == 0 { break },
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        batch.extend(queued.drain(..).filter_map(|q| match q {
+            Queued::Write(w) => Some(w),
+            Queued::Wake => None,
+        }));
+        gauge!(m::PERSIST_QUEUE).set(rx.len() as f64);
+        if !batch.is_empty() {
+            commit(&*store, &mut batch).await;
+        }
+        batch.clear();
+    }
+}
+
+/// Commits one batch, retrying while the store is unreachable, and answers
+/// every writer.
+async fn commit(store: &dyn crate::store::Store, batch: &mut Vec<Write>) {
+    let ops: Vec<WriteOp> = batch.iter().map(|w| w.op.clone()).collect();
+    let mut backoff = Duration::from_millis(50);
+    let outcomes: Vec<Result<WriteOutcome, PersistError>> = loop {
+        let started = Instant::now();
+        match store.apply_batch(&ops).await {
+            Ok(outcomes) => {
+                histogram!(m::PERSIST_FLUSH_SECONDS).record(started.elapsed().as_secs_f64());
+                histogram!(m::PERSIST_BATCH_SIZE).record(ops.len() as f64);
+                break outcomes.into_iter().map(Ok).collect();
+            }
+            Err(e) if e.is_transient() => {
+                counter!(m::PERSIST_RETRIES).increment(1);
+                tracing::warn!(error = %e, rows = ops.len(), retry_in_ms = backoff.as_millis() as u64,
+                    "store unavailable; batch not committed, retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, rows = ops.len(), "batch refused; retrying row by row");
+                break apply_one_by_one(store, &ops).await;
+            }
+        }
+    };
+    answer(batch, outcomes);
+}
+
+/// The fallback when a whole batch is refused: each op in its own transaction.
+async fn apply_one_by_one(
+    store: &dyn crate::store::Store,
+    ops: &[WriteOp],
+) -> Vec<Result<WriteOutcome, PersistError>> {
+    let mut out = Vec::with_capacity(ops.len());
+    for op in ops {
+        let mut backoff = Duration::from_millis(50);
+        let result = loop {
+            match store.apply_batch(std::slice::from_ref(op)).await {
+                Ok(mut o) => break o.pop().ok_or_else(|| PersistError::Rejected("no outcome".into())),
+                Err(StoreError::Unavailable(_)) => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => break Err(PersistError::Rejected(e.to_string())),
+            }
+        };
+        out.push(result);
+    }
+    out
+}
+
+/// Sends every outcome to its writer: one message per channel actor.
+fn answer(batch: &mut Vec<Write>, outcomes: Vec<Result<WriteOutcome, PersistError>>) {
+    type Outcomes = Vec<(u64, Result<WriteOutcome, PersistError>)>;
+    let mut per_channel: HashMap<ActorId, (ActorRef<ChannelMsg>, Outcomes)> = HashMap::new();
+    for (write, outcome) in batch.drain(..).zip(outcomes) {
+        match write.reply {
+            PersistReply::Channel(actor, token) => {
+                per_channel
+                    .entry(actor.get_id())
+                    .or_insert_with(|| (actor, Vec::new()))
+                    .1
+                    .push((token, outcome));
+            }
+            PersistReply::Oneshot(tx) => {
+                let _ = tx.send(outcome);
+            }
+            PersistReply::None => {}
+        }
+    }
+    for (_, (actor, list)) in per_channel {
+        let _ = actor.cast(ChannelMsg::Committed(list));
+    }
+}

@@ -1,0 +1,483 @@
+//! # Realtime: the root of the actor tree and the handles the edge uses
+//!
+//! [`Realtime::start`] spawns the root supervisor and, under it, the
+//! persistence, audit and retention actors and the channel and presence
+//! directories. The returned [`Realtime`] is what the HTTP/WebSocket edge
+//! and REST handlers hold: handles to those actors, the store, the cipher,
+//! and the few reads that both WebSocket and REST paths share (channel
+//! access checks, history pages, `open_direct`), so the two paths cannot
+//! drift apart.
+//!
+//! The root supervisor overrides ractor's default (which would stop it when
+//! any child ends): connection actors come and go; a crash of a core actor
+//! is logged and marks the server unready.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use courier_protocol::frames::{ChannelView, MessageView};
+use courier_protocol::{ChannelId, UserId};
+use governor::{DefaultKeyedRateLimiter, RateLimiter};
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+use tokio::sync::watch;
+
+use crate::audit::{AuditActor, AuditConfig, AuditHandle, AuditMsg};
+use crate::audit_chain::PendingAudit;
+use crate::authz::{self, Action, Denied, Principal, RolePermissions};
+use crate::channel::{ChannelMsg, ChannelServices};
+use crate::channel_directory::{ChannelDirectory, DirectoryMsg};
+use crate::connection::{send_quota, ConnectionActor, ConnectionArgs, Peer, WsSink, WsStream};
+use crate::crypto::MessageCipher;
+use crate::frames_out as out;
+use crate::history;
+use crate::identity::{Authenticator, Identity};
+use crate::persistence::{PersistError, PersistenceActor, PersistenceConfig, PersistenceHandle, PersistenceMsg};
+use crate::phi::PhiDetector;
+use crate::presence::{ForUser, PresenceDirectory, PresenceMsg};
+use crate::retention::{RetentionActor, RetentionConfig};
+use crate::store::{Channel, ChannelKind, ChannelRole, DynStore, Member, StoreError, WriteOp};
+
+/// Per-connection limits (PROTOCOL.md section 1 and the heartbeat).
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub max_text_bytes: usize,
+    pub send_per_minute: u32,
+    pub outbound_queue: usize,
+    pub auth_timeout: Duration,
+    pub heartbeat: Duration,
+    pub idle_timeout: Duration,
+}
+
+/// Phases of a graceful shutdown, seen by every connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShutdownPhase {
+    Running,
+    /// `system_event` `shutdown` goes out; queued writes are being flushed.
+    Draining,
+    /// Everything is flushed: close with 1001.
+    Closing,
+}
+
+/// Everything [`Realtime::start`] needs.
+pub struct RealtimeDeps {
+    pub store: DynStore,
+    pub cipher: Arc<MessageCipher>,
+    pub phi: Arc<PhiDetector>,
+    pub authenticator: Arc<dyn Authenticator>,
+    pub limits: Limits,
+    pub persistence: PersistenceConfig,
+    pub audit: AuditConfig,
+    pub retention: RetentionConfig,
+    pub recovery_limit: u32,
+    pub typing_expiry: Duration,
+}
+
+/// Why a channel action was refused; mapped to codes at each edge.
+#[derive(Debug, thiserror::Error)]
+pub enum AccessError {
+    #[error("{0}")]
+    NotFound(&'static str),
+    #[error("{0}")]
+    Denied(Denied),
+    #[error("{0}")]
+    Invalid(&'static str),
+    #[error("{0}")]
+    Conflict(&'static str),
+    #[error("service unavailable")]
+    Unavailable,
+    #[error("internal error")]
+    Internal,
+}
+
+impl From<StoreError> for AccessError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound => AccessError::NotFound("not found"),
+            StoreError::Conflict(_) => AccessError::Conflict("conflict"),
+            StoreError::Unavailable(_) => AccessError::Unavailable,
+            StoreError::Corrupt(_) | StoreError::Database(_) => {
+                tracing::error!(error = %e, "store error");
+                AccessError::Internal
+            }
+        }
+    }
+}
+
+impl From<PersistError> for AccessError {
+    fn from(e: PersistError) -> Self {
+        match e {
+            PersistError::Full | PersistError::Closed => AccessError::Unavailable,
+            PersistError::Rejected(_) => AccessError::Internal,
+        }
+    }
+}
+
+impl From<history::HistoryError> for AccessError {
+    fn from(_: history::HistoryError) -> Self {
+        AccessError::Internal
+    }
+}
+
+/// The handles of a running realtime side. Shared as `Arc<Realtime>`.
+pub struct Realtime {
+    pub store: DynStore,
+    pub cipher: Arc<MessageCipher>,
+    pub phi: Arc<PhiDetector>,
+    pub persistence: PersistenceHandle,
+    pub audit: AuditHandle,
+    pub channels: ActorRef<DirectoryMsg>,
+    pub presence: ActorRef<ForUser>,
+    pub permissions: Arc<RolePermissions>,
+    pub authenticator: Arc<dyn Authenticator>,
+    pub limits: Limits,
+    /// Connections see shutdown phases here.
+    pub shutdown: watch::Receiver<ShutdownPhase>,
+    shutdown_tx: watch::Sender<ShutdownPhase>,
+    send_limiter: DefaultKeyedRateLimiter<UserId>,
+    root: ActorRef<RootMsg>,
+    persistence_actor: ActorRef<PersistenceMsg>,
+    audit_actor: ActorRef<AuditMsg>,
+    core_failed: Arc<AtomicBool>,
+    connections: Arc<AtomicUsize>,
+}
+
+/// The root supervisor takes no messages of its own.
+pub enum RootMsg {}
+
+/// The root supervisor.
+struct Root {
+    core_failed: Arc<AtomicBool>,
+}
+
+impl Actor for Root {
+    type Msg = RootMsg;
+    type State = ();
+    type Arguments = ();
+
+    async fn pre_start(&self, _: ActorRef<RootMsg>, _: ()) -> Result<(), ActorProcessingErr> {
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<RootMsg>,
+        event: SupervisionEvent,
+        _state: &mut (),
+    ) -> Result<(), ActorProcessingErr> {
+        if let SupervisionEvent::ActorFailed(cell, err) = event {
+            let is_core = cell.get_name().is_some();
+            if is_core {
+                tracing::error!(actor = ?cell.get_name(), error = %err, "core actor crashed; the server is not ready");
+                self.core_failed.store(true, Ordering::SeqCst);
+            } else {
+                tracing::warn!(error = %err, "connection actor crashed; its socket is closed");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A unique suffix for core actor names, so several servers in one process
+/// (tests) do not collide in ractor's registry.
+fn core_name(what: &str) -> String {
+    format!("{what}-{}", uuid::Uuid::new_v4().simple())
+}
+
+impl Realtime {
+    /// Starts the actor tree.
+    pub async fn start(deps: RealtimeDeps) -> Result<Arc<Realtime>, ActorProcessingErr> {
+        let core_failed = Arc::new(AtomicBool::new(false));
+        let (root, _) = Actor::spawn(
+            None,
+            Root {
+                core_failed: core_failed.clone(),
+            },
+            (),
+        )
+        .await?;
+        let permissions = Arc::new(RolePermissions::load(&*deps.store).await?);
+        let (persistence_actor, persistence) =
+            PersistenceActor::spawn_linked(root.get_cell(), deps.store.clone(), deps.persistence).await?;
+        let (audit_actor, audit) =
+            AuditActor::spawn_linked(root.get_cell(), deps.store.clone(), deps.audit).await?;
+        let services = Arc::new(ChannelServices {
+            store: deps.store.clone(),
+            cipher: deps.cipher.clone(),
+            persistence: persistence.clone(),
+            audit: audit.clone(),
+            permissions: permissions.clone(),
+            recovery_limit: deps.recovery_limit,
+            typing_expiry: deps.typing_expiry,
+            idle_stop: Duration::from_secs(60),
+        });
+        let (channels, _) = Actor::spawn_linked(
+            Some(core_name("channels")),
+            ChannelDirectory { services },
+            (),
+            root.get_cell(),
+        )
+        .await?;
+        let (presence, _) =
+            Actor::spawn_linked(Some(core_name("presence")), PresenceDirectory, (), root.get_cell()).await?;
+        Actor::spawn_linked(
+            Some(core_name("retention")),
+            RetentionActor,
+            (deps.retention, deps.store.clone(), persistence.clone(), audit.clone(), channels.clone()),
+            root.get_cell(),
+        )
+        .await?;
+        let (shutdown_tx, shutdown) = watch::channel(ShutdownPhase::Running);
+        Ok(Arc::new(Realtime {
+            send_limiter: RateLimiter::keyed(send_quota(deps.limits.send_per_minute)),
+            store: deps.store,
+            cipher: deps.cipher,
+            phi: deps.phi,
+            persistence,
+            audit,
+            channels,
+            presence,
+            permissions,
+            authenticator: deps.authenticator,
+            limits: deps.limits,
+            shutdown,
+            shutdown_tx,
+            root,
+            persistence_actor,
+            audit_actor,
+            core_failed,
+            connections: Arc::new(AtomicUsize::new(0)),
+        }))
+    }
+
+    /// Whether every core actor is alive.
+    pub fn healthy(&self) -> bool {
+        !self.core_failed.load(Ordering::SeqCst)
+    }
+
+    /// Open connections.
+    pub fn connection_count(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+
+    /// Starts the actor of a new, upgraded WebSocket.
+    pub async fn spawn_connection(
+        self: &Arc<Self>,
+        stream: WsStream,
+        sink: WsSink,
+        peer: Peer,
+    ) -> Result<(), ractor::SpawnErr> {
+        let args = ConnectionArgs {
+            realtime: self.clone(),
+            stream,
+            sink,
+            peer,
+            live: ConnectionCount(self.connections.clone()).acquire(),
+        };
+        Actor::spawn_linked(None, ConnectionActor, args, self.root.get_cell()).await?;
+        Ok(())
+    }
+
+    /// Reads a channel and the caller's membership, and authorizes `action`
+    /// on them. A channel the caller may not see is `forbidden`, whether or
+    /// not it exists, except that a missing one is `not_found`.
+    pub async fn channel_access<'p>(
+        &self,
+        who: Principal<'p>,
+        channel_id: ChannelId,
+        action: impl for<'a> FnOnce(&'a Channel, Option<&'a Member>) -> Action<'a>,
+    ) -> Result<(Channel, Option<Member>), AccessError> {
+        let channel = self
+            .store
+            .get_channel(channel_id)
+            .await?
+            .ok_or(AccessError::NotFound("no such channel"))?;
+        let member = self.store.get_member(channel_id, who.user_id).await?;
+        authz::decide(who, action(&channel, member.as_ref())).map_err(AccessError::Denied)?;
+        Ok((channel, member))
+    }
+
+    /// Makes a user a member of a public or broadcast channel they joined.
+    pub async fn become_member(&self, channel: &Channel, user: UserId) -> Result<Member, AccessError> {
+        let member = Member {
+            channel_id: channel.id,
+            user_id: user,
+            role: ChannelRole::Member,
+            joined_at: crate::now_ms(),
+            last_read_seq: 0,
+            last_delivered_seq: 0,
+        };
+        self.persistence.write(WriteOp::UpsertMember(member.clone())).await?;
+        self.audit.record(PendingAudit::new(
+            Some(user),
+            None,
+            "channel.member_add",
+            serde_json::json!({"channelId": channel.id, "userId": user, "role": "member", "via": "join"}),
+        ));
+        Ok(member)
+    }
+
+    /// The actor of a channel, started if needed.
+    pub async fn channel_actor(&self, channel: Channel) -> Result<ActorRef<ChannelMsg>, AccessError> {
+        ractor::call_t!(self.channels, DirectoryMsg::Get, 5_000, channel)
+            .map_err(|_| AccessError::Unavailable)?
+            .map_err(|_| AccessError::Unavailable)
+    }
+
+    /// Tells a channel's actor something, if it runs.
+    pub fn notify_channel(&self, channel: ChannelId, msg: ChannelMsg) {
+        let _ = self.channels.cast(DirectoryMsg::Notify(channel, msg));
+    }
+
+    /// The caller's direct channel with `other`, created on first use.
+    pub async fn open_direct(&self, me: &Identity, other: UserId) -> Result<ChannelView, AccessError> {
+        if other == me.user_id {
+            return Err(AccessError::Invalid("cannot open a direct channel with yourself"));
+        }
+        let peer = self
+            .store
+            .get_user(other)
+            .await?
+            .ok_or(AccessError::NotFound("no such user"))?;
+        let key = direct_key(me.user_id, other);
+        let channel = match self.store.find_direct(&key).await? {
+            Some(c) => c,
+            None => {
+                let now = crate::now_ms();
+                let channel = Channel {
+                    id: ChannelId::new(),
+                    name: format!("{} & {}", me.username, peer.username),
+                    description: None,
+                    kind: ChannelKind::Direct,
+                    created_by: me.user_id,
+                    created_at: now,
+                    direct_key: Some(key.clone()),
+                };
+                let owner = Member {
+                    channel_id: channel.id,
+                    user_id: me.user_id,
+                    role: ChannelRole::Owner,
+                    joined_at: now,
+                    last_read_seq: 0,
+                    last_delivered_seq: 0,
+                };
+                match self.store.create_channel(channel.clone(), owner).await {
+                    Ok(()) => {
+                        let second = Member {
+                            channel_id: channel.id,
+                            user_id: other,
+                            role: ChannelRole::Owner,
+                            joined_at: now,
+                            last_read_seq: 0,
+                            last_delivered_seq: 0,
+                        };
+                        self.persistence.write(WriteOp::UpsertMember(second)).await?;
+                        self.audit.record(PendingAudit::new(
+                            Some(me.user_id),
+                            None,
+                            "channel.create",
+                            serde_json::json!({"channelId": channel.id, "kind": "direct"}),
+                        ));
+                        channel
+                    }
+                    // Both users opened it at once: the other call won.
+                    Err(StoreError::Conflict(_)) => self
+                        .store
+                        .find_direct(&key)
+                        .await?
+                        .ok_or(AccessError::Internal)?,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        };
+        let member = self.store.get_member(channel.id, me.user_id).await?;
+        let last_seq = self.store.last_seq(channel.id).await?;
+        let last_read = member.map(|m| m.last_read_seq).unwrap_or(0);
+        Ok(ChannelView {
+            id: channel.id,
+            name: channel.name,
+            kind: out::kind(channel.kind),
+            last_seq,
+            last_read_seq: last_read,
+            unread: last_seq.saturating_sub(last_read),
+            recovered: false,
+            online: Vec::new(),
+        })
+    }
+
+    /// A page of history: the newest `limit` before `before`, ascending.
+    pub async fn read_history(
+        &self,
+        who: Principal<'_>,
+        channel_id: ChannelId,
+        before: Option<u64>,
+        limit: u32,
+    ) -> Result<(Vec<MessageView>, bool), AccessError> {
+        self.channel_access(who, channel_id, |c, m| Action::ReadChannel { channel: c, member: m })
+            .await?;
+        let (rows, has_more) = self
+            .store
+            .messages_before(channel_id, before, limit.clamp(1, 100))
+            .await?;
+        let messages = history::open_rows(self.cipher.clone(), rows).await?;
+        Ok((messages, has_more))
+    }
+
+    /// Checks the per-user send rate; `Err` carries the wait until a retry.
+    pub fn check_send_rate(&self, user: UserId) -> Result<(), Duration> {
+        use governor::clock::{Clock, DefaultClock};
+        self.send_limiter
+            .check_key(&user)
+            .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+    }
+
+    /// Closes the live sockets of these sessions (all of the user's when
+    /// `None`) with 4003.
+    pub fn revoke_sessions(&self, user: UserId, sessions: Option<Vec<courier_protocol::SessionId>>) {
+        let _ = self.presence.cast(ForUser(user, PresenceMsg::Revoke(sessions)));
+    }
+
+    /// Graceful shutdown: tell every connection, flush every queued write,
+    /// close every socket with 1001, flush the audit chain, stop the tree.
+    pub async fn shutdown(&self, grace: Duration) {
+        let _ = self.shutdown_tx.send(ShutdownPhase::Draining);
+        self.audit.record(PendingAudit::new(None, None, "server.stop", serde_json::json!({})));
+        if let Err(e) = ractor::call_t!(self.persistence_actor, PersistenceMsg::Drain, 60_000) {
+            tracing::error!(error = %e, "persistence did not drain");
+        }
+        let _ = self.shutdown_tx.send(ShutdownPhase::Closing);
+        let deadline = Instant::now() + grace;
+        while self.connection_count() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if let Err(e) = ractor::call_t!(self.audit_actor, AuditMsg::Drain, 60_000) {
+            tracing::error!(error = %e, "audit did not drain");
+        }
+        self.root.stop(None);
+    }
+}
+
+/// Counts live connections: one guard per connection actor.
+pub(crate) struct ConnectionCount(Arc<AtomicUsize>);
+
+impl ConnectionCount {
+    fn acquire(self) -> ConnectionGuard {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        ConnectionGuard(self.0)
+    }
+}
+
+/// Held by a connection actor's state; counts it until dropped.
+pub struct ConnectionGuard(Arc<AtomicUsize>);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The unique key of the direct channel of two users.
+pub fn direct_key(a: UserId, b: UserId) -> String {
+    let (x, y) = if a <= b { (a, b) } else { (b, a) };
+    format!("{x}:{y}")
+}

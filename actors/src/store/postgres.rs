@@ -1,0 +1,1099 @@
+//! PostgreSQL backend: the production store.
+//!
+//! A [`PgPool`] of 16 connections with a 3 s acquire timeout, so that an
+//! outage surfaces quickly as [`StoreError::Unavailable`] instead of hanging
+//! the caller; `synchronous_commit` is forced on, so an acknowledged batch is
+//! on disk. Migrations come from `migrations/postgres`, embedded at build time.
+//!
+//! [`Store::apply_batch`] runs one transaction per batch. Consecutive message
+//! inserts, the bulk of every batch under load, go to the database as one
+//! `INSERT ... SELECT FROM UNNEST(...)` statement; other ops are one small
+//! statement each.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use courier_protocol::{ChannelId, MessageId, SessionId, UserId};
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgDatabaseError, PgPool, PgPoolOptions};
+use sqlx::Row;
+use uuid::Uuid;
+
+use super::sql::{self, bound, to_db, SqlRow};
+use super::{
+    AuditFilter, AuditRecord, Channel, ChannelPatch, Checkpoint, ClientMsgRef, Member, MessageRow,
+    NewUser, Reencrypted, RefreshOutcome, Role, Session, Store, StoreError, StoredMessage, User,
+    UserPatch, WriteOp, WriteOutcome,
+};
+
+static MIGRATOR: Migrator = sqlx::migrate!("../migrations/postgres");
+
+/// The PostgreSQL store. Cheap to clone (the pool is shared).
+#[derive(Clone, Debug)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    /// Connects to `url` (`postgres://...`) and runs pending migrations.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let options = PgConnectOptions::from_str(url)?
+            .application_name("courier")
+            .options([("synchronous_commit", "on")]);
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(3))
+            .connect_with(options)
+            .await?;
+        let store = PgStore { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+}
+
+/// Sorts a PostgreSQL error by SQLSTATE. Messages name constraints, never values.
+pub(super) fn classify(e: &PgDatabaseError) -> StoreError {
+    let code = e.code();
+    match code {
+        "23505" => StoreError::Conflict(e.constraint().unwrap_or("unique constraint").to_owned()),
+        // A reference to a row that does not exist (every delete cascades).
+        "23503" => StoreError::NotFound,
+        // connection exceptions, shutdowns, too many connections, and the
+        // transaction conflicts that a retry resolves
+        _ if code.starts_with("08") => StoreError::Unavailable(e.message().to_owned()),
+        "57P01" | "57P02" | "57P03" | "53300" | "40001" | "40P01" => {
+            StoreError::Unavailable(format!("{code}: {}", e.message()))
+        }
+        "XX001" | "XX002" => StoreError::Corrupt(e.message().to_owned()),
+        _ => StoreError::Database(format!("{code}: {}", e.message())),
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        Ok(MIGRATOR.run(&self.pool).await?)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    // ---- users -------------------------------------------------------------
+
+    async fn create_user(&self, user: NewUser) -> Result<User, StoreError> {
+        let row = sqlx::query(
+            "INSERT INTO users (id, username, email, password_hash, role, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $6)
+             RETURNING *",
+        )
+        .bind(user.id.0)
+        .bind(&user.username)
+        .bind(&user.email)
+        .bind(&user.password_hash)
+        .bind(user.role.as_str())
+        .bind(user.created_at)
+        .fetch_one(&self.pool)
+        .await?;
+        sql::user(&row)
+    }
+
+    async fn get_user(&self, id: UserId) -> Result<Option<User>, StoreError> {
+        let row = sqlx::query("SELECT * FROM users WHERE id = $1")
+            .bind(id.0)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(sql::user).transpose()
+    }
+
+    async fn get_user_by_username(&self, username: &str) -> Result<Option<User>, StoreError> {
+        let row = sqlx::query("SELECT * FROM users WHERE lower(username) = lower($1)")
+            .bind(username)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(sql::user).transpose()
+    }
+
+    async fn list_users(
+        &self,
+        search: Option<&str>,
+        limit: u32,
+        offset: u32,
+    ) -> Result<Vec<User>, StoreError> {
+        let rows = sqlx::query(
+            r#"SELECT * FROM users
+               WHERE $1::text IS NULL
+                  OR lower(username) LIKE $1 ESCAPE '\'
+                  OR lower(email) LIKE $1 ESCAPE '\'
+               ORDER BY lower(username) COLLATE "C"
+               LIMIT $2 OFFSET $3"#,
+        )
+        .bind(search.map(sql::contains_pattern))
+        .bind(i64::from(limit))
+        .bind(i64::from(offset))
+        .fetch_all(&self.pool)
+        .await?;
+        sql::all(&rows, sql::user)
+    }
+
+    async fn count_users(&self) -> Result<u64, StoreError> {
+        let row = sqlx::query("SELECT count(*) AS n FROM users")
+            .fetch_one(&self.pool)
+            .await?;
+        row.uint("n")
+    }
+
+    async fn update_user(&self, id: UserId, patch: UserPatch) -> Result<User, StoreError> {
+        let row = sqlx::query(
+            "UPDATE users SET
+                 email = CASE WHEN $2 THEN $3 ELSE email END,
+                 role = COALESCE($4, role),
+                 password_hash = COALESCE($5, password_hash),
+                 updated_at = $6
+             WHERE id = $1
+             RETURNING *",
+        )
+        .bind(id.0)
+        .bind(patch.email.is_some())
+        .bind(patch.email.flatten())
+        .bind(patch.role.map(Role::as_str))
+        .bind(patch.password_hash)
+        .bind(patch.updated_at)
+        .fetch_optional(&self.pool)
+        .await?;
+        sql::user(&row.ok_or(StoreError::NotFound)?)
+    }
+
+    async fn delete_user(&self, id: UserId) -> Result<(), StoreError> {
+        let done = sqlx::query("DELETE FROM users WHERE id = $1")
+            .bind(id.0)
+            .execute(&self.pool)
+            .await?;
+        sql::found(done.rows_affected())
+    }
+
+    async fn record_login_failure(
+        &self,
+        id: UserId,
+        threshold: u32,
+        lock_until: i64,
+    ) -> Result<User, StoreError> {
+        let row = sqlx::query(
+            "UPDATE users SET
+                 failed_logins = failed_logins + 1,
+                 locked_until = CASE WHEN failed_logins + 1 >= $2 THEN $3 ELSE locked_until END
+             WHERE id = $1
+             RETURNING *",
+        )
+        .bind(id.0)
+        .bind(i64::from(threshold))
+        .bind(lock_until)
+        .fetch_optional(&self.pool)
+        .await?;
+        sql::user(&row.ok_or(StoreError::NotFound)?)
+    }
+
+    async fn record_login_success(&self, id: UserId) -> Result<(), StoreError> {
+        let done =
+            sqlx::query("UPDATE users SET failed_logins = 0, locked_until = NULL WHERE id = $1")
+                .bind(id.0)
+                .execute(&self.pool)
+                .await?;
+        sql::found(done.rows_affected())
+    }
+
+    async fn role_permissions(&self, role: Role) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT permission FROM role_permissions WHERE role = $1 ORDER BY permission",
+        )
+        .bind(role.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        sql::all(&rows, |r| r.text("permission"))
+    }
+
+    // ---- sessions ----------------------------------------------------------
+
+    async fn create_session(&self, session: Session) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO sessions (id, user_id, token_hash, created_at, expires_at, ip, user_agent, valid)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(session.id.0)
+        .bind(session.user_id.0)
+        .bind(&session.token_hash)
+        .bind(session.created_at)
+        .bind(session.expires_at)
+        .bind(&session.ip)
+        .bind(&session.user_agent)
+        .bind(session.valid)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn get_session(&self, id: SessionId) -> Result<Option<Session>, StoreError> {
+        let row = sqlx::query("SELECT * FROM sessions WHERE id = $1")
+            .bind(id.0)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(sql::session).transpose()
+    }
+
+    async fn list_sessions(&self, user: UserId) -> Result<Vec<Session>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM sessions WHERE user_id = $1 ORDER BY created_at, id")
+            .bind(user.0)
+            .fetch_all(&self.pool)
+            .await?;
+        sql::all(&rows, sql::session)
+    }
+
+    async fn rotate_refresh(
+        &self,
+        presented_hash: &str,
+        new_hash: &str,
+        now: i64,
+        new_expires_at: i64,
+    ) -> Result<RefreshOutcome, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // The row lock taken by this UPDATE makes a concurrent presentation of
+        // the same token wait, then find it retired: it counts as reuse.
+        let rotated = sqlx::query(
+            "UPDATE sessions SET token_hash = $2, expires_at = $4
+             WHERE token_hash = $1 AND valid AND expires_at > $3
+             RETURNING *",
+        )
+        .bind(presented_hash)
+        .bind(new_hash)
+        .bind(now)
+        .bind(new_expires_at)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let outcome = if let Some(row) = rotated {
+            let session = sql::session(&row)?;
+            sqlx::query(
+                "INSERT INTO session_refresh_tokens (token_hash, session_id, retired_at)
+                 VALUES ($1, $2, $3)",
+            )
+            .bind(presented_hash)
+            .bind(session.id.0)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            RefreshOutcome::Rotated(session)
+        } else {
+            let revoked = sqlx::query(
+                "UPDATE sessions SET valid = FALSE
+                 WHERE valid AND expires_at > $2
+                   AND id = (SELECT session_id FROM session_refresh_tokens WHERE token_hash = $1)
+                 RETURNING id, user_id",
+            )
+            .bind(presented_hash)
+            .bind(now)
+            .fetch_optional(&mut *tx)
+            .await?;
+            match revoked {
+                Some(row) => RefreshOutcome::Reused {
+                    session_id: SessionId(row.try_get("id")?),
+                    user_id: UserId(row.try_get("user_id")?),
+                },
+                None => RefreshOutcome::Unknown,
+            }
+        };
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    async fn revoke_session(&self, id: SessionId) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE sessions SET valid = FALSE WHERE id = $1 AND valid")
+            .bind(id.0)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn revoke_user_sessions(&self, user: UserId) -> Result<Vec<SessionId>, StoreError> {
+        let rows = sqlx::query(
+            "UPDATE sessions SET valid = FALSE WHERE user_id = $1 AND valid RETURNING id",
+        )
+        .bind(user.0)
+        .fetch_all(&self.pool)
+        .await?;
+        sql::all(&rows, |r| Ok(SessionId(r.uuid("id")?)))
+    }
+
+    // ---- channels and members ----------------------------------------------
+
+    async fn create_channel(&self, channel: Channel, owner: Member) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO channels (id, name, description, kind, created_by, created_at, direct_key)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(channel.id.0)
+        .bind(&channel.name)
+        .bind(&channel.description)
+        .bind(channel.kind.as_str())
+        .bind(channel.created_by.0)
+        .bind(channel.created_at)
+        .bind(&channel.direct_key)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO channel_members
+                 (channel_id, user_id, role, joined_at, last_read_seq, last_delivered_seq)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(channel.id.0)
+        .bind(owner.user_id.0)
+        .bind(owner.role.as_str())
+        .bind(owner.joined_at)
+        .bind(to_db(owner.last_read_seq, "last_read_seq")?)
+        .bind(to_db(owner.last_delivered_seq, "last_delivered_seq")?)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn get_channel(&self, id: ChannelId) -> Result<Option<Channel>, StoreError> {
+        let row = sqlx::query("SELECT * FROM channels WHERE id = $1")
+            .bind(id.0)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(sql::channel).transpose()
+    }
+
+    async fn find_direct(&self, direct_key: &str) -> Result<Option<Channel>, StoreError> {
+        let row = sqlx::query("SELECT * FROM channels WHERE direct_key = $1")
+            .bind(direct_key)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(sql::channel).transpose()
+    }
+
+    async fn list_channels_for(&self, user: UserId) -> Result<Vec<Channel>, StoreError> {
+        let rows = sqlx::query(
+            r#"SELECT c.* FROM channels c
+               WHERE c.kind IN ('public', 'broadcast')
+                  OR EXISTS (SELECT 1 FROM channel_members m
+                             WHERE m.channel_id = c.id AND m.user_id = $1)
+               ORDER BY lower(c.name) COLLATE "C", c.id"#,
+        )
+        .bind(user.0)
+        .fetch_all(&self.pool)
+        .await?;
+        sql::all(&rows, sql::channel)
+    }
+
+    async fn list_all_channels(&self) -> Result<Vec<Channel>, StoreError> {
+        let rows = sqlx::query(r#"SELECT * FROM channels ORDER BY lower(name) COLLATE "C", id"#)
+            .fetch_all(&self.pool)
+            .await?;
+        sql::all(&rows, sql::channel)
+    }
+
+    async fn update_channel(
+        &self,
+        id: ChannelId,
+        patch: ChannelPatch,
+    ) -> Result<Channel, StoreError> {
+        let row = sqlx::query(
+            "UPDATE channels SET
+                 name = COALESCE($2, name),
+                 description = CASE WHEN $3 THEN $4 ELSE description END
+             WHERE id = $1
+             RETURNING *",
+        )
+        .bind(id.0)
+        .bind(patch.name)
+        .bind(patch.description.is_some())
+        .bind(patch.description.flatten())
+        .fetch_optional(&self.pool)
+        .await?;
+        sql::channel(&row.ok_or(StoreError::NotFound)?)
+    }
+
+    async fn delete_channel(&self, id: ChannelId) -> Result<(), StoreError> {
+        let done = sqlx::query("DELETE FROM channels WHERE id = $1")
+            .bind(id.0)
+            .execute(&self.pool)
+            .await?;
+        sql::found(done.rows_affected())
+    }
+
+    async fn get_member(
+        &self,
+        channel: ChannelId,
+        user: UserId,
+    ) -> Result<Option<Member>, StoreError> {
+        let row =
+            sqlx::query("SELECT * FROM channel_members WHERE channel_id = $1 AND user_id = $2")
+                .bind(channel.0)
+                .bind(user.0)
+                .fetch_optional(&self.pool)
+                .await?;
+        row.as_ref().map(sql::member).transpose()
+    }
+
+    async fn list_members(&self, channel: ChannelId) -> Result<Vec<Member>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM channel_members WHERE channel_id = $1 ORDER BY joined_at, user_id",
+        )
+        .bind(channel.0)
+        .fetch_all(&self.pool)
+        .await?;
+        sql::all(&rows, sql::member)
+    }
+
+    // ---- messages ----------------------------------------------------------
+
+    async fn apply_batch(&self, ops: &[WriteOp]) -> Result<Vec<WriteOutcome>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let mut outcomes = Vec::with_capacity(ops.len());
+        // Runs of consecutive inserts become one statement; any other op is a
+        // run of its own. Order is kept, so each outcome lands at its op's index.
+        for run in ops.chunk_by(|a, b| is_insert(a) && is_insert(b)) {
+            if is_insert(&run[0]) {
+                let messages: Vec<&StoredMessage> = run
+                    .iter()
+                    .filter_map(|op| match op {
+                        WriteOp::InsertMessage(m) => Some(m),
+                        _ => None,
+                    })
+                    .collect();
+                outcomes.extend(insert_messages(&mut tx, &messages).await?);
+            } else {
+                outcomes.push(apply_op(&mut tx, &run[0]).await?);
+            }
+        }
+        tx.commit().await?;
+        Ok(outcomes)
+    }
+
+    async fn last_seq(&self, channel: ChannelId) -> Result<u64, StoreError> {
+        let row = sqlx::query(
+            "SELECT GREATEST(c.purged_max_seq,
+                             COALESCE((SELECT max(seq) FROM messages WHERE channel_id = $1), 0)) AS n
+             FROM channels c WHERE c.id = $1",
+        )
+        .bind(channel.0)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map_or(Ok(0), |r| r.uint("n"))
+    }
+
+    async fn recent_client_ids(
+        &self,
+        channel: ChannelId,
+        limit: u32,
+    ) -> Result<Vec<ClientMsgRef>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM (
+                 SELECT id, seq, sender_id, client_msg_id, created_at FROM messages
+                 WHERE channel_id = $1 AND client_msg_id IS NOT NULL
+                 ORDER BY seq DESC LIMIT $2
+             ) AS recent ORDER BY seq",
+        )
+        .bind(channel.0)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        sql::all(&rows, sql::client_ref)
+    }
+
+    async fn get_message(&self, id: MessageId) -> Result<Option<MessageRow>, StoreError> {
+        let row = sqlx::query(
+            "SELECT m.*, u.username AS sender_username
+             FROM messages m LEFT JOIN users u ON u.id = m.sender_id
+             WHERE m.id = $1",
+        )
+        .bind(id.0)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(sql::message_row).transpose()
+    }
+
+    async fn messages_after(
+        &self,
+        channel: ChannelId,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<MessageRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT m.*, u.username AS sender_username
+             FROM messages m LEFT JOIN users u ON u.id = m.sender_id
+             WHERE m.channel_id = $1 AND m.seq > $2 AND m.deleted_at IS NULL
+             ORDER BY m.seq LIMIT $3",
+        )
+        .bind(channel.0)
+        .bind(bound(after))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        sql::all(&rows, sql::message_row)
+    }
+
+    async fn messages_before(
+        &self,
+        channel: ChannelId,
+        before: Option<u64>,
+        limit: u32,
+    ) -> Result<(Vec<MessageRow>, bool), StoreError> {
+        // One row more than asked tells whether older ones exist.
+        let rows = sqlx::query(
+            "SELECT m.*, u.username AS sender_username
+             FROM messages m LEFT JOIN users u ON u.id = m.sender_id
+             WHERE m.channel_id = $1 AND m.seq < $2 AND m.deleted_at IS NULL
+             ORDER BY m.seq DESC LIMIT $3",
+        )
+        .bind(channel.0)
+        .bind(before.map_or(i64::MAX, bound))
+        .bind(i64::from(limit) + 1)
+        .fetch_all(&self.pool)
+        .await?;
+        sql::page_before(&rows, limit)
+    }
+
+    async fn reaction_counts(
+        &self,
+        message: MessageId,
+    ) -> Result<BTreeMap<String, u64>, StoreError> {
+        reaction_counts(&mut *self.pool.acquire().await?, message.0).await
+    }
+
+    async fn expired_messages(
+        &self,
+        now: i64,
+        limit: u32,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM messages
+             WHERE expires_at IS NOT NULL AND expires_at <= $1 AND deleted_at IS NULL
+             ORDER BY expires_at LIMIT $2",
+        )
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        sql::all(&rows, sql::message)
+    }
+
+    async fn purge_deleted(&self, before: i64) -> Result<u64, StoreError> {
+        self.purge("deleted_at < $1", before).await
+    }
+
+    async fn purge_older_than(&self, before: i64) -> Result<u64, StoreError> {
+        self.purge("created_at < $1", before).await
+    }
+
+    async fn count_key_version(&self, version: u32) -> Result<u64, StoreError> {
+        let row = sqlx::query(
+            "SELECT count(*) AS n FROM messages WHERE key_version = $1 AND length(ciphertext) > 0",
+        )
+        .bind(i64::from(version))
+        .fetch_one(&self.pool)
+        .await?;
+        row.uint("n")
+    }
+
+    async fn messages_not_on_key(
+        &self,
+        version: u32,
+        limit: u32,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM messages WHERE key_version <> $1 AND length(ciphertext) > 0 LIMIT $2",
+        )
+        .bind(i64::from(version))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        sql::all(&rows, sql::message)
+    }
+
+    async fn store_reencrypted(&self, rows: &[Reencrypted]) -> Result<(), StoreError> {
+        // One statement is one transaction. A row already on the target
+        // version (edited meanwhile under the new key) is left alone.
+        sqlx::query(
+            "UPDATE messages AS m
+             SET ciphertext = r.ciphertext, nonce = r.nonce, key_version = r.key_version
+             FROM UNNEST($1::uuid[], $2::bytea[], $3::bytea[], $4::int8[])
+                  AS r(id, ciphertext, nonce, key_version)
+             WHERE m.id = r.id AND m.key_version <> r.key_version",
+        )
+        .bind(rows.iter().map(|r| r.id.0).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| &r.ciphertext[..]).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| &r.nonce[..]).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|r| i64::from(r.key_version))
+                .collect::<Vec<_>>(),
+        )
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    // ---- audit -------------------------------------------------------------
+
+    async fn append_audit(&self, entries: &[AuditRecord]) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        let head = sqlx::query("SELECT seq, hash FROM audit_logs ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&mut *tx)
+            .await?;
+        let head = match head {
+            Some(r) => Some((r.uint("seq")?, r.text("hash")?)),
+            None => None,
+        };
+        sql::check_audit_continuity(head, entries)?;
+        let mut seqs = Vec::with_capacity(entries.len());
+        let mut details = Vec::with_capacity(entries.len());
+        for e in entries {
+            seqs.push(to_db(e.seq, "audit seq")?);
+            details.push(sql::details_json(&e.details)?);
+        }
+        // The primary key refuses a concurrent writer that read the same head.
+        sqlx::query(
+            "INSERT INTO audit_logs
+                 (seq, timestamp, actor_id, ip, user_agent, action, details, prev_hash, hash)
+             SELECT * FROM UNNEST($1::int8[], $2::int8[], $3::uuid[], $4::text[], $5::text[],
+                                  $6::text[], $7::text[], $8::text[], $9::text[])",
+        )
+        .bind(seqs)
+        .bind(entries.iter().map(|e| e.timestamp).collect::<Vec<_>>())
+        .bind(
+            entries
+                .iter()
+                .map(|e| e.actor_id.map(|a| a.0))
+                .collect::<Vec<_>>(),
+        )
+        .bind(entries.iter().map(|e| e.ip.as_deref()).collect::<Vec<_>>())
+        .bind(
+            entries
+                .iter()
+                .map(|e| e.user_agent.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            entries
+                .iter()
+                .map(|e| e.action.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(details)
+        .bind(
+            entries
+                .iter()
+                .map(|e| e.prev_hash.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(entries.iter().map(|e| e.hash.as_str()).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn audit_head(&self) -> Result<Option<AuditRecord>, StoreError> {
+        let row = sqlx::query("SELECT * FROM audit_logs ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(sql::audit).transpose()
+    }
+
+    async fn audit_range(&self, after: u64, limit: u32) -> Result<Vec<AuditRecord>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM audit_logs WHERE seq > $1 ORDER BY seq LIMIT $2")
+            .bind(bound(after))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        sql::all(&rows, sql::audit)
+    }
+
+    async fn list_audit(&self, filter: AuditFilter) -> Result<Vec<AuditRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM audit_logs
+             WHERE ($1::uuid IS NULL OR actor_id = $1)
+               AND ($2::text IS NULL OR action = $2)
+               AND seq > $3
+             ORDER BY seq DESC LIMIT $4",
+        )
+        .bind(filter.actor_id.map(|a| a.0))
+        .bind(filter.action)
+        .bind(filter.after_seq.map_or(-1, bound))
+        .bind(i64::from(filter.limit))
+        .fetch_all(&self.pool)
+        .await?;
+        sql::all(&rows, sql::audit)
+    }
+
+    async fn insert_checkpoint(&self, checkpoint: Checkpoint) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO audit_checkpoints (seq, head_hash, time, key_id, signature)
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(to_db(checkpoint.seq, "checkpoint seq")?)
+        .bind(&checkpoint.head_hash)
+        .bind(checkpoint.time)
+        .bind(&checkpoint.key_id)
+        .bind(&checkpoint.signature)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn list_checkpoints(&self) -> Result<Vec<Checkpoint>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM audit_checkpoints ORDER BY seq")
+            .fetch_all(&self.pool)
+            .await?;
+        sql::all(&rows, sql::checkpoint)
+    }
+}
+
+impl PgStore {
+    /// Physically removes the messages matching `predicate` (on `$1`), first
+    /// raising each channel's `purged_max_seq` so its last seq never goes back.
+    async fn purge(&self, predicate: &str, before: i64) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(&format!(
+            "UPDATE channels c SET purged_max_seq = GREATEST(c.purged_max_seq, p.top)
+             FROM (SELECT channel_id, max(seq) AS top FROM messages
+                   WHERE {predicate} GROUP BY channel_id) AS p
+             WHERE c.id = p.channel_id"
+        ))
+        .bind(before)
+        .execute(&mut *tx)
+        .await?;
+        let done = sqlx::query(&format!("DELETE FROM messages WHERE {predicate}"))
+            .bind(before)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected())
+    }
+}
+
+fn is_insert(op: &WriteOp) -> bool {
+    matches!(op, WriteOp::InsertMessage(_))
+}
+
+/// Inserts `messages` (in order) with one statement and returns one outcome
+/// per message: `Done`, `Duplicate` (a tombstone then takes the seq), or
+/// `NotFound` when the channel does not exist.
+async fn insert_messages(
+    conn: &mut PgConnection,
+    messages: &[&StoredMessage],
+) -> Result<Vec<WriteOutcome>, StoreError> {
+    let inserted = insert_rows(conn, messages).await?;
+    if inserted.len() == messages.len() {
+        return Ok(vec![WriteOutcome::Done; messages.len()]);
+    }
+    let refused: Vec<&StoredMessage> = messages
+        .iter()
+        .copied()
+        .filter(|m| !inserted.contains(&m.id.0))
+        .collect();
+    let originals = originals(conn, &refused).await?;
+    let mut tombstones = Vec::new();
+    let outcomes = messages
+        .iter()
+        .map(|m| {
+            if inserted.contains(&m.id.0) {
+                return WriteOutcome::Done;
+            }
+            let key = |client: &String| (m.channel_id.0, m.sender_id.0, client.clone());
+            match m
+                .client_msg_id
+                .as_ref()
+                .and_then(|c| originals.get(&key(c)))
+            {
+                Some(original) => {
+                    tombstones.push(sql::tombstone(m));
+                    WriteOutcome::Duplicate(original.clone())
+                }
+                None => WriteOutcome::NotFound,
+            }
+        })
+        .collect();
+    if !tombstones.is_empty() {
+        insert_rows(conn, &tombstones.iter().collect::<Vec<_>>()).await?;
+    }
+    Ok(outcomes)
+}
+
+/// One multi-row insert; returns the ids that went in. Rows whose client id
+/// is taken, or whose channel does not exist, are skipped.
+async fn insert_rows(
+    conn: &mut PgConnection,
+    messages: &[&StoredMessage],
+) -> Result<HashSet<Uuid>, StoreError> {
+    let n = messages.len();
+    let mut seq = Vec::with_capacity(n);
+    for m in messages {
+        seq.push(to_db(m.seq, "seq")?);
+    }
+    // `ORDER BY ord` keeps the batch order, so that of two rows with one
+    // client id the first is the original.
+    let rows = sqlx::query(
+        "INSERT INTO messages (id, channel_id, seq, sender_id, client_msg_id, ciphertext, nonce,
+                               key_version, contains_phi, reply_to, created_at, edited_at,
+                               expires_at, deleted_at)
+         SELECT u.id, u.channel_id, u.seq, u.sender_id, u.client_msg_id, u.ciphertext, u.nonce,
+                u.key_version, u.contains_phi, u.reply_to, u.created_at, u.edited_at,
+                u.expires_at, u.deleted_at
+         FROM UNNEST($1::uuid[], $2::uuid[], $3::int8[], $4::uuid[], $5::text[], $6::bytea[],
+                     $7::bytea[], $8::int8[], $9::bool[], $10::uuid[], $11::int8[], $12::int8[],
+                     $13::int8[], $14::int8[])
+              WITH ORDINALITY AS u(id, channel_id, seq, sender_id, client_msg_id, ciphertext,
+                                   nonce, key_version, contains_phi, reply_to, created_at,
+                                   edited_at, expires_at, deleted_at, ord)
+         WHERE EXISTS (SELECT 1 FROM channels c WHERE c.id = u.channel_id)
+         ORDER BY u.ord
+         ON CONFLICT (channel_id, sender_id, client_msg_id) DO NOTHING
+         RETURNING id",
+    )
+    .bind(messages.iter().map(|m| m.id.0).collect::<Vec<_>>())
+    .bind(messages.iter().map(|m| m.channel_id.0).collect::<Vec<_>>())
+    .bind(seq)
+    .bind(messages.iter().map(|m| m.sender_id.0).collect::<Vec<_>>())
+    .bind(
+        messages
+            .iter()
+            .map(|m| m.client_msg_id.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        messages
+            .iter()
+            .map(|m| &m.ciphertext[..])
+            .collect::<Vec<_>>(),
+    )
+    .bind(messages.iter().map(|m| &m.nonce[..]).collect::<Vec<_>>())
+    .bind(
+        messages
+            .iter()
+            .map(|m| i64::from(m.key_version))
+            .collect::<Vec<_>>(),
+    )
+    .bind(messages.iter().map(|m| m.contains_phi).collect::<Vec<_>>())
+    .bind(
+        messages
+            .iter()
+            .map(|m| m.reply_to.map(|r| r.0))
+            .collect::<Vec<_>>(),
+    )
+    .bind(messages.iter().map(|m| m.created_at).collect::<Vec<_>>())
+    .bind(messages.iter().map(|m| m.edited_at).collect::<Vec<_>>())
+    .bind(messages.iter().map(|m| m.expires_at).collect::<Vec<_>>())
+    .bind(messages.iter().map(|m| m.deleted_at).collect::<Vec<_>>())
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter().map(|r| Ok(r.try_get("id")?)).collect()
+}
+
+/// The stored originals of `messages`' client ids, keyed by
+/// `(channel, sender, client id)`.
+async fn originals(
+    conn: &mut PgConnection,
+    messages: &[&StoredMessage],
+) -> Result<HashMap<(Uuid, Uuid, String), ClientMsgRef>, StoreError> {
+    let keyed: Vec<(&StoredMessage, &str)> = messages
+        .iter()
+        .filter_map(|m| Some((*m, m.client_msg_id.as_deref()?)))
+        .collect();
+    if keyed.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows = sqlx::query(
+        "SELECT m.id, m.seq, m.channel_id, m.sender_id, m.client_msg_id, m.created_at
+         FROM messages m
+         JOIN UNNEST($1::uuid[], $2::uuid[], $3::text[]) AS k(channel_id, sender_id, client_msg_id)
+           ON m.channel_id = k.channel_id AND m.sender_id = k.sender_id
+          AND m.client_msg_id = k.client_msg_id",
+    )
+    .bind(
+        keyed
+            .iter()
+            .map(|(m, _)| m.channel_id.0)
+            .collect::<Vec<_>>(),
+    )
+    .bind(keyed.iter().map(|(m, _)| m.sender_id.0).collect::<Vec<_>>())
+    .bind(keyed.iter().map(|(_, client)| *client).collect::<Vec<_>>())
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let original = sql::client_ref(row)?;
+            let key = (
+                row.uuid("channel_id")?,
+                original.sender_id.0,
+                original.client_msg_id.clone(),
+            );
+            Ok((key, original))
+        })
+        .collect()
+}
+
+/// Applies one op other than `InsertMessage`.
+async fn apply_op(conn: &mut PgConnection, op: &WriteOp) -> Result<WriteOutcome, StoreError> {
+    let touched = match op {
+        WriteOp::InsertMessage(m) => {
+            return Ok(insert_messages(conn, &[m]).await?.remove(0));
+        }
+        WriteOp::EditMessage {
+            id,
+            ciphertext,
+            nonce,
+            key_version,
+            edited_at,
+        } => sqlx::query(
+            "UPDATE messages SET ciphertext = $2, nonce = $3, key_version = $4, edited_at = $5
+             WHERE id = $1 AND deleted_at IS NULL",
+        )
+        .bind(id.0)
+        .bind(&ciphertext[..])
+        .bind(&nonce[..])
+        .bind(i64::from(*key_version))
+        .bind(edited_at)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected(),
+        WriteOp::DeleteMessage { id, deleted_at } => {
+            sqlx::query("UPDATE messages SET deleted_at = $2 WHERE id = $1 AND deleted_at IS NULL")
+                .bind(id.0)
+                .bind(deleted_at)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected()
+        }
+        WriteOp::MarkRead {
+            channel_id,
+            user_id,
+            seq,
+        } => sqlx::query(
+            "UPDATE channel_members SET
+                 last_read_seq = GREATEST(last_read_seq, $3),
+                 last_delivered_seq = GREATEST(last_delivered_seq, $3)
+             WHERE channel_id = $1 AND user_id = $2",
+        )
+        .bind(channel_id.0)
+        .bind(user_id.0)
+        .bind(to_db(*seq, "seq")?)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected(),
+        WriteOp::AddReaction {
+            message_id,
+            user_id,
+            reaction,
+            created_at,
+        } => {
+            if !reaction_target_exists(conn, message_id.0, user_id.0).await? {
+                return Ok(WriteOutcome::NotFound);
+            }
+            sqlx::query(
+                "INSERT INTO message_reactions (message_id, user_id, reaction, created_at)
+                 VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+            )
+            .bind(message_id.0)
+            .bind(user_id.0)
+            .bind(reaction)
+            .bind(created_at)
+            .execute(&mut *conn)
+            .await?;
+            return Ok(WriteOutcome::Reactions(
+                reaction_counts(conn, message_id.0).await?,
+            ));
+        }
+        WriteOp::RemoveReaction {
+            message_id,
+            user_id,
+            reaction,
+        } => {
+            if !reaction_target_exists(conn, message_id.0, user_id.0).await? {
+                return Ok(WriteOutcome::NotFound);
+            }
+            sqlx::query(
+                "DELETE FROM message_reactions
+                 WHERE message_id = $1 AND user_id = $2 AND reaction = $3",
+            )
+            .bind(message_id.0)
+            .bind(user_id.0)
+            .bind(reaction)
+            .execute(&mut *conn)
+            .await?;
+            return Ok(WriteOutcome::Reactions(
+                reaction_counts(conn, message_id.0).await?,
+            ));
+        }
+        WriteOp::UpsertMember(member) => sqlx::query(
+            "INSERT INTO channel_members
+                 (channel_id, user_id, role, joined_at, last_read_seq, last_delivered_seq)
+             SELECT $1, $2, $3, $4, $5, $6
+             WHERE EXISTS (SELECT 1 FROM channels WHERE id = $1)
+               AND EXISTS (SELECT 1 FROM users WHERE id = $2)
+             ON CONFLICT (channel_id, user_id) DO UPDATE SET role = excluded.role",
+        )
+        .bind(member.channel_id.0)
+        .bind(member.user_id.0)
+        .bind(member.role.as_str())
+        .bind(member.joined_at)
+        .bind(to_db(member.last_read_seq, "last_read_seq")?)
+        .bind(to_db(member.last_delivered_seq, "last_delivered_seq")?)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected(),
+        WriteOp::RemoveMember {
+            channel_id,
+            user_id,
+        } => sqlx::query("DELETE FROM channel_members WHERE channel_id = $1 AND user_id = $2")
+            .bind(channel_id.0)
+            .bind(user_id.0)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected(),
+    };
+    Ok(sql::done_or_not_found(touched))
+}
+
+/// Whether the message exists undeleted and the user exists.
+async fn reaction_target_exists(
+    conn: &mut PgConnection,
+    message: Uuid,
+    user: Uuid,
+) -> Result<bool, StoreError> {
+    let row = sqlx::query(
+        "SELECT EXISTS (SELECT 1 FROM messages WHERE id = $1 AND deleted_at IS NULL)
+            AND EXISTS (SELECT 1 FROM users WHERE id = $2) AS ok",
+    )
+    .bind(message)
+    .bind(user)
+    .fetch_one(&mut *conn)
+    .await?;
+    row.flag("ok")
+}
+
+async fn reaction_counts(
+    conn: &mut PgConnection,
+    message: Uuid,
+) -> Result<BTreeMap<String, u64>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT reaction, count(*) AS n FROM message_reactions
+         WHERE message_id = $1 GROUP BY reaction",
+    )
+    .bind(message)
+    .fetch_all(&mut *conn)
+    .await?;
+    sql::reaction_counts(&rows)
+}

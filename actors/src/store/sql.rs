@@ -1,0 +1,359 @@
+//! What the two SQL backends share: the mapping of sqlx errors to
+//! [`StoreError`], integer conversions, and the decoding of rows into models.
+//!
+//! Both schemas use the same table and column names, so one decoder per model
+//! serves both; [`SqlRow`] hides the one difference in representation (UUIDs
+//! are `uuid` in PostgreSQL and hyphenated TEXT in SQLite).
+
+use courier_protocol::{ChannelId, MessageId, SessionId, UserId};
+use sqlx::postgres::{PgDatabaseError, PgRow};
+use sqlx::sqlite::{SqliteError, SqliteRow};
+use sqlx::Row;
+use uuid::fmt::Hyphenated;
+use uuid::Uuid;
+
+use super::{
+    AuditRecord, Channel, ChannelKind, ChannelRole, Checkpoint, ClientMsgRef, Member, MessageRow,
+    Role, Session, StoreError, StoredMessage, User,
+};
+
+impl From<sqlx::Error> for StoreError {
+    /// The one mapping of driver errors. Database-specific codes are sorted by
+    /// each backend's `classify`; messages never carry row contents.
+    fn from(e: sqlx::Error) -> Self {
+        use sqlx::Error as E;
+        match e {
+            E::RowNotFound => StoreError::NotFound,
+            E::Database(db) => {
+                if let Some(pg) = db.try_downcast_ref::<PgDatabaseError>() {
+                    super::postgres::classify(pg)
+                } else if let Some(lite) = db.try_downcast_ref::<SqliteError>() {
+                    super::sqlite::classify(lite)
+                } else {
+                    StoreError::Database(db.message().to_owned())
+                }
+            }
+            E::PoolTimedOut => {
+                StoreError::Unavailable("timed out waiting for a database connection".into())
+            }
+            E::PoolClosed => StoreError::Unavailable("connection pool closed".into()),
+            E::Io(e) => StoreError::Unavailable(format!("i/o error: {e}")),
+            E::Tls(e) => StoreError::Unavailable(format!("tls error: {e}")),
+            E::Protocol(m) => StoreError::Unavailable(format!("protocol error: {m}")),
+            E::WorkerCrashed => StoreError::Unavailable("database worker crashed".into()),
+            E::ColumnDecode { index, source } => {
+                StoreError::Corrupt(format!("column {index}: {source}"))
+            }
+            E::Decode(source) => StoreError::Corrupt(source.to_string()),
+            E::ColumnNotFound(column) => StoreError::Corrupt(format!("no column {column}")),
+            other => StoreError::Database(other.to_string()),
+        }
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        match e {
+            sqlx::migrate::MigrateError::Execute(e) => e.into(),
+            other => StoreError::Database(format!("migration failed: {other}")),
+        }
+    }
+}
+
+/// A `u64` stored as BIGINT; values past `i64::MAX` are refused.
+pub(super) fn to_db(value: u64, what: &str) -> Result<i64, StoreError> {
+    i64::try_from(value).map_err(|_| StoreError::Database(format!("{what} out of range")))
+}
+
+/// A `u64` query bound (`seq > after`) as BIGINT; saturates, which keeps the
+/// comparison's meaning.
+pub(super) fn bound(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// The `LIKE` pattern matching `search` as a lowercase substring (`\` escapes).
+pub(super) fn contains_pattern(search: &str) -> String {
+    let mut pattern = String::with_capacity(search.len() + 2);
+    pattern.push('%');
+    for c in search.to_lowercase().chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
+}
+
+/// Typed access to the columns of a row of either backend.
+pub(super) trait SqlRow {
+    fn uuid(&self, col: &str) -> Result<Uuid, StoreError>;
+    fn opt_uuid(&self, col: &str) -> Result<Option<Uuid>, StoreError>;
+    fn int(&self, col: &str) -> Result<i64, StoreError>;
+    fn opt_int(&self, col: &str) -> Result<Option<i64>, StoreError>;
+    fn text(&self, col: &str) -> Result<String, StoreError>;
+    fn opt_text(&self, col: &str) -> Result<Option<String>, StoreError>;
+    fn bytes(&self, col: &str) -> Result<Vec<u8>, StoreError>;
+    fn flag(&self, col: &str) -> Result<bool, StoreError>;
+
+    /// A non-negative BIGINT (a seq or a count).
+    fn uint(&self, col: &str) -> Result<u64, StoreError> {
+        u64::try_from(self.int(col)?).map_err(|_| StoreError::Corrupt(format!("{col} is negative")))
+    }
+
+    fn u32(&self, col: &str) -> Result<u32, StoreError> {
+        u32::try_from(self.int(col)?)
+            .map_err(|_| StoreError::Corrupt(format!("{col} out of range")))
+    }
+}
+
+macro_rules! impl_sql_row {
+    ($row:ty, $uuid:ty) => {
+        impl SqlRow for $row {
+            fn uuid(&self, col: &str) -> Result<Uuid, StoreError> {
+                Ok(self.try_get::<$uuid, _>(col)?.into())
+            }
+            fn opt_uuid(&self, col: &str) -> Result<Option<Uuid>, StoreError> {
+                Ok(self.try_get::<Option<$uuid>, _>(col)?.map(Into::into))
+            }
+            fn int(&self, col: &str) -> Result<i64, StoreError> {
+                Ok(self.try_get(col)?)
+            }
+            fn opt_int(&self, col: &str) -> Result<Option<i64>, StoreError> {
+                Ok(self.try_get(col)?)
+            }
+            fn text(&self, col: &str) -> Result<String, StoreError> {
+                Ok(self.try_get(col)?)
+            }
+            fn opt_text(&self, col: &str) -> Result<Option<String>, StoreError> {
+                Ok(self.try_get(col)?)
+            }
+            fn bytes(&self, col: &str) -> Result<Vec<u8>, StoreError> {
+                Ok(self.try_get(col)?)
+            }
+            fn flag(&self, col: &str) -> Result<bool, StoreError> {
+                Ok(self.try_get(col)?)
+            }
+        }
+    };
+}
+
+impl_sql_row!(PgRow, Uuid);
+impl_sql_row!(SqliteRow, Hyphenated);
+
+// ---- decoders: one per model, by column name --------------------------------
+
+pub(super) fn user(r: &impl SqlRow) -> Result<User, StoreError> {
+    Ok(User {
+        id: UserId(r.uuid("id")?),
+        username: r.text("username")?,
+        email: r.opt_text("email")?,
+        password_hash: r.text("password_hash")?,
+        role: Role::parse(&r.text("role")?)
+            .ok_or_else(|| StoreError::Corrupt("users.role: unknown role".into()))?,
+        created_at: r.int("created_at")?,
+        updated_at: r.int("updated_at")?,
+        failed_logins: r.u32("failed_logins")?,
+        locked_until: r.opt_int("locked_until")?,
+    })
+}
+
+pub(super) fn session(r: &impl SqlRow) -> Result<Session, StoreError> {
+    Ok(Session {
+        id: SessionId(r.uuid("id")?),
+        user_id: UserId(r.uuid("user_id")?),
+        token_hash: r.text("token_hash")?,
+        created_at: r.int("created_at")?,
+        expires_at: r.int("expires_at")?,
+        ip: r.opt_text("ip")?,
+        user_agent: r.opt_text("user_agent")?,
+        valid: r.flag("valid")?,
+    })
+}
+
+pub(super) fn channel(r: &impl SqlRow) -> Result<Channel, StoreError> {
+    Ok(Channel {
+        id: ChannelId(r.uuid("id")?),
+        name: r.text("name")?,
+        description: r.opt_text("description")?,
+        kind: ChannelKind::parse(&r.text("kind")?)
+            .ok_or_else(|| StoreError::Corrupt("channels.kind: unknown kind".into()))?,
+        created_by: UserId(r.uuid("created_by")?),
+        created_at: r.int("created_at")?,
+        direct_key: r.opt_text("direct_key")?,
+    })
+}
+
+pub(super) fn member(r: &impl SqlRow) -> Result<Member, StoreError> {
+    Ok(Member {
+        channel_id: ChannelId(r.uuid("channel_id")?),
+        user_id: UserId(r.uuid("user_id")?),
+        role: ChannelRole::parse(&r.text("role")?)
+            .ok_or_else(|| StoreError::Corrupt("channel_members.role: unknown role".into()))?,
+        joined_at: r.int("joined_at")?,
+        last_read_seq: r.uint("last_read_seq")?,
+        last_delivered_seq: r.uint("last_delivered_seq")?,
+    })
+}
+
+pub(super) fn message(r: &impl SqlRow) -> Result<StoredMessage, StoreError> {
+    Ok(StoredMessage {
+        id: MessageId(r.uuid("id")?),
+        channel_id: ChannelId(r.uuid("channel_id")?),
+        seq: r.uint("seq")?,
+        sender_id: UserId(r.uuid("sender_id")?),
+        client_msg_id: r.opt_text("client_msg_id")?,
+        ciphertext: r.bytes("ciphertext")?,
+        nonce: r.bytes("nonce")?,
+        key_version: r.u32("key_version")?,
+        contains_phi: r.flag("contains_phi")?,
+        reply_to: r.opt_uuid("reply_to")?.map(MessageId),
+        created_at: r.int("created_at")?,
+        edited_at: r.opt_int("edited_at")?,
+        expires_at: r.opt_int("expires_at")?,
+        deleted_at: r.opt_int("deleted_at")?,
+    })
+}
+
+/// A message with a `sender_username` column; a sender whose account was
+/// deleted reads as the empty username.
+pub(super) fn message_row(r: &impl SqlRow) -> Result<MessageRow, StoreError> {
+    Ok(MessageRow {
+        message: message(r)?,
+        sender_username: r.opt_text("sender_username")?.unwrap_or_default(),
+    })
+}
+
+pub(super) fn client_ref(r: &impl SqlRow) -> Result<ClientMsgRef, StoreError> {
+    Ok(ClientMsgRef {
+        sender_id: UserId(r.uuid("sender_id")?),
+        client_msg_id: r.text("client_msg_id")?,
+        message_id: MessageId(r.uuid("id")?),
+        seq: r.uint("seq")?,
+        created_at: r.int("created_at")?,
+    })
+}
+
+pub(super) fn audit(r: &impl SqlRow) -> Result<AuditRecord, StoreError> {
+    let details = serde_json::from_str(&r.text("details")?)
+        .map_err(|_| StoreError::Corrupt("audit_logs.details is not JSON".into()))?;
+    Ok(AuditRecord {
+        seq: r.uint("seq")?,
+        timestamp: r.int("timestamp")?,
+        actor_id: r.opt_uuid("actor_id")?.map(UserId),
+        ip: r.opt_text("ip")?,
+        user_agent: r.opt_text("user_agent")?,
+        action: r.text("action")?,
+        details,
+        prev_hash: r.text("prev_hash")?,
+        hash: r.text("hash")?,
+    })
+}
+
+pub(super) fn checkpoint(r: &impl SqlRow) -> Result<Checkpoint, StoreError> {
+    Ok(Checkpoint {
+        seq: r.uint("seq")?,
+        head_hash: r.text("head_hash")?,
+        time: r.int("time")?,
+        key_id: r.text("key_id")?,
+        signature: r.text("signature")?,
+    })
+}
+
+/// Decodes every row with `decode`.
+pub(super) fn all<R, T>(
+    rows: &[R],
+    decode: impl Fn(&R) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    rows.iter().map(decode).collect()
+}
+
+/// Checks that `entries` continue the chain whose head is `head` (`seq`,
+/// `hash`): consecutive seqs, each `prev_hash` naming the entry before.
+pub(super) fn check_audit_continuity(
+    head: Option<(u64, String)>,
+    entries: &[AuditRecord],
+) -> Result<(), StoreError> {
+    let mut prev = head;
+    for entry in entries {
+        if let Some((seq, hash)) = &prev {
+            if entry.seq != seq + 1 || entry.prev_hash != *hash {
+                return Err(StoreError::Conflict(format!(
+                    "audit entry {} does not continue the chain at {seq}",
+                    entry.seq
+                )));
+            }
+        }
+        prev = Some((entry.seq, entry.hash.clone()));
+    }
+    Ok(())
+}
+
+/// Reaction counts from `(reaction, count)` rows.
+pub(super) fn reaction_counts<R: SqlRow>(
+    rows: &[R],
+) -> Result<std::collections::BTreeMap<String, u64>, StoreError> {
+    rows.iter()
+        .map(|r| Ok((r.text("reaction")?, r.uint("n")?)))
+        .collect()
+}
+
+/// The `details` column: the JSON text of an audit entry's details.
+pub(super) fn details_json(details: &serde_json::Value) -> Result<String, StoreError> {
+    serde_json::to_string(details)
+        .map_err(|_| StoreError::Database("audit details do not serialize".into()))
+}
+
+/// The row that takes the seq of a message whose client id was a duplicate:
+/// deleted at once, no ciphertext (so it uses no key), no client id.
+pub(super) fn tombstone(duplicate: &StoredMessage) -> StoredMessage {
+    StoredMessage {
+        id: duplicate.id,
+        channel_id: duplicate.channel_id,
+        seq: duplicate.seq,
+        sender_id: duplicate.sender_id,
+        client_msg_id: None,
+        ciphertext: Vec::new(),
+        nonce: Vec::new(),
+        key_version: 0,
+        contains_phi: false,
+        reply_to: None,
+        created_at: duplicate.created_at,
+        edited_at: None,
+        expires_at: None,
+        deleted_at: Some(duplicate.created_at),
+    }
+}
+
+/// A `messages_before` page from up to `limit + 1` rows, newest first: the
+/// newest `limit` in ascending order, and whether there was one more.
+pub(super) fn page_before<R: SqlRow>(
+    rows: &[R],
+    limit: u32,
+) -> Result<(Vec<MessageRow>, bool), StoreError> {
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let has_more = rows.len() > limit;
+    let mut page = rows
+        .iter()
+        .take(limit)
+        .map(message_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    page.reverse();
+    Ok((page, has_more))
+}
+
+/// `Ok` when a statement touched a row, `NotFound` otherwise.
+pub(super) fn found(rows_affected: u64) -> Result<(), StoreError> {
+    match rows_affected {
+        0 => Err(StoreError::NotFound),
+        _ => Ok(()),
+    }
+}
+
+/// The outcome of a batch op that updates or deletes rows.
+pub(super) fn done_or_not_found(rows_affected: u64) -> super::WriteOutcome {
+    match rows_affected {
+        0 => super::WriteOutcome::NotFound,
+        _ => super::WriteOutcome::Done,
+    }
+}

@@ -1,0 +1,987 @@
+//! SQLite backend: the zero-setup store, one file in the data directory.
+//!
+//! The file is created when missing and opened in WAL mode with
+//! `synchronous = FULL`, so an acknowledged batch survives a crash or power
+//! loss; foreign keys are on, and a connection waits up to 5 s for a busy
+//! database. Ids are stored as hyphenated TEXT. Migrations come from
+//! `migrations/sqlite`, embedded at build time.
+//!
+//! SQLite has one writer at a time: every write transaction starts with
+//! `BEGIN IMMEDIATE`, which takes the write lock up front (waiting on the busy
+//! timeout) rather than failing when a read lock cannot be upgraded.
+//! [`Store::apply_batch`] is one such transaction; its statements are prepared
+//! once per connection and reused for every row (sqlx's statement cache).
+//!
+//! `sqlite::memory:` works too (one connection, the database lives as long as
+//! the store).
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use courier_protocol::{ChannelId, MessageId, SessionId, UserId};
+use sqlx::error::DatabaseError;
+use sqlx::migrate::Migrator;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteError, SqliteJournalMode, SqlitePool,
+    SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Sqlite, Transaction};
+use uuid::fmt::Hyphenated;
+use uuid::Uuid;
+
+use super::sql::{self, bound, to_db, SqlRow};
+use super::{
+    AuditFilter, AuditRecord, Channel, ChannelPatch, Checkpoint, ClientMsgRef, Member, MessageRow,
+    NewUser, Reencrypted, RefreshOutcome, Role, Session, Store, StoreError, StoredMessage, User,
+    UserPatch, WriteOp, WriteOutcome,
+};
+
+static MIGRATOR: Migrator = sqlx::migrate!("../migrations/sqlite");
+
+/// The SQLite store. Cheap to clone (the pool is shared).
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database named by `url`
+    /// (`sqlite://path/to/file.db` or `sqlite::memory:`) and runs pending
+    /// migrations.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(5));
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        let pool = if in_memory {
+            // An in-memory database lives as long as its one connection.
+            SqlitePoolOptions::new()
+                .max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None)
+        } else {
+            SqlitePoolOptions::new().max_connections(4)
+        }
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(options)
+        .await?;
+        let store = SqliteStore { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// A write transaction holding SQLite's write lock from the start.
+    async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    /// Physically removes the messages matching `predicate` (on `$1`), first
+    /// raising each channel's `purged_max_seq` so its last seq never goes back.
+    async fn purge(&self, predicate: &str, before: i64) -> Result<u64, StoreError> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query(&format!(
+            "UPDATE channels SET purged_max_seq = max(purged_max_seq, p.top)
+             FROM (SELECT channel_id, max(seq) AS top FROM messages
+                   WHERE {predicate} GROUP BY channel_id) AS p
+             WHERE channels.id = p.channel_id"
+        ))
+        .bind(before)
+        .execute(&mut *tx)
+        .await?;
+        let done = sqlx::query(&format!("DELETE FROM messages WHERE {predicate}"))
+            .bind(before)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected())
+    }
+}
+
+/// Sorts an SQLite error by its (extended) result code.
+pub(super) fn classify(e: &SqliteError) -> StoreError {
+    const CONSTRAINT_FOREIGNKEY: i64 = 787;
+    let code = e.code().and_then(|c| c.parse::<i64>().ok()).unwrap_or(1);
+    if e.is_unique_violation() {
+        // "UNIQUE constraint failed: <table>.<columns>": names, not values.
+        return StoreError::Conflict(e.message().to_owned());
+    }
+    match code & 0xff {
+        _ if code == CONSTRAINT_FOREIGNKEY => StoreError::NotFound,
+        // BUSY, LOCKED, IOERR, FULL, CANTOPEN: retry later
+        5 | 6 | 10 | 13 | 14 => StoreError::Unavailable(e.message().to_owned()),
+        // CORRUPT, NOTADB
+        11 | 26 => StoreError::Corrupt(e.message().to_owned()),
+        _ => StoreError::Database(e.message().to_owned()),
+    }
+}
+
+/// An id as stored: hyphenated TEXT.
+fn id(uuid: Uuid) -> Hyphenated {
+    uuid.hyphenated()
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        Ok(MIGRATOR.run(&self.pool).await?)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    // ---- users -------------------------------------------------------------
+
+    async fn create_user(&self, user: NewUser) -> Result<User, StoreError> {
+        let row = sqlx::query(
+            "INSERT INTO users (id, username, email, password_hash, role, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $6)
+             RETURNING *",
+        )
+        .bind(id(user.id.0))
+        .bind(&user.username)
+        .bind(&user.email)
+        .bind(&user.password_hash)
+        .bind(user.role.as_str())
+        .bind(user.created_at)
+        .fetch_one(&self.pool)
+        .await?;
+        sql::user(&row)
+    }
+
+    async fn get_user(&self, user: UserId) -> Result<Option<User>, StoreError> {
+        let row = sqlx::query("SELECT * FROM users WHERE id = $1")
+            .bind(id(user.0))
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(sql::user).transpose()
+    }
+
+    async fn get_user_by_username(&self, username: &str) -> Result<Option<User>, StoreError> {
+        let row = sqlx::query("SELECT * FROM users WHERE lower(username) = lower($1)")
+            .bind(username)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(sql::user).transpose()
+    }
+
+    async fn list_users(
+        &self,
+        search: Option<&str>,
+        limit: u32,
+        offset: u32,
+    ) -> Result<Vec<User>, StoreError> {
+        let rows = sqlx::query(
+            r"SELECT * FROM users
+              WHERE $1 IS NULL
+                 OR lower(username) LIKE $1 ESCAPE '\'
+                 OR lower(email) LIKE $1 ESCAPE '\'
+              ORDER BY lower(username)
+              LIMIT $2 OFFSET $3",
+        )
+        .bind(search.map(sql::contains_pattern))
+        .bind(i64::from(limit))
+        .bind(i64::from(offset))
+        .fetch_all(&self.pool)
+        .await?;
+        sql::all(&rows, sql::user)
+    }
+
+    async fn count_users(&self) -> Result<u64, StoreError> {
+        let row = sqlx::query("SELECT count(*) AS n FROM users")
+            .fetch_one(&self.pool)
+            .await?;
+        row.uint("n")
+    }
+
+    async fn update_user(&self, user: UserId, patch: UserPatch) -> Result<User, StoreError> {
+        let row = sqlx::query(
+            "UPDATE users SET
+                 email = CASE WHEN $2 THEN $3 ELSE email END,
+                 role = COALESCE($4, role),
+                 password_hash = COALESCE($5, password_hash),
+                 updated_at = $6
+             WHERE id = $1
+             RETURNING *",
+        )
+        .bind(id(user.0))
+        .bind(patch.email.is_some())
+        .bind(patch.email.flatten())
+        .bind(patch.role.map(Role::as_str))
+        .bind(patch.password_hash)
+        .bind(patch.updated_at)
+        .fetch_optional(&self.pool)
+        .await?;
+        sql::user(&row.ok_or(StoreError::NotFound)?)
+    }
+
+    async fn delete_user(&self, user: UserId) -> Result<(), StoreError> {
+        let done = sqlx::query("DELETE FROM users WHERE id = $1")
+            .bind(id(user.0))
+            .execute(&self.pool)
+            .await?;
+        sql::found(done.rows_affected())
+    }
+
+    async fn record_login_failure(
+        &self,
+        user: UserId,
+        threshold: u32,
+        lock_until: i64,
+    ) -> Result<User, StoreError> {
+        let row = sqlx::query(
+            "UPDATE users SET
+                 failed_logins = failed_logins + 1,
+                 locked_until = CASE WHEN failed_logins + 1 >= $2 THEN $3 ELSE locked_until END
+             WHERE id = $1
+             RETURNING *",
+        )
+        .bind(id(user.0))
+        .bind(i64::from(threshold))
+        .bind(lock_until)
+        .fetch_optional(&self.pool)
+        .await?;
+        sql::user(&row.ok_or(StoreError::NotFound)?)
+    }
+
+    async fn record_login_success(&self, user: UserId) -> Result<(), StoreError> {
+        let done =
+            sqlx::query("UPDATE users SET failed_logins = 0, locked_until = NULL WHERE id = $1")
+                .bind(id(user.0))
+                .execute(&self.pool)
+                .await?;
+        sql::found(done.rows_affected())
+    }
+
+    async fn role_permissions(&self, role: Role) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT permission FROM role_permissions WHERE role = $1 ORDER BY permission",
+        )
+        .bind(role.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        sql::all(&rows, |r| r.text("permission"))
+    }
+
+    // ---- sessions ----------------------------------------------------------
+
+    async fn create_session(&self, session: Session) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO sessions (id, user_id, token_hash, created_at, expires_at, ip, user_agent, valid)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(id(session.id.0))
+        .bind(id(session.user_id.0))
+        .bind(&session.token_hash)
+        .bind(session.created_at)
+        .bind(session.expires_at)
+        .bind(&session.ip)
+        .bind(&session.user_agent)
+        .bind(session.valid)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn get_session(&self, session: SessionId) -> Result<Option<Session>, StoreError> {
+        let row = sqlx::query("SELECT * FROM sessions WHERE id = $1")
+            .bind(id(session.0))
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(sql::session).transpose()
+    }
+
+    async fn list_sessions(&self, user: UserId) -> Result<Vec<Session>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM sessions WHERE user_id = $1 ORDER BY created_at, id")
+            .bind(id(user.0))
+            .fetch_all(&self.pool)
+            .await?;
+        sql::all(&rows, sql::session)
+    }
+
+    async fn rotate_refresh(
+        &self,
+        presented_hash: &str,
+        new_hash: &str,
+        now: i64,
+        new_expires_at: i64,
+    ) -> Result<RefreshOutcome, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let rotated = sqlx::query(
+            "UPDATE sessions SET token_hash = $2, expires_at = $4
+             WHERE token_hash = $1 AND valid AND expires_at > $3
+             RETURNING *",
+        )
+        .bind(presented_hash)
+        .bind(new_hash)
+        .bind(now)
+        .bind(new_expires_at)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let outcome = if let Some(row) = rotated {
+            let session = sql::session(&row)?;
+            sqlx::query(
+                "INSERT INTO session_refresh_tokens (token_hash, session_id, retired_at)
+                 VALUES ($1, $2, $3)",
+            )
+            .bind(presented_hash)
+            .bind(id(session.id.0))
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            RefreshOutcome::Rotated(session)
+        } else {
+            let revoked = sqlx::query(
+                "UPDATE sessions SET valid = FALSE
+                 WHERE valid AND expires_at > $2
+                   AND id = (SELECT session_id FROM session_refresh_tokens WHERE token_hash = $1)
+                 RETURNING id, user_id",
+            )
+            .bind(presented_hash)
+            .bind(now)
+            .fetch_optional(&mut *tx)
+            .await?;
+            match revoked {
+                Some(row) => RefreshOutcome::Reused {
+                    session_id: SessionId(row.uuid("id")?),
+                    user_id: UserId(row.uuid("user_id")?),
+                },
+                None => RefreshOutcome::Unknown,
+            }
+        };
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    async fn revoke_session(&self, session: SessionId) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE sessions SET valid = FALSE WHERE id = $1 AND valid")
+            .bind(id(session.0))
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn revoke_user_sessions(&self, user: UserId) -> Result<Vec<SessionId>, StoreError> {
+        let rows = sqlx::query(
+            "UPDATE sessions SET valid = FALSE WHERE user_id = $1 AND valid RETURNING id",
+        )
+        .bind(id(user.0))
+        .fetch_all(&self.pool)
+        .await?;
+        sql::all(&rows, |r| Ok(SessionId(r.uuid("id")?)))
+    }
+
+    // ---- channels and members ----------------------------------------------
+
+    async fn create_channel(&self, channel: Channel, owner: Member) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO channels (id, name, description, kind, created_by, created_at, direct_key)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(id(channel.id.0))
+        .bind(&channel.name)
+        .bind(&channel.description)
+        .bind(channel.kind.as_str())
+        .bind(id(channel.created_by.0))
+        .bind(channel.created_at)
+        .bind(&channel.direct_key)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO channel_members
+                 (channel_id, user_id, role, joined_at, last_read_seq, last_delivered_seq)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(id(channel.id.0))
+        .bind(id(owner.user_id.0))
+        .bind(owner.role.as_str())
+        .bind(owner.joined_at)
+        .bind(to_db(owner.last_read_seq, "last_read_seq")?)
+        .bind(to_db(owner.last_delivered_seq, "last_delivered_seq")?)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn get_channel(&self, channel: ChannelId) -> Result<Option<Channel>, StoreError> {
+        let row = sqlx::query("SELECT * FROM channels WHERE id = $1")
+            .bind(id(channel.0))
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(sql::channel).transpose()
+    }
+
+    async fn find_direct(&self, direct_key: &str) -> Result<Option<Channel>, StoreError> {
+        let row = sqlx::query("SELECT * FROM channels WHERE direct_key = $1")
+            .bind(direct_key)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(sql::channel).transpose()
+    }
+
+    async fn list_channels_for(&self, user: UserId) -> Result<Vec<Channel>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT c.* FROM channels c
+             WHERE c.kind IN ('public', 'broadcast')
+                OR EXISTS (SELECT 1 FROM channel_members m
+                           WHERE m.channel_id = c.id AND m.user_id = $1)
+             ORDER BY lower(c.name), c.id",
+        )
+        .bind(id(user.0))
+        .fetch_all(&self.pool)
+        .await?;
+        sql::all(&rows, sql::channel)
+    }
+
+    async fn list_all_channels(&self) -> Result<Vec<Channel>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM channels ORDER BY lower(name), id")
+            .fetch_all(&self.pool)
+            .await?;
+        sql::all(&rows, sql::channel)
+    }
+
+    async fn update_channel(
+        &self,
+        channel: ChannelId,
+        patch: ChannelPatch,
+    ) -> Result<Channel, StoreError> {
+        let row = sqlx::query(
+            "UPDATE channels SET
+                 name = COALESCE($2, name),
+                 description = CASE WHEN $3 THEN $4 ELSE description END
+             WHERE id = $1
+             RETURNING *",
+        )
+        .bind(id(channel.0))
+        .bind(patch.name)
+        .bind(patch.description.is_some())
+        .bind(patch.description.flatten())
+        .fetch_optional(&self.pool)
+        .await?;
+        sql::channel(&row.ok_or(StoreError::NotFound)?)
+    }
+
+    async fn delete_channel(&self, channel: ChannelId) -> Result<(), StoreError> {
+        let done = sqlx::query("DELETE FROM channels WHERE id = $1")
+            .bind(id(channel.0))
+            .execute(&self.pool)
+            .await?;
+        sql::found(done.rows_affected())
+    }
+
+    async fn get_member(
+        &self,
+        channel: ChannelId,
+        user: UserId,
+    ) -> Result<Option<Member>, StoreError> {
+        let row =
+            sqlx::query("SELECT * FROM channel_members WHERE channel_id = $1 AND user_id = $2")
+                .bind(id(channel.0))
+                .bind(id(user.0))
+                .fetch_optional(&self.pool)
+                .await?;
+        row.as_ref().map(sql::member).transpose()
+    }
+
+    async fn list_members(&self, channel: ChannelId) -> Result<Vec<Member>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM channel_members WHERE channel_id = $1 ORDER BY joined_at, user_id",
+        )
+        .bind(id(channel.0))
+        .fetch_all(&self.pool)
+        .await?;
+        sql::all(&rows, sql::member)
+    }
+
+    // ---- messages ----------------------------------------------------------
+
+    async fn apply_batch(&self, ops: &[WriteOp]) -> Result<Vec<WriteOutcome>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let mut outcomes = Vec::with_capacity(ops.len());
+        for op in ops {
+            outcomes.push(apply_op(&mut tx, op).await?);
+        }
+        tx.commit().await?;
+        Ok(outcomes)
+    }
+
+    async fn last_seq(&self, channel: ChannelId) -> Result<u64, StoreError> {
+        let row = sqlx::query(
+            "SELECT max(c.purged_max_seq,
+                        COALESCE((SELECT max(seq) FROM messages WHERE channel_id = $1), 0)) AS n
+             FROM channels c WHERE c.id = $1",
+        )
+        .bind(id(channel.0))
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map_or(Ok(0), |r| r.uint("n"))
+    }
+
+    async fn recent_client_ids(
+        &self,
+        channel: ChannelId,
+        limit: u32,
+    ) -> Result<Vec<ClientMsgRef>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM (
+                 SELECT id, seq, sender_id, client_msg_id, created_at FROM messages
+                 WHERE channel_id = $1 AND client_msg_id IS NOT NULL
+                 ORDER BY seq DESC LIMIT $2
+             ) ORDER BY seq",
+        )
+        .bind(id(channel.0))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        sql::all(&rows, sql::client_ref)
+    }
+
+    async fn get_message(&self, message: MessageId) -> Result<Option<MessageRow>, StoreError> {
+        let row = sqlx::query(
+            "SELECT m.*, u.username AS sender_username
+             FROM messages m LEFT JOIN users u ON u.id = m.sender_id
+             WHERE m.id = $1",
+        )
+        .bind(id(message.0))
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(sql::message_row).transpose()
+    }
+
+    async fn messages_after(
+        &self,
+        channel: ChannelId,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<MessageRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT m.*, u.username AS sender_username
+             FROM messages m LEFT JOIN users u ON u.id = m.sender_id
+             WHERE m.channel_id = $1 AND m.seq > $2 AND m.deleted_at IS NULL
+             ORDER BY m.seq LIMIT $3",
+        )
+        .bind(id(channel.0))
+        .bind(bound(after))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        sql::all(&rows, sql::message_row)
+    }
+
+    async fn messages_before(
+        &self,
+        channel: ChannelId,
+        before: Option<u64>,
+        limit: u32,
+    ) -> Result<(Vec<MessageRow>, bool), StoreError> {
+        // One row more than asked tells whether older ones exist.
+        let rows = sqlx::query(
+            "SELECT m.*, u.username AS sender_username
+             FROM messages m LEFT JOIN users u ON u.id = m.sender_id
+             WHERE m.channel_id = $1 AND m.seq < $2 AND m.deleted_at IS NULL
+             ORDER BY m.seq DESC LIMIT $3",
+        )
+        .bind(id(channel.0))
+        .bind(before.map_or(i64::MAX, bound))
+        .bind(i64::from(limit) + 1)
+        .fetch_all(&self.pool)
+        .await?;
+        sql::page_before(&rows, limit)
+    }
+
+    async fn reaction_counts(
+        &self,
+        message: MessageId,
+    ) -> Result<BTreeMap<String, u64>, StoreError> {
+        reaction_counts(&mut *self.pool.acquire().await?, message.0).await
+    }
+
+    async fn expired_messages(
+        &self,
+        now: i64,
+        limit: u32,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM messages
+             WHERE expires_at IS NOT NULL AND expires_at <= $1 AND deleted_at IS NULL
+             ORDER BY expires_at LIMIT $2",
+        )
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        sql::all(&rows, sql::message)
+    }
+
+    async fn purge_deleted(&self, before: i64) -> Result<u64, StoreError> {
+        self.purge("deleted_at < $1", before).await
+    }
+
+    async fn purge_older_than(&self, before: i64) -> Result<u64, StoreError> {
+        self.purge("created_at < $1", before).await
+    }
+
+    async fn count_key_version(&self, version: u32) -> Result<u64, StoreError> {
+        let row = sqlx::query(
+            "SELECT count(*) AS n FROM messages WHERE key_version = $1 AND length(ciphertext) > 0",
+        )
+        .bind(i64::from(version))
+        .fetch_one(&self.pool)
+        .await?;
+        row.uint("n")
+    }
+
+    async fn messages_not_on_key(
+        &self,
+        version: u32,
+        limit: u32,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM messages WHERE key_version <> $1 AND length(ciphertext) > 0 LIMIT $2",
+        )
+        .bind(i64::from(version))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        sql::all(&rows, sql::message)
+    }
+
+    async fn store_reencrypted(&self, rows: &[Reencrypted]) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        for row in rows {
+            // A row already on the target version (edited meanwhile under the
+            // new key) is left alone.
+            sqlx::query(
+                "UPDATE messages SET ciphertext = $2, nonce = $3, key_version = $4
+                 WHERE id = $1 AND key_version <> $4",
+            )
+            .bind(id(row.id.0))
+            .bind(&row.ciphertext[..])
+            .bind(&row.nonce[..])
+            .bind(i64::from(row.key_version))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    // ---- audit -------------------------------------------------------------
+
+    async fn append_audit(&self, entries: &[AuditRecord]) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin_write().await?;
+        let head = sqlx::query("SELECT seq, hash FROM audit_logs ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&mut *tx)
+            .await?;
+        let head = match head {
+            Some(r) => Some((r.uint("seq")?, r.text("hash")?)),
+            None => None,
+        };
+        sql::check_audit_continuity(head, entries)?;
+        for e in entries {
+            sqlx::query(
+                "INSERT INTO audit_logs
+                     (seq, timestamp, actor_id, ip, user_agent, action, details, prev_hash, hash)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            )
+            .bind(to_db(e.seq, "audit seq")?)
+            .bind(e.timestamp)
+            .bind(e.actor_id.map(|a| id(a.0)))
+            .bind(&e.ip)
+            .bind(&e.user_agent)
+            .bind(&e.action)
+            .bind(sql::details_json(&e.details)?)
+            .bind(&e.prev_hash)
+            .bind(&e.hash)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn audit_head(&self) -> Result<Option<AuditRecord>, StoreError> {
+        let row = sqlx::query("SELECT * FROM audit_logs ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(sql::audit).transpose()
+    }
+
+    async fn audit_range(&self, after: u64, limit: u32) -> Result<Vec<AuditRecord>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM audit_logs WHERE seq > $1 ORDER BY seq LIMIT $2")
+            .bind(bound(after))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        sql::all(&rows, sql::audit)
+    }
+
+    async fn list_audit(&self, filter: AuditFilter) -> Result<Vec<AuditRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM audit_logs
+             WHERE ($1 IS NULL OR actor_id = $1)
+               AND ($2 IS NULL OR action = $2)
+               AND seq > $3
+             ORDER BY seq DESC LIMIT $4",
+        )
+        .bind(filter.actor_id.map(|a| id(a.0)))
+        .bind(filter.action)
+        .bind(filter.after_seq.map_or(-1, bound))
+        .bind(i64::from(filter.limit))
+        .fetch_all(&self.pool)
+        .await?;
+        sql::all(&rows, sql::audit)
+    }
+
+    async fn insert_checkpoint(&self, checkpoint: Checkpoint) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO audit_checkpoints (seq, head_hash, time, key_id, signature)
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(to_db(checkpoint.seq, "checkpoint seq")?)
+        .bind(&checkpoint.head_hash)
+        .bind(checkpoint.time)
+        .bind(&checkpoint.key_id)
+        .bind(&checkpoint.signature)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn list_checkpoints(&self) -> Result<Vec<Checkpoint>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM audit_checkpoints ORDER BY seq")
+            .fetch_all(&self.pool)
+            .await?;
+        sql::all(&rows, sql::checkpoint)
+    }
+}
+
+/// Applies one op of a batch inside its transaction.
+async fn apply_op(conn: &mut SqliteConnection, op: &WriteOp) -> Result<WriteOutcome, StoreError> {
+    let touched = match op {
+        WriteOp::InsertMessage(m) => return insert_message(conn, m).await,
+        WriteOp::EditMessage {
+            id: message,
+            ciphertext,
+            nonce,
+            key_version,
+            edited_at,
+        } => sqlx::query(
+            "UPDATE messages SET ciphertext = $2, nonce = $3, key_version = $4, edited_at = $5
+             WHERE id = $1 AND deleted_at IS NULL",
+        )
+        .bind(id(message.0))
+        .bind(&ciphertext[..])
+        .bind(&nonce[..])
+        .bind(i64::from(*key_version))
+        .bind(edited_at)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected(),
+        WriteOp::DeleteMessage {
+            id: message,
+            deleted_at,
+        } => {
+            sqlx::query("UPDATE messages SET deleted_at = $2 WHERE id = $1 AND deleted_at IS NULL")
+                .bind(id(message.0))
+                .bind(deleted_at)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected()
+        }
+        WriteOp::MarkRead {
+            channel_id,
+            user_id,
+            seq,
+        } => sqlx::query(
+            "UPDATE channel_members SET
+                 last_read_seq = max(last_read_seq, $3),
+                 last_delivered_seq = max(last_delivered_seq, $3)
+             WHERE channel_id = $1 AND user_id = $2",
+        )
+        .bind(id(channel_id.0))
+        .bind(id(user_id.0))
+        .bind(to_db(*seq, "seq")?)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected(),
+        WriteOp::AddReaction {
+            message_id,
+            user_id,
+            reaction,
+            created_at,
+        } => {
+            if !reaction_target_exists(conn, message_id.0, user_id.0).await? {
+                return Ok(WriteOutcome::NotFound);
+            }
+            sqlx::query(
+                "INSERT INTO message_reactions (message_id, user_id, reaction, created_at)
+                 VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+            )
+            .bind(id(message_id.0))
+            .bind(id(user_id.0))
+            .bind(reaction)
+            .bind(created_at)
+            .execute(&mut *conn)
+            .await?;
+            return Ok(WriteOutcome::Reactions(
+                reaction_counts(conn, message_id.0).await?,
+            ));
+        }
+        WriteOp::RemoveReaction {
+            message_id,
+            user_id,
+            reaction,
+        } => {
+            if !reaction_target_exists(conn, message_id.0, user_id.0).await? {
+                return Ok(WriteOutcome::NotFound);
+            }
+            sqlx::query(
+                "DELETE FROM message_reactions
+                 WHERE message_id = $1 AND user_id = $2 AND reaction = $3",
+            )
+            .bind(id(message_id.0))
+            .bind(id(user_id.0))
+            .bind(reaction)
+            .execute(&mut *conn)
+            .await?;
+            return Ok(WriteOutcome::Reactions(
+                reaction_counts(conn, message_id.0).await?,
+            ));
+        }
+        WriteOp::UpsertMember(member) => sqlx::query(
+            "INSERT INTO channel_members
+                 (channel_id, user_id, role, joined_at, last_read_seq, last_delivered_seq)
+             SELECT $1, $2, $3, $4, $5, $6
+             WHERE EXISTS (SELECT 1 FROM channels WHERE id = $1)
+               AND EXISTS (SELECT 1 FROM users WHERE id = $2)
+             ON CONFLICT (channel_id, user_id) DO UPDATE SET role = excluded.role",
+        )
+        .bind(id(member.channel_id.0))
+        .bind(id(member.user_id.0))
+        .bind(member.role.as_str())
+        .bind(member.joined_at)
+        .bind(to_db(member.last_read_seq, "last_read_seq")?)
+        .bind(to_db(member.last_delivered_seq, "last_delivered_seq")?)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected(),
+        WriteOp::RemoveMember {
+            channel_id,
+            user_id,
+        } => sqlx::query("DELETE FROM channel_members WHERE channel_id = $1 AND user_id = $2")
+            .bind(id(channel_id.0))
+            .bind(id(user_id.0))
+            .execute(&mut *conn)
+            .await?
+            .rows_affected(),
+    };
+    Ok(sql::done_or_not_found(touched))
+}
+
+/// Inserts one message: `Done`; `Duplicate` when its client id is taken (a
+/// tombstone then takes its seq); `NotFound` when the channel does not exist.
+async fn insert_message(
+    conn: &mut SqliteConnection,
+    message: &StoredMessage,
+) -> Result<WriteOutcome, StoreError> {
+    if insert_row(conn, message).await? {
+        return Ok(WriteOutcome::Done);
+    }
+    let Some(client) = &message.client_msg_id else {
+        return Ok(WriteOutcome::NotFound);
+    };
+    let original = sqlx::query(
+        "SELECT id, seq, sender_id, client_msg_id, created_at FROM messages
+         WHERE channel_id = $1 AND sender_id = $2 AND client_msg_id = $3",
+    )
+    .bind(id(message.channel_id.0))
+    .bind(id(message.sender_id.0))
+    .bind(client)
+    .fetch_optional(&mut *conn)
+    .await?;
+    match original {
+        Some(row) => {
+            insert_row(conn, &sql::tombstone(message)).await?;
+            Ok(WriteOutcome::Duplicate(sql::client_ref(&row)?))
+        }
+        None => Ok(WriteOutcome::NotFound),
+    }
+}
+
+/// Inserts a message row unless its client id is taken or its channel does
+/// not exist; returns whether it went in.
+async fn insert_row(conn: &mut SqliteConnection, m: &StoredMessage) -> Result<bool, StoreError> {
+    let done = sqlx::query(
+        "INSERT INTO messages (id, channel_id, seq, sender_id, client_msg_id, ciphertext, nonce,
+                               key_version, contains_phi, reply_to, created_at, edited_at,
+                               expires_at, deleted_at)
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14
+         WHERE EXISTS (SELECT 1 FROM channels WHERE id = $2)
+         ON CONFLICT (channel_id, sender_id, client_msg_id) DO NOTHING",
+    )
+    .bind(id(m.id.0))
+    .bind(id(m.channel_id.0))
+    .bind(to_db(m.seq, "seq")?)
+    .bind(id(m.sender_id.0))
+    .bind(&m.client_msg_id)
+    .bind(&m.ciphertext[..])
+    .bind(&m.nonce[..])
+    .bind(i64::from(m.key_version))
+    .bind(m.contains_phi)
+    .bind(m.reply_to.map(|r| id(r.0)))
+    .bind(m.created_at)
+    .bind(m.edited_at)
+    .bind(m.expires_at)
+    .bind(m.deleted_at)
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected() > 0)
+}
+
+/// Whether the message exists undeleted and the user exists.
+async fn reaction_target_exists(
+    conn: &mut SqliteConnection,
+    message: Uuid,
+    user: Uuid,
+) -> Result<bool, StoreError> {
+    let row = sqlx::query(
+        "SELECT EXISTS (SELECT 1 FROM messages WHERE id = $1 AND deleted_at IS NULL)
+            AND EXISTS (SELECT 1 FROM users WHERE id = $2) AS ok",
+    )
+    .bind(id(message))
+    .bind(id(user))
+    .fetch_one(&mut *conn)
+    .await?;
+    row.flag("ok")
+}
+
+async fn reaction_counts(
+    conn: &mut SqliteConnection,
+    message: Uuid,
+) -> Result<BTreeMap<String, u64>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT reaction, count(*) AS n FROM message_reactions
+         WHERE message_id = $1 GROUP BY reaction",
+    )
+    .bind(id(message))
+    .fetch_all(&mut *conn)
+    .await?;
+    sql::reaction_counts(&rows)
+}

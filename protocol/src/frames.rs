@@ -1,0 +1,1109 @@
+//! Wire frames: [`ClientFrame`] (requests, PROTOCOL.md section 4) and
+//! [`ServerFrame`] (answers and pushes, sections 2, 3 and 5).
+//!
+//! Field names on the wire are camelCase exactly as PROTOCOL.md spells them
+//! (`containsPHI` included). Optional fields are omitted when `None`, and
+//! accept `nil`/`null` as absent when decoding.
+//!
+//! Decoding does not go through `Deserialize` on [`ClientRequest`] or
+//! [`ServerFrame`]: [`crate::codec`] reads the `type` once and decodes the
+//! matching payload struct straight from the frame, with no intermediate
+//! tree. Encoding uses the derived, internally tagged `Serialize`.
+//!
+//! `Debug` never prints an access token or a message's `text` (which may hold
+//! PHI); it prints their length instead.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::ser::Serializer;
+use serde::{Deserialize, Serialize};
+
+use crate::error::ErrorCode;
+use crate::ids::{ChannelId, MessageId, SessionId, UserId};
+
+/// Largest integer `ref`: 2^53 - 1, the largest integer a JavaScript number
+/// holds exactly. Integer refs lie in `-MAX_REF_INT..=MAX_REF_INT`.
+pub const MAX_REF_INT: i64 = (1 << 53) - 1;
+/// Longest string `ref`, in bytes of UTF-8.
+pub const MAX_REF_BYTES: usize = 256;
+/// Longest `clientMsgId`, in bytes of UTF-8 (longer: `too_large`).
+pub const MAX_CLIENT_MSG_ID_BYTES: usize = 64;
+/// `fetch_history` page size when `limit` is absent.
+pub const HISTORY_LIMIT_DEFAULT: u32 = 50;
+/// Largest `fetch_history` page; larger `limit`s are clamped to it.
+pub const HISTORY_LIMIT_MAX: u32 = 100;
+
+/// Prints a secret or PHI field as its length only.
+struct Redacted(usize);
+
+impl fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "<{} bytes>", self.0)
+    }
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `null` or absent means `false`.
+fn null_is_false<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    Ok(Option::<bool>::deserialize(d)?.unwrap_or(false))
+}
+
+/// `null` or absent means `true` (`isTyping`).
+fn null_is_true<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    Ok(Option::<bool>::deserialize(d)?.unwrap_or(true))
+}
+
+// ---------------------------------------------------------------------------
+// Ref
+// ---------------------------------------------------------------------------
+
+/// A request's `ref`, echoed on the frame that answers it: a string of at
+/// most [`MAX_REF_BYTES`], or an integer of magnitude at most
+/// [`MAX_REF_INT`] (below 2^53, so JavaScript clients keep it exact).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Ref {
+    /// An integer ref.
+    Int(i64),
+    /// A string ref.
+    Str(String),
+}
+
+impl Ref {
+    /// An integer ref, if `n` is in range.
+    pub fn from_i64(n: i64) -> Option<Self> {
+        (-MAX_REF_INT..=MAX_REF_INT).contains(&n).then_some(Self::Int(n))
+    }
+
+    /// An integer ref, if `n` is in range.
+    pub fn from_u64(n: u64) -> Option<Self> {
+        i64::try_from(n).ok().and_then(Self::from_i64)
+    }
+
+    /// A string ref, if `s` is short enough.
+    pub fn from_string(s: impl Into<String> + AsRef<str>) -> Option<Self> {
+        (s.as_ref().len() <= MAX_REF_BYTES).then(|| Self::Str(s.into()))
+    }
+}
+
+impl From<u32> for Ref {
+    fn from(n: u32) -> Self {
+        Self::Int(n.into())
+    }
+}
+
+impl fmt::Display for Ref {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Int(n) => write!(f, "{n}"),
+            Self::Str(s) => write!(f, "{s:?}"),
+        }
+    }
+}
+
+impl Serialize for Ref {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Int(n) => s.serialize_i64(*n),
+            Self::Str(v) => s.serialize_str(v),
+        }
+    }
+}
+
+/// The message of every invalid `ref`.
+pub(crate) const INVALID_REF: &str =
+    "`ref` must be a string of at most 256 bytes or an integer below 2^53";
+
+impl<'de> Deserialize<'de> for Ref {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct RefVisitor;
+
+        impl Visitor<'_> for RefVisitor {
+            type Value = Ref;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(INVALID_REF)
+            }
+
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<Ref, E> {
+                Ref::from_u64(n).ok_or_else(|| E::custom(INVALID_REF))
+            }
+
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Ref, E> {
+                Ref::from_i64(n).ok_or_else(|| E::custom(INVALID_REF))
+            }
+
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Ref, E> {
+                Ref::from_string(s).ok_or_else(|| E::custom(INVALID_REF))
+            }
+
+            fn visit_string<E: de::Error>(self, s: String) -> Result<Ref, E> {
+                Ref::from_string(s).ok_or_else(|| E::custom(INVALID_REF))
+            }
+        }
+
+        d.deserialize_any(RefVisitor)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Client -> server
+// ---------------------------------------------------------------------------
+
+/// One client frame: the optional `ref` and the typed request.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ClientFrame {
+    /// Echoed on the answer (`ack`, `error`, `history`,
+    /// `authentication_response`, `pong`).
+    #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+    pub reference: Option<Ref>,
+    /// What the client asks for.
+    #[serde(flatten)]
+    pub request: ClientRequest,
+}
+
+impl ClientFrame {
+    /// A frame without a `ref`.
+    pub fn new(request: ClientRequest) -> Self {
+        Self {
+            reference: None,
+            request,
+        }
+    }
+
+    /// The same frame with `ref` set.
+    pub fn with_ref(mut self, reference: impl Into<Ref>) -> Self {
+        self.reference = Some(reference.into());
+        self
+    }
+}
+
+impl From<ClientRequest> for ClientFrame {
+    fn from(request: ClientRequest) -> Self {
+        Self::new(request)
+    }
+}
+
+/// Every client request (PROTOCOL.md sections 3 and 4), keyed by `type`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientRequest {
+    /// `authenticate`: the first frame of every connection.
+    Authenticate(Authenticate),
+    /// `join_channel`: answered by `ack` with `channel`, then the replay.
+    JoinChannel(JoinChannel),
+    /// `leave_channel`: answered by `ack`.
+    LeaveChannel(LeaveChannel),
+    /// `send_message`: answered by `ack` with the send result.
+    SendMessage(SendMessage),
+    /// `edit_message`: answered by `ack`.
+    EditMessage(EditMessage),
+    /// `delete_message`: answered by `ack`.
+    DeleteMessage(DeleteMessage),
+    /// `typing_indicator`: no answer on success.
+    TypingIndicator(TypingIndicator),
+    /// `read_receipt`: answered by `ack`.
+    ReadReceipt(ReadReceipt),
+    /// `fetch_history`: answered by `history`.
+    FetchHistory(FetchHistory),
+    /// `add_reaction`: answered by `ack`.
+    AddReaction(Reaction),
+    /// `remove_reaction`: answered by `ack`.
+    RemoveReaction(Reaction),
+    /// `open_direct`: answered by `ack` with `channel`.
+    OpenDirect(OpenDirect),
+    /// `set_status`: answered by `ack`.
+    SetStatus(SetStatus),
+    /// `ping`: answered by `pong`.
+    Ping,
+    /// `heartbeat`: same as `ping`.
+    Heartbeat,
+}
+
+impl ClientRequest {
+    /// The wire `type`, e.g. `"send_message"`.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Self::Authenticate(_) => "authenticate",
+            Self::JoinChannel(_) => "join_channel",
+            Self::LeaveChannel(_) => "leave_channel",
+            Self::SendMessage(_) => "send_message",
+            Self::EditMessage(_) => "edit_message",
+            Self::DeleteMessage(_) => "delete_message",
+            Self::TypingIndicator(_) => "typing_indicator",
+            Self::ReadReceipt(_) => "read_receipt",
+            Self::FetchHistory(_) => "fetch_history",
+            Self::AddReaction(_) => "add_reaction",
+            Self::RemoveReaction(_) => "remove_reaction",
+            Self::OpenDirect(_) => "open_direct",
+            Self::SetStatus(_) => "set_status",
+            Self::Ping => "ping",
+            Self::Heartbeat => "heartbeat",
+        }
+    }
+
+    /// Whether a successful request is answered. Only `typing_indicator`
+    /// is not (its errors still are).
+    pub fn expects_answer(&self) -> bool {
+        !matches!(self, Self::TypingIndicator(_))
+    }
+}
+
+/// `authenticate {token}`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Authenticate {
+    /// The JWT from `/api/auth/login`.
+    pub token: String,
+}
+
+impl fmt::Debug for Authenticate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Authenticate")
+            .field("token", &Redacted(self.token.len()))
+            .finish()
+    }
+}
+
+/// `join_channel {channelId, sinceSeq?}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JoinChannel {
+    /// The channel to join.
+    pub channel_id: ChannelId,
+    /// Replay every message with a greater `seq` before live ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since_seq: Option<u64>,
+}
+
+/// `leave_channel {channelId}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LeaveChannel {
+    /// The channel to leave.
+    pub channel_id: ChannelId,
+}
+
+/// `send_message {channelId, text, clientMsgId?, containsPHI?, replyTo?, ttlSeconds?}`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SendMessage {
+    /// The channel to post in.
+    pub channel_id: ChannelId,
+    /// The message text (size-checked by the server: `too_large`).
+    pub text: String,
+    /// Makes the send idempotent (at most [`MAX_CLIENT_MSG_ID_BYTES`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_msg_id: Option<String>,
+    /// The client's hint that the text holds PHI.
+    #[serde(
+        rename = "containsPHI",
+        default,
+        deserialize_with = "null_is_false",
+        skip_serializing_if = "is_false"
+    )]
+    pub contains_phi: bool,
+    /// The message this one answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<MessageId>,
+    /// Delete the message for everyone this many seconds after it is sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_seconds: Option<u32>,
+}
+
+impl SendMessage {
+    /// A plain send: no idempotency key, hint, reply or expiry.
+    pub fn text(channel_id: ChannelId, text: impl Into<String>) -> Self {
+        Self {
+            channel_id,
+            text: text.into(),
+            client_msg_id: None,
+            contains_phi: false,
+            reply_to: None,
+            ttl_seconds: None,
+        }
+    }
+}
+
+impl fmt::Debug for SendMessage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SendMessage")
+            .field("channel_id", &self.channel_id)
+            .field("text", &Redacted(self.text.len()))
+            .field("client_msg_id", &self.client_msg_id)
+            .field("contains_phi", &self.contains_phi)
+            .field("reply_to", &self.reply_to)
+            .field("ttl_seconds", &self.ttl_seconds)
+            .finish()
+    }
+}
+
+/// `edit_message {messageId, text}`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EditMessage {
+    /// The message to edit (the sender's own).
+    pub message_id: MessageId,
+    /// The new text.
+    pub text: String,
+}
+
+impl fmt::Debug for EditMessage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EditMessage")
+            .field("message_id", &self.message_id)
+            .field("text", &Redacted(self.text.len()))
+            .finish()
+    }
+}
+
+/// `delete_message {messageId}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeleteMessage {
+    /// The message to delete.
+    pub message_id: MessageId,
+}
+
+/// `typing_indicator {channelId, isTyping}`; `isTyping` defaults to true.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TypingIndicator {
+    /// The channel being typed in.
+    pub channel_id: ChannelId,
+    /// `false` says the user stopped typing.
+    #[serde(default = "yes", deserialize_with = "null_is_true")]
+    pub is_typing: bool,
+}
+
+/// `read_receipt {channelId, seq}` or `{channelId, messageId}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "ReadReceiptWire", into = "ReadReceiptWire")]
+pub struct ReadReceipt {
+    /// The channel read.
+    pub channel_id: ChannelId,
+    /// How far.
+    pub up_to: ReadPosition,
+}
+
+/// How far a `read_receipt` reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadPosition {
+    /// Everything up to and including this `seq`.
+    Seq(u64),
+    /// Everything up to and including this message (the server looks up
+    /// its `seq`).
+    Message(MessageId),
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ReadReceiptWire {
+    channel_id: ChannelId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    seq: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    message_id: Option<MessageId>,
+}
+
+impl TryFrom<ReadReceiptWire> for ReadReceipt {
+    type Error = &'static str;
+
+    fn try_from(w: ReadReceiptWire) -> Result<Self, Self::Error> {
+        // `seq` wins when both are present.
+        let up_to = match (w.seq, w.message_id) {
+            (Some(seq), _) => ReadPosition::Seq(seq),
+            (None, Some(id)) => ReadPosition::Message(id),
+            (None, None) => return Err("missing field `seq` (or `messageId`)"),
+        };
+        Ok(Self {
+            channel_id: w.channel_id,
+            up_to,
+        })
+    }
+}
+
+impl From<ReadReceipt> for ReadReceiptWire {
+    fn from(r: ReadReceipt) -> Self {
+        let (seq, message_id) = match r.up_to {
+            ReadPosition::Seq(seq) => (Some(seq), None),
+            ReadPosition::Message(id) => (None, Some(id)),
+        };
+        Self {
+            channel_id: r.channel_id,
+            seq,
+            message_id,
+        }
+    }
+}
+
+/// `fetch_history {channelId, beforeSeq?, limit?}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FetchHistory {
+    /// The channel.
+    pub channel_id: ChannelId,
+    /// Page backwards from just before this seq; `None` for the newest page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before_seq: Option<u64>,
+    /// Page size as sent; use [`FetchHistory::effective_limit`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+impl FetchHistory {
+    /// `limit` clamped to `1..=100`, 50 when absent.
+    pub fn effective_limit(&self) -> u32 {
+        self.limit
+            .unwrap_or(HISTORY_LIMIT_DEFAULT)
+            .clamp(1, HISTORY_LIMIT_MAX)
+    }
+}
+
+/// `add_reaction` / `remove_reaction {messageId, reaction}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Reaction {
+    /// The message reacted to.
+    pub message_id: MessageId,
+    /// The reaction, usually one emoji.
+    pub reaction: String,
+}
+
+/// `open_direct {userId}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OpenDirect {
+    /// The other user.
+    pub user_id: UserId,
+}
+
+/// `set_status {status}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetStatus {
+    /// `online` or `away`.
+    pub status: UserStatus,
+}
+
+/// The statuses a user may set (`offline` is the server's to say).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UserStatus {
+    /// Here.
+    Online,
+    /// Connected but away.
+    Away,
+}
+
+/// A user's presence as pushed in `presence`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PresenceStatus {
+    /// At least one connection, status online.
+    Online,
+    /// At least one connection, status away.
+    Away,
+    /// No connection left.
+    Offline,
+}
+
+impl From<UserStatus> for PresenceStatus {
+    fn from(s: UserStatus) -> Self {
+        match s {
+            UserStatus::Online => Self::Online,
+            UserStatus::Away => Self::Away,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Server -> client
+// ---------------------------------------------------------------------------
+
+/// Every server frame: answers (`ack`, `error`, `authentication_response`,
+/// `pong`, `history`) and pushes.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    /// `ack`: a request succeeded.
+    Ack(Ack),
+    /// `error`: a request failed, or the connection is about to close.
+    Error(ErrorFrame),
+    /// `authentication_response`: the answer to `authenticate`.
+    AuthenticationResponse(AuthenticationResponse),
+    /// `pong`: the answer to `ping` and `heartbeat`.
+    Pong(Pong),
+    /// `history`: the answer to `fetch_history`.
+    History(History),
+    /// `new_message` push.
+    NewMessage(MessagePush),
+    /// `message_updated` push.
+    MessageUpdated(MessagePush),
+    /// `message_deleted` push.
+    MessageDeleted(MessageDeletedPush),
+    /// `typing` push.
+    Typing(Typing),
+    /// `read_receipt` push.
+    ReadReceipt(ReadReceiptPush),
+    /// `reaction_updated` push.
+    ReactionUpdated(ReactionUpdated),
+    /// `presence` push.
+    Presence(Presence),
+    /// `system_event` push.
+    SystemEvent(SystemEvent),
+    /// `notification` push.
+    Notification(Notification),
+}
+
+impl ServerFrame {
+    /// The wire `type`, e.g. `"new_message"`.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Self::Ack(_) => "ack",
+            Self::Error(_) => "error",
+            Self::AuthenticationResponse(_) => "authentication_response",
+            Self::Pong(_) => "pong",
+            Self::History(_) => "history",
+            Self::NewMessage(_) => "new_message",
+            Self::MessageUpdated(_) => "message_updated",
+            Self::MessageDeleted(_) => "message_deleted",
+            Self::Typing(_) => "typing",
+            Self::ReadReceipt(_) => "read_receipt",
+            Self::ReactionUpdated(_) => "reaction_updated",
+            Self::Presence(_) => "presence",
+            Self::SystemEvent(_) => "system_event",
+            Self::Notification(_) => "notification",
+        }
+    }
+
+    /// The echoed `ref`, on answers that carry one.
+    pub fn reference(&self) -> Option<&Ref> {
+        match self {
+            Self::Ack(a) => a.reference.as_ref(),
+            Self::Error(e) => e.reference.as_ref(),
+            Self::AuthenticationResponse(a) => a.reference.as_ref(),
+            Self::Pong(p) => p.reference.as_ref(),
+            Self::History(h) => h.reference.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// An `ack` with no result fields.
+    pub fn ack(reference: Option<Ref>) -> Self {
+        Self::Ack(Ack {
+            reference,
+            result: AckResult::Done,
+        })
+    }
+
+    /// An `error` frame.
+    pub fn error(reference: Option<Ref>, code: ErrorCode, message: impl Into<String>) -> Self {
+        Self::Error(ErrorFrame {
+            reference,
+            code,
+            message: message.into(),
+            retry_after_ms: None,
+        })
+    }
+
+    /// A `new_message` push.
+    pub fn new_message(data: MessageView) -> Self {
+        Self::NewMessage(MessagePush { data })
+    }
+
+    /// A `system_event` `shutdown` push.
+    pub fn shutdown() -> Self {
+        Self::SystemEvent(SystemEvent {
+            event_type: SystemEvent::SHUTDOWN.to_owned(),
+            data: serde_json::Value::Null,
+        })
+    }
+}
+
+/// `ack`: `ref` plus the result fields of the request it answers.
+///
+/// On the wire the result fields sit beside `ref`:
+/// `{"type":"ack","ref":1,"messageId":…,"seq":…,"timestamp":…,"duplicate":false}`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "AckIn")]
+pub struct Ack {
+    /// The request's `ref`.
+    pub reference: Option<Ref>,
+    /// What the request produced.
+    pub result: AckResult,
+}
+
+/// The result fields of an `ack`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AckResult {
+    /// No result fields (leave, edit, delete, read_receipt, reactions,
+    /// set_status).
+    Done,
+    /// `send_message`: `{messageId, seq, timestamp, duplicate}`.
+    Sent(SendResult),
+    /// `join_channel` and `open_direct`: `{channel}`.
+    Channel(ChannelView),
+}
+
+/// The result of `send_message`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SendResult {
+    /// The stored message's id.
+    pub message_id: MessageId,
+    /// Its seq in the channel.
+    pub seq: u64,
+    /// When it was accepted (ms since the epoch).
+    pub timestamp: i64,
+    /// `true` when `clientMsgId` matched an earlier send: nothing new was
+    /// delivered and these are the original's `messageId` and `seq`.
+    pub duplicate: bool,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AckOut<'a> {
+    #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+    reference: Option<&'a Ref>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message_id: Option<MessageId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timestamp: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    duplicate: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    channel: Option<&'a ChannelView>,
+}
+
+impl Serialize for Ack {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut out = AckOut {
+            reference: self.reference.as_ref(),
+            message_id: None,
+            seq: None,
+            timestamp: None,
+            duplicate: None,
+            channel: None,
+        };
+        match &self.result {
+            AckResult::Done => {}
+            AckResult::Sent(r) => {
+                out.message_id = Some(r.message_id);
+                out.seq = Some(r.seq);
+                out.timestamp = Some(r.timestamp);
+                out.duplicate = Some(r.duplicate);
+            }
+            AckResult::Channel(c) => out.channel = Some(c),
+        }
+        out.serialize(s)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AckIn {
+    #[serde(rename = "ref", default)]
+    reference: Option<Ref>,
+    #[serde(default)]
+    message_id: Option<MessageId>,
+    #[serde(default)]
+    seq: Option<u64>,
+    #[serde(default)]
+    timestamp: Option<i64>,
+    #[serde(default)]
+    duplicate: Option<bool>,
+    #[serde(default)]
+    channel: Option<ChannelView>,
+}
+
+impl TryFrom<AckIn> for Ack {
+    type Error = &'static str;
+
+    fn try_from(a: AckIn) -> Result<Self, Self::Error> {
+        let result = match (a.message_id, a.channel) {
+            (None, None) => AckResult::Done,
+            (None, Some(channel)) => AckResult::Channel(channel),
+            (Some(message_id), None) => AckResult::Sent(SendResult {
+                message_id,
+                seq: a.seq.ok_or("ack with `messageId` needs `seq`")?,
+                timestamp: a.timestamp.ok_or("ack with `messageId` needs `timestamp`")?,
+                duplicate: a.duplicate.unwrap_or(false),
+            }),
+            (Some(_), Some(_)) => return Err("ack has both `messageId` and `channel`"),
+        };
+        Ok(Self {
+            reference: a.reference,
+            result,
+        })
+    }
+}
+
+/// `error {ref?, code, message, retryAfterMs?}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorFrame {
+    /// The failed request's `ref`, when it had a readable one.
+    #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<Ref>,
+    /// What went wrong, for programs.
+    pub code: ErrorCode,
+    /// What went wrong, for people.
+    pub message: String,
+    /// With `rate_limited`: when to try again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
+}
+
+/// `{code, message}`: the `error` of a failed `authentication_response`
+/// (and the shape of REST error bodies).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// What went wrong, for programs.
+    pub code: ErrorCode,
+    /// What went wrong, for people.
+    pub message: String,
+}
+
+/// `authentication_response`.
+///
+/// Success: `{"success":true,"user":{…},"sessionId","serverTime","heartbeatMs"}`;
+/// failure: `{"success":false,"error":{"code","message"}}`, then close 4001.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "AuthIn")]
+pub struct AuthenticationResponse {
+    /// The `authenticate` request's `ref`.
+    pub reference: Option<Ref>,
+    /// Who the connection now acts for, or why not.
+    pub result: Result<AuthSuccess, ErrorBody>,
+}
+
+/// A successful authentication.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthSuccess {
+    /// The authenticated user.
+    pub user: AuthUser,
+    /// The login session the token belongs to.
+    pub session_id: SessionId,
+    /// The server's clock (ms since the epoch).
+    pub server_time: i64,
+    /// How often the client should send `ping` (ms).
+    pub heartbeat_ms: u64,
+}
+
+/// The `user` of an `authentication_response`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthUser {
+    /// The user's id.
+    pub id: UserId,
+    /// The login name.
+    pub username: String,
+    /// `super_admin`, `admin`, `moderator` or `user`.
+    pub role: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AuthOut<'a> {
+    #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+    reference: Option<&'a Ref>,
+    success: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<&'a AuthUser>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    session_id: Option<SessionId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server_time: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    heartbeat_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a ErrorBody>,
+}
+
+impl Serialize for AuthenticationResponse {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let reference = self.reference.as_ref();
+        let out = match &self.result {
+            Ok(ok) => AuthOut {
+                reference,
+                success: true,
+                user: Some(&ok.user),
+                session_id: Some(ok.session_id),
+                server_time: Some(ok.server_time),
+                heartbeat_ms: Some(ok.heartbeat_ms),
+                error: None,
+            },
+            Err(e) => AuthOut {
+                reference,
+                success: false,
+                user: None,
+                session_id: None,
+                server_time: None,
+                heartbeat_ms: None,
+                error: Some(e),
+            },
+        };
+        out.serialize(s)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AuthIn {
+    #[serde(rename = "ref", default)]
+    reference: Option<Ref>,
+    success: bool,
+    #[serde(default)]
+    user: Option<AuthUser>,
+    #[serde(default)]
+    session_id: Option<SessionId>,
+    #[serde(default)]
+    server_time: Option<i64>,
+    #[serde(default)]
+    heartbeat_ms: Option<u64>,
+    #[serde(default)]
+    error: Option<ErrorBody>,
+}
+
+impl TryFrom<AuthIn> for AuthenticationResponse {
+    type Error = &'static str;
+
+    fn try_from(a: AuthIn) -> Result<Self, Self::Error> {
+        let result = if a.success {
+            Ok(AuthSuccess {
+                user: a.user.ok_or("missing field `user`")?,
+                session_id: a.session_id.ok_or("missing field `sessionId`")?,
+                server_time: a.server_time.ok_or("missing field `serverTime`")?,
+                heartbeat_ms: a.heartbeat_ms.ok_or("missing field `heartbeatMs`")?,
+            })
+        } else {
+            Err(a.error.ok_or("missing field `error`")?)
+        };
+        Ok(Self {
+            reference: a.reference,
+            result,
+        })
+    }
+}
+
+/// `pong {serverTime}`. Courier also echoes the `ping`'s `ref`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Pong {
+    /// The `ping`'s `ref` (a Courier extension).
+    #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<Ref>,
+    /// The server's clock (ms since the epoch).
+    pub server_time: i64,
+}
+
+/// `history {ref, channelId, messages, hasMore}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct History {
+    /// The `fetch_history` request's `ref`.
+    #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<Ref>,
+    /// The channel.
+    pub channel_id: ChannelId,
+    /// One page, ascending `seq`.
+    pub messages: Vec<MessageView>,
+    /// Whether older messages exist before this page.
+    pub has_more: bool,
+}
+
+/// A message as clients see it (`data` of `new_message`, `message_updated`,
+/// items of `history`).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MessageView {
+    /// The message's id.
+    pub id: MessageId,
+    /// Its channel.
+    pub channel_id: ChannelId,
+    /// Its seq in the channel.
+    pub seq: u64,
+    /// Who sent it.
+    pub sender_id: UserId,
+    /// The sender's username.
+    pub sender: String,
+    /// The (decrypted) text.
+    pub text: String,
+    /// When it was accepted (ms since the epoch).
+    pub timestamp: i64,
+    /// Flagged as PHI by the sender or by the server's detector.
+    #[serde(rename = "containsPHI", default, deserialize_with = "null_is_false")]
+    pub contains_phi: bool,
+    /// The message it answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<MessageId>,
+    /// When it was last edited (ms since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edited_at: Option<i64>,
+    /// When it expires (ms since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<i64>,
+}
+
+impl fmt::Debug for MessageView {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MessageView")
+            .field("id", &self.id)
+            .field("channel_id", &self.channel_id)
+            .field("seq", &self.seq)
+            .field("sender_id", &self.sender_id)
+            .field("sender", &self.sender)
+            .field("text", &Redacted(self.text.len()))
+            .field("timestamp", &self.timestamp)
+            .field("contains_phi", &self.contains_phi)
+            .field("reply_to", &self.reply_to)
+            .field("edited_at", &self.edited_at)
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
+
+/// The `channel` of a `join_channel` or `open_direct` `ack`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChannelView {
+    /// The channel's id.
+    pub id: ChannelId,
+    /// Its name.
+    pub name: String,
+    /// Its kind.
+    pub kind: ChannelKindWire,
+    /// The newest accepted seq (0 when empty).
+    pub last_seq: u64,
+    /// The caller's read position (0 when nothing read).
+    pub last_read_seq: u64,
+    /// Messages with seq above `last_read_seq`, deleted ones included.
+    pub unread: u64,
+    /// `true` when `sinceSeq` was given and every missed message is being
+    /// replayed; `false` otherwise (page with `fetch_history`).
+    pub recovered: bool,
+    /// Users with a connection joined to the channel.
+    pub online: Vec<UserId>,
+}
+
+/// A channel's kind on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChannelKindWire {
+    /// Any authenticated user may join; joining makes them a member.
+    Public,
+    /// Members only.
+    Private,
+    /// Two users.
+    Direct,
+    /// Members read; only owners and moderators post.
+    Broadcast,
+}
+
+/// `{data: message}` (`new_message`, `message_updated`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessagePush {
+    /// The message.
+    pub data: MessageView,
+}
+
+/// `{data: {messageId, channelId, seq}}` (`message_deleted`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageDeletedPush {
+    /// Which message.
+    pub data: MessageDeleted,
+}
+
+/// The `data` of `message_deleted`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MessageDeleted {
+    /// The deleted message.
+    pub message_id: MessageId,
+    /// Its channel.
+    pub channel_id: ChannelId,
+    /// Its seq.
+    pub seq: u64,
+}
+
+/// `typing {channelId, userId, isTyping}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Typing {
+    /// The channel.
+    pub channel_id: ChannelId,
+    /// Who types.
+    pub user_id: UserId,
+    /// Whether they still do (expires after 6 s without renewal).
+    pub is_typing: bool,
+}
+
+/// `read_receipt {channelId, userId, seq}` (the push).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReadReceiptPush {
+    /// The channel.
+    pub channel_id: ChannelId,
+    /// Who read.
+    pub user_id: UserId,
+    /// Up to which seq.
+    pub seq: u64,
+}
+
+/// `reaction_updated {channelId, messageId, reactions}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReactionUpdated {
+    /// The channel.
+    pub channel_id: ChannelId,
+    /// The message.
+    pub message_id: MessageId,
+    /// Every reaction now on the message, with its count.
+    pub reactions: BTreeMap<String, u64>,
+}
+
+/// `presence {userId, status, lastSeen}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Presence {
+    /// Whose presence changed.
+    pub user_id: UserId,
+    /// The new status.
+    pub status: PresenceStatus,
+    /// When the user was last active (ms since the epoch).
+    pub last_seen: i64,
+}
+
+/// `system_event {eventType, data}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SystemEvent {
+    /// What happened, e.g. [`SystemEvent::SHUTDOWN`].
+    pub event_type: String,
+    /// Details; omitted when `null`.
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub data: serde_json::Value,
+}
+
+impl SystemEvent {
+    /// The server is shutting down; close 1001 follows.
+    pub const SHUTDOWN: &'static str = "shutdown";
+    /// A channel the client joined was deleted (`data: {channelId}`).
+    pub const CHANNEL_DELETED: &'static str = "channel_deleted";
+    /// The user was removed from a channel (`data: {channelId, userId}`).
+    pub const MEMBER_REMOVED: &'static str = "member_removed";
+}
+
+/// `notification {data}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Notification {
+    /// Free-form content.
+    pub data: serde_json::Value,
+}

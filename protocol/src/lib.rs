@@ -1,0 +1,29 @@
+//! # courier-protocol
+//!
+//! Courier's wire contract (`shared/PROTOCOL.md`, documented in
+//! `docs/protocol.md`) as Rust types and codecs. Pure: no runtime, no I/O,
+//! usable by any Rust client.
+//!
+//! # Layout
+//! - [`ids`]: typed UUID identifiers.
+//! - [`error`]: error codes and close codes.
+//! - [`frames`]: `ClientFrame` (requests) and `ServerFrame` (answers, pushes).
+//! - [`codec`]: the only calls to MessagePack and JSON; decoding is bounded.
+//! - `client` (feature `client`): an async WebSocket client for tests, the
+//!   load tester and Rust applications.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
+
+pub mod codec;
+pub mod error;
+pub mod frames;
+pub mod ids;
+
+#[cfg(feature = "client")]
+pub mod client;
+
+pub use codec::{decode_client, decode_server, encode_client, encode_server, DecodeError, Encoding};
+pub use error::ErrorCode;
+pub use frames::{ClientFrame, ClientRequest, Ref, ServerFrame};
+pub use ids::{ChannelId, MessageId, SessionId, UserId};

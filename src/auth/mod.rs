@@ -1,0 +1,51 @@
+//! Authentication: passwords, tokens, and the verifier the WebSocket edge
+//! uses ([`SessionAuthenticator`]).
+
+pub mod passwords;
+pub mod tokens;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use courier_actors::identity::{AuthRejected, Authenticator, Identity};
+use courier_actors::store::{DynStore, StoreError};
+
+use tokens::Tokens;
+
+/// Verifies an access token and that its session is still valid and its
+/// user still exists: a revoked session's tokens stop working at once.
+pub struct SessionAuthenticator {
+    pub tokens: Arc<Tokens>,
+    pub store: DynStore,
+}
+
+#[async_trait]
+impl Authenticator for SessionAuthenticator {
+    async fn authenticate(&self, token: &str) -> Result<Identity, AuthRejected> {
+        let verified = self.tokens.verify(token).map_err(|_| AuthRejected::InvalidToken)?;
+        let unavailable = |e: StoreError| match e {
+            StoreError::Unavailable(_) => AuthRejected::Unavailable,
+            _ => AuthRejected::InvalidToken,
+        };
+        let session = self
+            .store
+            .get_session(verified.session_id)
+            .await
+            .map_err(unavailable)?
+            .filter(|s| s.valid && s.user_id == verified.user_id && s.expires_at > courier_actors::now_ms())
+            .ok_or(AuthRejected::SessionRevoked)?;
+        let user = self
+            .store
+            .get_user(session.user_id)
+            .await
+            .map_err(unavailable)?
+            .ok_or(AuthRejected::SessionRevoked)?;
+        Ok(Identity {
+            user_id: user.id,
+            username: user.username,
+            role: user.role,
+            session_id: session.id,
+            expires_at: verified.expires_at,
+        })
+    }
+}

@@ -1,0 +1,185 @@
+//! The CLI's commands other than `serve`: `migrate`, `user create`,
+//! `audit verify`, `keys rotate` and `keys retire`. Each opens the store the
+//! configuration names, does one job and reports on stdout.
+
+use std::io::{BufRead, IsTerminal, Write};
+
+use courier_actors::audit_chain::{self, VerifyReport};
+use courier_actors::crypto::{Keyring, MessageCipher};
+use courier_actors::store::{NewUser, Role};
+use courier_protocol::UserId;
+
+use crate::config::Config;
+use crate::secrets;
+use crate::server::{open_store, passwords, ServerError};
+
+/// Why a command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error(transparent)]
+    Server(#[from] ServerError),
+    #[error(transparent)]
+    Secrets(#[from] secrets::SecretsError),
+    #[error("store: {0}")]
+    Store(#[from] courier_actors::store::StoreError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// `courier migrate`: applies pending migrations.
+pub async fn migrate(config: &Config) -> Result<(), CommandError> {
+    let store = open_store(config).await?;
+    store.migrate().await?;
+    println!("migrated the {} store", store.backend());
+    Ok(())
+}
+
+/// `courier user create`: the password comes from stdin (piped) or a prompt,
+/// never from a flag.
+pub async fn create_user(
+    config: &Config,
+    username: &str,
+    role: &str,
+    email: Option<String>,
+) -> Result<UserId, CommandError> {
+    let role = Role::parse(role).ok_or_else(|| {
+        CommandError::Invalid(format!(
+            "unknown role {role:?}; one of super_admin, admin, moderator, user"
+        ))
+    })?;
+    let password = read_password()?;
+    if password.chars().count() < config.password_min_length {
+        return Err(CommandError::Invalid(format!(
+            "password must be at least {} characters",
+            config.password_min_length
+        )));
+    }
+    if password.eq_ignore_ascii_case(username) {
+        return Err(CommandError::Invalid("password must not equal the username".into()));
+    }
+    let store = open_store(config).await?;
+    let hash = passwords(config)?.hash(password).await.map_err(ServerError::from)?;
+    let user = store
+        .create_user(NewUser {
+            id: UserId::new(),
+            username: username.to_owned(),
+            email,
+            password_hash: hash,
+            role,
+            created_at: courier_actors::now_ms(),
+        })
+        .await?;
+    println!("created user {} ({}) with role {}", user.username, user.id, role.as_str());
+    Ok(user.id)
+}
+
+fn read_password() -> Result<String, CommandError> {
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprint!("password: ");
+        std::io::stderr().flush()?;
+    }
+    let mut line = String::new();
+    stdin.lock().read_line(&mut line)?;
+    let password = line.trim_end_matches(['\r', '\n']).to_owned();
+    if password.is_empty() {
+        return Err(CommandError::Invalid("no password given on stdin".into()));
+    }
+    Ok(password)
+}
+
+/// `courier audit verify`: recomputes the chain from genesis and checks
+/// every checkpoint, in the store and in the checkpoint file.
+pub async fn audit_verify(config: &Config) -> Result<VerifyReport, CommandError> {
+    let secrets = secrets::resolve(config)?;
+    let store = open_store(config).await?;
+    let file = config.checkpoint_file();
+    let report = audit_chain::verify_store(&*store, &secrets.keyring, Some(&file))
+        .await
+        .map_err(|e| CommandError::Invalid(e.to_string()))?;
+    println!(
+        "{}",
+        serde_json::to_string(&report).map_err(|e| CommandError::Invalid(e.to_string()))?
+    );
+    Ok(report)
+}
+
+/// `courier keys rotate`: adds a master key version, makes it active (a
+/// running server reloads the keyring file within seconds), then
+/// re-encrypts every older row in batches, reporting progress.
+pub async fn keys_rotate(config: &Config) -> Result<u32, CommandError> {
+    let secrets = secrets::resolve(config)?;
+    let file = secrets.keyring_file.ok_or_else(|| {
+        CommandError::Invalid(
+            "key rotation needs the keyring in a file (COURIER_KEYRING_FILE); \
+             with COURIER_MASTER_KEYS, add a version there and restart"
+                .into(),
+        )
+    })?;
+    let ring = secrets
+        .keyring
+        .with_new_version()
+        .map_err(|e| CommandError::Invalid(e.to_string()))?;
+    let active = ring.active_version();
+    secrets::write_private(&file, &ring.to_spec())?;
+    println!("master key version {active} is active for new writes");
+    let store = open_store(config).await?;
+    let cipher = MessageCipher::new(ring);
+    let total: u64 = {
+        let mut n = 0;
+        for v in cipher.keyring().versions() {
+            if v != active {
+                n += store.count_key_version(v).await?;
+            }
+        }
+        n
+    };
+    let mut done = 0u64;
+    loop {
+        let batch = store.messages_not_on_key(active, 500).await?;
+        if batch.is_empty() {
+            break;
+        }
+        let mut rows = Vec::with_capacity(batch.len());
+        for m in &batch {
+            match cipher.reencrypt(m) {
+                Ok(row) => rows.push(row),
+                Err(e) => {
+                    return Err(CommandError::Invalid(format!(
+                        "message {} cannot be decrypted ({e}); rotation stopped",
+                        m.id
+                    )))
+                }
+            }
+        }
+        store.store_reencrypted(&rows).await?;
+        done += rows.len() as u64;
+        println!("re-encrypted {done}/{total}");
+    }
+    println!("rotation complete: every message uses key version {active}");
+    Ok(active)
+}
+
+/// `courier keys retire --version N`: removes a version from the keyring
+/// file, only when no stored message uses it.
+pub async fn keys_retire(config: &Config, version: u32) -> Result<(), CommandError> {
+    let secrets = secrets::resolve(config)?;
+    let file = secrets
+        .keyring_file
+        .ok_or_else(|| CommandError::Invalid("retiring needs the keyring in a file".into()))?;
+    let store = open_store(config).await?;
+    let in_use = store.count_key_version(version).await?;
+    if in_use > 0 {
+        return Err(CommandError::Invalid(format!(
+            "{in_use} messages still use key version {version}; run `courier keys rotate` first"
+        )));
+    }
+    let mut ring: Keyring = secrets.keyring;
+    ring.retire(version)
+        .map_err(|e| CommandError::Invalid(e.to_string()))?;
+    secrets::write_private(&file, &ring.to_spec())?;
+    println!("retired key version {version}");
+    Ok(())
+}

@@ -1,0 +1,109 @@
+//! The HTTP side: the router, the shared [`App`] handles, and the liveness,
+//! readiness and metrics endpoints. REST handlers live in [`crate::api`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, Response, StatusCode};
+use axum::routing::get;
+use axum::Router;
+use courier_actors::realtime::Realtime;
+use courier_actors::store::DynStore;
+use courier_protocol::ErrorCode;
+
+use crate::auth::passwords::Passwords;
+use crate::auth::tokens::Tokens;
+use crate::config::Config;
+
+/// What every handler may use. Read-only handles; state lives in actors and
+/// the store.
+pub struct App {
+    pub config: Arc<Config>,
+    pub store: DynStore,
+    pub realtime: Arc<Realtime>,
+    pub tokens: Arc<Tokens>,
+    pub passwords: Passwords,
+}
+
+impl App {
+    /// The client's address: the socket's, or the first `X-Forwarded-For`
+    /// hop when `behind_proxy` is set (only then is that header trusted).
+    pub fn client_ip(&self, headers: &HeaderMap, addr: SocketAddr) -> String {
+        if self.config.behind_proxy {
+            if let Some(ip) = headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.split(',').next())
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+            {
+                return ip.chars().take(64).collect();
+            }
+        }
+        addr.ip().to_string()
+    }
+}
+
+/// The whole HTTP surface.
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .route("/ws", get(crate::ws::upgrade))
+        .merge(crate::api::routes())
+        .with_state(app)
+}
+
+/// A JSON error body `{"error": {"code", "message"}}`.
+pub fn json_error(status: StatusCode, code: ErrorCode, message: &str) -> Response<Body> {
+    let body = serde_json::json!({"error": {"code": code, "message": message}});
+    let mut response = Response::new(Body::from(body.to_string()));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    response
+}
+
+async fn health() -> Response<Body> {
+    json(StatusCode::OK, serde_json::json!({"status": "ok"}))
+}
+
+async fn ready(State(app): State<Arc<App>>) -> Response<Body> {
+    let store_ok = matches!(
+        tokio::time::timeout(Duration::from_secs(2), app.store.ping()).await,
+        Ok(Ok(()))
+    );
+    let actors_ok = app.realtime.healthy();
+    let status = if store_ok && actors_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json(
+        status,
+        serde_json::json!({"ready": store_ok && actors_ok, "store": store_ok, "actors": actors_ok}),
+    )
+}
+
+async fn metrics() -> Response<Body> {
+    let mut response = Response::new(Body::from(crate::telemetry::render_metrics()));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}
+
+fn json(status: StatusCode, body: serde_json::Value) -> Response<Body> {
+    let mut response = Response::new(Body::from(body.to_string()));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    response
+}

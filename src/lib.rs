@@ -1,0 +1,32 @@
+//! # courier
+//!
+//! The Courier server: configuration, the HTTP and WebSocket edge, the REST
+//! API, authentication, and the CLI's commands. The realtime engine (actors,
+//! store, crypto) is the `courier-actors` crate; the wire types are
+//! `courier-protocol`.
+//!
+//! # Layout
+//! - [`config`]: layered configuration (defaults < TOML < `COURIER_*` < flags).
+//! - [`secrets`]: the JWT secret and the master keyring (generated in development).
+//! - [`telemetry`]: logs and Prometheus metrics.
+//! - [`server`]: `run(listener, config, shutdown)`.
+//! - [`http`]: the router, health, readiness, metrics.
+//! - [`ws`]: the WebSocket upgrade.
+//! - [`api`]: REST handlers.
+//! - [`auth`]: passwords, tokens, session checks.
+//! - [`commands`]: `migrate`, `user create`, `audit verify`, `keys rotate`.
+
+#![forbid(unsafe_code)]
+#![warn(unreachable_pub)]
+
+pub mod api;
+pub mod auth;
+pub mod commands;
+pub mod config;
+pub mod http;
+pub mod secrets;
+pub mod server;
+pub mod telemetry;
+pub mod ws;
+
+pub use server::run;

@@ -1,0 +1,152 @@
+//! The `courier` binary: parse the command line, load the configuration,
+//! and run the server or one of the maintenance commands.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use courier::config::{Config, Overrides};
+use courier::{commands, telemetry};
+
+#[derive(Parser)]
+#[command(name = "courier", version, about = "Realtime messaging broker with encryption at rest and an audit chain")]
+struct Cli {
+    /// A TOML configuration file (default: config/default.toml when present).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Where the embedded database, generated secrets and audit checkpoints live.
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    /// `sqlite://...` or `postgres://...`.
+    #[arg(long, global = true)]
+    database_url: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve HTTP and WebSocket (the default).
+    Serve {
+        /// The address to listen on.
+        #[arg(long)]
+        bind: Option<std::net::SocketAddr>,
+    },
+    /// Apply database migrations.
+    Migrate,
+    /// Manage users.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// The audit chain.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Master keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create a user; the password is read from stdin or a prompt.
+    Create {
+        #[arg(long)]
+        username: String,
+        #[arg(long, default_value = "user")]
+        role: String,
+        #[arg(long)]
+        email: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Recompute the chain from genesis and check every checkpoint.
+    Verify,
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Add and activate a new master key version; re-encrypt old rows.
+    Rotate,
+    /// Remove a master key version no message uses any more.
+    Retire {
+        #[arg(long)]
+        version: u32,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let bind = match &cli.command {
+        Some(Command::Serve { bind }) => *bind,
+        _ => None,
+    };
+    let overrides = Overrides {
+        bind,
+        data_dir: cli.data_dir.clone(),
+        database_url: cli.database_url.clone(),
+    };
+    let config = Config::load(cli.config.as_deref(), &overrides)?;
+    telemetry::init_logging(config.log_format);
+    match cli.command.unwrap_or(Command::Serve { bind: None }) {
+        Command::Serve { .. } => {
+            let listener = tokio::net::TcpListener::bind(config.bind)
+                .await
+                .with_context(|| format!("cannot listen on {}", config.bind))?;
+            courier::run(listener, config, shutdown_signal()).await?;
+        }
+        Command::Migrate => commands::migrate(&config).await?,
+        Command::User {
+            command: UserCommand::Create { username, role, email },
+        } => {
+            commands::create_user(&config, &username, &role, email).await?;
+        }
+        Command::Audit {
+            command: AuditCommand::Verify,
+        } => {
+            let report = commands::audit_verify(&config).await?;
+            if !report.ok {
+                std::process::exit(2);
+            }
+        }
+        Command::Keys {
+            command: KeysCommand::Rotate,
+        } => {
+            commands::keys_rotate(&config).await?;
+        }
+        Command::Keys {
+            command: KeysCommand::Retire { version },
+        } => commands::keys_retire(&config, version).await?,
+    }
+    Ok(())
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown signal received");
+}

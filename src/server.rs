@@ -1,0 +1,258 @@
+//! Starting and stopping a Courier server.
+//!
+//! [`run`] takes a bound listener, the configuration and a shutdown future,
+//! so `main` passes SIGINT/SIGTERM and tests pass a oneshot. It resolves the
+//! secrets, opens and migrates the store, creates the initial admin, starts
+//! the actor tree and serves HTTP and WebSocket on the listener until the
+//! shutdown future completes; then it stops accepting, tells every
+//! connection, flushes queued writes and the audit chain, closes sockets with
+//! 1001 and returns.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use courier_actors::audit::AuditConfig;
+use courier_actors::audit_chain::PendingAudit;
+use courier_actors::crypto::{Keyring, MessageCipher};
+use courier_actors::persistence::PersistenceConfig;
+use courier_actors::phi::{PhiDetector, PhiKind};
+use courier_actors::realtime::{Limits, Realtime, RealtimeDeps};
+use courier_actors::retention::RetentionConfig;
+use courier_actors::store::{self, DynStore, NewUser, Role, StoreError};
+use courier_protocol::UserId;
+use tokio::net::TcpListener;
+
+use crate::auth::passwords::{PasswordError, Passwords};
+use crate::auth::tokens::Tokens;
+use crate::auth::SessionAuthenticator;
+use crate::config::{Config, Environment};
+use crate::http::{self, App};
+use crate::secrets::{self, SecretsError};
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Secrets(#[from] SecretsError),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot create the data directory {0}: {1}")]
+    DataDir(PathBuf, std::io::Error),
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("password hashing: {0}")]
+    Passwords(#[from] PasswordError),
+    #[error("cannot start the actors: {0}")]
+    Actors(String),
+    #[error("server: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A started server's parts, before it serves.
+pub struct Started {
+    pub app: Arc<App>,
+    keyring_file: Option<PathBuf>,
+}
+
+/// Opens the store named by the configuration (creating the data directory
+/// and the SQLite file when needed) and migrates it.
+pub async fn open_store(config: &Config) -> Result<DynStore, ServerError> {
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| ServerError::DataDir(config.data_dir.clone(), e))?;
+    Ok(store::connect(&config.database_url()).await?)
+}
+
+/// The password hasher the configuration asks for.
+pub fn passwords(config: &Config) -> Result<Passwords, ServerError> {
+    Ok(Passwords::new(
+        config.argon2_memory_kib,
+        config.argon2_iterations,
+        config.argon2_parallelism,
+        config.argon2_max_concurrent,
+    )?)
+}
+
+/// Everything before serving: secrets, store, admin, actors.
+pub async fn start(config: Config) -> Result<Started, ServerError> {
+    crate::telemetry::prometheus();
+    if config.env == Environment::Production
+        && config.tls_cert.is_none()
+        && !config.behind_proxy
+    {
+        return Err(ServerError::Config(
+            "production requires TLS (tls_cert/tls_key) or behind_proxy = true".into(),
+        ));
+    }
+    let secrets = secrets::resolve(&config)?;
+    let store = open_store(&config).await?;
+    let passwords = passwords(&config)?;
+    bootstrap_admin(&config, &*store, &passwords).await?;
+
+    let phi_kinds = config
+        .phi_detectors
+        .iter()
+        .map(|name| name.parse::<PhiKind>().map_err(|_| ServerError::Config(format!("unknown PHI detector {name:?}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    let keyring = Arc::new(secrets.keyring.clone());
+    let cipher = Arc::new(MessageCipher::new(secrets.keyring));
+    let tokens = Arc::new(Tokens::hs256(
+        &secrets.jwt_secret,
+        &config.jwt_issuer,
+        &config.jwt_audience,
+        config.access_token_ttl_secs,
+    ));
+    let deps = RealtimeDeps {
+        store: store.clone(),
+        cipher,
+        phi: Arc::new(PhiDetector::new(phi_kinds)),
+        authenticator: Arc::new(SessionAuthenticator {
+            tokens: tokens.clone(),
+            store: store.clone(),
+        }),
+        limits: Limits {
+            max_text_bytes: config.max_text_bytes,
+            send_per_minute: config.send_per_minute,
+            outbound_queue: config.outbound_queue_frames,
+            auth_timeout: Duration::from_millis(config.auth_timeout_ms),
+            heartbeat: Duration::from_millis(config.heartbeat_ms),
+            idle_timeout: Duration::from_millis(config.idle_timeout_ms),
+        },
+        persistence: PersistenceConfig {
+            batch_max: config.persist_batch_max,
+            batch_delay: Duration::from_micros(config.persist_batch_delay_us),
+            queue_capacity: config.persist_queue_capacity,
+        },
+        audit: AuditConfig {
+            queue_capacity: 100_000,
+            checkpoint_every: config.audit_checkpoint_every,
+            checkpoint_interval: Duration::from_secs(config.audit_checkpoint_interval_secs.max(1)),
+            checkpoint_file: config.checkpoint_file(),
+            keyring,
+        },
+        retention: RetentionConfig {
+            interval: Duration::from_secs(config.retention_interval_secs.max(1)),
+            deleted_retention: Duration::from_secs(config.deleted_retention_days * 86_400),
+            message_retention: config.message_retention_days.map(|d| Duration::from_secs(d * 86_400)),
+        },
+        recovery_limit: config.recovery_limit,
+        typing_expiry: Duration::from_millis(config.typing_expiry_ms),
+    };
+    let realtime = Realtime::start(deps)
+        .await
+        .map_err(|e| ServerError::Actors(e.to_string()))?;
+    realtime.audit.record(PendingAudit::new(
+        None,
+        None,
+        "server.start",
+        config.summary(),
+    ));
+    let app = Arc::new(App {
+        config: Arc::new(config),
+        store,
+        realtime,
+        tokens,
+        passwords,
+    });
+    Ok(Started {
+        app,
+        keyring_file: secrets.keyring_file,
+    })
+}
+
+/// Serves on `listener` until `shutdown` completes, then shuts down
+/// gracefully. Returns when everything is flushed and closed.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let started = start(config).await?;
+    serve(listener, started, shutdown).await
+}
+
+/// Serves a started server (see [`run`]).
+pub async fn serve(
+    listener: TcpListener,
+    started: Started,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let app = started.app;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, backend = app.store.backend(), "courier listening");
+    let reload = started
+        .keyring_file
+        .map(|file| tokio::spawn(watch_keyring(file, app.clone())));
+    let router = http::router(app.clone());
+    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    tracing::info!("shutting down: flushing queued writes");
+    if let Some(task) = reload {
+        task.abort();
+    }
+    app.realtime.shutdown(Duration::from_secs(5)).await;
+    tracing::info!("shutdown complete");
+    Ok(())
+}
+
+/// Creates the initial super admin from configuration on a store with no
+/// users.
+async fn bootstrap_admin(
+    config: &Config,
+    store: &dyn store::Store,
+    passwords: &Passwords,
+) -> Result<(), ServerError> {
+    let (Some(username), Some(password)) = (&config.initial_admin_username, &config.initial_admin_password)
+    else {
+        return Ok(());
+    };
+    if store.count_users().await? > 0 {
+        return Ok(());
+    }
+    let hash = passwords.hash(password.expose().to_owned()).await?;
+    store
+        .create_user(NewUser {
+            id: UserId::new(),
+            username: username.clone(),
+            email: None,
+            password_hash: hash,
+            role: Role::SuperAdmin,
+            created_at: courier_actors::now_ms(),
+        })
+        .await?;
+    tracing::info!(username = %username, "created the initial super admin");
+    Ok(())
+}
+
+/// Reloads the keyring file when it changes (after `courier keys rotate`),
+/// so a new master key version encrypts new writes at once.
+async fn watch_keyring(file: PathBuf, app: Arc<App>) {
+    let modified = |f: &PathBuf| std::fs::metadata(f).and_then(|m| m.modified()).ok();
+    let mut seen: Option<SystemTime> = modified(&file);
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tick.tick().await;
+        let now = modified(&file);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        match Keyring::load_file(&file) {
+            Ok(ring) => {
+                let active = ring.active_version();
+                app.realtime.cipher.install(ring);
+                tracing::info!(active_version = active, "keyring reloaded");
+                app.realtime.audit.record(PendingAudit::new(
+                    None,
+                    None,
+                    "keys.reload",
+                    serde_json::json!({"activeVersion": active}),
+                ));
+            }
+            Err(e) => tracing::error!(error = %e, "keyring file changed but cannot be read; keeping the old one"),
+        }
+    }
+}

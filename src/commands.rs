@@ -144,6 +144,17 @@ pub async fn keys_rotate(config: &Config) -> Result<u32, CommandError> {
         }
         let mut rows = Vec::with_capacity(batch.len());
         for m in &batch {
+            if m.ciphertext.is_empty() {
+                // A tombstone (a duplicate's seq placeholder): nothing to
+                // decrypt, only the label moves to the active version.
+                rows.push(courier_actors::store::Reencrypted {
+                    id: m.id,
+                    ciphertext: Vec::new(),
+                    nonce: Vec::new(),
+                    key_version: active,
+                });
+                continue;
+            }
             match cipher.reencrypt(m) {
                 Ok(row) => rows.push(row),
                 Err(e) => {

@@ -54,7 +54,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .route("/ws", get(crate::ws::upgrade))
-        .merge(crate::api::routes())
+        .merge(crate::api::routes(app.clone()))
         .with_state(app)
 }
 

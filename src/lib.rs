@@ -14,6 +14,8 @@
 //! - [`ws`]: the WebSocket upgrade.
 //! - [`api`]: REST handlers.
 //! - [`auth`]: passwords, tokens, session checks.
+//! - [`rate_limit`]: keyed request rate limits of the HTTP edge.
+//! - [`tls`]: native TLS (rustls) for `https://` and `wss://`.
 //! - [`commands`]: `migrate`, `user create`, `audit verify`, `keys rotate`.
 
 #![forbid(unsafe_code)]
@@ -24,9 +26,11 @@ pub mod auth;
 pub mod commands;
 pub mod config;
 pub mod http;
+pub mod rate_limit;
 pub mod secrets;
 pub mod server;
 pub mod telemetry;
+pub mod tls;
 pub mod ws;
 
 pub use server::run;

@@ -55,6 +55,8 @@ pub enum ServerError {
 pub struct Started {
     pub app: Arc<App>,
     keyring_file: Option<PathBuf>,
+    /// Set when `tls_cert`/`tls_key` are: connections are TLS-terminated here.
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
 }
 
 /// Opens the store named by the configuration (creating the data directory
@@ -86,6 +88,13 @@ pub async fn start(config: Config) -> Result<Started, ServerError> {
             "production requires TLS (tls_cert/tls_key) or behind_proxy = true".into(),
         ));
     }
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(
+            crate::tls::server_config(cert, key).map_err(|e| ServerError::Config(e.to_string()))?,
+        ),
+        (None, None) => None,
+        _ => return Err(ServerError::Config("tls_cert and tls_key must be set together".into())),
+    };
     let secrets = secrets::resolve(&config)?;
     let store = open_store(&config).await?;
     let passwords = passwords(&config)?;
@@ -159,6 +168,7 @@ pub async fn start(config: Config) -> Result<Started, ServerError> {
     Ok(Started {
         app,
         keyring_file: secrets.keyring_file,
+        tls,
     })
 }
 
@@ -186,9 +196,15 @@ pub async fn serve(
         .keyring_file
         .map(|file| tokio::spawn(watch_keyring(file, app.clone())));
     let router = http::router(app.clone());
-    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    let service = router.into_make_service_with_connect_info::<SocketAddr>();
+    match started.tls {
+        Some(tls) => {
+            // `tap_io` makes axum hand the peer address on as `ConnectInfo`.
+            let listener = axum::serve::ListenerExt::tap_io(crate::tls::TlsListener::new(listener, tls)?, |_| {});
+            axum::serve(listener, service).with_graceful_shutdown(shutdown).await?
+        }
+        None => axum::serve(listener, service).with_graceful_shutdown(shutdown).await?,
+    }
     tracing::info!("shutting down: flushing queued writes");
     if let Some(task) = reload {
         task.abort();

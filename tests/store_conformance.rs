@@ -138,14 +138,11 @@ fn msg(channel: &Channel, sender: &User, seq: u64, client: Option<&str>) -> Stor
     }
 }
 
-async fn insert(store: &DynStore, messages: &[StoredMessage]) {
-    let ops: Vec<WriteOp> = messages
-        .iter()
-        .cloned()
-        .map(WriteOp::InsertMessage)
-        .collect();
+/// Inserts messages in one batch and checks that each went in.
+async fn insert(store: &DynStore, messages: impl IntoIterator<Item = StoredMessage>) {
+    let ops: Vec<WriteOp> = messages.into_iter().map(WriteOp::InsertMessage).collect();
     let outcomes = store.apply_batch(&ops).await.expect("apply batch");
-    assert_eq!(outcomes, vec![WriteOutcome::Done; messages.len()]);
+    assert_eq!(outcomes, vec![WriteOutcome::Done; ops.len()]);
 }
 
 fn seqs(rows: &[courier_actors::store::MessageRow]) -> Vec<u64> {
@@ -365,7 +362,10 @@ async fn sessions(store: DynStore) {
     let s1 = session(&alice, "h1", T0 + 1_000);
     store.create_session(s1.clone()).await.unwrap();
     assert_eq!(store.get_session(s1.id).await.unwrap(), Some(s1.clone()));
-    assert_eq!(store.list_sessions(alice.id).await.unwrap(), [s1.clone()]);
+    assert_eq!(
+        store.list_sessions(alice.id).await.unwrap(),
+        vec![s1.clone()]
+    );
 
     // The current token rotates, along a chain h1 -> h2 -> h3.
     let rotated = store
@@ -600,7 +600,7 @@ async fn channels(store: DynStore) {
 
     // Deleting takes members, messages and reactions with it.
     let m = msg(&secret, &alice, 1, Some("c1"));
-    insert(&store, &[m.clone()]).await;
+    insert(&store, [m.clone()]).await;
     let reacted = store
         .apply_batch(&[WriteOp::AddReaction {
             message_id: m.id,
@@ -778,7 +778,7 @@ async fn batch_of_500_inserts(store: DynStore) {
             }
         })
         .collect();
-    insert(&store, &messages).await;
+    insert(&store, messages.clone()).await;
 
     assert_eq!(store.last_seq(ward.id).await.unwrap(), 500);
     let stored = store.messages_after(ward.id, 0, 1_000).await.unwrap();
@@ -809,7 +809,7 @@ async fn duplicate_client_ids(store: DynStore) {
     let bob = user(&store, "bob").await;
     let ward = channel(&store, &alice, "ward-7", ChannelKind::Public).await;
     let m1 = msg(&ward, &alice, 1, Some("c1"));
-    insert(&store, &[m1.clone()]).await;
+    insert(&store, [m1.clone()]).await;
 
     let resent = msg(&ward, &alice, 2, Some("c1"));
     let m3 = msg(&ward, &alice, 3, Some("c3"));
@@ -894,7 +894,7 @@ async fn seq_is_unique_and_batches_are_atomic(store: DynStore) {
     let alice = user(&store, "alice").await;
     let ward = channel(&store, &alice, "ward-7", ChannelKind::Public).await;
     let m1 = msg(&ward, &alice, 1, Some("c1"));
-    insert(&store, &[m1.clone()]).await;
+    insert(&store, [m1.clone()]).await;
 
     // A second message at seq 1 fails the whole batch: nothing is applied.
     let fresh = msg(&ward, &alice, 2, Some("c2"));
@@ -938,7 +938,7 @@ async fn seq_is_unique_and_batches_are_atomic(store: DynStore) {
     assert_eq!(store.last_seq(ward.id).await.unwrap(), 1);
 
     // The store is fine afterwards.
-    insert(&store, &[fresh]).await;
+    insert(&store, [fresh]).await;
     assert_eq!(store.last_seq(ward.id).await.unwrap(), 2);
 }
 
@@ -949,7 +949,7 @@ async fn edits_deletes_and_reactions(store: DynStore) {
     let ward = channel(&store, &alice, "ward-7", ChannelKind::Public).await;
     let m1 = msg(&ward, &alice, 1, Some("c1"));
     let m2 = msg(&ward, &alice, 2, Some("c2"));
-    insert(&store, &[m1.clone(), m2.clone()]).await;
+    insert(&store, [m1.clone(), m2.clone()]).await;
 
     let edit = |id, text: &str| WriteOp::EditMessage {
         id,
@@ -1075,8 +1075,8 @@ async fn paging(store: DynStore) {
     let messages: Vec<StoredMessage> = (1..=10)
         .map(|seq| msg(&ward, &alice, seq, Some(&format!("c{seq}"))))
         .collect();
-    insert(&store, &messages).await;
-    insert(&store, &[msg(&other, &alice, 1, None)]).await;
+    insert(&store, messages.clone()).await;
+    insert(&store, [msg(&other, &alice, 1, None)]).await;
     let outcomes = store
         .apply_batch(&[
             WriteOp::DeleteMessage {
@@ -1156,7 +1156,7 @@ async fn expiry_and_purges(store: DynStore) {
     let m2 = expiring(2, Some(T0 + 200));
     let m3 = expiring(3, None);
     let m4 = expiring(4, Some(T0 + 50));
-    insert(&store, &[m1.clone(), m2.clone(), m3.clone(), m4.clone()]).await;
+    insert(&store, [m1.clone(), m2.clone(), m3.clone(), m4.clone()]).await;
     store
         .apply_batch(&[WriteOp::DeleteMessage {
             id: m4.id,
@@ -1214,7 +1214,7 @@ async fn expiry_and_purges(store: DynStore) {
     assert_eq!(store.purge_older_than(T0 + 1_000).await.unwrap(), 1);
     assert_eq!(store.last_seq(ward.id).await.unwrap(), 4);
     // And the next message continues from there.
-    insert(&store, &[msg(&ward, &alice, 5, None)]).await;
+    insert(&store, [msg(&ward, &alice, 5, None)]).await;
     assert_eq!(store.last_seq(ward.id).await.unwrap(), 5);
 }
 
@@ -1227,10 +1227,10 @@ async fn key_versions(store: DynStore) {
     };
     let old = [on(1, 1), on(2, 1), on(3, 1)];
     let new = [on(4, 2), on(5, 2)];
-    insert(&store, &old).await;
-    insert(&store, &new).await;
+    insert(&store, old.clone()).await;
+    insert(&store, new).await;
     // A duplicate leaves a tombstone, which has no ciphertext and uses no key.
-    insert(&store, &[on(6, 1)]).await;
+    insert(&store, [on(6, 1)]).await;
     let dup = store
         .apply_batch(&[WriteOp::InsertMessage(StoredMessage {
             client_msg_id: Some("c1".into()),
@@ -1316,7 +1316,7 @@ async fn deleting_a_user_keeps_their_messages(store: DynStore) {
         .await
         .unwrap();
     let m = msg(&ward, &bob, 1, Some("c1"));
-    insert(&store, &[m.clone()]).await;
+    insert(&store, [m.clone()]).await;
 
     store.delete_user(bob.id).await.unwrap();
     assert!(store.list_sessions(bob.id).await.unwrap().is_empty());

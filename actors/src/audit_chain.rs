@@ -12,9 +12,9 @@
 //! Ed25519 key derived from the keyring and stores it in the database and in
 //! a [`CheckpointFile`] outside it, so a database rollback is detected too.
 //!
-//! Everything here is pure except [`CheckpointFile`] (blocking file I/O: call
-//! it from `spawn_blocking`) and [`verify_store`], which pages through the
-//! store. [`chain`] links a batch in memory; [`ChainVerifier`] checks a chain
+//! Everything here is pure except [`PendingAudit::new`] (reads the clock),
+//! [`CheckpointFile`] (blocking file I/O: call it from `spawn_blocking`) and
+//! [`verify_store`], which pages through the store. [`chain`] links a batch in memory; [`ChainVerifier`] checks a chain
 //! fed in seq order and produces the [`VerifyReport`] that `courier audit
 //! verify` and `GET /api/audit/verify` show.
 
@@ -465,6 +465,12 @@ pub struct VerifyReport {
 /// entry before, that each `hash` matches its entry, and that each trusted
 /// checkpoint's head hash matches the chain at its seq and does not lie
 /// beyond the last entry (a deleted tail).
+///
+/// `first_bad_seq` names the first entry found inconsistent: a missing seq,
+/// an entry whose hash does not match it, or the entry before an intact one
+/// that does not link to it (rewritten with a recomputed hash). When the
+/// chain was rewritten consistently and only a checkpoint disagrees, it is
+/// the seq after the last checkpoint that still matched.
 ///
 /// A checkpoint with a bad signature is tampering. One whose key the keyring
 /// no longer has (a retired version) cannot be trusted; it is ignored when a

@@ -142,7 +142,7 @@ impl Reply {
                     Ok(Accepted::Done) => out::ack(reference),
                     Err(e) => out::error(reference, e.code(), &e.to_string()),
                 };
-                outbound.push_encoded(&EncodedFrame::single(&frame, outbound.encoding()));
+                outbound.push_frame(&frame, outbound.encoding());
             }
             Reply::Oneshot(tx) => {
                 let _ = tx.send(result);
@@ -671,7 +671,7 @@ impl ChannelState {
             online,
         };
         let ack = out::ack_channel(reference, view);
-        outbound.push_encoded(&EncodedFrame::single(&ack, outbound.encoding()));
+        outbound.push_frame(&ack, outbound.encoding());
         if arriving {
             let frame = out::presence(user_id, PresenceStatus::Online, crate::now_ms());
             self.subscribers.fan_out(&frame, Some(user_id));
@@ -705,7 +705,7 @@ impl ChannelState {
             Err(why) => {
                 tracing::error!(channel_id = %self.channel.id, error = %why, "replay failed");
                 let frame = out::error(None, ErrorCode::Internal, "recovery failed; page with fetch_history");
-                sub.outbound.push_encoded(&EncodedFrame::single(&frame, sub.outbound.encoding()));
+                sub.outbound.push_frame(&frame, sub.outbound.encoding());
                 Vec::new()
             }
         };
@@ -713,7 +713,7 @@ impl ChannelState {
         let mut ok = true;
         for message in messages {
             let frame = out::new_message(message);
-            if sub.outbound.push_encoded(&EncodedFrame::single(&frame, encoding)) != Push::Queued {
+            if sub.outbound.push_frame(&frame, encoding) != Push::Queued {
                 ok = false;
                 break;
             }

@@ -45,16 +45,15 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use crate::audit_chain::PendingAudit;
 use crate::authz::{Action, Principal};
 use crate::channel::{
-    Accepted, ChannelError, ChannelMsg, DeleteRequest, EditRequest, JoinRequest, PublishRequest,
-    Reply, Sender,
+    Accepted, ChannelError, ChannelMsg, DeleteRequest, EditRequest, JoinRequest, Reply, Sender,
 };
 use crate::frames_out as out;
 use crate::history;
 use crate::identity::{AuthRejected, Identity};
 use crate::metric_names as m;
-use crate::outbound::{self, ConnId, EncodedFrame, Outbound, WriterEnd};
+use crate::outbound::{self, ConnId, Outbound, WriterEnd};
 use crate::presence::{ForUser, PresenceMsg};
-use crate::realtime::{AccessError, Realtime, ShutdownPhase};
+use crate::realtime::{AccessError, Publish, PublishError, Realtime, ShutdownPhase};
 use crate::store::{Channel, Member};
 
 /// The socket's halves, boxed so that plain TCP and TLS look the same.
@@ -119,6 +118,17 @@ pub struct ConnectionState {
     writer: JoinHandle<()>,
     span: tracing::Span,
     _live: crate::realtime::ConnectionGuard,
+    /// Set by a clean stop; without it (a crash) `Drop` closes with 1011.
+    clean: bool,
+}
+
+impl Drop for ConnectionState {
+    fn drop(&mut self) {
+        self.reader.abort();
+        if !self.clean {
+            self.outbound.close_now(1011);
+        }
+    }
 }
 
 /// Frames a client may have in flight before its reader waits.
@@ -169,6 +179,7 @@ impl Actor for ConnectionActor {
             writer,
             span,
             _live: args.live,
+            clean: false,
         })
     }
 
@@ -178,7 +189,16 @@ impl Actor for ConnectionActor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         metrics::gauge!(m::CONNECTIONS).decrement(1.0);
+        state.clean = true;
         state.reader.abort();
+        // Disconnected first: when this was the user's last connection, the
+        // presence actor still knows their channels and tells them `offline`.
+        if let Some(identity) = &state.identity {
+            let msg = PresenceMsg::Disconnected {
+                conn_id: state.conn_id,
+            };
+            let _ = state.realtime.presence.cast(ForUser(identity.user_id, msg));
+        }
         for (channel_id, joined) in state.joined.drain() {
             let _ = joined.actor.cast(ChannelMsg::Leave {
                 conn_id: state.conn_id,
@@ -187,12 +207,6 @@ impl Actor for ConnectionActor {
                 let msg = PresenceMsg::Left { channel_id };
                 let _ = state.realtime.presence.cast(ForUser(identity.user_id, msg));
             }
-        }
-        if let Some(identity) = &state.identity {
-            let msg = PresenceMsg::Disconnected {
-                conn_id: state.conn_id,
-            };
-            let _ = state.realtime.presence.cast(ForUser(identity.user_id, msg));
         }
         // Let the writer finish what is queued (a close frame, say) briefly.
         let writer = std::mem::replace(&mut state.writer, tokio::spawn(async {}));
@@ -307,7 +321,7 @@ impl ConnectionState {
 
     /// Queues one frame in `encoding`.
     fn send(&self, frame: &ServerFrame, encoding: Encoding) {
-        self.outbound.push_encoded(&EncodedFrame::single(frame, encoding));
+        self.outbound.push_frame(frame, encoding);
     }
 
     fn close_after_queued(&self, code: u16, reason: &'static str) {
@@ -539,36 +553,26 @@ impl ConnectionState {
                 reply.send(Ok(Accepted::Done));
             }
             ClientRequest::SendMessage(send) => {
-                if send.text.len() > limits.max_text_bytes {
-                    return Err(RequestError::TooLarge("text is over the size limit"));
-                }
-                if send.client_msg_id.as_ref().is_some_and(|c| c.len() > 64) {
-                    return Err(RequestError::Invalid("clientMsgId is over 64 bytes"));
-                }
-                if let Err(retry_after) = self.realtime.check_send_rate(identity.user_id) {
-                    counter!(m::RATE_LIMITED, "limit" => "send_message").increment(1);
-                    self.send(&out::rate_limited(reference, retry_after.as_millis() as u64), encoding);
-                    return Ok(());
-                }
-                let (actor, _, member) = self.channel_actor(identity, send.channel_id).await?;
-                let phi_found = self.realtime.phi.detect_names(&send.text);
-                if !phi_found.is_empty() {
-                    counter!(m::PHI_DETECTED).increment(1);
-                }
-                let request = PublishRequest {
-                    sender: self.sender(identity, member),
-                    contains_phi: send.contains_phi || !phi_found.is_empty(),
-                    phi_found,
+                let publish = Publish {
+                    sender: self.sender(identity, None),
+                    channel_id: send.channel_id,
                     text: send.text,
                     client_msg_id: send.client_msg_id,
+                    contains_phi: send.contains_phi,
                     reply_to: send.reply_to,
                     ttl_seconds: send.ttl_seconds.map(u64::from),
-                    reply,
                     received: Instant::now(),
+                    actor: self.joined.get(&send.channel_id).map(|j| j.actor.clone()),
                 };
-                actor
-                    .cast(ChannelMsg::Publish(Box::new(request)))
-                    .map_err(|_| RequestError::Unavailable)?;
+                match self.realtime.publish(publish, reply).await {
+                    Ok(()) => {}
+                    Err(PublishError::RateLimited(wait)) => {
+                        self.send(&out::rate_limited(reference, wait.as_millis() as u64), encoding);
+                    }
+                    Err(PublishError::TooLarge) => return Err(RequestError::TooLarge("text is over the size limit")),
+                    Err(PublishError::Invalid(why)) => return Err(RequestError::Invalid(why)),
+                    Err(PublishError::Access(e)) => return Err(e.into()),
+                }
             }
             ClientRequest::EditMessage(edit) => {
                 if edit.text.len() > limits.max_text_bytes {

@@ -132,6 +132,15 @@ impl Outbound {
         }
     }
 
+    /// Encodes `frame` in `encoding` and queues it (an answer goes out in
+    /// the encoding of its request, whatever the push encoding is).
+    pub fn push_frame(&self, frame: &courier_protocol::frames::ServerFrame, encoding: Encoding) -> Push {
+        match EncodedFrame::single(frame, encoding).message(encoding) {
+            Some(msg) => self.push(msg),
+            None => Push::Gone,
+        }
+    }
+
     /// Queues an encoded frame in this connection's encoding.
     pub fn push_encoded(&self, bytes: &EncodedFrame) -> Push {
         match bytes.message(self.encoding) {

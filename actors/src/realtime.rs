@@ -25,7 +25,7 @@ use tokio::sync::watch;
 use crate::audit::{AuditActor, AuditConfig, AuditHandle, AuditMsg};
 use crate::audit_chain::PendingAudit;
 use crate::authz::{self, Action, Denied, Principal, RolePermissions};
-use crate::channel::{ChannelMsg, ChannelServices};
+use crate::channel::{ChannelMsg, ChannelServices, PublishRequest, Reply, Sender};
 use crate::channel_directory::{ChannelDirectory, DirectoryMsg};
 use crate::connection::{send_quota, ConnectionActor, ConnectionArgs, Peer, WsSink, WsStream};
 use crate::crypto::MessageCipher;
@@ -423,6 +423,56 @@ impl Realtime {
         Ok((messages, has_more))
     }
 
+    /// A send, from a WebSocket or from REST: validates it, applies the
+    /// sender's rate limit, flags PHI, and hands it to the channel's actor,
+    /// which answers through `reply` after the durable commit.
+    pub async fn publish(&self, send: Publish, reply: Reply) -> Result<(), PublishError> {
+        if send.text.len() > self.limits.max_text_bytes {
+            return Err(PublishError::TooLarge);
+        }
+        if send.client_msg_id.as_ref().is_some_and(|c| c.is_empty() || c.len() > 64) {
+            return Err(PublishError::Invalid("clientMsgId must be 1 to 64 bytes"));
+        }
+        if let Err(wait) = self.check_send_rate(send.sender.user_id) {
+            metrics::counter!(crate::metric_names::RATE_LIMITED, "limit" => "send_message").increment(1);
+            return Err(PublishError::RateLimited(wait));
+        }
+        let principal = Principal {
+            user_id: send.sender.user_id,
+            role: send.sender.role,
+            permissions: &self.permissions,
+        };
+        let (channel, member) = self
+            .channel_access(principal, send.channel_id, |c, m| Action::ReadChannel { channel: c, member: m })
+            .await
+            .map_err(PublishError::Access)?;
+        let actor = match send.actor {
+            Some(actor) => actor,
+            None => self.channel_actor(channel).await.map_err(PublishError::Access)?,
+        };
+        let phi_found = self.phi.detect_names(&send.text);
+        if !phi_found.is_empty() {
+            metrics::counter!(crate::metric_names::PHI_DETECTED).increment(1);
+        }
+        let request = PublishRequest {
+            sender: Sender {
+                member,
+                ..send.sender
+            },
+            contains_phi: send.contains_phi || !phi_found.is_empty(),
+            phi_found,
+            text: send.text,
+            client_msg_id: send.client_msg_id,
+            reply_to: send.reply_to,
+            ttl_seconds: send.ttl_seconds,
+            reply,
+            received: send.received,
+        };
+        actor
+            .cast(ChannelMsg::Publish(Box::new(request)))
+            .map_err(|_| PublishError::Access(AccessError::Unavailable))
+    }
+
     /// Checks the per-user send rate; `Err` carries the wait until a retry.
     pub fn check_send_rate(&self, user: UserId) -> Result<(), Duration> {
         use governor::clock::{Clock, DefaultClock};
@@ -455,6 +505,34 @@ impl Realtime {
         }
         self.root.stop(None);
     }
+}
+
+/// A send as the edge received it.
+pub struct Publish {
+    pub sender: Sender,
+    pub channel_id: ChannelId,
+    pub text: String,
+    pub client_msg_id: Option<String>,
+    pub contains_phi: bool,
+    pub reply_to: Option<courier_protocol::MessageId>,
+    pub ttl_seconds: Option<u64>,
+    /// When the request arrived (for the ack latency metric).
+    pub received: Instant,
+    /// The channel's actor when the caller already holds it (a joined channel).
+    pub actor: Option<ActorRef<ChannelMsg>>,
+}
+
+/// Why a send was refused before reaching its channel.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("text is over the size limit")]
+    TooLarge,
+    #[error("{0}")]
+    Invalid(&'static str),
+    #[error("rate limit exceeded")]
+    RateLimited(Duration),
+    #[error(transparent)]
+    Access(AccessError),
 }
 
 /// Counts live connections: one guard per connection actor.

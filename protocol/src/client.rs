@@ -47,8 +47,8 @@ pub use tokio_tungstenite::tungstenite::Message;
 
 use crate::codec::{decode_server, encode_client, DecodeError, Encoding};
 use crate::frames::{
-    Ack, AckResult, Authenticate, AuthenticationResponse, ChannelView, ClientFrame, ClientRequest, ErrorFrame,
-    JoinChannel, Ref, SendMessage, SendResult, ServerFrame,
+    Ack, AckResult, Authenticate, AuthenticationResponse, ChannelView, ClientFrame, ClientRequest,
+    ErrorFrame, JoinChannel, Ref, SendMessage, SendResult, ServerFrame,
 };
 use crate::ids::ChannelId;
 
@@ -165,8 +165,10 @@ impl ClientBuilder {
     pub async fn connect(self) -> Result<Client, ClientError> {
         let mut request = self.url.as_str().into_client_request()?;
         for (name, value) in &self.headers {
-            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| ClientError::Usage(e.to_string()))?;
-            let value = HeaderValue::from_str(value).map_err(|e| ClientError::Usage(e.to_string()))?;
+            let name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|e| ClientError::Usage(e.to_string()))?;
+            let value =
+                HeaderValue::from_str(value).map_err(|e| ClientError::Usage(e.to_string()))?;
             request.headers_mut().append(name, value);
         }
         let config = WebSocketConfig::default().max_message_size(Some(MAX_MESSAGE_BYTES));
@@ -219,7 +221,10 @@ impl Client {
 
     /// Sends `authenticate` and returns the `authentication_response`
     /// (check its `result`: a failure is answered, then closed with 4001).
-    pub async fn authenticate(&mut self, token: &str) -> Result<AuthenticationResponse, ClientError> {
+    pub async fn authenticate(
+        &mut self,
+        token: &str,
+    ) -> Result<AuthenticationResponse, ClientError> {
         let request = ClientRequest::Authenticate(Authenticate {
             token: token.to_owned(),
         });
@@ -256,8 +261,15 @@ impl Client {
     }
 
     /// Joins a channel and returns its `channel` object.
-    pub async fn join(&mut self, channel_id: ChannelId, since_seq: Option<u64>) -> Result<ChannelView, ClientError> {
-        let request = ClientRequest::JoinChannel(JoinChannel { channel_id, since_seq });
+    pub async fn join(
+        &mut self,
+        channel_id: ChannelId,
+        since_seq: Option<u64>,
+    ) -> Result<ChannelView, ClientError> {
+        let request = ClientRequest::JoinChannel(JoinChannel {
+            channel_id,
+            since_seq,
+        });
         match self.ack(request).await?.result {
             AckResult::Channel(channel) => Ok(channel),
             _ => Err(ClientError::Unexpected("ack without channel")),
@@ -265,7 +277,11 @@ impl Client {
     }
 
     /// Sends a plain text message and returns the send result.
-    pub async fn send_text(&mut self, channel_id: ChannelId, text: &str) -> Result<SendResult, ClientError> {
+    pub async fn send_text(
+        &mut self,
+        channel_id: ChannelId,
+        text: &str,
+    ) -> Result<SendResult, ClientError> {
         let request = ClientRequest::SendMessage(SendMessage::text(channel_id, text));
         match self.ack(request).await?.result {
             AckResult::Sent(sent) => Ok(sent),
@@ -294,7 +310,11 @@ impl Client {
     }
 
     /// See [`ClientReceiver::answer`].
-    pub async fn answer(&mut self, reference: &Ref, timeout: Duration) -> Result<ServerFrame, ClientError> {
+    pub async fn answer(
+        &mut self,
+        reference: &Ref,
+        timeout: Duration,
+    ) -> Result<ServerFrame, ClientError> {
         self.receiver.answer(reference, timeout).await
     }
 
@@ -354,9 +374,13 @@ impl ClientSender {
     /// Sends `request` with the next integer `ref` (1, 2, ...) without
     /// waiting for the answer; returns that `ref`.
     pub async fn send(&mut self, request: ClientRequest) -> Result<Ref, ClientError> {
-        let frame = self.stamp(request);
+        let reference = self.next_ref();
+        let frame = ClientFrame {
+            reference: Some(reference.clone()),
+            request,
+        };
         self.send_frame(&frame).await?;
-        Ok(frame.reference.unwrap_or(Ref::Int(0)))
+        Ok(reference)
     }
 
     /// Sends many requests with one flush; returns their `ref`s in order.
@@ -366,9 +390,13 @@ impl ClientSender {
     ) -> Result<Vec<Ref>, ClientError> {
         let mut refs = Vec::new();
         for request in requests {
-            let frame = self.stamp(request);
+            let reference = self.next_ref();
+            let frame = ClientFrame {
+                reference: Some(reference.clone()),
+                request,
+            };
             self.sink.feed(self.message(&frame)?).await?;
-            refs.extend(frame.reference);
+            refs.push(reference);
         }
         self.sink.flush().await?;
         Ok(refs)
@@ -393,18 +421,17 @@ impl ClientSender {
             reason: Utf8Bytes::from_static(""),
         };
         match self.sink.send(Message::Close(Some(frame))).await {
-            Ok(()) | Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => Ok(()),
+            Ok(())
+            | Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
+                Ok(())
+            }
             Err(e) => Err(e.into()),
         }
     }
 
-    fn stamp(&mut self, request: ClientRequest) -> ClientFrame {
-        let reference = Ref::Int(self.next_ref);
+    fn next_ref(&mut self) -> Ref {
         self.next_ref += 1;
-        ClientFrame {
-            reference: Some(reference),
-            request,
-        }
+        Ref::Int(self.next_ref - 1)
     }
 
     fn message(&self, frame: &ClientFrame) -> Result<Message, ClientError> {
@@ -412,7 +439,8 @@ impl ClientSender {
         Ok(match self.encoding {
             Encoding::MessagePack => Message::Binary(bytes),
             Encoding::Json => Message::Text(
-                Utf8Bytes::try_from(bytes).map_err(|_| ClientError::Usage("JSON is not UTF-8".to_owned()))?,
+                Utf8Bytes::try_from(bytes)
+                    .map_err(|_| ClientError::Usage("JSON is not UTF-8".to_owned()))?,
             ),
         })
     }
@@ -446,8 +474,13 @@ impl ClientReceiver {
     }
 
     /// The frame that answers `reference`; frames read meanwhile are kept.
-    pub async fn answer(&mut self, reference: &Ref, timeout: Duration) -> Result<ServerFrame, ClientError> {
-        self.wait_for(timeout, |f| f.reference() == Some(reference)).await
+    pub async fn answer(
+        &mut self,
+        reference: &Ref,
+        timeout: Duration,
+    ) -> Result<ServerFrame, ClientError> {
+        self.wait_for(timeout, |f| f.reference() == Some(reference))
+            .await
     }
 
     /// The next push (a frame without `ref`); answers read meanwhile are
@@ -463,7 +496,8 @@ impl ClientReceiver {
         timeout: Duration,
         mut matches: impl FnMut(&ServerFrame) -> bool,
     ) -> Result<ServerFrame, ClientError> {
-        self.wait_for(timeout, |f| f.reference().is_none() && matches(f)).await
+        self.wait_for(timeout, |f| f.reference().is_none() && matches(f))
+            .await
     }
 
     /// Reads (keeping frames) until the server closes; returns its close
@@ -499,7 +533,12 @@ impl ClientReceiver {
         timeout: Duration,
         mut wanted: impl FnMut(&ServerFrame) -> bool,
     ) -> Result<ServerFrame, ClientError> {
-        if let Some(frame) = self.pending.iter().position(&mut wanted).and_then(|i| self.pending.remove(i)) {
+        if let Some(frame) = self
+            .pending
+            .iter()
+            .position(&mut wanted)
+            .and_then(|i| self.pending.remove(i))
+        {
             return Ok(frame);
         }
         let deadline = Instant::now() + timeout;
@@ -521,7 +560,11 @@ impl ClientReceiver {
         self.pending.push_back(frame);
     }
 
-    async fn read_until(&mut self, deadline: Instant, timeout: Duration) -> Result<ServerFrame, ClientError> {
+    async fn read_until(
+        &mut self,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<ServerFrame, ClientError> {
         match timeout_at(deadline, self.read()).await {
             Ok(result) => result,
             Err(_) => Err(ClientError::Timeout(timeout)),
@@ -538,8 +581,12 @@ impl ClientReceiver {
                 });
             }
             let ended = match self.stream.next().await {
-                Some(Ok(Message::Binary(bytes))) => return Ok(decode_server(&bytes, Encoding::MessagePack)?),
-                Some(Ok(Message::Text(text))) => return Ok(decode_server(text.as_bytes(), Encoding::Json)?),
+                Some(Ok(Message::Binary(bytes))) => {
+                    return Ok(decode_server(&bytes, Encoding::MessagePack)?)
+                }
+                Some(Ok(Message::Text(text))) => {
+                    return Ok(decode_server(text.as_bytes(), Encoding::Json)?)
+                }
                 Some(Ok(Message::Close(frame))) => Ended {
                     code: frame.as_ref().map(|f| u16::from(f.code)),
                     reason: frame.map(|f| f.reason.to_string()).unwrap_or_default(),

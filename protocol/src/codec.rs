@@ -185,7 +185,9 @@ pub fn decode_server(bytes: &[u8], encoding: Encoding) -> Result<ServerFrame, De
 pub fn encode_server(frame: &ServerFrame, encoding: Encoding) -> Bytes {
     let hint = match frame {
         ServerFrame::NewMessage(m) | ServerFrame::MessageUpdated(m) => 256 + m.data.text.len(),
-        ServerFrame::History(h) => 128 + h.messages.iter().map(|m| 256 + m.text.len()).sum::<usize>(),
+        ServerFrame::History(h) => {
+            128 + h.messages.iter().map(|m| 256 + m.text.len()).sum::<usize>()
+        }
         _ => 192,
     };
     encode(frame, encoding, hint)
@@ -204,7 +206,9 @@ pub fn encode_client(frame: &ClientFrame, encoding: Encoding) -> Bytes {
 fn encode<T: Serialize>(value: &T, encoding: Encoding, capacity: usize) -> Bytes {
     let mut buf = Vec::with_capacity(capacity);
     let written = match encoding {
-        Encoding::MessagePack => rmp_serde::encode::write_named(&mut buf, value).map_err(|e| e.to_string()),
+        Encoding::MessagePack => {
+            rmp_serde::encode::write_named(&mut buf, value).map_err(|e| e.to_string())
+        }
         Encoding::Json => serde_json::to_writer(&mut buf, value).map_err(|e| e.to_string()),
     };
     if let Err(e) = written {
@@ -268,7 +272,11 @@ fn scan(bytes: &[u8], encoding: Encoding) -> Result<(Option<Ref>, Cow<'_, str>),
         Encoding::Json => scan_json(bytes, &mut header),
     };
     if let Err(fail) = scanned {
-        return Err(DecodeError::new(fail.kind, header, fail.reason.into_owned()));
+        return Err(DecodeError::new(
+            fail.kind,
+            header,
+            fail.reason.into_owned(),
+        ));
     }
     match header.ty {
         Some(ty) => Ok((header.reference, ty)),
@@ -281,7 +289,11 @@ fn scan(bytes: &[u8], encoding: Encoding) -> Result<(Option<Ref>, Cow<'_, str>),
 }
 
 /// The error for a frame whose typed pass failed.
-fn body_error(reference: Option<Ref>, ty: Cow<'_, str>, (kind, reason): (DecodeErrorKind, String)) -> DecodeError {
+fn body_error(
+    reference: Option<Ref>,
+    ty: Cow<'_, str>,
+    (kind, reason): (DecodeErrorKind, String),
+) -> DecodeError {
     DecodeError::new(
         kind,
         Header {
@@ -391,9 +403,13 @@ impl<'de> KeySet<'de> {
 
 fn scan_msgpack<'de>(bytes: &'de [u8], header: &mut Header<'de>) -> Result<(), Fail> {
     let mut walk = Walk { buf: bytes, pos: 0 };
-    let marker = Marker::from_u8(walk.byte()?);
-    let len = match marker {
-        Marker::FixMap(_) | Marker::Map16 | Marker::Map32 => walk.count(marker)?,
+    // The frame map's entry count is not checked against the bytes left up
+    // front, so that a truncated frame still yields the `ref` read before
+    // the cut; the walk stops at the first missing byte all the same.
+    let len = match Marker::from_u8(walk.byte()?) {
+        Marker::FixMap(n) => n.into(),
+        Marker::Map16 => walk.u16_len()?,
+        Marker::Map32 => walk.u32_len()?,
         _ => return Err(Fail::malformed("a frame must be a map")),
     };
     walk.map(len, 1, Some(header))?;
@@ -487,14 +503,22 @@ impl<'de> Walk<'de> {
     fn value(&mut self, depth: usize) -> Result<(), Fail> {
         let marker = Marker::from_u8(self.byte()?);
         match marker {
-            Marker::Null | Marker::True | Marker::False | Marker::FixPos(_) | Marker::FixNeg(_) => Ok(()),
+            Marker::Null | Marker::True | Marker::False | Marker::FixPos(_) | Marker::FixNeg(_) => {
+                Ok(())
+            }
             Marker::U8 | Marker::I8 => self.take(1).map(drop),
             Marker::U16 | Marker::I16 => self.take(2).map(drop),
             Marker::U32 | Marker::I32 => self.take(4).map(drop),
             Marker::U64 | Marker::I64 => self.take(8).map(drop),
             Marker::F32 => finite(f32::from_be_bytes(self.array()?).is_finite()),
             Marker::F64 => finite(f64::from_be_bytes(self.array()?).is_finite()),
-            Marker::FixStr(_) | Marker::Str8 | Marker::Str16 | Marker::Str32 | Marker::Bin8 | Marker::Bin16 | Marker::Bin32 => {
+            Marker::FixStr(_)
+            | Marker::Str8
+            | Marker::Str16
+            | Marker::Str32
+            | Marker::Bin8
+            | Marker::Bin16
+            | Marker::Bin32 => {
                 let len = self.data_len(marker)?;
                 self.take(len).map(drop)
             }
@@ -522,7 +546,12 @@ impl<'de> Walk<'de> {
     }
 
     /// Walks a map's `len` entries; the frame's own map also fills `header`.
-    fn map(&mut self, len: usize, depth: usize, mut header: Option<&mut Header<'de>>) -> Result<(), Fail> {
+    fn map(
+        &mut self,
+        len: usize,
+        depth: usize,
+        mut header: Option<&mut Header<'de>>,
+    ) -> Result<(), Fail> {
         if depth > MAX_DEPTH {
             return Err(Fail::too_deep());
         }
@@ -530,7 +559,9 @@ impl<'de> Walk<'de> {
         for _ in 0..len {
             let marker = Marker::from_u8(self.byte()?);
             let key = match marker {
-                Marker::FixStr(_) | Marker::Str8 | Marker::Str16 | Marker::Str32 => self.str_data(marker)?,
+                Marker::FixStr(_) | Marker::Str8 | Marker::Str16 | Marker::Str32 => {
+                    self.str_data(marker)?
+                }
                 _ => return Err(Fail::malformed("map keys must be strings")),
             };
             keys.insert(Cow::Borrowed(key))?;
@@ -546,7 +577,9 @@ impl<'de> Walk<'de> {
     fn type_value(&mut self) -> Result<&'de str, Fail> {
         let marker = Marker::from_u8(self.byte()?);
         match marker {
-            Marker::FixStr(_) | Marker::Str8 | Marker::Str16 | Marker::Str32 => self.str_data(marker),
+            Marker::FixStr(_) | Marker::Str8 | Marker::Str16 | Marker::Str32 => {
+                self.str_data(marker)
+            }
             _ => Err(Fail::invalid("`type` must be a string")),
         }
     }
@@ -564,7 +597,9 @@ impl<'de> Walk<'de> {
             Marker::I16 => Ref::from_i64(i16::from_be_bytes(self.array()?).into()),
             Marker::I32 => Ref::from_i64(i32::from_be_bytes(self.array()?).into()),
             Marker::I64 => Ref::from_i64(i64::from_be_bytes(self.array()?)),
-            Marker::FixStr(_) | Marker::Str8 | Marker::Str16 | Marker::Str32 => Ref::from_string(self.str_data(marker)?),
+            Marker::FixStr(_) | Marker::Str8 | Marker::Str16 | Marker::Str32 => {
+                Ref::from_string(self.str_data(marker)?)
+            }
             _ => None,
         };
         reference.ok_or_else(|| Fail::invalid(INVALID_REF))
@@ -586,7 +621,8 @@ fn finite(is_finite: bool) -> Result<(), Fail> {
 fn scan_json<'de>(bytes: &'de [u8], header: &mut Header<'de>) -> Result<(), Fail> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let mut side = Side { header, fail: None };
-    let scanned = de::Deserializer::deserialize_any(&mut de, JsonFrame(&mut side)).and_then(|()| de.end());
+    let scanned =
+        de::Deserializer::deserialize_any(&mut de, JsonFrame(&mut side)).and_then(|()| de.end());
     match scanned {
         Ok(()) => Ok(()),
         // A precise reason from the visitor, unless the JSON itself broke.
@@ -689,7 +725,12 @@ impl<'de> Visitor<'de> for JsonValue<'_, '_, 'de> {
     }
 }
 
-fn json_map<'de, A: MapAccess<'de>>(mut map: A, depth: usize, side: &mut Side<'_, 'de>, top: bool) -> Result<(), A::Error> {
+fn json_map<'de, A: MapAccess<'de>>(
+    mut map: A,
+    depth: usize,
+    side: &mut Side<'_, 'de>,
+    top: bool,
+) -> Result<(), A::Error> {
     if depth > MAX_DEPTH {
         return Err(side.stop(Fail::too_deep()));
     }

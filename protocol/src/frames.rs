@@ -80,7 +80,9 @@ pub enum Ref {
 impl Ref {
     /// An integer ref, if `n` is in range.
     pub fn from_i64(n: i64) -> Option<Self> {
-        (-MAX_REF_INT..=MAX_REF_INT).contains(&n).then_some(Self::Int(n))
+        (-MAX_REF_INT..=MAX_REF_INT)
+            .contains(&n)
+            .then_some(Self::Int(n))
     }
 
     /// An integer ref, if `n` is in range.
@@ -734,7 +736,9 @@ impl TryFrom<AckIn> for Ack {
             (Some(message_id), None) => AckResult::Sent(SendResult {
                 message_id,
                 seq: a.seq.ok_or("ack with `messageId` needs `seq`")?,
-                timestamp: a.timestamp.ok_or("ack with `messageId` needs `timestamp`")?,
+                timestamp: a
+                    .timestamp
+                    .ok_or("ack with `messageId` needs `timestamp`")?,
                 duplicate: a.duplicate.unwrap_or(false),
             }),
             (Some(_), Some(_)) => return Err("ack has both `messageId` and `channel`"),

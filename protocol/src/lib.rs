@@ -10,7 +10,23 @@
 //! - [`frames`]: `ClientFrame` (requests) and `ServerFrame` (answers, pushes).
 //! - [`codec`]: the only calls to MessagePack and JSON; decoding is bounded.
 //! - `client` (feature `client`): an async WebSocket client for tests, the
-//!   load tester and Rust applications.
+//!   load tester and Rust applications. It is the only part that needs a
+//!   runtime (tokio, tokio-tungstenite).
+//!
+//! The server's side in four lines:
+//!
+//! ```
+//! use courier_protocol::{decode_client, encode_server, ClientRequest, Encoding, ServerFrame};
+//!
+//! let frame = decode_client(br#"{"type":"ping","ref":7}"#, Encoding::Json).unwrap();
+//! assert_eq!(frame.request, ClientRequest::Ping);
+//! let pong = ServerFrame::Pong(courier_protocol::frames::Pong { reference: frame.reference, server_time: 0 });
+//! assert_eq!(&encode_server(&pong, Encoding::Json)[..], br#"{"type":"pong","ref":7,"serverTime":0}"#);
+//! ```
+//!
+//! An undecodable frame is a [`DecodeError`] that still carries the frame's
+//! `ref` when it was readable; answer it with
+//! [`DecodeError::to_error_frame`] and keep the connection.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
@@ -23,7 +39,9 @@ pub mod ids;
 #[cfg(feature = "client")]
 pub mod client;
 
-pub use codec::{decode_client, decode_server, encode_client, encode_server, DecodeError, Encoding};
+pub use codec::{
+    decode_client, decode_server, encode_client, encode_server, DecodeError, Encoding,
+};
 pub use error::ErrorCode;
 pub use frames::{ClientFrame, ClientRequest, Ref, ServerFrame};
 pub use ids::{ChannelId, MessageId, SessionId, UserId};

@@ -3,7 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use courier_protocol::codec::{decode_client, decode_server, encode_client, encode_server, Encoding};
+use courier_protocol::codec::{
+    decode_client, decode_server, encode_client, encode_server, Encoding,
+};
 use courier_protocol::frames::*;
 use courier_protocol::{ChannelId, ErrorCode, MessageId, SessionId, UserId};
 use proptest::prelude::*;
@@ -66,41 +68,71 @@ fn client_request() -> impl Strategy<Value = ClientRequest> {
         proptest::option::of(message_id()),
         proptest::option::of(any::<u32>()),
     )
-        .prop_map(|(channel_id, text, client_msg_id, contains_phi, reply_to, ttl_seconds)| {
-            ClientRequest::SendMessage(SendMessage {
-                channel_id,
-                text,
-                client_msg_id,
-                contains_phi,
-                reply_to,
-                ttl_seconds,
-            })
-        });
+        .prop_map(
+            |(channel_id, text, client_msg_id, contains_phi, reply_to, ttl_seconds)| {
+                ClientRequest::SendMessage(SendMessage {
+                    channel_id,
+                    text,
+                    client_msg_id,
+                    contains_phi,
+                    reply_to,
+                    ttl_seconds,
+                })
+            },
+        );
     let position = prop_oneof![
         any::<u64>().prop_map(ReadPosition::Seq),
         message_id().prop_map(ReadPosition::Message),
     ];
     prop_oneof![
         text().prop_map(|token| ClientRequest::Authenticate(Authenticate { token })),
-        (channel_id(), proptest::option::of(any::<u64>()))
-            .prop_map(|(channel_id, since_seq)| ClientRequest::JoinChannel(JoinChannel { channel_id, since_seq })),
-        channel_id().prop_map(|channel_id| ClientRequest::LeaveChannel(LeaveChannel { channel_id })),
-        send,
-        (message_id(), text()).prop_map(|(message_id, text)| ClientRequest::EditMessage(EditMessage { message_id, text })),
-        message_id().prop_map(|message_id| ClientRequest::DeleteMessage(DeleteMessage { message_id })),
-        (channel_id(), any::<bool>())
-            .prop_map(|(channel_id, is_typing)| ClientRequest::TypingIndicator(TypingIndicator { channel_id, is_typing })),
-        (channel_id(), position).prop_map(|(channel_id, up_to)| ClientRequest::ReadReceipt(ReadReceipt { channel_id, up_to })),
-        (channel_id(), proptest::option::of(any::<u64>()), proptest::option::of(any::<u32>())).prop_map(
-            |(channel_id, before_seq, limit)| ClientRequest::FetchHistory(FetchHistory {
+        (channel_id(), proptest::option::of(any::<u64>())).prop_map(|(channel_id, since_seq)| {
+            ClientRequest::JoinChannel(JoinChannel {
                 channel_id,
-                before_seq,
-                limit
+                since_seq,
             })
-        ),
-        (message_id(), text()).prop_map(|(message_id, reaction)| ClientRequest::AddReaction(Reaction { message_id, reaction })),
-        (message_id(), text())
-            .prop_map(|(message_id, reaction)| ClientRequest::RemoveReaction(Reaction { message_id, reaction })),
+        }),
+        channel_id()
+            .prop_map(|channel_id| ClientRequest::LeaveChannel(LeaveChannel { channel_id })),
+        send,
+        (message_id(), text()).prop_map(|(message_id, text)| ClientRequest::EditMessage(
+            EditMessage { message_id, text }
+        )),
+        message_id()
+            .prop_map(|message_id| ClientRequest::DeleteMessage(DeleteMessage { message_id })),
+        (channel_id(), any::<bool>()).prop_map(|(channel_id, is_typing)| {
+            ClientRequest::TypingIndicator(TypingIndicator {
+                channel_id,
+                is_typing,
+            })
+        }),
+        (channel_id(), position).prop_map(|(channel_id, up_to)| ClientRequest::ReadReceipt(
+            ReadReceipt { channel_id, up_to }
+        )),
+        (
+            channel_id(),
+            proptest::option::of(any::<u64>()),
+            proptest::option::of(any::<u32>())
+        )
+            .prop_map(
+                |(channel_id, before_seq, limit)| ClientRequest::FetchHistory(FetchHistory {
+                    channel_id,
+                    before_seq,
+                    limit
+                })
+            ),
+        (message_id(), text()).prop_map(|(message_id, reaction)| ClientRequest::AddReaction(
+            Reaction {
+                message_id,
+                reaction
+            }
+        )),
+        (message_id(), text()).prop_map(|(message_id, reaction)| ClientRequest::RemoveReaction(
+            Reaction {
+                message_id,
+                reaction
+            }
+        )),
         user_id().prop_map(|user_id| ClientRequest::OpenDirect(OpenDirect { user_id })),
         prop_oneof![Just(UserStatus::Online), Just(UserStatus::Away)]
             .prop_map(|status| ClientRequest::SetStatus(SetStatus { status })),
@@ -110,12 +142,20 @@ fn client_request() -> impl Strategy<Value = ClientRequest> {
 }
 
 fn client_frame() -> impl Strategy<Value = ClientFrame> {
-    (proptest::option::of(reference()), client_request()).prop_map(|(reference, request)| ClientFrame { reference, request })
+    (proptest::option::of(reference()), client_request())
+        .prop_map(|(reference, request)| ClientFrame { reference, request })
 }
 
 fn message_view() -> impl Strategy<Value = MessageView> {
     (
-        (message_id(), channel_id(), any::<u64>(), user_id(), text(), text()),
+        (
+            message_id(),
+            channel_id(),
+            any::<u64>(),
+            user_id(),
+            text(),
+            text(),
+        ),
         (
             any::<i64>(),
             any::<bool>(),
@@ -125,7 +165,10 @@ fn message_view() -> impl Strategy<Value = MessageView> {
         ),
     )
         .prop_map(
-            |((id, channel_id, seq, sender_id, sender, text), (timestamp, contains_phi, reply_to, edited_at, expires_at))| {
+            |(
+                (id, channel_id, seq, sender_id, sender, text),
+                (timestamp, contains_phi, reply_to, edited_at, expires_at),
+            )| {
                 MessageView {
                     id,
                     channel_id,
@@ -157,16 +200,18 @@ fn channel_view() -> impl Strategy<Value = ChannelView> {
         (any::<u64>(), any::<u64>(), any::<u64>(), any::<bool>()),
         proptest::collection::vec(user_id(), 0..4),
     )
-        .prop_map(|(id, name, kind, (last_seq, last_read_seq, unread, recovered), online)| ChannelView {
-            id,
-            name,
-            kind,
-            last_seq,
-            last_read_seq,
-            unread,
-            recovered,
-            online,
-        })
+        .prop_map(
+            |(id, name, kind, (last_seq, last_read_seq, unread, recovered), online)| ChannelView {
+                id,
+                name,
+                kind,
+                last_seq,
+                last_read_seq,
+                unread,
+                recovered,
+                online,
+            },
+        )
 }
 
 /// JSON values without floats (serde_json does not round-trip every float
@@ -191,31 +236,43 @@ fn json_value() -> impl Strategy<Value = Value> {
 fn ack_result() -> impl Strategy<Value = AckResult> {
     prop_oneof![
         Just(AckResult::Done),
-        (message_id(), any::<u64>(), any::<i64>(), any::<bool>()).prop_map(|(message_id, seq, timestamp, duplicate)| {
-            AckResult::Sent(SendResult {
-                message_id,
-                seq,
-                timestamp,
-                duplicate,
-            })
-        }),
+        (message_id(), any::<u64>(), any::<i64>(), any::<bool>()).prop_map(
+            |(message_id, seq, timestamp, duplicate)| {
+                AckResult::Sent(SendResult {
+                    message_id,
+                    seq,
+                    timestamp,
+                    duplicate,
+                })
+            }
+        ),
         channel_view().prop_map(AckResult::Channel),
     ]
 }
 
 fn auth_response() -> impl Strategy<Value = AuthenticationResponse> {
-    let success = (user_id(), text(), "[a-z_]{1,12}", uuid(), any::<i64>(), any::<u64>()).prop_map(
-        |(id, username, role, session, server_time, heartbeat_ms)| {
+    let success = (
+        user_id(),
+        text(),
+        "[a-z_]{1,12}",
+        uuid(),
+        any::<i64>(),
+        any::<u64>(),
+    )
+        .prop_map(|(id, username, role, session, server_time, heartbeat_ms)| {
             Ok(AuthSuccess {
                 user: AuthUser { id, username, role },
                 session_id: SessionId(session),
                 server_time,
                 heartbeat_ms,
             })
-        },
-    );
-    let failure = (error_code(), text()).prop_map(|(code, message)| Err(ErrorBody { code, message }));
-    (proptest::option::of(reference()), prop_oneof![success, failure])
+        });
+    let failure =
+        (error_code(), text()).prop_map(|(code, message)| Err(ErrorBody { code, message }));
+    (
+        proptest::option::of(reference()),
+        prop_oneof![success, failure],
+    )
         .prop_map(|(reference, result)| AuthenticationResponse { reference, result })
 }
 
@@ -226,30 +283,43 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
         Just(PresenceStatus::Offline),
     ];
     prop_oneof![
-        (proptest::option::of(reference()), ack_result()).prop_map(|(reference, result)| ServerFrame::Ack(Ack { reference, result })),
-        (proptest::option::of(reference()), error_code(), text(), proptest::option::of(any::<u64>())).prop_map(
-            |(reference, code, message, retry_after_ms)| ServerFrame::Error(ErrorFrame {
-                reference,
-                code,
-                message,
-                retry_after_ms
-            })
-        ),
+        (proptest::option::of(reference()), ack_result())
+            .prop_map(|(reference, result)| ServerFrame::Ack(Ack { reference, result })),
+        (
+            proptest::option::of(reference()),
+            error_code(),
+            text(),
+            proptest::option::of(any::<u64>())
+        )
+            .prop_map(
+                |(reference, code, message, retry_after_ms)| ServerFrame::Error(ErrorFrame {
+                    reference,
+                    code,
+                    message,
+                    retry_after_ms
+                })
+            ),
         auth_response().prop_map(ServerFrame::AuthenticationResponse),
-        (proptest::option::of(reference()), any::<i64>())
-            .prop_map(|(reference, server_time)| ServerFrame::Pong(Pong { reference, server_time })),
+        (proptest::option::of(reference()), any::<i64>()).prop_map(|(reference, server_time)| {
+            ServerFrame::Pong(Pong {
+                reference,
+                server_time,
+            })
+        }),
         (
             proptest::option::of(reference()),
             channel_id(),
             proptest::collection::vec(message_view(), 0..3),
             any::<bool>()
         )
-            .prop_map(|(reference, channel_id, messages, has_more)| ServerFrame::History(History {
-                reference,
-                channel_id,
-                messages,
-                has_more
-            })),
+            .prop_map(
+                |(reference, channel_id, messages, has_more)| ServerFrame::History(History {
+                    reference,
+                    channel_id,
+                    messages,
+                    has_more
+                })
+            ),
         message_view().prop_map(|data| ServerFrame::NewMessage(MessagePush { data })),
         message_view().prop_map(|data| ServerFrame::MessageUpdated(MessagePush { data })),
         (message_id(), channel_id(), any::<u64>()).prop_map(|(message_id, channel_id, seq)| {
@@ -268,19 +338,37 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
                 is_typing,
             })
         }),
-        (channel_id(), user_id(), any::<u64>())
-            .prop_map(|(channel_id, user_id, seq)| ServerFrame::ReadReceipt(ReadReceiptPush { channel_id, user_id, seq })),
-        (channel_id(), message_id(), proptest::collection::btree_map(text(), any::<u64>(), 0..4)).prop_map(
-            |(channel_id, message_id, reactions)| ServerFrame::ReactionUpdated(ReactionUpdated {
+        (channel_id(), user_id(), any::<u64>()).prop_map(|(channel_id, user_id, seq)| {
+            ServerFrame::ReadReceipt(ReadReceiptPush {
                 channel_id,
-                message_id,
-                reactions: reactions.into_iter().collect::<BTreeMap<_, _>>(),
+                user_id,
+                seq,
             })
-        ),
-        (user_id(), status, any::<i64>())
-            .prop_map(|(user_id, status, last_seen)| ServerFrame::Presence(Presence { user_id, status, last_seen })),
-        ("[a-z_]{1,16}", json_value())
-            .prop_map(|(event_type, data)| ServerFrame::SystemEvent(SystemEvent { event_type, data })),
+        }),
+        (
+            channel_id(),
+            message_id(),
+            proptest::collection::btree_map(text(), any::<u64>(), 0..4)
+        )
+            .prop_map(
+                |(channel_id, message_id, reactions)| ServerFrame::ReactionUpdated(
+                    ReactionUpdated {
+                        channel_id,
+                        message_id,
+                        reactions: reactions.into_iter().collect::<BTreeMap<_, _>>(),
+                    }
+                )
+            ),
+        (user_id(), status, any::<i64>()).prop_map(|(user_id, status, last_seen)| {
+            ServerFrame::Presence(Presence {
+                user_id,
+                status,
+                last_seen,
+            })
+        }),
+        ("[a-z_]{1,16}", json_value()).prop_map(|(event_type, data)| ServerFrame::SystemEvent(
+            SystemEvent { event_type, data }
+        )),
         json_value().prop_map(|data| ServerFrame::Notification(Notification { data })),
     ]
 }

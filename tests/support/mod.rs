@@ -3,11 +3,13 @@
 //!
 //! PostgreSQL comes from `DATABASE_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/postgres`); each call gets an empty
-//! database of its own, `courier_t_<unix secs>_<uuid>`. When PostgreSQL is unreachable,
-//! tests that need it skip with a note, except in CI (`CI=true`) where they
-//! fail: a test needing PostgreSQL must never pass silently there.
+//! database of its own, `courier_t_<unix secs>_<uuid>`. When PostgreSQL is
+//! unreachable, tests that need it skip with a note, except in CI (`CI=true`)
+//! where they fail: a test needing PostgreSQL must never pass silently there.
 
 #![allow(dead_code)]
+
+pub mod server;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

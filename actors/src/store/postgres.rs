@@ -456,10 +456,14 @@ impl Store for PgStore {
     // ---- messages ----------------------------------------------------------
 
     async fn apply_batch(&self, ops: &[WriteOp]) -> Result<Vec<WriteOutcome>, StoreError> {
+        if ops.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut tx = self.pool.begin().await?;
         let mut outcomes = Vec::with_capacity(ops.len());
-        // Runs of consecutive inserts become one statement; any other op is a
-        // run of its own. Order is kept, so each outcome lands at its op's index.
+        // Runs of consecutive inserts become one statement each; other ops
+        // are applied one by one. Order is kept, so each outcome lands at its
+        // op's index.
         for run in ops.chunk_by(|a, b| is_insert(a) && is_insert(b)) {
             if is_insert(&run[0]) {
                 let messages: Vec<&StoredMessage> = run
@@ -471,7 +475,9 @@ impl Store for PgStore {
                     .collect();
                 outcomes.extend(insert_messages(&mut tx, &messages).await?);
             } else {
-                outcomes.push(apply_op(&mut tx, &run[0]).await?);
+                for op in run {
+                    outcomes.push(apply_op(&mut tx, op).await?);
+                }
             }
         }
         tx.commit().await?;
@@ -629,14 +635,10 @@ impl Store for PgStore {
                   AS r(id, ciphertext, nonce, key_version)
              WHERE m.id = r.id AND m.key_version <> r.key_version",
         )
-        .bind(rows.iter().map(|r| r.id.0).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| &r.ciphertext[..]).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| &r.nonce[..]).collect::<Vec<_>>())
-        .bind(
-            rows.iter()
-                .map(|r| i64::from(r.key_version))
-                .collect::<Vec<_>>(),
-        )
+        .bind(column(rows, |r| r.id.0))
+        .bind(column(rows, |r| &r.ciphertext[..]))
+        .bind(column(rows, |r| &r.nonce[..]))
+        .bind(column(rows, |r| i64::from(r.key_version)))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -657,12 +659,14 @@ impl Store for PgStore {
             None => None,
         };
         sql::check_audit_continuity(head, entries)?;
-        let mut seqs = Vec::with_capacity(entries.len());
-        let mut details = Vec::with_capacity(entries.len());
-        for e in entries {
-            seqs.push(to_db(e.seq, "audit seq")?);
-            details.push(sql::details_json(&e.details)?);
-        }
+        let seqs: Vec<i64> = entries
+            .iter()
+            .map(|e| to_db(e.seq, "audit seq"))
+            .collect::<Result<_, _>>()?;
+        let details: Vec<String> = entries
+            .iter()
+            .map(|e| sql::details_json(&e.details))
+            .collect::<Result<_, _>>()?;
         // The primary key refuses a concurrent writer that read the same head.
         sqlx::query(
             "INSERT INTO audit_logs
@@ -671,34 +675,14 @@ impl Store for PgStore {
                                   $6::text[], $7::text[], $8::text[], $9::text[])",
         )
         .bind(seqs)
-        .bind(entries.iter().map(|e| e.timestamp).collect::<Vec<_>>())
-        .bind(
-            entries
-                .iter()
-                .map(|e| e.actor_id.map(|a| a.0))
-                .collect::<Vec<_>>(),
-        )
-        .bind(entries.iter().map(|e| e.ip.as_deref()).collect::<Vec<_>>())
-        .bind(
-            entries
-                .iter()
-                .map(|e| e.user_agent.as_deref())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            entries
-                .iter()
-                .map(|e| e.action.as_str())
-                .collect::<Vec<_>>(),
-        )
+        .bind(column(entries, |e| e.timestamp))
+        .bind(column(entries, |e| e.actor_id.map(|a| a.0)))
+        .bind(column(entries, |e| e.ip.as_deref()))
+        .bind(column(entries, |e| e.user_agent.as_deref()))
+        .bind(column(entries, |e| e.action.as_str()))
         .bind(details)
-        .bind(
-            entries
-                .iter()
-                .map(|e| e.prev_hash.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(entries.iter().map(|e| e.hash.as_str()).collect::<Vec<_>>())
+        .bind(column(entries, |e| e.prev_hash.as_str()))
+        .bind(column(entries, |e| e.hash.as_str()))
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -784,6 +768,11 @@ impl PgStore {
     }
 }
 
+/// One array parameter: `f` of every item.
+fn column<'a, T, U>(items: &'a [T], f: impl FnMut(&'a T) -> U) -> Vec<U> {
+    items.iter().map(f).collect()
+}
+
 fn is_insert(op: &WriteOp) -> bool {
     matches!(op, WriteOp::InsertMessage(_))
 }
@@ -838,11 +827,10 @@ async fn insert_rows(
     conn: &mut PgConnection,
     messages: &[&StoredMessage],
 ) -> Result<HashSet<Uuid>, StoreError> {
-    let n = messages.len();
-    let mut seq = Vec::with_capacity(n);
-    for m in messages {
-        seq.push(to_db(m.seq, "seq")?);
-    }
+    let seq: Vec<i64> = messages
+        .iter()
+        .map(|m| to_db(m.seq, "seq"))
+        .collect::<Result<_, _>>()?;
     // `ORDER BY ord` keeps the batch order, so that of two rows with one
     // client id the first is the original.
     let rows = sqlx::query(
@@ -863,40 +851,20 @@ async fn insert_rows(
          ON CONFLICT (channel_id, sender_id, client_msg_id) DO NOTHING
          RETURNING id",
     )
-    .bind(messages.iter().map(|m| m.id.0).collect::<Vec<_>>())
-    .bind(messages.iter().map(|m| m.channel_id.0).collect::<Vec<_>>())
+    .bind(column(messages, |m| m.id.0))
+    .bind(column(messages, |m| m.channel_id.0))
     .bind(seq)
-    .bind(messages.iter().map(|m| m.sender_id.0).collect::<Vec<_>>())
-    .bind(
-        messages
-            .iter()
-            .map(|m| m.client_msg_id.as_deref())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        messages
-            .iter()
-            .map(|m| &m.ciphertext[..])
-            .collect::<Vec<_>>(),
-    )
-    .bind(messages.iter().map(|m| &m.nonce[..]).collect::<Vec<_>>())
-    .bind(
-        messages
-            .iter()
-            .map(|m| i64::from(m.key_version))
-            .collect::<Vec<_>>(),
-    )
-    .bind(messages.iter().map(|m| m.contains_phi).collect::<Vec<_>>())
-    .bind(
-        messages
-            .iter()
-            .map(|m| m.reply_to.map(|r| r.0))
-            .collect::<Vec<_>>(),
-    )
-    .bind(messages.iter().map(|m| m.created_at).collect::<Vec<_>>())
-    .bind(messages.iter().map(|m| m.edited_at).collect::<Vec<_>>())
-    .bind(messages.iter().map(|m| m.expires_at).collect::<Vec<_>>())
-    .bind(messages.iter().map(|m| m.deleted_at).collect::<Vec<_>>())
+    .bind(column(messages, |m| m.sender_id.0))
+    .bind(column(messages, |m| m.client_msg_id.as_deref()))
+    .bind(column(messages, |m| &m.ciphertext[..]))
+    .bind(column(messages, |m| &m.nonce[..]))
+    .bind(column(messages, |m| i64::from(m.key_version)))
+    .bind(column(messages, |m| m.contains_phi))
+    .bind(column(messages, |m| m.reply_to.map(|r| r.0)))
+    .bind(column(messages, |m| m.created_at))
+    .bind(column(messages, |m| m.edited_at))
+    .bind(column(messages, |m| m.expires_at))
+    .bind(column(messages, |m| m.deleted_at))
     .fetch_all(&mut *conn)
     .await?;
     rows.iter().map(|r| Ok(r.try_get("id")?)).collect()
@@ -922,14 +890,9 @@ async fn originals(
            ON m.channel_id = k.channel_id AND m.sender_id = k.sender_id
           AND m.client_msg_id = k.client_msg_id",
     )
-    .bind(
-        keyed
-            .iter()
-            .map(|(m, _)| m.channel_id.0)
-            .collect::<Vec<_>>(),
-    )
-    .bind(keyed.iter().map(|(m, _)| m.sender_id.0).collect::<Vec<_>>())
-    .bind(keyed.iter().map(|(_, client)| *client).collect::<Vec<_>>())
+    .bind(column(&keyed, |(m, _)| m.channel_id.0))
+    .bind(column(&keyed, |(m, _)| m.sender_id.0))
+    .bind(column(&keyed, |(_, client)| *client))
     .fetch_all(&mut *conn)
     .await?;
     rows.iter()

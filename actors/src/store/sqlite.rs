@@ -47,9 +47,9 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database named by `url`
-    /// (`sqlite://path/to/file.db` or `sqlite::memory:`) and runs pending
-    /// migrations.
+    /// Opens the database named by `url` (`sqlite://path/to/file.db` or
+    /// `sqlite::memory:`), creating the file and its directory when missing,
+    /// and runs pending migrations.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
@@ -58,6 +58,12 @@ impl SqliteStore {
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(5));
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        let dir = options.get_filename().parent();
+        if let Some(dir) = dir.filter(|d| !in_memory && !d.as_os_str().is_empty()) {
+            tokio::fs::create_dir_all(dir).await.map_err(|e| {
+                StoreError::Database(format!("cannot create {}: {e}", dir.display()))
+            })?;
+        }
         let pool = if in_memory {
             // An in-memory database lives as long as its one connection.
             SqlitePoolOptions::new()
@@ -103,16 +109,19 @@ impl SqliteStore {
     }
 }
 
-/// Sorts an SQLite error by its (extended) result code.
+/// Sorts an SQLite error by its result code. Messages name tables and
+/// columns, never values.
 pub(super) fn classify(e: &SqliteError) -> StoreError {
-    const CONSTRAINT_FOREIGNKEY: i64 = 787;
-    let code = e.code().and_then(|c| c.parse::<i64>().ok()).unwrap_or(1);
     if e.is_unique_violation() {
-        // "UNIQUE constraint failed: <table>.<columns>": names, not values.
         return StoreError::Conflict(e.message().to_owned());
     }
+    if e.is_foreign_key_violation() {
+        // A reference to a row that does not exist (every delete cascades).
+        return StoreError::NotFound;
+    }
+    let code = e.code().and_then(|c| c.parse::<i32>().ok()).unwrap_or(1);
+    // The primary code is the low byte of the extended one.
     match code & 0xff {
-        _ if code == CONSTRAINT_FOREIGNKEY => StoreError::NotFound,
         // BUSY, LOCKED, IOERR, FULL, CANTOPEN: retry later
         5 | 6 | 10 | 13 | 14 => StoreError::Unavailable(e.message().to_owned()),
         // CORRUPT, NOTADB
@@ -509,6 +518,9 @@ impl Store for SqliteStore {
     // ---- messages ----------------------------------------------------------
 
     async fn apply_batch(&self, ops: &[WriteOp]) -> Result<Vec<WriteOutcome>, StoreError> {
+        if ops.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut tx = self.begin_write().await?;
         let mut outcomes = Vec::with_capacity(ops.len());
         for op in ops {

@@ -1,0 +1,320 @@
+//! `/api/auth/*`: registration, login with lockout, refresh-token rotation
+//! with reuse detection, logout and password change.
+//!
+//! Every answer to a failed login is the same 401 (unknown user, wrong
+//! password, locked account), and each costs one argon2 hash, so neither the
+//! answer nor its timing tells whether an account exists or is locked. The
+//! audit log tells operators which it was (`auth.login_failed` with a
+//! `reason`, and `auth.lockout` when a failure locks the account).
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use courier_actors::metric_names;
+use courier_actors::store::{NewUser, RefreshOutcome, Role, Session, User, UserPatch};
+use courier_protocol::{SessionId, UserId};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::error::{ApiError, ApiResult};
+use super::extract::{parse_json, Caller, Client, JsonBody};
+use super::{validate, views};
+use crate::auth::tokens::{hash_refresh_token, new_refresh_token};
+use crate::http::App;
+
+/// The one answer to every failed login.
+const LOGIN_FAILED: &str = "invalid username or password, or the account is temporarily locked";
+
+/// Refresh tokens longer than this are not ours.
+const MAX_REFRESH_TOKEN: usize = 256;
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct RegisterBody {
+    username: String,
+    password: String,
+    #[serde(default)]
+    email: Option<String>,
+}
+
+/// `POST /api/auth/register`: 201 `{user}`; 403 when registration is off.
+pub(super) async fn register(State(app): State<Arc<App>>, client: Client, body: Bytes) -> ApiResult<Response> {
+    if !app.config.registration_open() {
+        return Err(ApiError::forbidden("registration is closed"));
+    }
+    let body: RegisterBody = parse_json(&body)?;
+    validate::username("username", &body.username)?;
+    validate::password(&app.config, "password", &body.password, &body.username)?;
+    let email = validate::email("email", body.email.as_deref())?;
+    if app.store.get_user_by_username(&body.username).await?.is_some() {
+        return Err(ApiError::conflict("username: already taken"));
+    }
+    let hash = app.passwords.hash(body.password).await?;
+    let user = app
+        .store
+        .create_user(NewUser {
+            id: UserId::new(),
+            username: body.username,
+            email,
+            password_hash: hash,
+            role: Role::User,
+            created_at: courier_actors::now_ms(),
+        })
+        .await
+        .map_err(|e| match e {
+            courier_actors::store::StoreError::Conflict(_) => ApiError::conflict("username: already taken"),
+            e => e.into(),
+        })?;
+    app.realtime.audit.record(client.event(
+        Some(user.id),
+        "auth.register",
+        json!({"userId": user.id, "username": user.username}),
+    ));
+    Ok((StatusCode::CREATED, Json(json!({"user": views::user(&user)}))).into_response())
+}
+
+#[derive(Deserialize)]
+pub(super) struct LoginBody {
+    username: String,
+    password: String,
+}
+
+/// `POST /api/auth/login`: 200 `{token, refreshToken, expiresIn, user}`.
+pub(super) async fn login(
+    State(app): State<Arc<App>>,
+    client: Client,
+    JsonBody(body): JsonBody<LoginBody>,
+) -> ApiResult<Json<serde_json::Value>> {
+    validate::presented("username", &body.username)?;
+    validate::presented("password", &body.password)?;
+    let username: String = body.username.chars().take(64).collect();
+    let failed = |user: Option<UserId>, reason: &'static str, extra: serde_json::Value| {
+        metrics::counter!(metric_names::AUTH_FAILURES, "reason" => if reason == "locked" { "locked" } else { "password" })
+            .increment(1);
+        let mut details = json!({"username": username, "reason": reason});
+        if let (Some(map), Some(more)) = (details.as_object_mut(), extra.as_object()) {
+            map.extend(more.clone());
+        }
+        app.realtime.audit.record(client.event(user, "auth.login_failed", details));
+        ApiError::auth_failed(LOGIN_FAILED)
+    };
+
+    let Some(mut user) = app.store.get_user_by_username(&body.username).await? else {
+        app.passwords.burn().await;
+        return Err(failed(None, "unknown_user", json!({})));
+    };
+    let now = courier_actors::now_ms();
+    if let Some(until) = user.locked_until {
+        if until > now {
+            app.passwords.burn().await;
+            return Err(failed(Some(user.id), "locked", json!({"lockedUntil": until})));
+        }
+        // The lockout has run out: the count of failures starts again.
+        app.store.record_login_success(user.id).await?;
+        user.failed_logins = 0;
+        user.locked_until = None;
+    }
+    if !app.passwords.verify(body.password, user.password_hash.clone()).await? {
+        let lock_until = now.saturating_add(minutes_ms(app.config.lockout_minutes));
+        let threshold = match app.config.lockout_threshold {
+            0 => u32::MAX,
+            n => n,
+        };
+        let after = app.store.record_login_failure(user.id, threshold, lock_until).await?;
+        let error = failed(Some(user.id), "bad_password", json!({"failures": after.failed_logins}));
+        if after.locked_until == Some(lock_until) {
+            app.realtime.audit.record(client.event(
+                Some(user.id),
+                "auth.lockout",
+                json!({"userId": user.id, "failures": after.failed_logins, "lockedUntil": lock_until}),
+            ));
+        }
+        return Err(error);
+    }
+    if user.failed_logins > 0 {
+        app.store.record_login_success(user.id).await?;
+    }
+    let (tokens, session_id) = open_session(&app, &user, &client).await?;
+    app.realtime.audit.record(client.event(
+        Some(user.id),
+        "auth.login",
+        json!({"sessionId": session_id}),
+    ));
+    let mut answer = tokens;
+    answer["user"] = views::user(&user);
+    Ok(Json(answer))
+}
+
+/// Creates a session for `user` and returns `{token, refreshToken, expiresIn}`.
+async fn open_session(app: &App, user: &User, client: &Client) -> ApiResult<(serde_json::Value, SessionId)> {
+    let refresh = new_refresh_token();
+    let now = courier_actors::now_ms();
+    let session = Session {
+        id: SessionId::new(),
+        user_id: user.id,
+        token_hash: hash_refresh_token(&refresh),
+        created_at: now,
+        expires_at: now.saturating_add(secs_ms(app.config.refresh_token_ttl_secs)),
+        ip: Some(client.ip.clone()),
+        user_agent: client.user_agent.clone(),
+        valid: true,
+    };
+    let id = session.id;
+    app.store.create_session(session).await?;
+    Ok((token_answer(app, user.id, id, refresh)?, id))
+}
+
+fn token_answer(app: &App, user: UserId, session: SessionId, refresh: String) -> ApiResult<serde_json::Value> {
+    let (token, _exp) = app.tokens.issue(user, session).map_err(ApiError::internal)?;
+    Ok(json!({"token": token, "refreshToken": refresh, "expiresIn": app.tokens.ttl_secs}))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct RefreshBody {
+    refresh_token: String,
+}
+
+/// `POST /api/auth/refresh-token`: rotates the refresh token. An old token
+/// of a live session revokes that session and closes its sockets (4003).
+pub(super) async fn refresh(
+    State(app): State<Arc<App>>,
+    client: Client,
+    JsonBody(body): JsonBody<RefreshBody>,
+) -> ApiResult<Json<serde_json::Value>> {
+    if body.refresh_token.is_empty() || body.refresh_token.len() > MAX_REFRESH_TOKEN {
+        return Err(ApiError::invalid("refreshToken", "is not a refresh token"));
+    }
+    let next = new_refresh_token();
+    let now = courier_actors::now_ms();
+    let outcome = app
+        .store
+        .rotate_refresh(
+            &hash_refresh_token(&body.refresh_token),
+            &hash_refresh_token(&next),
+            now,
+            now.saturating_add(secs_ms(app.config.refresh_token_ttl_secs)),
+        )
+        .await?;
+    match outcome {
+        RefreshOutcome::Rotated(session) => {
+            app.realtime.audit.record(client.event(
+                Some(session.user_id),
+                "auth.refresh",
+                json!({"sessionId": session.id}),
+            ));
+            Ok(Json(token_answer(&app, session.user_id, session.id, next)?))
+        }
+        RefreshOutcome::Reused { session_id, user_id } => {
+            app.realtime.revoke_sessions(user_id, Some(vec![session_id]));
+            metrics::counter!(metric_names::AUTH_FAILURES, "reason" => "refresh_reuse").increment(1);
+            app.realtime.audit.record(client.event(
+                Some(user_id),
+                "auth.refresh_reuse",
+                json!({"sessionId": session_id, "revoked": true}),
+            ));
+            Err(ApiError::auth_failed(
+                "this refresh token was already used; the session is revoked",
+            ))
+        }
+        RefreshOutcome::Unknown => {
+            metrics::counter!(metric_names::AUTH_FAILURES, "reason" => "refresh").increment(1);
+            Err(ApiError::auth_failed("invalid or expired refresh token"))
+        }
+    }
+}
+
+/// `POST /api/auth/logout`: 204; the session's tokens stop working and its
+/// sockets close with 4003.
+pub(super) async fn logout(State(app): State<Arc<App>>, caller: Caller) -> ApiResult<StatusCode> {
+    let session = caller.identity.session_id;
+    app.store.revoke_session(session).await?;
+    app.realtime
+        .revoke_sessions(caller.identity.user_id, Some(vec![session]));
+    caller.audit(&app, "auth.logout", json!({"sessionId": session}));
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct ChangePasswordBody {
+    current_password: String,
+    new_password: String,
+}
+
+/// `POST /api/auth/change-password`: 204; every session of the user is
+/// revoked (this one too) and their sockets close with 4003. A wrong current
+/// password answers 403 and counts towards the lockout.
+pub(super) async fn change_password(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    JsonBody(body): JsonBody<ChangePasswordBody>,
+) -> ApiResult<StatusCode> {
+    validate::presented("currentPassword", &body.current_password)?;
+    validate::password(&app.config, "newPassword", &body.new_password, &caller.identity.username)?;
+    let user = app
+        .store
+        .get_user(caller.identity.user_id)
+        .await?
+        .ok_or_else(|| ApiError::auth_failed("session is no longer valid"))?;
+    let now = courier_actors::now_ms();
+    if user.locked_until.is_some_and(|t| t > now) {
+        app.passwords.burn().await;
+        return Err(ApiError::forbidden("the account is temporarily locked"));
+    }
+    if !app.passwords.verify(body.current_password, user.password_hash.clone()).await? {
+        let lock_until = now.saturating_add(minutes_ms(app.config.lockout_minutes));
+        let threshold = match app.config.lockout_threshold {
+            0 => u32::MAX,
+            n => n,
+        };
+        let after = app.store.record_login_failure(user.id, threshold, lock_until).await?;
+        caller.audit(
+            &app,
+            "auth.password_change_failed",
+            json!({"reason": "bad_password", "failures": after.failed_logins}),
+        );
+        if after.locked_until == Some(lock_until) {
+            caller.audit(
+                &app,
+                "auth.lockout",
+                json!({"userId": user.id, "failures": after.failed_logins, "lockedUntil": lock_until}),
+            );
+        }
+        return Err(ApiError::forbidden("currentPassword: is incorrect"));
+    }
+    let hash = app.passwords.hash(body.new_password).await?;
+    app.store
+        .update_user(
+            user.id,
+            UserPatch {
+                password_hash: Some(hash),
+                updated_at: now,
+                ..UserPatch::default()
+            },
+        )
+        .await?;
+    if user.failed_logins > 0 {
+        app.store.record_login_success(user.id).await?;
+    }
+    let revoked = app.store.revoke_user_sessions(user.id).await?;
+    app.realtime.revoke_sessions(user.id, None);
+    caller.audit(
+        &app,
+        "auth.password_change",
+        json!({"userId": user.id, "sessionsRevoked": revoked.len()}),
+    );
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn minutes_ms(minutes: u64) -> i64 {
+    i64::try_from(minutes.saturating_mul(60_000)).unwrap_or(i64::MAX)
+}
+
+fn secs_ms(secs: u64) -> i64 {
+    i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX)
+}

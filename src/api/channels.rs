@@ -1,0 +1,385 @@
+//! `/api/channels`: channel CRUD, membership and history pages.
+//!
+//! Every read goes through `Realtime::channel_access` (or `read_history`,
+//! which uses it), the same check the WebSocket path makes, so a private or
+//! direct channel stays closed to non-members here as there. Membership
+//! writes go through the persistence actor; removals and deletions are told
+//! to the channel's actor, which updates its joined connections.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use courier_actors::authz::{self, Action};
+use courier_actors::channel::ChannelMsg;
+use courier_actors::realtime::AccessError;
+use courier_actors::store::{Channel, ChannelKind, ChannelPatch, ChannelRole, Member, WriteOp};
+use courier_protocol::{ChannelId, UserId};
+use serde::{Deserialize, Deserializer};
+use serde_json::{json, Value};
+
+use super::error::{from_access, ApiError, ApiResult};
+use super::extract::{path_id, Caller, JsonBody, QueryParams};
+use super::{validate, views};
+use crate::http::App;
+
+/// `GET /api/channels`: `{channels}`, the ones the caller can see: public
+/// and broadcast channels and those they are a member of.
+pub(super) async fn list(State(app): State<Arc<App>>, caller: Caller) -> ApiResult<Json<Value>> {
+    let principal = caller.principal(&app);
+    let mut channels = Vec::new();
+    for channel in app.store.list_channels_for(caller.identity.user_id).await? {
+        let member = app.store.get_member(channel.id, caller.identity.user_id).await?;
+        let visible = authz::decide(
+            principal,
+            Action::ReadChannel {
+                channel: &channel,
+                member: member.as_ref(),
+            },
+        );
+        if visible.is_ok() {
+            channels.push(views::channel(&channel, member.as_ref()));
+        }
+    }
+    Ok(Json(json!({"channels": channels})))
+}
+
+#[derive(Deserialize)]
+pub(super) struct CreateBody {
+    name: String,
+    #[serde(default)]
+    description: Option<String>,
+    kind: ChannelKind,
+}
+
+/// `POST /api/channels`: 201 `{channel}`; the caller becomes its owner.
+pub(super) async fn create(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    JsonBody(body): JsonBody<CreateBody>,
+) -> ApiResult<Response> {
+    if body.kind == ChannelKind::Direct {
+        return Err(ApiError::invalid(
+            "kind",
+            "direct channels are opened with open_direct, not created",
+        ));
+    }
+    let name = validate::channel_name("name", &body.name)?;
+    let description = validate::description("description", body.description.as_deref())?;
+    caller.authorize(
+        &app,
+        Action::CreateChannel { kind: body.kind },
+        "channels.create",
+        json!({"kind": body.kind}),
+    )?;
+    let now = courier_actors::now_ms();
+    let channel = Channel {
+        id: ChannelId::new(),
+        name,
+        description,
+        kind: body.kind,
+        created_by: caller.identity.user_id,
+        created_at: now,
+        direct_key: None,
+    };
+    let owner = Member {
+        channel_id: channel.id,
+        user_id: caller.identity.user_id,
+        role: ChannelRole::Owner,
+        joined_at: now,
+        last_read_seq: 0,
+        last_delivered_seq: 0,
+    };
+    app.store.create_channel(channel.clone(), owner.clone()).await?;
+    caller.audit(
+        &app,
+        "channel.create",
+        json!({"channelId": channel.id, "kind": channel.kind}),
+    );
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"channel": views::channel(&channel, Some(&owner))})),
+    )
+        .into_response())
+}
+
+/// `GET /api/channels/{id}`: `{channel}` with `lastSeq`.
+pub(super) async fn get(State(app): State<Arc<App>>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let id: ChannelId = path_id("id", &id)?;
+    let (channel, member) = read_access(&app, &caller, id, "channels.get").await?;
+    let mut view = views::channel(&channel, member.as_ref());
+    view["lastSeq"] = json!(app.store.last_seq(id).await?);
+    Ok(Json(json!({"channel": view})))
+}
+
+#[derive(Deserialize)]
+pub(super) struct UpdateBody {
+    #[serde(default)]
+    name: Option<String>,
+    /// Absent: unchanged; `null` or `""`: removed.
+    #[serde(default, deserialize_with = "present")]
+    description: Option<Option<String>>,
+    #[serde(default)]
+    kind: Option<ChannelKind>,
+}
+
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(de: D) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(de).map(Some)
+}
+
+/// `PUT /api/channels/{id}`: `{channel}`. The kind cannot change.
+pub(super) async fn update(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<UpdateBody>,
+) -> ApiResult<Json<Value>> {
+    let id: ChannelId = path_id("id", &id)?;
+    let (channel, member) = manage_access(&app, &caller, id, "channels.update").await?;
+    if body.kind.is_some_and(|k| k != channel.kind) {
+        return Err(ApiError::invalid("kind", "cannot be changed"));
+    }
+    let name = body.name.as_deref().map(|n| validate::channel_name("name", n)).transpose()?;
+    let description = match &body.description {
+        Some(d) => Some(validate::description("description", d.as_deref())?),
+        None => None,
+    };
+    let updated = app
+        .store
+        .update_channel(id, ChannelPatch { name, description })
+        .await?;
+    caller.audit(&app, "channel.update", json!({"channelId": id}));
+    Ok(Json(json!({"channel": views::channel(&updated, member.as_ref())})))
+}
+
+/// `DELETE /api/channels/{id}`: 204; joined connections get
+/// `system_event` `channel_deleted`.
+pub(super) async fn delete(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let id: ChannelId = path_id("id", &id)?;
+    let (channel, _) = manage_access(&app, &caller, id, "channels.delete").await?;
+    app.store.delete_channel(id).await?;
+    app.realtime.notify_channel(id, ChannelMsg::Deleted);
+    caller.audit(
+        &app,
+        "channel.delete",
+        json!({"channelId": id, "kind": channel.kind}),
+    );
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /api/channels/{id}/members`: `{members}`.
+pub(super) async fn members(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let id: ChannelId = path_id("id", &id)?;
+    read_access(&app, &caller, id, "channels.members").await?;
+    let mut members = Vec::new();
+    for member in app.store.list_members(id).await? {
+        let username = app.store.get_user(member.user_id).await?.map(|u| u.username);
+        members.push(views::member(&member, username.as_deref()));
+    }
+    Ok(Json(json!({"members": members})))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct AddMemberBody {
+    user_id: UserId,
+    #[serde(default)]
+    role: Option<ChannelRole>,
+}
+
+/// `POST /api/channels/{id}/members`: 201 `{member}`; 409 when already one.
+pub(super) async fn add_member(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<AddMemberBody>,
+) -> ApiResult<Response> {
+    let id: ChannelId = path_id("id", &id)?;
+    let (channel, _) = manage_access(&app, &caller, id, "channels.member_add").await?;
+    fixed_membership(&channel)?;
+    let user = app
+        .store
+        .get_user(body.user_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("userId: no such user"))?;
+    if app.store.get_member(id, user.id).await?.is_some() {
+        return Err(ApiError::conflict("userId: already a member"));
+    }
+    let role = body.role.unwrap_or(ChannelRole::Member);
+    let member = Member {
+        channel_id: id,
+        user_id: user.id,
+        role,
+        joined_at: courier_actors::now_ms(),
+        last_read_seq: 0,
+        last_delivered_seq: 0,
+    };
+    write(&app, WriteOp::UpsertMember(member.clone())).await?;
+    caller.audit(
+        &app,
+        "channel.member_add",
+        json!({"channelId": id, "userId": user.id, "role": role}),
+    );
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"member": views::member(&member, Some(&user.username))})),
+    )
+        .into_response())
+}
+
+#[derive(Deserialize)]
+pub(super) struct RoleBody {
+    role: ChannelRole,
+}
+
+/// `PUT /api/channels/{id}/members/{userId}`: `{member}` with its new role.
+pub(super) async fn set_member_role(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path((id, user_id)): Path<(String, String)>,
+    JsonBody(body): JsonBody<RoleBody>,
+) -> ApiResult<Json<Value>> {
+    let id: ChannelId = path_id("id", &id)?;
+    let user_id: UserId = path_id("userId", &user_id)?;
+    let (channel, _) = manage_access(&app, &caller, id, "channels.member_role").await?;
+    fixed_membership(&channel)?;
+    let current = existing_member(&app, id, user_id).await?;
+    if current.role == ChannelRole::Owner && body.role != ChannelRole::Owner {
+        keeps_an_owner(&app, id, user_id).await?;
+    }
+    let member = Member {
+        role: body.role,
+        ..current
+    };
+    write(&app, WriteOp::UpsertMember(member.clone())).await?;
+    caller.audit(
+        &app,
+        "channel.member_role",
+        json!({"channelId": id, "userId": user_id, "role": body.role}),
+    );
+    let username = app.store.get_user(user_id).await?.map(|u| u.username);
+    Ok(Json(json!({"member": views::member(&member, username.as_deref())})))
+}
+
+/// `DELETE /api/channels/{id}/members/{userId}`: 204; the member's joined
+/// connections leave and the others get `system_event` `member_removed`.
+pub(super) async fn remove_member(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path((id, user_id)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    let id: ChannelId = path_id("id", &id)?;
+    let user_id: UserId = path_id("userId", &user_id)?;
+    let (channel, _) = manage_access(&app, &caller, id, "channels.member_remove").await?;
+    fixed_membership(&channel)?;
+    let current = existing_member(&app, id, user_id).await?;
+    if current.role == ChannelRole::Owner {
+        keeps_an_owner(&app, id, user_id).await?;
+    }
+    write(&app, WriteOp::RemoveMember { channel_id: id, user_id }).await?;
+    app.realtime
+        .notify_channel(id, ChannelMsg::MemberRemoved { user_id });
+    caller.audit(
+        &app,
+        "channel.member_remove",
+        json!({"channelId": id, "userId": user_id}),
+    );
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /api/channels/{id}/messages?beforeSeq=&limit=`: `{messages,
+/// hasMore}`, paged as `fetch_history` pages (ascending `seq`).
+pub(super) async fn messages(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    query: QueryParams,
+) -> ApiResult<Json<Value>> {
+    let id: ChannelId = path_id("id", &id)?;
+    let before = query.parse::<u64>("beforeSeq", "a positive integer")?;
+    if before == Some(0) {
+        return Err(ApiError::invalid("beforeSeq", "must be a positive integer"));
+    }
+    let limit = query.int_in("limit", 1, 100, 50)? as u32;
+    let (messages, has_more) = app
+        .realtime
+        .read_history(caller.principal(&app), id, before, limit)
+        .await
+        .map_err(|e| caller.access_error(&app, "channels.messages", json!({"channelId": id}), e))?;
+    Ok(Json(json!({"messages": messages, "hasMore": has_more})))
+}
+
+/// The channel and the caller's membership, when the caller may read it.
+async fn read_access(
+    app: &App,
+    caller: &Caller,
+    id: ChannelId,
+    op: &str,
+) -> ApiResult<(Channel, Option<Member>)> {
+    app.realtime
+        .channel_access(caller.principal(app), id, |c, m| Action::ReadChannel { channel: c, member: m })
+        .await
+        .map_err(|e| caller.access_error(app, op, json!({"channelId": id}), e))
+}
+
+/// The channel and the caller's membership, when the caller may manage it.
+async fn manage_access(
+    app: &App,
+    caller: &Caller,
+    id: ChannelId,
+    op: &str,
+) -> ApiResult<(Channel, Option<Member>)> {
+    app.realtime
+        .channel_access(caller.principal(app), id, |c, m| Action::ManageChannel { channel: c, member: m })
+        .await
+        .map_err(|e| caller.access_error(app, op, json!({"channelId": id}), e))
+}
+
+/// A direct channel's two members are fixed.
+fn fixed_membership(channel: &Channel) -> ApiResult<()> {
+    if channel.kind == ChannelKind::Direct {
+        return Err(ApiError::conflict("a direct channel's members cannot change"));
+    }
+    Ok(())
+}
+
+async fn existing_member(app: &App, channel: ChannelId, user: UserId) -> ApiResult<Member> {
+    app.store
+        .get_member(channel, user)
+        .await?
+        .ok_or_else(|| ApiError::not_found("not a member of this channel"))
+}
+
+/// Refuses to leave a channel without an owner.
+async fn keeps_an_owner(app: &App, channel: ChannelId, leaving: UserId) -> ApiResult<()> {
+    let others = app
+        .store
+        .list_members(channel)
+        .await?
+        .iter()
+        .any(|m| m.role == ChannelRole::Owner && m.user_id != leaving);
+    if others {
+        Ok(())
+    } else {
+        Err(ApiError::conflict("a channel keeps at least one owner"))
+    }
+}
+
+async fn write(app: &App, op: WriteOp) -> ApiResult<()> {
+    app.realtime
+        .persistence
+        .write(op)
+        .await
+        .map(|_| ())
+        .map_err(|e| from_access(AccessError::from(e)))
+}

@@ -1,0 +1,188 @@
+//! REST errors: `{"error": {"code", "message"}}` with a fitting status.
+//!
+//! Validation errors add `field` (the JSON name of the offending field, also
+//! the first word of the message); rate-limit errors add `retryAfterMs` and
+//! the `Retry-After` header. Internal details never reach the body: they are
+//! logged.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use courier_actors::channel::ChannelError;
+use courier_actors::realtime::AccessError;
+use courier_actors::store::StoreError;
+use courier_protocol::ErrorCode;
+
+use crate::auth::passwords::PasswordError;
+use crate::rate_limit::retry_after_secs;
+
+/// A REST error response.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: ErrorCode,
+    pub message: Cow<'static, str>,
+    /// The request field at fault (validation errors).
+    pub field: Option<Cow<'static, str>>,
+    /// When the client may retry (429).
+    pub retry_after: Option<Duration>,
+}
+
+/// A handler's result.
+pub type ApiResult<T> = Result<T, ApiError>;
+
+impl ApiError {
+    /// Any status and code.
+    pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+            retry_after: None,
+        }
+    }
+
+    /// 400: a field is missing, malformed or fails a rule. The message is
+    /// `"<field>: <why>"`.
+    pub fn invalid(field: impl Into<Cow<'static, str>>, why: impl std::fmt::Display) -> Self {
+        let field = field.into();
+        let mut e = Self::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidFrame,
+            format!("{field}: {why}"),
+        );
+        e.field = Some(field);
+        e
+    }
+
+    /// 400 without a single field at fault (malformed JSON, say).
+    pub fn bad_request(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidFrame, message)
+    }
+
+    /// 401: no credentials.
+    pub fn unauthenticated() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::Unauthenticated,
+            "an Authorization: Bearer token is required",
+        )
+    }
+
+    /// 401: credentials given and refused.
+    pub fn auth_failed(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, ErrorCode::AuthFailed, message)
+    }
+
+    /// 403.
+    pub fn forbidden(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, ErrorCode::Forbidden, message)
+    }
+
+    /// 404.
+    pub fn not_found(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, message)
+    }
+
+    /// 409.
+    pub fn conflict(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(StatusCode::CONFLICT, ErrorCode::Conflict, message)
+    }
+
+    /// 413.
+    pub fn too_large(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::TooLarge, message)
+    }
+
+    /// 429 with `Retry-After`.
+    pub fn rate_limited(wait: Duration) -> Self {
+        let mut e = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::RateLimited,
+            "rate limit exceeded; retry later",
+        );
+        e.retry_after = Some(wait);
+        e
+    }
+
+    /// 503.
+    pub fn unavailable() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            "the service is temporarily unavailable; retry",
+        )
+    }
+
+    /// 500; `detail` is logged, not sent.
+    pub fn internal(detail: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %detail, "internal error in a REST handler");
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal, "internal error")
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut error = serde_json::json!({"code": self.code, "message": self.message});
+        if let Some(field) = &self.field {
+            error["field"] = serde_json::json!(field);
+        }
+        if let Some(wait) = self.retry_after {
+            error["retryAfterMs"] = serde_json::json!(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX));
+        }
+        let mut response = (self.status, axum::Json(serde_json::json!({"error": error}))).into_response();
+        if let Some(wait) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs(wait)));
+        }
+        response
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound => ApiError::not_found("not found"),
+            StoreError::Conflict(_) => ApiError::conflict("conflicts with an existing record"),
+            StoreError::Unavailable(why) => {
+                tracing::warn!(error = %why, "store unavailable");
+                ApiError::unavailable()
+            }
+            StoreError::Corrupt(_) | StoreError::Database(_) => ApiError::internal(e),
+        }
+    }
+}
+
+impl From<PasswordError> for ApiError {
+    fn from(e: PasswordError) -> Self {
+        ApiError::internal(e)
+    }
+}
+
+impl From<ChannelError> for ApiError {
+    fn from(e: ChannelError) -> Self {
+        match e {
+            ChannelError::Forbidden(why) => ApiError::forbidden(why),
+            ChannelError::NotFound(why) => ApiError::not_found(why),
+            ChannelError::Unavailable => ApiError::unavailable(),
+            ChannelError::Internal(why) => ApiError::internal(why),
+        }
+    }
+}
+
+/// An [`AccessError`] other than a denial (denials are audited first; see
+/// `Caller::access_error`).
+pub(crate) fn from_access(e: AccessError) -> ApiError {
+    match e {
+        AccessError::NotFound(why) => ApiError::not_found(why),
+        AccessError::Denied(d) => ApiError::forbidden(d.0),
+        AccessError::Invalid(why) => ApiError::bad_request(why),
+        AccessError::Conflict(why) => ApiError::conflict(why),
+        AccessError::Unavailable => ApiError::unavailable(),
+        AccessError::Internal => ApiError::internal("access check failed"),
+    }
+}

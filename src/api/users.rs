@@ -1,0 +1,264 @@
+//! `/api/users`: user management (admins), a user's permissions, sessions
+//! and session termination.
+//!
+//! Changing or deleting an account of role R needs the right to grant R
+//! (`Action::GrantRole`): an admin cannot touch a super admin. Any change of
+//! role or password, and deletion, revokes the account's sessions and closes
+//! its sockets (4003).
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use courier_actors::authz::Action;
+use courier_actors::store::{NewUser, Role, StoreError, User, UserPatch};
+use courier_protocol::UserId;
+use serde::{Deserialize, Deserializer};
+use serde_json::{json, Value};
+
+use super::error::{ApiError, ApiResult};
+use super::extract::{path_id, Caller, JsonBody, QueryParams};
+use super::{validate, views};
+use crate::http::App;
+
+/// `GET /api/users?search=&limit=&offset=`: `{users, limit, offset, hasMore}`.
+pub(super) async fn list(State(app): State<Arc<App>>, caller: Caller, query: QueryParams) -> ApiResult<Json<Value>> {
+    caller.authorize(&app, Action::ReadUsers, "users.list", json!({}))?;
+    let search = query.text("search", 64)?;
+    let limit = query.int_in("limit", 1, 100, 50)? as u32;
+    let offset = query.int_in("offset", 0, 1_000_000, 0)? as u32;
+    let mut users = app.store.list_users(search.as_deref(), limit + 1, offset).await?;
+    let has_more = users.len() > limit as usize;
+    users.truncate(limit as usize);
+    Ok(Json(json!({
+        "users": users.iter().map(views::user).collect::<Vec<_>>(),
+        "limit": limit,
+        "offset": offset,
+        "hasMore": has_more,
+    })))
+}
+
+#[derive(Deserialize)]
+pub(super) struct CreateBody {
+    username: String,
+    password: String,
+    #[serde(default)]
+    email: Option<String>,
+    #[serde(default)]
+    role: Option<Role>,
+}
+
+/// `POST /api/users`: 201 `{user}`.
+pub(super) async fn create(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    JsonBody(body): JsonBody<CreateBody>,
+) -> ApiResult<Response> {
+    let role = body.role.unwrap_or(Role::User);
+    caller.authorize(&app, Action::ManageUsers, "users.create", json!({}))?;
+    caller.authorize(&app, Action::GrantRole { role }, "users.create", json!({"role": role}))?;
+    validate::username("username", &body.username)?;
+    validate::password(&app.config, "password", &body.password, &body.username)?;
+    let email = validate::email("email", body.email.as_deref())?;
+    if app.store.get_user_by_username(&body.username).await?.is_some() {
+        return Err(ApiError::conflict("username: already taken"));
+    }
+    let hash = app.passwords.hash(body.password).await?;
+    let user = app
+        .store
+        .create_user(NewUser {
+            id: UserId::new(),
+            username: body.username,
+            email,
+            password_hash: hash,
+            role,
+            created_at: courier_actors::now_ms(),
+        })
+        .await
+        .map_err(|e| match e {
+            StoreError::Conflict(_) => ApiError::conflict("username: already taken"),
+            e => e.into(),
+        })?;
+    caller.audit(
+        &app,
+        "user.create",
+        json!({"userId": user.id, "username": user.username, "role": role}),
+    );
+    Ok((StatusCode::CREATED, Json(json!({"user": views::user(&user)}))).into_response())
+}
+
+/// `GET /api/users/{id}`: `{user}`; anyone may read themselves.
+pub(super) async fn get(State(app): State<Arc<App>>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let id: UserId = path_id("id", &id)?;
+    caller.authorize(&app, Action::ReadUser { target: id }, "users.get", json!({"userId": id}))?;
+    let user = find(&app, id).await?;
+    Ok(Json(json!({"user": views::user(&user)})))
+}
+
+#[derive(Deserialize)]
+pub(super) struct UpdateBody {
+    /// Absent: unchanged; `null` or `""`: removed.
+    #[serde(default, deserialize_with = "present")]
+    email: Option<Option<String>>,
+    #[serde(default)]
+    role: Option<Role>,
+    /// A new password set by an administrator.
+    #[serde(default)]
+    password: Option<String>,
+}
+
+/// Tells an absent field (`None`) from a `null` one (`Some(None)`).
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(de: D) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(de).map(Some)
+}
+
+/// `PUT /api/users/{id}`: `{user}`.
+pub(super) async fn update(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<UpdateBody>,
+) -> ApiResult<Json<Value>> {
+    let id: UserId = path_id("id", &id)?;
+    let details = json!({"userId": id});
+    caller.authorize(&app, Action::ManageUsers, "users.update", details.clone())?;
+    let target = find(&app, id).await?;
+    caller.authorize(&app, Action::GrantRole { role: target.role }, "users.update", details.clone())?;
+    if let Some(role) = body.role {
+        caller.authorize(&app, Action::GrantRole { role }, "users.update", json!({"userId": id, "role": role}))?;
+    }
+    let email = match &body.email {
+        Some(value) => Some(validate::email("email", value.as_deref())?),
+        None => None,
+    };
+    let password_hash = match body.password {
+        Some(password) => {
+            validate::password(&app.config, "password", &password, &target.username)?;
+            Some(app.passwords.hash(password).await?)
+        }
+        None => None,
+    };
+    let role_changed = body.role.is_some_and(|r| r != target.role);
+    let password_changed = password_hash.is_some();
+    let user = app
+        .store
+        .update_user(
+            id,
+            UserPatch {
+                email,
+                role: body.role,
+                password_hash,
+                updated_at: courier_actors::now_ms(),
+            },
+        )
+        .await?;
+    let revoked = if role_changed || password_changed {
+        let revoked = app.store.revoke_user_sessions(id).await?;
+        app.realtime.revoke_sessions(id, None);
+        revoked.len()
+    } else {
+        0
+    };
+    caller.audit(
+        &app,
+        "user.update",
+        json!({
+            "userId": id,
+            "emailChanged": body.email.is_some(),
+            "role": body.role,
+            "passwordChanged": password_changed,
+            "sessionsRevoked": revoked,
+        }),
+    );
+    Ok(Json(json!({"user": views::user(&user)})))
+}
+
+/// `DELETE /api/users/{id}`: 204; the account's sockets close with 4003.
+pub(super) async fn delete(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let id: UserId = path_id("id", &id)?;
+    let details = json!({"userId": id});
+    caller.authorize(&app, Action::ManageUsers, "users.delete", details.clone())?;
+    let target = find(&app, id).await?;
+    caller.authorize(&app, Action::GrantRole { role: target.role }, "users.delete", details)?;
+    if id == caller.identity.user_id {
+        return Err(ApiError::conflict("cannot delete your own account"));
+    }
+    app.store.delete_user(id).await?;
+    app.realtime.revoke_sessions(id, None);
+    caller.audit(&app, "user.delete", json!({"userId": id, "username": target.username}));
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /api/users/{id}/permissions`: `{userId, role, permissions}`.
+pub(super) async fn permissions(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let id: UserId = path_id("id", &id)?;
+    caller.authorize(&app, Action::ReadUser { target: id }, "users.permissions", json!({"userId": id}))?;
+    let user = find(&app, id).await?;
+    Ok(Json(views::permissions(id, user.role, app.realtime.permissions.of(user.role))))
+}
+
+/// `GET /api/users/{id}/sessions?all=`: `{sessions}`, the live ones unless
+/// `all=true`.
+pub(super) async fn sessions(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    query: QueryParams,
+) -> ApiResult<Json<Value>> {
+    let id: UserId = path_id("id", &id)?;
+    caller.authorize(&app, Action::ManageSessions { target: id }, "users.sessions", json!({"userId": id}))?;
+    let all = query.parse::<bool>("all", "true or false")?.unwrap_or(false);
+    find(&app, id).await?;
+    let now = courier_actors::now_ms();
+    let sessions: Vec<Value> = app
+        .store
+        .list_sessions(id)
+        .await?
+        .iter()
+        .filter(|s| all || (s.valid && s.expires_at > now))
+        .map(|s| views::session(s, caller.identity.session_id))
+        .collect();
+    Ok(Json(json!({"sessions": sessions})))
+}
+
+/// `POST /api/users/{id}/terminate-sessions`: `{revoked}`; every session of
+/// the user ends and their sockets close with 4003.
+pub(super) async fn terminate_sessions(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let id: UserId = path_id("id", &id)?;
+    caller.authorize(
+        &app,
+        Action::ManageSessions { target: id },
+        "users.terminate_sessions",
+        json!({"userId": id}),
+    )?;
+    find(&app, id).await?;
+    let revoked = app.store.revoke_user_sessions(id).await?;
+    app.realtime.revoke_sessions(id, None);
+    caller.audit(
+        &app,
+        "sessions.terminate",
+        json!({"userId": id, "sessionIds": revoked}),
+    );
+    Ok(Json(json!({"revoked": revoked.len()})))
+}
+
+async fn find(app: &App, id: UserId) -> ApiResult<User> {
+    app.store
+        .get_user(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such user"))
+}

@@ -136,41 +136,41 @@ pub async fn keys_rotate(config: &Config) -> Result<u32, CommandError> {
         }
         n
     };
+    let mut done = reencrypt_all(&*store, &cipher, active, total).await?;
+    // A running server picks the new keyring file up within two seconds;
+    // until then it may still write under the old version. Sweep once more
+    // after that window so that nothing is left behind.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    done += reencrypt_all(&*store, &cipher, active, total).await?;
+    println!("re-encrypted {done} messages");
+    println!("rotation complete: every message uses key version {active}");
+    Ok(active)
+}
+
+/// Re-encrypts every message not on `active`, in batches, with progress.
+async fn reencrypt_all(
+    store: &dyn courier_actors::store::Store,
+    cipher: &MessageCipher,
+    active: u32,
+    total: u64,
+) -> Result<u64, CommandError> {
     let mut done = 0u64;
     loop {
         let batch = store.messages_not_on_key(active, 500).await?;
         if batch.is_empty() {
-            break;
+            return Ok(done);
         }
         let mut rows = Vec::with_capacity(batch.len());
         for m in &batch {
-            if m.ciphertext.is_empty() {
-                // A tombstone (a duplicate's seq placeholder): nothing to
-                // decrypt, only the label moves to the active version.
-                rows.push(courier_actors::store::Reencrypted {
-                    id: m.id,
-                    ciphertext: Vec::new(),
-                    nonce: Vec::new(),
-                    key_version: active,
-                });
-                continue;
-            }
-            match cipher.reencrypt(m) {
-                Ok(row) => rows.push(row),
-                Err(e) => {
-                    return Err(CommandError::Invalid(format!(
-                        "message {} cannot be decrypted ({e}); rotation stopped",
-                        m.id
-                    )))
-                }
-            }
+            let row = cipher.reencrypt(m).map_err(|e| {
+                CommandError::Invalid(format!("message {} cannot be decrypted ({e}); rotation stopped", m.id))
+            })?;
+            rows.push(row);
         }
         store.store_reencrypted(&rows).await?;
         done += rows.len() as u64;
         println!("re-encrypted {done}/{total}");
     }
-    println!("rotation complete: every message uses key version {active}");
-    Ok(active)
 }
 
 /// `courier keys retire --version N`: removes a version from the keyring

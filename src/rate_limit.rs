@@ -75,7 +75,9 @@ pub fn ip_key(ip: &str) -> String {
             let s = v6.segments();
             format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
         }
-        Ok(IpAddr::V6(v6)) => v6.to_ipv4_mapped().map_or_else(|| ip.to_owned(), |v4| v4.to_string()),
+        Ok(IpAddr::V6(v6)) => v6
+            .to_ipv4_mapped()
+            .map_or_else(|| ip.to_owned(), |v4| v4.to_string()),
         _ => ip.to_owned(),
     }
 }
@@ -96,7 +98,10 @@ mod tests {
             assert!(limit.check(&"a").is_ok());
         }
         let wait = limit.check(&"a").expect_err("over the limit");
-        assert!(wait > Duration::from_secs(200) && wait <= Duration::from_secs(300), "{wait:?}");
+        assert!(
+            wait > Duration::from_secs(200) && wait <= Duration::from_secs(300),
+            "{wait:?}"
+        );
         assert!(limit.check(&"b").is_ok(), "keys are independent");
     }
 
@@ -110,7 +115,10 @@ mod tests {
 
     #[test]
     fn ipv6_clients_share_their_64() {
-        assert_eq!(ip_key("2001:db8:1:2:3:4:5:6"), ip_key("2001:db8:1:2:ffff::1"));
+        assert_eq!(
+            ip_key("2001:db8:1:2:3:4:5:6"),
+            ip_key("2001:db8:1:2:ffff::1")
+        );
         assert_ne!(ip_key("2001:db8:1:2::1"), ip_key("2001:db8:1:3::1"));
         assert_eq!(ip_key("::ffff:10.0.0.1"), "10.0.0.1");
         assert_eq!(ip_key("127.0.0.1"), "127.0.0.1");

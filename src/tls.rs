@@ -33,10 +33,7 @@ const MAX_HANDSHAKES: usize = 1024;
 pub enum TlsError {
     /// A file could not be read.
     #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: io::Error,
-    },
+    Read { path: String, source: io::Error },
     /// A file holds no usable PEM item.
     #[error("{path}: {problem}")]
     Pem { path: String, problem: String },
@@ -67,7 +64,8 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsEr
         return Err(pem_error(cert, "no certificate found".into()));
     }
     let key_pem = read(key)?;
-    let key_der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| pem_error(key, e.to_string()))?;
+    let key_der =
+        PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| pem_error(key, e.to_string()))?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?

@@ -3,9 +3,9 @@
 //! log, the per-user rate limit and the OpenAPI description. Scenarios run
 //! on SQLite and PostgreSQL.
 
-mod support;
 #[path = "support/rest.rs"]
 mod rest;
+mod support;
 
 use std::time::Duration;
 
@@ -51,31 +51,53 @@ fn ids(body: &Value, key: &str) -> Vec<String> {
 }
 
 async fn users_are_managed_by_admins(backend: Backend) {
-    let Some(api) = Rest::start(backend).await else { return };
+    let Some(api) = Rest::start(backend).await else {
+        return;
+    };
     let root = api.root().await;
     let admin = api.user(&root, "admin1", "admin").await;
     let plain = api.user(&admin, "plain", "user").await;
 
     // Create: validation, conflicts, who may grant what.
     let bad = api
-        .post("/api/users", &admin.token, json!({"username": "x y", "password": PASSWORD}))
+        .post(
+            "/api/users",
+            &admin.token,
+            json!({"username": "x y", "password": PASSWORD}),
+        )
         .await
         .expect_error(400, "invalid_frame");
     assert_eq!(bad.field(), "username");
     let bad = api
-        .post("/api/users", &admin.token, json!({"username": "xy1", "password": PASSWORD, "role": "god"}))
+        .post(
+            "/api/users",
+            &admin.token,
+            json!({"username": "xy1", "password": PASSWORD, "role": "god"}),
+        )
         .await
         .expect_error(400, "invalid_frame");
     assert_eq!(bad.field(), "role");
-    api.post("/api/users", &admin.token, json!({"username": "PLAIN", "password": PASSWORD}))
-        .await
-        .expect_error(409, "conflict");
-    api.post("/api/users", &plain.token, json!({"username": "sneaky", "password": PASSWORD}))
-        .await
-        .expect_error(403, "forbidden");
-    api.post("/api/users", &admin.token, json!({"username": "boss", "password": PASSWORD, "role": "super_admin"}))
-        .await
-        .expect_error(403, "forbidden");
+    api.post(
+        "/api/users",
+        &admin.token,
+        json!({"username": "PLAIN", "password": PASSWORD}),
+    )
+    .await
+    .expect_error(409, "conflict");
+    api.post(
+        "/api/users",
+        &plain.token,
+        json!({"username": "sneaky", "password": PASSWORD}),
+    )
+    .await
+    .expect_error(403, "forbidden");
+    api.post(
+        "/api/users",
+        &admin.token,
+        json!({"username": "boss", "password": PASSWORD, "role": "super_admin"}),
+    )
+    .await
+    .expect_error(403, "forbidden");
     let created = api
         .post("/api/users", &root.token, json!({"username": "mod1", "password": PASSWORD, "role": "moderator", "email": "m@example.org"}))
         .await
@@ -83,24 +105,43 @@ async fn users_are_managed_by_admins(backend: Backend) {
     let mod_id = created.body["user"]["id"].as_str().expect("id").to_owned();
 
     // List: paging, search, permission.
-    let page = api.get("/api/users?limit=2", &admin.token).await.expect(200);
+    let page = api
+        .get("/api/users?limit=2", &admin.token)
+        .await
+        .expect(200);
     assert_eq!(page.body["users"].as_array().expect("users").len(), 2);
     assert_eq!(page.body["hasMore"], true);
-    let page = api.get("/api/users?limit=2&offset=2", &admin.token).await.expect(200);
+    let page = api
+        .get("/api/users?limit=2&offset=2", &admin.token)
+        .await
+        .expect(200);
     assert_eq!(page.body["users"].as_array().expect("users").len(), 2);
     assert_eq!(page.body["hasMore"], false);
-    let found = api.get("/api/users?search=MOD", &admin.token).await.expect(200);
+    let found = api
+        .get("/api/users?search=MOD", &admin.token)
+        .await
+        .expect(200);
     assert_eq!(ids(&found.body, "users"), vec![mod_id.clone()]);
-    let bad = api.get("/api/users?limit=0", &admin.token).await.expect_error(400, "invalid_frame");
+    let bad = api
+        .get("/api/users?limit=0", &admin.token)
+        .await
+        .expect_error(400, "invalid_frame");
     assert_eq!(bad.field(), "limit");
-    api.get("/api/users?limit=many", &admin.token).await.expect_error(400, "invalid_frame");
-    api.get("/api/users", &plain.token).await.expect_error(403, "forbidden");
+    api.get("/api/users?limit=many", &admin.token)
+        .await
+        .expect_error(400, "invalid_frame");
+    api.get("/api/users", &plain.token)
+        .await
+        .expect_error(403, "forbidden");
     // A moderator has users.read.
     let moderator = api.login("mod1", PASSWORD).await;
     api.get("/api/users", &moderator.token).await.expect(200);
 
     // Read: yourself, or with users.read.
-    let me = api.get(&format!("/api/users/{}", plain.user_id), &plain.token).await.expect(200);
+    let me = api
+        .get(&format!("/api/users/{}", plain.user_id), &plain.token)
+        .await
+        .expect(200);
     assert_eq!(me.body["user"]["username"], "plain");
     api.get(&format!("/api/users/{}", admin.user_id), &plain.token)
         .await
@@ -108,58 +149,109 @@ async fn users_are_managed_by_admins(backend: Backend) {
     api.get(&format!("/api/users/{}", UserId::new()), &admin.token)
         .await
         .expect_error(404, "not_found");
-    let bad = api.get("/api/users/not-a-uuid", &admin.token).await.expect_error(400, "invalid_frame");
+    let bad = api
+        .get("/api/users/not-a-uuid", &admin.token)
+        .await
+        .expect_error(400, "invalid_frame");
     assert_eq!(bad.field(), "id");
 
     // Permissions.
     let perms = api
-        .get(&format!("/api/users/{}/permissions", plain.user_id), &plain.token)
+        .get(
+            &format!("/api/users/{}/permissions", plain.user_id),
+            &plain.token,
+        )
         .await
         .expect(200);
     assert_eq!(perms.body["role"], "user");
-    assert_eq!(perms.body["permissions"], json!(["channels.create_private"]));
-    let perms = api.get(&format!("/api/users/{mod_id}/permissions"), &admin.token).await.expect(200);
-    assert!(perms.body["permissions"].as_array().expect("list").contains(&json!("messages.moderate")));
-    api.get(&format!("/api/users/{}/permissions", root.user_id), &plain.token)
+    assert_eq!(
+        perms.body["permissions"],
+        json!(["channels.create_private"])
+    );
+    let perms = api
+        .get(&format!("/api/users/{mod_id}/permissions"), &admin.token)
         .await
-        .expect_error(403, "forbidden");
-    api.get(&format!("/api/users/{}/permissions", UserId::new()), &admin.token)
-        .await
-        .expect_error(404, "not_found");
+        .expect(200);
+    assert!(perms.body["permissions"]
+        .as_array()
+        .expect("list")
+        .contains(&json!("messages.moderate")));
+    api.get(
+        &format!("/api/users/{}/permissions", root.user_id),
+        &plain.token,
+    )
+    .await
+    .expect_error(403, "forbidden");
+    api.get(
+        &format!("/api/users/{}/permissions", UserId::new()),
+        &admin.token,
+    )
+    .await
+    .expect_error(404, "not_found");
 
     // Update: email alone keeps sessions; a role change ends them.
     let updated = api
-        .put(&format!("/api/users/{}", plain.user_id), &admin.token, json!({"email": "p@example.org"}))
+        .put(
+            &format!("/api/users/{}", plain.user_id),
+            &admin.token,
+            json!({"email": "p@example.org"}),
+        )
         .await
         .expect(200);
     assert_eq!(updated.body["user"]["email"], "p@example.org");
     api.get("/api/channels", &plain.token).await.expect(200);
     let bad = api
-        .put(&format!("/api/users/{}", plain.user_id), &admin.token, json!({"email": "nope"}))
+        .put(
+            &format!("/api/users/{}", plain.user_id),
+            &admin.token,
+            json!({"email": "nope"}),
+        )
         .await
         .expect_error(400, "invalid_frame");
     assert_eq!(bad.field(), "email");
     let bad = api
-        .put(&format!("/api/users/{}", plain.user_id), &admin.token, json!({"password": "short"}))
+        .put(
+            &format!("/api/users/{}", plain.user_id),
+            &admin.token,
+            json!({"password": "short"}),
+        )
         .await
         .expect_error(400, "invalid_frame");
     assert_eq!(bad.field(), "password");
-    api.put(&format!("/api/users/{}", plain.user_id), &plain.token, json!({"role": "admin"}))
-        .await
-        .expect_error(403, "forbidden");
-    api.put(&format!("/api/users/{}", root.user_id), &admin.token, json!({"email": "r@example.org"}))
-        .await
-        .expect_error(403, "forbidden");
-    api.put(&format!("/api/users/{}", UserId::new()), &admin.token, json!({"email": null}))
-        .await
-        .expect_error(404, "not_found");
+    api.put(
+        &format!("/api/users/{}", plain.user_id),
+        &plain.token,
+        json!({"role": "admin"}),
+    )
+    .await
+    .expect_error(403, "forbidden");
+    api.put(
+        &format!("/api/users/{}", root.user_id),
+        &admin.token,
+        json!({"email": "r@example.org"}),
+    )
+    .await
+    .expect_error(403, "forbidden");
+    api.put(
+        &format!("/api/users/{}", UserId::new()),
+        &admin.token,
+        json!({"email": null}),
+    )
+    .await
+    .expect_error(404, "not_found");
     let promoted = api
-        .put(&format!("/api/users/{}", plain.user_id), &admin.token, json!({"role": "moderator", "email": null}))
+        .put(
+            &format!("/api/users/{}", plain.user_id),
+            &admin.token,
+            json!({"role": "moderator", "email": null}),
+        )
         .await
         .expect(200);
     assert_eq!(promoted.body["user"]["role"], "moderator");
     assert_eq!(promoted.body["user"]["email"], Value::Null);
-    api.get("/api/channels", &plain.token).await.expect_error(401, "auth_failed");
+    api.get("/api/channels", &plain.token)
+        .await
+        .expect_error(401, "auth_failed");
 
     // Delete.
     api.delete(&format!("/api/users/{}", admin.user_id), &admin.token)
@@ -172,11 +264,15 @@ async fn users_are_managed_by_admins(backend: Backend) {
         .await
         .expect_error(401, "auth_failed");
     let victim = api.login("mod1", PASSWORD).await;
-    api.delete(&format!("/api/users/{mod_id}"), &admin.token).await.expect(204);
+    api.delete(&format!("/api/users/{mod_id}"), &admin.token)
+        .await
+        .expect(204);
     api.get(&format!("/api/users/{mod_id}"), &admin.token)
         .await
         .expect_error(404, "not_found");
-    api.get("/api/channels", &victim.token).await.expect_error(401, "auth_failed");
+    api.get("/api/channels", &victim.token)
+        .await
+        .expect_error(401, "auth_failed");
     api.delete(&format!("/api/users/{mod_id}"), &admin.token)
         .await
         .expect_error(404, "not_found");
@@ -188,38 +284,79 @@ async fn users_are_managed_by_admins(backend: Backend) {
 }
 
 async fn sessions_are_listed_and_terminated(backend: Backend) {
-    let Some(api) = Rest::start(backend).await else { return };
+    let Some(api) = Rest::start(backend).await else {
+        return;
+    };
     let root = api.root().await;
     let alice = api.user(&root, "alice", "user").await;
     let alice2 = api.login("alice", PASSWORD).await;
     let bob = api.user(&root, "bob", "user").await;
 
-    let mine = api.get(&format!("/api/users/{}/sessions", alice.user_id), &alice.token).await.expect(200);
+    let mine = api
+        .get(
+            &format!("/api/users/{}/sessions", alice.user_id),
+            &alice.token,
+        )
+        .await
+        .expect(200);
     let sessions = mine.body["sessions"].as_array().expect("sessions");
     assert_eq!(sessions.len(), 2);
     assert_eq!(sessions.iter().filter(|s| s["current"] == true).count(), 1);
-    assert!(sessions.iter().all(|s| s["userAgent"] == rest::USER_AGENT && s["ip"] == "127.0.0.1"));
-    assert!(!mine.body.to_string().contains(&alice.refresh), "no refresh tokens");
-    api.get(&format!("/api/users/{}/sessions", alice.user_id), &bob.token)
-        .await
-        .expect_error(403, "forbidden");
-    api.get(&format!("/api/users/{}/sessions", UserId::new()), &root.token)
-        .await
-        .expect_error(404, "not_found");
-    api.get(&format!("/api/users/{}/sessions?all=maybe", alice.user_id), &root.token)
-        .await
-        .expect_error(400, "invalid_frame");
+    assert!(sessions
+        .iter()
+        .all(|s| s["userAgent"] == rest::USER_AGENT && s["ip"] == "127.0.0.1"));
+    assert!(
+        !mine.body.to_string().contains(&alice.refresh),
+        "no refresh tokens"
+    );
+    api.get(
+        &format!("/api/users/{}/sessions", alice.user_id),
+        &bob.token,
+    )
+    .await
+    .expect_error(403, "forbidden");
+    api.get(
+        &format!("/api/users/{}/sessions", UserId::new()),
+        &root.token,
+    )
+    .await
+    .expect_error(404, "not_found");
+    api.get(
+        &format!("/api/users/{}/sessions?all=maybe", alice.user_id),
+        &root.token,
+    )
+    .await
+    .expect_error(400, "invalid_frame");
 
-    let mut socket = Client::connect(&api.server.ws_url()).await.expect("connect");
-    assert!(socket.authenticate(&alice2.token).await.expect("answer").result.is_ok());
-    api.post(&format!("/api/users/{}/terminate-sessions", alice.user_id), &bob.token, json!({}))
+    let mut socket = Client::connect(&api.server.ws_url())
         .await
-        .expect_error(403, "forbidden");
-    api.post(&format!("/api/users/{}/terminate-sessions", UserId::new()), &root.token, json!({}))
+        .expect("connect");
+    assert!(socket
+        .authenticate(&alice2.token)
         .await
-        .expect_error(404, "not_found");
+        .expect("answer")
+        .result
+        .is_ok());
+    api.post(
+        &format!("/api/users/{}/terminate-sessions", alice.user_id),
+        &bob.token,
+        json!({}),
+    )
+    .await
+    .expect_error(403, "forbidden");
+    api.post(
+        &format!("/api/users/{}/terminate-sessions", UserId::new()),
+        &root.token,
+        json!({}),
+    )
+    .await
+    .expect_error(404, "not_found");
     let ended = api
-        .post(&format!("/api/users/{}/terminate-sessions", alice.user_id), &root.token, json!({}))
+        .post(
+            &format!("/api/users/{}/terminate-sessions", alice.user_id),
+            &root.token,
+            json!({}),
+        )
         .await
         .expect(200);
     assert_eq!(ended.body["revoked"], 2);
@@ -227,25 +364,44 @@ async fn sessions_are_listed_and_terminated(backend: Backend) {
         socket.wait_closed(T).await.expect("closed"),
         Some(courier_protocol::error::close::SESSION_REVOKED)
     );
-    api.get("/api/channels", &alice.token).await.expect_error(401, "auth_failed");
-    api.get("/api/channels", &alice2.token).await.expect_error(401, "auth_failed");
+    api.get("/api/channels", &alice.token)
+        .await
+        .expect_error(401, "auth_failed");
+    api.get("/api/channels", &alice2.token)
+        .await
+        .expect_error(401, "auth_failed");
     let all = api
-        .get(&format!("/api/users/{}/sessions?all=true", alice.user_id), &root.token)
+        .get(
+            &format!("/api/users/{}/sessions?all=true", alice.user_id),
+            &root.token,
+        )
         .await
         .expect(200);
-    assert!(all.body["sessions"].as_array().expect("sessions").iter().all(|s| s["valid"] == false));
+    assert!(all.body["sessions"]
+        .as_array()
+        .expect("sessions")
+        .iter()
+        .all(|s| s["valid"] == false));
     // Users may end their own sessions.
     let again = api.login("alice", PASSWORD).await;
-    api.post(&format!("/api/users/{}/terminate-sessions", again.user_id), &again.token, json!({}))
+    api.post(
+        &format!("/api/users/{}/terminate-sessions", again.user_id),
+        &again.token,
+        json!({}),
+    )
+    .await
+    .expect(200);
+    api.get("/api/channels", &again.token)
         .await
-        .expect(200);
-    api.get("/api/channels", &again.token).await.expect_error(401, "auth_failed");
+        .expect_error(401, "auth_failed");
     assert!(!api.audit_entries("sessions.terminate", 2).await.is_empty());
     api.stop().await;
 }
 
 async fn channels_and_members(backend: Backend) {
-    let Some(api) = Rest::start(backend).await else { return };
+    let Some(api) = Rest::start(backend).await else {
+        return;
+    };
     let root = api.root().await;
     let owner = api.user(&root, "owner", "moderator").await;
     let member = api.user(&root, "member", "user").await;
@@ -257,122 +413,264 @@ async fn channels_and_members(backend: Backend) {
         (json!({"name": "x", "kind": "secret"}), "kind"),
         (json!({"name": "x", "kind": "direct"}), "kind"),
         (json!({"kind": "public"}), "name"),
-        (json!({"name": "x", "kind": "public", "description": "d".repeat(1001)}), "description"),
+        (
+            json!({"name": "x", "kind": "public", "description": "d".repeat(1001)}),
+            "description",
+        ),
     ] {
-        let reply = api.post("/api/channels", &owner.token, body).await.expect_error(400, "invalid_frame");
+        let reply = api
+            .post("/api/channels", &owner.token, body)
+            .await
+            .expect_error(400, "invalid_frame");
         assert_eq!(reply.field(), field, "{}", reply.body);
     }
-    api.post("/api/channels", &plain.token, json!({"name": "announce", "kind": "public"}))
-        .await
-        .expect_error(403, "forbidden");
+    api.post(
+        "/api/channels",
+        &plain.token,
+        json!({"name": "announce", "kind": "public"}),
+    )
+    .await
+    .expect_error(403, "forbidden");
     let created = api
-        .post("/api/channels", &owner.token, json!({"name": " ward-7 ", "kind": "private", "description": "Night shift"}))
+        .post(
+            "/api/channels",
+            &owner.token,
+            json!({"name": " ward-7 ", "kind": "private", "description": "Night shift"}),
+        )
         .await
         .expect(201);
     assert_eq!(created.body["channel"]["name"], "ward-7");
     assert_eq!(created.body["channel"]["role"], "owner");
-    let ward = created.body["channel"]["id"].as_str().expect("id").to_owned();
+    let ward = created.body["channel"]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
     let lobby = api.channel(&owner, "lobby", "public").await;
     let own = api.channel(&plain, "plain-private", "private").await;
 
     // List and get.
-    let listed = ids(&api.get("/api/channels", &plain.token).await.expect(200).body, "channels");
+    let listed = ids(
+        &api.get("/api/channels", &plain.token)
+            .await
+            .expect(200)
+            .body,
+        "channels",
+    );
     assert!(listed.contains(&lobby) && listed.contains(&own) && !listed.contains(&ward));
-    let got = api.get(&format!("/api/channels/{ward}"), &owner.token).await.expect(200);
-    assert_eq!((got.body["channel"]["kind"].clone(), got.body["channel"]["lastSeq"].clone()), (json!("private"), json!(0)));
-    api.get(&format!("/api/channels/{lobby}"), &plain.token).await.expect(200);
+    let got = api
+        .get(&format!("/api/channels/{ward}"), &owner.token)
+        .await
+        .expect(200);
+    assert_eq!(
+        (
+            got.body["channel"]["kind"].clone(),
+            got.body["channel"]["lastSeq"].clone()
+        ),
+        (json!("private"), json!(0))
+    );
+    api.get(&format!("/api/channels/{lobby}"), &plain.token)
+        .await
+        .expect(200);
     api.get(&format!("/api/channels/{}", ChannelId::new()), &owner.token)
         .await
         .expect_error(404, "not_found");
-    api.get("/api/channels/nope", &owner.token).await.expect_error(400, "invalid_frame");
+    api.get("/api/channels/nope", &owner.token)
+        .await
+        .expect_error(400, "invalid_frame");
 
     // Members: add, duplicate, unknown user, role, remove, last owner.
     api.get(&format!("/api/channels/{ward}/members"), &member.token)
         .await
         .expect_error(403, "forbidden");
     let added = api
-        .post(&format!("/api/channels/{ward}/members"), &owner.token, json!({"userId": member.user_id}))
+        .post(
+            &format!("/api/channels/{ward}/members"),
+            &owner.token,
+            json!({"userId": member.user_id}),
+        )
         .await
         .expect(201);
-    assert_eq!((added.body["member"]["role"].clone(), added.body["member"]["username"].clone()), (json!("member"), json!("member")));
-    api.post(&format!("/api/channels/{ward}/members"), &owner.token, json!({"userId": member.user_id}))
-        .await
-        .expect_error(409, "conflict");
-    api.post(&format!("/api/channels/{ward}/members"), &owner.token, json!({"userId": UserId::new()}))
-        .await
-        .expect_error(404, "not_found");
+    assert_eq!(
+        (
+            added.body["member"]["role"].clone(),
+            added.body["member"]["username"].clone()
+        ),
+        (json!("member"), json!("member"))
+    );
+    api.post(
+        &format!("/api/channels/{ward}/members"),
+        &owner.token,
+        json!({"userId": member.user_id}),
+    )
+    .await
+    .expect_error(409, "conflict");
+    api.post(
+        &format!("/api/channels/{ward}/members"),
+        &owner.token,
+        json!({"userId": UserId::new()}),
+    )
+    .await
+    .expect_error(404, "not_found");
     let bad = api
-        .post(&format!("/api/channels/{ward}/members"), &owner.token, json!({"userId": "x"}))
+        .post(
+            &format!("/api/channels/{ward}/members"),
+            &owner.token,
+            json!({"userId": "x"}),
+        )
         .await
         .expect_error(400, "invalid_frame");
     assert_eq!(bad.field(), "userId");
-    api.post(&format!("/api/channels/{ward}/members"), &member.token, json!({"userId": plain.user_id}))
+    api.post(
+        &format!("/api/channels/{ward}/members"),
+        &member.token,
+        json!({"userId": plain.user_id}),
+    )
+    .await
+    .expect_error(403, "forbidden");
+    let members = api
+        .get(&format!("/api/channels/{ward}/members"), &member.token)
         .await
-        .expect_error(403, "forbidden");
-    let members = api.get(&format!("/api/channels/{ward}/members"), &member.token).await.expect(200);
-    assert_eq!(members.body["members"].as_array().expect("members").len(), 2);
-    api.put(&format!("/api/channels/{ward}/members/{}", owner.user_id), &owner.token, json!({"role": "member"}))
-        .await
-        .expect_error(409, "conflict");
-    api.delete(&format!("/api/channels/{ward}/members/{}", owner.user_id), &owner.token)
-        .await
-        .expect_error(409, "conflict");
+        .expect(200);
+    assert_eq!(
+        members.body["members"].as_array().expect("members").len(),
+        2
+    );
+    api.put(
+        &format!("/api/channels/{ward}/members/{}", owner.user_id),
+        &owner.token,
+        json!({"role": "member"}),
+    )
+    .await
+    .expect_error(409, "conflict");
+    api.delete(
+        &format!("/api/channels/{ward}/members/{}", owner.user_id),
+        &owner.token,
+    )
+    .await
+    .expect_error(409, "conflict");
     let promoted = api
-        .put(&format!("/api/channels/{ward}/members/{}", member.user_id), &owner.token, json!({"role": "moderator"}))
+        .put(
+            &format!("/api/channels/{ward}/members/{}", member.user_id),
+            &owner.token,
+            json!({"role": "moderator"}),
+        )
         .await
         .expect(200);
     assert_eq!(promoted.body["member"]["role"], "moderator");
-    api.put(&format!("/api/channels/{ward}/members/{}", plain.user_id), &owner.token, json!({"role": "moderator"}))
-        .await
-        .expect_error(404, "not_found");
-    api.put(&format!("/api/channels/{ward}/members/{}", member.user_id), &owner.token, json!({"role": "boss"}))
-        .await
-        .expect_error(400, "invalid_frame");
+    api.put(
+        &format!("/api/channels/{ward}/members/{}", plain.user_id),
+        &owner.token,
+        json!({"role": "moderator"}),
+    )
+    .await
+    .expect_error(404, "not_found");
+    api.put(
+        &format!("/api/channels/{ward}/members/{}", member.user_id),
+        &owner.token,
+        json!({"role": "boss"}),
+    )
+    .await
+    .expect_error(400, "invalid_frame");
 
     // A joined member who is removed gets member_removed and leaves.
-    let mut socket = Client::connect(&api.server.ws_url()).await.expect("connect");
-    assert!(socket.authenticate(&member.token).await.expect("answer").result.is_ok());
+    let mut socket = Client::connect(&api.server.ws_url())
+        .await
+        .expect("connect");
+    assert!(socket
+        .authenticate(&member.token)
+        .await
+        .expect("answer")
+        .result
+        .is_ok());
     let ward_id: ChannelId = ward.parse().expect("id");
     socket.join(ward_id, None).await.expect("join");
-    api.delete(&format!("/api/channels/{ward}/members/{}", member.user_id), &owner.token)
-        .await
-        .expect(204);
+    api.delete(
+        &format!("/api/channels/{ward}/members/{}", member.user_id),
+        &owner.token,
+    )
+    .await
+    .expect(204);
     socket
-        .next_push_matching(T, |f| matches!(f, ServerFrame::SystemEvent(e) if e.event_type == "member_removed"))
+        .next_push_matching(
+            T,
+            |f| matches!(f, ServerFrame::SystemEvent(e) if e.event_type == "member_removed"),
+        )
         .await
         .expect("member_removed");
-    api.get(&format!("/api/channels/{ward}"), &member.token).await.expect_error(403, "forbidden");
-    api.delete(&format!("/api/channels/{ward}/members/{}", member.user_id), &owner.token)
+    api.get(&format!("/api/channels/{ward}"), &member.token)
         .await
-        .expect_error(404, "not_found");
+        .expect_error(403, "forbidden");
+    api.delete(
+        &format!("/api/channels/{ward}/members/{}", member.user_id),
+        &owner.token,
+    )
+    .await
+    .expect_error(404, "not_found");
 
     // Update.
     let renamed = api
-        .put(&format!("/api/channels/{ward}"), &owner.token, json!({"name": "ward-8", "description": null}))
+        .put(
+            &format!("/api/channels/{ward}"),
+            &owner.token,
+            json!({"name": "ward-8", "description": null}),
+        )
         .await
         .expect(200);
-    assert_eq!((renamed.body["channel"]["name"].clone(), renamed.body["channel"]["description"].clone()), (json!("ward-8"), Value::Null));
-    api.put(&format!("/api/channels/{ward}"), &owner.token, json!({"kind": "public"}))
-        .await
-        .expect_error(400, "invalid_frame");
-    api.put(&format!("/api/channels/{lobby}"), &plain.token, json!({"name": "mine"}))
-        .await
-        .expect_error(403, "forbidden");
+    assert_eq!(
+        (
+            renamed.body["channel"]["name"].clone(),
+            renamed.body["channel"]["description"].clone()
+        ),
+        (json!("ward-8"), Value::Null)
+    );
+    api.put(
+        &format!("/api/channels/{ward}"),
+        &owner.token,
+        json!({"kind": "public"}),
+    )
+    .await
+    .expect_error(400, "invalid_frame");
+    api.put(
+        &format!("/api/channels/{lobby}"),
+        &plain.token,
+        json!({"name": "mine"}),
+    )
+    .await
+    .expect_error(403, "forbidden");
     // An admin manages any non-direct channel.
-    api.put(&format!("/api/channels/{lobby}"), &root.token, json!({"name": "main lobby"}))
-        .await
-        .expect(200);
+    api.put(
+        &format!("/api/channels/{lobby}"),
+        &root.token,
+        json!({"name": "main lobby"}),
+    )
+    .await
+    .expect(200);
 
     // Delete: joined sockets are told.
-    let mut watcher = Client::connect(&api.server.ws_url()).await.expect("connect");
-    assert!(watcher.authenticate(&plain.token).await.expect("answer").result.is_ok());
-    watcher.join(lobby.parse().expect("id"), None).await.expect("join");
+    let mut watcher = Client::connect(&api.server.ws_url())
+        .await
+        .expect("connect");
+    assert!(watcher
+        .authenticate(&plain.token)
+        .await
+        .expect("answer")
+        .result
+        .is_ok());
+    watcher
+        .join(lobby.parse().expect("id"), None)
+        .await
+        .expect("join");
     api.delete(&format!("/api/channels/{lobby}"), &plain.token)
         .await
         .expect_error(403, "forbidden");
-    api.delete(&format!("/api/channels/{lobby}"), &owner.token).await.expect(204);
+    api.delete(&format!("/api/channels/{lobby}"), &owner.token)
+        .await
+        .expect(204);
     watcher
-        .next_push_matching(T, |f| matches!(f, ServerFrame::SystemEvent(e) if e.event_type == "channel_deleted"))
+        .next_push_matching(
+            T,
+            |f| matches!(f, ServerFrame::SystemEvent(e) if e.event_type == "channel_deleted"),
+        )
         .await
         .expect("channel_deleted");
     api.get(&format!("/api/channels/{lobby}"), &owner.token)
@@ -386,24 +684,47 @@ async fn channels_and_members(backend: Backend) {
 }
 
 async fn messages_publish_through_the_socket_path_and_page(backend: Backend) {
-    let Some(api) = Rest::start_with(backend, |c| c.max_text_bytes = 1000).await else { return };
+    let Some(api) = Rest::start_with(backend, |c| c.max_text_bytes = 1000).await else {
+        return;
+    };
     let root = api.root().await;
     let doc = api.user(&root, "doc", "user").await;
     let nurse = api.user(&root, "nurse", "user").await;
     let ward = api.channel(&doc, "ward", "private").await;
-    api.post(&format!("/api/channels/{ward}/members"), &doc.token, json!({"userId": nurse.user_id}))
-        .await
-        .expect(201);
+    api.post(
+        &format!("/api/channels/{ward}/members"),
+        &doc.token,
+        json!({"userId": nurse.user_id}),
+    )
+    .await
+    .expect(201);
 
-    let mut socket = Client::connect(&api.server.ws_url()).await.expect("connect");
-    assert!(socket.authenticate(&nurse.token).await.expect("answer").result.is_ok());
-    socket.join(ward.parse().expect("id"), None).await.expect("join");
+    let mut socket = Client::connect(&api.server.ws_url())
+        .await
+        .expect("connect");
+    assert!(socket
+        .authenticate(&nurse.token)
+        .await
+        .expect("answer")
+        .result
+        .is_ok());
+    socket
+        .join(ward.parse().expect("id"), None)
+        .await
+        .expect("join");
 
     let sent = api
-        .post("/api/messages", &doc.token, json!({"channelId": ward, "text": "BP 120/80", "clientMsgId": "m-1"}))
+        .post(
+            "/api/messages",
+            &doc.token,
+            json!({"channelId": ward, "text": "BP 120/80", "clientMsgId": "m-1"}),
+        )
         .await
         .expect(201);
-    assert_eq!((sent.body["seq"].clone(), sent.body["text"].clone()), (json!(1), json!("BP 120/80")));
+    assert_eq!(
+        (sent.body["seq"].clone(), sent.body["text"].clone()),
+        (json!(1), json!("BP 120/80"))
+    );
     assert_eq!(sent.body["sender"], "doc");
     let pushed = match socket
         .next_push_matching(T, |f| matches!(f, ServerFrame::NewMessage(_)))
@@ -417,13 +738,21 @@ async fn messages_publish_through_the_socket_path_and_page(backend: Backend) {
     assert_eq!(pushed.text, "BP 120/80");
 
     let again = api
-        .post("/api/messages", &doc.token, json!({"channelId": ward, "text": "BP 120/80", "clientMsgId": "m-1"}))
+        .post(
+            "/api/messages",
+            &doc.token,
+            json!({"channelId": ward, "text": "BP 120/80", "clientMsgId": "m-1"}),
+        )
         .await
         .expect(200);
     assert_eq!(again.body["id"], sent.body["id"]);
     for i in 2..=5 {
         let reply = api
-            .post("/api/messages", &nurse.token, json!({"channelId": ward, "text": format!("note {i}"), "containsPHI": true}))
+            .post(
+                "/api/messages",
+                &nurse.token,
+                json!({"channelId": ward, "text": format!("note {i}"), "containsPHI": true}),
+            )
             .await
             .expect(201);
         assert_eq!(reply.body["containsPHI"], true);
@@ -433,46 +762,97 @@ async fn messages_publish_through_the_socket_path_and_page(backend: Backend) {
         (json!({"channelId": ward}), 400, "text"),
         (json!({"text": "x"}), 400, "channelId"),
         (json!({"channelId": "nope", "text": "x"}), 400, "channelId"),
-        (json!({"channelId": ward, "text": "x", "clientMsgId": "c".repeat(65)}), 400, "clientMsgId"),
-        (json!({"channelId": ward, "text": "x".repeat(1001)}), 413, ""),
+        (
+            json!({"channelId": ward, "text": "x", "clientMsgId": "c".repeat(65)}),
+            400,
+            "clientMsgId",
+        ),
+        (
+            json!({"channelId": ward, "text": "x".repeat(1001)}),
+            413,
+            "",
+        ),
     ] {
         let reply = api.post("/api/messages", &doc.token, body.clone()).await;
-        assert_eq!((reply.status, reply.field()), (status, field), "{body}: {}", reply.body);
+        assert_eq!(
+            (reply.status, reply.field()),
+            (status, field),
+            "{body}: {}",
+            reply.body
+        );
     }
-    api.post("/api/messages", &doc.token, json!({"channelId": ChannelId::new(), "text": "x"}))
-        .await
-        .expect_error(404, "not_found");
+    api.post(
+        "/api/messages",
+        &doc.token,
+        json!({"channelId": ChannelId::new(), "text": "x"}),
+    )
+    .await
+    .expect_error(404, "not_found");
 
     // History pages ascending with hasMore, as fetch_history.
-    let newest = api.get(&format!("/api/channels/{ward}/messages?limit=2"), &doc.token).await.expect(200);
+    let newest = api
+        .get(
+            &format!("/api/channels/{ward}/messages?limit=2"),
+            &doc.token,
+        )
+        .await
+        .expect(200);
     let seqs = |body: &Value| -> Vec<u64> {
-        body["messages"].as_array().expect("messages").iter().map(|m| m["seq"].as_u64().expect("seq")).collect()
+        body["messages"]
+            .as_array()
+            .expect("messages")
+            .iter()
+            .map(|m| m["seq"].as_u64().expect("seq"))
+            .collect()
     };
     assert_eq!(seqs(&newest.body), vec![4, 5], "the resend took no seq");
     assert_eq!(newest.body["hasMore"], true);
     let older = api
-        .get(&format!("/api/channels/{ward}/messages?beforeSeq=4&limit=10"), &doc.token)
+        .get(
+            &format!("/api/channels/{ward}/messages?beforeSeq=4&limit=10"),
+            &doc.token,
+        )
         .await
         .expect(200);
     assert_eq!(seqs(&older.body), vec![1, 2, 3]);
     assert_eq!(older.body["hasMore"], false);
-    for query in ["limit=0", "limit=101", "beforeSeq=0", "beforeSeq=-1", "limit=x"] {
-        api.get(&format!("/api/channels/{ward}/messages?{query}"), &doc.token)
-            .await
-            .expect_error(400, "invalid_frame");
-    }
-    api.get(&format!("/api/channels/{}/messages", ChannelId::new()), &doc.token)
+    for query in [
+        "limit=0",
+        "limit=101",
+        "beforeSeq=0",
+        "beforeSeq=-1",
+        "limit=x",
+    ] {
+        api.get(
+            &format!("/api/channels/{ward}/messages?{query}"),
+            &doc.token,
+        )
         .await
-        .expect_error(404, "not_found");
+        .expect_error(400, "invalid_frame");
+    }
+    api.get(
+        &format!("/api/channels/{}/messages", ChannelId::new()),
+        &doc.token,
+    )
+    .await
+    .expect_error(404, "not_found");
 
     // Broadcast: plain members may not post; the channel actor refuses.
     let news = api.channel(&root, "news", "broadcast").await;
-    api.post("/api/messages", &doc.token, json!({"channelId": news, "text": "hi"}))
-        .await
-        .expect_error(403, "forbidden");
-    api.post("/api/messages", &root.token, json!({"channelId": news, "text": "hello all"}))
-        .await
-        .expect(201);
+    api.post(
+        "/api/messages",
+        &doc.token,
+        json!({"channelId": news, "text": "hi"}),
+    )
+    .await
+    .expect_error(403, "forbidden");
+    api.post(
+        "/api/messages",
+        &root.token,
+        json!({"channelId": news, "text": "hello all"}),
+    )
+    .await
+    .expect(201);
     api.stop().await;
 }
 
@@ -496,29 +876,50 @@ async fn direct_channel(api: &Rest, a: &Session, b: &Session) -> String {
 }
 
 async fn non_members_never_read_private_or_direct_channels(backend: Backend) {
-    let Some(api) = Rest::start(backend).await else { return };
+    let Some(api) = Rest::start(backend).await else {
+        return;
+    };
     let root = api.root().await;
     let doc = api.user(&root, "doc", "user").await;
     let nurse = api.user(&root, "nurse", "user").await;
     let outsider = api.user(&root, "outsider", "user").await;
     let admin = api.user(&root, "admin1", "admin").await;
     let ward = api.channel(&doc, "ward", "private").await;
-    api.post(&format!("/api/channels/{ward}/members"), &doc.token, json!({"userId": nurse.user_id}))
-        .await
-        .expect(201);
-    api.post("/api/messages", &doc.token, json!({"channelId": ward, "text": "patient in bed 4"}))
-        .await
-        .expect(201);
+    api.post(
+        &format!("/api/channels/{ward}/members"),
+        &doc.token,
+        json!({"userId": nurse.user_id}),
+    )
+    .await
+    .expect(201);
+    api.post(
+        "/api/messages",
+        &doc.token,
+        json!({"channelId": ward, "text": "patient in bed 4"}),
+    )
+    .await
+    .expect(201);
     let direct = direct_channel(&api, &doc, &nurse).await;
-    api.post("/api/messages", &nurse.token, json!({"channelId": direct, "text": "call me"}))
-        .await
-        .expect(201);
+    api.post(
+        "/api/messages",
+        &nurse.token,
+        json!({"channelId": direct, "text": "call me"}),
+    )
+    .await
+    .expect(201);
 
     for channel in [&ward, &direct] {
         for who in [&outsider, &admin, &root] {
             let token = &who.token;
-            let listed = ids(&api.get("/api/channels", token).await.expect(200).body, "channels");
-            assert!(!listed.contains(channel), "{} sees {channel} listed", who.username);
+            let listed = ids(
+                &api.get("/api/channels", token).await.expect(200).body,
+                "channels",
+            );
+            assert!(
+                !listed.contains(channel),
+                "{} sees {channel} listed",
+                who.username
+            );
             for path in [
                 format!("/api/channels/{channel}"),
                 format!("/api/channels/{channel}/members"),
@@ -526,80 +927,165 @@ async fn non_members_never_read_private_or_direct_channels(backend: Backend) {
                 format!("/api/channels/{channel}/messages?beforeSeq=2&limit=1"),
             ] {
                 let reply = api.get(&path, token).await;
-                assert_eq!(reply.status, 403, "{} GET {path}: {}", who.username, reply.body);
-                assert!(!reply.body.to_string().contains("bed 4") && !reply.body.to_string().contains("call me"));
+                assert_eq!(
+                    reply.status, 403,
+                    "{} GET {path}: {}",
+                    who.username, reply.body
+                );
+                assert!(
+                    !reply.body.to_string().contains("bed 4")
+                        && !reply.body.to_string().contains("call me")
+                );
             }
-            let reply = api.post("/api/messages", token, json!({"channelId": channel, "text": "let me in"})).await;
+            let reply = api
+                .post(
+                    "/api/messages",
+                    token,
+                    json!({"channelId": channel, "text": "let me in"}),
+                )
+                .await;
             assert_eq!(reply.status, 403, "{} posts to {channel}", who.username);
         }
         // Outsiders cannot manage their way in either.
         let token = &outsider.token;
-        api.put(&format!("/api/channels/{channel}"), token, json!({"name": "mine"}))
-            .await
-            .expect_error(403, "forbidden");
-        api.post(&format!("/api/channels/{channel}/members"), token, json!({"userId": outsider.user_id}))
-            .await
-            .expect_error(403, "forbidden");
-        api.put(&format!("/api/channels/{channel}/members/{}", outsider.user_id), token, json!({"role": "owner"}))
-            .await
-            .expect_error(403, "forbidden");
-        api.delete(&format!("/api/channels/{channel}/members/{}", nurse.user_id), token)
-            .await
-            .expect_error(403, "forbidden");
+        api.put(
+            &format!("/api/channels/{channel}"),
+            token,
+            json!({"name": "mine"}),
+        )
+        .await
+        .expect_error(403, "forbidden");
+        api.post(
+            &format!("/api/channels/{channel}/members"),
+            token,
+            json!({"userId": outsider.user_id}),
+        )
+        .await
+        .expect_error(403, "forbidden");
+        api.put(
+            &format!("/api/channels/{channel}/members/{}", outsider.user_id),
+            token,
+            json!({"role": "owner"}),
+        )
+        .await
+        .expect_error(403, "forbidden");
+        api.delete(
+            &format!("/api/channels/{channel}/members/{}", nurse.user_id),
+            token,
+        )
+        .await
+        .expect_error(403, "forbidden");
         api.delete(&format!("/api/channels/{channel}"), token)
             .await
             .expect_error(403, "forbidden");
     }
     // Admins may not add themselves to a direct channel.
-    api.post(&format!("/api/channels/{direct}/members"), &root.token, json!({"userId": root.user_id}))
-        .await
-        .expect_error(403, "forbidden");
+    api.post(
+        &format!("/api/channels/{direct}/members"),
+        &root.token,
+        json!({"userId": root.user_id}),
+    )
+    .await
+    .expect_error(403, "forbidden");
     // Admins manage a private channel they are not in, and then may read it
     // only as the member they made themselves (audited).
-    api.post(&format!("/api/channels/{ward}/members"), &admin.token, json!({"userId": admin.user_id}))
+    api.post(
+        &format!("/api/channels/{ward}/members"),
+        &admin.token,
+        json!({"userId": admin.user_id}),
+    )
+    .await
+    .expect(201);
+    api.get(&format!("/api/channels/{ward}/messages"), &admin.token)
         .await
-        .expect(201);
-    api.get(&format!("/api/channels/{ward}/messages"), &admin.token).await.expect(200);
+        .expect(200);
     assert!(!api.audit_entries("channel.member_add", 2).await.is_empty());
 
     // Members read both.
     for channel in [&ward, &direct] {
-        api.get(&format!("/api/channels/{channel}/messages"), &nurse.token).await.expect(200);
+        api.get(&format!("/api/channels/{channel}/messages"), &nurse.token)
+            .await
+            .expect(200);
     }
     let denied = api.audit_entries("access.denied", 20).await;
     let outsider_id: UserId = outsider.user_id.parse().expect("id");
-    assert!(denied.iter().filter(|e| e.actor_id == Some(outsider_id)).count() >= 10);
+    assert!(
+        denied
+            .iter()
+            .filter(|e| e.actor_id == Some(outsider_id))
+            .count()
+            >= 10
+    );
     api.stop().await;
 }
 
 async fn audit_is_listed_filtered_and_verified(backend: Backend) {
-    let Some(api) = Rest::start(backend).await else { return };
+    let Some(api) = Rest::start(backend).await else {
+        return;
+    };
     let root = api.root().await;
     let plain = api.user(&root, "plain", "user").await;
-    api.try_login("plain", "wrong password here").await.expect(401);
-    api.get("/api/audit", &plain.token).await.expect_error(403, "forbidden");
-    api.get("/api/audit/verify", &plain.token).await.expect_error(403, "forbidden");
+    api.try_login("plain", "wrong password here")
+        .await
+        .expect(401);
+    api.get("/api/audit", &plain.token)
+        .await
+        .expect_error(403, "forbidden");
+    api.get("/api/audit/verify", &plain.token)
+        .await
+        .expect_error(403, "forbidden");
     api.audit_entries("auth.login_failed", 1).await;
 
-    let all = api.get("/api/audit?limit=1000", &root.token).await.expect(200);
+    let all = api
+        .get("/api/audit?limit=1000", &root.token)
+        .await
+        .expect(200);
     let entries = all.body["entries"].as_array().expect("entries");
     assert!(entries.len() >= 4);
-    let seqs: Vec<u64> = entries.iter().map(|e| e["seq"].as_u64().expect("seq")).collect();
-    assert!(seqs.windows(2).all(|w| w[0] > w[1]), "newest first: {seqs:?}");
-    assert!(entries.iter().all(|e| e["hash"].is_string() && e["prevHash"].is_string()));
+    let seqs: Vec<u64> = entries
+        .iter()
+        .map(|e| e["seq"].as_u64().expect("seq"))
+        .collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] > w[1]),
+        "newest first: {seqs:?}"
+    );
+    assert!(entries
+        .iter()
+        .all(|e| e["hash"].is_string() && e["prevHash"].is_string()));
 
-    let failed = api.get("/api/audit?action=auth.login_failed", &root.token).await.expect(200);
+    let failed = api
+        .get("/api/audit?action=auth.login_failed", &root.token)
+        .await
+        .expect(200);
     let failed = failed.body["entries"].as_array().expect("entries");
     assert_eq!(failed.len(), 1);
     assert_eq!(failed[0]["actorId"], json!(plain.user_id));
-    let by_user = api.get(&format!("/api/audit?userId={}", plain.user_id), &root.token).await.expect(200);
-    assert!(by_user.body["entries"].as_array().expect("entries").iter().all(|e| e["actorId"] == json!(plain.user_id)));
+    let by_user = api
+        .get(&format!("/api/audit?userId={}", plain.user_id), &root.token)
+        .await
+        .expect(200);
+    assert!(by_user.body["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .all(|e| e["actorId"] == json!(plain.user_id)));
     let after = seqs[seqs.len() / 2];
-    let newer = api.get(&format!("/api/audit?after={after}&limit=2"), &root.token).await.expect(200);
+    let newer = api
+        .get(&format!("/api/audit?after={after}&limit=2"), &root.token)
+        .await
+        .expect(200);
     let newer = newer.body["entries"].as_array().expect("entries");
-    assert!(newer.len() <= 2 && newer.iter().all(|e| e["seq"].as_u64().expect("seq") > after));
+    assert!(
+        newer.len() <= 2
+            && newer
+                .iter()
+                .all(|e| e["seq"].as_u64().expect("seq") > after)
+    );
     for query in ["userId=nope", "after=-3", "limit=0", "limit=1001"] {
-        api.get(&format!("/api/audit?{query}"), &root.token).await.expect_error(400, "invalid_frame");
+        api.get(&format!("/api/audit?{query}"), &root.token)
+            .await
+            .expect_error(400, "invalid_frame");
     }
     // Reading the log is itself logged, with the reader.
     let reads = api.audit_entries("audit.read", 4).await;
@@ -617,7 +1103,9 @@ async fn audit_is_listed_filtered_and_verified(backend: Backend) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rest_is_limited_per_user() {
-    let api = Rest::start_with(Backend::Sqlite, |c| c.rest_per_15min = 5).await.expect("server");
+    let api = Rest::start_with(Backend::Sqlite, |c| c.rest_per_15min = 5)
+        .await
+        .expect("server");
     let root = api.root().await;
     let users: Vec<Session> = {
         // Creating users spends root's budget: 2 of 5.
@@ -628,16 +1116,32 @@ async fn rest_is_limited_per_user() {
     for _ in 0..5 {
         api.get("/api/channels", &users[0].token).await.expect(200);
     }
-    let limited = api.get("/api/channels", &users[0].token).await.expect_error(429, "rate_limited");
-    let retry: u64 = limited.headers["retry-after"].to_str().expect("ascii").parse().expect("seconds");
+    let limited = api
+        .get("/api/channels", &users[0].token)
+        .await
+        .expect_error(429, "rate_limited");
+    let retry: u64 = limited.headers["retry-after"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("seconds");
     assert!((1..=180).contains(&retry), "{retry}");
     // Another user has their own budget; /api/auth is not counted here.
     api.get("/api/channels", &users[1].token).await.expect(200);
     api.login("alice", PASSWORD).await;
-    api.call(Method::POST, "/api/auth/logout", Some(&users[0].token), None).await.expect(204);
+    api.call(
+        Method::POST,
+        "/api/auth/logout",
+        Some(&users[0].token),
+        None,
+    )
+    .await
+    .expect(204);
     let metrics = api.metrics().await;
     assert!(
-        metrics.lines().any(|l| l.starts_with("courier_rate_limited_total") && l.contains("limit=\"rest\"")),
+        metrics
+            .lines()
+            .any(|l| l.starts_with("courier_rate_limited_total") && l.contains("limit=\"rest\"")),
         "{metrics}"
     );
     api.stop().await;
@@ -646,14 +1150,20 @@ async fn rest_is_limited_per_user() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openapi_describes_every_route_the_server_answers() {
     let api = Rest::start(Backend::Sqlite).await.expect("server");
-    let doc = api.call(Method::GET, "/api/openapi.json", None, None).await.expect(200);
+    let doc = api
+        .call(Method::GET, "/api/openapi.json", None, None)
+        .await
+        .expect(200);
     assert_eq!(doc.body["openapi"], "3.1.0");
     let paths = doc.body["paths"].as_object().expect("paths");
     let mut described = 0;
     for (path, ops) in paths {
         for method in ops.as_object().expect("operations").keys() {
             described += 1;
-            assert!(ENDPOINTS.contains(&(method.as_str(), path.as_str())), "{method} {path}");
+            assert!(
+                ENDPOINTS.contains(&(method.as_str(), path.as_str())),
+                "{method} {path}"
+            );
             // Every described route exists: a fresh session each time (one
             // of them is logout), random ids.
             let session = api.login(ROOT, PASSWORD).await;
@@ -662,7 +1172,9 @@ async fn openapi_describes_every_route_the_server_answers() {
                 .replace("{userId}", &uuid::Uuid::new_v4().to_string());
             let method = Method::from_bytes(method.to_uppercase().as_bytes()).expect("method");
             let body = (method == Method::POST || method == Method::PUT).then(|| json!({}));
-            let reply = api.call(method.clone(), &concrete, Some(&session.token), body).await;
+            let reply = api
+                .call(method.clone(), &concrete, Some(&session.token), body)
+                .await;
             assert_ne!(reply.status, 405, "{method} {path}");
             assert!(
                 !(reply.status == 404 && reply.body["error"]["message"] == "no such endpoint"),

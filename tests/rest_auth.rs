@@ -3,9 +3,9 @@
 //! logout and password change closing live sockets (4003), the forged-token
 //! matrix, and the per-IP rate limit.
 
-mod support;
 #[path = "support/rest.rs"]
 mod rest;
+mod support;
 
 use std::time::{Duration, Instant};
 
@@ -42,33 +42,56 @@ both_backends!(
 );
 
 async fn register(api: &Rest, body: Value) -> rest::Reply {
-    api.call(Method::POST, "/api/auth/register", None, Some(body)).await
+    api.call(Method::POST, "/api/auth/register", None, Some(body))
+        .await
 }
 
 async fn register_follows_the_policy(backend: Backend) {
-    let Some(api) = Rest::start(backend).await else { return };
-    let ok = register(&api, json!({"username": "alice", "password": PASSWORD, "email": "alice@example.org"}))
-        .await
-        .expect(201);
+    let Some(api) = Rest::start(backend).await else {
+        return;
+    };
+    let ok = register(
+        &api,
+        json!({"username": "alice", "password": PASSWORD, "email": "alice@example.org"}),
+    )
+    .await
+    .expect(201);
     assert_eq!(ok.body["user"]["username"], "alice");
     assert_eq!(ok.body["user"]["role"], "user");
     assert_eq!(ok.body["user"]["email"], "alice@example.org");
-    assert!(!ok.body.to_string().contains("argon2"), "no hash in answers");
+    assert!(
+        !ok.body.to_string().contains("argon2"),
+        "no hash in answers"
+    );
 
     let cases = [
         (json!({"username": "bob"}), "password"),
         (json!({"password": PASSWORD}), "username"),
         (json!({"username": "bob", "password": "short"}), "password"),
-        (json!({"username": "bobbobbobbobbob", "password": "BOBbobbobbobBOB"}), "password"),
+        (
+            json!({"username": "bobbobbobbobbob", "password": "BOBbobbobbobBOB"}),
+            "password",
+        ),
         (json!({"username": "b", "password": PASSWORD}), "username"),
-        (json!({"username": "bob smith", "password": PASSWORD}), "username"),
-        (json!({"username": "bob", "password": PASSWORD, "email": "not-an-email"}), "email"),
+        (
+            json!({"username": "bob smith", "password": PASSWORD}),
+            "username",
+        ),
+        (
+            json!({"username": "bob", "password": PASSWORD, "email": "not-an-email"}),
+            "email",
+        ),
         (json!({"username": 7, "password": PASSWORD}), "username"),
     ];
     for (body, field) in cases {
-        let reply = register(&api, body.clone()).await.expect_error(400, "invalid_frame");
+        let reply = register(&api, body.clone())
+            .await
+            .expect_error(400, "invalid_frame");
         assert_eq!(reply.field(), field, "{body}: {}", reply.body);
-        assert!(reply.body["error"]["message"].as_str().unwrap_or("").starts_with(field));
+        assert!(reply.body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with(field));
     }
     let raw = api
         .http
@@ -89,7 +112,10 @@ async fn register_follows_the_policy(backend: Backend) {
     api.stop().await;
 
     // Closed registration answers 403 whatever the body.
-    let Some(closed) = Rest::start_with(backend, |c| c.allow_registration = Some(false)).await else { return };
+    let Some(closed) = Rest::start_with(backend, |c| c.allow_registration = Some(false)).await
+    else {
+        return;
+    };
     register(&closed, json!({"username": "carol", "password": PASSWORD}))
         .await
         .expect_error(403, "forbidden");
@@ -97,32 +123,62 @@ async fn register_follows_the_policy(backend: Backend) {
 }
 
 async fn login_answers_tokens_and_one_failure_for_all(backend: Backend) {
-    let Some(api) = Rest::start(backend).await else { return };
+    let Some(api) = Rest::start(backend).await else {
+        return;
+    };
     let reply = api.try_login(ROOT, PASSWORD).await.expect(200);
     assert_eq!(reply.body["expiresIn"], 900);
     assert_eq!(reply.body["user"]["role"], "super_admin");
     let root = session_of(&reply.body);
     assert_ne!(root.token, root.refresh);
-    api.get(&format!("/api/users/{}", root.user_id), &root.token).await.expect(200);
+    api.get(&format!("/api/users/{}", root.user_id), &root.token)
+        .await
+        .expect(200);
 
     // The session stores the refresh token's hash, the ip and the user agent.
-    let sessions = api.server.app.store.list_sessions(root.user_id.parse().expect("id")).await.expect("sessions");
+    let sessions = api
+        .server
+        .app
+        .store
+        .list_sessions(root.user_id.parse().expect("id"))
+        .await
+        .expect("sessions");
     assert_eq!(sessions.len(), 1);
     assert_ne!(sessions[0].token_hash, root.refresh);
     assert_eq!(sessions[0].token_hash.len(), 64);
     assert_eq!(sessions[0].ip.as_deref(), Some("127.0.0.1"));
     assert_eq!(sessions[0].user_agent.as_deref(), Some(rest::USER_AGENT));
 
-    let wrong = api.try_login(ROOT, "wrong password here").await.expect_error(401, "auth_failed");
-    let unknown = api.try_login("nobody", PASSWORD).await.expect_error(401, "auth_failed");
-    assert_eq!(wrong.body, unknown.body, "no user enumeration through the answer");
-    api.call(Method::POST, "/api/auth/login", None, Some(json!({"username": ROOT})))
+    let wrong = api
+        .try_login(ROOT, "wrong password here")
         .await
-        .expect_error(400, "invalid_frame");
+        .expect_error(401, "auth_failed");
+    let unknown = api
+        .try_login("nobody", PASSWORD)
+        .await
+        .expect_error(401, "auth_failed");
+    assert_eq!(
+        wrong.body, unknown.body,
+        "no user enumeration through the answer"
+    );
+    api.call(
+        Method::POST,
+        "/api/auth/login",
+        None,
+        Some(json!({"username": ROOT})),
+    )
+    .await
+    .expect_error(400, "invalid_frame");
 
     let failures = api.audit_entries("auth.login_failed", 2).await;
-    let reasons: Vec<&str> = failures.iter().filter_map(|e| e.details["reason"].as_str()).collect();
-    assert!(reasons.contains(&"bad_password") && reasons.contains(&"unknown_user"), "{reasons:?}");
+    let reasons: Vec<&str> = failures
+        .iter()
+        .filter_map(|e| e.details["reason"].as_str())
+        .collect();
+    assert!(
+        reasons.contains(&"bad_password") && reasons.contains(&"unknown_user"),
+        "{reasons:?}"
+    );
     let logins = api.audit_entries("auth.login", 1).await;
     assert_eq!(logins[0].ip.as_deref(), Some("127.0.0.1"));
     assert_eq!(logins[0].user_agent.as_deref(), Some(rest::USER_AGENT));
@@ -130,65 +186,124 @@ async fn login_answers_tokens_and_one_failure_for_all(backend: Backend) {
 }
 
 async fn lockout_then_expiry(backend: Backend) {
-    let Some(api) = Rest::start_with(backend, |c| c.lockout_threshold = 3).await else { return };
+    let Some(api) = Rest::start_with(backend, |c| c.lockout_threshold = 3).await else {
+        return;
+    };
     let root = api.root().await;
     let nurse = api.user(&root, "nurse", "user").await;
     for _ in 0..3 {
-        api.try_login("nurse", "not the password").await.expect_error(401, "auth_failed");
+        api.try_login("nurse", "not the password")
+            .await
+            .expect_error(401, "auth_failed");
     }
     // Locked: even the right password fails, with the same answer.
-    let locked = api.try_login("nurse", PASSWORD).await.expect_error(401, "auth_failed");
+    let locked = api
+        .try_login("nurse", PASSWORD)
+        .await
+        .expect_error(401, "auth_failed");
     let wrong = api.try_login("nurse", "not the password").await;
     assert_eq!(locked.body, wrong.body);
     let lockouts = api.audit_entries("auth.lockout", 1).await;
     assert_eq!(lockouts.len(), 1, "one lockout entry");
     assert_eq!(lockouts[0].details["failures"], 3);
-    let users = api.get(&format!("/api/users/{}", nurse.user_id), &root.token).await.expect(200);
+    let users = api
+        .get(&format!("/api/users/{}", nurse.user_id), &root.token)
+        .await
+        .expect(200);
     assert!(users.body["user"]["lockedUntil"].is_i64());
 
     // Move the lockout into the past (as if lockout_minutes went by).
     let id: UserId = nurse.user_id.parse().expect("id");
     let past = courier_actors::now_ms() - 1_000;
-    api.server.app.store.record_login_failure(id, 1, past).await.expect("move time");
+    api.server
+        .app
+        .store
+        .record_login_failure(id, 1, past)
+        .await
+        .expect("move time");
     api.login("nurse", PASSWORD).await;
-    let user = api.server.app.store.get_user(id).await.expect("get").expect("user");
-    assert_eq!((user.failed_logins, user.locked_until), (0, None), "success clears the count");
+    let user = api
+        .server
+        .app
+        .store
+        .get_user(id)
+        .await
+        .expect("get")
+        .expect("user");
+    assert_eq!(
+        (user.failed_logins, user.locked_until),
+        (0, None),
+        "success clears the count"
+    );
     // After expiry the count starts again: one failure does not re-lock.
-    api.try_login("nurse", "not the password").await.expect_error(401, "auth_failed");
+    api.try_login("nurse", "not the password")
+        .await
+        .expect_error(401, "auth_failed");
     api.login("nurse", PASSWORD).await;
     api.stop().await;
 }
 
 async fn refresh_rotates_and_reuse_revokes_the_session(backend: Backend) {
-    let Some(api) = Rest::start(backend).await else { return };
+    let Some(api) = Rest::start(backend).await else {
+        return;
+    };
     let root = api.root().await;
     let refresh = |token: &str| {
         let body = json!({"refreshToken": token});
         let api = &api;
-        async move { api.call(Method::POST, "/api/auth/refresh-token", None, Some(body)).await }
+        async move {
+            api.call(Method::POST, "/api/auth/refresh-token", None, Some(body))
+                .await
+        }
     };
     let first = refresh(&root.refresh).await.expect(200);
     assert_eq!(first.body["expiresIn"], 900);
     let token2 = first.body["token"].as_str().expect("token").to_owned();
-    let refresh2 = first.body["refreshToken"].as_str().expect("refresh").to_owned();
+    let refresh2 = first.body["refreshToken"]
+        .as_str()
+        .expect("refresh")
+        .to_owned();
     assert_ne!(refresh2, root.refresh, "rotated");
     api.get("/api/channels", &token2).await.expect(200);
 
-    let mut socket = Client::connect(&api.server.ws_url()).await.expect("connect");
-    assert!(socket.authenticate(&token2).await.expect("answer").result.is_ok());
+    let mut socket = Client::connect(&api.server.ws_url())
+        .await
+        .expect("connect");
+    assert!(socket
+        .authenticate(&token2)
+        .await
+        .expect("answer")
+        .result
+        .is_ok());
 
     // The old refresh token again: theft. The whole session ends.
-    refresh(&root.refresh).await.expect_error(401, "auth_failed");
-    assert_eq!(socket.wait_closed(T).await.expect("closed"), Some(close::SESSION_REVOKED));
-    api.get("/api/channels", &token2).await.expect_error(401, "auth_failed");
-    api.get("/api/channels", &root.token).await.expect_error(401, "auth_failed");
+    refresh(&root.refresh)
+        .await
+        .expect_error(401, "auth_failed");
+    assert_eq!(
+        socket.wait_closed(T).await.expect("closed"),
+        Some(close::SESSION_REVOKED)
+    );
+    api.get("/api/channels", &token2)
+        .await
+        .expect_error(401, "auth_failed");
+    api.get("/api/channels", &root.token)
+        .await
+        .expect_error(401, "auth_failed");
     refresh(&refresh2).await.expect_error(401, "auth_failed");
     assert!(!api.audit_entries("auth.refresh_reuse", 1).await.is_empty());
 
-    refresh("not-a-token").await.expect_error(401, "auth_failed");
-    api.call(Method::POST, "/api/auth/refresh-token", None, Some(json!({})))
+    refresh("not-a-token")
         .await
-        .expect_error(400, "invalid_frame");
+        .expect_error(401, "auth_failed");
+    api.call(
+        Method::POST,
+        "/api/auth/refresh-token",
+        None,
+        Some(json!({})),
+    )
+    .await
+    .expect_error(400, "invalid_frame");
     // Another session of the same user is untouched.
     let again = api.root().await;
     api.get("/api/channels", &again.token).await.expect(200);
@@ -196,53 +311,113 @@ async fn refresh_rotates_and_reuse_revokes_the_session(backend: Backend) {
 }
 
 async fn logout_revokes_the_session_and_closes_its_socket(backend: Backend) {
-    let Some(api) = Rest::start(backend).await else { return };
+    let Some(api) = Rest::start(backend).await else {
+        return;
+    };
     let root = api.root().await;
     let other = api.root().await;
-    let mut socket = Client::connect(&api.server.ws_url()).await.expect("connect");
-    assert!(socket.authenticate(&root.token).await.expect("answer").result.is_ok());
+    let mut socket = Client::connect(&api.server.ws_url())
+        .await
+        .expect("connect");
+    assert!(socket
+        .authenticate(&root.token)
+        .await
+        .expect("answer")
+        .result
+        .is_ok());
 
     api.call(Method::POST, "/api/auth/logout", None, None)
         .await
         .expect_error(401, "unauthenticated");
     let started = Instant::now();
-    let reply = api.call(Method::POST, "/api/auth/logout", Some(&root.token), None).await.expect(204);
+    let reply = api
+        .call(Method::POST, "/api/auth/logout", Some(&root.token), None)
+        .await
+        .expect(204);
     assert_eq!(reply.body, Value::Null);
-    assert_eq!(socket.wait_closed(T).await.expect("closed"), Some(close::SESSION_REVOKED));
-    assert!(started.elapsed() < Duration::from_secs(1), "closed within a second");
-    api.get("/api/channels", &root.token).await.expect_error(401, "auth_failed");
-    api.call(Method::POST, "/api/auth/refresh-token", None, Some(json!({"refreshToken": root.refresh})))
+    assert_eq!(
+        socket.wait_closed(T).await.expect("closed"),
+        Some(close::SESSION_REVOKED)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "closed within a second"
+    );
+    api.get("/api/channels", &root.token)
         .await
         .expect_error(401, "auth_failed");
+    api.call(
+        Method::POST,
+        "/api/auth/refresh-token",
+        None,
+        Some(json!({"refreshToken": root.refresh})),
+    )
+    .await
+    .expect_error(401, "auth_failed");
     api.get("/api/channels", &other.token).await.expect(200);
     assert!(!api.audit_entries("auth.logout", 1).await.is_empty());
     api.stop().await;
 }
 
 async fn change_password_ends_every_session(backend: Backend) {
-    let Some(api) = Rest::start(backend).await else { return };
+    let Some(api) = Rest::start(backend).await else {
+        return;
+    };
     let root = api.root().await;
     let first = api.user(&root, "doctor", "user").await;
     let second = api.login("doctor", PASSWORD).await;
-    let mut socket = Client::connect(&api.server.ws_url()).await.expect("connect");
-    assert!(socket.authenticate(&second.token).await.expect("answer").result.is_ok());
+    let mut socket = Client::connect(&api.server.ws_url())
+        .await
+        .expect("connect");
+    assert!(socket
+        .authenticate(&second.token)
+        .await
+        .expect("answer")
+        .result
+        .is_ok());
     let change = |current: &str, new: &str| {
         let body = json!({"currentPassword": current, "newPassword": new});
         let (api, token) = (&api, first.token.clone());
-        async move { api.call(Method::POST, "/api/auth/change-password", Some(&token), Some(body)).await }
+        async move {
+            api.call(
+                Method::POST,
+                "/api/auth/change-password",
+                Some(&token),
+                Some(body),
+            )
+            .await
+        }
     };
-    change("wrong current password", "a brand new passphrase").await.expect_error(403, "forbidden");
-    let weak = change(PASSWORD, "short").await.expect_error(400, "invalid_frame");
+    change("wrong current password", "a brand new passphrase")
+        .await
+        .expect_error(403, "forbidden");
+    let weak = change(PASSWORD, "short")
+        .await
+        .expect_error(400, "invalid_frame");
     assert_eq!(weak.field(), "newPassword");
-    change(PASSWORD, "DOCTOR").await.expect_error(400, "invalid_frame");
+    change(PASSWORD, "DOCTOR")
+        .await
+        .expect_error(400, "invalid_frame");
     change(PASSWORD, "a brand new passphrase").await.expect(204);
 
-    assert_eq!(socket.wait_closed(T).await.expect("closed"), Some(close::SESSION_REVOKED));
-    api.get("/api/channels", &first.token).await.expect_error(401, "auth_failed");
-    api.get("/api/channels", &second.token).await.expect_error(401, "auth_failed");
-    api.try_login("doctor", PASSWORD).await.expect_error(401, "auth_failed");
+    assert_eq!(
+        socket.wait_closed(T).await.expect("closed"),
+        Some(close::SESSION_REVOKED)
+    );
+    api.get("/api/channels", &first.token)
+        .await
+        .expect_error(401, "auth_failed");
+    api.get("/api/channels", &second.token)
+        .await
+        .expect_error(401, "auth_failed");
+    api.try_login("doctor", PASSWORD)
+        .await
+        .expect_error(401, "auth_failed");
     api.login("doctor", "a brand new passphrase").await;
-    assert!(!api.audit_entries("auth.password_change", 1).await.is_empty());
+    assert!(!api
+        .audit_entries("auth.password_change", 1)
+        .await
+        .is_empty());
     api.stop().await;
 }
 
@@ -261,7 +436,9 @@ async fn forged_tokens_are_refused() {
     let plain = api.user(&root, "plain", "user").await;
     let payload = plain.token.split('.').nth(1).expect("payload");
     let claims: Value = serde_json::from_slice(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).expect("base64"),
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .expect("base64"),
     )
     .expect("claims");
     let now = jsonwebtoken::get_current_timestamp();
@@ -292,30 +469,89 @@ async fn forged_tokens_are_refused() {
         parts[2]
     );
     let alg_none = format!("{}.{payload}.", b64(br#"{"alg":"none","typ":"JWT"}"#));
-    let rs256_header = format!("{}.{payload}.{}", b64(br#"{"alg":"RS256","typ":"JWT"}"#), parts[2]);
+    let rs256_header = format!(
+        "{}.{payload}.{}",
+        b64(br#"{"alg":"RS256","typ":"JWT"}"#),
+        parts[2]
+    );
     let forged = [
         ("alg none", alg_none),
         ("RS256 header on an HS256 signature", rs256_header),
         ("tampered payload", tampered),
-        ("wrong key", sign(Algorithm::HS256, b"another-secret-another-secret-0123456", &claims)),
-        ("HS384 with the right key", sign(Algorithm::HS384, secret, &claims)),
-        ("HS512 with the right key", sign(Algorithm::HS512, secret, &claims)),
-        ("expired", sign(Algorithm::HS256, secret, &with("exp", json!(now - 3600)))),
-        ("missing exp", sign(Algorithm::HS256, secret, &without("exp"))),
-        ("missing iss", sign(Algorithm::HS256, secret, &without("iss"))),
-        ("wrong iss", sign(Algorithm::HS256, secret, &with("iss", json!("evil")))),
-        ("missing aud", sign(Algorithm::HS256, secret, &without("aud"))),
-        ("wrong aud", sign(Algorithm::HS256, secret, &with("aud", json!("evil")))),
-        ("missing sub", sign(Algorithm::HS256, secret, &without("sub"))),
-        ("sub of another user", sign(Algorithm::HS256, secret, &with("sub", json!(root.user_id)))),
-        ("unknown session", sign(Algorithm::HS256, secret, &with("sid", json!(uuid::Uuid::new_v4())))),
+        (
+            "wrong key",
+            sign(
+                Algorithm::HS256,
+                b"another-secret-another-secret-0123456",
+                &claims,
+            ),
+        ),
+        (
+            "HS384 with the right key",
+            sign(Algorithm::HS384, secret, &claims),
+        ),
+        (
+            "HS512 with the right key",
+            sign(Algorithm::HS512, secret, &claims),
+        ),
+        (
+            "expired",
+            sign(Algorithm::HS256, secret, &with("exp", json!(now - 3600))),
+        ),
+        (
+            "missing exp",
+            sign(Algorithm::HS256, secret, &without("exp")),
+        ),
+        (
+            "missing iss",
+            sign(Algorithm::HS256, secret, &without("iss")),
+        ),
+        (
+            "wrong iss",
+            sign(Algorithm::HS256, secret, &with("iss", json!("evil"))),
+        ),
+        (
+            "missing aud",
+            sign(Algorithm::HS256, secret, &without("aud")),
+        ),
+        (
+            "wrong aud",
+            sign(Algorithm::HS256, secret, &with("aud", json!("evil"))),
+        ),
+        (
+            "missing sub",
+            sign(Algorithm::HS256, secret, &without("sub")),
+        ),
+        (
+            "sub of another user",
+            sign(Algorithm::HS256, secret, &with("sub", json!(root.user_id))),
+        ),
+        (
+            "unknown session",
+            sign(
+                Algorithm::HS256,
+                secret,
+                &with("sid", json!(uuid::Uuid::new_v4())),
+            ),
+        ),
         ("garbage", "abc.def.ghi".to_owned()),
         ("too long", "x".repeat(10_000)),
     ];
     for (what, token) in &forged {
         let reply = api.get("/api/channels", token).await;
-        assert_eq!((reply.status, reply.code()), (401, "auth_failed"), "{what}: {}", reply.body);
-        let reply = api.post("/api/messages", token, json!({"channelId": uuid::Uuid::new_v4(), "text": "x"})).await;
+        assert_eq!(
+            (reply.status, reply.code()),
+            (401, "auth_failed"),
+            "{what}: {}",
+            reply.body
+        );
+        let reply = api
+            .post(
+                "/api/messages",
+                token,
+                json!({"channelId": uuid::Uuid::new_v4(), "text": "x"}),
+            )
+            .await;
         assert_eq!(reply.status, 401, "{what} on POST");
     }
     for header in ["", "Bearer", "Basic cm9vdDpwYXNz", "Token abc"] {
@@ -335,7 +571,9 @@ async fn forged_tokens_are_refused() {
         .expect_error(401, "unauthenticated");
     // Tokens are never taken from the query string.
     let query = format!("/api/channels?token={}", plain.token);
-    api.call(Method::GET, &query, None, None).await.expect_error(401, "unauthenticated");
+    api.call(Method::GET, &query, None, None)
+        .await
+        .expect_error(401, "unauthenticated");
     api.stop().await;
 }
 
@@ -350,7 +588,10 @@ async fn auth_endpoints_are_limited_per_ip() {
     for _ in 0..3 {
         api.try_login(ROOT, "wrong password here").await.expect(401);
     }
-    let limited = api.try_login(ROOT, PASSWORD).await.expect_error(429, "rate_limited");
+    let limited = api
+        .try_login(ROOT, PASSWORD)
+        .await
+        .expect_error(429, "rate_limited");
     let retry: u64 = limited
         .headers
         .get("retry-after")
@@ -359,15 +600,23 @@ async fn auth_endpoints_are_limited_per_ip() {
         .expect("ascii")
         .parse()
         .expect("seconds");
-    assert!((1..=300).contains(&retry), "one request comes back every 5 minutes: {retry}");
+    assert!(
+        (1..=300).contains(&retry),
+        "one request comes back every 5 minutes: {retry}"
+    );
     assert!(limited.body["error"]["retryAfterMs"].as_u64().is_some());
     // Every /api/auth/* endpoint shares the budget.
     api.call(Method::POST, "/api/auth/register", None, Some(json!({})))
         .await
         .expect_error(429, "rate_limited");
-    api.call(Method::POST, "/api/auth/refresh-token", None, Some(json!({})))
-        .await
-        .expect_error(429, "rate_limited");
+    api.call(
+        Method::POST,
+        "/api/auth/refresh-token",
+        None,
+        Some(json!({})),
+    )
+    .await
+    .expect_error(429, "rate_limited");
 
     // Another client address (behind a trusted proxy) has its own budget.
     let other = api
@@ -384,7 +633,9 @@ async fn auth_endpoints_are_limited_per_ip() {
 
     let metrics = api.metrics().await;
     assert!(
-        metrics.lines().any(|l| l.starts_with("courier_rate_limited_total") && l.contains("limit=\"auth\"")),
+        metrics
+            .lines()
+            .any(|l| l.starts_with("courier_rate_limited_total") && l.contains("limit=\"auth\"")),
         "{metrics}"
     );
     api.stop().await;

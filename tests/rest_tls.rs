@@ -3,9 +3,9 @@
 //! plain TCP refused on the TLS port, and the start-up checks of the TLS
 //! configuration.
 
-mod support;
 #[path = "support/rest.rs"]
 mod rest;
+mod support;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -14,7 +14,10 @@ use std::time::Duration;
 
 use courier::config::{Config, Environment};
 use futures_util::{SinkExt, StreamExt};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose, SanType};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
+    SanType,
+};
 use rest::{Backend, Rest, PASSWORD, ROOT};
 use serde_json::{json, Value};
 use tokio_rustls::rustls::pki_types::pem::PemObject;
@@ -32,8 +35,11 @@ fn make_certificates(dir: &Path) -> String {
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    ca_params.distinguished_name.push(DnType::CommonName, "Courier test CA");
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("ca key")).expect("ca");
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "Courier test CA");
+    let ca =
+        CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("ca key")).expect("ca");
 
     let mut params = CertificateParams::new(vec![HOST.to_owned()]).expect("params");
     params
@@ -77,7 +83,11 @@ async fn https_and_wss_end_to_end() {
     let https = https_client(&ca_pem, addr);
     let base = format!("https://{HOST}:{}", addr.port());
 
-    let health = https.get(format!("{base}/health")).send().await.expect("https request");
+    let health = https
+        .get(format!("{base}/health"))
+        .send()
+        .await
+        .expect("https request");
     assert_eq!(health.status(), 200);
     let login = https
         .post(format!("{base}/api/auth/login"))
@@ -119,13 +129,16 @@ async fn https_and_wss_end_to_end() {
         .connect(ServerName::try_from(HOST).expect("name"), tcp)
         .await
         .expect("TLS handshake");
-    let (mut ws, response) = tokio_tungstenite::client_async(format!("wss://{HOST}:{}/ws", addr.port()), tls)
-        .await
-        .expect("wss upgrade");
+    let (mut ws, response) =
+        tokio_tungstenite::client_async(format!("wss://{HOST}:{}/ws", addr.port()), tls)
+            .await
+            .expect("wss upgrade");
     assert_eq!(response.status(), 101);
-    ws.send(Message::text(json!({"type": "authenticate", "token": session.token, "ref": 1}).to_string()))
-        .await
-        .expect("send");
+    ws.send(Message::text(
+        json!({"type": "authenticate", "token": session.token, "ref": 1}).to_string(),
+    ))
+    .await
+    .expect("send");
     let answer = tokio::time::timeout(Duration::from_secs(10), ws.next())
         .await
         .expect("an answer in time")
@@ -142,15 +155,27 @@ async fn https_and_wss_end_to_end() {
         .resolve(HOST, addr)
         .build()
         .expect("client");
-    assert!(untrusting.get(format!("{base}/health")).send().await.is_err());
+    assert!(untrusting
+        .get(format!("{base}/health"))
+        .send()
+        .await
+        .is_err());
     // Plain HTTP on the TLS port gets nothing.
     let plain = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()
         .expect("client");
-    assert!(plain.get(format!("http://{addr}/health")).send().await.is_err());
+    assert!(plain
+        .get(format!("http://{addr}/health"))
+        .send()
+        .await
+        .is_err());
     // A failed handshake does not stop the listener.
-    let again = https.get(format!("{base}/health")).send().await.expect("https again");
+    let again = https
+        .get(format!("{base}/health"))
+        .send()
+        .await
+        .expect("https again");
     assert_eq!(again.status(), 200);
     api.stop().await;
 }
@@ -165,7 +190,10 @@ async fn tls_configuration_is_checked_at_start() {
         let mut config = support::server::test_config(&dir, url);
         rest::configure(&mut config);
         tweak(&mut config);
-        courier::server::start(config).await.map(|_| ()).map_err(|e| e.to_string())
+        courier::server::start(config)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     };
     let cert = certs.path().join("cert.pem");
     let key = certs.path().join("key.pem");
@@ -178,7 +206,9 @@ async fn tls_configuration_is_checked_at_start() {
     .await
     .is_ok());
     let c = cert.clone();
-    let only_cert = start(Box::new(move |c2| c2.tls_cert = Some(c))).await.expect_err("refused");
+    let only_cert = start(Box::new(move |c2| c2.tls_cert = Some(c)))
+        .await
+        .expect_err("refused");
     assert!(only_cert.contains("together"), "{only_cert}");
     let (c, k) = (cert.clone(), certs.path().join("missing.pem"));
     let missing = start(Box::new(move |c2| {
@@ -197,6 +227,8 @@ async fn tls_configuration_is_checked_at_start() {
     .expect_err("refused");
     assert!(not_a_key.contains("cert.pem"), "{not_a_key}");
     // Production on plain TCP needs behind_proxy.
-    let plain = start(Box::new(|c2| c2.env = Environment::Production)).await.expect_err("refused");
+    let plain = start(Box::new(|c2| c2.env = Environment::Production))
+        .await
+        .expect_err("refused");
     assert!(plain.contains("TLS"), "{plain}");
 }

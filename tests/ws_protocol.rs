@@ -262,7 +262,7 @@ async fn client_msg_id_makes_sends_idempotent(backend: Backend) {
 
     // A clientMsgId over 64 bytes is refused.
     req.client_msg_id = Some("x".repeat(65));
-    assert_eq!(error_code(send_message_ex(&mut a, req).await), ErrorCode::InvalidFrame);
+    assert_eq!(error_code(send_message_ex(&mut a, req).await), ErrorCode::TooLarge);
     server.stop().await;
 
     // After a restart, a resend still resolves to the original.
@@ -454,8 +454,7 @@ async fn direct_and_broadcast_channels(backend: Backend) {
         AckResult::Channel(c) => assert_eq!(c.id, first.id, "one direct channel per pair"),
         other => panic!("expected channel, got {other:?}"),
     }
-    p.join(first.id, None).await.expect("patient joins");
-    n.join(first.id, None).await.expect("nurse joins");
+    // open_direct joined both callers.
     send_message_ex_text(&mut n, first.id, "how are you feeling?").await;
     assert_eq!(next_message(&mut p).await.text, "how are you feeling?");
     let me = ClientRequest::OpenDirect(OpenDirect { user_id: nurse.id });
@@ -495,6 +494,13 @@ async fn non_members_are_refused_everywhere(backend: Backend) {
     assert_eq!(error_code(m.ack(receipt).await), ErrorCode::Forbidden);
     let unknown = ClientRequest::JoinChannel(JoinChannel { channel_id: courier_protocol::ChannelId::new(), since_seq: None });
     assert_eq!(error_code(m.ack(unknown).await), ErrorCode::NotFound);
+    m.send(ClientRequest::TypingIndicator(TypingIndicator { channel_id: ch, is_typing: true }))
+        .await
+        .expect("send");
+    match m.next_frame(T).await.expect("typing error") {
+        ServerFrame::Error(e) => assert_eq!(e.code, ErrorCode::Forbidden),
+        other => panic!("typing in a channel not joined: {other:?}"),
+    }
     // The connection still works after all those refusals.
     assert!(matches!(m.request(ClientRequest::Ping).await, Ok(ServerFrame::Pong(_))));
     server.stop().await;
@@ -724,5 +730,31 @@ async fn send_rate_limit_answers_rate_limited_with_retry_after() {
     }
     let e = limited.expect("rate limited within the burst");
     assert!(e.retry_after_ms.is_some_and(|ms| ms > 0 && ms <= 10_000), "{e:?}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn ttl_messages_expire_for_everyone() {
+    let server = TestServer::start_with(Backend::Sqlite, |c| c.retention_interval_secs = 1)
+        .await
+        .expect("server");
+    let u = server.user("u", Role::User).await;
+    let v = server.user("v", Role::User).await;
+    let ch = server.channel("c", ChannelKind::Private, &u, &[&v]).await;
+    let mut a = server.client(&u, Encoding::MessagePack).await;
+    let mut b = server.client(&v, Encoding::MessagePack).await;
+    b.join(ch, None).await.expect("join");
+    let mut req = SendMessage::text(ch, "self-destructs");
+    req.ttl_seconds = Some(1);
+    let short = send_message_ex_ok(&mut a, req).await;
+    send_message_ex_text(&mut a, ch, "stays").await;
+    let pushed = next_message(&mut b).await;
+    assert!(pushed.expires_at.is_some_and(|t| t > pushed.timestamp));
+    match b.next_push_matching(T, |f| matches!(f, ServerFrame::MessageDeleted(_))).await.expect("expiry push") {
+        ServerFrame::MessageDeleted(d) => assert_eq!(d.data.message_id, short.message_id),
+        _ => unreachable!(),
+    }
+    let page = history(&mut b, ch, None, 10).await;
+    assert_eq!(page.messages.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(), ["stays"]);
     server.stop().await;
 }

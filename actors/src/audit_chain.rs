@@ -568,9 +568,11 @@ impl ChainVerifier {
             } else if claims.iter().all(|h| *h == record.hash) {
                 // The signed head is the stored hash: this entry's content
                 // was edited in place, which the hash check above flagged.
-            } else {
-                // The chain up to here was rewritten since it was signed:
-                // every entry after the last vouched checkpoint is suspect.
+            } else if self.first_bad_seq.is_none_or(|bad| bad <= self.vouched) {
+                // The chain up to here was rewritten since it was signed, and
+                // consistently (no entry's own hash gave it away): every
+                // entry after the last vouched checkpoint is suspect. When
+                // the walk already found the bad entry, that one is reported.
                 self.flag(self.vouched + 1);
             }
         }

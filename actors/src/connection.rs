@@ -518,29 +518,7 @@ impl ConnectionState {
                     .inspect_err(|_| {
                         self.audit("access.denied", serde_json::json!({"op": "join_channel", "channelId": join.channel_id}));
                     })?;
-                let member = match member {
-                    Some(member) => member,
-                    None => self.realtime.become_member(&channel, identity.user_id).await?,
-                };
-                let actor = self.realtime.channel_actor(channel.clone()).await?;
-                let request = JoinRequest {
-                    outbound: self.outbound.clone(),
-                    user_id: identity.user_id,
-                    member,
-                    since_seq: join.since_seq,
-                    reference,
-                };
-                actor
-                    .cast(ChannelMsg::Join(Box::new(request)))
-                    .map_err(|_| RequestError::Unavailable)?;
-                if self.joined.insert(channel.id, Joined { actor: actor.clone() }).is_none() {
-                    let msg = PresenceMsg::Joined {
-                        channel_id: channel.id,
-                        channel: actor,
-                    };
-                    let _ = self.realtime.presence.cast(ForUser(identity.user_id, msg));
-                }
-                self.audit("channel.join", serde_json::json!({"channelId": channel.id}));
+                self.join(identity, channel, member, join.since_seq, reference).await?;
             }
             ClientRequest::LeaveChannel(leave) => {
                 if let Some(joined) = self.joined.remove(&leave.channel_id) {
@@ -569,7 +547,9 @@ impl ConnectionState {
                     Err(PublishError::RateLimited(wait)) => {
                         self.send(&out::rate_limited(reference, wait.as_millis() as u64), encoding);
                     }
-                    Err(PublishError::TooLarge) => return Err(RequestError::TooLarge("text is over the size limit")),
+                    Err(PublishError::TooLarge) => {
+                        return Err(RequestError::TooLarge("text or clientMsgId is over its size limit"))
+                    }
                     Err(PublishError::Invalid(why)) => return Err(RequestError::Invalid(why)),
                     Err(PublishError::Access(e)) => return Err(e.into()),
                 }
@@ -602,12 +582,14 @@ impl ConnectionState {
                     .map_err(|_| RequestError::Unavailable)?;
             }
             ClientRequest::TypingIndicator(typing) => {
-                if let Some(joined) = self.joined.get(&typing.channel_id) {
-                    let _ = joined.actor.cast(ChannelMsg::Typing {
-                        user_id: identity.user_id,
-                        is_typing: typing.is_typing,
-                    });
-                }
+                let joined = self
+                    .joined
+                    .get(&typing.channel_id)
+                    .ok_or(RequestError::Forbidden("join the channel first"))?;
+                let _ = joined.actor.cast(ChannelMsg::Typing {
+                    user_id: identity.user_id,
+                    is_typing: typing.is_typing,
+                });
             }
             ClientRequest::ReadReceipt(receipt) => {
                 let (actor, _, member) = self.channel_actor(identity, receipt.channel_id).await?;
@@ -646,9 +628,10 @@ impl ConnectionState {
                 self.react(identity, r.message_id, r.reaction, false, reply).await?
             }
             ClientRequest::OpenDirect(open) => {
-                let view = self.realtime.open_direct(identity, open.user_id).await?;
-                self.audit("channel.open_direct", serde_json::json!({"channelId": view.id}));
-                self.send(&out::ack_channel(reference, view), encoding);
+                let channel = self.realtime.open_direct(identity, open.user_id).await?;
+                let member = self.realtime.store.get_member(channel.id, identity.user_id).await?;
+                self.audit("channel.open_direct", serde_json::json!({"channelId": channel.id}));
+                self.join(identity, channel, member, None, reference).await?;
             }
             ClientRequest::SetStatus(status) => {
                 let status = match status.status {
@@ -662,6 +645,43 @@ impl ConnectionState {
                 reply.send(Ok(Accepted::Done));
             }
         }
+        Ok(())
+    }
+
+    /// Joins a channel the caller may read: membership first (public and
+    /// broadcast channels make the caller a member), then the channel actor
+    /// answers with the `channel` object and any replay.
+    async fn join(
+        &mut self,
+        identity: &Identity,
+        channel: Channel,
+        member: Option<Member>,
+        since_seq: Option<u64>,
+        reference: Option<Ref>,
+    ) -> Result<(), RequestError> {
+        let member = match member {
+            Some(member) => member,
+            None => self.realtime.become_member(&channel, identity.user_id).await?,
+        };
+        let actor = self.realtime.channel_actor(channel.clone()).await?;
+        let request = JoinRequest {
+            outbound: self.outbound.clone(),
+            user_id: identity.user_id,
+            member,
+            since_seq,
+            reference,
+        };
+        actor
+            .cast(ChannelMsg::Join(Box::new(request)))
+            .map_err(|_| RequestError::Unavailable)?;
+        if self.joined.insert(channel.id, Joined { actor: actor.clone() }).is_none() {
+            let msg = PresenceMsg::Joined {
+                channel_id: channel.id,
+                channel: actor,
+            };
+            let _ = self.realtime.presence.cast(ForUser(identity.user_id, msg));
+        }
+        self.audit("channel.join", serde_json::json!({"channelId": channel.id}));
         Ok(())
     }
 

@@ -57,10 +57,14 @@ pub fn open_row(cipher: &MessageCipher, row: MessageRow) -> Result<MessageView, 
 }
 
 /// Decrypts a page of rows, off the reactor when the page is large.
+/// Messages whose `ttlSeconds` has passed are left out even before the
+/// retention actor deletes them.
 pub async fn open_rows(
     cipher: Arc<MessageCipher>,
-    rows: Vec<MessageRow>,
+    mut rows: Vec<MessageRow>,
 ) -> Result<Vec<MessageView>, HistoryError> {
+    let now = crate::now_ms();
+    rows.retain(|r| r.message.expires_at.is_none_or(|t| t > now));
     if rows.len() <= INLINE_ROWS {
         return rows.into_iter().map(|r| open_row(&cipher, r)).collect();
     }

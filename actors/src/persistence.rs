@@ -71,6 +71,9 @@ pub struct Write {
 
 /// What travels on the queue: a write, or the nudge of a drain that wakes an
 /// idle loop so it notices it must stop.
+// Not boxed: the queue's slots are allocated once, and boxing would add an
+// allocation per write on the hot path.
+#[allow(clippy::large_enum_variant)]
 pub enum Queued {
     Write(Write),
     Wake,

@@ -183,10 +183,10 @@ impl Actor for PresenceDirectory {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         if let PresenceMsg::Connected { .. } = msg {
-            if !state.users.contains_key(&user) {
+            if let std::collections::hash_map::Entry::Vacant(entry) = state.users.entry(user) {
                 let (actor, _) =
                     Actor::spawn_linked(None, PresenceActor, user, myself.get_cell()).await?;
-                state.users.insert(user, (actor, 0));
+                entry.insert((actor, 0));
                 metrics::gauge!(m::USERS_ONLINE).set(state.users.len() as f64);
             }
         }

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use courier_protocol::frames::{ChannelView, MessageView};
+use courier_protocol::frames::MessageView;
 use courier_protocol::{ChannelId, UserId};
 use governor::{DefaultKeyedRateLimiter, RateLimiter};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
@@ -29,7 +29,6 @@ use crate::channel::{ChannelMsg, ChannelServices, PublishRequest, Reply, Sender}
 use crate::channel_directory::{ChannelDirectory, DirectoryMsg};
 use crate::connection::{send_quota, ConnectionActor, ConnectionArgs, Peer, WsSink, WsStream};
 use crate::crypto::MessageCipher;
-use crate::frames_out as out;
 use crate::history;
 use crate::identity::{Authenticator, Identity};
 use crate::persistence::{PersistError, PersistenceActor, PersistenceConfig, PersistenceHandle, PersistenceMsg};
@@ -330,7 +329,7 @@ impl Realtime {
     }
 
     /// The caller's direct channel with `other`, created on first use.
-    pub async fn open_direct(&self, me: &Identity, other: UserId) -> Result<ChannelView, AccessError> {
+    pub async fn open_direct(&self, me: &Identity, other: UserId) -> Result<Channel, AccessError> {
         if other == me.user_id {
             return Err(AccessError::Invalid("cannot open a direct channel with yourself"));
         }
@@ -390,19 +389,7 @@ impl Realtime {
                 }
             }
         };
-        let member = self.store.get_member(channel.id, me.user_id).await?;
-        let last_seq = self.store.last_seq(channel.id).await?;
-        let last_read = member.map(|m| m.last_read_seq).unwrap_or(0);
-        Ok(ChannelView {
-            id: channel.id,
-            name: channel.name,
-            kind: out::kind(channel.kind),
-            last_seq,
-            last_read_seq: last_read,
-            unread: last_seq.saturating_sub(last_read),
-            recovered: false,
-            online: Vec::new(),
-        })
+        Ok(channel)
     }
 
     /// A page of history: the newest `limit` before `before`, ascending.
@@ -430,8 +417,10 @@ impl Realtime {
         if send.text.len() > self.limits.max_text_bytes {
             return Err(PublishError::TooLarge);
         }
-        if send.client_msg_id.as_ref().is_some_and(|c| c.is_empty() || c.len() > 64) {
-            return Err(PublishError::Invalid("clientMsgId must be 1 to 64 bytes"));
+        match send.client_msg_id.as_deref().map(str::len) {
+            Some(0) => return Err(PublishError::Invalid("clientMsgId must not be empty")),
+            Some(n) if n > 64 => return Err(PublishError::TooLarge),
+            _ => {}
         }
         if let Err(wait) = self.check_send_rate(send.sender.user_id) {
             metrics::counter!(crate::metric_names::RATE_LIMITED, "limit" => "send_message").increment(1);
@@ -525,7 +514,7 @@ pub struct Publish {
 /// Why a send was refused before reaching its channel.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
-    #[error("text is over the size limit")]
+    #[error("text or clientMsgId is over its size limit")]
     TooLarge,
     #[error("{0}")]
     Invalid(&'static str),

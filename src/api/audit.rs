@@ -17,7 +17,11 @@ use crate::http::App;
 
 /// `GET /api/audit?userId=&action=&after=&limit=`: `{entries}`, newest
 /// first; `after` is a `seq`: only entries after it.
-pub(super) async fn list(State(app): State<Arc<App>>, caller: Caller, query: QueryParams) -> ApiResult<Json<Value>> {
+pub(super) async fn list(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    query: QueryParams,
+) -> ApiResult<Json<Value>> {
     caller.authorize(&app, Action::ReadAudit, "audit.list", json!({}))?;
     let filter = AuditFilter {
         actor_id: query.parse::<UserId>("userId", "a UUID")?,

@@ -9,7 +9,6 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -21,7 +20,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::error::{ApiError, ApiResult};
-use super::extract::{parse_json, Caller, Client, JsonBody};
+use super::extract::{parse_json, Caller, Client, JsonBody, RawBody};
 use super::{validate, views};
 use crate::auth::tokens::{hash_refresh_token, new_refresh_token};
 use crate::http::App;
@@ -42,7 +41,11 @@ pub(super) struct RegisterBody {
 }
 
 /// `POST /api/auth/register`: 201 `{user}`; 403 when registration is off.
-pub(super) async fn register(State(app): State<Arc<App>>, client: Client, body: Bytes) -> ApiResult<Response> {
+pub(super) async fn register(
+    State(app): State<Arc<App>>,
+    client: Client,
+    RawBody(body): RawBody,
+) -> ApiResult<Response> {
     if !app.config.registration_open() {
         return Err(ApiError::forbidden("registration is closed"));
     }
@@ -50,7 +53,12 @@ pub(super) async fn register(State(app): State<Arc<App>>, client: Client, body: 
     validate::username("username", &body.username)?;
     validate::password(&app.config, "password", &body.password, &body.username)?;
     let email = validate::email("email", body.email.as_deref())?;
-    if app.store.get_user_by_username(&body.username).await?.is_some() {
+    if app
+        .store
+        .get_user_by_username(&body.username)
+        .await?
+        .is_some()
+    {
         return Err(ApiError::conflict("username: already taken"));
     }
     let hash = app.passwords.hash(body.password).await?;
@@ -66,7 +74,9 @@ pub(super) async fn register(State(app): State<Arc<App>>, client: Client, body: 
         })
         .await
         .map_err(|e| match e {
-            courier_actors::store::StoreError::Conflict(_) => ApiError::conflict("username: already taken"),
+            courier_actors::store::StoreError::Conflict(_) => {
+                ApiError::conflict("username: already taken")
+            }
             e => e.into(),
         })?;
     app.realtime.audit.record(client.event(
@@ -74,7 +84,11 @@ pub(super) async fn register(State(app): State<Arc<App>>, client: Client, body: 
         "auth.register",
         json!({"userId": user.id, "username": user.username}),
     ));
-    Ok((StatusCode::CREATED, Json(json!({"user": views::user(&user)}))).into_response())
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"user": views::user(&user)})),
+    )
+        .into_response())
 }
 
 #[derive(Deserialize)]
@@ -99,7 +113,9 @@ pub(super) async fn login(
         if let (Some(map), Some(more)) = (details.as_object_mut(), extra.as_object()) {
             map.extend(more.clone());
         }
-        app.realtime.audit.record(client.event(user, "auth.login_failed", details));
+        app.realtime
+            .audit
+            .record(client.event(user, "auth.login_failed", details));
         ApiError::auth_failed(LOGIN_FAILED)
     };
 
@@ -111,21 +127,36 @@ pub(super) async fn login(
     if let Some(until) = user.locked_until {
         if until > now {
             app.passwords.burn().await;
-            return Err(failed(Some(user.id), "locked", json!({"lockedUntil": until})));
+            return Err(failed(
+                Some(user.id),
+                "locked",
+                json!({"lockedUntil": until}),
+            ));
         }
         // The lockout has run out: the count of failures starts again.
         app.store.record_login_success(user.id).await?;
         user.failed_logins = 0;
         user.locked_until = None;
     }
-    if !app.passwords.verify(body.password, user.password_hash.clone()).await? {
+    if !app
+        .passwords
+        .verify(body.password, user.password_hash.clone())
+        .await?
+    {
         let lock_until = now.saturating_add(minutes_ms(app.config.lockout_minutes));
         let threshold = match app.config.lockout_threshold {
             0 => u32::MAX,
             n => n,
         };
-        let after = app.store.record_login_failure(user.id, threshold, lock_until).await?;
-        let error = failed(Some(user.id), "bad_password", json!({"failures": after.failed_logins}));
+        let after = app
+            .store
+            .record_login_failure(user.id, threshold, lock_until)
+            .await?;
+        let error = failed(
+            Some(user.id),
+            "bad_password",
+            json!({"failures": after.failed_logins}),
+        );
         if after.locked_until == Some(lock_until) {
             app.realtime.audit.record(client.event(
                 Some(user.id),
@@ -150,7 +181,11 @@ pub(super) async fn login(
 }
 
 /// Creates a session for `user` and returns `{token, refreshToken, expiresIn}`.
-async fn open_session(app: &App, user: &User, client: &Client) -> ApiResult<(serde_json::Value, SessionId)> {
+async fn open_session(
+    app: &App,
+    user: &User,
+    client: &Client,
+) -> ApiResult<(serde_json::Value, SessionId)> {
     let refresh = new_refresh_token();
     let now = courier_actors::now_ms();
     let session = Session {
@@ -168,8 +203,16 @@ async fn open_session(app: &App, user: &User, client: &Client) -> ApiResult<(ser
     Ok((token_answer(app, user.id, id, refresh)?, id))
 }
 
-fn token_answer(app: &App, user: UserId, session: SessionId, refresh: String) -> ApiResult<serde_json::Value> {
-    let (token, _exp) = app.tokens.issue(user, session).map_err(ApiError::internal)?;
+fn token_answer(
+    app: &App,
+    user: UserId,
+    session: SessionId,
+    refresh: String,
+) -> ApiResult<serde_json::Value> {
+    let (token, _exp) = app
+        .tokens
+        .issue(user, session)
+        .map_err(ApiError::internal)?;
     Ok(json!({"token": token, "refreshToken": refresh, "expiresIn": app.tokens.ttl_secs}))
 }
 
@@ -209,9 +252,14 @@ pub(super) async fn refresh(
             ));
             Ok(Json(token_answer(&app, session.user_id, session.id, next)?))
         }
-        RefreshOutcome::Reused { session_id, user_id } => {
-            app.realtime.revoke_sessions(user_id, Some(vec![session_id]));
-            metrics::counter!(metric_names::AUTH_FAILURES, "reason" => "refresh_reuse").increment(1);
+        RefreshOutcome::Reused {
+            session_id,
+            user_id,
+        } => {
+            app.realtime
+                .revoke_sessions(user_id, Some(vec![session_id]));
+            metrics::counter!(metric_names::AUTH_FAILURES, "reason" => "refresh_reuse")
+                .increment(1);
             app.realtime.audit.record(client.event(
                 Some(user_id),
                 "auth.refresh_reuse",
@@ -255,7 +303,12 @@ pub(super) async fn change_password(
     JsonBody(body): JsonBody<ChangePasswordBody>,
 ) -> ApiResult<StatusCode> {
     validate::presented("currentPassword", &body.current_password)?;
-    validate::password(&app.config, "newPassword", &body.new_password, &caller.identity.username)?;
+    validate::password(
+        &app.config,
+        "newPassword",
+        &body.new_password,
+        &caller.identity.username,
+    )?;
     let user = app
         .store
         .get_user(caller.identity.user_id)
@@ -266,13 +319,20 @@ pub(super) async fn change_password(
         app.passwords.burn().await;
         return Err(ApiError::forbidden("the account is temporarily locked"));
     }
-    if !app.passwords.verify(body.current_password, user.password_hash.clone()).await? {
+    if !app
+        .passwords
+        .verify(body.current_password, user.password_hash.clone())
+        .await?
+    {
         let lock_until = now.saturating_add(minutes_ms(app.config.lockout_minutes));
         let threshold = match app.config.lockout_threshold {
             0 => u32::MAX,
             n => n,
         };
-        let after = app.store.record_login_failure(user.id, threshold, lock_until).await?;
+        let after = app
+            .store
+            .record_login_failure(user.id, threshold, lock_until)
+            .await?;
         caller.audit(
             &app,
             "auth.password_change_failed",

@@ -31,7 +31,10 @@ pub(super) async fn list(State(app): State<Arc<App>>, caller: Caller) -> ApiResu
     let principal = caller.principal(&app);
     let mut channels = Vec::new();
     for channel in app.store.list_channels_for(caller.identity.user_id).await? {
-        let member = app.store.get_member(channel.id, caller.identity.user_id).await?;
+        let member = app
+            .store
+            .get_member(channel.id, caller.identity.user_id)
+            .await?;
         let visible = authz::decide(
             principal,
             Action::ReadChannel {
@@ -92,7 +95,9 @@ pub(super) async fn create(
         last_read_seq: 0,
         last_delivered_seq: 0,
     };
-    app.store.create_channel(channel.clone(), owner.clone()).await?;
+    app.store
+        .create_channel(channel.clone(), owner.clone())
+        .await?;
     caller.audit(
         &app,
         "channel.create",
@@ -106,7 +111,11 @@ pub(super) async fn create(
 }
 
 /// `GET /api/channels/{id}`: `{channel}` with `lastSeq`.
-pub(super) async fn get(State(app): State<Arc<App>>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+pub(super) async fn get(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
     let id: ChannelId = path_id("id", &id)?;
     let (channel, member) = read_access(&app, &caller, id, "channels.get").await?;
     let mut view = views::channel(&channel, member.as_ref());
@@ -125,7 +134,9 @@ pub(super) struct UpdateBody {
     kind: Option<ChannelKind>,
 }
 
-fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(de: D) -> Result<Option<Option<T>>, D::Error> {
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    de: D,
+) -> Result<Option<Option<T>>, D::Error> {
     Option::<T>::deserialize(de).map(Some)
 }
 
@@ -141,7 +152,11 @@ pub(super) async fn update(
     if body.kind.is_some_and(|k| k != channel.kind) {
         return Err(ApiError::invalid("kind", "cannot be changed"));
     }
-    let name = body.name.as_deref().map(|n| validate::channel_name("name", n)).transpose()?;
+    let name = body
+        .name
+        .as_deref()
+        .map(|n| validate::channel_name("name", n))
+        .transpose()?;
     let description = match &body.description {
         Some(d) => Some(validate::description("description", d.as_deref())?),
         None => None,
@@ -151,7 +166,9 @@ pub(super) async fn update(
         .update_channel(id, ChannelPatch { name, description })
         .await?;
     caller.audit(&app, "channel.update", json!({"channelId": id}));
-    Ok(Json(json!({"channel": views::channel(&updated, member.as_ref())})))
+    Ok(Json(
+        json!({"channel": views::channel(&updated, member.as_ref())}),
+    ))
 }
 
 /// `DELETE /api/channels/{id}`: 204; joined connections get
@@ -183,7 +200,11 @@ pub(super) async fn members(
     read_access(&app, &caller, id, "channels.members").await?;
     let mut members = Vec::new();
     for member in app.store.list_members(id).await? {
-        let username = app.store.get_user(member.user_id).await?.map(|u| u.username);
+        let username = app
+            .store
+            .get_user(member.user_id)
+            .await?
+            .map(|u| u.username);
         members.push(views::member(&member, username.as_deref()));
     }
     Ok(Json(json!({"members": members})))
@@ -268,7 +289,9 @@ pub(super) async fn set_member_role(
         json!({"channelId": id, "userId": user_id, "role": body.role}),
     );
     let username = app.store.get_user(user_id).await?.map(|u| u.username);
-    Ok(Json(json!({"member": views::member(&member, username.as_deref())})))
+    Ok(Json(
+        json!({"member": views::member(&member, username.as_deref())}),
+    ))
 }
 
 /// `DELETE /api/channels/{id}/members/{userId}`: 204; the member's joined
@@ -286,7 +309,14 @@ pub(super) async fn remove_member(
     if current.role == ChannelRole::Owner {
         keeps_an_owner(&app, id, user_id).await?;
     }
-    write(&app, WriteOp::RemoveMember { channel_id: id, user_id }).await?;
+    write(
+        &app,
+        WriteOp::RemoveMember {
+            channel_id: id,
+            user_id,
+        },
+    )
+    .await?;
     app.realtime
         .notify_channel(id, ChannelMsg::MemberRemoved { user_id });
     caller.audit(
@@ -327,7 +357,10 @@ async fn read_access(
     op: &str,
 ) -> ApiResult<(Channel, Option<Member>)> {
     app.realtime
-        .channel_access(caller.principal(app), id, |c, m| Action::ReadChannel { channel: c, member: m })
+        .channel_access(caller.principal(app), id, |c, m| Action::ReadChannel {
+            channel: c,
+            member: m,
+        })
         .await
         .map_err(|e| caller.access_error(app, op, json!({"channelId": id}), e))
 }
@@ -340,7 +373,10 @@ async fn manage_access(
     op: &str,
 ) -> ApiResult<(Channel, Option<Member>)> {
     app.realtime
-        .channel_access(caller.principal(app), id, |c, m| Action::ManageChannel { channel: c, member: m })
+        .channel_access(caller.principal(app), id, |c, m| Action::ManageChannel {
+            channel: c,
+            member: m,
+        })
         .await
         .map_err(|e| caller.access_error(app, op, json!({"channelId": id}), e))
 }
@@ -348,7 +384,9 @@ async fn manage_access(
 /// A direct channel's two members are fixed.
 fn fixed_membership(channel: &Channel) -> ApiResult<()> {
     if channel.kind == ChannelKind::Direct {
-        return Err(ApiError::conflict("a direct channel's members cannot change"));
+        return Err(ApiError::conflict(
+            "a direct channel's members cannot change",
+        ));
     }
     Ok(())
 }

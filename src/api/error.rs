@@ -120,7 +120,11 @@ impl ApiError {
     /// 500; `detail` is logged, not sent.
     pub fn internal(detail: impl std::fmt::Display) -> Self {
         tracing::error!(error = %detail, "internal error in a REST handler");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal, "internal error")
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            "internal error",
+        )
     }
 }
 
@@ -131,13 +135,16 @@ impl IntoResponse for ApiError {
             error["field"] = serde_json::json!(field);
         }
         if let Some(wait) = self.retry_after {
-            error["retryAfterMs"] = serde_json::json!(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX));
+            error["retryAfterMs"] =
+                serde_json::json!(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX));
         }
-        let mut response = (self.status, axum::Json(serde_json::json!({"error": error}))).into_response();
+        let mut response =
+            (self.status, axum::Json(serde_json::json!({"error": error}))).into_response();
         if let Some(wait) = self.retry_after {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs(wait)));
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(retry_after_secs(wait)),
+            );
         }
         response
     }

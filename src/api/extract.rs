@@ -64,7 +64,10 @@ impl FromRequestParts<Arc<App>> for Client {
         if let Some(client) = parts.extensions.get::<Client>() {
             return Ok(client.clone());
         }
-        let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0);
         Ok(Client::from_parts(app, &parts.headers, peer))
     }
 }
@@ -88,9 +91,10 @@ impl Caller {
 
     /// Appends an audit entry for something the caller did.
     pub fn audit(&self, app: &App, action: &str, details: serde_json::Value) {
-        app.realtime
-            .audit
-            .record(self.client.event(Some(self.identity.user_id), action, details));
+        app.realtime.audit.record(
+            self.client
+                .event(Some(self.identity.user_id), action, details),
+        );
     }
 
     /// Asks the authorization module; a denial is audited
@@ -102,18 +106,31 @@ impl Caller {
         op: &str,
         details: serde_json::Value,
     ) -> Result<(), ApiError> {
-        authz::decide(self.principal(app), action).map_err(|denied| self.denied(app, op, details, denied.0))
+        authz::decide(self.principal(app), action)
+            .map_err(|denied| self.denied(app, op, details, denied.0))
     }
 
     /// Maps an access error of a shared realtime path, auditing a denial.
-    pub fn access_error(&self, app: &App, op: &str, details: serde_json::Value, e: AccessError) -> ApiError {
+    pub fn access_error(
+        &self,
+        app: &App,
+        op: &str,
+        details: serde_json::Value,
+        e: AccessError,
+    ) -> ApiError {
         match e {
             AccessError::Denied(denied) => self.denied(app, op, details, denied.0),
             other => from_access(other),
         }
     }
 
-    fn denied(&self, app: &App, op: &str, mut details: serde_json::Value, why: &'static str) -> ApiError {
+    fn denied(
+        &self,
+        app: &App,
+        op: &str,
+        mut details: serde_json::Value,
+        why: &'static str,
+    ) -> ApiError {
         if let Some(map) = details.as_object_mut() {
             map.insert("op".into(), op.into());
         }
@@ -144,14 +161,30 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::too_large("request body is over the size limit")
-            } else {
-                ApiError::bad_request("cannot read the request body")
-            }
-        })?;
+        let RawBody(bytes) = RawBody::from_request(req, state).await?;
         parse_json(&bytes).map(JsonBody)
+    }
+}
+
+/// The body, unparsed (for handlers that decide something before parsing
+/// it), with [`JsonBody`]'s size limit and errors; parse it with
+/// [`parse_json`].
+pub struct RawBody(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for RawBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        Bytes::from_request(req, state)
+            .await
+            .map(RawBody)
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::too_large("request body is over the size limit")
+                } else {
+                    ApiError::bad_request("cannot read the request body")
+                }
+            })
     }
 }
 
@@ -193,7 +226,8 @@ fn missing_field(message: &str) -> Option<String> {
 
 /// An id from the path, e.g. `/api/users/{id}`.
 pub fn path_id<T: FromStr>(field: &'static str, raw: &str) -> Result<T, ApiError> {
-    raw.parse().map_err(|_| ApiError::invalid(field, "must be a UUID"))
+    raw.parse()
+        .map_err(|_| ApiError::invalid(field, "must be a UUID"))
 }
 
 /// Query parameters, parsed one by one with errors that name them.
@@ -215,9 +249,10 @@ impl QueryParams {
     /// A text parameter; empty counts as absent.
     pub fn text(&self, name: &'static str, max_len: usize) -> Result<Option<String>, ApiError> {
         match self.0.get(name).map(|v| v.trim()).filter(|v| !v.is_empty()) {
-            Some(v) if v.chars().count() > max_len => {
-                Err(ApiError::invalid(name, format!("must be at most {max_len} characters")))
-            }
+            Some(v) if v.chars().count() > max_len => Err(ApiError::invalid(
+                name,
+                format!("must be at most {max_len} characters"),
+            )),
             v => Ok(v.map(str::to_owned)),
         }
     }
@@ -234,7 +269,13 @@ impl QueryParams {
     }
 
     /// An integer in `min..=max`, `default` when absent.
-    pub fn int_in(&self, name: &'static str, min: u64, max: u64, default: u64) -> Result<u64, ApiError> {
+    pub fn int_in(
+        &self,
+        name: &'static str,
+        min: u64,
+        max: u64,
+        default: u64,
+    ) -> Result<u64, ApiError> {
         let what = format!("an integer from {min} to {max}");
         match self.parse::<u64>(name, &what)? {
             Some(v) if (min..=max).contains(&v) => Ok(v),

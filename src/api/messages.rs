@@ -52,7 +52,11 @@ pub(super) async fn send(
     if body.text.trim().is_empty() {
         return Err(ApiError::invalid("text", "must not be empty"));
     }
-    if body.client_msg_id.as_ref().is_some_and(|c| c.is_empty() || c.len() > 64) {
+    if body
+        .client_msg_id
+        .as_ref()
+        .is_some_and(|c| c.is_empty() || c.len() > 64)
+    {
         return Err(ApiError::invalid("clientMsgId", "must be 1 to 64 bytes"));
     }
     if body.ttl_seconds == Some(0) {

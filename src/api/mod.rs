@@ -82,7 +82,10 @@ pub fn routes(app: Arc<App>) -> Router<Arc<App>> {
     let auth_session = Router::new()
         .route("/api/auth/logout", post(auth::logout))
         .route("/api/auth/change-password", post(auth::change_password))
-        .route_layer(middleware::from_fn_with_state(gate.clone(), authenticate_uncounted));
+        .route_layer(middleware::from_fn_with_state(
+            gate.clone(),
+            authenticate_uncounted,
+        ));
     let auth = Router::new()
         .route("/api/auth/register", post(auth::register))
         .route("/api/auth/login", post(auth::login))
@@ -98,11 +101,16 @@ pub fn routes(app: Arc<App>) -> Router<Arc<App>> {
         )
         .route("/api/users/{id}/permissions", get(users::permissions))
         .route("/api/users/{id}/sessions", get(users::sessions))
-        .route("/api/users/{id}/terminate-sessions", post(users::terminate_sessions))
+        .route(
+            "/api/users/{id}/terminate-sessions",
+            post(users::terminate_sessions),
+        )
         .route("/api/channels", get(channels::list).post(channels::create))
         .route(
             "/api/channels/{id}",
-            get(channels::get).put(channels::update).delete(channels::delete),
+            get(channels::get)
+                .put(channels::update)
+                .delete(channels::delete),
         )
         .route(
             "/api/channels/{id}/members",
@@ -126,13 +134,17 @@ pub fn routes(app: Arc<App>) -> Router<Arc<App>> {
             "/api/openapi.json",
             get(move || async move {
                 let mut response = document.into_response();
-                response
-                    .headers_mut()
-                    .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
                 response
             }),
         )
-        .route("/api/{*rest}", any(|| async { ApiError::not_found("no such endpoint") }))
+        .route(
+            "/api/{*rest}",
+            any(|| async { ApiError::not_found("no such endpoint") }),
+        )
         .layer(DefaultBodyLimit::max(body_limit))
 }
 
@@ -150,7 +162,11 @@ async fn authenticate_counted(State(gate): State<Arc<Gate>>, req: Request, next:
     authenticate(&gate, true, req, next).await
 }
 
-async fn authenticate_uncounted(State(gate): State<Arc<Gate>>, req: Request, next: Next) -> Response {
+async fn authenticate_uncounted(
+    State(gate): State<Arc<Gate>>,
+    req: Request,
+    next: Next,
+) -> Response {
     authenticate(&gate, false, req, next).await
 }
 
@@ -189,7 +205,10 @@ fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
         .ok_or_else(ApiError::unauthenticated)?
         .to_str()
         .map_err(|_| ApiError::auth_failed("invalid or expired token"))?;
-    let (scheme, token) = value.trim().split_once(' ').ok_or_else(ApiError::unauthenticated)?;
+    let (scheme, token) = value
+        .trim()
+        .split_once(' ')
+        .ok_or_else(ApiError::unauthenticated)?;
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Err(ApiError::unauthenticated());
     }
@@ -204,6 +223,9 @@ fn client_of(app: &App, req: &Request) -> Client {
     if let Some(client) = req.extensions().get::<Client>() {
         return client.clone();
     }
-    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
     Client::from_parts(app, req.headers(), peer)
 }

@@ -83,12 +83,18 @@ impl Op {
         responses.insert(self.success.0.into(), self.success.1);
         let common: &[(&str, &str)] = if self.secured {
             &[
-                ("401", "Missing, invalid or expired token, or a revoked session"),
+                (
+                    "401",
+                    "Missing, invalid or expired token, or a revoked session",
+                ),
                 ("429", "Rate limited; see Retry-After"),
                 ("503", "The store is unavailable; retry"),
             ]
         } else {
-            &[("429", "Rate limited; see Retry-After"), ("503", "The store is unavailable; retry")]
+            &[
+                ("429", "Rate limited; see Retry-After"),
+                ("503", "The store is unavailable; retry"),
+            ]
         };
         for (status, description) in self.errors.iter().chain(common) {
             responses.insert((*status).into(), error_response(description));
@@ -105,7 +111,8 @@ impl Op {
             op["security"] = json!([]);
         }
         if let Some(body) = self.body {
-            op["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": body}}});
+            op["requestBody"] =
+                json!({"required": true, "content": {"application/json": {"schema": body}}});
         }
         op
     }
@@ -144,19 +151,31 @@ pub fn document() -> Value {
         entry[method] = op.build();
     };
 
-    add("post", "/api/auth/register", Op {
-        summary: "Create an account (when registration is open)",
-        tag: "auth",
-        secured: false,
-        params: vec![],
-        body: Some(object(&["username", "password"], json!({
-            "username": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{2,31}$"},
-            "password": {"type": "string", "description": "At least password_min_length characters; not the username"},
-            "email": {"type": ["string", "null"], "format": "email"},
-        }))),
-        success: ("201", json_response("Created", wrapped("user", "User"))),
-        errors: &[("400", "A field is missing or invalid (`field` names it)"), ("403", "Registration is closed"), ("409", "The username is taken"), ("413", "Body too large")],
-    });
+    add(
+        "post",
+        "/api/auth/register",
+        Op {
+            summary: "Create an account (when registration is open)",
+            tag: "auth",
+            secured: false,
+            params: vec![],
+            body: Some(object(
+                &["username", "password"],
+                json!({
+                    "username": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{2,31}$"},
+                    "password": {"type": "string", "description": "At least password_min_length characters; not the username"},
+                    "email": {"type": ["string", "null"], "format": "email"},
+                }),
+            )),
+            success: ("201", json_response("Created", wrapped("user", "User"))),
+            errors: &[
+                ("400", "A field is missing or invalid (`field` names it)"),
+                ("403", "Registration is closed"),
+                ("409", "The username is taken"),
+                ("413", "Body too large"),
+            ],
+        },
+    );
     add("post", "/api/auth/login", Op {
         summary: "Log in: open a session",
         tag: "auth",
@@ -177,64 +196,124 @@ pub fn document() -> Value {
         success: ("200", json_response("New tokens", tokens)),
         errors: &[("400", "refreshToken missing"), ("401", "Unknown, expired or reused refresh token (reuse revokes the session and closes its sockets with 4003)")],
     });
-    add("post", "/api/auth/logout", Op {
-        summary: "End this session; its sockets close with 4003",
-        tag: "auth",
-        secured: true,
-        params: vec![],
-        body: None,
-        success: no_content("Logged out"),
-        errors: &[],
-    });
-    add("post", "/api/auth/change-password", Op {
-        summary: "Change the password; every session of the user ends",
-        tag: "auth",
-        secured: true,
-        params: vec![],
-        body: Some(object(&["currentPassword", "newPassword"], json!({
-            "currentPassword": {"type": "string"}, "newPassword": {"type": "string"},
-        }))),
-        success: no_content("Changed; log in again"),
-        errors: &[("400", "newPassword breaks the policy"), ("403", "currentPassword is incorrect, or the account is locked")],
-    });
+    add(
+        "post",
+        "/api/auth/logout",
+        Op {
+            summary: "End this session; its sockets close with 4003",
+            tag: "auth",
+            secured: true,
+            params: vec![],
+            body: None,
+            success: no_content("Logged out"),
+            errors: &[],
+        },
+    );
+    add(
+        "post",
+        "/api/auth/change-password",
+        Op {
+            summary: "Change the password; every session of the user ends",
+            tag: "auth",
+            secured: true,
+            params: vec![],
+            body: Some(object(
+                &["currentPassword", "newPassword"],
+                json!({
+                    "currentPassword": {"type": "string"}, "newPassword": {"type": "string"},
+                }),
+            )),
+            success: no_content("Changed; log in again"),
+            errors: &[
+                ("400", "newPassword breaks the policy"),
+                (
+                    "403",
+                    "currentPassword is incorrect, or the account is locked",
+                ),
+            ],
+        },
+    );
 
-    add("get", "/api/users", Op {
-        summary: "List users (users.read or users.manage)",
-        tag: "users",
-        secured: true,
-        params: vec![
-            query_param("search", "Substring of the username or email", json!({"type": "string", "maxLength": 64})),
-            limit(100, 50),
-            query_param("offset", "Users to skip", json!({"type": "integer", "minimum": 0, "default": 0})),
-        ],
-        body: None,
-        success: ("200", json_response("A page of users", object(&["users", "limit", "offset", "hasMore"], json!({
-            "users": {"type": "array", "items": schema("User")},
-            "limit": {"type": "integer"}, "offset": {"type": "integer"}, "hasMore": {"type": "boolean"},
-        })))),
-        errors: &[("400", "A query parameter is invalid"), ("403", "Not allowed")],
-    });
-    add("post", "/api/users", Op {
-        summary: "Create a user (users.manage; granting a role needs the right to grant it)",
-        tag: "users",
-        secured: true,
-        params: vec![],
-        body: Some(object(&["username", "password"], json!({
-            "username": {"type": "string"}, "password": {"type": "string"},
-            "email": {"type": ["string", "null"]}, "role": schema("Role"),
-        }))),
-        success: ("201", json_response("Created", wrapped("user", "User"))),
-        errors: &[("400", "A field is missing or invalid"), ("403", "Not allowed"), ("409", "The username is taken")],
-    });
-    add("get", "/api/users/{id}", Op {
-        summary: "Read a user (yourself, or with users.read)",
-        tag: "users",
-        secured: true,
-        params: vec![id()],
-        body: None,
-        success: ("200", json_response("The user", wrapped("user", "User"))),
-        errors: &[("400", "Invalid id"), ("403", "Not allowed"), ("404", "No such user")],
-    });
+    add(
+        "get",
+        "/api/users",
+        Op {
+            summary: "List users (users.read or users.manage)",
+            tag: "users",
+            secured: true,
+            params: vec![
+                query_param(
+                    "search",
+                    "Substring of the username or email",
+                    json!({"type": "string", "maxLength": 64}),
+                ),
+                limit(100, 50),
+                query_param(
+                    "offset",
+                    "Users to skip",
+                    json!({"type": "integer", "minimum": 0, "default": 0}),
+                ),
+            ],
+            body: None,
+            success: (
+                "200",
+                json_response(
+                    "A page of users",
+                    object(
+                        &["users", "limit", "offset", "hasMore"],
+                        json!({
+                            "users": {"type": "array", "items": schema("User")},
+                            "limit": {"type": "integer"}, "offset": {"type": "integer"}, "hasMore": {"type": "boolean"},
+                        }),
+                    ),
+                ),
+            ),
+            errors: &[
+                ("400", "A query parameter is invalid"),
+                ("403", "Not allowed"),
+            ],
+        },
+    );
+    add(
+        "post",
+        "/api/users",
+        Op {
+            summary: "Create a user (users.manage; granting a role needs the right to grant it)",
+            tag: "users",
+            secured: true,
+            params: vec![],
+            body: Some(object(
+                &["username", "password"],
+                json!({
+                    "username": {"type": "string"}, "password": {"type": "string"},
+                    "email": {"type": ["string", "null"]}, "role": schema("Role"),
+                }),
+            )),
+            success: ("201", json_response("Created", wrapped("user", "User"))),
+            errors: &[
+                ("400", "A field is missing or invalid"),
+                ("403", "Not allowed"),
+                ("409", "The username is taken"),
+            ],
+        },
+    );
+    add(
+        "get",
+        "/api/users/{id}",
+        Op {
+            summary: "Read a user (yourself, or with users.read)",
+            tag: "users",
+            secured: true,
+            params: vec![id()],
+            body: None,
+            success: ("200", json_response("The user", wrapped("user", "User"))),
+            errors: &[
+                ("400", "Invalid id"),
+                ("403", "Not allowed"),
+                ("404", "No such user"),
+            ],
+        },
+    );
     add("put", "/api/users/{id}", Op {
         summary: "Change a user's email, role or password (users.manage); a role or password change ends their sessions",
         tag: "users",
@@ -246,92 +325,207 @@ pub fn document() -> Value {
         success: ("200", json_response("The updated user", wrapped("user", "User"))),
         errors: &[("400", "A field is invalid"), ("403", "Not allowed"), ("404", "No such user")],
     });
-    add("delete", "/api/users/{id}", Op {
-        summary: "Delete a user (users.manage); their sockets close with 4003",
-        tag: "users",
-        secured: true,
-        params: vec![id()],
-        body: None,
-        success: no_content("Deleted"),
-        errors: &[("400", "Invalid id"), ("403", "Not allowed"), ("404", "No such user"), ("409", "Cannot delete yourself")],
-    });
-    add("get", "/api/users/{id}/permissions", Op {
-        summary: "A user's role and its permissions",
-        tag: "users",
-        secured: true,
-        params: vec![id()],
-        body: None,
-        success: ("200", json_response("Permissions", object(&["userId", "role", "permissions"], json!({
-            "userId": {"type": "string", "format": "uuid"}, "role": schema("Role"),
-            "permissions": {"type": "array", "items": {"type": "string"}},
-        })))),
-        errors: &[("400", "Invalid id"), ("403", "Not allowed"), ("404", "No such user")],
-    });
-    add("get", "/api/users/{id}/sessions", Op {
-        summary: "A user's sessions (yourself, or with sessions.manage)",
-        tag: "users",
-        secured: true,
-        params: vec![id(), query_param("all", "Include ended sessions", json!({"type": "boolean", "default": false}))],
-        body: None,
-        success: ("200", json_response("Sessions", object(&["sessions"], json!({
-            "sessions": {"type": "array", "items": schema("Session")},
-        })))),
-        errors: &[("400", "Invalid id"), ("403", "Not allowed"), ("404", "No such user")],
-    });
-    add("post", "/api/users/{id}/terminate-sessions", Op {
-        summary: "End every session of a user; their sockets close with 4003",
-        tag: "users",
-        secured: true,
-        params: vec![id()],
-        body: None,
-        success: ("200", json_response("Sessions ended", object(&["revoked"], json!({"revoked": {"type": "integer"}})))),
-        errors: &[("400", "Invalid id"), ("403", "Not allowed"), ("404", "No such user")],
-    });
+    add(
+        "delete",
+        "/api/users/{id}",
+        Op {
+            summary: "Delete a user (users.manage); their sockets close with 4003",
+            tag: "users",
+            secured: true,
+            params: vec![id()],
+            body: None,
+            success: no_content("Deleted"),
+            errors: &[
+                ("400", "Invalid id"),
+                ("403", "Not allowed"),
+                ("404", "No such user"),
+                ("409", "Cannot delete yourself"),
+            ],
+        },
+    );
+    add(
+        "get",
+        "/api/users/{id}/permissions",
+        Op {
+            summary: "A user's role and its permissions",
+            tag: "users",
+            secured: true,
+            params: vec![id()],
+            body: None,
+            success: (
+                "200",
+                json_response(
+                    "Permissions",
+                    object(
+                        &["userId", "role", "permissions"],
+                        json!({
+                            "userId": {"type": "string", "format": "uuid"}, "role": schema("Role"),
+                            "permissions": {"type": "array", "items": {"type": "string"}},
+                        }),
+                    ),
+                ),
+            ),
+            errors: &[
+                ("400", "Invalid id"),
+                ("403", "Not allowed"),
+                ("404", "No such user"),
+            ],
+        },
+    );
+    add(
+        "get",
+        "/api/users/{id}/sessions",
+        Op {
+            summary: "A user's sessions (yourself, or with sessions.manage)",
+            tag: "users",
+            secured: true,
+            params: vec![
+                id(),
+                query_param(
+                    "all",
+                    "Include ended sessions",
+                    json!({"type": "boolean", "default": false}),
+                ),
+            ],
+            body: None,
+            success: (
+                "200",
+                json_response(
+                    "Sessions",
+                    object(
+                        &["sessions"],
+                        json!({
+                            "sessions": {"type": "array", "items": schema("Session")},
+                        }),
+                    ),
+                ),
+            ),
+            errors: &[
+                ("400", "Invalid id"),
+                ("403", "Not allowed"),
+                ("404", "No such user"),
+            ],
+        },
+    );
+    add(
+        "post",
+        "/api/users/{id}/terminate-sessions",
+        Op {
+            summary: "End every session of a user; their sockets close with 4003",
+            tag: "users",
+            secured: true,
+            params: vec![id()],
+            body: None,
+            success: (
+                "200",
+                json_response(
+                    "Sessions ended",
+                    object(&["revoked"], json!({"revoked": {"type": "integer"}})),
+                ),
+            ),
+            errors: &[
+                ("400", "Invalid id"),
+                ("403", "Not allowed"),
+                ("404", "No such user"),
+            ],
+        },
+    );
 
-    add("get", "/api/channels", Op {
-        summary: "Channels you can see: public, broadcast, and those you are a member of",
-        tag: "channels",
-        secured: true,
-        params: vec![],
-        body: None,
-        success: ("200", json_response("Channels", object(&["channels"], json!({
-            "channels": {"type": "array", "items": schema("Channel")},
-        })))),
-        errors: &[],
-    });
-    add("post", "/api/channels", Op {
-        summary: "Create a channel; you become its owner",
-        tag: "channels",
-        secured: true,
-        params: vec![],
-        body: Some(object(&["name", "kind"], json!({
-            "name": {"type": "string", "minLength": 1, "maxLength": 100},
-            "description": {"type": ["string", "null"], "maxLength": 1000},
-            "kind": {"type": "string", "enum": ["public", "private", "broadcast"]},
-        }))),
-        success: ("201", json_response("Created", wrapped("channel", "Channel"))),
-        errors: &[("400", "A field is missing or invalid"), ("403", "Not allowed to create this kind")],
-    });
-    add("get", "/api/channels/{id}", Op {
-        summary: "Read a channel (members only, unless public or broadcast)",
-        tag: "channels",
-        secured: true,
-        params: vec![id()],
-        body: None,
-        success: ("200", json_response("The channel, with lastSeq", wrapped("channel", "Channel"))),
-        errors: &[("400", "Invalid id"), ("403", "Not a member"), ("404", "No such channel")],
-    });
-    add("put", "/api/channels/{id}", Op {
-        summary: "Rename or describe a channel (owner, or channels.manage)",
-        tag: "channels",
-        secured: true,
-        params: vec![id()],
-        body: Some(object(&[], json!({
-            "name": {"type": "string"}, "description": {"type": ["string", "null"]},
-        }))),
-        success: ("200", json_response("The updated channel", wrapped("channel", "Channel"))),
-        errors: &[("400", "A field is invalid, or kind changed"), ("403", "Not allowed"), ("404", "No such channel")],
-    });
+    add(
+        "get",
+        "/api/channels",
+        Op {
+            summary: "Channels you can see: public, broadcast, and those you are a member of",
+            tag: "channels",
+            secured: true,
+            params: vec![],
+            body: None,
+            success: (
+                "200",
+                json_response(
+                    "Channels",
+                    object(
+                        &["channels"],
+                        json!({
+                            "channels": {"type": "array", "items": schema("Channel")},
+                        }),
+                    ),
+                ),
+            ),
+            errors: &[],
+        },
+    );
+    add(
+        "post",
+        "/api/channels",
+        Op {
+            summary: "Create a channel; you become its owner",
+            tag: "channels",
+            secured: true,
+            params: vec![],
+            body: Some(object(
+                &["name", "kind"],
+                json!({
+                    "name": {"type": "string", "minLength": 1, "maxLength": 100},
+                    "description": {"type": ["string", "null"], "maxLength": 1000},
+                    "kind": {"type": "string", "enum": ["public", "private", "broadcast"]},
+                }),
+            )),
+            success: (
+                "201",
+                json_response("Created", wrapped("channel", "Channel")),
+            ),
+            errors: &[
+                ("400", "A field is missing or invalid"),
+                ("403", "Not allowed to create this kind"),
+            ],
+        },
+    );
+    add(
+        "get",
+        "/api/channels/{id}",
+        Op {
+            summary: "Read a channel (members only, unless public or broadcast)",
+            tag: "channels",
+            secured: true,
+            params: vec![id()],
+            body: None,
+            success: (
+                "200",
+                json_response("The channel, with lastSeq", wrapped("channel", "Channel")),
+            ),
+            errors: &[
+                ("400", "Invalid id"),
+                ("403", "Not a member"),
+                ("404", "No such channel"),
+            ],
+        },
+    );
+    add(
+        "put",
+        "/api/channels/{id}",
+        Op {
+            summary: "Rename or describe a channel (owner, or channels.manage)",
+            tag: "channels",
+            secured: true,
+            params: vec![id()],
+            body: Some(object(
+                &[],
+                json!({
+                    "name": {"type": "string"}, "description": {"type": ["string", "null"]},
+                }),
+            )),
+            success: (
+                "200",
+                json_response("The updated channel", wrapped("channel", "Channel")),
+            ),
+            errors: &[
+                ("400", "A field is invalid, or kind changed"),
+                ("403", "Not allowed"),
+                ("404", "No such channel"),
+            ],
+        },
+    );
     add("delete", "/api/channels/{id}", Op {
         summary: "Delete a channel with its messages; joined sockets get system_event channel_deleted",
         tag: "channels",
@@ -341,37 +535,75 @@ pub fn document() -> Value {
         success: no_content("Deleted"),
         errors: &[("400", "Invalid id"), ("403", "Not allowed"), ("404", "No such channel")],
     });
-    add("get", "/api/channels/{id}/members", Op {
-        summary: "A channel's members",
-        tag: "channels",
-        secured: true,
-        params: vec![id()],
-        body: None,
-        success: ("200", json_response("Members", object(&["members"], json!({
-            "members": {"type": "array", "items": schema("Member")},
-        })))),
-        errors: &[("400", "Invalid id"), ("403", "Not a member"), ("404", "No such channel")],
-    });
-    add("post", "/api/channels/{id}/members", Op {
-        summary: "Add a member (owner, or channels.manage)",
-        tag: "channels",
-        secured: true,
-        params: vec![id()],
-        body: Some(object(&["userId"], json!({
-            "userId": {"type": "string", "format": "uuid"}, "role": schema("ChannelRole"),
-        }))),
-        success: ("201", json_response("Added", wrapped("member", "Member"))),
-        errors: &[("400", "A field is missing or invalid"), ("403", "Not allowed"), ("404", "No such channel or user"), ("409", "Already a member, or a direct channel")],
-    });
-    add("put", "/api/channels/{id}/members/{userId}", Op {
-        summary: "Change a member's role (owner, or channels.manage)",
-        tag: "channels",
-        secured: true,
-        params: vec![id(), user_id()],
-        body: Some(object(&["role"], json!({"role": schema("ChannelRole")}))),
-        success: ("200", json_response("Changed", wrapped("member", "Member"))),
-        errors: &[("400", "A field is invalid"), ("403", "Not allowed"), ("404", "No such channel or member"), ("409", "The last owner, or a direct channel")],
-    });
+    add(
+        "get",
+        "/api/channels/{id}/members",
+        Op {
+            summary: "A channel's members",
+            tag: "channels",
+            secured: true,
+            params: vec![id()],
+            body: None,
+            success: (
+                "200",
+                json_response(
+                    "Members",
+                    object(
+                        &["members"],
+                        json!({
+                            "members": {"type": "array", "items": schema("Member")},
+                        }),
+                    ),
+                ),
+            ),
+            errors: &[
+                ("400", "Invalid id"),
+                ("403", "Not a member"),
+                ("404", "No such channel"),
+            ],
+        },
+    );
+    add(
+        "post",
+        "/api/channels/{id}/members",
+        Op {
+            summary: "Add a member (owner, or channels.manage)",
+            tag: "channels",
+            secured: true,
+            params: vec![id()],
+            body: Some(object(
+                &["userId"],
+                json!({
+                    "userId": {"type": "string", "format": "uuid"}, "role": schema("ChannelRole"),
+                }),
+            )),
+            success: ("201", json_response("Added", wrapped("member", "Member"))),
+            errors: &[
+                ("400", "A field is missing or invalid"),
+                ("403", "Not allowed"),
+                ("404", "No such channel or user"),
+                ("409", "Already a member, or a direct channel"),
+            ],
+        },
+    );
+    add(
+        "put",
+        "/api/channels/{id}/members/{userId}",
+        Op {
+            summary: "Change a member's role (owner, or channels.manage)",
+            tag: "channels",
+            secured: true,
+            params: vec![id(), user_id()],
+            body: Some(object(&["role"], json!({"role": schema("ChannelRole")}))),
+            success: ("200", json_response("Changed", wrapped("member", "Member"))),
+            errors: &[
+                ("400", "A field is invalid"),
+                ("403", "Not allowed"),
+                ("404", "No such channel or member"),
+                ("409", "The last owner, or a direct channel"),
+            ],
+        },
+    );
     add("delete", "/api/channels/{id}/members/{userId}", Op {
         summary: "Remove a member; their joined sockets leave, the others get system_event member_removed",
         tag: "channels",
@@ -381,21 +613,42 @@ pub fn document() -> Value {
         success: no_content("Removed"),
         errors: &[("400", "Invalid id"), ("403", "Not allowed"), ("404", "No such channel or member"), ("409", "The last owner, or a direct channel")],
     });
-    add("get", "/api/channels/{id}/messages", Op {
-        summary: "A page of history, ascending seq (as fetch_history)",
-        tag: "channels",
-        secured: true,
-        params: vec![
-            id(),
-            query_param("beforeSeq", "Only messages before this seq; newest page when absent", json!({"type": "integer", "minimum": 1})),
-            limit(100, 50),
-        ],
-        body: None,
-        success: ("200", json_response("A page", object(&["messages", "hasMore"], json!({
-            "messages": {"type": "array", "items": schema("Message")}, "hasMore": {"type": "boolean"},
-        })))),
-        errors: &[("400", "A query parameter is invalid"), ("403", "Not a member"), ("404", "No such channel")],
-    });
+    add(
+        "get",
+        "/api/channels/{id}/messages",
+        Op {
+            summary: "A page of history, ascending seq (as fetch_history)",
+            tag: "channels",
+            secured: true,
+            params: vec![
+                id(),
+                query_param(
+                    "beforeSeq",
+                    "Only messages before this seq; newest page when absent",
+                    json!({"type": "integer", "minimum": 1}),
+                ),
+                limit(100, 50),
+            ],
+            body: None,
+            success: (
+                "200",
+                json_response(
+                    "A page",
+                    object(
+                        &["messages", "hasMore"],
+                        json!({
+                            "messages": {"type": "array", "items": schema("Message")}, "hasMore": {"type": "boolean"},
+                        }),
+                    ),
+                ),
+            ),
+            errors: &[
+                ("400", "A query parameter is invalid"),
+                ("403", "Not a member"),
+                ("404", "No such channel"),
+            ],
+        },
+    );
     add("post", "/api/messages", Op {
         summary: "Publish a message through the WebSocket send path; answered after the durable commit",
         tag: "messages",
@@ -412,31 +665,66 @@ pub fn document() -> Value {
         success: ("201", json_response("Sent (200 with the original for a repeated clientMsgId)", schema("Message"))),
         errors: &[("400", "A field is missing or invalid"), ("403", "Not allowed to post here"), ("404", "No such channel"), ("413", "text is over the size limit")],
     });
-    add("get", "/api/audit", Op {
-        summary: "Audit entries, newest first (audit.read); reading is itself audited",
-        tag: "audit",
-        secured: true,
-        params: vec![
-            query_param("userId", "Only this actor's entries", json!({"type": "string", "format": "uuid"})),
-            query_param("action", "Only this action, e.g. auth.login_failed", json!({"type": "string"})),
-            query_param("after", "Only entries with a greater seq", json!({"type": "integer", "minimum": 0})),
-            limit(1000, 100),
-        ],
-        body: None,
-        success: ("200", json_response("Entries", object(&["entries"], json!({
-            "entries": {"type": "array", "items": schema("AuditEntry")},
-        })))),
-        errors: &[("400", "A query parameter is invalid"), ("403", "Not allowed")],
-    });
-    add("get", "/api/audit/verify", Op {
-        summary: "Verify the audit hash chain and its signed checkpoints (audit.read)",
-        tag: "audit",
-        secured: true,
-        params: vec![],
-        body: None,
-        success: ("200", json_response("The verification report", schema("VerifyReport"))),
-        errors: &[("403", "Not allowed")],
-    });
+    add(
+        "get",
+        "/api/audit",
+        Op {
+            summary: "Audit entries, newest first (audit.read); reading is itself audited",
+            tag: "audit",
+            secured: true,
+            params: vec![
+                query_param(
+                    "userId",
+                    "Only this actor's entries",
+                    json!({"type": "string", "format": "uuid"}),
+                ),
+                query_param(
+                    "action",
+                    "Only this action, e.g. auth.login_failed",
+                    json!({"type": "string"}),
+                ),
+                query_param(
+                    "after",
+                    "Only entries with a greater seq",
+                    json!({"type": "integer", "minimum": 0}),
+                ),
+                limit(1000, 100),
+            ],
+            body: None,
+            success: (
+                "200",
+                json_response(
+                    "Entries",
+                    object(
+                        &["entries"],
+                        json!({
+                            "entries": {"type": "array", "items": schema("AuditEntry")},
+                        }),
+                    ),
+                ),
+            ),
+            errors: &[
+                ("400", "A query parameter is invalid"),
+                ("403", "Not allowed"),
+            ],
+        },
+    );
+    add(
+        "get",
+        "/api/audit/verify",
+        Op {
+            summary: "Verify the audit hash chain and its signed checkpoints (audit.read)",
+            tag: "audit",
+            secured: true,
+            params: vec![],
+            body: None,
+            success: (
+                "200",
+                json_response("The verification report", schema("VerifyReport")),
+            ),
+            errors: &[("403", "Not allowed")],
+        },
+    );
     paths.insert(
         "/api/openapi.json".into(),
         json!({"get": {
@@ -526,9 +814,15 @@ mod tests {
         let doc = document();
         let paths = doc["paths"].as_object().expect("paths");
         for (method, path) in ENDPOINTS {
-            assert!(paths.get(*path).and_then(|p| p.get(*method)).is_some(), "{method} {path}");
+            assert!(
+                paths.get(*path).and_then(|p| p.get(*method)).is_some(),
+                "{method} {path}"
+            );
         }
-        let described: usize = paths.values().map(|p| p.as_object().map_or(0, |o| o.len())).sum();
+        let described: usize = paths
+            .values()
+            .map(|p| p.as_object().map_or(0, |o| o.len()))
+            .sum();
         assert_eq!(described, ENDPOINTS.len());
     }
 

@@ -24,12 +24,19 @@ use super::{validate, views};
 use crate::http::App;
 
 /// `GET /api/users?search=&limit=&offset=`: `{users, limit, offset, hasMore}`.
-pub(super) async fn list(State(app): State<Arc<App>>, caller: Caller, query: QueryParams) -> ApiResult<Json<Value>> {
+pub(super) async fn list(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    query: QueryParams,
+) -> ApiResult<Json<Value>> {
     caller.authorize(&app, Action::ReadUsers, "users.list", json!({}))?;
     let search = query.text("search", 64)?;
     let limit = query.int_in("limit", 1, 100, 50)? as u32;
     let offset = query.int_in("offset", 0, 1_000_000, 0)? as u32;
-    let mut users = app.store.list_users(search.as_deref(), limit + 1, offset).await?;
+    let mut users = app
+        .store
+        .list_users(search.as_deref(), limit + 1, offset)
+        .await?;
     let has_more = users.len() > limit as usize;
     users.truncate(limit as usize);
     Ok(Json(json!({
@@ -58,11 +65,21 @@ pub(super) async fn create(
 ) -> ApiResult<Response> {
     let role = body.role.unwrap_or(Role::User);
     caller.authorize(&app, Action::ManageUsers, "users.create", json!({}))?;
-    caller.authorize(&app, Action::GrantRole { role }, "users.create", json!({"role": role}))?;
+    caller.authorize(
+        &app,
+        Action::GrantRole { role },
+        "users.create",
+        json!({"role": role}),
+    )?;
     validate::username("username", &body.username)?;
     validate::password(&app.config, "password", &body.password, &body.username)?;
     let email = validate::email("email", body.email.as_deref())?;
-    if app.store.get_user_by_username(&body.username).await?.is_some() {
+    if app
+        .store
+        .get_user_by_username(&body.username)
+        .await?
+        .is_some()
+    {
         return Err(ApiError::conflict("username: already taken"));
     }
     let hash = app.passwords.hash(body.password).await?;
@@ -86,13 +103,26 @@ pub(super) async fn create(
         "user.create",
         json!({"userId": user.id, "username": user.username, "role": role}),
     );
-    Ok((StatusCode::CREATED, Json(json!({"user": views::user(&user)}))).into_response())
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"user": views::user(&user)})),
+    )
+        .into_response())
 }
 
 /// `GET /api/users/{id}`: `{user}`; anyone may read themselves.
-pub(super) async fn get(State(app): State<Arc<App>>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+pub(super) async fn get(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
     let id: UserId = path_id("id", &id)?;
-    caller.authorize(&app, Action::ReadUser { target: id }, "users.get", json!({"userId": id}))?;
+    caller.authorize(
+        &app,
+        Action::ReadUser { target: id },
+        "users.get",
+        json!({"userId": id}),
+    )?;
     let user = find(&app, id).await?;
     Ok(Json(json!({"user": views::user(&user)})))
 }
@@ -110,7 +140,9 @@ pub(super) struct UpdateBody {
 }
 
 /// Tells an absent field (`None`) from a `null` one (`Some(None)`).
-fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(de: D) -> Result<Option<Option<T>>, D::Error> {
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    de: D,
+) -> Result<Option<Option<T>>, D::Error> {
     Option::<T>::deserialize(de).map(Some)
 }
 
@@ -125,9 +157,19 @@ pub(super) async fn update(
     let details = json!({"userId": id});
     caller.authorize(&app, Action::ManageUsers, "users.update", details.clone())?;
     let target = find(&app, id).await?;
-    caller.authorize(&app, Action::GrantRole { role: target.role }, "users.update", details.clone())?;
+    caller.authorize(
+        &app,
+        Action::GrantRole { role: target.role },
+        "users.update",
+        details.clone(),
+    )?;
     if let Some(role) = body.role {
-        caller.authorize(&app, Action::GrantRole { role }, "users.update", json!({"userId": id, "role": role}))?;
+        caller.authorize(
+            &app,
+            Action::GrantRole { role },
+            "users.update",
+            json!({"userId": id, "role": role}),
+        )?;
     }
     let email = match &body.email {
         Some(value) => Some(validate::email("email", value.as_deref())?),
@@ -185,13 +227,22 @@ pub(super) async fn delete(
     let details = json!({"userId": id});
     caller.authorize(&app, Action::ManageUsers, "users.delete", details.clone())?;
     let target = find(&app, id).await?;
-    caller.authorize(&app, Action::GrantRole { role: target.role }, "users.delete", details)?;
+    caller.authorize(
+        &app,
+        Action::GrantRole { role: target.role },
+        "users.delete",
+        details,
+    )?;
     if id == caller.identity.user_id {
         return Err(ApiError::conflict("cannot delete your own account"));
     }
     app.store.delete_user(id).await?;
     app.realtime.revoke_sessions(id, None);
-    caller.audit(&app, "user.delete", json!({"userId": id, "username": target.username}));
+    caller.audit(
+        &app,
+        "user.delete",
+        json!({"userId": id, "username": target.username}),
+    );
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -202,9 +253,18 @@ pub(super) async fn permissions(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let id: UserId = path_id("id", &id)?;
-    caller.authorize(&app, Action::ReadUser { target: id }, "users.permissions", json!({"userId": id}))?;
+    caller.authorize(
+        &app,
+        Action::ReadUser { target: id },
+        "users.permissions",
+        json!({"userId": id}),
+    )?;
     let user = find(&app, id).await?;
-    Ok(Json(views::permissions(id, user.role, app.realtime.permissions.of(user.role))))
+    Ok(Json(views::permissions(
+        id,
+        user.role,
+        app.realtime.permissions.of(user.role),
+    )))
 }
 
 /// `GET /api/users/{id}/sessions?all=`: `{sessions}`, the live ones unless
@@ -216,8 +276,15 @@ pub(super) async fn sessions(
     query: QueryParams,
 ) -> ApiResult<Json<Value>> {
     let id: UserId = path_id("id", &id)?;
-    caller.authorize(&app, Action::ManageSessions { target: id }, "users.sessions", json!({"userId": id}))?;
-    let all = query.parse::<bool>("all", "true or false")?.unwrap_or(false);
+    caller.authorize(
+        &app,
+        Action::ManageSessions { target: id },
+        "users.sessions",
+        json!({"userId": id}),
+    )?;
+    let all = query
+        .parse::<bool>("all", "true or false")?
+        .unwrap_or(false);
     find(&app, id).await?;
     let now = courier_actors::now_ms();
     let sessions: Vec<Value> = app

@@ -12,7 +12,10 @@ pub const MAX_PASSWORD_BYTES: usize = 1024;
 pub fn username(field: &'static str, value: &str) -> Result<(), ApiError> {
     let len = value.chars().count();
     let well_formed = (3..=32).contains(&len)
-        && value.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && value
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
         && value
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
@@ -28,13 +31,24 @@ pub fn username(field: &'static str, value: &str) -> Result<(), ApiError> {
 
 /// The password policy: at least `password_min_length` characters, at most
 /// [`MAX_PASSWORD_BYTES`] bytes, and not the username (ignoring case).
-pub fn password(config: &Config, field: &'static str, value: &str, username: &str) -> Result<(), ApiError> {
+pub fn password(
+    config: &Config,
+    field: &'static str,
+    value: &str,
+    username: &str,
+) -> Result<(), ApiError> {
     let min = config.password_min_length;
     if value.chars().count() < min {
-        return Err(ApiError::invalid(field, format!("must be at least {min} characters")));
+        return Err(ApiError::invalid(
+            field,
+            format!("must be at least {min} characters"),
+        ));
     }
     if value.len() > MAX_PASSWORD_BYTES {
-        return Err(ApiError::invalid(field, format!("must be at most {MAX_PASSWORD_BYTES} bytes")));
+        return Err(ApiError::invalid(
+            field,
+            format!("must be at most {MAX_PASSWORD_BYTES} bytes"),
+        ));
     }
     if value.to_lowercase() == username.to_lowercase() {
         return Err(ApiError::invalid(field, "must not be the username"));
@@ -49,7 +63,10 @@ pub fn presented(field: &'static str, value: &str) -> Result<(), ApiError> {
         return Err(ApiError::invalid(field, "is required"));
     }
     if value.len() > MAX_PASSWORD_BYTES {
-        return Err(ApiError::invalid(field, format!("must be at most {MAX_PASSWORD_BYTES} bytes")));
+        return Err(ApiError::invalid(
+            field,
+            format!("must be at most {MAX_PASSWORD_BYTES} bytes"),
+        ));
     }
     Ok(())
 }
@@ -62,9 +79,9 @@ pub fn email(field: &'static str, value: Option<&str>) -> Result<Option<String>,
     };
     let well_formed = value.chars().count() <= 254
         && !value.chars().any(|c| c.is_whitespace() || c.is_control())
-        && value
-            .split_once('@')
-            .is_some_and(|(local, domain)| !local.is_empty() && domain.contains('.') && !domain.contains('@'));
+        && value.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty() && domain.contains('.') && !domain.contains('@')
+        });
     if well_formed {
         Ok(Some(value.to_owned()))
     } else {
@@ -105,7 +122,14 @@ mod tests {
         for ok in ["alice", "dr.bob_2", "a-1", "x".repeat(32).as_str()] {
             assert!(username("username", ok).is_ok(), "{ok}");
         }
-        for bad in ["al", "_alice", "alice smith", "élise", "x".repeat(33).as_str(), ""] {
+        for bad in [
+            "al",
+            "_alice",
+            "alice smith",
+            "élise",
+            "x".repeat(33).as_str(),
+            "",
+        ] {
             assert!(username("username", bad).is_err(), "{bad}");
         }
     }
@@ -122,7 +146,10 @@ mod tests {
 
     #[test]
     fn emails() {
-        assert_eq!(email("email", Some(" a@b.org ")).expect("ok").as_deref(), Some("a@b.org"));
+        assert_eq!(
+            email("email", Some(" a@b.org ")).expect("ok").as_deref(),
+            Some("a@b.org")
+        );
         assert_eq!(email("email", Some("")).expect("ok"), None);
         for bad in ["a", "a@b", "@b.org", "a b@c.org", "a@b@c.org"] {
             assert!(email("email", Some(bad)).is_err(), "{bad}");

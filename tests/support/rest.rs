@@ -108,7 +108,13 @@ impl Rest {
     }
 
     /// Any call. `token` goes in `Authorization: Bearer`.
-    pub async fn call(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> Reply {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Reply {
         let mut request = self.http.request(method, format!("{}{path}", self.base));
         if let Some(token) = token {
             request = request.bearer_auth(token);
@@ -172,10 +178,17 @@ impl Rest {
     /// Creates a channel through `POST /api/channels`; returns its id.
     pub async fn channel(&self, owner: &Session, name: &str, kind: &str) -> String {
         let reply = self
-            .post("/api/channels", &owner.token, json!({"name": name, "kind": kind}))
+            .post(
+                "/api/channels",
+                &owner.token,
+                json!({"name": name, "kind": kind}),
+            )
             .await
             .expect(201);
-        reply.body["channel"]["id"].as_str().expect("channel id").to_owned()
+        reply.body["channel"]["id"]
+            .as_str()
+            .expect("channel id")
+            .to_owned()
     }
 
     /// Audit entries of `action`, once at least `min` exist (the audit
@@ -217,9 +230,15 @@ impl Rest {
 pub fn session_of(body: &Value) -> Session {
     Session {
         user_id: body["user"]["id"].as_str().expect("user id").to_owned(),
-        username: body["user"]["username"].as_str().expect("username").to_owned(),
+        username: body["user"]["username"]
+            .as_str()
+            .expect("username")
+            .to_owned(),
         token: body["token"].as_str().expect("token").to_owned(),
-        refresh: body["refreshToken"].as_str().expect("refresh token").to_owned(),
+        refresh: body["refreshToken"]
+            .as_str()
+            .expect("refresh token")
+            .to_owned(),
     }
 }
 
@@ -231,7 +250,12 @@ pub async fn reply(response: reqwest::Response) -> Reply {
     let body = if bytes.is_empty() {
         Value::Null
     } else {
-        serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
     };
-    Reply { status, headers, body }
+    Reply {
+        status,
+        headers,
+        body,
+    }
 }

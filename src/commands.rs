@@ -57,10 +57,15 @@ pub async fn create_user(
         )));
     }
     if password.eq_ignore_ascii_case(username) {
-        return Err(CommandError::Invalid("password must not equal the username".into()));
+        return Err(CommandError::Invalid(
+            "password must not equal the username".into(),
+        ));
     }
     let store = open_store(config).await?;
-    let hash = passwords(config)?.hash(password).await.map_err(ServerError::from)?;
+    let hash = passwords(config)?
+        .hash(password)
+        .await
+        .map_err(ServerError::from)?;
     let user = store
         .create_user(NewUser {
             id: UserId::new(),
@@ -71,7 +76,12 @@ pub async fn create_user(
             created_at: courier_actors::now_ms(),
         })
         .await?;
-    println!("created user {} ({}) with role {}", user.username, user.id, role.as_str());
+    println!(
+        "created user {} ({}) with role {}",
+        user.username,
+        user.id,
+        role.as_str()
+    );
     Ok(user.id)
 }
 
@@ -163,7 +173,10 @@ async fn reencrypt_all(
         let mut rows = Vec::with_capacity(batch.len());
         for m in &batch {
             let row = cipher.reencrypt(m).map_err(|e| {
-                CommandError::Invalid(format!("message {} cannot be decrypted ({e}); rotation stopped", m.id))
+                CommandError::Invalid(format!(
+                    "message {} cannot be decrypted ({e}); rotation stopped",
+                    m.id
+                ))
             })?;
             rows.push(row);
         }

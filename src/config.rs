@@ -270,11 +270,19 @@ mod tests {
     use super::*;
 
     #[test]
+    // figment's own test jail returns its (large) error type.
+    #[allow(clippy::result_large_err)]
     fn layers_apply_in_order() {
         figment::Jail::expect_with(|jail| {
-            jail.create_file("c.toml", "bind = \"127.0.0.1:9000\"\nmax_text_bytes = 100\n")?;
+            jail.create_file(
+                "c.toml",
+                "bind = \"127.0.0.1:9000\"\nmax_text_bytes = 100\n",
+            )?;
             jail.set_env("COURIER_MAX_TEXT_BYTES", "200");
-            jail.set_env("COURIER_ALLOWED_ORIGINS", "https://a.example, https://b.example");
+            jail.set_env(
+                "COURIER_ALLOWED_ORIGINS",
+                "https://a.example, https://b.example",
+            );
             let overrides = Overrides {
                 data_dir: Some("/tmp/x".into()),
                 ..Overrides::default()
@@ -283,7 +291,10 @@ mod tests {
             assert_eq!(c.bind.port(), 9000, "file beats default");
             assert_eq!(c.max_text_bytes, 200, "env beats file");
             assert_eq!(c.data_dir, PathBuf::from("/tmp/x"), "flag beats all");
-            assert_eq!(c.allowed_origins, ["https://a.example", "https://b.example"]);
+            assert_eq!(
+                c.allowed_origins,
+                ["https://a.example", "https://b.example"]
+            );
             assert_eq!(c.max_frame_bytes, 65_536, "default kept");
             Ok(())
         });

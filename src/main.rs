@@ -9,7 +9,11 @@ use courier::config::{Config, Overrides};
 use courier::{commands, telemetry};
 
 #[derive(Parser)]
-#[command(name = "courier", version, about = "Realtime messaging broker with encryption at rest and an audit chain")]
+#[command(
+    name = "courier",
+    version,
+    about = "Realtime messaging broker with encryption at rest and an audit chain"
+)]
 struct Cli {
     /// A TOML configuration file (default: config/default.toml when present).
     #[arg(long, global = true)]
@@ -104,7 +108,12 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Migrate => commands::migrate(&config).await?,
         Command::User {
-            command: UserCommand::Create { username, role, email },
+            command:
+                UserCommand::Create {
+                    username,
+                    role,
+                    email,
+                },
         } => {
             commands::create_user(&config, &username, &role, email).await?;
         }

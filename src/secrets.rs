@@ -185,7 +185,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = fs::metadata(dir.path().join(JWT_FILE)).expect("file").permissions().mode();
+            let mode = fs::metadata(dir.path().join(JWT_FILE))
+                .expect("file")
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
     }

@@ -80,10 +80,7 @@ pub fn passwords(config: &Config) -> Result<Passwords, ServerError> {
 /// Everything before serving: secrets, store, admin, actors.
 pub async fn start(config: Config) -> Result<Started, ServerError> {
     crate::telemetry::prometheus();
-    if config.env == Environment::Production
-        && config.tls_cert.is_none()
-        && !config.behind_proxy
-    {
+    if config.env == Environment::Production && config.tls_cert.is_none() && !config.behind_proxy {
         return Err(ServerError::Config(
             "production requires TLS (tls_cert/tls_key) or behind_proxy = true".into(),
         ));
@@ -93,7 +90,11 @@ pub async fn start(config: Config) -> Result<Started, ServerError> {
             crate::tls::server_config(cert, key).map_err(|e| ServerError::Config(e.to_string()))?,
         ),
         (None, None) => None,
-        _ => return Err(ServerError::Config("tls_cert and tls_key must be set together".into())),
+        _ => {
+            return Err(ServerError::Config(
+                "tls_cert and tls_key must be set together".into(),
+            ))
+        }
     };
     let secrets = secrets::resolve(&config)?;
     let store = open_store(&config).await?;
@@ -103,7 +104,10 @@ pub async fn start(config: Config) -> Result<Started, ServerError> {
     let phi_kinds = config
         .phi_detectors
         .iter()
-        .map(|name| name.parse::<PhiKind>().map_err(|_| ServerError::Config(format!("unknown PHI detector {name:?}"))))
+        .map(|name| {
+            name.parse::<PhiKind>()
+                .map_err(|_| ServerError::Config(format!("unknown PHI detector {name:?}")))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let keyring = Arc::new(secrets.keyring.clone());
     let cipher = Arc::new(MessageCipher::new(secrets.keyring));
@@ -144,7 +148,9 @@ pub async fn start(config: Config) -> Result<Started, ServerError> {
         retention: RetentionConfig {
             interval: Duration::from_secs(config.retention_interval_secs.max(1)),
             deleted_retention: Duration::from_secs(config.deleted_retention_days * 86_400),
-            message_retention: config.message_retention_days.map(|d| Duration::from_secs(d * 86_400)),
+            message_retention: config
+                .message_retention_days
+                .map(|d| Duration::from_secs(d * 86_400)),
         },
         recovery_limit: config.recovery_limit,
         typing_expiry: Duration::from_millis(config.typing_expiry_ms),
@@ -200,10 +206,19 @@ pub async fn serve(
     match started.tls {
         Some(tls) => {
             // `tap_io` makes axum hand the peer address on as `ConnectInfo`.
-            let listener = axum::serve::ListenerExt::tap_io(crate::tls::TlsListener::new(listener, tls)?, |_| {});
-            axum::serve(listener, service).with_graceful_shutdown(shutdown).await?
+            let listener = axum::serve::ListenerExt::tap_io(
+                crate::tls::TlsListener::new(listener, tls)?,
+                |_| {},
+            );
+            axum::serve(listener, service)
+                .with_graceful_shutdown(shutdown)
+                .await?
         }
-        None => axum::serve(listener, service).with_graceful_shutdown(shutdown).await?,
+        None => {
+            axum::serve(listener, service)
+                .with_graceful_shutdown(shutdown)
+                .await?
+        }
     }
     tracing::info!("shutting down: flushing queued writes");
     if let Some(task) = reload {
@@ -221,8 +236,10 @@ async fn bootstrap_admin(
     store: &dyn store::Store,
     passwords: &Passwords,
 ) -> Result<(), ServerError> {
-    let (Some(username), Some(password)) = (&config.initial_admin_username, &config.initial_admin_password)
-    else {
+    let (Some(username), Some(password)) = (
+        &config.initial_admin_username,
+        &config.initial_admin_password,
+    ) else {
         return Ok(());
     };
     if store.count_users().await? > 0 {
@@ -268,7 +285,9 @@ async fn watch_keyring(file: PathBuf, app: Arc<App>) {
                     serde_json::json!({"activeVersion": active}),
                 ));
             }
-            Err(e) => tracing::error!(error = %e, "keyring file changed but cannot be read; keeping the old one"),
+            Err(e) => {
+                tracing::error!(error = %e, "keyring file changed but cannot be read; keeping the old one")
+            }
         }
     }
 }

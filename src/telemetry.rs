@@ -34,7 +34,9 @@ pub fn prometheus() -> &'static PrometheusHandle {
         let sizes = [1.0, 4.0, 16.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0];
         let recorder = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &latency)
-            .and_then(|b| b.set_buckets_for_metric(Matcher::Full(m::PERSIST_BATCH_SIZE.into()), &sizes))
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Full(m::PERSIST_BATCH_SIZE.into()), &sizes)
+            })
             .expect("static bucket lists are non-empty")
             .build_recorder();
         let handle = recorder.handle();

@@ -48,9 +48,17 @@ pub async fn upgrade(
 ) -> Response<Body> {
     let headers = req.headers();
     if !is_websocket_upgrade(headers) {
-        return json_error(StatusCode::BAD_REQUEST, ErrorCode::InvalidFrame, "expected a WebSocket upgrade");
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidFrame,
+            "expected a WebSocket upgrade",
+        );
     }
-    if req.uri().query().is_some_and(|q| q.split('&').any(|kv| kv.starts_with("token="))) {
+    if req
+        .uri()
+        .query()
+        .is_some_and(|q| q.split('&').any(|kv| kv.starts_with("token=")))
+    {
         return json_error(
             StatusCode::BAD_REQUEST,
             ErrorCode::InvalidFrame,
@@ -58,10 +66,18 @@ pub async fn upgrade(
         );
     }
     if !origin_allowed(headers, &app.config.allowed_origins) {
-        return json_error(StatusCode::FORBIDDEN, ErrorCode::Forbidden, "origin not allowed");
+        return json_error(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
+            "origin not allowed",
+        );
     }
     let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
-        return json_error(StatusCode::BAD_REQUEST, ErrorCode::InvalidFrame, "missing Sec-WebSocket-Key");
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidFrame,
+            "missing Sec-WebSocket-Key",
+        );
     };
     let accept = derive_accept_key(key.as_bytes());
     let peer = Peer {
@@ -82,9 +98,14 @@ pub async fn upgrade(
                 return;
             }
         };
-        let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+        let ws =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
+                .await;
         let (sink, stream) = ws.split();
-        if let Err(e) = realtime.spawn_connection(stream.boxed(), Box::pin(sink), peer).await {
+        if let Err(e) = realtime
+            .spawn_connection(stream.boxed(), Box::pin(sink), peer)
+            .await
+        {
             tracing::error!(error = %e, "cannot start connection actor");
         }
     });
@@ -122,10 +143,16 @@ pub fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
     let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
         return headers.get(header::ORIGIN).is_none();
     };
-    if allowed.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(origin)) {
+    if allowed
+        .iter()
+        .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
+    {
         return true;
     }
-    let origin_host = origin.split_once("://").map(|(_, rest)| rest).unwrap_or(origin);
+    let origin_host = origin
+        .split_once("://")
+        .map(|(_, rest)| rest)
+        .unwrap_or(origin);
     let origin_host = origin_host.trim_end_matches('/');
     headers
         .get(header::HOST)
@@ -149,9 +176,18 @@ mod tests {
     #[test]
     fn origins() {
         assert!(origin_allowed(&headers(None, "chat.example"), &[]));
-        assert!(origin_allowed(&headers(Some("https://chat.example"), "chat.example"), &[]));
-        assert!(!origin_allowed(&headers(Some("https://evil.example"), "chat.example"), &[]));
+        assert!(origin_allowed(
+            &headers(Some("https://chat.example"), "chat.example"),
+            &[]
+        ));
+        assert!(!origin_allowed(
+            &headers(Some("https://evil.example"), "chat.example"),
+            &[]
+        ));
         let allowed = vec!["https://app.example".to_string()];
-        assert!(origin_allowed(&headers(Some("https://app.example"), "chat.example"), &allowed));
+        assert!(origin_allowed(
+            &headers(Some("https://app.example"), "chat.example"),
+            &allowed
+        ));
     }
 }

@@ -56,14 +56,23 @@ async fn start(
 }
 
 async fn send(c: &mut Client, ch: ChannelId, text: &str) -> SendResult {
-    match c.ack(ClientRequest::SendMessage(SendMessage::text(ch, text))).await.expect("acked").result {
+    match c
+        .ack(ClientRequest::SendMessage(SendMessage::text(ch, text)))
+        .await
+        .expect("acked")
+        .result
+    {
         AckResult::Sent(s) => s,
         other => panic!("{other:?}"),
     }
 }
 
 async fn history(c: &mut Client, ch: ChannelId) -> Result<History, ErrorFrame> {
-    let request = ClientRequest::FetchHistory(FetchHistory { channel_id: ch, before_seq: None, limit: Some(100) });
+    let request = ClientRequest::FetchHistory(FetchHistory {
+        channel_id: ch,
+        before_seq: None,
+        limit: Some(100),
+    });
     match c.request(request).await.expect("answer") {
         ServerFrame::History(h) => Ok(h),
         ServerFrame::Error(e) => Err(e),
@@ -97,7 +106,9 @@ async fn sql(url: &str, statement: &str, bytes: Option<Vec<u8>>, id: Option<Mess
 }
 
 async fn plaintext_never_reaches_the_store(backend: Backend) {
-    let Some((server, config, data)) = start(backend, |_| {}).await else { return };
+    let Some((server, config, data)) = start(backend, |_| {}).await else {
+        return;
+    };
     let u = server.user("u", Role::User).await;
     let ch = server.channel("c", ChannelKind::Private, &u, &[]).await;
     let mut c = server.client(&u, Encoding::Json).await;
@@ -106,10 +117,17 @@ async fn plaintext_never_reaches_the_store(backend: Backend) {
         send(&mut c, ch, &format!("{SENTINEL} #{i}")).await;
     }
     let sent = send(&mut c, ch, "to be edited").await;
-    c.ack(ClientRequest::EditMessage(EditMessage { message_id: sent.message_id, text: format!("{SENTINEL} edited") }))
-        .await
-        .expect("edit");
-    assert_eq!(history(&mut c, ch).await.expect("history").messages.len(), 21, "readable through the server");
+    c.ack(ClientRequest::EditMessage(EditMessage {
+        message_id: sent.message_id,
+        text: format!("{SENTINEL} edited"),
+    }))
+    .await
+    .expect("edit");
+    assert_eq!(
+        history(&mut c, ch).await.expect("history").messages.len(),
+        21,
+        "readable through the server"
+    );
     let dir = data.path().to_path_buf();
     server.stop().await;
 
@@ -124,8 +142,15 @@ async fn plaintext_never_reaches_the_store(backend: Backend) {
         }
         all
     } else {
-        let out = std::process::Command::new("pg_dump").arg(&url).output().expect("pg_dump runs");
-        assert!(out.status.success(), "pg_dump: {}", String::from_utf8_lossy(&out.stderr));
+        let out = std::process::Command::new("pg_dump")
+            .arg(&url)
+            .output()
+            .expect("pg_dump runs");
+        assert!(
+            out.status.success(),
+            "pg_dump: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(out.stdout.len() > 1000, "the dump has content");
         out.stdout
     };
@@ -138,7 +163,9 @@ async fn plaintext_never_reaches_the_store(backend: Backend) {
 }
 
 async fn tampered_or_moved_ciphertext_fails_loudly(backend: Backend) {
-    let Some((server, config, _data)) = start(backend, |_| {}).await else { return };
+    let Some((server, config, _data)) = start(backend, |_| {}).await else {
+        return;
+    };
     let u = server.user("u", Role::User).await;
     let ch = server.channel("c", ChannelKind::Private, &u, &[]).await;
     let mut c = server.client(&u, Encoding::MessagePack).await;
@@ -147,31 +174,89 @@ async fn tampered_or_moved_ciphertext_fails_loudly(backend: Backend) {
     let url = config.database_url();
 
     // One flipped byte.
-    let row = server.app.store.get_message(first.message_id).await.expect("read").expect("row");
+    let row = server
+        .app
+        .store
+        .get_message(first.message_id)
+        .await
+        .expect("read")
+        .expect("row");
     let mut flipped = row.message.ciphertext.clone();
     flipped[0] ^= 0x01;
-    sql(&url, "UPDATE messages SET ciphertext = $1 WHERE id = $2", Some(flipped), Some(first.message_id)).await;
-    let err = history(&mut c, ch).await.expect_err("a tampered page must not be served");
+    sql(
+        &url,
+        "UPDATE messages SET ciphertext = $1 WHERE id = $2",
+        Some(flipped),
+        Some(first.message_id),
+    )
+    .await;
+    let err = history(&mut c, ch)
+        .await
+        .expect_err("a tampered page must not be served");
     assert_eq!(err.code, ErrorCode::Internal);
     let metrics = courier::telemetry::render_metrics();
-    assert!(metrics.contains("courier_decrypt_failures_total"), "counted");
+    assert!(
+        metrics.contains("courier_decrypt_failures_total"),
+        "counted"
+    );
 
     // Restore it, then copy the second message's ciphertext into the first row.
-    sql(&url, "UPDATE messages SET ciphertext = $1 WHERE id = $2", Some(row.message.ciphertext.clone()), Some(first.message_id)).await;
-    assert_eq!(history(&mut c, ch).await.expect("restored").messages.len(), 2);
-    let other = server.app.store.get_message(second.message_id).await.expect("read").expect("row");
-    sql(&url, "UPDATE messages SET ciphertext = $1 WHERE id = $2", Some(other.message.ciphertext.clone()), Some(first.message_id)).await;
-    sql(&url, "UPDATE messages SET nonce = $1 WHERE id = $2", Some(other.message.nonce.clone()), Some(first.message_id)).await;
-    let err = history(&mut c, ch).await.expect_err("a moved ciphertext must not decrypt");
+    sql(
+        &url,
+        "UPDATE messages SET ciphertext = $1 WHERE id = $2",
+        Some(row.message.ciphertext.clone()),
+        Some(first.message_id),
+    )
+    .await;
+    assert_eq!(
+        history(&mut c, ch).await.expect("restored").messages.len(),
+        2
+    );
+    let other = server
+        .app
+        .store
+        .get_message(second.message_id)
+        .await
+        .expect("read")
+        .expect("row");
+    sql(
+        &url,
+        "UPDATE messages SET ciphertext = $1 WHERE id = $2",
+        Some(other.message.ciphertext.clone()),
+        Some(first.message_id),
+    )
+    .await;
+    sql(
+        &url,
+        "UPDATE messages SET nonce = $1 WHERE id = $2",
+        Some(other.message.nonce.clone()),
+        Some(first.message_id),
+    )
+    .await;
+    let err = history(&mut c, ch)
+        .await
+        .expect_err("a moved ciphertext must not decrypt");
     assert_eq!(err.code, ErrorCode::Internal);
     // The connection keeps working.
-    assert!(matches!(c.request(ClientRequest::Ping).await, Ok(ServerFrame::Pong(_))));
+    assert!(matches!(
+        c.request(ClientRequest::Ping).await,
+        Ok(ServerFrame::Pong(_))
+    ));
     server.stop().await;
 }
 
 async fn audit_verify_finds_every_kind_of_tampering(backend: Backend) {
-    for case in ["untouched", "update", "delete_middle", "swap", "delete_tail"] {
-        let Some((server, config, _data)) = start(backend, |c| c.audit_checkpoint_every = 5).await else { return };
+    for case in [
+        "untouched",
+        "update",
+        "delete_middle",
+        "swap",
+        "delete_tail",
+    ] {
+        let Some((server, config, _data)) = start(backend, |c| c.audit_checkpoint_every = 5).await
+        else {
+            return;
+        };
         let u = server.user("u", Role::User).await;
         let ch = server.channel("c", ChannelKind::Private, &u, &[]).await;
         let mut c = server.client(&u, Encoding::MessagePack).await;
@@ -188,7 +273,13 @@ async fn audit_verify_finds_every_kind_of_tampering(backend: Backend) {
         let expect_bad = match case {
             "untouched" => None,
             "update" => {
-                sql(&url, "UPDATE audit_logs SET action = 'message.nothing' WHERE seq = 6", None, None).await;
+                sql(
+                    &url,
+                    "UPDATE audit_logs SET action = 'message.nothing' WHERE seq = 6",
+                    None,
+                    None,
+                )
+                .await;
                 Some(6)
             }
             "delete_middle" => {
@@ -196,9 +287,27 @@ async fn audit_verify_finds_every_kind_of_tampering(backend: Backend) {
                 Some(7)
             }
             "swap" => {
-                sql(&url, "UPDATE audit_logs SET seq = 1000000 WHERE seq = 4", None, None).await;
-                sql(&url, "UPDATE audit_logs SET seq = 4 WHERE seq = 5", None, None).await;
-                sql(&url, "UPDATE audit_logs SET seq = 5 WHERE seq = 1000000", None, None).await;
+                sql(
+                    &url,
+                    "UPDATE audit_logs SET seq = 1000000 WHERE seq = 4",
+                    None,
+                    None,
+                )
+                .await;
+                sql(
+                    &url,
+                    "UPDATE audit_logs SET seq = 4 WHERE seq = 5",
+                    None,
+                    None,
+                )
+                .await;
+                sql(
+                    &url,
+                    "UPDATE audit_logs SET seq = 5 WHERE seq = 1000000",
+                    None,
+                    None,
+                )
+                .await;
                 Some(4)
             }
             "delete_tail" => {
@@ -223,7 +332,9 @@ async fn audit_verify_finds_every_kind_of_tampering(backend: Backend) {
 }
 
 async fn rotation_under_live_load_loses_nothing(backend: Backend) {
-    let Some((server, config, _data)) = start(backend, |_| {}).await else { return };
+    let Some((server, config, _data)) = start(backend, |_| {}).await else {
+        return;
+    };
     let u = server.user("u", Role::User).await;
     let ch = server.channel("c", ChannelKind::Private, &u, &[]).await;
     let mut c = server.client(&u, Encoding::MessagePack).await;
@@ -236,7 +347,13 @@ async fn rotation_under_live_load_loses_nothing(backend: Backend) {
         let mut n = 0;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while tokio::time::Instant::now() < deadline {
-            match c.ack(ClientRequest::SendMessage(SendMessage::text(ch, format!("during {n}")))).await {
+            match c
+                .ack(ClientRequest::SendMessage(SendMessage::text(
+                    ch,
+                    format!("during {n}"),
+                )))
+                .await
+            {
                 Ok(_) => n += 1,
                 Err(ClientError::Server(e)) => panic!("a send failed during rotation: {e:?}"),
                 Err(e) => panic!("{e:?}"),
@@ -250,7 +367,8 @@ async fn rotation_under_live_load_loses_nothing(backend: Backend) {
     let (mut c, during) = sender.await.expect("sender");
     assert!(during > 20, "traffic kept flowing: {during}");
     assert!(
-        support::server::eventually(T, async || server.app.realtime.cipher.active_version() == 2).await,
+        support::server::eventually(T, async || server.app.realtime.cipher.active_version() == 2)
+            .await,
         "the server reloaded the keyring"
     );
     // Every message still reads, old and new.
@@ -258,7 +376,11 @@ async fn rotation_under_live_load_loses_nothing(backend: Backend) {
     let mut texts = Vec::new();
     let mut before = None;
     loop {
-        let request = ClientRequest::FetchHistory(FetchHistory { channel_id: ch, before_seq: before, limit: Some(100) });
+        let request = ClientRequest::FetchHistory(FetchHistory {
+            channel_id: ch,
+            before_seq: before,
+            limit: Some(100),
+        });
         let page = match c.request(request).await.expect("history") {
             ServerFrame::History(h) => h,
             other => panic!("{other:?}"),
@@ -275,17 +397,23 @@ async fn rotation_under_live_load_loses_nothing(backend: Backend) {
     let left = server.app.store.count_key_version(1).await.expect("count");
     assert_eq!(left, 0);
     server.stop().await;
-    commands::keys_retire(&config, 1).await.expect("version 1 retires");
+    commands::keys_retire(&config, 1)
+        .await
+        .expect("version 1 retires");
 }
 
 async fn group_commit_writes_batches(backend: Backend) {
-    let Some((server, _config, _data)) = start(backend, |c| c.persist_batch_delay_us = 2_000).await else { return };
+    let Some((server, _config, _data)) = start(backend, |c| c.persist_batch_delay_us = 2_000).await
+    else {
+        return;
+    };
     let u = server.user("u", Role::User).await;
     let ch = server.channel("c", ChannelKind::Private, &u, &[]).await;
     let (mut sender, mut receiver) = server.client(&u, Encoding::MessagePack).await.split();
     // 400 sends pipelined: the persistence actor commits them in batches.
-    let batch: Vec<ClientRequest> =
-        (0..400).map(|i| ClientRequest::SendMessage(SendMessage::text(ch, format!("b{i}")))).collect();
+    let batch: Vec<ClientRequest> = (0..400)
+        .map(|i| ClientRequest::SendMessage(SendMessage::text(ch, format!("b{i}"))))
+        .collect();
     let refs = sender.send_batch(batch).await.expect("send");
     for r in &refs {
         match receiver.answer(r, T).await.expect("ack") {
@@ -302,7 +430,13 @@ async fn group_commit_writes_batches(backend: Backend) {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0.0)
     };
-    let (sum, count) = (value("courier_persist_batch_size_sum"), value("courier_persist_batch_size_count"));
-    assert!(count > 0.0 && sum / count > 2.0, "batches average more than two rows: sum {sum}, count {count}");
+    let (sum, count) = (
+        value("courier_persist_batch_size_sum"),
+        value("courier_persist_batch_size_count"),
+    );
+    assert!(
+        count > 0.0 && sum / count > 2.0,
+        "batches average more than two rows: sum {sum}, count {count}"
+    );
     server.stop().await;
 }

@@ -72,37 +72,62 @@ fn error_code(result: Result<Ack, ClientError>) -> ErrorCode {
     }
 }
 
-async fn send_message_ex(pub_client: &mut Client, request: SendMessage) -> Result<Ack, ClientError> {
+async fn send_message_ex(
+    pub_client: &mut Client,
+    request: SendMessage,
+) -> Result<Ack, ClientError> {
     pub_client.ack(ClientRequest::SendMessage(request)).await
 }
 
 async fn send_message_ex_ok(pub_client: &mut Client, request: SendMessage) -> SendResult {
-    sent(send_message_ex(pub_client, request).await.expect("send acked"))
+    sent(
+        send_message_ex(pub_client, request)
+            .await
+            .expect("send acked"),
+    )
 }
 
-async fn send_message_ex_text(pub_client: &mut Client, channel: courier_protocol::ChannelId, text: &str) -> SendResult {
+async fn send_message_ex_text(
+    pub_client: &mut Client,
+    channel: courier_protocol::ChannelId,
+    text: &str,
+) -> SendResult {
     send_message_ex_ok(pub_client, SendMessage::text(channel, text)).await
 }
 
 async fn send_ack_and_fan_out_in_both_encodings(backend: Backend) {
-    let Some(server) = start(backend).await else { return };
+    let Some(server) = start(backend).await else {
+        return;
+    };
     let alice = server.user("alice", Role::User).await;
     let bob = server.user("bob", Role::User).await;
-    let ch = server.channel("ward-4", ChannelKind::Private, &alice, &[&bob]).await;
+    let ch = server
+        .channel("ward-4", ChannelKind::Private, &alice, &[&bob])
+        .await;
 
     let mut a = server.client(&alice, Encoding::MessagePack).await;
     let mut b = server.client(&bob, Encoding::Json).await;
     let view = a.join(ch, None).await.expect("join");
-    assert_eq!((view.id, view.last_seq, view.kind), (ch, 0, ChannelKindWire::Private));
+    assert_eq!(
+        (view.id, view.last_seq, view.kind),
+        (ch, 0, ChannelKindWire::Private)
+    );
     let view = b.join(ch, None).await.expect("join");
-    assert_eq!(view.online.len(), 2, "both joined users are online: {view:?}");
+    assert_eq!(
+        view.online.len(),
+        2,
+        "both joined users are online: {view:?}"
+    );
 
     let ack = send_message_ex_text(&mut a, ch, "vitals stable").await;
     assert_eq!(ack.seq, 1);
     assert!(!ack.duplicate);
     for client in [&mut a, &mut b] {
         let m = next_message(client).await;
-        assert_eq!((m.id, m.seq, m.text.as_str(), m.sender.as_str()), (ack.message_id, 1, "vitals stable", "alice"));
+        assert_eq!(
+            (m.id, m.seq, m.text.as_str(), m.sender.as_str()),
+            (ack.message_id, 1, "vitals stable", "alice")
+        );
         assert_eq!(m.sender_id, alice.id);
     }
 
@@ -118,7 +143,9 @@ async fn send_ack_and_fan_out_in_both_encodings(backend: Backend) {
 }
 
 async fn concurrent_senders_give_identical_gap_free_order(backend: Backend) {
-    let Some(server) = start(backend).await else { return };
+    let Some(server) = start(backend).await else {
+        return;
+    };
     let mut users = Vec::new();
     for i in 0..4 {
         users.push(server.user(&format!("sender{i}"), Role::User).await);
@@ -126,7 +153,9 @@ async fn concurrent_senders_give_identical_gap_free_order(backend: Backend) {
     let r1 = server.user("reader1", Role::User).await;
     let r2 = server.user("reader2", Role::User).await;
     let all: Vec<_> = users.iter().chain([&r1, &r2]).collect();
-    let ch = server.channel("busy", ChannelKind::Private, &users[0], &all[1..]).await;
+    let ch = server
+        .channel("busy", ChannelKind::Private, &users[0], &all[1..])
+        .await;
     let mut readers = Vec::new();
     for (r, enc) in [(&r1, Encoding::MessagePack), (&r2, Encoding::Json)] {
         let mut c = server.client(r, enc).await;
@@ -161,13 +190,21 @@ async fn concurrent_senders_give_identical_gap_free_order(backend: Backend) {
             order.push((m.seq, m.text));
         }
         let seqs: Vec<u64> = order.iter().map(|(s, _)| *s).collect();
-        assert_eq!(seqs, (1..=total as u64).collect::<Vec<_>>(), "gap-free, ascending");
+        assert_eq!(
+            seqs,
+            (1..=total as u64).collect::<Vec<_>>(),
+            "gap-free, ascending"
+        );
         orders.push(order);
     }
     assert_eq!(orders[0], orders[1], "every receiver sees the same order");
     // Each sender's own messages keep their sending order.
     for i in 0..4 {
-        let mine: Vec<&String> = orders[0].iter().map(|(_, t)| t).filter(|t| t.starts_with(&format!("s{i}-"))).collect();
+        let mine: Vec<&String> = orders[0]
+            .iter()
+            .map(|(_, t)| t)
+            .filter(|t| t.starts_with(&format!("s{i}-")))
+            .collect();
         let expected: Vec<String> = (0..PER_SENDER).map(|n| format!("s{i}-{n}")).collect();
         assert_eq!(mine, expected.iter().collect::<Vec<_>>());
     }
@@ -175,10 +212,14 @@ async fn concurrent_senders_give_identical_gap_free_order(backend: Backend) {
 }
 
 async fn recovery_replays_exactly_what_was_missed(backend: Backend) {
-    let Some(server) = start(backend).await else { return };
+    let Some(server) = start(backend).await else {
+        return;
+    };
     let alice = server.user("alice", Role::User).await;
     let bob = server.user("bob", Role::User).await;
-    let ch = server.channel("icu", ChannelKind::Private, &alice, &[&bob]).await;
+    let ch = server
+        .channel("icu", ChannelKind::Private, &alice, &[&bob])
+        .await;
     let mut a = server.client(&alice, Encoding::MessagePack).await;
     a.join(ch, None).await.expect("join");
     let mut b = server.client(&bob, Encoding::MessagePack).await;
@@ -198,9 +239,11 @@ async fn recovery_replays_exactly_what_was_missed(backend: Backend) {
     }
     // Delete one of the missed messages: recovery skips deleted ones.
     let deleted = send_message_ex_text(&mut a, ch, "m9").await;
-    a.ack(ClientRequest::DeleteMessage(DeleteMessage { message_id: deleted.message_id }))
-        .await
-        .expect("delete");
+    a.ack(ClientRequest::DeleteMessage(DeleteMessage {
+        message_id: deleted.message_id,
+    }))
+    .await
+    .expect("delete");
 
     let mut b = server.client(&bob, Encoding::Json).await;
     let view = b.join(ch, Some(last)).await.expect("rejoin");
@@ -213,21 +256,38 @@ async fn recovery_replays_exactly_what_was_missed(backend: Backend) {
         let m = next_message(&mut b).await;
         seqs.push((m.seq, m.text));
     }
-    let expected: Vec<(u64, String)> = (4..=8).map(|i| (i, format!("m{i}"))).chain([(10, "m10".to_string())]).collect();
+    let expected: Vec<(u64, String)> = (4..=8)
+        .map(|i| (i, format!("m{i}")))
+        .chain([(10, "m10".to_string())])
+        .collect();
     assert_eq!(seqs, expected);
     assert!(
-        b.next_push_matching(Duration::from_millis(300), |f| matches!(f, ServerFrame::NewMessage(_))).await.is_err(),
+        b.next_push_matching(Duration::from_millis(300), |f| matches!(
+            f,
+            ServerFrame::NewMessage(_)
+        ))
+        .await
+        .is_err(),
         "nothing else"
     );
 
     // More missing than the recovery limit: nothing replayed, recovered false.
-    let view = server.client(&bob, Encoding::MessagePack).await.join(ch, Some(0)).await.expect("join");
+    let view = server
+        .client(&bob, Encoding::MessagePack)
+        .await
+        .join(ch, Some(0))
+        .await
+        .expect("join");
     assert!(view.recovered, "10 missing is within the default limit");
     server.stop().await;
 
-    let Some(server) = TestServer::start_with(backend, |c| c.recovery_limit = 2).await else { return };
+    let Some(server) = TestServer::start_with(backend, |c| c.recovery_limit = 2).await else {
+        return;
+    };
     let alice = server.user("alice", Role::User).await;
-    let ch = server.channel("icu", ChannelKind::Private, &alice, &[]).await;
+    let ch = server
+        .channel("icu", ChannelKind::Private, &alice, &[])
+        .await;
     let mut a = server.client(&alice, Encoding::MessagePack).await;
     for i in 0..5 {
         send_message_ex_text(&mut a, ch, &format!("x{i}")).await;
@@ -235,15 +295,25 @@ async fn recovery_replays_exactly_what_was_missed(backend: Backend) {
     let mut c = server.client(&alice, Encoding::MessagePack).await;
     let view = c.join(ch, Some(1)).await.expect("join");
     assert!(!view.recovered);
-    assert!(c.next_push_matching(Duration::from_millis(300), |f| matches!(f, ServerFrame::NewMessage(_))).await.is_err());
+    assert!(c
+        .next_push_matching(Duration::from_millis(300), |f| matches!(
+            f,
+            ServerFrame::NewMessage(_)
+        ))
+        .await
+        .is_err());
     server.stop().await;
 }
 
 async fn client_msg_id_makes_sends_idempotent(backend: Backend) {
-    let Some(server) = start(backend).await else { return };
+    let Some(server) = start(backend).await else {
+        return;
+    };
     let alice = server.user("alice", Role::User).await;
     let bob = server.user("bob", Role::User).await;
-    let ch = server.channel("c", ChannelKind::Private, &alice, &[&bob]).await;
+    let ch = server
+        .channel("c", ChannelKind::Private, &alice, &[&bob])
+        .await;
     let mut a = server.client(&alice, Encoding::MessagePack).await;
     let mut b = server.client(&bob, Encoding::MessagePack).await;
     b.join(ch, None).await.expect("join");
@@ -258,18 +328,32 @@ async fn client_msg_id_makes_sends_idempotent(backend: Backend) {
     assert!(!bobs.duplicate);
     assert_eq!(next_message(&mut b).await.seq, 1);
     assert_eq!(next_message(&mut b).await.seq, 2);
-    assert!(b.next_push_matching(Duration::from_millis(300), |f| matches!(f, ServerFrame::NewMessage(_))).await.is_err());
+    assert!(b
+        .next_push_matching(Duration::from_millis(300), |f| matches!(
+            f,
+            ServerFrame::NewMessage(_)
+        ))
+        .await
+        .is_err());
 
     // A clientMsgId over 64 bytes is refused.
     req.client_msg_id = Some("x".repeat(65));
-    assert_eq!(error_code(send_message_ex(&mut a, req).await), ErrorCode::TooLarge);
+    assert_eq!(
+        error_code(send_message_ex(&mut a, req).await),
+        ErrorCode::TooLarge
+    );
     server.stop().await;
 
     // After a restart, a resend still resolves to the original.
     let dir = server_dir_reuse(backend).await;
     let Some((url, dir)) = dir else { return };
     let (first, user) = {
-        let server = TestServer::start_config(support::server::test_config(&dir, url.clone()), tempfile::tempdir().expect("tmp"), None).await;
+        let server = TestServer::start_config(
+            support::server::test_config(&dir, url.clone()),
+            tempfile::tempdir().expect("tmp"),
+            None,
+        )
+        .await;
         let user = server.user("carol", Role::User).await;
         let ch = server.channel("c2", ChannelKind::Private, &user, &[]).await;
         let mut c = server.client(&user, Encoding::MessagePack).await;
@@ -279,7 +363,12 @@ async fn client_msg_id_makes_sends_idempotent(backend: Backend) {
         server.stop().await;
         ((first, ch), user)
     };
-    let server = TestServer::start_config(support::server::test_config(&dir, url), tempfile::tempdir().expect("tmp"), None).await;
+    let server = TestServer::start_config(
+        support::server::test_config(&dir, url),
+        tempfile::tempdir().expect("tmp"),
+        None,
+    )
+    .await;
     let session = server.session_for(user.id).await;
     let user = support::server::TestUser {
         token: server.app.tokens.issue(user.id, session).expect("token").0,
@@ -291,7 +380,10 @@ async fn client_msg_id_makes_sends_idempotent(backend: Backend) {
     req.client_msg_id = Some("restart-1".into());
     let again = send_message_ex_ok(&mut c, req).await;
     assert!(again.duplicate);
-    assert_eq!((again.message_id, again.seq), (first.0.message_id, first.0.seq));
+    assert_eq!(
+        (again.message_id, again.seq),
+        (first.0.message_id, first.0.seq)
+    );
     server.stop().await;
 }
 
@@ -299,25 +391,40 @@ async fn client_msg_id_makes_sends_idempotent(backend: Backend) {
 async fn server_dir_reuse(backend: Backend) -> Option<(String, tempfile::TempDir)> {
     let dir = tempfile::tempdir().expect("tmp");
     match backend {
-        Backend::Sqlite => Some((format!("sqlite://{}", dir.path().join("keep.db").display()), dir)),
+        Backend::Sqlite => Some((
+            format!("sqlite://{}", dir.path().join("keep.db").display()),
+            dir,
+        )),
         Backend::Postgres => Some((support::fresh_postgres_url().await?, dir)),
     }
 }
 
 async fn edit_and_delete_are_limited_to_author_and_moderators(backend: Backend) {
-    let Some(server) = start(backend).await else { return };
+    let Some(server) = start(backend).await else {
+        return;
+    };
     let owner = server.user("owner", Role::User).await;
     let author = server.user("author", Role::User).await;
     let other = server.user("other", Role::User).await;
-    let ch = server.channel("c", ChannelKind::Private, &owner, &[&author, &other]).await;
+    let ch = server
+        .channel("c", ChannelKind::Private, &owner, &[&author, &other])
+        .await;
     let mut o = server.client(&owner, Encoding::MessagePack).await;
     o.join(ch, None).await.expect("join");
     let mut a = server.client(&author, Encoding::Json).await;
     let mut x = server.client(&other, Encoding::MessagePack).await;
     let msg = send_message_ex_text(&mut a, ch, "draft").await;
 
-    let edit = |text: &str| ClientRequest::EditMessage(EditMessage { message_id: msg.message_id, text: text.into() });
-    assert_eq!(error_code(x.ack(edit("hijack")).await), ErrorCode::Forbidden);
+    let edit = |text: &str| {
+        ClientRequest::EditMessage(EditMessage {
+            message_id: msg.message_id,
+            text: text.into(),
+        })
+    };
+    assert_eq!(
+        error_code(x.ack(edit("hijack")).await),
+        ErrorCode::Forbidden
+    );
     a.ack(edit("final")).await.expect("author edits");
     let updated = o
         .next_push_matching(T, |f| matches!(f, ServerFrame::MessageUpdated(_)))
@@ -331,23 +438,50 @@ async fn edit_and_delete_are_limited_to_author_and_moderators(backend: Backend) 
         _ => unreachable!(),
     }
     let page = history(&mut o, ch, None, 10).await;
-    assert_eq!(page.messages[0].text, "final", "the edit is stored (re-encrypted)");
+    assert_eq!(
+        page.messages[0].text, "final",
+        "the edit is stored (re-encrypted)"
+    );
 
-    let delete = ClientRequest::DeleteMessage(DeleteMessage { message_id: msg.message_id });
-    assert_eq!(error_code(x.ack(delete.clone()).await), ErrorCode::Forbidden);
-    o.ack(delete.clone()).await.expect("the channel owner moderates");
-    match o.next_push_matching(T, |f| matches!(f, ServerFrame::MessageDeleted(_))).await.expect("deleted") {
-        ServerFrame::MessageDeleted(d) => assert_eq!((d.data.message_id, d.data.seq), (msg.message_id, 1)),
+    let delete = ClientRequest::DeleteMessage(DeleteMessage {
+        message_id: msg.message_id,
+    });
+    assert_eq!(
+        error_code(x.ack(delete.clone()).await),
+        ErrorCode::Forbidden
+    );
+    o.ack(delete.clone())
+        .await
+        .expect("the channel owner moderates");
+    match o
+        .next_push_matching(T, |f| matches!(f, ServerFrame::MessageDeleted(_)))
+        .await
+        .expect("deleted")
+    {
+        ServerFrame::MessageDeleted(d) => {
+            assert_eq!((d.data.message_id, d.data.seq), (msg.message_id, 1))
+        }
         _ => unreachable!(),
     }
     assert_eq!(error_code(o.ack(delete).await), ErrorCode::NotFound);
-    let unknown = ClientRequest::DeleteMessage(DeleteMessage { message_id: MessageId::new() });
+    let unknown = ClientRequest::DeleteMessage(DeleteMessage {
+        message_id: MessageId::new(),
+    });
     assert_eq!(error_code(o.ack(unknown).await), ErrorCode::NotFound);
     server.stop().await;
 }
 
-async fn history(client: &mut Client, ch: courier_protocol::ChannelId, before: Option<u64>, limit: u32) -> History {
-    let request = ClientRequest::FetchHistory(FetchHistory { channel_id: ch, before_seq: before, limit: Some(limit) });
+async fn history(
+    client: &mut Client,
+    ch: courier_protocol::ChannelId,
+    before: Option<u64>,
+    limit: u32,
+) -> History {
+    let request = ClientRequest::FetchHistory(FetchHistory {
+        channel_id: ch,
+        before_seq: before,
+        limit: Some(limit),
+    });
     match client.request(request).await.expect("history") {
         ServerFrame::History(h) => h,
         other => panic!("expected history, got {other:?}"),
@@ -355,7 +489,9 @@ async fn history(client: &mut Client, ch: courier_protocol::ChannelId, before: O
 }
 
 async fn history_pages_ascending_with_has_more(backend: Backend) {
-    let Some(server) = start(backend).await else { return };
+    let Some(server) = start(backend).await else {
+        return;
+    };
     let alice = server.user("alice", Role::User).await;
     let ch = server.channel("c", ChannelKind::Private, &alice, &[]).await;
     let mut a = server.client(&alice, Encoding::MessagePack).await;
@@ -370,7 +506,10 @@ async fn history_pages_ascending_with_has_more(backend: Backend) {
     assert_eq!(older.messages.first().map(|m| m.seq), Some(21));
     assert!(older.has_more);
     let oldest = history(&mut a, ch, Some(21), 50).await;
-    assert_eq!(oldest.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), (1..=20).collect::<Vec<_>>());
+    assert_eq!(
+        oldest.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        (1..=20).collect::<Vec<_>>()
+    );
     assert!(!oldest.has_more);
     assert_eq!(oldest.messages[0].text, "n1");
     // Limits outside 1..100 are clamped, never an error.
@@ -379,10 +518,14 @@ async fn history_pages_ascending_with_has_more(backend: Backend) {
 }
 
 async fn receipts_reactions_typing_and_status(backend: Backend) {
-    let Some(server) = TestServer::start_with(backend, |c| c.typing_expiry_ms = 300).await else { return };
+    let Some(server) = TestServer::start_with(backend, |c| c.typing_expiry_ms = 300).await else {
+        return;
+    };
     let alice = server.user("alice", Role::User).await;
     let bob = server.user("bob", Role::User).await;
-    let ch = server.channel("c", ChannelKind::Private, &alice, &[&bob]).await;
+    let ch = server
+        .channel("c", ChannelKind::Private, &alice, &[&bob])
+        .await;
     let mut a = server.client(&alice, Encoding::MessagePack).await;
     let mut b = server.client(&bob, Encoding::Json).await;
     a.join(ch, None).await.expect("join");
@@ -391,46 +534,99 @@ async fn receipts_reactions_typing_and_status(backend: Backend) {
     send_message_ex_text(&mut a, ch, "two").await;
 
     // Read receipts move lastReadSeq and reach the channel.
-    b.ack(ClientRequest::ReadReceipt(ReadReceipt { channel_id: ch, up_to: ReadPosition::Message(m1.message_id) }))
+    b.ack(ClientRequest::ReadReceipt(ReadReceipt {
+        channel_id: ch,
+        up_to: ReadPosition::Message(m1.message_id),
+    }))
+    .await
+    .expect("receipt");
+    match a
+        .next_push_matching(T, |f| matches!(f, ServerFrame::ReadReceipt(_)))
         .await
-        .expect("receipt");
-    match a.next_push_matching(T, |f| matches!(f, ServerFrame::ReadReceipt(_))).await.expect("receipt push") {
+        .expect("receipt push")
+    {
         ServerFrame::ReadReceipt(r) => assert_eq!((r.user_id, r.seq), (bob.id, 1)),
         _ => unreachable!(),
     }
-    let view = server.client(&bob, Encoding::MessagePack).await.join(ch, None).await.expect("join");
+    let view = server
+        .client(&bob, Encoding::MessagePack)
+        .await
+        .join(ch, None)
+        .await
+        .expect("join");
     assert_eq!((view.last_read_seq, view.unread), (1, 1));
 
     // Reactions.
     let react = |add: bool| {
-        let r = Reaction { message_id: m1.message_id, reaction: "👍".into() };
-        if add { ClientRequest::AddReaction(r) } else { ClientRequest::RemoveReaction(r) }
+        let r = Reaction {
+            message_id: m1.message_id,
+            reaction: "👍".into(),
+        };
+        if add {
+            ClientRequest::AddReaction(r)
+        } else {
+            ClientRequest::RemoveReaction(r)
+        }
     };
     b.ack(react(true)).await.expect("react");
     let counts = |f: ServerFrame| match f {
         ServerFrame::ReactionUpdated(r) => r.reactions,
         other => panic!("expected reaction_updated, got {other:?}"),
     };
-    let got = counts(a.next_push_matching(T, |f| matches!(f, ServerFrame::ReactionUpdated(_))).await.expect("push"));
+    let got = counts(
+        a.next_push_matching(T, |f| matches!(f, ServerFrame::ReactionUpdated(_)))
+            .await
+            .expect("push"),
+    );
     assert_eq!(got, BTreeMap::from([("👍".to_string(), 1)]));
     a.ack(react(true)).await.expect("react");
-    let got = counts(b.next_push_matching(T, |f| matches!(f, ServerFrame::ReactionUpdated(_)) ).await.expect("push"));
+    let got = counts(
+        b.next_push_matching(T, |f| matches!(f, ServerFrame::ReactionUpdated(_)))
+            .await
+            .expect("push"),
+    );
     assert_eq!(got.get("👍"), Some(&1).or(Some(&2)));
     b.ack(react(false)).await.expect("unreact");
 
     // Typing reaches the others and expires on its own.
-    a.send(ClientRequest::TypingIndicator(TypingIndicator { channel_id: ch, is_typing: true })).await.expect("typing");
+    a.send(ClientRequest::TypingIndicator(TypingIndicator {
+        channel_id: ch,
+        is_typing: true,
+    }))
+    .await
+    .expect("typing");
     let typing = |f: ServerFrame| match f {
         ServerFrame::Typing(t) => (t.user_id, t.is_typing),
         other => panic!("expected typing, got {other:?}"),
     };
-    assert_eq!(typing(b.next_push_matching(T, |f| matches!(f, ServerFrame::Typing(_))).await.expect("typing")), (alice.id, true));
-    assert_eq!(typing(b.next_push_matching(T, |f| matches!(f, ServerFrame::Typing(_))).await.expect("expiry")), (alice.id, false));
+    assert_eq!(
+        typing(
+            b.next_push_matching(T, |f| matches!(f, ServerFrame::Typing(_)))
+                .await
+                .expect("typing")
+        ),
+        (alice.id, true)
+    );
+    assert_eq!(
+        typing(
+            b.next_push_matching(T, |f| matches!(f, ServerFrame::Typing(_)))
+                .await
+                .expect("expiry")
+        ),
+        (alice.id, false)
+    );
 
     // set_status away reaches users who share a channel.
-    a.ack(ClientRequest::SetStatus(SetStatus { status: UserStatus::Away })).await.expect("status");
+    a.ack(ClientRequest::SetStatus(SetStatus {
+        status: UserStatus::Away,
+    }))
+    .await
+    .expect("status");
     let presence = b
-        .next_push_matching(T, |f| matches!(f, ServerFrame::Presence(p) if p.status == PresenceStatus::Away))
+        .next_push_matching(
+            T,
+            |f| matches!(f, ServerFrame::Presence(p) if p.status == PresenceStatus::Away),
+        )
         .await
         .expect("presence away");
     assert!(matches!(presence, ServerFrame::Presence(p) if p.user_id == alice.id));
@@ -438,11 +634,15 @@ async fn receipts_reactions_typing_and_status(backend: Backend) {
 }
 
 async fn direct_and_broadcast_channels(backend: Backend) {
-    let Some(server) = start(backend).await else { return };
+    let Some(server) = start(backend).await else {
+        return;
+    };
     let nurse = server.user("nurse", Role::User).await;
     let patient = server.user("patient", Role::User).await;
     let mut n = server.client(&nurse, Encoding::MessagePack).await;
-    let open = ClientRequest::OpenDirect(OpenDirect { user_id: patient.id });
+    let open = ClientRequest::OpenDirect(OpenDirect {
+        user_id: patient.id,
+    });
     let first = match n.ack(open.clone()).await.expect("open_direct").result {
         AckResult::Channel(c) => c,
         other => panic!("expected channel, got {other:?}"),
@@ -462,55 +662,100 @@ async fn direct_and_broadcast_channels(backend: Backend) {
 
     // Broadcast: members read, only owners and moderators post.
     let admin = server.user("announcer", Role::User).await;
-    let bc = server.channel("announcements", ChannelKind::Broadcast, &admin, &[&patient]).await;
+    let bc = server
+        .channel("announcements", ChannelKind::Broadcast, &admin, &[&patient])
+        .await;
     let mut ad = server.client(&admin, Encoding::MessagePack).await;
     p.join(bc, None).await.expect("join broadcast");
     send_message_ex_text(&mut ad, bc, "clinic closed friday").await;
     assert_eq!(next_message(&mut p).await.text, "clinic closed friday");
-    assert_eq!(error_code(send_message_ex(&mut p, SendMessage::text(bc, "me too")).await), ErrorCode::Forbidden);
+    assert_eq!(
+        error_code(send_message_ex(&mut p, SendMessage::text(bc, "me too")).await),
+        ErrorCode::Forbidden
+    );
     server.stop().await;
 }
 
 async fn non_members_are_refused_everywhere(backend: Backend) {
-    let Some(server) = start(backend).await else { return };
+    let Some(server) = start(backend).await else {
+        return;
+    };
     let alice = server.user("alice", Role::User).await;
     let mallory = server.user("mallory", Role::Admin).await;
-    let ch = server.channel("private", ChannelKind::Private, &alice, &[]).await;
+    let ch = server
+        .channel("private", ChannelKind::Private, &alice, &[])
+        .await;
     let mut a = server.client(&alice, Encoding::MessagePack).await;
     let secret = send_message_ex_text(&mut a, ch, "secret").await;
     let mut m = server.client(&mallory, Encoding::MessagePack).await;
-    let join = ClientRequest::JoinChannel(JoinChannel { channel_id: ch, since_seq: Some(0) });
+    let join = ClientRequest::JoinChannel(JoinChannel {
+        channel_id: ch,
+        since_seq: Some(0),
+    });
     assert_eq!(error_code(m.ack(join).await), ErrorCode::Forbidden);
-    match m.request(ClientRequest::FetchHistory(FetchHistory { channel_id: ch, before_seq: None, limit: None })).await.expect("answer") {
+    match m
+        .request(ClientRequest::FetchHistory(FetchHistory {
+            channel_id: ch,
+            before_seq: None,
+            limit: None,
+        }))
+        .await
+        .expect("answer")
+    {
         ServerFrame::Error(e) => assert_eq!(e.code, ErrorCode::Forbidden),
         other => panic!("history leaked: {other:?}"),
     }
-    assert_eq!(error_code(send_message_ex(&mut m, SendMessage::text(ch, "hi")).await), ErrorCode::Forbidden);
-    let edit = ClientRequest::EditMessage(EditMessage { message_id: secret.message_id, text: "x".into() });
+    assert_eq!(
+        error_code(send_message_ex(&mut m, SendMessage::text(ch, "hi")).await),
+        ErrorCode::Forbidden
+    );
+    let edit = ClientRequest::EditMessage(EditMessage {
+        message_id: secret.message_id,
+        text: "x".into(),
+    });
     assert_eq!(error_code(m.ack(edit).await), ErrorCode::Forbidden);
-    let react = ClientRequest::AddReaction(Reaction { message_id: secret.message_id, reaction: "x".into() });
+    let react = ClientRequest::AddReaction(Reaction {
+        message_id: secret.message_id,
+        reaction: "x".into(),
+    });
     assert_eq!(error_code(m.ack(react).await), ErrorCode::Forbidden);
-    let receipt = ClientRequest::ReadReceipt(ReadReceipt { channel_id: ch, up_to: ReadPosition::Seq(1) });
+    let receipt = ClientRequest::ReadReceipt(ReadReceipt {
+        channel_id: ch,
+        up_to: ReadPosition::Seq(1),
+    });
     assert_eq!(error_code(m.ack(receipt).await), ErrorCode::Forbidden);
-    let unknown = ClientRequest::JoinChannel(JoinChannel { channel_id: courier_protocol::ChannelId::new(), since_seq: None });
+    let unknown = ClientRequest::JoinChannel(JoinChannel {
+        channel_id: courier_protocol::ChannelId::new(),
+        since_seq: None,
+    });
     assert_eq!(error_code(m.ack(unknown).await), ErrorCode::NotFound);
-    m.send(ClientRequest::TypingIndicator(TypingIndicator { channel_id: ch, is_typing: true }))
-        .await
-        .expect("send");
+    m.send(ClientRequest::TypingIndicator(TypingIndicator {
+        channel_id: ch,
+        is_typing: true,
+    }))
+    .await
+    .expect("send");
     match m.next_frame(T).await.expect("typing error") {
         ServerFrame::Error(e) => assert_eq!(e.code, ErrorCode::Forbidden),
         other => panic!("typing in a channel not joined: {other:?}"),
     }
     // The connection still works after all those refusals.
-    assert!(matches!(m.request(ClientRequest::Ping).await, Ok(ServerFrame::Pong(_))));
+    assert!(matches!(
+        m.request(ClientRequest::Ping).await,
+        Ok(ServerFrame::Pong(_))
+    ));
     server.stop().await;
 }
 
 async fn two_connections_of_one_user(backend: Backend) {
-    let Some(server) = start(backend).await else { return };
+    let Some(server) = start(backend).await else {
+        return;
+    };
     let doc = server.user("doctor", Role::User).await;
     let watcher = server.user("watcher", Role::User).await;
-    let ch = server.channel("c", ChannelKind::Private, &doc, &[&watcher]).await;
+    let ch = server
+        .channel("c", ChannelKind::Private, &doc, &[&watcher])
+        .await;
     let mut w = server.client(&watcher, Encoding::MessagePack).await;
     w.join(ch, None).await.expect("join");
     let mut phone = server.client(&doc, Encoding::MessagePack).await;
@@ -523,14 +768,20 @@ async fn two_connections_of_one_user(backend: Backend) {
 
     phone.close().await.expect("close");
     assert!(
-        w.next_push_matching(Duration::from_millis(500), |f| matches!(f, ServerFrame::Presence(p) if p.status == PresenceStatus::Offline))
-            .await
-            .is_err(),
+        w.next_push_matching(
+            Duration::from_millis(500),
+            |f| matches!(f, ServerFrame::Presence(p) if p.status == PresenceStatus::Offline)
+        )
+        .await
+        .is_err(),
         "still online on the laptop"
     );
     laptop.close().await.expect("close");
     let offline = w
-        .next_push_matching(T, |f| matches!(f, ServerFrame::Presence(p) if p.status == PresenceStatus::Offline))
+        .next_push_matching(
+            T,
+            |f| matches!(f, ServerFrame::Presence(p) if p.status == PresenceStatus::Offline),
+        )
         .await
         .expect("offline after the last connection");
     assert!(matches!(offline, ServerFrame::Presence(p) if p.user_id == doc.id));
@@ -543,24 +794,41 @@ async fn two_connections_of_one_user(backend: Backend) {
 async fn requests_before_authentication_close_4001() {
     let server = TestServer::start(Backend::Sqlite).await.expect("server");
     let mut c = Client::connect(&server.ws_url()).await.expect("connect");
-    let answer = c.request(ClientRequest::JoinChannel(JoinChannel { channel_id: courier_protocol::ChannelId::new(), since_seq: None })).await.expect("answer");
+    let answer = c
+        .request(ClientRequest::JoinChannel(JoinChannel {
+            channel_id: courier_protocol::ChannelId::new(),
+            since_seq: None,
+        }))
+        .await
+        .expect("answer");
     assert!(matches!(answer, ServerFrame::Error(e) if e.code == ErrorCode::Unauthenticated));
-    assert_eq!(c.wait_closed(T).await.expect("closed"), Some(close::AUTH_FAILED));
+    assert_eq!(
+        c.wait_closed(T).await.expect("closed"),
+        Some(close::AUTH_FAILED)
+    );
 
     let mut c = Client::connect(&server.ws_url()).await.expect("connect");
     let response = c.authenticate("not.a.jwt").await.expect("answer");
     assert!(response.result.is_err());
-    assert_eq!(c.wait_closed(T).await.expect("closed"), Some(close::AUTH_FAILED));
+    assert_eq!(
+        c.wait_closed(T).await.expect("closed"),
+        Some(close::AUTH_FAILED)
+    );
     server.stop().await;
 }
 
 #[tokio::test]
 async fn authentication_deadline_closes_4001() {
-    let server = TestServer::start_with(Backend::Sqlite, |c| c.auth_timeout_ms = 300).await.expect("server");
+    let server = TestServer::start_with(Backend::Sqlite, |c| c.auth_timeout_ms = 300)
+        .await
+        .expect("server");
     let mut c = Client::connect(&server.ws_url()).await.expect("connect");
     let frame = c.next_frame(T).await.expect("auth_timeout error");
     assert!(matches!(frame, ServerFrame::Error(e) if e.code == ErrorCode::AuthTimeout));
-    assert_eq!(c.wait_closed(T).await.expect("closed"), Some(close::AUTH_FAILED));
+    assert_eq!(
+        c.wait_closed(T).await.expect("closed"),
+        Some(close::AUTH_FAILED)
+    );
     server.stop().await;
 }
 
@@ -569,23 +837,52 @@ async fn revoked_session_closes_4003() {
     let server = TestServer::start(Backend::Sqlite).await.expect("server");
     let u = server.user("u", Role::User).await;
     let mut c = server.client(&u, Encoding::MessagePack).await;
-    server.app.store.revoke_session(u.session_id).await.expect("revoke");
-    server.app.realtime.revoke_sessions(u.id, Some(vec![u.session_id]));
+    server
+        .app
+        .store
+        .revoke_session(u.session_id)
+        .await
+        .expect("revoke");
+    server
+        .app
+        .realtime
+        .revoke_sessions(u.id, Some(vec![u.session_id]));
     let started = std::time::Instant::now();
-    assert_eq!(c.wait_closed(T).await.expect("closed"), Some(close::SESSION_REVOKED));
-    assert!(started.elapsed() < Duration::from_secs(1), "closed within a second");
+    assert_eq!(
+        c.wait_closed(T).await.expect("closed"),
+        Some(close::SESSION_REVOKED)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "closed within a second"
+    );
     // The token of a revoked session no longer authenticates.
     let mut again = Client::connect(&server.ws_url()).await.expect("connect");
-    assert!(again.authenticate(&u.token).await.expect("answer").result.is_err());
+    assert!(again
+        .authenticate(&u.token)
+        .await
+        .expect("answer")
+        .result
+        .is_err());
     server.stop().await;
 }
 
 #[tokio::test]
 async fn foreign_origin_is_refused_at_the_upgrade() {
     let server = TestServer::start(Backend::Sqlite).await.expect("server");
-    let refused = Client::builder(server.ws_url()).origin("https://evil.example").connect().await;
-    assert!(matches!(refused, Err(ClientError::Refused { status: 403 })), "{:?}", refused.err());
-    let same = Client::builder(server.ws_url()).origin(format!("http://{}", server.addr)).connect().await;
+    let refused = Client::builder(server.ws_url())
+        .origin("https://evil.example")
+        .connect()
+        .await;
+    assert!(
+        matches!(refused, Err(ClientError::Refused { status: 403 })),
+        "{:?}",
+        refused.err()
+    );
+    let same = Client::builder(server.ws_url())
+        .origin(format!("http://{}", server.addr))
+        .connect()
+        .await;
     assert!(same.is_ok());
     server.stop().await;
 }
@@ -601,7 +898,10 @@ async fn graceful_shutdown_says_so_then_closes_1001() {
         .await
         .expect("system_event");
     assert!(matches!(event, ServerFrame::SystemEvent(e) if e.event_type == "shutdown"));
-    assert_eq!(c.wait_closed(T).await.expect("closed"), Some(close::GOING_AWAY));
+    assert_eq!(
+        c.wait_closed(T).await.expect("closed"),
+        Some(close::GOING_AWAY)
+    );
     stopping.await.expect("stopped");
 }
 
@@ -616,21 +916,42 @@ async fn slow_consumer_is_closed_4009_and_others_keep_receiving() {
     let publisher = server.user("pub", Role::User).await;
     let fast = server.user("fast", Role::User).await;
     let slow = server.user("slow", Role::User).await;
-    let ch = server.channel("flood", ChannelKind::Private, &publisher, &[&fast, &slow]).await;
+    let ch = server
+        .channel("flood", ChannelKind::Private, &publisher, &[&fast, &slow])
+        .await;
     const N: usize = 600; // 30 MB: far more than loopback socket buffers hold
     let mut f = server.client(&fast, Encoding::MessagePack).await;
     f.join(ch, None).await.expect("join");
 
     // The slow client is a raw socket that authenticates, joins, then never reads.
-    let (mut raw, _) = tokio_tungstenite::connect_async(server.ws_url()).await.expect("raw connect");
+    let (mut raw, _) = tokio_tungstenite::connect_async(server.ws_url())
+        .await
+        .expect("raw connect");
     use futures_util::SinkExt;
-    let auth = ClientFrame::new(ClientRequest::Authenticate(Authenticate { token: slow.token.clone() }));
-    raw.send(tokio_tungstenite::tungstenite::Message::Binary(courier_protocol::codec::encode_client(&auth, Encoding::MessagePack))).await.expect("auth");
-    let join = ClientFrame::new(ClientRequest::JoinChannel(JoinChannel { channel_id: ch, since_seq: None })).with_ref(1u32);
-    raw.send(tokio_tungstenite::tungstenite::Message::Binary(courier_protocol::codec::encode_client(&join, Encoding::MessagePack))).await.expect("join");
+    let auth = ClientFrame::new(ClientRequest::Authenticate(Authenticate {
+        token: slow.token.clone(),
+    }));
+    raw.send(tokio_tungstenite::tungstenite::Message::Binary(
+        courier_protocol::codec::encode_client(&auth, Encoding::MessagePack),
+    ))
+    .await
+    .expect("auth");
+    let join = ClientFrame::new(ClientRequest::JoinChannel(JoinChannel {
+        channel_id: ch,
+        since_seq: None,
+    }))
+    .with_ref(1u32);
+    raw.send(tokio_tungstenite::tungstenite::Message::Binary(
+        courier_protocol::codec::encode_client(&join, Encoding::MessagePack),
+    ))
+    .await
+    .expect("join");
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let (mut sender, mut receiver) = server.client(&publisher, Encoding::MessagePack).await.split();
+    let (mut sender, mut receiver) = server
+        .client(&publisher, Encoding::MessagePack)
+        .await
+        .split();
     // The publisher reads its acks as they come, so that it is not slow itself.
     let acks = tokio::spawn(async move {
         let mut acked = 0;
@@ -646,7 +967,13 @@ async fn slow_consumer_is_closed_4009_and_others_keep_receiving() {
     let body = "x".repeat(50_000);
     let flood = tokio::spawn(async move {
         for _ in 0..N {
-            sender.send(ClientRequest::SendMessage(SendMessage::text(ch, body.clone()))).await.expect("send");
+            sender
+                .send(ClientRequest::SendMessage(SendMessage::text(
+                    ch,
+                    body.clone(),
+                )))
+                .await
+                .expect("send");
         }
         sender
     });
@@ -654,7 +981,10 @@ async fn slow_consumer_is_closed_4009_and_others_keep_receiving() {
     while got < N {
         let m = next_message(&mut f).await;
         got += 1;
-        assert_eq!(m.seq, got as u64, "the fast reader gets every message in order");
+        assert_eq!(
+            m.seq, got as u64,
+            "the fast reader gets every message in order"
+        );
     }
     let _ = flood.await;
     assert_eq!(acks.await.expect("acks"), N, "every send was acked");
@@ -694,7 +1024,11 @@ async fn invalid_frames_are_answered_and_the_connection_keeps_working() {
         let frame = c.next_frame(T).await.unwrap_or_else(|e| panic!("bad frame {i}: {e:?}"));
         assert!(matches!(&frame, ServerFrame::Error(e) if e.code == ErrorCode::InvalidFrame), "{frame:?}");
     }
-    c.send_raw(Message::Text(r#"{"type":"send_message","ref":9,"channelId":42}"#.into())).await.expect("send");
+    c.send_raw(Message::Text(
+        r#"{"type":"send_message","ref":9,"channelId":42}"#.into(),
+    ))
+    .await
+    .expect("send");
     match c.next_frame(T).await.expect("answer") {
         ServerFrame::Error(e) => assert_eq!(e.reference, Some(Ref::Int(9)), "the ref is echoed"),
         other => panic!("{other:?}"),
@@ -702,17 +1036,30 @@ async fn invalid_frames_are_answered_and_the_connection_keeps_working() {
     // Text over the limit: too_large; the connection goes on.
     let ch = server.channel("c", ChannelKind::Private, &u, &[]).await;
     let big = SendMessage::text(ch, "y".repeat(16_385));
-    assert_eq!(error_code(send_message_ex(&mut c, big).await), ErrorCode::TooLarge);
-    assert!(matches!(c.request(ClientRequest::Ping).await, Ok(ServerFrame::Pong(_))));
+    assert_eq!(
+        error_code(send_message_ex(&mut c, big).await),
+        ErrorCode::TooLarge
+    );
+    assert!(matches!(
+        c.request(ClientRequest::Ping).await,
+        Ok(ServerFrame::Pong(_))
+    ));
     // A frame over the frame limit closes with 1009.
-    c.send_raw(Message::Binary(vec![0u8; 70_000].into())).await.expect("send");
-    assert_eq!(c.wait_closed(T).await.expect("closed"), Some(close::TOO_LARGE));
+    c.send_raw(Message::Binary(vec![0u8; 70_000].into()))
+        .await
+        .expect("send");
+    assert_eq!(
+        c.wait_closed(T).await.expect("closed"),
+        Some(close::TOO_LARGE)
+    );
     server.stop().await;
 }
 
 #[tokio::test]
 async fn send_rate_limit_answers_rate_limited_with_retry_after() {
-    let server = TestServer::start_with(Backend::Sqlite, |c| c.send_per_minute = 6).await.expect("server");
+    let server = TestServer::start_with(Backend::Sqlite, |c| c.send_per_minute = 6)
+        .await
+        .expect("server");
     let u = server.user("u", Role::User).await;
     let ch = server.channel("c", ChannelKind::Private, &u, &[]).await;
     let mut c = server.client(&u, Encoding::MessagePack).await;
@@ -729,7 +1076,10 @@ async fn send_rate_limit_answers_rate_limited_with_retry_after() {
         }
     }
     let e = limited.expect("rate limited within the burst");
-    assert!(e.retry_after_ms.is_some_and(|ms| ms > 0 && ms <= 10_000), "{e:?}");
+    assert!(
+        e.retry_after_ms.is_some_and(|ms| ms > 0 && ms <= 10_000),
+        "{e:?}"
+    );
     server.stop().await;
 }
 
@@ -750,11 +1100,21 @@ async fn ttl_messages_expire_for_everyone() {
     send_message_ex_text(&mut a, ch, "stays").await;
     let pushed = next_message(&mut b).await;
     assert!(pushed.expires_at.is_some_and(|t| t > pushed.timestamp));
-    match b.next_push_matching(T, |f| matches!(f, ServerFrame::MessageDeleted(_))).await.expect("expiry push") {
+    match b
+        .next_push_matching(T, |f| matches!(f, ServerFrame::MessageDeleted(_)))
+        .await
+        .expect("expiry push")
+    {
         ServerFrame::MessageDeleted(d) => assert_eq!(d.data.message_id, short.message_id),
         _ => unreachable!(),
     }
     let page = history(&mut b, ch, None, 10).await;
-    assert_eq!(page.messages.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(), ["stays"]);
+    assert_eq!(
+        page.messages
+            .iter()
+            .map(|m| m.text.as_str())
+            .collect::<Vec<_>>(),
+        ["stays"]
+    );
     server.stop().await;
 }

@@ -222,7 +222,8 @@ async fn chain_loop(
             head = new_head;
         }
         let due = head.seq >= checkpointed_seq + config.checkpoint_every
-            || (head.seq > checkpointed_seq && last_checkpoint.elapsed() >= config.checkpoint_interval);
+            || (head.seq > checkpointed_seq
+                && last_checkpoint.elapsed() >= config.checkpoint_interval);
         if due {
             checkpoint(&*store, &config, &file, &head).await;
             checkpointed_seq = head.seq;

@@ -37,7 +37,10 @@ impl RolePermissions {
     pub async fn load(store: &dyn crate::store::Store) -> Result<Self, StoreError> {
         let mut map = HashMap::new();
         for role in Role::ALL {
-            map.insert(role, store.role_permissions(role).await?.into_iter().collect());
+            map.insert(
+                role,
+                store.role_permissions(role).await?.into_iter().collect(),
+            );
         }
         Ok(Self(map))
     }
@@ -49,7 +52,11 @@ impl RolePermissions {
 
     /// The permission names of a role, sorted.
     pub fn of(&self, role: Role) -> Vec<String> {
-        let mut v: Vec<String> = self.0.get(&role).map(|p| p.iter().cloned().collect()).unwrap_or_default();
+        let mut v: Vec<String> = self
+            .0
+            .get(&role)
+            .map(|p| p.iter().cloned().collect())
+            .unwrap_or_default();
         v.sort();
         v
     }
@@ -74,9 +81,15 @@ impl Principal<'_> {
 pub enum Action<'a> {
     /// See a channel (its metadata), join it, read its history, react,
     /// send receipts and typing.
-    ReadChannel { channel: &'a Channel, member: Option<&'a Member> },
+    ReadChannel {
+        channel: &'a Channel,
+        member: Option<&'a Member>,
+    },
     /// Post a message.
-    Post { channel: &'a Channel, member: Option<&'a Member> },
+    Post {
+        channel: &'a Channel,
+        member: Option<&'a Member>,
+    },
     /// Edit or delete a message written by `author`.
     ModifyMessage {
         channel: &'a Channel,
@@ -84,7 +97,10 @@ pub enum Action<'a> {
         author: UserId,
     },
     /// Rename or delete a channel; add, remove or re-role members.
-    ManageChannel { channel: &'a Channel, member: Option<&'a Member> },
+    ManageChannel {
+        channel: &'a Channel,
+        member: Option<&'a Member>,
+    },
     /// Create a channel of this kind.
     CreateChannel { kind: ChannelKind },
     /// List or read user accounts.
@@ -133,7 +149,8 @@ pub fn decide(who: Principal<'_>, action: Action<'_>) -> Result<(), Denied> {
         } => {
             let visible = decide(who, ReadChannel { channel, member }).is_ok();
             let channel_mod = member.is_some_and(|m| m.role != ChannelRole::Member);
-            let global_mod = who.can(perm::MESSAGES_MODERATE) && channel.kind != ChannelKind::Direct;
+            let global_mod =
+                who.can(perm::MESSAGES_MODERATE) && channel.kind != ChannelKind::Direct;
             allow(
                 visible && (author == who.user_id || channel_mod || global_mod),
                 "only the author, a channel moderator or an admin may change this message",
@@ -146,27 +163,36 @@ pub fn decide(who: Principal<'_>, action: Action<'_>) -> Result<(), Denied> {
         ),
         CreateChannel { kind } => allow(
             match kind {
-                ChannelKind::Public | ChannelKind::Broadcast => who.can(perm::CHANNELS_CREATE_PUBLIC),
+                ChannelKind::Public | ChannelKind::Broadcast => {
+                    who.can(perm::CHANNELS_CREATE_PUBLIC)
+                }
                 ChannelKind::Private => who.can(perm::CHANNELS_CREATE_PRIVATE),
                 ChannelKind::Direct => false, // only through open_direct
             },
             "not allowed to create this kind of channel",
         ),
-        ReadUsers => allow(who.can(perm::USERS_READ) || who.can(perm::USERS_MANAGE), "not allowed to list users"),
+        ReadUsers => allow(
+            who.can(perm::USERS_READ) || who.can(perm::USERS_MANAGE),
+            "not allowed to list users",
+        ),
         ReadUser { target } => allow(
             target == who.user_id || who.can(perm::USERS_READ) || who.can(perm::USERS_MANAGE),
             "not allowed to read this user",
         ),
         ManageUsers => allow(who.can(perm::USERS_MANAGE), "not allowed to manage users"),
         GrantRole { role } => allow(
-            who.can(perm::USERS_MANAGE) && (role != Role::SuperAdmin || who.role == Role::SuperAdmin),
+            who.can(perm::USERS_MANAGE)
+                && (role != Role::SuperAdmin || who.role == Role::SuperAdmin),
             "not allowed to grant this role",
         ),
         ManageSessions { target } => allow(
             target == who.user_id || who.can(perm::SESSIONS_MANAGE),
             "not allowed to manage these sessions",
         ),
-        ReadAudit => allow(who.can(perm::AUDIT_READ), "not allowed to read the audit log"),
+        ReadAudit => allow(
+            who.can(perm::AUDIT_READ),
+            "not allowed to read the audit log",
+        ),
         ManageKeys => allow(who.can(perm::KEYS_MANAGE), "not allowed to manage keys"),
     }
 }
@@ -178,8 +204,20 @@ mod tests {
 
     fn perms() -> RolePermissions {
         let mut map = HashMap::new();
-        map.insert(Role::Admin, [perm::CHANNELS_MANAGE, perm::MESSAGES_MODERATE, perm::AUDIT_READ].map(String::from).into());
-        map.insert(Role::User, [perm::CHANNELS_CREATE_PRIVATE].map(String::from).into());
+        map.insert(
+            Role::Admin,
+            [
+                perm::CHANNELS_MANAGE,
+                perm::MESSAGES_MODERATE,
+                perm::AUDIT_READ,
+            ]
+            .map(String::from)
+            .into(),
+        );
+        map.insert(
+            Role::User,
+            [perm::CHANNELS_CREATE_PRIVATE].map(String::from).into(),
+        );
         RolePermissions(map)
     }
 
@@ -196,30 +234,80 @@ mod tests {
     }
 
     fn member(c: &Channel, user: UserId, role: ChannelRole) -> Member {
-        Member { channel_id: c.id, user_id: user, role, joined_at: 0, last_read_seq: 0, last_delivered_seq: 0 }
+        Member {
+            channel_id: c.id,
+            user_id: user,
+            role,
+            joined_at: 0,
+            last_read_seq: 0,
+            last_delivered_seq: 0,
+        }
     }
 
     #[test]
     fn private_channels_are_closed_to_non_members_even_admins() {
         let p = perms();
-        let admin = Principal { user_id: UserId::new(), role: Role::Admin, permissions: &p };
+        let admin = Principal {
+            user_id: UserId::new(),
+            role: Role::Admin,
+            permissions: &p,
+        };
         for kind in [ChannelKind::Private, ChannelKind::Direct] {
             let c = channel(kind);
-            assert!(decide(admin, Action::ReadChannel { channel: &c, member: None }).is_err());
-            assert!(decide(admin, Action::Post { channel: &c, member: None }).is_err());
+            assert!(decide(
+                admin,
+                Action::ReadChannel {
+                    channel: &c,
+                    member: None
+                }
+            )
+            .is_err());
+            assert!(decide(
+                admin,
+                Action::Post {
+                    channel: &c,
+                    member: None
+                }
+            )
+            .is_err());
         }
     }
 
     #[test]
     fn broadcast_posting_needs_a_channel_role() {
         let p = perms();
-        let user = Principal { user_id: UserId::new(), role: Role::User, permissions: &p };
+        let user = Principal {
+            user_id: UserId::new(),
+            role: Role::User,
+            permissions: &p,
+        };
         let c = channel(ChannelKind::Broadcast);
         let plain = member(&c, user.user_id, ChannelRole::Member);
         let moderator = member(&c, user.user_id, ChannelRole::Moderator);
-        assert!(decide(user, Action::ReadChannel { channel: &c, member: None }).is_ok());
-        assert!(decide(user, Action::Post { channel: &c, member: Some(&plain) }).is_err());
-        assert!(decide(user, Action::Post { channel: &c, member: Some(&moderator) }).is_ok());
+        assert!(decide(
+            user,
+            Action::ReadChannel {
+                channel: &c,
+                member: None
+            }
+        )
+        .is_ok());
+        assert!(decide(
+            user,
+            Action::Post {
+                channel: &c,
+                member: Some(&plain)
+            }
+        )
+        .is_err());
+        assert!(decide(
+            user,
+            Action::Post {
+                channel: &c,
+                member: Some(&moderator)
+            }
+        )
+        .is_ok());
     }
 
     #[test]
@@ -227,17 +315,57 @@ mod tests {
         let p = perms();
         let author = UserId::new();
         let c = channel(ChannelKind::Private);
-        let other = Principal { user_id: UserId::new(), role: Role::User, permissions: &p };
+        let other = Principal {
+            user_id: UserId::new(),
+            role: Role::User,
+            permissions: &p,
+        };
         let other_member = member(&c, other.user_id, ChannelRole::Member);
-        let action = Action::ModifyMessage { channel: &c, member: Some(&other_member), author };
+        let action = Action::ModifyMessage {
+            channel: &c,
+            member: Some(&other_member),
+            author,
+        };
         assert!(decide(other, action).is_err());
-        let me = Principal { user_id: author, role: Role::User, permissions: &p };
+        let me = Principal {
+            user_id: author,
+            role: Role::User,
+            permissions: &p,
+        };
         let my_member = member(&c, author, ChannelRole::Member);
-        assert!(decide(me, Action::ModifyMessage { channel: &c, member: Some(&my_member), author }).is_ok());
+        assert!(decide(
+            me,
+            Action::ModifyMessage {
+                channel: &c,
+                member: Some(&my_member),
+                author
+            }
+        )
+        .is_ok());
         let chan_mod = member(&c, other.user_id, ChannelRole::Moderator);
-        assert!(decide(other, Action::ModifyMessage { channel: &c, member: Some(&chan_mod), author }).is_ok());
-        let admin = Principal { user_id: UserId::new(), role: Role::Admin, permissions: &p };
+        assert!(decide(
+            other,
+            Action::ModifyMessage {
+                channel: &c,
+                member: Some(&chan_mod),
+                author
+            }
+        )
+        .is_ok());
+        let admin = Principal {
+            user_id: UserId::new(),
+            role: Role::Admin,
+            permissions: &p,
+        };
         let admin_member = member(&c, admin.user_id, ChannelRole::Member);
-        assert!(decide(admin, Action::ModifyMessage { channel: &c, member: Some(&admin_member), author }).is_ok());
+        assert!(decide(
+            admin,
+            Action::ModifyMessage {
+                channel: &c,
+                member: Some(&admin_member),
+                author
+            }
+        )
+        .is_ok());
     }
 }

@@ -105,7 +105,10 @@ impl From<PersistError> for ChannelError {
 #[derive(Clone, Debug)]
 pub enum Accepted {
     /// A send: the message as committed (or the original, for a duplicate).
-    Sent { message: MessageView, duplicate: bool },
+    Sent {
+        message: MessageView,
+        duplicate: bool,
+    },
     /// Anything else.
     Done,
 }
@@ -529,7 +532,15 @@ impl Actor for ChannelActor {
                     user_id,
                     seq,
                 };
-                state.submit(&myself, op, Pending::Read { user_id, seq, reply });
+                state.submit(
+                    &myself,
+                    op,
+                    Pending::Read {
+                        user_id,
+                        seq,
+                        reply,
+                    },
+                );
             }
             ChannelMsg::React {
                 message_id,
@@ -704,7 +715,11 @@ impl ChannelState {
             Ok(m) => m,
             Err(why) => {
                 tracing::error!(channel_id = %self.channel.id, error = %why, "replay failed");
-                let frame = out::error(None, ErrorCode::Internal, "recovery failed; page with fetch_history");
+                let frame = out::error(
+                    None,
+                    ErrorCode::Internal,
+                    "recovery failed; page with fetch_history",
+                );
                 sub.outbound.push_frame(&frame, sub.outbound.encoding());
                 Vec::new()
             }
@@ -813,11 +828,16 @@ impl ChannelState {
         let seq = self.last_assigned + 1;
         let id = MessageId::new();
         let now = crate::now_ms();
-        let sealed = match self.services.cipher.seal(self.channel.id, id, seq, req.text.as_bytes()) {
+        let sealed = match self
+            .services
+            .cipher
+            .seal(self.channel.id, id, seq, req.text.as_bytes())
+        {
             Ok(sealed) => sealed,
             Err(e) => {
                 tracing::error!(error = %e, "encryption failed");
-                req.reply.send(Err(ChannelError::Internal("encryption failed".into())));
+                req.reply
+                    .send(Err(ChannelError::Internal("encryption failed".into())));
                 return;
             }
         };
@@ -873,14 +893,20 @@ impl ChannelState {
 
     fn edit(&mut self, myself: &ActorRef<ChannelMsg>, req: EditRequest) {
         let o = &req.original;
-        let sealed = match self.services.cipher.seal(self.channel.id, o.id, o.seq, req.text.as_bytes()) {
-            Ok(sealed) => sealed,
-            Err(e) => {
-                tracing::error!(error = %e, "encryption failed");
-                req.reply.send(Err(ChannelError::Internal("encryption failed".into())));
-                return;
-            }
-        };
+        let sealed =
+            match self
+                .services
+                .cipher
+                .seal(self.channel.id, o.id, o.seq, req.text.as_bytes())
+            {
+                Ok(sealed) => sealed,
+                Err(e) => {
+                    tracing::error!(error = %e, "encryption failed");
+                    req.reply
+                        .send(Err(ChannelError::Internal("encryption failed".into())));
+                    return;
+                }
+            };
         let edited_at = crate::now_ms();
         let op = WriteOp::EditMessage {
             id: o.id,
@@ -917,11 +943,23 @@ impl ChannelState {
     /// A write was committed (or refused): answer, push, audit.
     fn committed(&mut self, pending: Pending, outcome: Result<WriteOutcome, PersistError>) {
         let channel_id = self.channel.id;
-        let audit = |actor: UserId, ip: Option<String>, action: &str, details: serde_json::Value| {
-            PendingAudit::new(Some(actor), ip, action, details)
-        };
+        let audit =
+            |actor: UserId, ip: Option<String>, action: &str, details: serde_json::Value| {
+                PendingAudit::new(Some(actor), ip, action, details)
+            };
         match (pending, outcome) {
-            (Pending::Publish { message, reply, resends, received, phi_found, ip, client_key }, Ok(WriteOutcome::Done)) => {
+            (
+                Pending::Publish {
+                    message,
+                    reply,
+                    resends,
+                    received,
+                    phi_found,
+                    ip,
+                    client_key,
+                },
+                Ok(WriteOutcome::Done),
+            ) => {
                 self.last_committed = self.last_committed.max(message.seq);
                 if let Some(key) = client_key {
                     self.client_ids.map.insert(
@@ -960,7 +998,15 @@ impl ChannelState {
                 let delivered = self.subscribers.fan_out(&frame, None);
                 counter!(m::MESSAGES_DELIVERED).increment(delivered);
             }
-            (Pending::Publish { message, reply, resends, .. }, Ok(WriteOutcome::Duplicate(original))) => {
+            (
+                Pending::Publish {
+                    message,
+                    reply,
+                    resends,
+                    ..
+                },
+                Ok(WriteOutcome::Duplicate(original)),
+            ) => {
                 // A tombstone took this seq in the store; nothing is delivered.
                 self.last_committed = self.last_committed.max(message.seq);
                 let key = (original.sender_id, original.client_msg_id.clone());
@@ -978,7 +1024,16 @@ impl ChannelState {
                     }));
                 }
             }
-            (Pending::Publish { message, reply, resends, client_key, .. }, outcome) => {
+            (
+                Pending::Publish {
+                    message,
+                    reply,
+                    resends,
+                    client_key,
+                    ..
+                },
+                outcome,
+            ) => {
                 // Refused: the seq stays unused in the store. Resends may try again.
                 if let Some(key) = client_key {
                     self.client_ids.map.remove(&key);
@@ -993,7 +1048,14 @@ impl ChannelState {
                     r.send(Err(err.clone()));
                 }
             }
-            (Pending::Edit { message, editor, reply }, Ok(WriteOutcome::Done)) => {
+            (
+                Pending::Edit {
+                    message,
+                    editor,
+                    reply,
+                },
+                Ok(WriteOutcome::Done),
+            ) => {
                 self.services.audit.record(audit(
                     editor,
                     None,
@@ -1001,9 +1063,18 @@ impl ChannelState {
                     serde_json::json!({"channelId": channel_id, "messageId": message.id, "seq": message.seq}),
                 ));
                 reply.send(Ok(Accepted::Done));
-                self.subscribers.fan_out(&out::message_updated(message), None);
+                self.subscribers
+                    .fan_out(&out::message_updated(message), None);
             }
-            (Pending::Delete { deleter, message_id, seq, reply }, Ok(WriteOutcome::Done)) => {
+            (
+                Pending::Delete {
+                    deleter,
+                    message_id,
+                    seq,
+                    reply,
+                },
+                Ok(WriteOutcome::Done),
+            ) => {
                 self.services.audit.record(audit(
                     deleter,
                     None,
@@ -1011,9 +1082,17 @@ impl ChannelState {
                     serde_json::json!({"channelId": channel_id, "messageId": message_id, "seq": seq}),
                 ));
                 reply.send(Ok(Accepted::Done));
-                self.subscribers.fan_out(&out::message_deleted(message_id, channel_id, seq), None);
+                self.subscribers
+                    .fan_out(&out::message_deleted(message_id, channel_id, seq), None);
             }
-            (Pending::Read { user_id, seq, reply }, Ok(WriteOutcome::Done)) => {
+            (
+                Pending::Read {
+                    user_id,
+                    seq,
+                    reply,
+                },
+                Ok(WriteOutcome::Done),
+            ) => {
                 self.services.audit.record(audit(
                     user_id,
                     None,
@@ -1021,9 +1100,19 @@ impl ChannelState {
                     serde_json::json!({"channelId": channel_id, "seq": seq}),
                 ));
                 reply.send(Ok(Accepted::Done));
-                self.subscribers.fan_out(&out::read_receipt(channel_id, user_id, seq), None);
+                self.subscribers
+                    .fan_out(&out::read_receipt(channel_id, user_id, seq), None);
             }
-            (Pending::React { user_id, message_id, reaction, add, reply }, Ok(WriteOutcome::Reactions(counts))) => {
+            (
+                Pending::React {
+                    user_id,
+                    message_id,
+                    reaction,
+                    add,
+                    reply,
+                },
+                Ok(WriteOutcome::Reactions(counts)),
+            ) => {
                 self.services.audit.record(audit(
                     user_id,
                     None,
@@ -1031,9 +1120,12 @@ impl ChannelState {
                     serde_json::json!({"channelId": channel_id, "messageId": message_id, "reaction": reaction}),
                 ));
                 reply.send(Ok(Accepted::Done));
-                self.subscribers.fan_out(&out::reaction_updated(channel_id, message_id, counts), None);
+                self.subscribers
+                    .fan_out(&out::reaction_updated(channel_id, message_id, counts), None);
             }
-            (pending, Ok(WriteOutcome::NotFound)) => pending.fail(ChannelError::NotFound("no such message")),
+            (pending, Ok(WriteOutcome::NotFound)) => {
+                pending.fail(ChannelError::NotFound("no such message"))
+            }
             (pending, Ok(other)) => {
                 tracing::error!(outcome = ?other, "unexpected write outcome");
                 pending.fail(ChannelError::Internal("unexpected write outcome".into()));
@@ -1072,7 +1164,10 @@ async fn read_replay(
         .messages_after(channel, after, limit)
         .await
         .map_err(|e| e.to_string())?;
-    let rows: Vec<_> = rows.into_iter().filter(|r| r.message.seq <= up_to).collect();
+    let rows: Vec<_> = rows
+        .into_iter()
+        .filter(|r| r.message.seq <= up_to)
+        .collect();
     history::open_rows(services.cipher.clone(), rows)
         .await
         .map_err(|e| e.to_string())

@@ -145,7 +145,8 @@ impl Actor for ConnectionActor {
         args: ConnectionArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
         let conn_id = ConnId::next();
-        let span = tracing::info_span!("conn", conn_id = conn_id.0, user_id = tracing::field::Empty);
+        let span =
+            tracing::info_span!("conn", conn_id = conn_id.0, user_id = tracing::field::Empty);
         let limits = &args.realtime.limits;
         let (outbound, receiver) =
             outbound::outbound(conn_id, limits.outbound_queue, Encoding::MessagePack);
@@ -211,7 +212,10 @@ impl Actor for ConnectionActor {
         // Let the writer finish what is queued (a close frame, say) briefly.
         let writer = std::mem::replace(&mut state.writer, tokio::spawn(async {}));
         tokio::spawn(async move {
-            if tokio::time::timeout(Duration::from_secs(2), writer).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(2), writer)
+                .await
+                .is_err()
+            {
                 tracing::debug!("writer did not finish in time");
             }
         });
@@ -257,7 +261,11 @@ impl Actor for ConnectionActor {
                 }
             }
             ConnMsg::TokenExpired(expiry) => {
-                if state.identity.as_ref().is_some_and(|i| i.expires_at == expiry) {
+                if state
+                    .identity
+                    .as_ref()
+                    .is_some_and(|i| i.expires_at == expiry)
+                {
                     state.send(
                         &out::error(None, ErrorCode::AuthFailed, "access token expired"),
                         state.encoding(),
@@ -362,7 +370,8 @@ impl ConnectionState {
         let ClientFrame { reference, request } = request;
         match (&self.identity, request) {
             (_, ClientRequest::Authenticate(auth)) => {
-                self.authenticate(myself, reference, &auth.token, encoding).await;
+                self.authenticate(myself, reference, &auth.token, encoding)
+                    .await;
             }
             (None, ClientRequest::Ping | ClientRequest::Heartbeat) => {
                 self.send(&pong(reference), encoding);
@@ -381,7 +390,10 @@ impl ConnectionState {
                     outbound: self.outbound.with_encoding(encoding),
                     reference: reference.clone(),
                 };
-                if let Err(e) = self.request(&identity, request, reference.clone(), encoding, reply).await {
+                if let Err(e) = self
+                    .request(&identity, request, reference.clone(), encoding, reply)
+                    .await
+                {
                     self.send(&out::error(reference, e.code(), &e.to_string()), encoding);
                 }
             }
@@ -405,10 +417,13 @@ impl ConnectionState {
         match identity {
             Ok(identity) => {
                 let first = self.identity.is_none();
-                self.span.record("user_id", tracing::field::display(identity.user_id));
+                self.span
+                    .record("user_id", tracing::field::display(identity.user_id));
                 let expires_in = identity.expires_at.saturating_sub(crate::now_ms()).max(0) as u64;
                 let expiry = identity.expires_at;
-                myself.send_after(Duration::from_millis(expires_in), move || ConnMsg::TokenExpired(expiry));
+                myself.send_after(Duration::from_millis(expires_in), move || {
+                    ConnMsg::TokenExpired(expiry)
+                });
                 let response = ServerFrame::AuthenticationResponse(AuthenticationResponse {
                     reference,
                     result: Ok(AuthSuccess {
@@ -438,7 +453,10 @@ impl ConnectionState {
             }
             Err(rejected) => {
                 counter!(m::AUTH_FAILURES, "reason" => "token").increment(1);
-                self.audit("ws.auth_failed", serde_json::json!({"reason": rejected.to_string()}));
+                self.audit(
+                    "ws.auth_failed",
+                    serde_json::json!({"reason": rejected.to_string()}),
+                );
                 let code = match rejected {
                     AuthRejected::Unavailable => ErrorCode::Unavailable,
                     _ => ErrorCode::AuthFailed,
@@ -483,9 +501,11 @@ impl ConnectionState {
     ) -> Result<(ActorRef<ChannelMsg>, Channel, Option<Member>), RequestError> {
         let (channel, member) = self
             .realtime
-            .channel_access(self.principal(identity), channel_id, |c, m| Action::ReadChannel {
-                channel: c,
-                member: m,
+            .channel_access(self.principal(identity), channel_id, |c, m| {
+                Action::ReadChannel {
+                    channel: c,
+                    member: m,
+                }
             })
             .await?;
         let actor = match self.joined.get(&channel_id) {
@@ -512,17 +532,26 @@ impl ConnectionState {
                 let (channel, member) = self
                     .realtime
                     .channel_access(self.principal(identity), join.channel_id, |c, m| {
-                        Action::ReadChannel { channel: c, member: m }
+                        Action::ReadChannel {
+                            channel: c,
+                            member: m,
+                        }
                     })
                     .await
                     .inspect_err(|_| {
-                        self.audit("access.denied", serde_json::json!({"op": "join_channel", "channelId": join.channel_id}));
+                        self.audit(
+                            "access.denied",
+                            serde_json::json!({"op": "join_channel", "channelId": join.channel_id}),
+                        );
                     })?;
-                self.join(identity, channel, member, join.since_seq, reference).await?;
+                self.join(identity, channel, member, join.since_seq, reference)
+                    .await?;
             }
             ClientRequest::LeaveChannel(leave) => {
                 if let Some(joined) = self.joined.remove(&leave.channel_id) {
-                    let _ = joined.actor.cast(ChannelMsg::Leave { conn_id: self.conn_id });
+                    let _ = joined.actor.cast(ChannelMsg::Leave {
+                        conn_id: self.conn_id,
+                    });
                     let msg = PresenceMsg::Left {
                         channel_id: leave.channel_id,
                     };
@@ -545,10 +574,15 @@ impl ConnectionState {
                 match self.realtime.publish(publish, reply).await {
                     Ok(()) => {}
                     Err(PublishError::RateLimited(wait)) => {
-                        self.send(&out::rate_limited(reference, wait.as_millis() as u64), encoding);
+                        self.send(
+                            &out::rate_limited(reference, wait.as_millis() as u64),
+                            encoding,
+                        );
                     }
                     Err(PublishError::TooLarge) => {
-                        return Err(RequestError::TooLarge("text or clientMsgId is over its size limit"))
+                        return Err(RequestError::TooLarge(
+                            "text or clientMsgId is over its size limit",
+                        ))
                     }
                     Err(PublishError::Invalid(why)) => return Err(RequestError::Invalid(why)),
                     Err(PublishError::Access(e)) => return Err(e.into()),
@@ -623,15 +657,27 @@ impl ConnectionState {
             {
                 return Err(RequestError::Invalid("reaction must be 1 to 64 bytes"));
             }
-            ClientRequest::AddReaction(r) => self.react(identity, r.message_id, r.reaction, true, reply).await?,
+            ClientRequest::AddReaction(r) => {
+                self.react(identity, r.message_id, r.reaction, true, reply)
+                    .await?
+            }
             ClientRequest::RemoveReaction(r) => {
-                self.react(identity, r.message_id, r.reaction, false, reply).await?
+                self.react(identity, r.message_id, r.reaction, false, reply)
+                    .await?
             }
             ClientRequest::OpenDirect(open) => {
                 let channel = self.realtime.open_direct(identity, open.user_id).await?;
-                let member = self.realtime.store.get_member(channel.id, identity.user_id).await?;
-                self.audit("channel.open_direct", serde_json::json!({"channelId": channel.id}));
-                self.join(identity, channel, member, None, reference).await?;
+                let member = self
+                    .realtime
+                    .store
+                    .get_member(channel.id, identity.user_id)
+                    .await?;
+                self.audit(
+                    "channel.open_direct",
+                    serde_json::json!({"channelId": channel.id}),
+                );
+                self.join(identity, channel, member, None, reference)
+                    .await?;
             }
             ClientRequest::SetStatus(status) => {
                 let status = match status.status {
@@ -661,7 +707,11 @@ impl ConnectionState {
     ) -> Result<(), RequestError> {
         let member = match member {
             Some(member) => member,
-            None => self.realtime.become_member(&channel, identity.user_id).await?,
+            None => {
+                self.realtime
+                    .become_member(&channel, identity.user_id)
+                    .await?
+            }
         };
         let actor = self.realtime.channel_actor(channel.clone()).await?;
         let request = JoinRequest {
@@ -674,7 +724,16 @@ impl ConnectionState {
         actor
             .cast(ChannelMsg::Join(Box::new(request)))
             .map_err(|_| RequestError::Unavailable)?;
-        if self.joined.insert(channel.id, Joined { actor: actor.clone() }).is_none() {
+        if self
+            .joined
+            .insert(
+                channel.id,
+                Joined {
+                    actor: actor.clone(),
+                },
+            )
+            .is_none()
+        {
             let msg = PresenceMsg::Joined {
                 channel_id: channel.id,
                 channel: actor,
@@ -701,14 +760,19 @@ impl ConnectionState {
         let author = row.message.sender_id;
         let channel_id = row.message.channel_id;
         self.realtime
-            .channel_access(self.principal(identity), channel_id, |c, m| Action::ModifyMessage {
-                channel: c,
-                member: m,
-                author,
+            .channel_access(self.principal(identity), channel_id, |c, m| {
+                Action::ModifyMessage {
+                    channel: c,
+                    member: m,
+                    author,
+                }
             })
             .await
             .inspect_err(|_| {
-                self.audit("access.denied", serde_json::json!({"op": "modify_message", "messageId": message_id}));
+                self.audit(
+                    "access.denied",
+                    serde_json::json!({"op": "modify_message", "messageId": message_id}),
+                );
             })?;
         let (actor, _, _) = self.channel_actor(identity, channel_id).await?;
         let original = history::open_row(&self.realtime.cipher, row).map_err(RequestError::from)?;
@@ -753,7 +817,12 @@ impl ConnectionState {
     ) -> Result<ServerFrame, RequestError> {
         let (messages, has_more) = self
             .realtime
-            .read_history(self.principal(identity), fetch.channel_id, fetch.before_seq, fetch.effective_limit())
+            .read_history(
+                self.principal(identity),
+                fetch.channel_id,
+                fetch.before_seq,
+                fetch.effective_limit(),
+            )
             .await?;
         self.audit(
             "history.read",

@@ -33,7 +33,14 @@ pub enum HistoryError {
 pub fn open_row(cipher: &MessageCipher, row: MessageRow) -> Result<MessageView, HistoryError> {
     let m = row.message;
     let plain = cipher
-        .open(m.channel_id, m.id, m.seq, m.key_version, &m.nonce, &m.ciphertext)
+        .open(
+            m.channel_id,
+            m.id,
+            m.seq,
+            m.key_version,
+            &m.nonce,
+            &m.ciphertext,
+        )
         .map_err(|e| {
             counter!(m::DECRYPT_FAILURES).increment(1);
             tracing::error!(message_id = %m.id, channel_id = %m.channel_id, seq = m.seq, error = %e,

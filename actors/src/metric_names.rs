@@ -61,15 +61,29 @@ pub fn describe() {
     describe_counter!(MESSAGES_PUBLISHED, "Messages committed");
     describe_counter!(MESSAGES_DELIVERED, "Message pushes handed to connections");
     describe_histogram!(PUBLISH_ACK_SECONDS, Unit::Seconds, "Send to ack latency");
-    describe_histogram!(PERSIST_BATCH_SIZE, Unit::Count, "Rows per persistence batch");
-    describe_histogram!(PERSIST_FLUSH_SECONDS, Unit::Seconds, "Persistence batch commit time");
+    describe_histogram!(
+        PERSIST_BATCH_SIZE,
+        Unit::Count,
+        "Rows per persistence batch"
+    );
+    describe_histogram!(
+        PERSIST_FLUSH_SECONDS,
+        Unit::Seconds,
+        "Persistence batch commit time"
+    );
     describe_gauge!(PERSIST_QUEUE, "Writes waiting for the persistence actor");
     describe_counter!(PERSIST_REJECTED, "Writes refused: persistence queue full");
-    describe_counter!(PERSIST_RETRIES, "Persistence batches retried after a failure");
+    describe_counter!(
+        PERSIST_RETRIES,
+        "Persistence batches retried after a failure"
+    );
     describe_counter!(AUDIT_ENTRIES, "Audit entries chained");
     describe_counter!(AUTH_FAILURES, "Failed authentications");
     describe_counter!(RATE_LIMITED, "Requests refused by a rate limit");
-    describe_counter!(SLOW_CONSUMERS, "Connections closed as slow consumers (4009)");
+    describe_counter!(
+        SLOW_CONSUMERS,
+        "Connections closed as slow consumers (4009)"
+    );
     describe_gauge!(CHANNELS_ACTIVE, "Channel actors running");
     describe_gauge!(USERS_ONLINE, "Users with at least one connection");
     describe_counter!(DECRYPT_FAILURES, "Ciphertexts that failed authentication");

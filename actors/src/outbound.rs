@@ -77,7 +77,11 @@ pub struct OutboundReceiver {
 }
 
 /// Creates a connection's queue of `capacity` frames.
-pub fn outbound(conn_id: ConnId, capacity: usize, encoding: Encoding) -> (Outbound, OutboundReceiver) {
+pub fn outbound(
+    conn_id: ConnId,
+    capacity: usize,
+    encoding: Encoding,
+) -> (Outbound, OutboundReceiver) {
     let (tx, rx) = mpsc::channel(capacity.max(1));
     let shared = Arc::new(Shared {
         conn_id,
@@ -134,7 +138,11 @@ impl Outbound {
 
     /// Encodes `frame` in `encoding` and queues it (an answer goes out in
     /// the encoding of its request, whatever the push encoding is).
-    pub fn push_frame(&self, frame: &courier_protocol::frames::ServerFrame, encoding: Encoding) -> Push {
+    pub fn push_frame(
+        &self,
+        frame: &courier_protocol::frames::ServerFrame,
+        encoding: Encoding,
+    ) -> Push {
         match EncodedFrame::single(frame, encoding).message(encoding) {
             Some(msg) => self.push(msg),
             None => Push::Gone,
@@ -190,7 +198,8 @@ impl EncodedFrame {
     /// Encodes `frame` in each encoding for which `needs` is true.
     pub fn new(frame: &courier_protocol::frames::ServerFrame, msgpack: bool, json: bool) -> Self {
         Self {
-            msgpack: msgpack.then(|| courier_protocol::codec::encode_server(frame, Encoding::MessagePack)),
+            msgpack: msgpack
+                .then(|| courier_protocol::codec::encode_server(frame, Encoding::MessagePack)),
             json: json
                 .then(|| courier_protocol::codec::encode_server(frame, Encoding::Json))
                 .and_then(|b| Utf8Bytes::try_from(b).ok()),

@@ -162,7 +162,11 @@ impl PersistenceActor {
 impl Actor for PersistenceActor {
     type Msg = PersistenceMsg;
     type State = PersistenceState;
-    type Arguments = (PersistenceArgs, mpsc::Sender<Queued>, mpsc::Receiver<Queued>);
+    type Arguments = (
+        PersistenceArgs,
+        mpsc::Sender<Queued>,
+        mpsc::Receiver<Queued>,
+    );
 
     async fn pre_start(
         &self,
@@ -287,7 +291,11 @@ async fn apply_one_by_one(
         let mut backoff = Duration::from_millis(50);
         let result = loop {
             match store.apply_batch(std::slice::from_ref(op)).await {
-                Ok(mut o) => break o.pop().ok_or_else(|| PersistError::Rejected("no outcome".into())),
+                Ok(mut o) => {
+                    break o
+                        .pop()
+                        .ok_or_else(|| PersistError::Rejected("no outcome".into()))
+                }
                 Err(StoreError::Unavailable(_)) => {
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));

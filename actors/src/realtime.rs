@@ -31,7 +31,9 @@ use crate::connection::{send_quota, ConnectionActor, ConnectionArgs, Peer, WsSin
 use crate::crypto::MessageCipher;
 use crate::history;
 use crate::identity::{Authenticator, Identity};
-use crate::persistence::{PersistError, PersistenceActor, PersistenceConfig, PersistenceHandle, PersistenceMsg};
+use crate::persistence::{
+    PersistError, PersistenceActor, PersistenceConfig, PersistenceHandle, PersistenceMsg,
+};
 use crate::phi::PhiDetector;
 use crate::presence::{ForUser, PresenceDirectory, PresenceMsg};
 use crate::retention::{RetentionActor, RetentionConfig};
@@ -197,7 +199,8 @@ impl Realtime {
         .await?;
         let permissions = Arc::new(RolePermissions::load(&*deps.store).await?);
         let (persistence_actor, persistence) =
-            PersistenceActor::spawn_linked(root.get_cell(), deps.store.clone(), deps.persistence).await?;
+            PersistenceActor::spawn_linked(root.get_cell(), deps.store.clone(), deps.persistence)
+                .await?;
         let (audit_actor, audit) =
             AuditActor::spawn_linked(root.get_cell(), deps.store.clone(), deps.audit).await?;
         let services = Arc::new(ChannelServices {
@@ -217,12 +220,23 @@ impl Realtime {
             root.get_cell(),
         )
         .await?;
-        let (presence, _) =
-            Actor::spawn_linked(Some(core_name("presence")), PresenceDirectory, (), root.get_cell()).await?;
+        let (presence, _) = Actor::spawn_linked(
+            Some(core_name("presence")),
+            PresenceDirectory,
+            (),
+            root.get_cell(),
+        )
+        .await?;
         Actor::spawn_linked(
             Some(core_name("retention")),
             RetentionActor,
-            (deps.retention, deps.store.clone(), persistence.clone(), audit.clone(), channels.clone()),
+            (
+                deps.retention,
+                deps.store.clone(),
+                persistence.clone(),
+                audit.clone(),
+                channels.clone(),
+            ),
             root.get_cell(),
         )
         .await?;
@@ -297,7 +311,11 @@ impl Realtime {
     }
 
     /// Makes a user a member of a public or broadcast channel they joined.
-    pub async fn become_member(&self, channel: &Channel, user: UserId) -> Result<Member, AccessError> {
+    pub async fn become_member(
+        &self,
+        channel: &Channel,
+        user: UserId,
+    ) -> Result<Member, AccessError> {
         let member = Member {
             channel_id: channel.id,
             user_id: user,
@@ -306,7 +324,9 @@ impl Realtime {
             last_read_seq: 0,
             last_delivered_seq: 0,
         };
-        self.persistence.write(WriteOp::UpsertMember(member.clone())).await?;
+        self.persistence
+            .write(WriteOp::UpsertMember(member.clone()))
+            .await?;
         self.audit.record(PendingAudit::new(
             Some(user),
             None,
@@ -317,7 +337,10 @@ impl Realtime {
     }
 
     /// The actor of a channel, started if needed.
-    pub async fn channel_actor(&self, channel: Channel) -> Result<ActorRef<ChannelMsg>, AccessError> {
+    pub async fn channel_actor(
+        &self,
+        channel: Channel,
+    ) -> Result<ActorRef<ChannelMsg>, AccessError> {
         ractor::call_t!(self.channels, DirectoryMsg::Get, 5_000, channel)
             .map_err(|_| AccessError::Unavailable)?
             .map_err(|_| AccessError::Unavailable)
@@ -331,7 +354,9 @@ impl Realtime {
     /// The caller's direct channel with `other`, created on first use.
     pub async fn open_direct(&self, me: &Identity, other: UserId) -> Result<Channel, AccessError> {
         if other == me.user_id {
-            return Err(AccessError::Invalid("cannot open a direct channel with yourself"));
+            return Err(AccessError::Invalid(
+                "cannot open a direct channel with yourself",
+            ));
         }
         let peer = self
             .store
@@ -370,7 +395,9 @@ impl Realtime {
                             last_read_seq: 0,
                             last_delivered_seq: 0,
                         };
-                        self.persistence.write(WriteOp::UpsertMember(second)).await?;
+                        self.persistence
+                            .write(WriteOp::UpsertMember(second))
+                            .await?;
                         self.audit.record(PendingAudit::new(
                             Some(me.user_id),
                             None,
@@ -400,8 +427,11 @@ impl Realtime {
         before: Option<u64>,
         limit: u32,
     ) -> Result<(Vec<MessageView>, bool), AccessError> {
-        self.channel_access(who, channel_id, |c, m| Action::ReadChannel { channel: c, member: m })
-            .await?;
+        self.channel_access(who, channel_id, |c, m| Action::ReadChannel {
+            channel: c,
+            member: m,
+        })
+        .await?;
         let (rows, has_more) = self
             .store
             .messages_before(channel_id, before, limit.clamp(1, 100))
@@ -423,7 +453,8 @@ impl Realtime {
             _ => {}
         }
         if let Err(wait) = self.check_send_rate(send.sender.user_id) {
-            metrics::counter!(crate::metric_names::RATE_LIMITED, "limit" => "send_message").increment(1);
+            metrics::counter!(crate::metric_names::RATE_LIMITED, "limit" => "send_message")
+                .increment(1);
             return Err(PublishError::RateLimited(wait));
         }
         let principal = Principal {
@@ -432,12 +463,18 @@ impl Realtime {
             permissions: &self.permissions,
         };
         let (channel, member) = self
-            .channel_access(principal, send.channel_id, |c, m| Action::ReadChannel { channel: c, member: m })
+            .channel_access(principal, send.channel_id, |c, m| Action::ReadChannel {
+                channel: c,
+                member: m,
+            })
             .await
             .map_err(PublishError::Access)?;
         let actor = match send.actor {
             Some(actor) => actor,
-            None => self.channel_actor(channel).await.map_err(PublishError::Access)?,
+            None => self
+                .channel_actor(channel)
+                .await
+                .map_err(PublishError::Access)?,
         };
         let phi_found = self.phi.detect_names(&send.text);
         if !phi_found.is_empty() {
@@ -472,15 +509,26 @@ impl Realtime {
 
     /// Closes the live sockets of these sessions (all of the user's when
     /// `None`) with 4003.
-    pub fn revoke_sessions(&self, user: UserId, sessions: Option<Vec<courier_protocol::SessionId>>) {
-        let _ = self.presence.cast(ForUser(user, PresenceMsg::Revoke(sessions)));
+    pub fn revoke_sessions(
+        &self,
+        user: UserId,
+        sessions: Option<Vec<courier_protocol::SessionId>>,
+    ) {
+        let _ = self
+            .presence
+            .cast(ForUser(user, PresenceMsg::Revoke(sessions)));
     }
 
     /// Graceful shutdown: tell every connection, flush every queued write,
     /// close every socket with 1001, flush the audit chain, stop the tree.
     pub async fn shutdown(&self, grace: Duration) {
         let _ = self.shutdown_tx.send(ShutdownPhase::Draining);
-        self.audit.record(PendingAudit::new(None, None, "server.stop", serde_json::json!({})));
+        self.audit.record(PendingAudit::new(
+            None,
+            None,
+            "server.stop",
+            serde_json::json!({}),
+        ));
         if let Err(e) = ractor::call_t!(self.persistence_actor, PersistenceMsg::Drain, 60_000) {
             tracing::error!(error = %e, "persistence did not drain");
         }

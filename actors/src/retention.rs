@@ -137,7 +137,9 @@ impl RetentionState {
                         message_id: message.id,
                         seq: message.seq,
                     };
-                    let _ = self.channels.cast(DirectoryMsg::Notify(message.channel_id, msg));
+                    let _ = self
+                        .channels
+                        .cast(DirectoryMsg::Notify(message.channel_id, msg));
                 }
             }
             if n < EXPIRE_BATCH as usize {
@@ -150,7 +152,10 @@ impl RetentionState {
             .purge_deleted(now.saturating_sub(ms(self.config.deleted_retention)))
             .await?;
         if let Some(keep) = self.config.message_retention {
-            report.purged_old = self.store.purge_older_than(now.saturating_sub(ms(keep))).await?;
+            report.purged_old = self
+                .store
+                .purge_older_than(now.saturating_sub(ms(keep)))
+                .await?;
         }
         Ok(report)
     }

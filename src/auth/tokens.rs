@@ -1,7 +1,10 @@
-//! Access tokens: short-lived JWTs (HS256), with `exp`, `iss`, `aud`, `sub`
-//! required and validated, the algorithm pinned, a small leeway, and the
-//! session id in `sid` so that a revoked session's tokens stop working.
-//! Refresh tokens are opaque random values; only their SHA-256 is stored.
+//! Access tokens: short-lived JWTs (HS256 by default; RS256 or EdDSA with a
+//! PEM key pair), with `exp`, `iss`, `aud`, `sub` required and validated, the
+//! algorithm pinned (a token signed with any other algorithm is refused, so
+//! an HS256 token "signed" with an RS256/EdDSA public key is worthless), a
+//! small leeway, and the session id in `sid` so that a revoked session's
+//! tokens stop working. Refresh tokens are opaque random values; only their
+//! SHA-256 is stored.
 
 use base64::Engine;
 use courier_protocol::{SessionId, UserId};
@@ -30,10 +33,23 @@ pub enum TokenError {
     Invalid,
     #[error("cannot sign token")]
     Sign,
+    /// A PEM key could not be read (the message never contains the key).
+    #[error("invalid {0} key")]
+    Key(&'static str),
+}
+
+/// An asymmetric signing algorithm for access tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyPairAlgorithm {
+    /// RSASSA-PKCS1-v1_5 with SHA-256.
+    Rs256,
+    /// Ed25519.
+    EdDsa,
 }
 
 /// Issues and verifies access tokens.
 pub struct Tokens {
+    algorithm: Algorithm,
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
@@ -55,14 +71,68 @@ pub struct Verified {
 impl Tokens {
     /// HS256 with `secret`.
     pub fn hs256(secret: &Secret, issuer: &str, audience: &str, ttl_secs: u64) -> Self {
-        let mut validation = Validation::new(Algorithm::HS256);
+        Self::with_keys(
+            Algorithm::HS256,
+            EncodingKey::from_secret(secret.expose().as_bytes()),
+            DecodingKey::from_secret(secret.expose().as_bytes()),
+            issuer,
+            audience,
+            ttl_secs,
+        )
+    }
+
+    /// RS256 or EdDSA with a PEM key pair: the private key as PKCS#8 (or
+    /// PKCS#1 for RSA), the public key as SubjectPublicKeyInfo (or PKCS#1
+    /// for RSA). Only `algorithm` is accepted when verifying.
+    pub fn key_pair(
+        algorithm: KeyPairAlgorithm,
+        private_pem: &[u8],
+        public_pem: &[u8],
+        issuer: &str,
+        audience: &str,
+        ttl_secs: u64,
+    ) -> Result<Self, TokenError> {
+        let (alg, encoding, decoding) = match algorithm {
+            KeyPairAlgorithm::Rs256 => (
+                Algorithm::RS256,
+                EncodingKey::from_rsa_pem(private_pem)
+                    .map_err(|_| TokenError::Key("RSA private"))?,
+                DecodingKey::from_rsa_pem(public_pem).map_err(|_| TokenError::Key("RSA public"))?,
+            ),
+            KeyPairAlgorithm::EdDsa => (
+                Algorithm::EdDSA,
+                EncodingKey::from_ed_pem(private_pem)
+                    .map_err(|_| TokenError::Key("Ed25519 private"))?,
+                DecodingKey::from_ed_pem(public_pem)
+                    .map_err(|_| TokenError::Key("Ed25519 public"))?,
+            ),
+        };
+        let tokens = Self::with_keys(alg, encoding, decoding, issuer, audience, ttl_secs);
+        // A key pair that does not match would issue tokens nobody accepts.
+        let (probe, _) = tokens.issue(UserId::new(), SessionId::new())?;
+        tokens
+            .verify(&probe)
+            .map_err(|_| TokenError::Key("mismatched"))?;
+        Ok(tokens)
+    }
+
+    fn with_keys(
+        algorithm: Algorithm,
+        encoding: EncodingKey,
+        decoding: DecodingKey,
+        issuer: &str,
+        audience: &str,
+        ttl_secs: u64,
+    ) -> Self {
+        let mut validation = Validation::new(algorithm);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         validation.set_issuer(&[issuer]);
         validation.set_audience(&[audience]);
         validation.leeway = 5;
         Self {
-            encoding: EncodingKey::from_secret(secret.expose().as_bytes()),
-            decoding: DecodingKey::from_secret(secret.expose().as_bytes()),
+            algorithm,
+            encoding,
+            decoding,
             validation,
             issuer: issuer.to_owned(),
             audience: audience.to_owned(),
@@ -82,7 +152,7 @@ impl Tokens {
             iat: now,
             jti: uuid::Uuid::new_v4().simple().to_string(),
         };
-        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+        let token = jsonwebtoken::encode(&Header::new(self.algorithm), &claims, &self.encoding)
             .map_err(|_| TokenError::Sign)?;
         Ok((token, claims.exp))
     }
@@ -130,7 +200,9 @@ mod tests {
 
     #[test]
     fn wrong_key_issuer_or_audience_fail() {
-        let (token, _) = tokens().issue(UserId::new(), SessionId::new()).expect("issue");
+        let (token, _) = tokens()
+            .issue(UserId::new(), SessionId::new())
+            .expect("issue");
         let other_key = Tokens::hs256(&Secret::new("y".repeat(40)), "courier", "clients", 60);
         assert!(other_key.verify(&token).is_err());
         let other_iss = Tokens::hs256(&Secret::new("x".repeat(40)), "evil", "clients", 60);
@@ -139,12 +211,90 @@ mod tests {
         assert!(other_aud.verify(&token).is_err());
     }
 
+    fn ed25519_pair() -> (String, String) {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("ed25519 key");
+        (key.serialize_pem(), key.public_key_pem())
+    }
+
+    fn rsa_pair() -> (String, String) {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).expect("rsa key");
+        (key.serialize_pem(), key.public_key_pem())
+    }
+
+    #[test]
+    fn key_pairs_issue_and_verify_and_pin_their_algorithm() {
+        for (algorithm, (private, public)) in [
+            (KeyPairAlgorithm::EdDsa, ed25519_pair()),
+            (KeyPairAlgorithm::Rs256, rsa_pair()),
+        ] {
+            let t = Tokens::key_pair(
+                algorithm,
+                private.as_bytes(),
+                public.as_bytes(),
+                "courier",
+                "clients",
+                60,
+            )
+            .expect("key pair");
+            let (user, session) = (UserId::new(), SessionId::new());
+            let (token, _) = t.issue(user, session).expect("issue");
+            assert_eq!(t.verify(&token).expect("verify").user_id, user);
+
+            // Algorithm confusion: HS256 "signed" with the public key, which
+            // anyone has. The verifier only takes its own algorithm.
+            let claims: Claims = {
+                let payload = token.split('.').nth(1).expect("payload");
+                let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(payload)
+                    .expect("base64");
+                serde_json::from_slice(&bytes).expect("claims")
+            };
+            let forged = jsonwebtoken::encode(
+                &Header::new(Algorithm::HS256),
+                &claims,
+                &EncodingKey::from_secret(public.as_bytes()),
+            )
+            .expect("forge");
+            assert!(
+                t.verify(&forged).is_err(),
+                "{algorithm:?}: HS256 with the public key"
+            );
+            // Nor does an HS256 verifier take an asymmetric token.
+            assert!(tokens().verify(&token).is_err());
+        }
+    }
+
+    #[test]
+    fn mismatched_or_bad_keys_are_refused() {
+        let (private, _) = ed25519_pair();
+        let (_, other_public) = ed25519_pair();
+        let mismatched = Tokens::key_pair(
+            KeyPairAlgorithm::EdDsa,
+            private.as_bytes(),
+            other_public.as_bytes(),
+            "courier",
+            "clients",
+            60,
+        );
+        assert!(matches!(mismatched, Err(TokenError::Key("mismatched"))));
+        let garbage = Tokens::key_pair(
+            KeyPairAlgorithm::Rs256,
+            b"nope",
+            b"nope",
+            "courier",
+            "clients",
+            60,
+        );
+        assert!(matches!(garbage, Err(TokenError::Key(_))));
+    }
+
     #[test]
     fn alg_none_is_refused() {
         let t = tokens();
         let (token, _) = t.issue(UserId::new(), SessionId::new()).expect("issue");
         let payload = token.split('.').nth(1).expect("payload");
-        let header = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
+        let header = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(br#"{"alg":"none","typ":"JWT"}"#);
         assert!(t.verify(&format!("{header}.{payload}.")).is_err());
     }
 }

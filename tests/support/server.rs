@@ -10,7 +10,9 @@ use std::time::Duration;
 use courier::config::Config;
 use courier::http::App;
 use courier::server::{self, Started};
-use courier_actors::store::{Channel, ChannelKind, ChannelRole, Member, NewUser, Role, Session, WriteOp};
+use courier_actors::store::{
+    Channel, ChannelKind, ChannelRole, Member, NewUser, Role, Session, WriteOp,
+};
 use courier_protocol::client::Client;
 use courier_protocol::codec::Encoding;
 use courier_protocol::{ChannelId, SessionId, UserId};
@@ -68,10 +70,16 @@ impl TestServer {
     }
 
     /// Starts a server after `tweak` adjusts its configuration.
-    pub async fn start_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Option<TestServer> {
+    pub async fn start_with(
+        backend: Backend,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Option<TestServer> {
         let dir = tempfile::tempdir().expect("temporary directory");
         let (url, pg_url) = match backend {
-            Backend::Sqlite => (format!("sqlite://{}", dir.path().join("courier.db").display()), None),
+            Backend::Sqlite => (
+                format!("sqlite://{}", dir.path().join("courier.db").display()),
+                None,
+            ),
             Backend::Postgres => {
                 let url = super::fresh_postgres_url().await?;
                 (url.clone(), Some(url))
@@ -84,7 +92,9 @@ impl TestServer {
 
     /// Starts a server with exactly this configuration.
     pub async fn start_config(config: Config, dir: TempDir, pg_url: Option<String>) -> TestServer {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let started: Started = server::start(config).await.expect("server starts");
         let app = started.app.clone();
@@ -93,7 +103,9 @@ impl TestServer {
             let shutdown = async move {
                 let _ = rx.await;
             };
-            server::serve(listener, started, shutdown).await.expect("server runs");
+            server::serve(listener, started, shutdown)
+                .await
+                .expect("server runs");
         });
         TestServer {
             addr,
@@ -153,12 +165,22 @@ impl TestServer {
             valid: true,
         };
         let id = session.id;
-        self.app.store.create_session(session).await.expect("session");
+        self.app
+            .store
+            .create_session(session)
+            .await
+            .expect("session");
         id
     }
 
     /// A channel owned by `owner` with `members` as plain members.
-    pub async fn channel(&self, name: &str, kind: ChannelKind, owner: &TestUser, members: &[&TestUser]) -> ChannelId {
+    pub async fn channel(
+        &self,
+        name: &str,
+        kind: ChannelKind,
+        owner: &TestUser,
+        members: &[&TestUser],
+    ) -> ChannelId {
         let now = courier_actors::now_ms();
         let channel = Channel {
             id: ChannelId::new(),
@@ -202,8 +224,14 @@ impl TestServer {
             .connect()
             .await
             .expect("connect");
-        let response = client.authenticate(&user.token).await.expect("authenticate");
-        assert!(response.result.is_ok(), "authentication refused: {response:?}");
+        let response = client
+            .authenticate(&user.token)
+            .await
+            .expect("authenticate");
+        assert!(
+            response.result.is_ok(),
+            "authentication refused: {response:?}"
+        );
         client
     }
 

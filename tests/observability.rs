@@ -15,8 +15,6 @@ use support::server::{eventually, test_config, Backend, TestServer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
-const T: Duration = Duration::from_secs(10);
-
 async fn get(url: &str) -> (u16, String) {
     let response = reqwest::get(url).await.expect("http");
     let status = response.status().as_u16();

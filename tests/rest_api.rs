@@ -1187,3 +1187,93 @@ async fn openapi_describes_every_route_the_server_answers() {
     assert_eq!((missing.status, missing.code()), (404, "not_found"));
     api.stop().await;
 }
+
+/// Every endpoint but the public ones.
+fn secured(path: &str) -> bool {
+    !matches!(
+        path,
+        "/api/auth/register" | "/api/auth/login" | "/api/auth/refresh-token" | "/api/openapi.json"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_endpoint_answers_401_and_429() {
+    let api = Rest::start_with(Backend::Sqlite, |c| {
+        c.rest_per_15min = 1;
+        c.auth_per_15min = 1;
+        c.behind_proxy = true;
+    })
+    .await
+    .expect("server");
+    // Log in from an address of its own (behind the trusted proxy).
+    let login = api
+        .http
+        .post(format!("{}/api/auth/login", api.base))
+        .header("X-Forwarded-For", "198.51.100.7")
+        .json(&json!({"username": ROOT, "password": PASSWORD}))
+        .send()
+        .await
+        .expect("send");
+    let root = rest::session_of(&rest::reply(login).await.expect(200).body);
+    let concrete = |path: &str| {
+        path.replace("{id}", &uuid::Uuid::new_v4().to_string())
+            .replace("{userId}", &uuid::Uuid::new_v4().to_string())
+    };
+    let method_of = |m: &str| Method::from_bytes(m.to_uppercase().as_bytes()).expect("method");
+
+    // 401 without a token or with a bad one, each from an address of its
+    // own (/api/auth/logout and change-password are limited per address
+    // before the token is checked). Refused requests spend no user budget.
+    let from = |ip: String, method: &str, path: &str, token: Option<&str>| {
+        let mut request = api
+            .http
+            .request(method_of(method), format!("{}{}", api.base, concrete(path)))
+            .header("X-Forwarded-For", ip)
+            .json(&json!({}));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        async move { rest::reply(request.send().await.expect("send")).await }
+    };
+    for (i, (method, path)) in ENDPOINTS.iter().filter(|(_, p)| secured(p)).enumerate() {
+        let none = from(format!("192.0.2.{i}"), method, path, None).await;
+        assert_eq!(
+            (none.status, none.code()),
+            (401, "unauthenticated"),
+            "{method} {path}"
+        );
+        let forged = from(
+            format!("192.0.2.{}", i + 100),
+            method,
+            path,
+            Some("not.a.token"),
+        )
+        .await;
+        assert_eq!(
+            (forged.status, forged.code()),
+            (401, "auth_failed"),
+            "{method} {path}"
+        );
+    }
+    // /api/auth/* was counted per address; the address above spent its one.
+    // Now spend 127.0.0.1's one and root's one, then everything is 429.
+    api.try_login(ROOT, "wrong password here").await.expect(401);
+    api.get("/api/channels", &root.token).await.expect(200);
+    for (method, path) in ENDPOINTS.iter().filter(|(_, p)| *p != "/api/openapi.json") {
+        let reply = api
+            .call(
+                method_of(method),
+                &concrete(path),
+                Some(&root.token),
+                Some(json!({})),
+            )
+            .await;
+        assert_eq!(
+            (reply.status, reply.code()),
+            (429, "rate_limited"),
+            "{method} {path}"
+        );
+        assert!(reply.headers.contains_key("retry-after"), "{method} {path}");
+    }
+    api.stop().await;
+}

@@ -1118,3 +1118,72 @@ async fn ttl_messages_expire_for_everyone() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_connection_that_never_answers_pings_is_closed_4002() {
+    let server = TestServer::start_with(Backend::Sqlite, |c| {
+        c.heartbeat_ms = 100;
+        c.idle_timeout_ms = 400;
+    })
+    .await
+    .expect("server");
+    let u = server.user("u", Role::User).await;
+    // A raw TCP client that upgrades, authenticates, and then never reads,
+    // so it never answers the server's pings (tungstenite would answer them).
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("tcp");
+    let upgrade = format!(
+        "GET /ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        server.addr
+    );
+    tcp.write_all(upgrade.as_bytes()).await.expect("upgrade");
+    let auth = ClientFrame::new(ClientRequest::Authenticate(Authenticate {
+        token: u.token.clone(),
+    }));
+    let payload = courier_protocol::codec::encode_client(&auth, Encoding::MessagePack);
+    let mask = [0x11u8, 0x22, 0x33, 0x44];
+    let mut frame = vec![0x82, 0x80 | 126];
+    frame.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    tcp.write_all(&frame).await.expect("auth frame");
+    assert!(
+        support::server::eventually(T, async || server.app.realtime.connection_count() == 0).await,
+        "the idle connection was closed"
+    );
+    let mut received = Vec::new();
+    let _ = tokio::time::timeout(T, tcp.read_to_end(&mut received)).await;
+    // A server close frame: FIN+close opcode, length 2, then the code.
+    let idle = [
+        0x88,
+        0x02,
+        (close::IDLE >> 8) as u8,
+        (close::IDLE & 0xff) as u8,
+    ];
+    let code = received
+        .windows(4)
+        .any(|w| w == idle)
+        .then_some(close::IDLE);
+    assert_eq!(code, Some(close::IDLE));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_server_flags_phi_the_client_did_not() {
+    let server = TestServer::start(Backend::Sqlite).await.expect("server");
+    let u = server.user("u", Role::User).await;
+    let ch = server.channel("c", ChannelKind::Private, &u, &[]).await;
+    let mut c = server.client(&u, Encoding::Json).await;
+    c.join(ch, None).await.expect("join");
+    send_message_ex_text(&mut c, ch, "lunch at noon?").await;
+    assert!(!next_message(&mut c).await.contains_phi);
+    send_message_ex_text(&mut c, ch, "pt SSN 123-45-6789, MRN: 00123456").await;
+    assert!(
+        next_message(&mut c).await.contains_phi,
+        "detected by the server"
+    );
+    server.stop().await;
+}

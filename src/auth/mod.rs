@@ -22,7 +22,10 @@ pub struct SessionAuthenticator {
 #[async_trait]
 impl Authenticator for SessionAuthenticator {
     async fn authenticate(&self, token: &str) -> Result<Identity, AuthRejected> {
-        let verified = self.tokens.verify(token).map_err(|_| AuthRejected::InvalidToken)?;
+        let verified = self
+            .tokens
+            .verify(token)
+            .map_err(|_| AuthRejected::InvalidToken)?;
         let unavailable = |e: StoreError| match e {
             StoreError::Unavailable(_) => AuthRejected::Unavailable,
             _ => AuthRejected::InvalidToken,
@@ -32,7 +35,9 @@ impl Authenticator for SessionAuthenticator {
             .get_session(verified.session_id)
             .await
             .map_err(unavailable)?
-            .filter(|s| s.valid && s.user_id == verified.user_id && s.expires_at > courier_actors::now_ms())
+            .filter(|s| {
+                s.valid && s.user_id == verified.user_id && s.expires_at > courier_actors::now_ms()
+            })
             .ok_or(AuthRejected::SessionRevoked)?;
         let user = self
             .store

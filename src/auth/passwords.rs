@@ -51,7 +51,11 @@ impl Passwords {
 
     /// A PHC string (`$argon2id$v=19$...`) of a fresh random salt and hash.
     pub async fn hash(&self, password: String) -> Result<String, PasswordError> {
-        let _permit = self.permits.acquire().await.map_err(|_| PasswordError::Task)?;
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| PasswordError::Task)?;
         let argon2 = self.argon2();
         tokio::task::spawn_blocking(move || {
             argon2
@@ -66,7 +70,11 @@ impl Passwords {
     /// Whether `password` matches the stored PHC string. A malformed stored
     /// hash never matches.
     pub async fn verify(&self, password: String, phc: String) -> Result<bool, PasswordError> {
-        let _permit = self.permits.acquire().await.map_err(|_| PasswordError::Task)?;
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| PasswordError::Task)?;
         let argon2 = self.argon2();
         tokio::task::spawn_blocking(move || match PasswordHash::new(&phc) {
             Ok(parsed) => argon2.verify_password(password.as_bytes(), &parsed).is_ok(),
@@ -92,8 +100,14 @@ mod tests {
         let p = Passwords::new(1024, 1, 1, 2).expect("params");
         let phc = p.hash("correct horse battery".into()).await.expect("hash");
         assert!(phc.starts_with("$argon2id$"));
-        assert!(p.verify("correct horse battery".into(), phc.clone()).await.expect("verify"));
+        assert!(p
+            .verify("correct horse battery".into(), phc.clone())
+            .await
+            .expect("verify"));
         assert!(!p.verify("wrong".into(), phc).await.expect("verify"));
-        assert!(!p.verify("x".into(), "garbage".into()).await.expect("verify"));
+        assert!(!p
+            .verify("x".into(), "garbage".into())
+            .await
+            .expect("verify"));
     }
 }

@@ -145,10 +145,18 @@ pub trait Store: Send + Sync + 'static {
     async fn list_channels_for(&self, user: UserId) -> Result<Vec<Channel>, StoreError>;
     /// Every channel (admins).
     async fn list_all_channels(&self) -> Result<Vec<Channel>, StoreError>;
-    async fn update_channel(&self, id: ChannelId, patch: ChannelPatch) -> Result<Channel, StoreError>;
+    async fn update_channel(
+        &self,
+        id: ChannelId,
+        patch: ChannelPatch,
+    ) -> Result<Channel, StoreError>;
     /// Deletes the channel with its members, messages and reactions.
     async fn delete_channel(&self, id: ChannelId) -> Result<(), StoreError>;
-    async fn get_member(&self, channel: ChannelId, user: UserId) -> Result<Option<Member>, StoreError>;
+    async fn get_member(
+        &self,
+        channel: ChannelId,
+        user: UserId,
+    ) -> Result<Option<Member>, StoreError>;
     async fn list_members(&self, channel: ChannelId) -> Result<Vec<Member>, StoreError>;
 
     // ---- messages ----------------------------------------------------------
@@ -188,7 +196,11 @@ pub trait Store: Send + Sync + 'static {
         message: MessageId,
     ) -> Result<std::collections::BTreeMap<String, u64>, StoreError>;
     /// Non-deleted messages whose `expires_at <= now`, at most `limit`.
-    async fn expired_messages(&self, now: i64, limit: u32) -> Result<Vec<StoredMessage>, StoreError>;
+    async fn expired_messages(
+        &self,
+        now: i64,
+        limit: u32,
+    ) -> Result<Vec<StoredMessage>, StoreError>;
     /// Physically removes messages soft-deleted before `before`; returns how many.
     async fn purge_deleted(&self, before: i64) -> Result<u64, StoreError>;
     /// Physically removes messages created before `before`; returns how many.
@@ -196,7 +208,11 @@ pub trait Store: Send + Sync + 'static {
     /// How many stored messages (any state) use a key version.
     async fn count_key_version(&self, version: u32) -> Result<u64, StoreError>;
     /// Up to `limit` messages that do not use `version` (rotation work list).
-    async fn messages_not_on_key(&self, version: u32, limit: u32) -> Result<Vec<StoredMessage>, StoreError>;
+    async fn messages_not_on_key(
+        &self,
+        version: u32,
+        limit: u32,
+    ) -> Result<Vec<StoredMessage>, StoreError>;
     /// Replaces ciphertexts after re-encryption, in one transaction.
     async fn store_reencrypted(&self, rows: &[Reencrypted]) -> Result<(), StoreError>;
 

@@ -96,7 +96,10 @@ pub enum RefreshOutcome {
     /// The token was current: the session now carries the new hash.
     Rotated(Session),
     /// The token was an old one of a live family: the session is now revoked.
-    Reused { session_id: SessionId, user_id: UserId },
+    Reused {
+        session_id: SessionId,
+        user_id: UserId,
+    },
     /// No session knows this token, or it is expired or revoked.
     Unknown,
 }

@@ -746,6 +746,7 @@ async fn messages_publish_through_the_socket_path_and_page(backend: Backend) {
         .await
         .expect(200);
     assert_eq!(again.body["id"], sent.body["id"]);
+    assert_eq!(again.body["text"], "BP 120/80", "the original's content");
     for i in 2..=5 {
         let reply = api
             .post(

@@ -104,7 +104,19 @@ pub(super) async fn send(
         Accepted::Sent {
             message,
             duplicate: true,
-        } => Ok((StatusCode::OK, Json(json!(message)))),
+        } => {
+            // The channel actor knows only the original's id and seq: read
+            // the stored original so the answer carries its real content.
+            let row = app
+                .store
+                .get_message(message.id)
+                .await
+                .map_err(|_| ApiError::unavailable())?
+                .ok_or_else(|| ApiError::internal("the original message is gone"))?;
+            let original = courier_actors::history::open_row(&app.realtime.cipher, row)
+                .map_err(|_| ApiError::internal("the original message cannot be read"))?;
+            Ok((StatusCode::OK, Json(json!(original))))
+        }
         Accepted::Done => Err(ApiError::internal("a send was answered without a message")),
     }
 }

@@ -68,6 +68,10 @@ pub struct Config {
     pub log_format: LogFormat,
 
     pub jwt_secret: Option<Secret>,
+    /// `HS256` (with `jwt_secret`), `RS256` or `EdDSA` (with the key files).
+    pub jwt_algorithm: String,
+    pub jwt_private_key_file: Option<PathBuf>,
+    pub jwt_public_key_file: Option<PathBuf>,
     pub jwt_issuer: String,
     pub jwt_audience: String,
     pub access_token_ttl_secs: u64,
@@ -130,6 +134,9 @@ impl Default for Config {
             env: Environment::Development,
             log_format: LogFormat::Pretty,
             jwt_secret: None,
+            jwt_algorithm: "HS256".into(),
+            jwt_private_key_file: None,
+            jwt_public_key_file: None,
             jwt_issuer: "courier".into(),
             jwt_audience: "courier-clients".into(),
             access_token_ttl_secs: 15 * 60,

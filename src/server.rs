@@ -111,12 +111,7 @@ pub async fn start(config: Config) -> Result<Started, ServerError> {
         .collect::<Result<Vec<_>, _>>()?;
     let keyring = Arc::new(secrets.keyring.clone());
     let cipher = Arc::new(MessageCipher::new(secrets.keyring));
-    let tokens = Arc::new(Tokens::hs256(
-        &secrets.jwt_secret,
-        &config.jwt_issuer,
-        &config.jwt_audience,
-        config.access_token_ttl_secs,
-    ));
+    let tokens = Arc::new(tokens(&config, &secrets.jwt_secret)?);
     let deps = RealtimeDeps {
         store: store.clone(),
         cipher,
@@ -176,6 +171,50 @@ pub async fn start(config: Config) -> Result<Started, ServerError> {
         keyring_file: secrets.keyring_file,
         tls,
     })
+}
+
+/// The access-token signer the configuration asks for: HS256 with the JWT
+/// secret (the default), or RS256/EdDSA with a key pair from PEM files.
+fn tokens(config: &Config, secret: &crate::config::Secret) -> Result<Tokens, ServerError> {
+    use crate::auth::tokens::KeyPairAlgorithm;
+    let algorithm = match config.jwt_algorithm.as_str() {
+        "HS256" => {
+            return Ok(Tokens::hs256(
+                secret,
+                &config.jwt_issuer,
+                &config.jwt_audience,
+                config.access_token_ttl_secs,
+            ))
+        }
+        "RS256" => KeyPairAlgorithm::Rs256,
+        "EdDSA" => KeyPairAlgorithm::EdDsa,
+        other => {
+            return Err(ServerError::Config(format!(
+                "jwt_algorithm must be HS256, RS256 or EdDSA, not {other:?}"
+            )))
+        }
+    };
+    let read = |name: &str, path: &Option<PathBuf>| {
+        let path = path.as_ref().ok_or_else(|| {
+            ServerError::Config(format!(
+                "jwt_algorithm {} needs {name}",
+                config.jwt_algorithm
+            ))
+        })?;
+        std::fs::read(path)
+            .map_err(|e| ServerError::Config(format!("{name} {}: {e}", path.display())))
+    };
+    let private = read("jwt_private_key_file", &config.jwt_private_key_file)?;
+    let public = read("jwt_public_key_file", &config.jwt_public_key_file)?;
+    Tokens::key_pair(
+        algorithm,
+        &private,
+        &public,
+        &config.jwt_issuer,
+        &config.jwt_audience,
+        config.access_token_ttl_secs,
+    )
+    .map_err(|e| ServerError::Config(format!("JWT keys: {e}")))
 }
 
 /// Serves on `listener` until `shutdown` completes, then shuts down

@@ -40,7 +40,10 @@ pub fn now_ns() -> u64 {
 /// up to [`TEXT_BYTES`].
 pub fn message_text(send_ns: u64, step: u32) -> String {
     let mut text = format!("{send_ns:020} {step:05} ");
-    text.extend(std::iter::repeat_n('x', TEXT_BYTES.saturating_sub(text.len())));
+    text.extend(std::iter::repeat_n(
+        'x',
+        TEXT_BYTES.saturating_sub(text.len()),
+    ));
     text
 }
 
@@ -73,6 +76,8 @@ pub struct Recorder {
     pub acked: Vec<AtomicU64>,
     /// Error answers to sends.
     pub send_errors: AtomicU64,
+    /// Error answers to sends by code.
+    error_codes: Mutex<BTreeMap<&'static str, u64>>,
     /// Connections that ended while the run needed them.
     pub closed: AtomicU64,
     /// Of those, closed with 4009 (slow consumer).
@@ -125,7 +130,12 @@ impl Percentiles {
         if self.count == 0 {
             return "-".to_owned();
         }
-        format!("{:.1} / {:.1} / {:.1}", ms(self.p50), ms(self.p99), ms(self.p999))
+        format!(
+            "{:.1} / {:.1} / {:.1}",
+            ms(self.p50),
+            ms(self.p99),
+            ms(self.p999)
+        )
     }
 }
 
@@ -142,6 +152,7 @@ impl Recorder {
             delivered: (0..MAX_STEPS).map(|_| AtomicU64::new(0)).collect(),
             acked: (0..MAX_STEPS).map(|_| AtomicU64::new(0)).collect(),
             send_errors: AtomicU64::new(0),
+            error_codes: Mutex::default(),
             closed: AtomicU64::new(0),
             slow_consumers: AtomicU64::new(0),
             connect_errors: AtomicU64::new(0),
@@ -165,7 +176,10 @@ impl Recorder {
         self.delivered[step].fetch_add(1, Ordering::Relaxed);
         let us = (now.saturating_sub(sent) / 1000).clamp(1, MAX_LATENCY_US);
         let mut shard = self.shard(task);
-        let h = shard.deliver.entry(step as u32).or_insert_with(new_histogram);
+        let h = shard
+            .deliver
+            .entry(step as u32)
+            .or_insert_with(new_histogram);
         h.saturating_record(us);
     }
 
@@ -202,6 +216,26 @@ impl Recorder {
             shard.deliver.retain(|s, _| *s >= step);
             shard.ack.retain(|s, _| *s >= step);
         }
+    }
+
+    /// An error answer to a send.
+    pub fn send_error(&self, code: &'static str) {
+        self.send_errors.fetch_add(1, Ordering::Relaxed);
+        *self
+            .error_codes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(code)
+            .or_default() += 1;
+    }
+
+    /// Error answers so far, by code.
+    pub fn error_codes(&self) -> serde_json::Value {
+        let codes = self
+            .error_codes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        serde_json::json!(*codes)
     }
 
     /// Every error counter added up.

@@ -221,10 +221,15 @@ async fn wait_ready(kind: Kind, port: u16, server: &Server) -> Result<()> {
         if ready {
             return Ok(());
         }
-        if Instant::now() > deadline || !std::path::Path::new(&format!("/proc/{}", server.pid)).exists() {
+        if Instant::now() > deadline
+            || !std::path::Path::new(&format!("/proc/{}", server.pid)).exists()
+        {
             let log = std::fs::read_to_string(&server.log).unwrap_or_default();
             let tail: String = log.lines().rev().take(20).collect::<Vec<_>>().join("\n");
-            bail!("{} did not become ready on port {port}; log tail (newest first):\n{tail}", kind.name());
+            bail!(
+                "{} did not become ready on port {port}; log tail (newest first):\n{tail}",
+                kind.name()
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -293,7 +298,9 @@ impl Env {
              COURIER_INITIAL_ADMIN_PASSWORD=bench-admin-password-0123456789)",
         )?;
         let run = std::process::id();
-        let names: Vec<String> = (0..users.max(1)).map(|i| format!("bench-{run}-{i}")).collect();
+        let names: Vec<String> = (0..users.max(1))
+            .map(|i| format!("bench-{run}-{i}"))
+            .collect();
         let mut tokens = Vec::with_capacity(names.len());
         for chunk in names.chunks(16) {
             let logins = chunk.iter().map(|name| env.register_and_login(name));
@@ -344,7 +351,10 @@ impl Env {
     pub async fn rooms(&self, n: usize) -> Result<Vec<Room>> {
         if self.kind != Kind::Courier {
             if n > 1 {
-                bail!("{} has one broadcast set: this scenario needs Courier", self.kind.name());
+                bail!(
+                    "{} has one broadcast set: this scenario needs Courier",
+                    self.kind.name()
+                );
             }
             return Ok(vec![Room::Broadcast]);
         }
@@ -357,7 +367,9 @@ impl Env {
                     .rest
                     .post(format!("{}/api/channels", self.http_url))
                     .bearer_auth(&self.admin_token)
-                    .json(&serde_json::json!({"name": format!("bench-{run}-{i}"), "kind": "public"}))
+                    .json(
+                        &serde_json::json!({"name": format!("bench-{run}-{i}"), "kind": "public"}),
+                    )
                     .send()
                     .await?;
                 if !response.status().is_success() {
@@ -367,7 +379,9 @@ impl Env {
                         response.text().await.unwrap_or_default()
                     );
                 }
-                Ok(Room::Channel(response.json::<ChannelAnswer>().await?.channel.id))
+                Ok(Room::Channel(
+                    response.json::<ChannelAnswer>().await?.channel.id,
+                ))
             });
             for room in futures_util::future::join_all(creates).await {
                 rooms.push(room?);
@@ -394,11 +408,18 @@ impl Env {
                 let (sender, rx) = client.split();
                 // `authenticate` and `join_channel` took refs 1 and 2: the
                 // client numbers its requests 1, 2, 3, ...
-                Ok((Tx::Courier { sender, next_key: 3 }, Rx::Courier(rx)))
+                Ok((
+                    Tx::Courier {
+                        sender,
+                        next_key: 3,
+                    },
+                    Rx::Courier(rx),
+                ))
             }
             (Kind::Courier, Room::Broadcast) => Err(anyhow!("a Courier room is a channel")),
             (Kind::Tungstenite | Kind::Node, _) => {
-                let (ws, _) = tokio_tungstenite::connect_async_with_config(&self.ws_url, None, true).await?;
+                let (ws, _) =
+                    tokio_tungstenite::connect_async_with_config(&self.ws_url, None, true).await?;
                 let (mut sink, mut stream) = ws.split();
                 sink.send(Message::Binary(peer_frame("join", None))).await?;
                 // Wait for the join's ack.
@@ -410,13 +431,22 @@ impl Env {
                     }
                 }
                 Ok((
-                    Tx::Ws { sink, nats: false, sent: 0 },
-                    Rx::Ws { stream, nats: None, acks: 0 },
+                    Tx::Ws {
+                        sink,
+                        nats: false,
+                        sent: 0,
+                    },
+                    Rx::Ws {
+                        stream,
+                        nats: None,
+                        acks: 0,
+                    },
                 ))
             }
             (Kind::Nats, _) => {
-                let (ws, _) = tokio_tungstenite::connect_async_with_config(&self.ws_url, None, true).await?;
-                let (mut sink, mut stream) = ws.split();
+                let (ws, _) =
+                    tokio_tungstenite::connect_async_with_config(&self.ws_url, None, true).await?;
+                let (mut sink, stream) = ws.split();
                 let hello = format!(
                     "CONNECT {{\"verbose\":false,\"pedantic\":false,\"headers\":false,\"protocol\":1}}\r\nSUB {NATS_SUBJECT} 1\r\nPING\r\n"
                 );
@@ -434,7 +464,14 @@ impl Env {
                         Ok(_) => continue,
                     }
                 }
-                Ok((Tx::Ws { sink, nats: true, sent: 0 }, rx))
+                Ok((
+                    Tx::Ws {
+                        sink,
+                        nats: true,
+                        sent: 0,
+                    },
+                    rx,
+                ))
             }
         }
     }
@@ -470,8 +507,8 @@ pub enum Event {
     Message(String),
     /// The answer to the send with this key ([`Tx::send_batch`]).
     Ack(u64),
-    /// An error answer to the send with this key.
-    Nack(u64),
+    /// An error answer to the send with this key, with its code.
+    Nack(u64, &'static str),
     /// NATS: the answer to our `PING`.
     Pong,
     /// Anything else (presence, …).
@@ -537,13 +574,15 @@ impl Tx {
                 for text in texts {
                     if *nats {
                         let payload = peer_frame("new_message", Some(text));
-                        let mut frame = format!("PUB {NATS_SUBJECT} {}\r\n", payload.len()).into_bytes();
+                        let mut frame =
+                            format!("PUB {NATS_SUBJECT} {}\r\n", payload.len()).into_bytes();
                         frame.extend_from_slice(&payload);
                         frame.extend_from_slice(b"\r\n");
                         sink.feed(Message::Binary(Bytes::from(frame))).await?;
                         keys.push(None);
                     } else {
-                        sink.feed(Message::Binary(peer_frame("send", Some(text)))).await?;
+                        sink.feed(Message::Binary(peer_frame("send", Some(text))))
+                            .await?;
                         *sent += 1;
                         keys.push(Some(*sent));
                     }
@@ -596,7 +635,7 @@ impl Rx {
                     }
                     Ok(ServerFrame::Error(e)) => {
                         return match e.reference {
-                            Some(Ref::Int(n)) => Event::Nack(n as u64),
+                            Some(Ref::Int(n)) => Event::Nack(n as u64, e.code.as_str()),
                             _ => Event::Undecodable,
                         }
                     }

@@ -638,6 +638,7 @@ struct ChurnFigures {
     offered_per_s: f64,
     connects: u64,
     failures: u64,
+    skipped: u64,
     connect: Percentiles,
 }
 
@@ -645,6 +646,8 @@ struct ChurnFigures {
 struct Churn {
     done: AtomicU64,
     failed: AtomicU64,
+    /// Connects not attempted: the cap of sockets in flight was reached.
+    skipped: AtomicU64,
     latency: Mutex<hdrhistogram::Histogram<u64>>,
 }
 
@@ -734,6 +737,7 @@ async fn traffic(ctx: &Ctx<'_>, n: usize) -> Result<Vec<Value>> {
     let churn = Arc::new(Churn {
         done: AtomicU64::new(0),
         failed: AtomicU64::new(0),
+        skipped: AtomicU64::new(0),
         latency: Mutex::new(
             hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3)
                 .context("connect histogram")?,
@@ -775,6 +779,7 @@ async fn traffic(ctx: &Ctx<'_>, n: usize) -> Result<Vec<Value>> {
         let churn_before = (
             churn.done.load(Ordering::Relaxed),
             churn.failed.load(Ordering::Relaxed),
+            churn.skipped.load(Ordering::Relaxed),
         );
         if let Ok(mut h) = churn.latency.lock() {
             h.reset();
@@ -800,6 +805,7 @@ async fn traffic(ctx: &Ctx<'_>, n: usize) -> Result<Vec<Value>> {
                 offered_per_s: cli.churn_rate,
                 connects: churn.done.load(Ordering::Relaxed) - churn_before.0,
                 failures: churn.failed.load(Ordering::Relaxed) - churn_before.1,
+                skipped: churn.skipped.load(Ordering::Relaxed) - churn_before.2,
                 connect,
             }
         });
@@ -973,6 +979,7 @@ fn step_row(ctx: &Ctx<'_>, s: &Step, conns: usize, passed: bool, limit_ms: f64) 
             "connects": c.connects,
             "connects_per_s": round2(c.connects as f64 / s.secs),
             "failures": c.failures,
+            "skipped_at_cap": c.skipped,
             "connect_latency": c.connect.value(),
         })),
         "errors": s.errors.value(),
@@ -1078,7 +1085,7 @@ async fn run_churn(
     while !stop.load(Ordering::Relaxed) && !STOPPING.load(Ordering::Relaxed) {
         ticker.tick().await;
         let Ok(permit) = slots.clone().try_acquire_owned() else {
-            churn.failed.fetch_add(1, Ordering::Relaxed);
+            churn.skipped.fetch_add(1, Ordering::Relaxed);
             continue;
         };
         k += 1;

@@ -908,7 +908,7 @@ async fn graceful_shutdown_says_so_then_closes_1001() {
 #[tokio::test]
 async fn slow_consumer_is_closed_4009_and_others_keep_receiving() {
     let server = TestServer::start_with(Backend::Sqlite, |c| {
-        c.outbound_queue_frames = 32;
+        c.outbound_queue_frames = 256;
         c.max_text_bytes = 60_000;
     })
     .await
@@ -919,7 +919,7 @@ async fn slow_consumer_is_closed_4009_and_others_keep_receiving() {
     let ch = server
         .channel("flood", ChannelKind::Private, &publisher, &[&fast, &slow])
         .await;
-    const N: usize = 600; // 30 MB: far more than loopback socket buffers hold
+    const N: usize = 800; // 40 MB: far more than the queue and loopback socket buffers hold
     let mut f = server.client(&fast, Encoding::MessagePack).await;
     f.join(ch, None).await.expect("join");
 

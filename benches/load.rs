@@ -154,7 +154,8 @@ struct Cli {
     /// Seconds measured per step.
     #[arg(long, default_value_t = 5.0)]
     duration: f64,
-    /// Seconds of warm-up before each step (not recorded).
+    /// Seconds of warm-up before each step (not recorded; at least 3 s
+    /// before the first).
     #[arg(long, default_value_t = 1.0)]
     warmup: f64,
     /// churn: connects and disconnects per second.
@@ -771,7 +772,14 @@ async fn traffic(ctx: &Ctx<'_>, n: usize) -> Result<Vec<Value>> {
             step: step_id,
             total_rate: total,
         });
-        tokio::time::sleep(Duration::from_secs_f64(cli.warmup)).await;
+        // The first step warms up longer: right after set-up, buffers and
+        // queues are still growing to their working size.
+        let warmup = if step_id == 1 {
+            cli.warmup.max(3.0)
+        } else {
+            cli.warmup
+        };
+        tokio::time::sleep(Duration::from_secs_f64(warmup)).await;
         let measured = step_id + 1;
         let errors_before = ctx.rec.errors();
         let cpu_before = ctx.pid.and_then(|p| cpu_secs(&p.to_string()));

@@ -1,10 +1,10 @@
 //! Access tokens: short-lived JWTs (HS256 by default; RS256 or EdDSA with a
 //! PEM key pair), with `exp`, `iss`, `aud`, `sub` required and validated, the
 //! algorithm pinned (a token signed with any other algorithm is refused, so
-//! an HS256 token "signed" with an RS256/EdDSA public key is worthless), a
-//! small leeway, and the session id in `sid` so that a revoked session's
-//! tokens stop working. Refresh tokens are opaque random values; only their
-//! SHA-256 is stored.
+//! an HS256 token "signed" with an RS256/EdDSA public key is worthless),
+//! `nbf` honoured when present, a small leeway, and the session id in `sid`
+//! so that a revoked session's tokens stop working. Refresh tokens are
+//! opaque random values; only their SHA-256 is stored.
 
 use base64::Engine;
 use courier_protocol::{SessionId, UserId};
@@ -126,6 +126,9 @@ impl Tokens {
     ) -> Self {
         let mut validation = Validation::new(algorithm);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        // jsonwebtoken ignores `nbf` unless asked; RFC 7519 section 4.1.5
+        // says a token must not be accepted before it.
+        validation.validate_nbf = true;
         validation.set_issuer(&[issuer]);
         validation.set_audience(&[audience]);
         validation.leeway = 5;
@@ -286,6 +289,27 @@ mod tests {
             60,
         );
         assert!(matches!(garbage, Err(TokenError::Key(_))));
+    }
+
+    #[test]
+    fn not_yet_valid_is_refused() {
+        let t = tokens();
+        let now = jsonwebtoken::get_current_timestamp();
+        let claims = |nbf: u64| {
+            serde_json::json!({
+                "sub": UserId::new().to_string(), "sid": SessionId::new().to_string(),
+                "iss": "courier", "aud": "clients", "exp": now + 60, "iat": now, "nbf": nbf,
+                "jti": "j",
+            })
+        };
+        let key = EncodingKey::from_secret("x".repeat(40).as_bytes());
+        let sign =
+            |c| jsonwebtoken::encode(&Header::new(Algorithm::HS256), &c, &key).expect("sign");
+        assert!(
+            t.verify(&sign(claims(now + 3600))).is_err(),
+            "nbf an hour ahead"
+        );
+        assert!(t.verify(&sign(claims(now))).is_ok(), "nbf now");
     }
 
     #[test]

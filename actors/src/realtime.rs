@@ -447,9 +447,15 @@ impl Realtime {
         if send.text.len() > self.limits.max_text_bytes {
             return Err(PublishError::TooLarge);
         }
-        match send.client_msg_id.as_deref().map(str::len) {
-            Some(0) => return Err(PublishError::Invalid("clientMsgId must not be empty")),
-            Some(n) if n > 64 => return Err(PublishError::TooLarge),
+        match send.client_msg_id.as_deref() {
+            Some("") => return Err(PublishError::Invalid("clientMsgId must not be empty")),
+            Some(id) if id.len() > 64 => return Err(PublishError::TooLarge),
+            // Stored as text, which PostgreSQL cannot hold U+0000 in: the
+            // store would refuse the row (`internal`, and a seq left unused)
+            // where SQLite keeps it.
+            Some(id) if id.contains('\0') => {
+                return Err(PublishError::Invalid("clientMsgId must not contain U+0000"))
+            }
             _ => {}
         }
         if let Err(wait) = self.check_send_rate(send.sender.user_id) {

@@ -119,7 +119,15 @@ pub(super) async fn login(
         ApiError::auth_failed(LOGIN_FAILED)
     };
 
-    let Some(mut user) = app.store.get_user_by_username(&body.username).await? else {
+    // No username holds a NUL (registration allows letters, digits and
+    // `._-`), and PostgreSQL refuses one in a query parameter: answer it as
+    // the unknown user it is, not with a 500.
+    let found = if body.username.contains('\0') {
+        None
+    } else {
+        app.store.get_user_by_username(&body.username).await?
+    };
+    let Some(mut user) = found else {
         app.passwords.burn().await;
         return Err(failed(None, "unknown_user", json!({})));
     };

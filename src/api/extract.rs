@@ -253,6 +253,12 @@ impl QueryParams {
                 name,
                 format!("must be at most {max_len} characters"),
             )),
+            // `%00` decodes to a NUL, which PostgreSQL refuses in a query
+            // parameter (a 500) and SQLite cuts the pattern at.
+            Some(v) if v.chars().any(char::is_control) => Err(ApiError::invalid(
+                name,
+                "must not contain control characters",
+            )),
             v => Ok(v.map(str::to_owned)),
         }
     }

@@ -55,9 +55,12 @@ pub(super) async fn send(
     if body
         .client_msg_id
         .as_ref()
-        .is_some_and(|c| c.is_empty() || c.len() > 64)
+        .is_some_and(|c| c.is_empty() || c.len() > 64 || c.contains('\0'))
     {
-        return Err(ApiError::invalid("clientMsgId", "must be 1 to 64 bytes"));
+        return Err(ApiError::invalid(
+            "clientMsgId",
+            "must be 1 to 64 bytes, without U+0000",
+        ));
     }
     if body.ttl_seconds == Some(0) {
         return Err(ApiError::invalid("ttlSeconds", "must be positive"));

@@ -632,6 +632,8 @@ struct Step {
     client_cpu: Option<f64>,
     rss: Option<u64>,
     churn: Option<ChurnFigures>,
+    /// Courier only: its persistence batches during the step (from `/metrics`).
+    batches: Option<target::PersistBatches>,
 }
 
 #[derive(Clone, Copy)]
@@ -783,6 +785,7 @@ async fn traffic(ctx: &Ctx<'_>, n: usize) -> Result<Vec<Value>> {
         let measured = step_id + 1;
         let errors_before = ctx.rec.errors();
         let cpu_before = ctx.pid.and_then(|p| cpu_secs(&p.to_string()));
+        let batches_before = ctx.env.persist_batches().await;
         let client_before = cpu_secs("self");
         let churn_before = (
             churn.done.load(Ordering::Relaxed),
@@ -857,6 +860,12 @@ async fn traffic(ctx: &Ctx<'_>, n: usize) -> Result<Vec<Value>> {
             client_cpu: cpu_secs("self").zip(client_before).map(|(a, b)| a - b),
             rss: ctx.pid.and_then(rss_kib),
             churn: churn_figures,
+            batches: ctx
+                .env
+                .persist_batches()
+                .await
+                .zip(batches_before)
+                .map(|(a, b)| a.since(&b)),
         };
         let passed = step_passed(scenario, &step, limit_ms, wants_acks);
         let row = step_row(ctx, &step, total_conns, passed, limit_ms);
@@ -989,6 +998,12 @@ fn step_row(ctx: &Ctx<'_>, s: &Step, conns: usize, passed: bool, limit_ms: f64) 
             "failures": c.failures,
             "skipped_at_cap": c.skipped,
             "connect_latency": c.connect.value(),
+        })),
+        "persist_batches": s.batches.map(|b| json!({
+            "batches": b.batches,
+            "rows": b.rows,
+            "mean_rows": (b.batches > 0).then(|| round2(b.rows / b.batches as f64)),
+            "over_128_rows": b.over_128,
         })),
         "errors": s.errors.value(),
         "error_codes_so_far": ctx.rec.error_codes(),

@@ -1,10 +1,10 @@
 //! The WebSocket edge: `GET /ws`.
 //!
 //! Checks the upgrade request (Origin allow-list, no token in the URL), answers
-//! 101, and in a spawned task wraps the upgraded connection in a
-//! tokio-tungstenite stream with small, bounded buffers (tungstenite's
-//! defaults would allocate 128 KiB each way per connection and leave the write
-//! buffer unbounded) and hands it to a new connection actor. Nothing here
+//! 101, and in a spawned task hands the upgraded connection to a new
+//! connection actor: tungstenite reads it with a small read buffer
+//! (its default would allocate 128 KiB per connection), and the
+//! connection's own writer writes finished frames to it. Nothing here
 //! waits on the client: authentication runs in the actor, under its deadline.
 
 use std::net::SocketAddr;
@@ -14,28 +14,24 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
 use courier_actors::connection::Peer;
-use futures_util::StreamExt;
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::http::{json_error, App};
 use courier_protocol::ErrorCode;
 
 /// Read buffer per connection: enough for typical frames; larger frames grow it.
-const READ_BUFFER: usize = 4 * 1024;
-/// Frames are written once this much is buffered, or on flush.
-const WRITE_BUFFER: usize = 8 * 1024;
-/// A hard cap on what may sit unwritten in tungstenite's buffer.
-const MAX_WRITE_BUFFER: usize = 512 * 1024;
+const READ_BUFFER: usize = 2 * 1024;
+/// tungstenite writes only control replies (pong, close) here, and
+/// writes them through at once.
+const WRITE_BUFFER: usize = 0;
 
 /// The tungstenite settings of every connection.
 pub fn ws_config(max_frame_bytes: usize) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
-        .max_write_buffer_size(MAX_WRITE_BUFFER)
         .max_message_size(Some(max_frame_bytes))
         .max_frame_size(Some(max_frame_bytes))
 }
@@ -98,12 +94,8 @@ pub async fn upgrade(
                 return;
             }
         };
-        let ws =
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
-                .await;
-        let (sink, stream) = ws.split();
         if let Err(e) = realtime
-            .spawn_connection(stream.boxed(), Box::pin(sink), peer)
+            .spawn_connection(TokioIo::new(upgraded), config, peer)
             .await
         {
             tracing::error!(error = %e, "cannot start connection actor");

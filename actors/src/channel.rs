@@ -188,6 +188,10 @@ pub struct PublishRequest {
     pub reply: Reply,
     /// When the request reached the server (for the ack latency metric).
     pub received: Instant,
+    /// The sender's connection has joined this channel: the membership is
+    /// the one this actor keeps for joined users (no store read was made,
+    /// `sender.member` is empty).
+    pub joined: bool,
 }
 
 /// `edit_message`: authorized by the caller, who read the message.
@@ -242,6 +246,8 @@ pub enum ChannelMsg {
         message_id: MessageId,
         seq: u64,
     },
+    /// A membership changed (REST: a new channel role).
+    MemberChanged(Box<Member>),
     /// A membership ended (REST): its connections leave, everyone is told.
     MemberRemoved {
         user_id: UserId,
@@ -273,7 +279,7 @@ struct Subscriber {
     user_id: UserId,
     /// False while a replay is being read: live pushes wait in `held`.
     live: bool,
-    held: Vec<tokio_tungstenite::tungstenite::Message>,
+    held: Vec<bytes::Bytes>,
 }
 
 /// The joined connections. Dropped without a clean stop (a crash), it closes
@@ -335,7 +341,7 @@ impl Subscribers {
                 continue;
             }
             if !sub.live {
-                if let Some(msg) = encoded.message(sub.outbound.encoding()) {
+                if let Some(msg) = encoded.get(sub.outbound.encoding()) {
                     sub.held.push(msg);
                 }
                 continue;
@@ -437,6 +443,10 @@ pub struct ChannelState {
     /// The last `seq` committed and fanned out.
     last_committed: u64,
     subscribers: Subscribers,
+    /// The membership of every user who joined since the actor started,
+    /// kept current by `MemberChanged` and `MemberRemoved`: a joined
+    /// connection's sends are authorized against it without a store read.
+    members: HashMap<UserId, Member>,
     client_ids: ClientIds,
     pending: HashMap<u64, Pending>,
     next_token: u64,
@@ -475,6 +485,7 @@ impl Actor for ChannelActor {
             last_assigned: last,
             last_committed: last,
             subscribers: Subscribers::default(),
+            members: HashMap::new(),
             client_ids,
             pending: HashMap::new(),
             next_token: 1,
@@ -584,7 +595,11 @@ impl Actor for ChannelActor {
                 let frame = out::message_deleted(message_id, state.channel.id, seq);
                 state.subscribers.fan_out(&frame, None);
             }
+            ChannelMsg::MemberChanged(member) => {
+                state.members.insert(member.user_id, *member);
+            }
             ChannelMsg::MemberRemoved { user_id } => {
+                state.members.remove(&user_id);
                 let frame = out::system_event(
                     "member_removed",
                     serde_json::json!({"channelId": state.channel.id, "userId": user_id}),
@@ -688,6 +703,7 @@ impl ChannelState {
             self.subscribers.fan_out(&frame, Some(user_id));
         }
         let conn_id = outbound.conn_id();
+        self.members.insert(user_id, member);
         let replay_from = since_seq.filter(|s| recovered && *s < last);
         self.subscribers.insert(Subscriber {
             outbound,
@@ -773,7 +789,10 @@ impl ChannelState {
         }
     }
 
-    fn publish(&mut self, myself: &ActorRef<ChannelMsg>, req: PublishRequest) {
+    fn publish(&mut self, myself: &ActorRef<ChannelMsg>, mut req: PublishRequest) {
+        if req.joined {
+            req.sender.member = self.members.get(&req.sender.user_id).cloned();
+        }
         let principal = self.principal(&req.sender);
         let action = Action::Post {
             channel: &self.channel,

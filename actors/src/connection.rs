@@ -26,7 +26,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use courier_protocol::codec::{self, Encoding};
 use courier_protocol::error::close;
 use courier_protocol::frames::{
@@ -35,9 +34,10 @@ use courier_protocol::frames::{
 };
 use courier_protocol::{ChannelId, ErrorCode, MessageId};
 use futures_util::stream::BoxStream;
-use futures_util::{Sink, StreamExt};
+use futures_util::StreamExt;
 use metrics::counter;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::io::AsyncWrite;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::{self, Message};
@@ -51,15 +51,16 @@ use crate::frames_out as out;
 use crate::history;
 use crate::identity::{AuthRejected, Identity};
 use crate::metric_names as m;
-use crate::outbound::{self, ConnId, Outbound, WriterEnd};
+use crate::outbound::{self, ConnId, Outbound, OutboundReceiver, WriterEnd};
 use crate::presence::{ForUser, PresenceMsg};
 use crate::realtime::{AccessError, Publish, PublishError, Realtime, ShutdownPhase};
 use crate::store::{Channel, Member};
 
-/// The socket's halves, boxed so that plain TCP and TLS look the same.
+/// The socket's read half as WebSocket messages, boxed so that plain TCP
+/// and TLS look the same.
 pub type WsStream = BoxStream<'static, Result<Message, tungstenite::Error>>;
-/// The socket's write half.
-pub type WsSink = Pin<Box<dyn Sink<Message, Error = tungstenite::Error> + Send>>;
+/// The socket's write half: finished frames are written to it as bytes.
+pub type WsWrite = Pin<Box<dyn AsyncWrite + Send>>;
 
 /// Where the connection comes from (for the audit log).
 #[derive(Clone, Debug, Default)]
@@ -72,7 +73,10 @@ pub struct Peer {
 pub struct ConnectionArgs {
     pub realtime: Arc<Realtime>,
     pub stream: WsStream,
-    pub sink: WsSink,
+    pub write: WsWrite,
+    /// The connection's queue and its receiving end for the writer.
+    pub outbound: Outbound,
+    pub receiver: OutboundReceiver,
     pub peer: Peer,
     /// Counts this connection while the actor lives (for graceful shutdown).
     pub live: crate::realtime::ConnectionGuard,
@@ -116,6 +120,8 @@ pub struct ConnectionState {
     last_heard: Instant,
     reader: JoinHandle<()>,
     writer: JoinHandle<()>,
+    /// The authentication deadline's timer, stopped once authenticated.
+    auth_deadline: Option<JoinHandle<Result<(), ractor::MessagingErr<ConnMsg>>>>,
     span: tracing::Span,
     _live: crate::realtime::ConnectionGuard,
     /// Set by a clean stop; without it (a crash) `Drop` closes with 1011.
@@ -125,6 +131,9 @@ pub struct ConnectionState {
 impl Drop for ConnectionState {
     fn drop(&mut self) {
         self.reader.abort();
+        if let Some(timer) = self.auth_deadline.take() {
+            timer.abort();
+        }
         if !self.clean {
             self.outbound.close_now(1011);
         }
@@ -144,17 +153,16 @@ impl Actor for ConnectionActor {
         myself: ActorRef<Self::Msg>,
         args: ConnectionArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let conn_id = ConnId::next();
+        let outbound = args.outbound;
+        let conn_id = outbound.conn_id();
         let span =
             tracing::info_span!("conn", conn_id = conn_id.0, user_id = tracing::field::Empty);
         let limits = &args.realtime.limits;
-        let (outbound, receiver) =
-            outbound::outbound(conn_id, limits.outbound_queue, Encoding::MessagePack);
         let writer = {
             let myself = myself.clone();
-            let sink = args.sink;
+            let (write, receiver) = (args.write, args.receiver);
             tokio::spawn(async move {
-                let end = outbound::run_writer(sink, receiver).await;
+                let end = outbound::run_writer(write, receiver).await;
                 let _ = myself.cast(ConnMsg::WriteEnded(end));
             })
         };
@@ -162,9 +170,9 @@ impl Actor for ConnectionActor {
             args.stream,
             myself.clone(),
             args.realtime.shutdown.clone(),
+            limits.heartbeat,
         ));
-        myself.send_after(limits.auth_timeout, || ConnMsg::AuthDeadline);
-        myself.send_interval(limits.heartbeat, || ConnMsg::Heartbeat);
+        let auth_deadline = myself.send_after(limits.auth_timeout, || ConnMsg::AuthDeadline);
         counter!(m::CONNECTIONS_TOTAL).increment(1);
         metrics::gauge!(m::CONNECTIONS).increment(1.0);
         Ok(ConnectionState {
@@ -177,6 +185,7 @@ impl Actor for ConnectionActor {
             joined: HashMap::new(),
             last_heard: Instant::now(),
             reader,
+            auth_deadline: Some(auth_deadline),
             writer,
             span,
             _live: args.live,
@@ -233,7 +242,9 @@ impl Actor for ConnectionActor {
         match msg {
             ConnMsg::Frame(frame, _permit) => {
                 state.last_heard = Instant::now();
-                state.on_frame(&myself, frame).await;
+                // Boxed: the request futures are large, and inline they would
+                // make every connection's task (idle or not) that large.
+                Box::pin(state.on_frame(&myself, frame)).await;
             }
             ConnMsg::ReadEnded(code) => {
                 if let Some(code) = code {
@@ -257,7 +268,7 @@ impl Actor for ConnectionActor {
                 if state.last_heard.elapsed() >= state.realtime.limits.idle_timeout {
                     state.outbound.close_now(close::IDLE);
                 } else {
-                    state.outbound.push(Message::Ping(Bytes::new()));
+                    state.outbound.ping();
                 }
             }
             ConnMsg::TokenExpired(expiry) => {
@@ -286,15 +297,25 @@ impl Actor for ConnectionActor {
     }
 }
 
-/// Reads frames and hands them to the actor one permit at a time.
+/// Reads frames and hands them to the actor one permit at a time; also
+/// ticks the heartbeat (here rather than in a timer task of its own, one
+/// task less per connection).
 async fn read_loop(
     mut stream: WsStream,
     actor: ActorRef<ConnMsg>,
     mut shutdown: watch::Receiver<ShutdownPhase>,
+    heartbeat: Duration,
 ) {
     let permits = Arc::new(Semaphore::new(FRAMES_IN_FLIGHT));
+    let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let end = loop {
         tokio::select! {
+            _ = beat.tick() => {
+                if actor.cast(ConnMsg::Heartbeat).is_err() {
+                    return;
+                }
+            }
             changed = shutdown.changed() => {
                 if changed.is_err() {
                     continue;
@@ -417,6 +438,9 @@ impl ConnectionState {
         match identity {
             Ok(identity) => {
                 let first = self.identity.is_none();
+                if let Some(timer) = self.auth_deadline.take() {
+                    timer.abort();
+                }
                 self.span
                     .record("user_id", tracing::field::display(identity.user_id));
                 let expires_in = identity.expires_at.saturating_sub(crate::now_ms()).max(0) as u64;

@@ -21,7 +21,8 @@
 //! - [`realtime`]: the root supervisor and the handles the edge uses.
 //! - [`connection`], [`channel`], [`channel_directory`], [`presence`],
 //!   [`persistence`], [`audit`], [`retention`]: one actor per file.
-//! - [`outbound`]: a connection's bounded queue and its coalescing writer.
+//! - [`outbound`]: a connection's bounded queue and its vectored writer.
+//! - [`wire`]: server frames built once as the bytes that go on the wire.
 //! - [`authz`]: every authorization decision.
 //! - [`history`]: decrypting stored messages for history and replay.
 //! - [`frames_out`]: building server frames.
@@ -52,6 +53,7 @@ pub mod presence;
 pub mod realtime;
 pub mod retention;
 pub mod store;
+pub mod wire;
 
 /// Milliseconds since the Unix epoch, the unit of every timestamp.
 pub fn now_ms() -> i64 {

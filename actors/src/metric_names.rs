@@ -56,7 +56,10 @@ pub fn describe() {
     describe_gauge!(CONNECTIONS, "Open WebSocket connections");
     describe_counter!(CONNECTIONS_TOTAL, "WebSocket connections accepted");
     describe_counter!(FRAMES_IN, "Frames received from clients");
-    describe_counter!(FRAMES_OUT, "Frames queued to clients");
+    describe_counter!(
+        FRAMES_OUT,
+        "Frames taken from connection queues for writing to clients"
+    );
     describe_counter!(INVALID_FRAMES, "Frames answered with invalid_frame");
     describe_counter!(MESSAGES_PUBLISHED, "Messages committed");
     describe_counter!(MESSAGES_DELIVERED, "Message pushes handed to connections");

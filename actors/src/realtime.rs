@@ -16,21 +16,27 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use courier_protocol::codec::Encoding;
 use courier_protocol::frames::MessageView;
 use courier_protocol::{ChannelId, UserId};
+use futures_util::StreamExt;
 use governor::{DefaultKeyedRateLimiter, RateLimiter};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::WebSocketStream;
 
 use crate::audit::{AuditActor, AuditConfig, AuditHandle, AuditMsg};
 use crate::audit_chain::PendingAudit;
 use crate::authz::{self, Action, Denied, Principal, RolePermissions};
 use crate::channel::{ChannelMsg, ChannelServices, PublishRequest, Reply, Sender};
 use crate::channel_directory::{ChannelDirectory, DirectoryMsg};
-use crate::connection::{send_quota, ConnectionActor, ConnectionArgs, Peer, WsSink, WsStream};
+use crate::connection::{send_quota, ConnectionActor, ConnectionArgs, Peer};
 use crate::crypto::MessageCipher;
 use crate::history;
 use crate::identity::{Authenticator, Identity};
+use crate::outbound::{self, ConnId, ControlWriter};
 use crate::persistence::{
     PersistError, PersistenceActor, PersistenceConfig, PersistenceHandle, PersistenceMsg,
 };
@@ -273,17 +279,36 @@ impl Realtime {
         self.connections.load(Ordering::SeqCst)
     }
 
-    /// Starts the actor of a new, upgraded WebSocket.
-    pub async fn spawn_connection(
+    /// Starts the actor of a new, upgraded WebSocket: tungstenite reads
+    /// the socket (with `config`'s limits); the connection's writer writes
+    /// finished frames to it.
+    pub async fn spawn_connection<S>(
         self: &Arc<Self>,
-        stream: WsStream,
-        sink: WsSink,
+        socket: S,
+        config: WebSocketConfig,
         peer: Peer,
-    ) -> Result<(), ractor::SpawnErr> {
+    ) -> Result<(), ractor::SpawnErr>
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let (outbound, receiver) = outbound::outbound(
+            ConnId::next(),
+            self.limits.outbound_queue,
+            Encoding::MessagePack,
+        );
+        let (read, write) = tokio::io::split(socket);
+        let stream = WebSocketStream::from_raw_socket(
+            ControlWriter::new(read, outbound.clone()),
+            Role::Server,
+            Some(config),
+        )
+        .await;
         let args = ConnectionArgs {
             realtime: self.clone(),
-            stream,
-            sink,
+            stream: stream.boxed(),
+            write: Box::pin(write),
+            outbound,
+            receiver,
             peer,
             live: ConnectionCount(self.connections.clone()).acquire(),
         };
@@ -463,24 +488,31 @@ impl Realtime {
                 .increment(1);
             return Err(PublishError::RateLimited(wait));
         }
-        let principal = Principal {
-            user_id: send.sender.user_id,
-            role: send.sender.role,
-            permissions: &self.permissions,
-        };
-        let (channel, member) = self
-            .channel_access(principal, send.channel_id, |c, m| Action::ReadChannel {
-                channel: c,
-                member: m,
-            })
-            .await
-            .map_err(PublishError::Access)?;
-        let actor = match send.actor {
-            Some(actor) => actor,
-            None => self
-                .channel_actor(channel)
-                .await
-                .map_err(PublishError::Access)?,
+        // A joined connection's sends are authorized by the channel actor
+        // against the membership it keeps; others read channel and
+        // membership from the store first.
+        let joined = send.actor.is_some();
+        let (actor, member) = match send.actor {
+            Some(actor) => (actor, None),
+            None => {
+                let principal = Principal {
+                    user_id: send.sender.user_id,
+                    role: send.sender.role,
+                    permissions: &self.permissions,
+                };
+                let (channel, member) = self
+                    .channel_access(principal, send.channel_id, |c, m| Action::ReadChannel {
+                        channel: c,
+                        member: m,
+                    })
+                    .await
+                    .map_err(PublishError::Access)?;
+                let actor = self
+                    .channel_actor(channel)
+                    .await
+                    .map_err(PublishError::Access)?;
+                (actor, member)
+            }
         };
         let phi_found = self.phi.detect_names(&send.text);
         if !phi_found.is_empty() {
@@ -499,6 +531,7 @@ impl Realtime {
             ttl_seconds: send.ttl_seconds,
             reply,
             received: send.received,
+            joined,
         };
         actor
             .cast(ChannelMsg::Publish(Box::new(request)))

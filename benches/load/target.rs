@@ -247,6 +247,44 @@ pub struct Env {
     rest: reqwest::Client,
 }
 
+/// Courier's persistence batches so far, from its `/metrics`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PersistBatches {
+    pub batches: u64,
+    pub rows: f64,
+    /// Batches of more than 128 rows (the histogram's `le="128"` bucket).
+    pub over_128: u64,
+}
+
+impl PersistBatches {
+    /// What happened between `earlier` and `self`.
+    pub fn since(&self, earlier: &PersistBatches) -> PersistBatches {
+        PersistBatches {
+            batches: self.batches.saturating_sub(earlier.batches),
+            rows: self.rows - earlier.rows,
+            over_128: self.over_128.saturating_sub(earlier.over_128),
+        }
+    }
+
+    fn parse(metrics: &str) -> PersistBatches {
+        let value = |prefix: &str| {
+            metrics
+                .lines()
+                .find(|l| l.starts_with(prefix))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        let batches = value("courier_persist_batch_size_count") as u64;
+        let upto_128 = value("courier_persist_batch_size_bucket{le=\"128\"}") as u64;
+        PersistBatches {
+            batches,
+            rows: value("courier_persist_batch_size_sum"),
+            over_128: batches.saturating_sub(upto_128),
+        }
+    }
+}
+
 /// A room: a Courier channel, or the peers' one broadcast set.
 #[derive(Clone, Copy, Debug)]
 pub enum Room {
@@ -270,6 +308,23 @@ struct ChannelIdOnly {
 }
 
 impl Env {
+    /// Courier's persistence batches so far (None for the peers).
+    pub async fn persist_batches(&self) -> Option<PersistBatches> {
+        if self.kind != Kind::Courier {
+            return None;
+        }
+        let text = self
+            .rest
+            .get(format!("{}/metrics", self.http_url))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        Some(PersistBatches::parse(&text))
+    }
+
     /// Connects to a peer as is, or to Courier after registering and
     /// logging in `users` users.
     pub async fn new(kind: Kind, base: &str, users: usize) -> Result<Env> {

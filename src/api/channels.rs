@@ -283,6 +283,8 @@ pub(super) async fn set_member_role(
         ..current
     };
     write(&app, WriteOp::UpsertMember(member.clone())).await?;
+    app.realtime
+        .notify_channel(id, ChannelMsg::MemberChanged(Box::new(member.clone())));
     caller.audit(
         &app,
         "channel.member_role",

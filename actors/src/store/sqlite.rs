@@ -6,9 +6,14 @@
 //! database. Ids are stored as hyphenated TEXT. Migrations come from
 //! `migrations/sqlite`, embedded at build time.
 //!
-//! SQLite has one writer at a time: every write transaction starts with
-//! `BEGIN IMMEDIATE`, which takes the write lock up front (waiting on the busy
-//! timeout) rather than failing when a read lock cannot be upgraded.
+//! SQLite has one writer at a time, so the store has one connection for
+//! writes and a small pool for reads (WAL lets them read while it writes).
+//! Writers (the persistence and audit actors, REST) queue for that one
+//! connection in sqlx's fair, async pool instead of colliding on the file
+//! lock, where SQLite's busy handler would sleep them for 1 to 100 ms at a
+//! time. Every write transaction still starts with `BEGIN IMMEDIATE`, which
+//! takes the write lock up front (another process on the file waits on the
+//! busy timeout) rather than failing when a read lock cannot be upgraded.
 //! [`Store::apply_batch`] is one such transaction; its statements are prepared
 //! once per connection and reused for every row (sqlx's statement cache).
 //!
@@ -40,10 +45,13 @@ use super::{
 
 static MIGRATOR: Migrator = sqlx::migrate!("../migrations/sqlite");
 
-/// The SQLite store. Cheap to clone (the pool is shared).
+/// The SQLite store. Cheap to clone (the pools are shared).
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
+    /// Reads.
     pool: SqlitePool,
+    /// Writes: one connection.
+    write: SqlitePool,
 }
 
 impl SqliteStore {
@@ -64,27 +72,39 @@ impl SqliteStore {
                 StoreError::Database(format!("cannot create {}: {e}", dir.display()))
             })?;
         }
-        let pool = if in_memory {
-            // An in-memory database lives as long as its one connection.
-            SqlitePoolOptions::new()
+        let (pool, write) = if in_memory {
+            // An in-memory database lives as long as its one connection,
+            // which then reads and writes.
+            let pool = SqlitePoolOptions::new()
                 .max_connections(1)
                 .min_connections(1)
                 .idle_timeout(None)
                 .max_lifetime(None)
+                .acquire_timeout(Duration::from_secs(5))
+                .connect_with(options)
+                .await?;
+            (pool.clone(), pool)
         } else {
-            SqlitePoolOptions::new().max_connections(4)
-        }
-        .acquire_timeout(Duration::from_secs(5))
-        .connect_with(options)
-        .await?;
-        let store = SqliteStore { pool };
+            let write = SqlitePoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(Duration::from_secs(5))
+                .connect_with(options.clone())
+                .await?;
+            let read = SqlitePoolOptions::new()
+                .max_connections(4)
+                .acquire_timeout(Duration::from_secs(5))
+                .connect_with(options)
+                .await?;
+            (read, write)
+        };
+        let store = SqliteStore { pool, write };
         store.migrate().await?;
         Ok(store)
     }
 
     /// A write transaction holding SQLite's write lock from the start.
     async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
-        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+        Ok(self.write.begin_with("BEGIN IMMEDIATE").await?)
     }
 
     /// Physically removes the messages matching `predicate` (on `$1`), first
@@ -142,7 +162,7 @@ impl Store for SqliteStore {
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
-        Ok(MIGRATOR.run(&self.pool).await?)
+        Ok(MIGRATOR.run(&self.write).await?)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -164,7 +184,7 @@ impl Store for SqliteStore {
         .bind(&user.password_hash)
         .bind(user.role.as_str())
         .bind(user.created_at)
-        .fetch_one(&self.pool)
+        .fetch_one(&self.write)
         .await?;
         sql::user(&row)
     }
@@ -230,7 +250,7 @@ impl Store for SqliteStore {
         .bind(patch.role.map(Role::as_str))
         .bind(patch.password_hash)
         .bind(patch.updated_at)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.write)
         .await?;
         sql::user(&row.ok_or(StoreError::NotFound)?)
     }
@@ -238,7 +258,7 @@ impl Store for SqliteStore {
     async fn delete_user(&self, user: UserId) -> Result<(), StoreError> {
         let done = sqlx::query("DELETE FROM users WHERE id = $1")
             .bind(id(user.0))
-            .execute(&self.pool)
+            .execute(&self.write)
             .await?;
         sql::found(done.rows_affected())
     }
@@ -259,7 +279,7 @@ impl Store for SqliteStore {
         .bind(id(user.0))
         .bind(i64::from(threshold))
         .bind(lock_until)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.write)
         .await?;
         sql::user(&row.ok_or(StoreError::NotFound)?)
     }
@@ -268,7 +288,7 @@ impl Store for SqliteStore {
         let done =
             sqlx::query("UPDATE users SET failed_logins = 0, locked_until = NULL WHERE id = $1")
                 .bind(id(user.0))
-                .execute(&self.pool)
+                .execute(&self.write)
                 .await?;
         sql::found(done.rows_affected())
     }
@@ -298,7 +318,7 @@ impl Store for SqliteStore {
         .bind(&session.ip)
         .bind(&session.user_agent)
         .bind(session.valid)
-        .execute(&self.pool)
+        .execute(&self.write)
         .await?;
         Ok(())
     }
@@ -376,7 +396,7 @@ impl Store for SqliteStore {
     async fn revoke_session(&self, session: SessionId) -> Result<bool, StoreError> {
         let done = sqlx::query("UPDATE sessions SET valid = FALSE WHERE id = $1 AND valid")
             .bind(id(session.0))
-            .execute(&self.pool)
+            .execute(&self.write)
             .await?;
         Ok(done.rows_affected() > 0)
     }
@@ -386,7 +406,7 @@ impl Store for SqliteStore {
             "UPDATE sessions SET valid = FALSE WHERE user_id = $1 AND valid RETURNING id",
         )
         .bind(id(user.0))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.write)
         .await?;
         sql::all(&rows, |r| Ok(SessionId(r.uuid("id")?)))
     }
@@ -478,7 +498,7 @@ impl Store for SqliteStore {
         .bind(patch.name)
         .bind(patch.description.is_some())
         .bind(patch.description.flatten())
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.write)
         .await?;
         sql::channel(&row.ok_or(StoreError::NotFound)?)
     }
@@ -486,7 +506,7 @@ impl Store for SqliteStore {
     async fn delete_channel(&self, channel: ChannelId) -> Result<(), StoreError> {
         let done = sqlx::query("DELETE FROM channels WHERE id = $1")
             .bind(id(channel.0))
-            .execute(&self.pool)
+            .execute(&self.write)
             .await?;
         sql::found(done.rows_affected())
     }
@@ -523,8 +543,27 @@ impl Store for SqliteStore {
         }
         let mut tx = self.begin_write().await?;
         let mut outcomes = Vec::with_capacity(ops.len());
-        for op in ops {
-            outcomes.push(apply_op(&mut tx, op).await?);
+        // Runs of consecutive inserts become multi-row statements (each
+        // statement is a round trip to sqlx's SQLite thread); other ops are
+        // applied one by one. Order is kept.
+        let is_insert = |op: &WriteOp| matches!(op, WriteOp::InsertMessage(_));
+        for run in ops.chunk_by(|a, b| is_insert(a) && is_insert(b)) {
+            if is_insert(&run[0]) {
+                let messages: Vec<&StoredMessage> = run
+                    .iter()
+                    .filter_map(|op| match op {
+                        WriteOp::InsertMessage(m) => Some(m),
+                        _ => None,
+                    })
+                    .collect();
+                for chunk in messages.chunks(INSERT_ROWS_MAX) {
+                    outcomes.extend(insert_messages(&mut tx, chunk).await?);
+                }
+            } else {
+                for op in run {
+                    outcomes.push(apply_op(&mut tx, op).await?);
+                }
+            }
         }
         tx.commit().await?;
         Ok(outcomes)
@@ -706,23 +745,34 @@ impl Store for SqliteStore {
             None => None,
         };
         sql::check_audit_continuity(head, entries)?;
-        for e in entries {
-            sqlx::query(
+        // Multi-row statements: each statement is a round trip to sqlx's
+        // SQLite thread. 9 parameters a row.
+        for chunk in entries.chunks(INSERT_ROWS_MAX) {
+            let mut statement = String::from(
                 "INSERT INTO audit_logs
                      (seq, timestamp, actor_id, ip, user_agent, action, details, prev_hash, hash)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            )
-            .bind(to_db(e.seq, "audit seq")?)
-            .bind(e.timestamp)
-            .bind(e.actor_id.map(|a| id(a.0)))
-            .bind(&e.ip)
-            .bind(&e.user_agent)
-            .bind(&e.action)
-            .bind(sql::details_json(&e.details)?)
-            .bind(&e.prev_hash)
-            .bind(&e.hash)
-            .execute(&mut *tx)
-            .await?;
+                 VALUES ",
+            );
+            for i in 0..chunk.len() {
+                if i > 0 {
+                    statement.push(',');
+                }
+                statement.push_str("(?,?,?,?,?,?,?,?,?)");
+            }
+            let mut query = sqlx::query(&statement);
+            for e in chunk {
+                query = query
+                    .bind(to_db(e.seq, "audit seq")?)
+                    .bind(e.timestamp)
+                    .bind(e.actor_id.map(|a| id(a.0)))
+                    .bind(&e.ip)
+                    .bind(&e.user_agent)
+                    .bind(&e.action)
+                    .bind(sql::details_json(&e.details)?)
+                    .bind(&e.prev_hash)
+                    .bind(&e.hash);
+            }
+            query.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -771,7 +821,7 @@ impl Store for SqliteStore {
         .bind(checkpoint.time)
         .bind(&checkpoint.key_id)
         .bind(&checkpoint.signature)
-        .execute(&self.pool)
+        .execute(&self.write)
         .await?;
         Ok(())
     }
@@ -916,6 +966,15 @@ async fn insert_message(
     if insert_row(conn, message).await? {
         return Ok(WriteOutcome::Done);
     }
+    refused_insert(conn, message).await
+}
+
+/// What a message that did not go in resolves to: the original of its
+/// client id (its own seq then gets a tombstone), or `NotFound`.
+async fn refused_insert(
+    conn: &mut SqliteConnection,
+    message: &StoredMessage,
+) -> Result<WriteOutcome, StoreError> {
     let Some(client) = &message.client_msg_id else {
         return Ok(WriteOutcome::NotFound);
     };
@@ -935,6 +994,71 @@ async fn insert_message(
         }
         None => Ok(WriteOutcome::NotFound),
     }
+}
+
+/// Rows per multi-row insert: 14 parameters each, well under SQLite's
+/// 32,766.
+const INSERT_ROWS_MAX: usize = 256;
+
+/// Inserts `messages` with one statement; a row whose client id is taken
+/// resolves to the original (and its seq gets a tombstone), one whose
+/// channel does not exist is `NotFound`.
+async fn insert_messages(
+    conn: &mut SqliteConnection,
+    messages: &[&StoredMessage],
+) -> Result<Vec<WriteOutcome>, StoreError> {
+    let mut statement = String::with_capacity(400 + messages.len() * 48);
+    statement.push_str(
+        "INSERT INTO messages (id, channel_id, seq, sender_id, client_msg_id, ciphertext, nonce,
+                               key_version, contains_phi, reply_to, created_at, edited_at,
+                               expires_at, deleted_at)
+         SELECT * FROM (VALUES ",
+    );
+    for i in 0..messages.len() {
+        if i > 0 {
+            statement.push(',');
+        }
+        statement.push_str("(?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
+    }
+    // The WHERE also settles SQLite's parse of `ON CONFLICT` after a SELECT.
+    statement.push_str(
+        ") AS v WHERE EXISTS (SELECT 1 FROM channels WHERE id = v.column2)
+         ON CONFLICT (channel_id, sender_id, client_msg_id) DO NOTHING
+         RETURNING id",
+    );
+    let mut query = sqlx::query(&statement);
+    for m in messages {
+        query = query
+            .bind(id(m.id.0))
+            .bind(id(m.channel_id.0))
+            .bind(to_db(m.seq, "seq")?)
+            .bind(id(m.sender_id.0))
+            .bind(&m.client_msg_id)
+            .bind(&m.ciphertext[..])
+            .bind(&m.nonce[..])
+            .bind(i64::from(m.key_version))
+            .bind(m.contains_phi)
+            .bind(m.reply_to.map(|r| id(r.0)))
+            .bind(m.created_at)
+            .bind(m.edited_at)
+            .bind(m.expires_at)
+            .bind(m.deleted_at);
+    }
+    let rows = query.fetch_all(&mut *conn).await?;
+    let mut inserted = std::collections::HashSet::with_capacity(rows.len());
+    for row in &rows {
+        inserted.insert(row.uuid("id")?);
+    }
+    let mut outcomes = Vec::with_capacity(messages.len());
+    for m in messages {
+        if inserted.contains(&m.id.0) {
+            outcomes.push(WriteOutcome::Done);
+        } else {
+            // Rare: a resend that reached the store, or a deleted channel.
+            outcomes.push(refused_insert(conn, m).await?);
+        }
+    }
+    Ok(outcomes)
 }
 
 /// Inserts a message row unless its client id is taken or its channel does

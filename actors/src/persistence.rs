@@ -19,7 +19,12 @@
 //! retried with backoff (nothing is acked meanwhile; the queue fills and new
 //! writes are refused), and service resumes by itself when the store returns.
 //! A batch that fails for another reason is retried op by op, so one bad row
-//! fails alone.
+//! fails alone. A write is refused only when the store answers and refuses
+//! it: when a failure is not classified transient but the store does not
+//! even answer a ping (say PostgreSQL refusing connections with a SQLSTATE
+//! the backend does not know as transient), it is retried like an outage.
+//! Refusing would burn the `seq` the channel actor gave the message, a gap
+//! in the channel, for a fault of the store rather than of the row.
 //!
 //! **Supervised by** the root supervisor. **A crash** loses the writes that
 //! were queued but not committed; none of them was acked, so clients resend
@@ -37,7 +42,7 @@ use tokio::task::JoinHandle;
 
 use crate::channel::ChannelMsg;
 use crate::metric_names as m;
-use crate::store::{DynStore, StoreError, WriteOp, WriteOutcome};
+use crate::store::{DynStore, WriteOp, WriteOutcome};
 
 /// Why a write was not committed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -265,7 +270,7 @@ async fn commit(store: &dyn crate::store::Store, batch: &mut Vec<Write>) {
                 histogram!(m::PERSIST_BATCH_SIZE).record(ops.len() as f64);
                 break outcomes.into_iter().map(Ok).collect();
             }
-            Err(e) if e.is_transient() => {
+            Err(e) if e.is_transient() || !answers(store).await => {
                 counter!(m::PERSIST_RETRIES).increment(1);
                 tracing::warn!(error = %e, rows = ops.len(), retry_in_ms = backoff.as_millis() as u64,
                     "store unavailable; batch not committed, retrying");
@@ -296,7 +301,8 @@ async fn apply_one_by_one(
                         .pop()
                         .ok_or_else(|| PersistError::Rejected("no outcome".into()))
                 }
-                Err(StoreError::Unavailable(_)) => {
+                Err(e) if e.is_transient() || !answers(store).await => {
+                    counter!(m::PERSIST_RETRIES).increment(1);
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
@@ -306,6 +312,15 @@ async fn apply_one_by_one(
         out.push(result);
     }
     out
+}
+
+/// Whether the store answers a ping within 2 s: a write that failed while it
+/// does not was refused by the store's state, not for what the write holds.
+async fn answers(store: &dyn crate::store::Store) -> bool {
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), store.ping()).await,
+        Ok(Ok(()))
+    )
 }
 
 /// Sends every outcome to its writer: one message per channel actor.

@@ -93,6 +93,7 @@ pub struct Config {
     pub allowed_origins: Vec<String>,
 
     pub outbound_queue_frames: usize,
+    pub outbound_queue_bytes: usize,
     pub heartbeat_ms: u64,
     pub idle_timeout_ms: u64,
     pub recovery_limit: u32,
@@ -154,6 +155,7 @@ impl Default for Config {
             auth_per_15min: 10,
             allowed_origins: Vec::new(),
             outbound_queue_frames: 1024,
+            outbound_queue_bytes: 4 * 1024 * 1024,
             heartbeat_ms: 30_000,
             idle_timeout_ms: 60_000,
             recovery_limit: 1000,

@@ -124,6 +124,7 @@ pub async fn start(config: Config) -> Result<Started, ServerError> {
             max_text_bytes: config.max_text_bytes,
             send_per_minute: config.send_per_minute,
             outbound_queue: config.outbound_queue_frames,
+            outbound_queue_bytes: config.outbound_queue_bytes,
             auth_timeout: Duration::from_millis(config.auth_timeout_ms),
             heartbeat: Duration::from_millis(config.heartbeat_ms),
             idle_timeout: Duration::from_millis(config.idle_timeout_ms),

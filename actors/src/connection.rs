@@ -162,8 +162,12 @@ impl Actor for ConnectionActor {
             let myself = myself.clone();
             let (write, receiver) = (args.write, args.receiver);
             tokio::spawn(async move {
-                let end = outbound::run_writer(write, receiver).await;
+                let (end, closing) = outbound::run_writer(write, receiver).await;
                 let _ = myself.cast(ConnMsg::WriteEnded(end));
+                // The actor goes now; the close code may still reach the client.
+                if let Some(closing) = closing {
+                    closing.deliver().await;
+                }
             })
         };
         let reader = tokio::spawn(read_loop(

@@ -4,9 +4,10 @@
 //! Channel actors push into [`Outbound`] directly (no mailbox hop per
 //! delivery). The queue holds [`Bytes`] that are complete frames on the wire
 //! (see [`wire`]): a push is encoded and framed once and every recipient's
-//! queue references the same bytes, never a copy. A full queue means the
-//! client cannot keep up: the push fails, the connection is closed with 4009
-//! and counted; memory never grows without bound.
+//! queue references the same bytes, never a copy. The queue is bounded in
+//! frames and in bytes not yet written to the socket: when either bound is
+//! reached the client cannot keep up, the push fails, the connection is
+//! closed with 4009 and counted; memory never grows without bound.
 //!
 //! The writer takes everything queued at once and hands it to the socket in
 //! vectored writes of up to [`WRITE_SLICES`] frames, so a burst of frames to
@@ -16,7 +17,7 @@
 
 use std::io::IoSlice;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -67,6 +68,29 @@ struct Shared {
     /// A close the writer must do at once (0: none).
     close_now: AtomicU16,
     wake: Notify,
+    /// Bytes pushed and not yet written to the socket.
+    unwritten: AtomicUsize,
+    max_unwritten: usize,
+}
+
+/// How much a connection's queue may hold.
+#[derive(Clone, Copy, Debug)]
+pub struct QueueLimits {
+    /// Frames queued.
+    pub frames: usize,
+    /// Bytes pushed and not yet written to the socket (a frame over it
+    /// still goes through when nothing else is waiting).
+    pub bytes: usize,
+}
+
+impl QueueLimits {
+    /// `frames` frames, with no byte bound.
+    pub fn frames(frames: usize) -> Self {
+        Self {
+            frames,
+            bytes: usize::MAX,
+        }
+    }
 }
 
 /// The handle to a connection's outbound queue. Cheap to clone.
@@ -83,17 +107,19 @@ pub struct OutboundReceiver {
     shared: Arc<Shared>,
 }
 
-/// Creates a connection's queue of `capacity` frames.
+/// Creates a connection's queue.
 pub fn outbound(
     conn_id: ConnId,
-    capacity: usize,
+    limits: QueueLimits,
     encoding: Encoding,
 ) -> (Outbound, OutboundReceiver) {
-    let (tx, rx) = mpsc::channel(capacity.max(1));
+    let (tx, rx) = mpsc::channel(limits.frames.max(1));
     let shared = Arc::new(Shared {
         conn_id,
         close_now: AtomicU16::new(0),
         wake: Notify::new(),
+        unwritten: AtomicUsize::new(0),
+        max_unwritten: limits.bytes,
     });
     (
         Outbound {
@@ -127,17 +153,31 @@ impl Outbound {
     /// Queues one finished frame without waiting. On overflow the
     /// connection is closed with 4009 and counted as a slow consumer.
     pub fn push(&self, frame: Bytes) -> Push {
+        let len = frame.len();
+        let before = self.shared.unwritten.fetch_add(len, Ordering::Relaxed);
+        if before > 0 && before + len > self.shared.max_unwritten {
+            self.shared.unwritten.fetch_sub(len, Ordering::Relaxed);
+            return self.slow_consumer();
+        }
         match self.tx.try_send(frame) {
             Ok(()) => Push::Queued,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                if self.close_now(close::SLOW_CONSUMER) {
-                    counter!(m::SLOW_CONSUMERS).increment(1);
-                    tracing::info!(conn_id = %self.shared.conn_id, "slow consumer: closing with 4009");
+            Err(e) => {
+                self.shared.unwritten.fetch_sub(len, Ordering::Relaxed);
+                match e {
+                    mpsc::error::TrySendError::Full(_) => self.slow_consumer(),
+                    mpsc::error::TrySendError::Closed(_) => Push::Gone,
                 }
-                Push::SlowConsumer
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => Push::Gone,
         }
+    }
+
+    /// Closes the connection with 4009 (once) and counts it.
+    fn slow_consumer(&self) -> Push {
+        if self.close_now(close::SLOW_CONSUMER) {
+            counter!(m::SLOW_CONSUMERS).increment(1);
+            tracing::info!(conn_id = %self.shared.conn_id, "slow consumer: closing with 4009");
+        }
+        Push::SlowConsumer
     }
 
     /// Encodes `frame` in `encoding` and queues it (an answer goes out in
@@ -243,13 +283,42 @@ pub const WRITE_SLICES: usize = 64;
 const DRAIN_MAX: usize = 256;
 /// How long a close frame may take to go out before the socket is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// How long a connection closed by the server (4009, say) may take to take
+/// the rest of a half-written frame and the close frame, after its actor
+/// has gone: the socket, and at most one frame, are held that long.
+pub const CLOSE_LINGER: Duration = Duration::from_secs(10);
+
+/// A close the writer could not finish at once (the socket was full): the
+/// rest of the frame being written, then the close frame.
+pub struct Closing<W> {
+    io: W,
+    rest: Bytes,
+    code: u16,
+}
+
+impl<W: AsyncWrite + Unpin> Closing<W> {
+    /// Writes what is left and the close frame, within [`CLOSE_LINGER`],
+    /// then shuts the socket down; gives up silently when the client does
+    /// not take them.
+    pub async fn deliver(mut self) {
+        let close = wire::close(self.code, "");
+        let _ = tokio::time::timeout(CLOSE_LINGER, async {
+            self.io.write_all(&self.rest).await?;
+            self.io.write_all(&close).await?;
+            self.io.shutdown().await
+        })
+        .await;
+    }
+}
 
 /// Drains the queue into `io` until a close or a socket error.
 ///
 /// Each round takes what is queued and writes it with vectored writes; a
 /// `close_now` is honoured between any two writes, also while the socket is
-/// full (a slow consumer is closed even though its socket never drains).
-pub async fn run_writer<W>(mut io: W, mut rx: OutboundReceiver) -> WriterEnd
+/// full: the writer ends at once (so a slow consumer's actor goes at once)
+/// and hands back a [`Closing`] with what must still go out for the client
+/// to see the close code; the caller delivers it after telling the actor.
+pub async fn run_writer<W>(mut io: W, mut rx: OutboundReceiver) -> (WriterEnd, Option<Closing<W>>)
 where
     W: AsyncWrite + Unpin,
 {
@@ -264,14 +333,14 @@ where
             tokio::select! {
                 biased;
                 _ = rx.shared.wake.notified() => {
-                    if let Some(end) = close_now(&mut io, &rx.shared, false).await {
-                        return end;
+                    match rx.shared.close_now.load(Ordering::SeqCst) {
+                        0 => continue,
+                        code => return closing(io, Bytes::new(), code),
                     }
-                    continue;
                 }
                 n = rx.rx.recv_many(&mut batch, DRAIN_MAX) => {
                     if n == 0 {
-                        return WriterEnd::Dropped;
+                        return (WriterEnd::Dropped, None);
                     }
                 }
             }
@@ -297,16 +366,20 @@ where
             tokio::select! {
                 biased;
                 _ = rx.shared.wake.notified() => {
-                    if let Some(end) = close_now(&mut io, &rx.shared, offset > 0).await {
-                        return end;
+                    match rx.shared.close_now.load(Ordering::SeqCst) {
+                        0 => continue,
+                        code => {
+                            let rest = batch[done].slice(offset..);
+                            let rest = if offset > 0 { rest } else { Bytes::new() };
+                            return closing(io, rest, code);
+                        }
                     }
-                    continue;
                 }
                 r = io.write_vectored(&slices[..count]) => r,
             }
         };
         let mut n = match written {
-            Ok(0) | Err(_) => return WriterEnd::Failed,
+            Ok(0) | Err(_) => return (WriterEnd::Failed, None),
             Ok(n) => n,
         };
         while n > 0 {
@@ -318,33 +391,20 @@ where
             n -= left;
             offset = 0;
             done += 1;
+            rx.shared
+                .unwritten
+                .fetch_sub(batch[done - 1].len(), Ordering::Relaxed);
             if let Some(code) = wire::close_code(&batch[done - 1]) {
                 let _ = tokio::time::timeout(CLOSE_GRACE, io.shutdown()).await;
-                return WriterEnd::Closed(code);
+                return (WriterEnd::Closed(code), None);
             }
         }
     }
 }
 
-/// Honours a pending `close_now`, if any: sends the close frame (unless a
-/// frame is half written, which a close frame cannot follow) and ends.
-async fn close_now<W>(io: &mut W, shared: &Shared, mid_frame: bool) -> Option<WriterEnd>
-where
-    W: AsyncWrite + Unpin,
-{
-    let code = shared.close_now.load(Ordering::SeqCst);
-    if code == 0 {
-        return None;
-    }
-    if !mid_frame {
-        let frame = wire::close(code, "");
-        let _ = tokio::time::timeout(CLOSE_GRACE, async {
-            io.write_all(&frame).await?;
-            io.shutdown().await
-        })
-        .await;
-    }
-    Some(WriterEnd::Closed(code))
+/// The end of a writer told to close now with `code`.
+fn closing<W>(io: W, rest: Bytes, code: u16) -> (WriterEnd, Option<Closing<W>>) {
+    (WriterEnd::Closed(code), Some(Closing { io, rest, code }))
 }
 
 /// The socket as tungstenite sees it: reads come from the socket; what
@@ -400,7 +460,11 @@ mod tests {
     use tokio::io::AsyncReadExt;
 
     fn queue(capacity: usize) -> (Outbound, OutboundReceiver) {
-        outbound(ConnId::next(), capacity, Encoding::MessagePack)
+        outbound(
+            ConnId::next(),
+            QueueLimits::frames(capacity),
+            Encoding::MessagePack,
+        )
     }
 
     #[tokio::test]
@@ -421,7 +485,7 @@ mod tests {
         let mut expected: Vec<u8> = frames.iter().flat_map(|f| f.iter().copied()).collect();
         expected.extend_from_slice(&wire::close(1000, "bye"));
         assert_eq!(got, expected);
-        assert_eq!(writer.await.expect("writer"), WriterEnd::Closed(1000));
+        assert_eq!(writer.await.expect("writer").0, WriterEnd::Closed(1000));
     }
 
     #[tokio::test]
@@ -441,7 +505,49 @@ mod tests {
             .await
             .expect("the writer ends although its socket never drains")
             .expect("writer");
+        assert_eq!(end.0, WriterEnd::Closed(close::SLOW_CONSUMER));
+    }
+
+    #[tokio::test]
+    async fn the_byte_bound_closes_a_consumer_before_the_frame_bound() {
+        let limits = QueueLimits {
+            frames: 1024,
+            bytes: 10_000,
+        };
+        let (tx, rx) = outbound(ConnId::next(), limits, Encoding::MessagePack);
+        let (_client, server) = tokio::io::duplex(16);
+        let writer = tokio::spawn(run_writer(server, rx));
+        let frame = wire::frame(Opcode::Binary, &[0u8; 3000]);
+        // Pushed without yielding: the writer has written none of them.
+        let outcomes: Vec<Push> = (0..4).map(|_| tx.push(frame.clone())).collect();
+        assert_eq!(&outcomes[..3], &[Push::Queued; 3]);
+        assert_eq!(outcomes[3], Push::SlowConsumer);
+        let end = tokio::time::timeout(Duration::from_secs(5), writer)
+            .await
+            .expect("the writer ends")
+            .expect("writer");
+        assert_eq!(end.0, WriterEnd::Closed(close::SLOW_CONSUMER));
+    }
+
+    #[tokio::test]
+    async fn a_client_that_reads_late_still_gets_the_close_code() {
+        let (tx, rx) = queue(8);
+        let (mut client, server) = tokio::io::duplex(16);
+        let writer = tokio::spawn(run_writer(server, rx));
+        let big = wire::frame(Opcode::Binary, &[9u8; 1000]);
+        tx.push(big.clone());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        tx.close_now(close::SLOW_CONSUMER);
+        let (end, closing) = writer.await.expect("writer");
         assert_eq!(end, WriterEnd::Closed(close::SLOW_CONSUMER));
+        let deliver = tokio::spawn(closing.expect("a frame was half written").deliver());
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.expect("read");
+        deliver.await.expect("deliver");
+        assert_eq!(
+            got,
+            [&big[..], &wire::close(close::SLOW_CONSUMER, "")[..]].concat()
+        );
     }
 
     #[tokio::test]
@@ -459,6 +565,6 @@ mod tests {
         let mut got = Vec::new();
         client.read_to_end(&mut got).await.expect("read");
         assert_eq!(got, [&push[..], &pong[..], &reply[..]].concat());
-        assert_eq!(writer.await.expect("writer"), WriterEnd::Closed(1000));
+        assert_eq!(writer.await.expect("writer").0, WriterEnd::Closed(1000));
     }
 }

@@ -36,7 +36,7 @@ use crate::connection::{send_quota, ConnectionActor, ConnectionArgs, Peer};
 use crate::crypto::MessageCipher;
 use crate::history;
 use crate::identity::{Authenticator, Identity};
-use crate::outbound::{self, ConnId, ControlWriter};
+use crate::outbound::{self, ConnId, ControlWriter, QueueLimits};
 use crate::persistence::{
     PersistError, PersistenceActor, PersistenceConfig, PersistenceHandle, PersistenceMsg,
 };
@@ -51,6 +51,8 @@ pub struct Limits {
     pub max_text_bytes: usize,
     pub send_per_minute: u32,
     pub outbound_queue: usize,
+    /// Bytes a connection's queue may hold unwritten.
+    pub outbound_queue_bytes: usize,
     pub auth_timeout: Duration,
     pub heartbeat: Duration,
     pub idle_timeout: Duration,
@@ -293,7 +295,10 @@ impl Realtime {
     {
         let (outbound, receiver) = outbound::outbound(
             ConnId::next(),
-            self.limits.outbound_queue,
+            QueueLimits {
+                frames: self.limits.outbound_queue,
+                bytes: self.limits.outbound_queue_bytes,
+            },
             Encoding::MessagePack,
         );
         let (read, write) = tokio::io::split(socket);

@@ -3,7 +3,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::State;
@@ -75,10 +74,9 @@ async fn health() -> Response<Body> {
 }
 
 async fn ready(State(app): State<Arc<App>>) -> Response<Body> {
-    let store_ok = matches!(
-        tokio::time::timeout(Duration::from_secs(2), app.store.ping()).await,
-        Ok(Ok(()))
-    );
+    // The persistence actor's view (a ping every 250 ms, and whether its
+    // batches commit): when this says 503, sends are refused `unavailable`.
+    let store_ok = app.realtime.persistence.store_reachable();
     let actors_ok = app.realtime.healthy();
     let status = if store_ok && actors_ok {
         StatusCode::OK

@@ -10,6 +10,7 @@
 //! - [`secrets`]: the JWT secret and the master keyring (generated in development).
 //! - [`telemetry`]: logs and Prometheus metrics.
 //! - [`server`]: `run(listener, config, shutdown)`.
+//! - [`accept`]: the accept loop (HTTP/1 with a header deadline).
 //! - [`http`]: the router, health, readiness, metrics.
 //! - [`ws`]: the WebSocket upgrade.
 //! - [`api`]: REST handlers.
@@ -21,6 +22,7 @@
 #![forbid(unsafe_code)]
 #![warn(unreachable_pub)]
 
+pub mod accept;
 pub mod api;
 pub mod auth;
 pub mod commands;

@@ -9,7 +9,6 @@
 //! 1001 and returns.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -242,23 +241,13 @@ pub async fn serve(
         .keyring_file
         .map(|file| tokio::spawn(watch_keyring(file, app.clone())));
     let router = http::router(app.clone());
-    let service = router.into_make_service_with_connect_info::<SocketAddr>();
+    let header_timeout = Duration::from_millis(app.config.auth_timeout_ms);
     match started.tls {
         Some(tls) => {
-            // `tap_io` makes axum hand the peer address on as `ConnectInfo`.
-            let listener = axum::serve::ListenerExt::tap_io(
-                crate::tls::TlsListener::new(listener, tls)?,
-                |_| {},
-            );
-            axum::serve(listener, service)
-                .with_graceful_shutdown(shutdown)
-                .await?
+            let listener = crate::tls::TlsListener::new(listener, tls)?;
+            crate::accept::serve(listener, router, header_timeout, shutdown).await
         }
-        None => {
-            axum::serve(listener, service)
-                .with_graceful_shutdown(shutdown)
-                .await?
-        }
+        None => crate::accept::serve(listener, router, header_timeout, shutdown).await,
     }
     tracing::info!("shutting down: flushing queued writes");
     if let Some(task) = reload {

@@ -33,11 +33,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use courier_protocol::codec::Encoding;
+use courier_protocol::error::close;
 use courier_protocol::frames::{ChannelView, MessageView, PresenceStatus, Ref, ServerFrame};
 use courier_protocol::{ChannelId, ErrorCode, MessageId, UserId};
 use metrics::{counter, histogram};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use crate::audit::AuditHandle;
 use crate::audit_chain::PendingAudit;
@@ -48,6 +49,7 @@ use crate::history;
 use crate::metric_names as m;
 use crate::outbound::{ConnId, EncodedFrame, Outbound, Push};
 use crate::persistence::{PersistError, PersistReply, PersistenceHandle};
+use crate::realtime::ShutdownPhase;
 use crate::store::{
     Channel, ClientMsgRef, DynStore, Member, Role, StoredMessage, WriteOp, WriteOutcome,
 };
@@ -65,6 +67,9 @@ pub struct ChannelServices {
     pub typing_expiry: Duration,
     /// A channel with no connections and no pending writes stops after this.
     pub idle_stop: Duration,
+    /// The server's shutdown phase: an actor that dies once the server is
+    /// closing closes its connections with 1001, not as a crash.
+    pub shutdown: watch::Receiver<ShutdownPhase>,
 }
 
 /// Why a request to a channel failed. Mapped to an error code at the edge.
@@ -95,7 +100,9 @@ impl ChannelError {
 impl From<PersistError> for ChannelError {
     fn from(e: PersistError) -> Self {
         match e {
-            PersistError::Full | PersistError::Closed => ChannelError::Unavailable,
+            PersistError::Full | PersistError::StoreDown | PersistError::Closed => {
+                ChannelError::Unavailable
+            }
             PersistError::Rejected(why) => ChannelError::Internal(why),
         }
     }
@@ -290,6 +297,8 @@ struct Subscribers {
     msgpack: usize,
     json: usize,
     clean: bool,
+    /// The server's shutdown phase (see [`ChannelServices::shutdown`]).
+    shutdown: Option<watch::Receiver<ShutdownPhase>>,
 }
 
 impl Subscribers {
@@ -361,8 +370,13 @@ impl Subscribers {
 impl Drop for Subscribers {
     fn drop(&mut self) {
         if !self.clean {
+            let closing = self
+                .shutdown
+                .as_ref()
+                .is_some_and(|s| *s.borrow() == ShutdownPhase::Closing);
+            let code = if closing { close::GOING_AWAY } else { 1011 };
             for sub in self.by_conn.values() {
-                sub.outbound.close_now(1011);
+                sub.outbound.close_now(code);
             }
         }
     }
@@ -479,12 +493,19 @@ impl Actor for ChannelActor {
         }
         myself.send_interval(Duration::from_secs(1), || ChannelMsg::Tick);
         metrics::gauge!(m::CHANNELS_ACTIVE).increment(1.0);
+        let shutdown = args.services.shutdown.clone();
         Ok(ChannelState {
             services: args.services,
             channel: args.channel,
             last_assigned: last,
             last_committed: last,
-            subscribers: Subscribers::default(),
+            subscribers: Subscribers {
+                by_conn: HashMap::new(),
+                msgpack: 0,
+                json: 0,
+                clean: false,
+                shutdown: Some(shutdown),
+            },
             members: HashMap::new(),
             client_ids,
             pending: HashMap::new(),

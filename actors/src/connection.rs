@@ -126,6 +126,8 @@ pub struct ConnectionState {
     _live: crate::realtime::ConnectionGuard,
     /// Set by a clean stop; without it (a crash) `Drop` closes with 1011.
     clean: bool,
+    /// A close is queued: no more frames are answered.
+    closing: bool,
 }
 
 impl Drop for ConnectionState {
@@ -135,7 +137,10 @@ impl Drop for ConnectionState {
             timer.abort();
         }
         if !self.clean {
-            self.outbound.close_now(1011);
+            // Killed while the server closes is going away, not a crash.
+            let closing = *self.realtime.shutdown.borrow() == ShutdownPhase::Closing;
+            self.outbound
+                .close_now(if closing { close::GOING_AWAY } else { 1011 });
         }
     }
 }
@@ -194,6 +199,7 @@ impl Actor for ConnectionActor {
             span,
             _live: args.live,
             clean: false,
+            closing: false,
         })
     }
 
@@ -244,6 +250,7 @@ impl Actor for ConnectionActor {
         let span = state.span.clone();
         let _enter = span.enter();
         match msg {
+            ConnMsg::Frame(_, _) if state.closing => {}
             ConnMsg::Frame(frame, _permit) => {
                 state.last_heard = Instant::now();
                 // Boxed: the request futures are large, and inline they would
@@ -357,7 +364,10 @@ impl ConnectionState {
         self.outbound.push_frame(frame, encoding);
     }
 
-    fn close_after_queued(&self, code: u16, reason: &'static str) {
+    /// Queues a close behind what is queued; frames read from now on are
+    /// dropped unanswered.
+    fn close_after_queued(&mut self, code: u16, reason: &'static str) {
+        self.closing = true;
         let outbound = self.outbound.clone();
         tokio::spawn(async move { outbound.close_after_queued(code, reason).await });
     }
@@ -681,9 +691,11 @@ impl ConnectionState {
                 self.send(&frame, encoding);
             }
             ClientRequest::AddReaction(r) | ClientRequest::RemoveReaction(r)
-                if r.reaction.is_empty() || r.reaction.len() > 64 =>
+                if r.reaction.is_empty() || r.reaction.len() > 64 || r.reaction.contains('\0') =>
             {
-                return Err(RequestError::Invalid("reaction must be 1 to 64 bytes"));
+                return Err(RequestError::Invalid(
+                    "reaction must be 1 to 64 bytes, without U+0000",
+                ));
             }
             ClientRequest::AddReaction(r) => {
                 self.react(identity, r.message_id, r.reaction, true, reply)

@@ -16,8 +16,12 @@
 //! does it answer each writer: channel actors get one
 //! [`ChannelMsg::Committed`] per batch with all their outcomes, in order;
 //! other writers get a oneshot. When the store is unreachable the batch is
-//! retried with backoff (nothing is acked meanwhile; the queue fills and new
-//! writes are refused), and service resumes by itself when the store returns.
+//! retried with backoff (nothing is acked meanwhile), and service resumes by
+//! itself when the store returns. A probe pings the store every
+//! [`PROBE_EVERY`]; while the probe fails or a batch cannot commit, new
+//! writes are refused at once with [`PersistError::StoreDown`] (before the
+//! channel actor spends a `seq` on them) instead of queueing behind a batch
+//! that cannot commit, and `/ready` answers 503 ([`StoreHealth`]).
 //! A batch that fails for another reason is retried op by op, so one bad row
 //! fails alone. A write is refused only when the store answers and refuses
 //! it: when a failure is not classified transient but the store does not
@@ -50,6 +54,10 @@ pub enum PersistError {
     /// The queue is full (the store is slow or down): try again later.
     #[error("persistence queue is full")]
     Full,
+    /// The store is unreachable (the last commit failed and is being
+    /// retried): the write was not queued.
+    #[error("the store is unreachable")]
+    StoreDown,
     /// The persistence actor is stopping or gone.
     #[error("persistence is shutting down")]
     Closed,
@@ -84,15 +92,41 @@ pub enum Queued {
     Wake,
 }
 
+/// How often the probe pings the store.
+pub const PROBE_EVERY: Duration = Duration::from_millis(250);
+/// A ping slower than this counts as a failure.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Whether the store can take writes, as the persistence actor sees it.
+#[derive(Debug, Default)]
+pub struct StoreHealth {
+    /// The last ping failed.
+    probe_down: AtomicBool,
+    /// A batch is failing to commit for want of the store.
+    commit_down: AtomicBool,
+}
+
+impl StoreHealth {
+    /// Whether writes can go to the store now.
+    pub fn reachable(&self) -> bool {
+        !self.probe_down.load(Ordering::Relaxed) && !self.commit_down.load(Ordering::Relaxed)
+    }
+}
+
 /// The cheap, cloneable way in: a bounded queue to the batching loop.
 #[derive(Clone)]
 pub struct PersistenceHandle {
     tx: mpsc::Sender<Queued>,
+    health: Arc<StoreHealth>,
 }
 
 impl PersistenceHandle {
     /// Queues a write, or refuses at once when the queue is full.
     pub fn submit(&self, op: WriteOp, reply: PersistReply) -> Result<(), PersistError> {
+        if !self.health.reachable() {
+            counter!(m::PERSIST_REJECTED).increment(1);
+            return Err(PersistError::StoreDown);
+        }
         match self.tx.try_send(Queued::Write(Write { op, reply })) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -101,6 +135,11 @@ impl PersistenceHandle {
             }
             Err(mpsc::error::TrySendError::Closed(_)) => Err(PersistError::Closed),
         }
+    }
+
+    /// Whether the store can take writes now (see [`StoreHealth`]).
+    pub fn store_reachable(&self) -> bool {
+        self.health.reachable()
     }
 
     /// Queues a write and waits for its commit.
@@ -135,6 +174,8 @@ pub enum PersistenceMsg {
 pub struct PersistenceArgs {
     pub store: DynStore,
     pub config: PersistenceConfig,
+    /// Shared with the handles.
+    pub health: Arc<StoreHealth>,
 }
 
 /// The batching loop's task and the way to stop it.
@@ -142,6 +183,7 @@ pub struct PersistenceState {
     stop: Arc<AtomicBool>,
     closer: mpsc::Sender<Queued>,
     task: Option<JoinHandle<()>>,
+    probe: JoinHandle<()>,
 }
 
 impl PersistenceActor {
@@ -152,11 +194,23 @@ impl PersistenceActor {
         config: PersistenceConfig,
     ) -> Result<(ActorRef<PersistenceMsg>, PersistenceHandle), ractor::SpawnErr> {
         let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
-        let handle = PersistenceHandle { tx: tx.clone() };
+        let health = Arc::new(StoreHealth::default());
+        let handle = PersistenceHandle {
+            tx: tx.clone(),
+            health: health.clone(),
+        };
         let (actor, _) = Actor::spawn_linked(
             None,
             PersistenceActor,
-            (PersistenceArgs { store, config }, tx, rx),
+            (
+                PersistenceArgs {
+                    store,
+                    config,
+                    health,
+                },
+                tx,
+                rx,
+            ),
             supervisor,
         )
         .await?;
@@ -179,11 +233,19 @@ impl Actor for PersistenceActor {
         (args, closer, rx): Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         let stop = Arc::new(AtomicBool::new(false));
-        let task = tokio::spawn(batch_loop(args.store, args.config, rx, stop.clone()));
+        let probe = tokio::spawn(probe(args.store.clone(), args.health.clone()));
+        let task = tokio::spawn(batch_loop(
+            args.store,
+            args.config,
+            rx,
+            stop.clone(),
+            args.health,
+        ));
         Ok(PersistenceState {
             stop,
             closer,
             task: Some(task),
+            probe,
         })
     }
 
@@ -216,6 +278,7 @@ impl Actor for PersistenceActor {
         if let Some(task) = state.task.take() {
             task.abort();
         }
+        state.probe.abort();
         Ok(())
     }
 }
@@ -226,6 +289,7 @@ async fn batch_loop(
     config: PersistenceConfig,
     mut rx: mpsc::Receiver<Queued>,
     stop: Arc<AtomicBool>,
+    health: Arc<StoreHealth>,
 ) {
     let batch_max = config.batch_max.max(1);
     let mut queued: Vec<Queued> = Vec::with_capacity(batch_max);
@@ -251,7 +315,7 @@ async fn batch_loop(
         }));
         gauge!(m::PERSIST_QUEUE).set(rx.len() as f64);
         if !batch.is_empty() {
-            commit(&*store, &mut batch).await;
+            commit(&*store, &mut batch, &health).await;
         }
         batch.clear();
     }
@@ -259,18 +323,20 @@ async fn batch_loop(
 
 /// Commits one batch, retrying while the store is unreachable, and answers
 /// every writer.
-async fn commit(store: &dyn crate::store::Store, batch: &mut Vec<Write>) {
+async fn commit(store: &dyn crate::store::Store, batch: &mut Vec<Write>, health: &StoreHealth) {
     let ops: Vec<WriteOp> = batch.iter().map(|w| w.op.clone()).collect();
     let mut backoff = Duration::from_millis(50);
     let outcomes: Vec<Result<WriteOutcome, PersistError>> = loop {
         let started = Instant::now();
         match store.apply_batch(&ops).await {
             Ok(outcomes) => {
+                health.commit_down.store(false, Ordering::Relaxed);
                 histogram!(m::PERSIST_FLUSH_SECONDS).record(started.elapsed().as_secs_f64());
                 histogram!(m::PERSIST_BATCH_SIZE).record(ops.len() as f64);
                 break outcomes.into_iter().map(Ok).collect();
             }
             Err(e) if e.is_transient() || !answers(store).await => {
+                health.commit_down.store(true, Ordering::Relaxed);
                 counter!(m::PERSIST_RETRIES).increment(1);
                 tracing::warn!(error = %e, rows = ops.len(), retry_in_ms = backoff.as_millis() as u64,
                     "store unavailable; batch not committed, retrying");
@@ -312,6 +378,26 @@ async fn apply_one_by_one(
         out.push(result);
     }
     out
+}
+
+/// Pings the store every [`PROBE_EVERY`] and records whether it answered.
+async fn probe(store: DynStore, health: Arc<StoreHealth>) {
+    let mut every = tokio::time::interval(PROBE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let ok = matches!(
+            tokio::time::timeout(PROBE_TIMEOUT, store.ping()).await,
+            Ok(Ok(()))
+        );
+        if health.probe_down.swap(!ok, Ordering::Relaxed) == ok {
+            if ok {
+                tracing::info!("store reachable again");
+            } else {
+                tracing::warn!("store unreachable: new writes are refused until it answers");
+            }
+        }
+    }
 }
 
 /// Whether the store answers a ping within 2 s: a write that failed while it

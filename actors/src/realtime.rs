@@ -116,7 +116,9 @@ impl From<StoreError> for AccessError {
 impl From<PersistError> for AccessError {
     fn from(e: PersistError) -> Self {
         match e {
-            PersistError::Full | PersistError::Closed => AccessError::Unavailable,
+            PersistError::Full | PersistError::StoreDown | PersistError::Closed => {
+                AccessError::Unavailable
+            }
             PersistError::Rejected(_) => AccessError::Internal,
         }
     }
@@ -211,6 +213,7 @@ impl Realtime {
                 .await?;
         let (audit_actor, audit) =
             AuditActor::spawn_linked(root.get_cell(), deps.store.clone(), deps.audit).await?;
+        let (shutdown_tx, shutdown) = watch::channel(ShutdownPhase::Running);
         let services = Arc::new(ChannelServices {
             store: deps.store.clone(),
             cipher: deps.cipher.clone(),
@@ -220,6 +223,7 @@ impl Realtime {
             recovery_limit: deps.recovery_limit,
             typing_expiry: deps.typing_expiry,
             idle_stop: Duration::from_secs(60),
+            shutdown: shutdown.clone(),
         });
         let (channels, _) = Actor::spawn_linked(
             Some(core_name("channels")),
@@ -248,7 +252,6 @@ impl Realtime {
             root.get_cell(),
         )
         .await?;
-        let (shutdown_tx, shutdown) = watch::channel(ShutdownPhase::Running);
         Ok(Arc::new(Realtime {
             send_limiter: RateLimiter::keyed(send_quota(deps.limits.send_per_minute)),
             store: deps.store,

@@ -247,7 +247,16 @@ pub async fn serve(
             let listener = crate::tls::TlsListener::new(listener, tls)?;
             crate::accept::serve(listener, router, header_timeout, shutdown).await
         }
-        None => crate::accept::serve(listener, router, header_timeout, shutdown).await,
+        None => {
+            // Frames are small and latency matters: no Nagle delay (the TLS
+            // listener sets the same).
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+                }
+            });
+            crate::accept::serve(listener, router, header_timeout, shutdown).await
+        }
     }
     tracing::info!("shutting down: flushing queued writes");
     if let Some(task) = reload {

@@ -1023,8 +1023,7 @@ async fn insert_messages(
     // The WHERE also settles SQLite's parse of `ON CONFLICT` after a SELECT.
     statement.push_str(
         ") AS v WHERE EXISTS (SELECT 1 FROM channels WHERE id = v.column2)
-         ON CONFLICT (channel_id, sender_id, client_msg_id) DO NOTHING
-         RETURNING id",
+         ON CONFLICT (channel_id, sender_id, client_msg_id) DO NOTHING",
     );
     let mut query = sqlx::query(&statement);
     for m in messages {
@@ -1043,6 +1042,23 @@ async fn insert_messages(
             .bind(m.edited_at)
             .bind(m.expires_at)
             .bind(m.deleted_at);
+    }
+    // Not `RETURNING`: sqlx hands each returned row from its SQLite thread
+    // to this task one at a time, a scheduler round trip per row.
+    let done = query.execute(&mut *conn).await?;
+    if done.rows_affected() == messages.len() as u64 {
+        return Ok(vec![WriteOutcome::Done; messages.len()]);
+    }
+    // Rare: a resend that reached the store, or a deleted channel. Which
+    // rows went in is read back.
+    let mut lookup = String::from("SELECT id FROM messages WHERE id IN (");
+    for i in 0..messages.len() {
+        lookup.push_str(if i == 0 { "?" } else { ",?" });
+    }
+    lookup.push(')');
+    let mut query = sqlx::query(&lookup);
+    for m in messages {
+        query = query.bind(id(m.id.0));
     }
     let rows = query.fetch_all(&mut *conn).await?;
     let mut inserted = std::collections::HashSet::with_capacity(rows.len());

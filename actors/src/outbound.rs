@@ -344,15 +344,6 @@ where
                     }
                 }
             }
-            // Let the rest of a fan-out burst (or of a commit batch) reach
-            // the queue, so that it leaves in the same write.
-            tokio::task::yield_now().await;
-            while batch.len() < DRAIN_MAX {
-                match rx.rx.try_recv() {
-                    Ok(frame) => batch.push(frame),
-                    Err(_) => break,
-                }
-            }
             counter!(m::FRAMES_OUT).increment(batch.len() as u64);
         }
         let written = {

@@ -87,6 +87,7 @@ pub struct Config {
     pub max_text_bytes: usize,
     pub send_per_minute: u32,
     pub auth_timeout_ms: u64,
+    pub http_header_timeout_ms: u64,
     pub rest_per_15min: u32,
     pub auth_per_15min: u32,
     #[serde(deserialize_with = "string_or_list")]
@@ -151,6 +152,7 @@ impl Default for Config {
             max_text_bytes: 16_384,
             send_per_minute: 60,
             auth_timeout_ms: 10_000,
+            http_header_timeout_ms: 10_000,
             rest_per_15min: 100,
             auth_per_15min: 10,
             allowed_origins: Vec::new(),

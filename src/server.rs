@@ -241,7 +241,7 @@ pub async fn serve(
         .keyring_file
         .map(|file| tokio::spawn(watch_keyring(file, app.clone())));
     let router = http::router(app.clone());
-    let header_timeout = Duration::from_millis(app.config.auth_timeout_ms);
+    let header_timeout = Duration::from_millis(app.config.http_header_timeout_ms);
     match started.tls {
         Some(tls) => {
             let listener = crate::tls::TlsListener::new(listener, tls)?;

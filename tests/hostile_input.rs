@@ -3377,6 +3377,7 @@ async fn dribble(
 async fn slowloris_upgrade() {
     let Some(api) = Rest::start_with(Backend::Sqlite, |c| {
         c.auth_timeout_ms = SLOW_DEADLINE.as_millis() as u64;
+        c.http_header_timeout_ms = SLOW_DEADLINE.as_millis() as u64;
     })
     .await
     else {

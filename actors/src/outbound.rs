@@ -217,8 +217,14 @@ impl Outbound {
     /// Queues a close frame behind everything already queued (graceful:
     /// normal closure, shutdown). Waits for room.
     pub async fn close_after_queued(&self, code: u16, reason: &'static str) {
-        if self.tx.send(wire::close(code, reason)).await.is_err() {
+        let frame = wire::close(code, reason);
+        // Counted like every queued frame: the writer uncounts what it
+        // writes (a close frame uncounted here once wrapped the count).
+        let len = frame.len();
+        self.shared.unwritten.fetch_add(len, Ordering::Relaxed);
+        if self.tx.send(frame).await.is_err() {
             // The writer is gone already.
+            self.shared.unwritten.fetch_sub(len, Ordering::Relaxed);
         }
     }
 

@@ -916,8 +916,11 @@ struct LoadShape {
     window: (u64, u64),
     /// Padding of each text, drawn from this range.
     pad: (u64, u64),
-    /// Pause after an `unavailable` answer.
-    backoff: Duration,
+    /// Pause after `unavailable`: from the first value, doubling per burst
+    /// of refusals up to the second, back to the first on an ack (what a
+    /// well-behaved client does; a 5 ms retry loop of 500 clients keeps the
+    /// broker's store pool saturated long after the store is back).
+    backoff: (Duration, Duration),
 }
 
 impl LoadShape {
@@ -925,7 +928,7 @@ impl LoadShape {
         LoadShape {
             window: (1, 8),
             pad: (0, 200),
-            backoff: Duration::from_millis(20),
+            backoff: (Duration::from_millis(20), Duration::from_millis(320)),
         }
     }
 
@@ -934,7 +937,7 @@ impl LoadShape {
         LoadShape {
             window: (16, 48),
             pad: (0, 200),
-            backoff: Duration::from_millis(5),
+            backoff: (Duration::from_millis(5), Duration::from_millis(500)),
         }
     }
 }
@@ -1077,7 +1080,7 @@ struct SendPlan {
     window: usize,
     pad: usize,
     encoding: Encoding,
-    backoff: Duration,
+    backoff: (Duration, Duration),
 }
 
 /// Sends messages with fresh clientMsgIds, `window` in flight, until told to
@@ -1115,8 +1118,14 @@ async fn run_sender(
     let mut in_flight: HashMap<Ref, String> = HashMap::new();
     let mut writable = true;
     let mut n = 0u64;
+    let mut pause = plan.backoff.0;
+    let mut resume_at = Instant::now();
     loop {
-        while writable && in_flight.len() < plan.window && !stop.load(Ordering::SeqCst) {
+        while writable
+            && in_flight.len() < plan.window
+            && !stop.load(Ordering::SeqCst)
+            && Instant::now() >= resume_at
+        {
             let id = format!("{}m{n}", plan.prefix);
             n += 1;
             let text = message_text(&id, plan.pad);
@@ -1134,12 +1143,22 @@ async fn run_sender(
         if in_flight.is_empty() && (stop.load(Ordering::SeqCst) || !writable) {
             break;
         }
-        match rx.next_frame(ANSWER_TIMEOUT).await {
+        // Nothing in flight while backing off: wait for the pause only.
+        let wait = if in_flight.is_empty() {
+            resume_at
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1))
+        } else {
+            ANSWER_TIMEOUT
+        };
+        match rx.next_frame(wait).await {
+            Err(ClientError::Timeout(_)) if in_flight.is_empty() => {}
             Ok(ServerFrame::Ack(ack)) => {
                 let Some(id) = ack.reference.as_ref().and_then(|r| in_flight.remove(r)) else {
                     continue;
                 };
                 if let AckResult::Sent(sent) = ack.result {
+                    pause = plan.backoff.0;
                     acks.fetch_add(1, Ordering::SeqCst);
                     log.duplicate_acks += usize::from(sent.duplicate);
                     log.acked_after_shutdown += usize::from(log.saw_shutdown);
@@ -1150,8 +1169,11 @@ async fn run_sender(
                 if let Some(id) = e.reference.as_ref().and_then(|r| in_flight.remove(r)) {
                     log.refused.insert(id, e.code);
                     log.refused_at.push((Instant::now(), e.code));
-                    if e.code == ErrorCode::Unavailable {
-                        tokio::time::sleep(plan.backoff).await;
+                    // One pause per burst of refusals, longer each burst.
+                    let now = Instant::now();
+                    if e.code == ErrorCode::Unavailable && now >= resume_at {
+                        resume_at = now + pause;
+                        pause = (pause * 2).min(plan.backoff.1);
                     }
                 }
             }

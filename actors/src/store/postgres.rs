@@ -66,6 +66,11 @@ pub(super) fn classify(e: &PgDatabaseError) -> StoreError {
         "57P01" | "57P02" | "57P03" | "53300" | "40001" | "40P01" => {
             StoreError::Unavailable(format!("{code}: {}", e.message()))
         }
+        // "database is not currently accepting connections" (a database
+        // closed to new connections, or one being started or dropped)
+        "55000" if e.message().contains("accepting connections") => {
+            StoreError::Unavailable(format!("{code}: {}", e.message()))
+        }
         "XX001" | "XX002" => StoreError::Corrupt(e.message().to_owned()),
         _ => StoreError::Database(format!("{code}: {}", e.message())),
     }

@@ -25,6 +25,8 @@
 //!   run by this same binary as `peer-tungstenite --port N`.
 //! - This file: the command line, the scenarios and the step controller.
 
+#[path = "load/light.rs"]
+mod light;
 #[path = "load/stats.rs"]
 mod stats;
 #[path = "load/target.rs"]
@@ -404,7 +406,7 @@ fn spawn_reader(rec: Arc<Recorder>, task: usize, mut rx: Rx, pending: Option<Pen
     tokio::spawn(async move {
         loop {
             match rx.next_event().await {
-                Event::Message(text) => rec.delivery(task, &text, now_ns()),
+                Event::Message { sent_ns, step } => rec.delivery(task, sent_ns, step, now_ns()),
                 Event::Ack(_) if pending.is_none() => {}
                 Event::Ack(key) => {
                     let now = now_ns();

@@ -47,10 +47,17 @@ pub fn message_text(send_ns: u64, step: u32) -> String {
     text
 }
 
-/// Reads back what [`message_text`] wrote.
-pub fn parse_text(text: &str) -> Option<(u64, u32)> {
-    let ns = text.get(0..20)?.parse().ok()?;
-    let step = text.get(21..26)?.parse().ok()?;
+/// Reads back what [`message_text`] wrote: the send time and the step.
+pub fn parse_text(text: &[u8]) -> Option<(u64, u32)> {
+    let digits = |bytes: &[u8]| {
+        bytes.iter().try_fold(0u64, |v, b| {
+            b.is_ascii_digit()
+                .then(|| v.checked_mul(10)?.checked_add(u64::from(b - b'0')))
+                .flatten()
+        })
+    };
+    let ns = digits(text.get(0..20)?)?;
+    let step = u32::try_from(digits(text.get(21..26)?)?).ok()?;
     Some((ns, step))
 }
 
@@ -166,12 +173,8 @@ impl Recorder {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A `new_message` with this text arrived at `now`.
-    pub fn delivery(&self, task: usize, text: &str, now: u64) {
-        let Some((sent, step)) = parse_text(text) else {
-            self.decode_errors.fetch_add(1, Ordering::Relaxed);
-            return;
-        };
+    /// A message of `step` sent at `sent` arrived at `now`.
+    pub fn delivery(&self, task: usize, sent: u64, step: u32, now: u64) {
         let step = step as usize % MAX_STEPS;
         self.delivered[step].fetch_add(1, Ordering::Relaxed);
         let us = (now.saturating_sub(sent) / 1000).clamp(1, MAX_LATENCY_US);

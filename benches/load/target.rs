@@ -2,8 +2,9 @@
 //!
 //! - **Courier**: the release binary started with a temporary data dir (or
 //!   `--url`); users registered and logged in over REST, channels created
-//!   over REST; connections through the typed client
-//!   (`courier_protocol::client`).
+//!   over REST; connections set up through the typed client
+//!   (`courier_protocol::client`), then read with a light decoder that takes
+//!   only the fields the tester records (see [`Rx::Courier`]).
 //! - **tungstenite** and **node**: the broadcast peers under
 //!   `benches/peers/` (join / send / new_message in MessagePack).
 //! - **nats**: `nats-server -c benches/peers/nats.conf`, NATS text protocol
@@ -13,6 +14,7 @@
 //! Every target hands the scenarios the same pair: a [`Tx`] that sends
 //! texts, an [`Rx`] that yields [`Event`]s.
 
+use std::collections::VecDeque;
 use std::net::TcpListener as StdListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -20,15 +22,19 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::{Bytes, BytesMut};
-use courier_protocol::client::{Client, ClientError, ClientReceiver, ClientSender};
+use courier_protocol::client::{Client, ClientSender, Ws as ClientWs};
 use courier_protocol::frames::{ClientRequest, SendMessage};
-use courier_protocol::{ChannelId, Ref, ServerFrame};
+use courier_protocol::{ChannelId, ErrorCode, Ref, ServerFrame};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::light;
+use crate::stats::parse_text;
 
 /// Which server a run measures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -453,6 +459,7 @@ impl Env {
                 let token = &self.tokens[user % self.tokens.len()];
                 let mut client = Client::builder(&self.ws_url)
                     .timeout(Duration::from_secs(30))
+                    .read_buffer(READ_BUFFER)
                     .connect()
                     .await?;
                 let auth = client.authenticate(token).await?;
@@ -461,6 +468,7 @@ impl Env {
                 }
                 client.join(channel, None).await?;
                 let (sender, rx) = client.split();
+                let (read, stream) = rx.into_raw();
                 // `authenticate` and `join_channel` took refs 1 and 2: the
                 // client numbers its requests 1, 2, 3, ...
                 Ok((
@@ -468,13 +476,17 @@ impl Env {
                         sender,
                         next_key: 3,
                     },
-                    Rx::Courier(rx),
+                    Rx::Courier { read, stream },
                 ))
             }
             (Kind::Courier, Room::Broadcast) => Err(anyhow!("a Courier room is a channel")),
             (Kind::Tungstenite | Kind::Node, _) => {
-                let (ws, _) =
-                    tokio_tungstenite::connect_async_with_config(&self.ws_url, None, true).await?;
+                let (ws, _) = tokio_tungstenite::connect_async_with_config(
+                    &self.ws_url,
+                    Some(ws_config()),
+                    true,
+                )
+                .await?;
                 let (mut sink, mut stream) = ws.split();
                 sink.send(Message::Binary(peer_frame("join", None))).await?;
                 // Wait for the join's ack.
@@ -499,8 +511,12 @@ impl Env {
                 ))
             }
             (Kind::Nats, _) => {
-                let (ws, _) =
-                    tokio_tungstenite::connect_async_with_config(&self.ws_url, None, true).await?;
+                let (ws, _) = tokio_tungstenite::connect_async_with_config(
+                    &self.ws_url,
+                    Some(ws_config()),
+                    true,
+                )
+                .await?;
                 let (mut sink, stream) = ws.split();
                 let hello = format!(
                     "CONNECT {{\"verbose\":false,\"pedantic\":false,\"headers\":false,\"protocol\":1}}\r\nSUB {NATS_SUBJECT} 1\r\nPING\r\n"
@@ -534,6 +550,16 @@ impl Env {
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
+/// The tester's read buffer per connection, for every target alike.
+/// tungstenite zeroes its whole read buffer before each read (128 KiB by
+/// default): with a thousand connections that each get a small frame per
+/// read, that memset was a fifth of the tester's core.
+const READ_BUFFER: usize = 8 * 1024;
+
+fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default().read_buffer_size(READ_BUFFER)
+}
+
 /// A peer frame (`join`, `send`, `ack`, `new_message`).
 #[derive(Serialize, Deserialize)]
 struct PeerFrame {
@@ -558,8 +584,8 @@ fn decode_peer(bytes: &[u8]) -> Result<PeerFrame> {
 /// What a receiver saw.
 #[derive(Debug)]
 pub enum Event {
-    /// A pushed message with this text.
-    Message(String),
+    /// A pushed message, sent at `sent_ns` (the tester's clock) in `step`.
+    Message { sent_ns: u64, step: u32 },
     /// The answer to the send with this key ([`Tx::send_batch`]).
     Ack(u64),
     /// An error answer to the send with this key, with its code.
@@ -663,7 +689,16 @@ impl Tx {
 
 /// The receiving half.
 pub enum Rx {
-    Courier(ClientReceiver),
+    /// Courier's frames are not decoded into typed frames: at hundreds of
+    /// thousands of deliveries per second, full decoding (every id parsed,
+    /// every string copied and checked) took most of the tester's core and
+    /// made the tester, not the server, the limit of the fanout runs.
+    /// [`courier_event`] borrows the few fields it needs from the bytes.
+    Courier {
+        /// Frames the typed client read during set-up.
+        read: VecDeque<ServerFrame>,
+        stream: SplitStream<ClientWs>,
+    },
     Ws {
         stream: SplitStream<Ws>,
         /// NATS: bytes of a protocol line or message not complete yet.
@@ -679,28 +714,21 @@ impl Rx {
     /// longer than any run.
     pub async fn next_event(&mut self) -> Event {
         match self {
-            Rx::Courier(receiver) => loop {
-                match receiver.next_frame(Duration::from_secs(3600)).await {
-                    Ok(ServerFrame::NewMessage(push)) => return Event::Message(push.data.text),
-                    Ok(ServerFrame::Ack(ack)) => {
-                        return match ack.reference {
-                            Some(Ref::Int(n)) => Event::Ack(n as u64),
-                            _ => Event::Other,
-                        }
-                    }
-                    Ok(ServerFrame::Error(e)) => {
-                        return match e.reference {
-                            Some(Ref::Int(n)) => Event::Nack(n as u64, e.code.as_str()),
-                            _ => Event::Undecodable,
-                        }
-                    }
-                    Ok(_) => return Event::Other,
-                    Err(ClientError::Timeout(_)) => continue,
-                    Err(ClientError::Decode(_)) => return Event::Undecodable,
-                    Err(ClientError::Closed { code, .. }) => return Event::Closed(code),
-                    Err(_) => return Event::Closed(None),
+            Rx::Courier { read, stream } => {
+                if let Some(frame) = read.pop_front() {
+                    return typed_event(frame);
                 }
-            },
+                loop {
+                    return match stream.next().await {
+                        Some(Ok(Message::Binary(b))) => courier_event(&b),
+                        Some(Ok(Message::Close(frame))) => {
+                            Event::Closed(frame.map(|f| u16::from(f.code)))
+                        }
+                        Some(Ok(_)) => continue,
+                        Some(Err(_)) | None => Event::Closed(None),
+                    };
+                }
+            }
             Rx::Ws { stream, nats, acks } => loop {
                 if let Some(buf) = nats {
                     if let Some(event) = nats_event(buf) {
@@ -720,17 +748,64 @@ impl Rx {
                     buf.extend_from_slice(&bytes);
                     continue;
                 }
-                return match decode_peer(&bytes) {
-                    Ok(f) if f.kind == "new_message" => Event::Message(f.text.unwrap_or_default()),
-                    Ok(f) if f.kind == "ack" => {
-                        *acks += 1;
-                        Event::Ack(*acks)
-                    }
-                    Ok(_) => Event::Other,
-                    Err(_) => Event::Undecodable,
-                };
+                return peer_event(&bytes, acks);
             },
         }
+    }
+}
+
+/// An event from a frame the typed client decoded.
+fn typed_event(frame: ServerFrame) -> Event {
+    match frame {
+        ServerFrame::NewMessage(push) => message_event(Some(push.data.text.as_bytes())),
+        ServerFrame::Ack(ack) => match ack.reference {
+            Some(Ref::Int(n)) => Event::Ack(n as u64),
+            _ => Event::Other,
+        },
+        ServerFrame::Error(e) => match e.reference {
+            Some(Ref::Int(n)) => Event::Nack(n as u64, e.code.as_str()),
+            _ => Event::Undecodable,
+        },
+        _ => Event::Other,
+    }
+}
+
+/// The event of one Courier server frame, from the few fields recorded.
+fn courier_event(bytes: &[u8]) -> Event {
+    let Some(frame) = light::read(bytes) else {
+        return Event::Undecodable;
+    };
+    match (frame.kind, frame.reference) {
+        (b"new_message", _) => message_event(frame.text),
+        (b"ack", Some(n)) => Event::Ack(n),
+        (b"error", Some(n)) => match frame.code.map(rmp_serde::from_slice::<ErrorCode>) {
+            Some(Ok(code)) => Event::Nack(n, code.as_str()),
+            _ => Event::Undecodable,
+        },
+        (b"error", None) => Event::Undecodable,
+        _ => Event::Other,
+    }
+}
+
+/// The event of a pushed message's text (as [`stats::message_text`] wrote it).
+fn message_event(text: Option<&[u8]>) -> Event {
+    match text.and_then(parse_text) {
+        Some((sent_ns, step)) => Event::Message { sent_ns, step },
+        None => Event::Undecodable,
+    }
+}
+
+/// The event of one peer frame (`ack` or `new_message`); `acks` counts the
+/// acks so far (peers answer sends in order).
+fn peer_event(bytes: &[u8], acks: &mut u64) -> Event {
+    match light::read(bytes) {
+        Some(f) if f.kind == b"new_message" => message_event(f.text),
+        Some(f) if f.kind == b"ack" => {
+            *acks += 1;
+            Event::Ack(*acks)
+        }
+        Some(_) => Event::Other,
+        None => Event::Undecodable,
     }
 }
 
@@ -752,9 +827,9 @@ fn nats_event(buf: &mut BytesMut) -> Option<Event> {
         }
         let message = buf.split_to(total);
         let payload = &message[line_end + 2..line_end + 2 + size];
-        return Some(match decode_peer(payload) {
-            Ok(f) => Event::Message(f.text.unwrap_or_default()),
-            Err(_) => Event::Undecodable,
+        return Some(match light::read(payload) {
+            Some(f) => message_event(f.text),
+            None => Event::Undecodable,
         });
     }
     let event = if line.starts_with(b"PONG") {

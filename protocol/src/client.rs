@@ -52,12 +52,14 @@ use crate::frames::{
 };
 use crate::ids::ChannelId;
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+/// The client's WebSocket.
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Default time to wait for the upgrade, an answer or a close.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default number of frames kept while waiting for something else.
 const DEFAULT_BUFFER: usize = 65_536;
+const DEFAULT_READ_BUFFER: usize = 128 * 1024;
 /// Largest incoming WebSocket message (a full `history` page is ~1.7 MB).
 const MAX_MESSAGE_BYTES: usize = 16 << 20;
 
@@ -115,6 +117,7 @@ pub struct ClientBuilder {
     headers: Vec<(String, String)>,
     timeout: Duration,
     buffer: usize,
+    read_buffer: usize,
 }
 
 impl ClientBuilder {
@@ -127,6 +130,7 @@ impl ClientBuilder {
             headers: Vec::new(),
             timeout: DEFAULT_TIMEOUT,
             buffer: DEFAULT_BUFFER,
+            read_buffer: DEFAULT_READ_BUFFER,
         }
     }
 
@@ -161,6 +165,15 @@ impl ClientBuilder {
         self
     }
 
+    /// How many bytes the socket is read in at a time (tungstenite's read
+    /// buffer; 128 KiB by default). Every read zeroes that much first, so a
+    /// program holding thousands of connections that each receive small
+    /// frames wants a few KiB.
+    pub fn read_buffer(mut self, bytes: usize) -> Self {
+        self.read_buffer = bytes.max(1);
+        self
+    }
+
     /// Connects and upgrades.
     pub async fn connect(self) -> Result<Client, ClientError> {
         let mut request = self.url.as_str().into_client_request()?;
@@ -171,7 +184,9 @@ impl ClientBuilder {
                 HeaderValue::from_str(value).map_err(|e| ClientError::Usage(e.to_string()))?;
             request.headers_mut().append(name, value);
         }
-        let config = WebSocketConfig::default().max_message_size(Some(MAX_MESSAGE_BYTES));
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(MAX_MESSAGE_BYTES))
+            .read_buffer_size(self.read_buffer);
         let connecting = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
         let (ws, _response) = match tokio::time::timeout(self.timeout, connecting).await {
             Err(_) => return Err(ClientError::Timeout(self.timeout)),
@@ -464,6 +479,13 @@ pub struct ClientReceiver {
 }
 
 impl ClientReceiver {
+    /// The frames read but not taken yet, and the WebSocket stream: for a
+    /// reader that decodes frames itself, such as the load tester, which
+    /// reads only the few fields it records.
+    pub fn into_raw(self) -> (VecDeque<ServerFrame>, SplitStream<Ws>) {
+        (self.pending, self.stream)
+    }
+
     /// The next frame of any kind: buffered ones first.
     pub async fn next_frame(&mut self, timeout: Duration) -> Result<ServerFrame, ClientError> {
         if let Some(frame) = self.pending.pop_front() {

@@ -2,6 +2,7 @@
 //! reaches the store, tampering fails loudly, `courier audit verify` finds
 //! every kind of edit, key rotation under live traffic loses nothing.
 
+#[macro_use]
 mod support;
 
 use std::time::Duration;
@@ -17,17 +18,6 @@ use sqlx::Connection;
 use support::server::{test_config, Backend, TestServer};
 
 const T: Duration = Duration::from_secs(10);
-
-macro_rules! both_backends {
-    ($($name:ident),* $(,)?) => { $(
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() { super::$name(super::Backend::Sqlite).await }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() { super::$name(super::Backend::Postgres).await }
-        }
-    )* };
-}
 
 both_backends!(
     plaintext_never_reaches_the_store,

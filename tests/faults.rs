@@ -34,6 +34,7 @@
 //! Figures (acked, lost, duplicated, RSS, latencies) are printed with
 //! `--nocapture`.
 
+#[macro_use]
 mod support;
 
 use std::collections::{BTreeMap, HashMap};
@@ -59,17 +60,6 @@ use tempfile::TempDir;
 /// Longest wait for any one answer; an outage holds queued writes for its
 /// whole length, so this is well above `COURIER_FAULT_OUTAGE_MS` defaults.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
-
-macro_rules! both_backends {
-    ($($name:ident),* $(,)?) => { $(
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() { super::$name(super::Backend::Sqlite).await }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() { super::$name(super::Backend::Postgres).await }
-        }
-    )* };
-}
 
 both_backends!(crash_durability, graceful_shutdown);
 

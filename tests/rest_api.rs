@@ -5,6 +5,7 @@
 
 #[path = "support/rest.rs"]
 mod rest;
+#[macro_use]
 mod support;
 
 use std::time::Duration;
@@ -20,17 +21,6 @@ use rest::{Backend, Rest, Session, PASSWORD, ROOT};
 use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(10);
-
-macro_rules! both_backends {
-    ($($name:ident),* $(,)?) => { $(
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() { super::$name(super::Backend::Sqlite).await }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() { super::$name(super::Backend::Postgres).await }
-        }
-    )* };
-}
 
 both_backends!(
     users_are_managed_by_admins,

@@ -5,6 +5,7 @@
 
 #[path = "support/rest.rs"]
 mod rest;
+#[macro_use]
 mod support;
 
 use std::time::{Duration, Instant};
@@ -21,17 +22,6 @@ use serde_json::{json, Value};
 const T: Duration = Duration::from_secs(10);
 
 /// Runs a scenario once per backend.
-macro_rules! both_backends {
-    ($($name:ident),* $(,)?) => { $(
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() { super::$name(super::Backend::Sqlite).await }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() { super::$name(super::Backend::Postgres).await }
-        }
-    )* };
-}
-
 both_backends!(
     register_follows_the_policy,
     login_answers_tokens_and_one_failure_for_all,

@@ -2,6 +2,7 @@
 //! WebSocket clients, both stores. Every request and push of PROTOCOL.md
 //! sections 3 to 5, in both encodings.
 
+#[macro_use]
 mod support;
 
 use std::collections::BTreeMap;
@@ -18,17 +19,6 @@ use support::server::{Backend, TestServer};
 const T: Duration = Duration::from_secs(10);
 
 /// Runs each scenario once per backend.
-macro_rules! both_backends {
-    ($($name:ident),* $(,)?) => { $(
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() { super::$name(super::Backend::Sqlite).await }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() { super::$name(super::Backend::Postgres).await }
-        }
-    )* };
-}
-
 both_backends!(
     send_ack_and_fan_out_in_both_encodings,
     concurrent_senders_give_identical_gap_free_order,

@@ -9,6 +9,22 @@
 
 #![allow(dead_code)]
 
+/// `both_backends!(a, b)` runs the async test functions `a(backend)` and
+/// `b(backend)` once on SQLite and once on PostgreSQL, as `a::sqlite`,
+/// `a::postgres`, ... The calling file imports `Backend` and declares
+/// `#[macro_use] mod support;`.
+#[allow(unused_macros)]
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => { $(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() { super::$name(super::Backend::Sqlite).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() { super::$name(super::Backend::Postgres).await }
+        }
+    )* };
+}
+
 pub mod process;
 pub mod server;
 

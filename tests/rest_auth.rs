@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(10);
 
-/// Runs a scenario once per backend.
+// Each scenario once per backend.
 both_backends!(
     register_follows_the_policy,
     login_answers_tokens_and_one_failure_for_all,

@@ -18,7 +18,7 @@ use support::server::{Backend, TestServer};
 
 const T: Duration = Duration::from_secs(10);
 
-/// Runs each scenario once per backend.
+// Each scenario once per backend.
 both_backends!(
     send_ack_and_fan_out_in_both_encodings,
     concurrent_senders_give_identical_gap_free_order,

@@ -50,9 +50,17 @@ pub enum ServerError {
     Io(#[from] std::io::Error),
 }
 
+/// How long a starting broker waits for the store's writer lock: a crashed
+/// predecessor's session ends within milliseconds, one that is shutting down
+/// gracefully within its drain time.
+const WRITER_LOCK_WAIT: Duration = Duration::from_secs(15);
+
 /// A started server's parts, before it serves.
 pub struct Started {
     pub app: Arc<App>,
+    /// This process is the store's only writer while this lives (until
+    /// `serve` returns).
+    writer: store::WriterLock,
     keyring_file: Option<PathBuf>,
     /// Set when `tls_cert`/`tls_key` are: connections are TLS-terminated here.
     tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
@@ -97,6 +105,8 @@ pub async fn start(config: Config) -> Result<Started, ServerError> {
     };
     let secrets = secrets::resolve(&config)?;
     let store = open_store(&config).await?;
+    // Before anything reads a `seq` or the audit chain head from the store.
+    let writer = store.lock_writer(WRITER_LOCK_WAIT).await?;
     let passwords = passwords(&config)?;
     bootstrap_admin(&config, &*store, &passwords).await?;
 
@@ -168,6 +178,7 @@ pub async fn start(config: Config) -> Result<Started, ServerError> {
     });
     Ok(Started {
         app,
+        writer,
         keyring_file: secrets.keyring_file,
         tls,
     })
@@ -263,6 +274,7 @@ pub async fn serve(
         task.abort();
     }
     app.realtime.shutdown(Duration::from_secs(5)).await;
+    drop(started.writer);
     tracing::info!("shutdown complete");
     Ok(())
 }

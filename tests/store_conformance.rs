@@ -1501,3 +1501,34 @@ async fn postgres_insert_rate() {
     drop(store);
     support::release_postgres_db(&url).await;
 }
+
+/// One writer per PostgreSQL database: a second broker's lock waits and then
+/// fails while the first holds it, and is granted once the holder's session
+/// ends (as when a crashed broker's connection closes).
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_writer_lock_admits_one_broker() {
+    let Some((first, url)) = support::fresh_postgres().await else {
+        return;
+    };
+    let second = courier_actors::store::connect(&url)
+        .await
+        .expect("second store");
+    let wait = std::time::Duration::from_millis(300);
+    let held = first.lock_writer(wait).await.expect("first lock");
+    let started = std::time::Instant::now();
+    match second.lock_writer(wait).await {
+        Err(StoreError::Unavailable(why)) => assert!(why.contains("writer lock"), "{why}"),
+        Err(e) => panic!("expected unavailable, got {e}"),
+        Ok(_) => panic!("two writers held the lock at once"),
+    }
+    assert!(started.elapsed() >= wait, "refused before waiting");
+    drop(held);
+    let again = second
+        .lock_writer(std::time::Duration::from_secs(10))
+        .await
+        .expect("the lock is free once its session ended");
+    drop(again);
+    drop(second);
+    drop(first);
+    support::release_postgres_db(&url).await;
+}

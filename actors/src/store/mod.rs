@@ -66,6 +66,26 @@ pub async fn connect(url: &str) -> Result<DynStore, StoreError> {
     }
 }
 
+/// Held while this process is the store's only writer; dropping it lets
+/// another process become the writer (see [`Store::lock_writer`]).
+pub struct WriterLock {
+    _held: Option<Box<dyn std::any::Any + Send + Sync>>,
+}
+
+impl WriterLock {
+    /// A lock that holds nothing (a store with no cross-process lock).
+    pub fn none() -> Self {
+        WriterLock { _held: None }
+    }
+
+    /// A lock held for as long as `held` lives (e.g. a connection).
+    pub fn holding(held: impl std::any::Any + Send + Sync) -> Self {
+        WriterLock {
+            _held: Some(Box::new(held)),
+        }
+    }
+}
+
 /// Everything Courier keeps. Implementations are cheap to share (`Arc`) and
 /// safe to call from many tasks at once.
 #[async_trait]
@@ -78,6 +98,20 @@ pub trait Store: Send + Sync + 'static {
 
     /// A cheap round trip: `Ok` when the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Makes this process the store's only writer for as long as the
+    /// returned lock lives. A broker's `seq` counters and audit chain head
+    /// are read once at start and then advanced in memory, so a second
+    /// writer would break both. On PostgreSQL the lock also orders a restart
+    /// after a crash: the dead broker's last transaction may still be
+    /// committing when its successor starts, and the lock is free only once
+    /// that session has ended. Waits up to `wait` for a previous holder,
+    /// then fails with `Unavailable`. The default holds nothing (SQLite: one
+    /// process owns the file).
+    async fn lock_writer(&self, wait: std::time::Duration) -> Result<WriterLock, StoreError> {
+        let _ = wait;
+        Ok(WriterLock::none())
+    }
 
     // ---- users -------------------------------------------------------------
 

@@ -25,10 +25,13 @@ use super::sql::{self, bound, to_db, SqlRow};
 use super::{
     AuditFilter, AuditRecord, Channel, ChannelPatch, Checkpoint, ClientMsgRef, Member, MessageRow,
     NewUser, Reencrypted, RefreshOutcome, Role, Session, Store, StoreError, StoredMessage, User,
-    UserPatch, WriteOp, WriteOutcome,
+    UserPatch, WriteOp, WriteOutcome, WriterLock,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("../migrations/postgres");
+
+/// The advisory-lock key of the writer lock ("Courier!").
+const WRITER_LOCK_KEY: i64 = 0x436f_7572_6965_7221;
 
 /// The PostgreSQL store. Cheap to clone (the pool is shared).
 #[derive(Clone, Debug)]
@@ -89,6 +92,31 @@ impl Store for PgStore {
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    async fn lock_writer(&self, wait: Duration) -> Result<WriterLock, StoreError> {
+        // A session-level advisory lock (scoped to this database) on a
+        // connection of its own, out of the pool: it is released when that
+        // session ends, whether the broker stops or dies.
+        let mut conn = self.pool.acquire().await?.detach();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let held: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                .bind(WRITER_LOCK_KEY)
+                .fetch_one(&mut conn)
+                .await?;
+            if held {
+                return Ok(WriterLock::holding(conn));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(StoreError::Unavailable(
+                    "another Courier broker is writing to this database \
+                     (its writer lock is held)"
+                        .into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     // ---- users -------------------------------------------------------------

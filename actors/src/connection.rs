@@ -368,8 +368,7 @@ impl ConnectionState {
     /// dropped unanswered.
     fn close_after_queued(&mut self, code: u16, reason: &'static str) {
         self.closing = true;
-        let outbound = self.outbound.clone();
-        tokio::spawn(async move { outbound.close_after_queued(code, reason).await });
+        self.outbound.close_after_queued(code, reason);
     }
 
     fn audit(&self, action: &str, details: serde_json::Value) {

@@ -15,10 +15,12 @@
 //! stays with tungstenite (see [`ControlWriter`]); only its own control
 //! replies (pong, the answer to a client's close) come through this queue.
 
+use std::collections::VecDeque;
+use std::future::poll_fn;
 use std::io::IoSlice;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -26,9 +28,9 @@ use bytes::Bytes;
 use courier_protocol::codec::Encoding;
 use courier_protocol::error::close;
 use courier_protocol::frames::ServerFrame;
+use futures_util::task::AtomicWaker;
 use metrics::counter;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::sync::{mpsc, Notify};
 
 use crate::metric_names as m;
 use crate::wire::{self, Opcode};
@@ -63,14 +65,60 @@ pub enum Push {
 }
 
 /// State shared between the handles and the writer.
+///
+/// The queue has many producers (channel actors, the connection actor) and
+/// one consumer (the writer), which takes everything queued at once by
+/// swapping the deque out. A producer wakes the writer only when it finds
+/// the deque empty: a non-empty deque has already woken it, and the writer
+/// always looks again after it registers its waker.
 struct Shared {
     conn_id: ConnId,
+    queue: Mutex<Queue>,
+    /// The writer's waker: frames arrived, a close is asked for, or the
+    /// last handle went.
+    writer: AtomicWaker,
     /// A close the writer must do at once (0: none).
     close_now: AtomicU16,
-    wake: Notify,
     /// Bytes pushed and not yet written to the socket.
     unwritten: AtomicUsize,
     max_unwritten: usize,
+    max_frames: usize,
+    /// Live [`Outbound`] handles; the writer ends when none is left.
+    handles: AtomicUsize,
+    /// The writer has ended: pushes fail with [`Push::Gone`].
+    writer_gone: AtomicBool,
+}
+
+/// The frames waiting for the writer.
+struct Queue {
+    frames: VecDeque<Bytes>,
+}
+
+impl Shared {
+    fn queue(&self) -> MutexGuard<'_, Queue> {
+        // A panic while holding the lock leaves a consistent deque.
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Appends `frame` unless the writer is gone or, with `bounded`, the
+    /// frame bound is reached. Wakes the writer when the deque was empty.
+    fn enqueue(&self, frame: Bytes, bounded: bool) -> Push {
+        let was_empty = {
+            let mut queue = self.queue();
+            if self.writer_gone.load(Ordering::Acquire) {
+                return Push::Gone;
+            }
+            if bounded && queue.frames.len() >= self.max_frames {
+                return Push::SlowConsumer;
+            }
+            queue.frames.push_back(frame);
+            queue.frames.len() == 1
+        };
+        if was_empty {
+            self.writer.wake();
+        }
+        Push::Queued
+    }
 }
 
 /// How much a connection's queue may hold.
@@ -94,16 +142,13 @@ impl QueueLimits {
 }
 
 /// The handle to a connection's outbound queue. Cheap to clone.
-#[derive(Clone)]
 pub struct Outbound {
-    tx: mpsc::Sender<Bytes>,
     shared: Arc<Shared>,
     encoding: Encoding,
 }
 
 /// The writer's end, given to [`run_writer`].
 pub struct OutboundReceiver {
-    rx: mpsc::Receiver<Bytes>,
     shared: Arc<Shared>,
 }
 
@@ -113,22 +158,56 @@ pub fn outbound(
     limits: QueueLimits,
     encoding: Encoding,
 ) -> (Outbound, OutboundReceiver) {
-    let (tx, rx) = mpsc::channel(limits.frames.max(1));
     let shared = Arc::new(Shared {
         conn_id,
+        queue: Mutex::new(Queue {
+            frames: VecDeque::new(),
+        }),
+        writer: AtomicWaker::new(),
         close_now: AtomicU16::new(0),
-        wake: Notify::new(),
         unwritten: AtomicUsize::new(0),
         max_unwritten: limits.bytes,
+        max_frames: limits.frames.max(1),
+        handles: AtomicUsize::new(1),
+        writer_gone: AtomicBool::new(false),
     });
     (
         Outbound {
-            tx,
             shared: shared.clone(),
             encoding,
         },
-        OutboundReceiver { rx, shared },
+        OutboundReceiver { shared },
     )
+}
+
+impl Clone for Outbound {
+    fn clone(&self) -> Self {
+        self.shared.handles.fetch_add(1, Ordering::Relaxed);
+        Outbound {
+            shared: self.shared.clone(),
+            encoding: self.encoding,
+        }
+    }
+}
+
+impl Drop for Outbound {
+    fn drop(&mut self) {
+        if self.shared.handles.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.shared.writer.wake();
+        }
+    }
+}
+
+impl Drop for OutboundReceiver {
+    fn drop(&mut self) {
+        let dropped = {
+            let mut queue = self.shared.queue();
+            self.shared.writer_gone.store(true, Ordering::Release);
+            std::mem::take(&mut queue.frames)
+        };
+        let bytes: usize = dropped.iter().map(Bytes::len).sum();
+        self.shared.unwritten.fetch_sub(bytes, Ordering::Relaxed);
+    }
 }
 
 impl Outbound {
@@ -144,28 +223,30 @@ impl Outbound {
 
     /// The same queue with another push encoding (fixed by the first frame).
     pub fn with_encoding(&self, encoding: Encoding) -> Outbound {
-        Outbound {
-            encoding,
-            ..self.clone()
-        }
+        let mut handle = self.clone();
+        handle.encoding = encoding;
+        handle
     }
 
     /// Queues one finished frame without waiting. On overflow the
     /// connection is closed with 4009 and counted as a slow consumer.
     pub fn push(&self, frame: Bytes) -> Push {
+        if self.is_closed() {
+            return Push::Gone;
+        }
         let len = frame.len();
         let before = self.shared.unwritten.fetch_add(len, Ordering::Relaxed);
         if before > 0 && before + len > self.shared.max_unwritten {
             self.shared.unwritten.fetch_sub(len, Ordering::Relaxed);
             return self.slow_consumer();
         }
-        match self.tx.try_send(frame) {
-            Ok(()) => Push::Queued,
-            Err(e) => {
+        match self.shared.enqueue(frame, true) {
+            Push::Queued => Push::Queued,
+            refused => {
                 self.shared.unwritten.fetch_sub(len, Ordering::Relaxed);
-                match e {
-                    mpsc::error::TrySendError::Full(_) => self.slow_consumer(),
-                    mpsc::error::TrySendError::Closed(_) => Push::Gone,
+                match refused {
+                    Push::SlowConsumer => self.slow_consumer(),
+                    other => other,
                 }
             }
         }
@@ -210,19 +291,20 @@ impl Outbound {
             .close_now
             .compare_exchange(0, code, Ordering::SeqCst, Ordering::SeqCst)
             .is_ok();
-        self.shared.wake.notify_one();
+        self.shared.writer.wake();
         first
     }
 
     /// Queues a close frame behind everything already queued (graceful:
-    /// normal closure, shutdown). Waits for room.
-    pub async fn close_after_queued(&self, code: u16, reason: &'static str) {
+    /// normal closure, shutdown). The queue's bounds do not apply to it: a
+    /// close always finds room.
+    pub fn close_after_queued(&self, code: u16, reason: &'static str) {
         let frame = wire::close(code, reason);
         // Counted like every queued frame: the writer uncounts what it
         // writes (a close frame uncounted here once wrapped the count).
         let len = frame.len();
         self.shared.unwritten.fetch_add(len, Ordering::Relaxed);
-        if self.tx.send(frame).await.is_err() {
+        if self.shared.enqueue(frame, false) != Push::Queued {
             // The writer is gone already.
             self.shared.unwritten.fetch_sub(len, Ordering::Relaxed);
         }
@@ -230,7 +312,7 @@ impl Outbound {
 
     /// Whether the writer has stopped.
     pub fn is_closed(&self) -> bool {
-        self.tx.is_closed()
+        self.shared.writer_gone.load(Ordering::Acquire)
     }
 }
 
@@ -285,8 +367,6 @@ pub enum WriterEnd {
 
 /// Frames handed to one `writev()`.
 pub const WRITE_SLICES: usize = 64;
-/// Frames taken from the queue at once.
-const DRAIN_MAX: usize = 256;
 /// How long a close frame may take to go out before the socket is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// How long a connection closed by the server (4009, say) may take to take
@@ -317,81 +397,108 @@ impl<W: AsyncWrite + Unpin> Closing<W> {
     }
 }
 
+/// What the writer found when it looked at the queue.
+enum Take {
+    /// Frames, now in the writer's batch.
+    Frames,
+    /// A close asked for with `close_now`.
+    Close(u16),
+    /// Every handle was dropped and nothing is left.
+    Dropped,
+}
+
+impl OutboundReceiver {
+    /// A close asked for with `close_now`, with the writer's waker
+    /// registered first so that a later one wakes it.
+    fn close_asked(&self, cx: &mut Context<'_>) -> Option<u16> {
+        self.shared.writer.register(cx.waker());
+        match self.shared.close_now.load(Ordering::SeqCst) {
+            0 => None,
+            code => Some(code),
+        }
+    }
+
+    /// Swaps everything queued into the empty `batch`, or waits for it.
+    fn poll_take(&self, cx: &mut Context<'_>, batch: &mut VecDeque<Bytes>) -> Poll<Take> {
+        if let Some(code) = self.close_asked(cx) {
+            return Poll::Ready(Take::Close(code));
+        }
+        let mut queue = self.shared.queue();
+        if !queue.frames.is_empty() {
+            std::mem::swap(&mut queue.frames, batch);
+            return Poll::Ready(Take::Frames);
+        }
+        if self.shared.handles.load(Ordering::Acquire) == 0 {
+            return Poll::Ready(Take::Dropped);
+        }
+        Poll::Pending
+    }
+}
+
 /// Drains the queue into `io` until a close or a socket error.
 ///
-/// Each round takes what is queued and writes it with vectored writes; a
-/// `close_now` is honoured between any two writes, also while the socket is
-/// full: the writer ends at once (so a slow consumer's actor goes at once)
-/// and hands back a [`Closing`] with what must still go out for the client
-/// to see the close code; the caller delivers it after telling the actor.
-pub async fn run_writer<W>(mut io: W, mut rx: OutboundReceiver) -> (WriterEnd, Option<Closing<W>>)
+/// Each round takes everything queued and writes it with vectored writes;
+/// a `close_now` is honoured between any two writes, also while the socket
+/// is full: the writer ends at once (so a slow consumer's actor goes at
+/// once) and hands back a [`Closing`] with what must still go out for the
+/// client to see the close code; the caller delivers it after telling the
+/// actor.
+pub async fn run_writer<W>(mut io: W, rx: OutboundReceiver) -> (WriterEnd, Option<Closing<W>>)
 where
     W: AsyncWrite + Unpin,
 {
-    let mut batch: Vec<Bytes> = Vec::new();
-    // Progress into `batch`: whole frames written, then bytes of the next.
-    let mut done = 0;
+    let mut batch: VecDeque<Bytes> = VecDeque::new();
+    // Bytes of `batch[0]` already written.
     let mut offset = 0;
     loop {
-        if done == batch.len() {
-            batch.clear();
-            done = 0;
-            tokio::select! {
-                biased;
-                _ = rx.shared.wake.notified() => {
-                    match rx.shared.close_now.load(Ordering::SeqCst) {
-                        0 => continue,
-                        code => return closing(io, Bytes::new(), code),
-                    }
-                }
-                n = rx.rx.recv_many(&mut batch, DRAIN_MAX) => {
-                    if n == 0 {
-                        return (WriterEnd::Dropped, None);
-                    }
-                }
+        if batch.is_empty() {
+            match poll_fn(|cx| rx.poll_take(cx, &mut batch)).await {
+                Take::Frames => counter!(m::FRAMES_OUT).increment(batch.len() as u64),
+                Take::Close(code) => return closing(io, Bytes::new(), code),
+                Take::Dropped => return (WriterEnd::Dropped, None),
             }
-            counter!(m::FRAMES_OUT).increment(batch.len() as u64);
         }
-        let written = {
+        let written = poll_fn(|cx| {
+            if let Some(code) = rx.close_asked(cx) {
+                return Poll::Ready(Err(code));
+            }
             let mut slices = [IoSlice::new(&[]); WRITE_SLICES];
             let mut count = 0;
-            for (i, frame) in batch[done..].iter().take(WRITE_SLICES).enumerate() {
-                let skip = if i == 0 { offset } else { 0 };
-                slices[i] = IoSlice::new(&frame[skip..]);
+            for (slice, frame) in slices.iter_mut().zip(&batch) {
+                let skip = if count == 0 { offset } else { 0 };
+                *slice = IoSlice::new(&frame[skip..]);
                 count += 1;
             }
-            tokio::select! {
-                biased;
-                _ = rx.shared.wake.notified() => {
-                    match rx.shared.close_now.load(Ordering::SeqCst) {
-                        0 => continue,
-                        code => {
-                            let rest = batch[done].slice(offset..);
-                            let rest = if offset > 0 { rest } else { Bytes::new() };
-                            return closing(io, rest, code);
-                        }
-                    }
-                }
-                r = io.write_vectored(&slices[..count]) => r,
-            }
-        };
+            Pin::new(&mut io)
+                .poll_write_vectored(cx, &slices[..count])
+                .map(Ok)
+        })
+        .await;
         let mut n = match written {
-            Ok(0) | Err(_) => return (WriterEnd::Failed, None),
-            Ok(n) => n,
+            Err(code) => {
+                let rest = if offset > 0 {
+                    batch[0].slice(offset..)
+                } else {
+                    Bytes::new()
+                };
+                return closing(io, rest, code);
+            }
+            Ok(Ok(0)) | Ok(Err(_)) => return (WriterEnd::Failed, None),
+            Ok(Ok(n)) => n,
         };
         while n > 0 {
-            let left = batch[done].len() - offset;
+            let left = batch[0].len() - offset;
             if n < left {
                 offset += n;
                 break;
             }
             n -= left;
             offset = 0;
-            done += 1;
+            let frame = batch.pop_front().expect("a frame was written");
             rx.shared
                 .unwritten
-                .fetch_sub(batch[done - 1].len(), Ordering::Relaxed);
-            if let Some(code) = wire::close_code(&batch[done - 1]) {
+                .fetch_sub(frame.len(), Ordering::Relaxed);
+            if let Some(code) = wire::close_code(&frame) {
                 let _ = tokio::time::timeout(CLOSE_GRACE, io.shutdown()).await;
                 return (WriterEnd::Closed(code), None);
             }
@@ -475,7 +582,7 @@ mod tests {
         for f in &frames {
             assert_eq!(tx.push(f.clone()), Push::Queued);
         }
-        tx.close_after_queued(1000, "bye").await;
+        tx.close_after_queued(1000, "bye");
         let mut got = Vec::new();
         let mut client = client;
         client.read_to_end(&mut got).await.expect("read");
@@ -545,6 +652,39 @@ mod tests {
             got,
             [&big[..], &wire::close(close::SLOW_CONSUMER, "")[..]].concat()
         );
+    }
+
+    #[tokio::test]
+    async fn the_writer_ends_when_the_last_handle_goes_after_writing_what_is_queued() {
+        let (tx, rx) = queue(16);
+        let (mut client, server) = tokio::io::duplex(1024);
+        let writer = tokio::spawn(run_writer(server, rx));
+        let other = tx.with_encoding(Encoding::Json);
+        let frame = wire::frame(Opcode::Binary, b"last");
+        assert_eq!(other.push(frame.clone()), Push::Queued);
+        drop(tx);
+        drop(other);
+        let (end, closing) = tokio::time::timeout(Duration::from_secs(5), writer)
+            .await
+            .expect("the writer ends")
+            .expect("writer");
+        assert_eq!(end, WriterEnd::Dropped);
+        assert!(closing.is_none());
+        let mut got = vec![0u8; frame.len()];
+        client.read_exact(&mut got).await.expect("read");
+        assert_eq!(got, frame);
+    }
+
+    #[tokio::test]
+    async fn a_push_after_the_writer_ended_is_gone_and_uncounted() {
+        let (tx, rx) = queue(16);
+        let (_client, server) = tokio::io::duplex(1024);
+        tx.close_now(close::GOING_AWAY);
+        let (end, _) = run_writer(server, rx).await;
+        assert_eq!(end, WriterEnd::Closed(close::GOING_AWAY));
+        assert!(tx.is_closed());
+        assert_eq!(tx.push(wire::frame(Opcode::Binary, b"late")), Push::Gone);
+        assert_eq!(tx.shared.unwritten.load(Ordering::Relaxed), 0);
     }
 
     #[tokio::test]

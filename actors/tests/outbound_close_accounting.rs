@@ -36,7 +36,7 @@ async fn closed_queue() -> Outbound {
     let (tx, rx) = outbound(ConnId::next(), limits, Encoding::MessagePack);
     let (mut client, server) = tokio::io::duplex(1 << 16);
     let writer = tokio::spawn(run_writer(server, rx));
-    tx.close_after_queued(4001, "not authenticated").await;
+    tx.close_after_queued(4001, "not authenticated");
     let mut got = Vec::new();
     client.read_to_end(&mut got).await.expect("read");
     assert_eq!(got, wire::close(4001, "not authenticated"));

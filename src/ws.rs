@@ -2,7 +2,8 @@
 //!
 //! Checks the upgrade request (Origin allow-list, no token in the URL), answers
 //! 101, and in a spawned task hands the upgraded connection to a new
-//! connection actor: tungstenite reads it with a small read buffer
+//! connection actor (a plain TCP socket split into lock-free halves; a TLS
+//! stream split by tokio): tungstenite reads it with a small read buffer
 //! (its default would allocate 128 KiB per connection), and the
 //! connection's own writer writes finished frames to it. Nothing here
 //! waits on the client: authentication runs in the actor, under its deadline.
@@ -15,6 +16,8 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
 use courier_actors::connection::Peer;
 use hyper_util::rt::TokioIo;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
@@ -94,10 +97,22 @@ pub async fn upgrade(
                 return;
             }
         };
-        if let Err(e) = realtime
-            .spawn_connection(TokioIo::new(upgraded), config, peer)
-            .await
-        {
+        let started = match upgraded.downcast::<TokioIo<TcpStream>>() {
+            // Plain TCP: halves that share the socket without a lock. What
+            // hyper read past the request (a client that did not wait for
+            // the 101) is read first.
+            Ok(parts) => {
+                let (read, write) = parts.io.into_inner().into_split();
+                let read = std::io::Cursor::new(parts.read_buf).chain(read);
+                realtime.spawn_connection(read, write, config, peer).await
+            }
+            // TLS: the stream's own halves, behind tokio's split lock.
+            Err(upgraded) => {
+                let (read, write) = tokio::io::split(TokioIo::new(upgraded));
+                realtime.spawn_connection(read, write, config, peer).await
+            }
+        };
+        if let Err(e) = started {
             tracing::error!(error = %e, "cannot start connection actor");
         }
     });

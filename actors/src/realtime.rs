@@ -284,17 +284,19 @@ impl Realtime {
         self.connections.load(Ordering::SeqCst)
     }
 
-    /// Starts the actor of a new, upgraded WebSocket: tungstenite reads
-    /// the socket (with `config`'s limits); the connection's writer writes
-    /// finished frames to it.
-    pub async fn spawn_connection<S>(
+    /// Starts the actor of a new, upgraded WebSocket from its two halves:
+    /// tungstenite reads `read` (with `config`'s limits); the connection's
+    /// writer writes finished frames to `write`.
+    pub async fn spawn_connection<R, W>(
         self: &Arc<Self>,
-        socket: S,
+        read: R,
+        write: W,
         config: WebSocketConfig,
         peer: Peer,
     ) -> Result<(), ractor::SpawnErr>
     where
-        S: AsyncRead + AsyncWrite + Send + 'static,
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Send + 'static,
     {
         let (outbound, receiver) = outbound::outbound(
             ConnId::next(),
@@ -304,7 +306,6 @@ impl Realtime {
             },
             Encoding::MessagePack,
         );
-        let (read, write) = tokio::io::split(socket);
         let stream = WebSocketStream::from_raw_socket(
             ControlWriter::new(read, outbound.clone()),
             Role::Server,

@@ -7,8 +7,9 @@
 //!
 //! [`Store::apply_batch`] runs one transaction per batch. Consecutive message
 //! inserts, the bulk of every batch under load, go to the database as one
-//! `INSERT ... SELECT FROM UNNEST(...)` statement; other ops are one small
-//! statement each.
+//! `INSERT ... SELECT FROM UNNEST(...)` statement that locks each channel
+//! once (the per-row foreign key check was dropped for it, migration 0002);
+//! other ops are one small statement each.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::str::FromStr;
@@ -866,8 +867,14 @@ async fn insert_rows(
         .collect::<Result<_, _>>()?;
     // `ORDER BY ord` keeps the batch order, so that of two rows with one
     // client id the first is the original.
+    // The channels are locked once each (`FOR KEY SHARE`, what a foreign
+    // key would take per row): a channel deleted meanwhile waits for this
+    // transaction, whose rows its delete then cascades to (migration 0002).
     let rows = sqlx::query(
-        "INSERT INTO messages (id, channel_id, seq, sender_id, client_msg_id, ciphertext, nonce,
+        "WITH locked AS (
+             SELECT id FROM channels WHERE id = ANY($2::uuid[]) FOR KEY SHARE
+         )
+         INSERT INTO messages (id, channel_id, seq, sender_id, client_msg_id, ciphertext, nonce,
                                key_version, contains_phi, reply_to, created_at, edited_at,
                                expires_at, deleted_at)
          SELECT u.id, u.channel_id, u.seq, u.sender_id, u.client_msg_id, u.ciphertext, u.nonce,
@@ -879,7 +886,7 @@ async fn insert_rows(
               WITH ORDINALITY AS u(id, channel_id, seq, sender_id, client_msg_id, ciphertext,
                                    nonce, key_version, contains_phi, reply_to, created_at,
                                    edited_at, expires_at, deleted_at, ord)
-         WHERE EXISTS (SELECT 1 FROM channels c WHERE c.id = u.channel_id)
+         WHERE u.channel_id IN (SELECT id FROM locked)
          ORDER BY u.ord
          ON CONFLICT (channel_id, sender_id, client_msg_id) DO NOTHING
          RETURNING id",

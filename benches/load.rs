@@ -143,6 +143,11 @@ struct Cli {
     /// Raise the rate step by step until a step fails; report the knee.
     #[arg(long)]
     sweep: bool,
+    /// A failed sweep step is measured again this many times at the same
+    /// rate before the sweep stops (one stall of the shared 2-core machine
+    /// should not decide the knee); every try is printed.
+    #[arg(long, default_value_t = 1)]
+    retries: u32,
     /// Each sweep step multiplies the rate by this.
     #[arg(long, default_value_t = 1.25)]
     step_factor: f64,
@@ -765,6 +770,7 @@ async fn traffic(ctx: &Ctx<'_>, n: usize) -> Result<Vec<Value>> {
     let mut rate = first_rate;
     let mut step_id: u32 = 1;
     let mut knee: Option<Value> = None;
+    let mut retries_left = cli.retries;
     loop {
         let total = if per_conn_rate {
             rate * publisher_count as f64
@@ -878,9 +884,19 @@ async fn traffic(ctx: &Ctx<'_>, n: usize) -> Result<Vec<Value>> {
         }
         rows.push(row);
         step_id += 2;
+        if step_id as usize + 2 >= stats::MAX_STEPS || !cli.sweep {
+            break;
+        }
+        if !passed {
+            if retries_left == 0 {
+                break;
+            }
+            retries_left -= 1;
+            continue;
+        }
+        retries_left = cli.retries;
         let next = rate * cli.step_factor;
-        if !cli.sweep || !passed || next > cli.max_rate || step_id as usize + 2 >= stats::MAX_STEPS
-        {
+        if next > cli.max_rate {
             break;
         }
         rate = next;

@@ -9,11 +9,10 @@
 //! the caller answers as `unavailable`. Its ractor mailbox takes only
 //! [`PersistenceMsg::Drain`].
 //!
-//! **Does**: the body of the actor is a batching loop. It takes what is
-//! queued, then keeps collecting until the batch holds `batch_max` writes or
-//! `batch_delay` has passed since the oldest of them was queued (writes that
-//! queued behind the previous commit go at once), and commits the batch in
-//! one transaction ([`Store::apply_batch`]). Only after the commit
+//! **Does**: the body of the actor is a batching loop. It takes the first
+//! queued write, then keeps collecting until the batch holds `batch_max`
+//! writes or `batch_delay` has passed since the first one, and commits the
+//! batch in one transaction ([`Store::apply_batch`]). Only after the commit
 //! does it answer each writer: channel actors get one
 //! [`ChannelMsg::Committed`] per batch with all their outcomes, in order;
 //! other writers get a oneshot. When the store is unreachable the batch is
@@ -81,8 +80,6 @@ pub enum PersistReply {
 pub struct Write {
     op: WriteOp,
     reply: PersistReply,
-    /// When it was queued: the batch window counts from here.
-    queued_at: tokio::time::Instant,
 }
 
 /// What travels on the queue: a write, or the nudge of a drain that wakes an
@@ -130,11 +127,7 @@ impl PersistenceHandle {
             counter!(m::PERSIST_REJECTED).increment(1);
             return Err(PersistError::StoreDown);
         }
-        match self.tx.try_send(Queued::Write(Write {
-            op,
-            reply,
-            queued_at: tokio::time::Instant::now(),
-        })) {
+        match self.tx.try_send(Queued::Write(Write { op, reply })) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => {
                 counter!(m::PERSIST_REJECTED).increment(1);
@@ -162,8 +155,7 @@ impl PersistenceHandle {
 pub struct PersistenceConfig {
     /// Flush when a batch holds this many writes.
     pub batch_max: usize,
-    /// Flush this long after the oldest write of a batch was queued, at
-    /// the latest.
+    /// Flush this long after the first write of a batch at the latest.
     pub batch_delay: Duration,
     /// Writes that may wait; more are refused.
     pub queue_capacity: usize,
@@ -309,15 +301,7 @@ async fn batch_loop(
         if rx.recv_many(&mut queued, batch_max).await == 0 {
             break; // closed and empty
         }
-        // The window counts from the oldest write's arrival: writes that
-        // queued up behind the last commit have waited long enough and go
-        // at once; a write that finds the loop idle waits up to
-        // `batch_delay` for company.
-        let oldest = queued.iter().find_map(|q| match q {
-            Queued::Write(w) => Some(w.queued_at),
-            Queued::Wake => None,
-        });
-        let deadline = oldest.unwrap_or_else(tokio::time::Instant::now) + config.batch_delay;
+        let deadline = tokio::time::Instant::now() + config.batch_delay;
         while queued.len() < batch_max && !stop.load(Ordering::SeqCst) {
             let room = batch_max - queued.len();
             tokio::select! {

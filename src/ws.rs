@@ -14,6 +14,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
+use bytes::Bytes;
 use courier_actors::connection::Peer;
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncReadExt;
@@ -100,10 +101,14 @@ pub async fn upgrade(
         let started = match upgraded.downcast::<TokioIo<TcpStream>>() {
             // Plain TCP: halves that share the socket without a lock. What
             // hyper read past the request (a client that did not wait for
-            // the 101) is read first.
+            // the 101) is read first, from a copy: `read_buf` is a view of
+            // hyper's 8 KiB read buffer, which it would keep alive for the
+            // connection's lifetime (8 KiB of every idle connection).
             Ok(parts) => {
                 let (read, write) = parts.io.into_inner().into_split();
-                let read = std::io::Cursor::new(parts.read_buf).chain(read);
+                let early = Bytes::copy_from_slice(&parts.read_buf);
+                drop(parts.read_buf);
+                let read = std::io::Cursor::new(early).chain(read);
                 realtime.spawn_connection(read, write, config, peer).await
             }
             // TLS: the stream's own halves, behind tokio's split lock.

@@ -857,6 +857,38 @@ async fn revoked_session_closes_4003() {
     server.stop().await;
 }
 
+/// A closed connection leaves no task behind. Its access-token timer used
+/// to sleep on until the token expired (15 minutes by default), holding
+/// the closed actor's cell: under reconnect churn, memory grew with every
+/// connect.
+#[tokio::test]
+async fn closed_connections_leave_no_tasks_behind() {
+    const CONNECTIONS: usize = 40;
+    let server = TestServer::start(Backend::Sqlite).await.expect("server");
+    let u = server.user("u", Role::User).await;
+    // Held open throughout, so the user's presence actor stays.
+    let _held = server.client(&u, Encoding::MessagePack).await;
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let before = metrics.num_alive_tasks();
+    for _ in 0..CONNECTIONS {
+        let c = server.client(&u, Encoding::MessagePack).await;
+        c.close().await.expect("close");
+    }
+    // A closed connection's writer may linger briefly (close grace).
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let mut alive = metrics.num_alive_tasks();
+    while alive > before + 2 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        alive = metrics.num_alive_tasks();
+    }
+    assert!(
+        alive <= before + 2,
+        "{CONNECTIONS} closed connections left {} tasks alive",
+        alive - before
+    );
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn foreign_origin_is_refused_at_the_upgrade() {
     let server = TestServer::start(Backend::Sqlite).await.expect("server");

@@ -101,6 +101,9 @@ pub enum ConnMsg {
 /// The actor; its configuration is the shared [`Realtime`] handles.
 pub struct ConnectionActor;
 
+/// A timer from `send_after`.
+type Timer = JoinHandle<Result<(), ractor::MessagingErr<ConnMsg>>>;
+
 /// A channel this connection joined.
 struct Joined {
     actor: ActorRef<ChannelMsg>,
@@ -121,7 +124,11 @@ pub struct ConnectionState {
     reader: JoinHandle<()>,
     writer: JoinHandle<()>,
     /// The authentication deadline's timer, stopped once authenticated.
-    auth_deadline: Option<JoinHandle<Result<(), ractor::MessagingErr<ConnMsg>>>>,
+    auth_deadline: Option<Timer>,
+    /// The access token's expiry timer, replaced by a re-authentication.
+    /// Stopped with the actor: until it fires it holds the actor's cell
+    /// (mailboxes included), for as long as the token lives.
+    token_expiry: Option<Timer>,
     span: tracing::Span,
     _live: crate::realtime::ConnectionGuard,
     /// Set by a clean stop; without it (a crash) `Drop` closes with 1011.
@@ -133,7 +140,10 @@ pub struct ConnectionState {
 impl Drop for ConnectionState {
     fn drop(&mut self) {
         self.reader.abort();
-        if let Some(timer) = self.auth_deadline.take() {
+        for timer in [self.auth_deadline.take(), self.token_expiry.take()]
+            .into_iter()
+            .flatten()
+        {
             timer.abort();
         }
         if !self.clean {
@@ -195,6 +205,7 @@ impl Actor for ConnectionActor {
             last_heard: Instant::now(),
             reader,
             auth_deadline: Some(auth_deadline),
+            token_expiry: None,
             writer,
             span,
             _live: args.live,
@@ -458,9 +469,13 @@ impl ConnectionState {
                     .record("user_id", tracing::field::display(identity.user_id));
                 let expires_in = identity.expires_at.saturating_sub(crate::now_ms()).max(0) as u64;
                 let expiry = identity.expires_at;
-                myself.send_after(Duration::from_millis(expires_in), move || {
-                    ConnMsg::TokenExpired(expiry)
-                });
+                let expiry_timer = myself
+                    .send_after(Duration::from_millis(expires_in), move || {
+                        ConnMsg::TokenExpired(expiry)
+                    });
+                if let Some(previous) = self.token_expiry.replace(expiry_timer) {
+                    previous.abort();
+                }
                 let response = ServerFrame::AuthenticationResponse(AuthenticationResponse {
                     reference,
                     result: Ok(AuthSuccess {

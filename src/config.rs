@@ -102,6 +102,7 @@ pub struct Config {
 
     pub persist_batch_max: usize,
     pub persist_batch_delay_us: u64,
+    pub persist_commits_in_flight: usize,
     pub persist_queue_capacity: usize,
 
     pub audit_checkpoint_every: u64,
@@ -163,7 +164,8 @@ impl Default for Config {
             recovery_limit: 1000,
             typing_expiry_ms: 6_000,
             persist_batch_max: 512,
-            persist_batch_delay_us: 2_000,
+            persist_batch_delay_us: 0,
+            persist_commits_in_flight: 4,
             persist_queue_capacity: 65_536,
             audit_checkpoint_every: 1_000,
             audit_checkpoint_interval_secs: 60,

@@ -141,6 +141,7 @@ pub async fn start(config: Config) -> Result<Started, ServerError> {
         persistence: PersistenceConfig {
             batch_max: config.persist_batch_max,
             batch_delay: Duration::from_micros(config.persist_batch_delay_us),
+            commits_in_flight: config.persist_commits_in_flight,
             queue_capacity: config.persist_queue_capacity,
         },
         audit: AuditConfig {

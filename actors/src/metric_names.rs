@@ -21,6 +21,9 @@ pub const PUBLISH_ACK_SECONDS: &str = "courier_publish_ack_seconds";
 pub const PERSIST_BATCH_SIZE: &str = "courier_persist_batch_size";
 /// Time to commit one persistence batch (histogram, seconds).
 pub const PERSIST_FLUSH_SECONDS: &str = "courier_persist_flush_seconds";
+/// Commits running when a batch starts, itself included (histogram): above
+/// 1, full batches are committed side by side.
+pub const PERSIST_COMMITS_IN_FLIGHT: &str = "courier_persist_commits_in_flight";
 /// Writes waiting in the persistence queue (gauge).
 pub const PERSIST_QUEUE: &str = "courier_persist_queue_depth";
 /// Writes refused because the persistence queue was full (counter).
@@ -73,6 +76,11 @@ pub fn describe() {
         PERSIST_FLUSH_SECONDS,
         Unit::Seconds,
         "Persistence batch commit time"
+    );
+    describe_histogram!(
+        PERSIST_COMMITS_IN_FLIGHT,
+        Unit::Count,
+        "Persistence commits running when a batch starts, itself included"
     );
     describe_gauge!(PERSIST_QUEUE, "Writes waiting for the persistence actor");
     describe_counter!(PERSIST_REJECTED, "Writes refused: persistence queue full");

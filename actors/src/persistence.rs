@@ -9,11 +9,13 @@
 //! the caller answers as `unavailable`. Its ractor mailbox takes only
 //! [`PersistenceMsg::Drain`].
 //!
-//! **Does**: the body of the actor is a batching loop. It takes the first
-//! queued write, then keeps collecting until the batch holds `batch_max`
-//! writes or `batch_delay` has passed since the first one, and commits the
-//! batch in one transaction ([`Store::apply_batch`]). Only after the commit
-//! does it answer each writer: channel actors get one
+//! **Does**: the body of the actor is a batching loop (group commit). When
+//! no commit is running, what is queued is committed at once in one
+//! transaction ([`Store::apply_batch`]); writes that arrive while a commit
+//! runs gather into the next batch, up to `batch_max`. A full batch may start
+//! beside running commits, up to `commits_in_flight` (PostgreSQL; SQLite has
+//! one writer). Only after its commit does it answer each writer, batch by
+//! batch in the order the batches formed: channel actors get one
 //! [`ChannelMsg::Committed`] per batch with all their outcomes, in order;
 //! other writers get a oneshot. When the store is unreachable the batch is
 //! retried with backoff (nothing is acked meanwhile), and service resumes by
@@ -32,13 +34,17 @@
 //!
 //! **Supervised by** the root supervisor. **A crash** loses the writes that
 //! were queued but not committed; none of them was acked, so clients resend
-//! them (idempotently, by `clientMsgId`).
+//! them (idempotently, by `clientMsgId`). When the process dies with several
+//! commits in flight, a later batch may have committed and an earlier one
+//! not: its messages were neither acked nor delivered, and their `seq`s stay
+//! unused (a channel skips them; order is kept).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::stream::{FuturesOrdered, StreamExt};
 use metrics::{counter, gauge, histogram};
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::{mpsc, oneshot};
@@ -155,8 +161,12 @@ impl PersistenceHandle {
 pub struct PersistenceConfig {
     /// Flush when a batch holds this many writes.
     pub batch_max: usize,
-    /// Flush this long after the first write of a batch at the latest.
+    /// While no commit runs, how long a batch waits for more writes before
+    /// it commits; zero commits at once.
     pub batch_delay: Duration,
+    /// Full batches committed at once at most (capped by
+    /// [`Store::write_parallelism`](crate::store::Store::write_parallelism)).
+    pub commits_in_flight: usize,
     /// Writes that may wait; more are refused.
     pub queue_capacity: usize,
 }
@@ -283,7 +293,17 @@ impl Actor for PersistenceActor {
     }
 }
 
-/// Collects batches and commits them until drained.
+/// Collects batches and commits them until drained, answering in batch
+/// order.
+///
+/// When no commit is running, what is queued is committed at once (after
+/// `batch_delay`, when one is set); while a commit runs, new writes gather
+/// into the next batch (group commit). Only a full batch (`batch_max`)
+/// starts a commit beside running ones, up to `commits_in_flight`: under
+/// light load a write waits for no timer, under heavy load the store works
+/// on several large transactions at once. Outcomes are answered in the
+/// order the batches were formed, whatever order their commits finish in,
+/// so a channel actor hears of its writes in `seq` order.
 async fn batch_loop(
     store: DynStore,
     config: PersistenceConfig,
@@ -292,41 +312,84 @@ async fn batch_loop(
     health: Arc<StoreHealth>,
 ) {
     let batch_max = config.batch_max.max(1);
-    let mut queued: Vec<Queued> = Vec::with_capacity(batch_max);
-    let mut batch: Vec<Write> = Vec::with_capacity(batch_max);
+    let in_flight_max = config
+        .commits_in_flight
+        .clamp(1, store.write_parallelism().max(1));
+    let mut received: Vec<Queued> = Vec::with_capacity(batch_max);
+    let mut next: Vec<Write> = Vec::with_capacity(batch_max);
+    let mut commits = FuturesOrdered::new();
+    let mut open = true;
+    // While no commit runs, the time the gathering batch commits at.
+    let mut deadline: Option<tokio::time::Instant> = None;
     loop {
-        if stop.load(Ordering::SeqCst) {
-            rx.close();
+        if open && stop.load(Ordering::SeqCst) {
+            rx.close(); // what is queued is still received, then `0`
         }
-        if rx.recv_many(&mut queued, batch_max).await == 0 {
-            break; // closed and empty
+        let delay_over = deadline.is_none_or(|d| d <= tokio::time::Instant::now());
+        let start = !next.is_empty()
+            && commits.len() < in_flight_max
+            && (next.len() >= batch_max || (commits.is_empty() && (!open || delay_over)));
+        if start {
+            let batch = std::mem::replace(&mut next, Vec::with_capacity(batch_max));
+            deadline = None;
+            gauge!(m::PERSIST_QUEUE).set(rx.len() as f64);
+            commits.push_back(commit(store.clone(), batch, health.clone()));
+            histogram!(m::PERSIST_COMMITS_IN_FLIGHT).record(commits.len() as f64);
+            continue;
         }
-        let deadline = tokio::time::Instant::now() + config.batch_delay;
-        while queued.len() < batch_max && !stop.load(Ordering::SeqCst) {
-            let room = batch_max - queued.len();
-            tokio::select! {
-                n = rx.recv_many(&mut queued, room) => if n == 0 { break },
-                _ = tokio::time::sleep_until(deadline) => break,
+        if !open && commits.is_empty() && next.is_empty() {
+            break; // closed, committed and answered
+        }
+        if deadline.is_none()
+            && !config.batch_delay.is_zero()
+            && commits.is_empty()
+            && !next.is_empty()
+        {
+            deadline = Some(tokio::time::Instant::now() + config.batch_delay);
+        }
+        let room = batch_max.saturating_sub(next.len());
+        // At least one branch is enabled: with no commit running and
+        // nothing to receive, `next` is full or the queue closed, and either
+        // starts a commit above.
+        tokio::select! {
+            Some((replies, outcomes)) = commits.next(), if !commits.is_empty() => {
+                answer(replies, outcomes);
             }
+            n = rx.recv_many(&mut received, room), if open && room > 0 => {
+                if n == 0 {
+                    open = false;
+                }
+                next.extend(received.drain(..).filter_map(|q| match q {
+                    Queued::Write(w) => Some(w),
+                    Queued::Wake => None,
+                }));
+            }
+            _ = sleep_until_some(deadline), if deadline.is_some() && commits.is_empty() => {}
         }
-        batch.extend(queued.drain(..).filter_map(|q| match q {
-            Queued::Write(w) => Some(w),
-            Queued::Wake => None,
-        }));
-        gauge!(m::PERSIST_QUEUE).set(rx.len() as f64);
-        if !batch.is_empty() {
-            commit(&*store, &mut batch, &health).await;
-        }
-        batch.clear();
     }
 }
 
-/// Commits one batch, retrying while the store is unreachable, and answers
-/// every writer.
-async fn commit(store: &dyn crate::store::Store, batch: &mut Vec<Write>, health: &StoreHealth) {
-    let ops: Vec<WriteOp> = batch.iter().map(|w| w.op.clone()).collect();
+/// Sleeps until `deadline`; forever without one.
+async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+type Outcome = Result<WriteOutcome, PersistError>;
+
+/// Commits one batch, retrying while the store is unreachable; returns who
+/// to answer and what.
+async fn commit(
+    store: DynStore,
+    batch: Vec<Write>,
+    health: Arc<StoreHealth>,
+) -> (Vec<PersistReply>, Vec<Outcome>) {
+    let (ops, replies): (Vec<WriteOp>, Vec<PersistReply>) =
+        batch.into_iter().map(|w| (w.op, w.reply)).unzip();
     let mut backoff = Duration::from_millis(50);
-    let outcomes: Vec<Result<WriteOutcome, PersistError>> = loop {
+    let outcomes = loop {
         let started = Instant::now();
         match store.apply_batch(&ops).await {
             Ok(outcomes) => {
@@ -335,7 +398,7 @@ async fn commit(store: &dyn crate::store::Store, batch: &mut Vec<Write>, health:
                 histogram!(m::PERSIST_BATCH_SIZE).record(ops.len() as f64);
                 break outcomes.into_iter().map(Ok).collect();
             }
-            Err(e) if e.is_transient() || !answers(store).await => {
+            Err(e) if e.is_transient() || !answers(&*store).await => {
                 health.commit_down.store(true, Ordering::Relaxed);
                 counter!(m::PERSIST_RETRIES).increment(1);
                 tracing::warn!(error = %e, rows = ops.len(), retry_in_ms = backoff.as_millis() as u64,
@@ -345,11 +408,11 @@ async fn commit(store: &dyn crate::store::Store, batch: &mut Vec<Write>, health:
             }
             Err(e) => {
                 tracing::error!(error = %e, rows = ops.len(), "batch refused; retrying row by row");
-                break apply_one_by_one(store, &ops).await;
+                break apply_one_by_one(&*store, &ops).await;
             }
         }
     };
-    answer(batch, outcomes);
+    (replies, outcomes)
 }
 
 /// The fallback when a whole batch is refused: each op in its own transaction.
@@ -410,11 +473,11 @@ async fn answers(store: &dyn crate::store::Store) -> bool {
 }
 
 /// Sends every outcome to its writer: one message per channel actor.
-fn answer(batch: &mut Vec<Write>, outcomes: Vec<Result<WriteOutcome, PersistError>>) {
-    type Outcomes = Vec<(u64, Result<WriteOutcome, PersistError>)>;
+fn answer(replies: Vec<PersistReply>, outcomes: Vec<Outcome>) {
+    type Outcomes = Vec<(u64, Outcome)>;
     let mut per_channel: HashMap<ActorId, (ActorRef<ChannelMsg>, Outcomes)> = HashMap::new();
-    for (write, outcome) in batch.drain(..).zip(outcomes) {
-        match write.reply {
+    for (reply, outcome) in replies.into_iter().zip(outcomes) {
+        match reply {
             PersistReply::Channel(actor, token) => {
                 per_channel
                     .entry(actor.get_id())

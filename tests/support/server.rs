@@ -57,7 +57,6 @@ pub fn test_config(dir: &TempDir, database_url: String) -> Config {
         send_per_minute: 1_000_000,
         rest_per_15min: 1_000_000,
         auth_per_15min: 1_000_000,
-        persist_batch_delay_us: 500,
         ..Config::default()
     }
 }

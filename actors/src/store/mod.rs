@@ -93,6 +93,10 @@ pub trait Store: Send + Sync + 'static {
     /// `"postgres"` or `"sqlite"`.
     fn backend(&self) -> &'static str;
 
+    /// How many write transactions can usefully run at once: the
+    /// persistence actor commits at most this many batches side by side.
+    fn write_parallelism(&self) -> usize;
+
     /// Runs pending migrations (also done by [`connect`]).
     async fn migrate(&self) -> Result<(), StoreError>;
 

@@ -34,6 +34,9 @@ static MIGRATOR: Migrator = sqlx::migrate!("../migrations/postgres");
 /// The advisory-lock key of the writer lock ("Courier!").
 const WRITER_LOCK_KEY: i64 = 0x436f_7572_6965_7221;
 
+/// Connections in the pool.
+const POOL_CONNECTIONS: u32 = 16;
+
 /// The PostgreSQL store. Cheap to clone (the pool is shared).
 #[derive(Clone, Debug)]
 pub struct PgStore {
@@ -47,7 +50,7 @@ impl PgStore {
             .application_name("courier")
             .options([("synchronous_commit", "on")]);
         let pool = PgPoolOptions::new()
-            .max_connections(16)
+            .max_connections(POOL_CONNECTIONS)
             .acquire_timeout(Duration::from_secs(3))
             .connect_with(options)
             .await?;
@@ -84,6 +87,11 @@ pub(super) fn classify(e: &PgDatabaseError) -> StoreError {
 impl Store for PgStore {
     fn backend(&self) -> &'static str {
         "postgres"
+    }
+
+    /// A quarter of the pool: reads, the audit actor and REST keep the rest.
+    fn write_parallelism(&self) -> usize {
+        (POOL_CONNECTIONS / 4) as usize
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
@@ -495,22 +503,15 @@ impl Store for PgStore {
         }
         let mut tx = self.pool.begin().await?;
         let mut outcomes = Vec::with_capacity(ops.len());
-        // Runs of consecutive inserts become one statement each; other ops
-        // are applied one by one. Order is kept, so each outcome lands at its
-        // op's index.
-        for run in ops.chunk_by(|a, b| is_insert(a) && is_insert(b)) {
-            if is_insert(&run[0]) {
-                let messages: Vec<&StoredMessage> = run
-                    .iter()
-                    .filter_map(|op| match op {
-                        WriteOp::InsertMessage(m) => Some(m),
-                        _ => None,
-                    })
-                    .collect();
-                outcomes.extend(insert_messages(&mut tx, &messages).await?);
-            } else {
-                for op in run {
-                    outcomes.push(apply_op(&mut tx, op).await?);
+        for run in sql::runs(ops) {
+            match run {
+                sql::Run::Inserts(messages) => {
+                    outcomes.extend(insert_messages(&mut tx, &messages).await?)
+                }
+                sql::Run::Others(others) => {
+                    for op in others {
+                        outcomes.push(apply_op(&mut tx, op).await?);
+                    }
                 }
             }
         }
@@ -805,10 +806,6 @@ impl PgStore {
 /// One array parameter: `f` of every item.
 fn column<'a, T, U>(items: &'a [T], f: impl FnMut(&'a T) -> U) -> Vec<U> {
     items.iter().map(f).collect()
-}
-
-fn is_insert(op: &WriteOp) -> bool {
-    matches!(op, WriteOp::InsertMessage(_))
 }
 
 /// Inserts `messages` (in order) with one statement and returns one outcome

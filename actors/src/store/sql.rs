@@ -14,8 +14,36 @@ use uuid::Uuid;
 
 use super::{
     AuditRecord, Channel, ChannelKind, ChannelRole, Checkpoint, ClientMsgRef, Member, MessageRow,
-    Role, Session, StoreError, StoredMessage, User,
+    Role, Session, StoreError, StoredMessage, User, WriteOp,
 };
+
+/// A stretch of a write batch: consecutive message inserts (one multi-row
+/// statement) or other ops (applied one by one).
+pub(super) enum Run<'a> {
+    Inserts(Vec<&'a StoredMessage>),
+    Others(&'a [WriteOp]),
+}
+
+/// Cuts `ops` into [`Run`]s, in order, so each outcome lands at its op's
+/// index.
+pub(super) fn runs(ops: &[WriteOp]) -> impl Iterator<Item = Run<'_>> {
+    let is_insert = |op: &WriteOp| matches!(op, WriteOp::InsertMessage(_));
+    ops.chunk_by(move |a, b| is_insert(a) && is_insert(b))
+        .map(move |run| {
+            if is_insert(&run[0]) {
+                Run::Inserts(
+                    run.iter()
+                        .filter_map(|op| match op {
+                            WriteOp::InsertMessage(m) => Some(m),
+                            _ => None,
+                        })
+                        .collect(),
+                )
+            } else {
+                Run::Others(run)
+            }
+        })
+}
 
 impl From<sqlx::Error> for StoreError {
     /// The one mapping of driver errors. Database-specific codes are sorted by

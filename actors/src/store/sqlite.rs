@@ -16,11 +16,15 @@
 //! busy timeout) rather than failing when a read lock cannot be upgraded.
 //! [`Store::apply_batch`] is one such transaction; its statements are prepared
 //! once per connection and reused for every row (sqlx's statement cache).
+//! Message batches and audit appends run on a thread of their own
+//! ([`WriteThread`]), away from the queue of the server's runnable tasks.
 //!
 //! `sqlite::memory:` works too (one connection, the database lives as long as
 //! the store).
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -33,6 +37,7 @@ use sqlx::sqlite::{
     SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{Sqlite, Transaction};
+use tokio::sync::{mpsc, oneshot};
 use uuid::fmt::Hyphenated;
 use uuid::Uuid;
 
@@ -52,6 +57,65 @@ pub struct SqliteStore {
     pool: SqlitePool,
     /// Writes: one connection.
     write: SqlitePool,
+    /// Where the hot write transactions run (see [`WriteThread`]).
+    write_thread: WriteThread,
+}
+
+/// A thread with a runtime of its own for the hot write transactions
+/// (message batches, audit appends).
+///
+/// sqlx runs each SQLite connection on a thread and answers every statement
+/// from there, waking the awaiting task from outside the runtime. Such a wake
+/// joins the back of the runtime's shared queue, and under load that queue
+/// holds every other runnable task: at 5,000 subscribers, thousands of
+/// connection writers after each fan-out. A batch is three or more
+/// statements (begin, inserts, commit), so it waited that long three or more
+/// times while holding the only write connection. Here the statements'
+/// wakes reach a runtime with nothing else to do, and the caller is woken
+/// once, when the transaction is over. Jobs run one at a time, as they would
+/// on the one write connection anyway. The thread ends when the last clone
+/// of the store is dropped.
+#[derive(Clone, Debug)]
+struct WriteThread {
+    jobs: mpsc::UnboundedSender<WriteJob>,
+}
+
+type WriteJob = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+impl WriteThread {
+    fn start() -> Result<Self, StoreError> {
+        let (jobs, mut queue) = mpsc::unbounded_channel::<WriteJob>();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Database(format!("cannot start the write runtime: {e}")))?;
+        std::thread::Builder::new()
+            .name("courier-sqlite-write".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    while let Some(job) = queue.recv().await {
+                        job.await;
+                    }
+                });
+            })
+            .map_err(|e| StoreError::Database(format!("cannot start the write thread: {e}")))?;
+        Ok(WriteThread { jobs })
+    }
+
+    /// Runs `job` on the write thread and returns its result.
+    async fn run<T: Send + 'static>(
+        &self,
+        job: impl Future<Output = Result<T, StoreError>> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        let gone = || StoreError::Database("the SQLite write thread stopped".into());
+        self.jobs
+            .send(Box::pin(async move {
+                let _ = tx.send(job.await);
+            }))
+            .map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
 }
 
 impl SqliteStore {
@@ -97,14 +161,18 @@ impl SqliteStore {
                 .await?;
             (read, write)
         };
-        let store = SqliteStore { pool, write };
+        let store = SqliteStore {
+            pool,
+            write,
+            write_thread: WriteThread::start()?,
+        };
         store.migrate().await?;
         Ok(store)
     }
 
     /// A write transaction holding SQLite's write lock from the start.
     async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
-        Ok(self.write.begin_with("BEGIN IMMEDIATE").await?)
+        begin_write(&self.write).await
     }
 
     /// Physically removes the messages matching `predicate` (on `$1`), first
@@ -127,6 +195,88 @@ impl SqliteStore {
         tx.commit().await?;
         Ok(done.rows_affected())
     }
+}
+
+/// A write transaction on `write` holding SQLite's write lock from the start.
+async fn begin_write(write: &SqlitePool) -> Result<Transaction<'static, Sqlite>, StoreError> {
+    Ok(write.begin_with("BEGIN IMMEDIATE").await?)
+}
+
+/// [`Store::apply_batch`], on the write thread.
+async fn apply_batch_on(
+    write: &SqlitePool,
+    ops: &[WriteOp],
+) -> Result<Vec<WriteOutcome>, StoreError> {
+    if ops.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut tx = begin_write(write).await?;
+    let mut outcomes = Vec::with_capacity(ops.len());
+    // Each run of inserts is one multi-row statement per `INSERT_ROWS_MAX`
+    // rows (each statement is a round trip to sqlx's SQLite thread).
+    for run in sql::runs(ops) {
+        match run {
+            sql::Run::Inserts(messages) => {
+                for chunk in messages.chunks(INSERT_ROWS_MAX) {
+                    outcomes.extend(insert_messages(&mut tx, chunk).await?);
+                }
+            }
+            sql::Run::Others(others) => {
+                for op in others {
+                    outcomes.push(apply_op(&mut tx, op).await?);
+                }
+            }
+        }
+    }
+    tx.commit().await?;
+    Ok(outcomes)
+}
+
+/// [`Store::append_audit`], on the write thread.
+async fn append_audit_on(write: &SqlitePool, entries: &[AuditRecord]) -> Result<(), StoreError> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let mut tx = begin_write(write).await?;
+    let head = sqlx::query("SELECT seq, hash FROM audit_logs ORDER BY seq DESC LIMIT 1")
+        .fetch_optional(&mut *tx)
+        .await?;
+    let head = match head {
+        Some(r) => Some((r.uint("seq")?, r.text("hash")?)),
+        None => None,
+    };
+    sql::check_audit_continuity(head, entries)?;
+    // Multi-row statements: each statement is a round trip to sqlx's
+    // SQLite thread. 9 parameters a row.
+    for chunk in entries.chunks(INSERT_ROWS_MAX) {
+        let mut statement = String::from(
+            "INSERT INTO audit_logs
+                 (seq, timestamp, actor_id, ip, user_agent, action, details, prev_hash, hash)
+             VALUES ",
+        );
+        for i in 0..chunk.len() {
+            if i > 0 {
+                statement.push(',');
+            }
+            statement.push_str("(?,?,?,?,?,?,?,?,?)");
+        }
+        let mut query = sqlx::query(&statement);
+        for e in chunk {
+            query = query
+                .bind(to_db(e.seq, "audit seq")?)
+                .bind(e.timestamp)
+                .bind(e.actor_id.map(|a| id(a.0)))
+                .bind(&e.ip)
+                .bind(&e.user_agent)
+                .bind(&e.action)
+                .bind(sql::details_json(&e.details)?)
+                .bind(&e.prev_hash)
+                .bind(&e.hash);
+        }
+        query.execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(())
 }
 
 /// Sorts an SQLite error by its result code. Messages name tables and
@@ -159,6 +309,11 @@ fn id(uuid: Uuid) -> Hyphenated {
 impl Store for SqliteStore {
     fn backend(&self) -> &'static str {
         "sqlite"
+    }
+
+    /// One: SQLite has a single writer (and this store one write connection).
+    fn write_parallelism(&self) -> usize {
+        1
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
@@ -541,32 +696,11 @@ impl Store for SqliteStore {
         if ops.is_empty() {
             return Ok(Vec::new());
         }
-        let mut tx = self.begin_write().await?;
-        let mut outcomes = Vec::with_capacity(ops.len());
-        // Runs of consecutive inserts become multi-row statements (each
-        // statement is a round trip to sqlx's SQLite thread); other ops are
-        // applied one by one. Order is kept.
-        let is_insert = |op: &WriteOp| matches!(op, WriteOp::InsertMessage(_));
-        for run in ops.chunk_by(|a, b| is_insert(a) && is_insert(b)) {
-            if is_insert(&run[0]) {
-                let messages: Vec<&StoredMessage> = run
-                    .iter()
-                    .filter_map(|op| match op {
-                        WriteOp::InsertMessage(m) => Some(m),
-                        _ => None,
-                    })
-                    .collect();
-                for chunk in messages.chunks(INSERT_ROWS_MAX) {
-                    outcomes.extend(insert_messages(&mut tx, chunk).await?);
-                }
-            } else {
-                for op in run {
-                    outcomes.push(apply_op(&mut tx, op).await?);
-                }
-            }
-        }
-        tx.commit().await?;
-        Ok(outcomes)
+        let write = self.write.clone();
+        let ops = ops.to_vec();
+        self.write_thread
+            .run(async move { apply_batch_on(&write, &ops).await })
+            .await
     }
 
     async fn last_seq(&self, channel: ChannelId) -> Result<u64, StoreError> {
@@ -736,46 +870,11 @@ impl Store for SqliteStore {
         if entries.is_empty() {
             return Ok(());
         }
-        let mut tx = self.begin_write().await?;
-        let head = sqlx::query("SELECT seq, hash FROM audit_logs ORDER BY seq DESC LIMIT 1")
-            .fetch_optional(&mut *tx)
-            .await?;
-        let head = match head {
-            Some(r) => Some((r.uint("seq")?, r.text("hash")?)),
-            None => None,
-        };
-        sql::check_audit_continuity(head, entries)?;
-        // Multi-row statements: each statement is a round trip to sqlx's
-        // SQLite thread. 9 parameters a row.
-        for chunk in entries.chunks(INSERT_ROWS_MAX) {
-            let mut statement = String::from(
-                "INSERT INTO audit_logs
-                     (seq, timestamp, actor_id, ip, user_agent, action, details, prev_hash, hash)
-                 VALUES ",
-            );
-            for i in 0..chunk.len() {
-                if i > 0 {
-                    statement.push(',');
-                }
-                statement.push_str("(?,?,?,?,?,?,?,?,?)");
-            }
-            let mut query = sqlx::query(&statement);
-            for e in chunk {
-                query = query
-                    .bind(to_db(e.seq, "audit seq")?)
-                    .bind(e.timestamp)
-                    .bind(e.actor_id.map(|a| id(a.0)))
-                    .bind(&e.ip)
-                    .bind(&e.user_agent)
-                    .bind(&e.action)
-                    .bind(sql::details_json(&e.details)?)
-                    .bind(&e.prev_hash)
-                    .bind(&e.hash);
-            }
-            query.execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        let write = self.write.clone();
+        let entries = entries.to_vec();
+        self.write_thread
+            .run(async move { append_audit_on(&write, &entries).await })
+            .await
     }
 
     async fn audit_head(&self) -> Result<Option<AuditRecord>, StoreError> {

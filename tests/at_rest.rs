@@ -25,7 +25,6 @@ both_backends!(
     audit_verify_finds_every_kind_of_tampering,
     rotation_under_live_load_loses_nothing,
     group_commit_writes_batches,
-    full_batches_commit_side_by_side_in_seq_order,
 );
 
 /// A server whose configuration and data directory outlive it, so CLI
@@ -429,98 +428,5 @@ async fn group_commit_writes_batches(backend: Backend) {
         count > 0.0 && sum / count > 2.0,
         "batches average more than two rows: sum {sum}, count {count}"
     );
-    server.stop().await;
-}
-
-/// With tiny batches and several commits allowed in flight, eight senders
-/// pipelining 100 sends each into eight channels: every send is acked, acks
-/// of one channel come in `seq` order, and a reader joined to all eight sees
-/// each channel's messages once, in order, without gaps. On PostgreSQL full
-/// batches did commit side by side.
-async fn full_batches_commit_side_by_side_in_seq_order(backend: Backend) {
-    let Some((server, _config, _data)) = start(backend, |c| {
-        c.persist_batch_max = 2;
-        c.persist_commits_in_flight = 4;
-    })
-    .await
-    else {
-        return;
-    };
-    const SENDS: u64 = 100;
-    const CHANNELS: u64 = 8;
-    let reader_user = server.user("reader", Role::User).await;
-    let mut channels = Vec::new();
-    let mut senders = Vec::new();
-    for i in 0..CHANNELS {
-        let u = server.user(&format!("s{i}"), Role::User).await;
-        let ch = server
-            .channel(&format!("c{i}"), ChannelKind::Private, &u, &[&reader_user])
-            .await;
-        channels.push(ch);
-        senders.push((u, ch));
-    }
-    let mut reader = server.client(&reader_user, Encoding::MessagePack).await;
-    for ch in &channels {
-        reader.join(*ch, None).await.expect("join");
-    }
-    let reading = tokio::spawn(async move {
-        let mut last = std::collections::HashMap::<ChannelId, u64>::new();
-        for _ in 0..SENDS * CHANNELS {
-            match reader.next_push(T).await.expect("push") {
-                ServerFrame::NewMessage(push) => {
-                    let m = push.data;
-                    let previous = last.insert(m.channel_id, m.seq).unwrap_or(0);
-                    assert_eq!(
-                        m.seq,
-                        previous + 1,
-                        "in order, no gaps, in {}",
-                        m.channel_id
-                    );
-                }
-                other => panic!("unexpected push {other:?}"),
-            }
-        }
-        last
-    });
-    let mut sending = Vec::new();
-    for (u, ch) in senders {
-        let (mut tx, mut rx) = server.client(&u, Encoding::MessagePack).await.split();
-        sending.push(tokio::spawn(async move {
-            let batch: Vec<ClientRequest> = (0..SENDS)
-                .map(|i| ClientRequest::SendMessage(SendMessage::text(ch, format!("p{i}"))))
-                .collect();
-            let refs = tx.send_batch(batch).await.expect("send");
-            let mut seqs = Vec::new();
-            for r in &refs {
-                match rx.answer(r, T).await.expect("ack") {
-                    ServerFrame::Ack(Ack {
-                        result: AckResult::Sent(sent),
-                        ..
-                    }) => seqs.push(sent.seq),
-                    other => panic!("{other:?}"),
-                }
-            }
-            seqs
-        }));
-    }
-    for task in sending {
-        let seqs = task.await.expect("sender");
-        assert_eq!(seqs, (1..=SENDS).collect::<Vec<_>>(), "acked in seq order");
-    }
-    let last = reading.await.expect("reader");
-    assert!(channels.iter().all(|ch| last.get(ch) == Some(&SENDS)));
-    if backend == Backend::Postgres {
-        let metrics = courier::telemetry::render_metrics();
-        let most = metrics
-            .lines()
-            .find(|l| l.starts_with("courier_persist_commits_in_flight{quantile=\"1\"}"))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0);
-        assert!(
-            most > 1.0,
-            "full batches committed side by side: at most {most} in flight"
-        );
-    }
     server.stop().await;
 }

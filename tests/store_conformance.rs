@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use courier_actors::store::{
     AuditFilter, AuditRecord, Channel, ChannelKind, ChannelPatch, ChannelRole, Checkpoint,
     ClientMsgRef, DynStore, Member, NewUser, Reencrypted, RefreshOutcome, Role, Session,
-    StoreError, StoredMessage, User, UserPatch, WriteOp, WriteOutcome,
+    StoreError, StoredMessage, Turn, User, UserPatch, WriteOp, WriteOutcome,
 };
 use courier_protocol::{ChannelId, MessageId, SessionId, UserId};
 
@@ -58,6 +58,7 @@ conformance!(
     batch_of_500_inserts,
     duplicate_client_ids,
     seq_is_unique_and_batches_are_atomic,
+    a_batch_commits_only_in_its_turn,
     edits_deletes_and_reactions,
     paging,
     expiry_and_purges,
@@ -65,6 +66,45 @@ conformance!(
     deleting_a_user_keeps_their_messages,
     audit_chain,
 );
+
+/// A batch beside the one before it commits only once that one has: before
+/// its turn none of its rows can be read, after it all of them; when the
+/// batch before is abandoned, it commits nothing.
+async fn a_batch_commits_only_in_its_turn(store: DynStore) {
+    let u = user(&store, "turns").await;
+    let ch = channel(&store, &u, "turns", ChannelKind::Public).await;
+    let ops: Vec<WriteOp> = (1..=3)
+        .map(|seq| WriteOp::InsertMessage(msg(&ch, &u, seq, None)))
+        .collect();
+    let (done, before) = tokio::sync::watch::channel(false);
+    let applying = tokio::spawn({
+        let store = store.clone();
+        async move {
+            store
+                .apply_batch_in_turn(&ops, &mut Turn::after(before))
+                .await
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!applying.is_finished(), "waits for its turn");
+    assert_eq!(store.last_seq(ch.id).await.expect("last seq"), 0);
+    done.send(true).expect("turn");
+    let outcomes = applying.await.expect("task").expect("applied");
+    assert_eq!(outcomes, vec![WriteOutcome::Done; 3]);
+    assert_eq!(store.last_seq(ch.id).await.expect("last seq"), 3);
+
+    let (done, before) = tokio::sync::watch::channel(false);
+    let ops = [WriteOp::InsertMessage(msg(&ch, &u, 4, None))];
+    drop(done);
+    let abandoned = store
+        .apply_batch_in_turn(&ops, &mut Turn::after(before))
+        .await;
+    assert!(
+        matches!(abandoned, Err(StoreError::Unavailable(_))),
+        "{abandoned:?}"
+    );
+    assert_eq!(store.last_seq(ch.id).await.expect("last seq"), 3);
+}
 
 // ---- fixtures ---------------------------------------------------------------
 

@@ -12,9 +12,10 @@
 //! **Does**: the body of the actor is a batching loop (group commit). When
 //! no commit is running, what is queued is committed at once in one
 //! transaction ([`Store::apply_batch`]); writes that arrive while a commit
-//! runs gather into the next batch, up to `batch_max`. A full batch may start
-//! beside running commits, up to `commits_in_flight` (PostgreSQL; SQLite has
-//! one writer). Only after its commit does it answer each writer, batch by
+//! runs gather into the next batch, up to `batch_max`. A full batch of
+//! message inserts may start beside running commits, up to
+//! `commits_in_flight` (PostgreSQL; SQLite has one writer); batches still
+//! commit in the order they formed. Only after its commit does it answer each writer, batch by
 //! batch in the order the batches formed: channel actors get one
 //! [`ChannelMsg::Committed`] per batch with all their outcomes, in order;
 //! other writers get a oneshot. When the store is unreachable the batch is
@@ -34,10 +35,9 @@
 //!
 //! **Supervised by** the root supervisor. **A crash** loses the writes that
 //! were queued but not committed; none of them was acked, so clients resend
-//! them (idempotently, by `clientMsgId`). When the process dies with several
-//! commits in flight, a later batch may have committed and an earlier one
-//! not: its messages were neither acked nor delivered, and their `seq`s stay
-//! unused (a channel skips them; order is kept).
+//! them (idempotently, by `clientMsgId`). Batches commit in order, so what
+//! survives a crash is a prefix of them and every channel's `seq` stays
+//! gap-free.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -47,12 +47,12 @@ use std::time::{Duration, Instant};
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use metrics::{counter, gauge, histogram};
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::channel::ChannelMsg;
 use crate::metric_names as m;
-use crate::store::{DynStore, WriteOp, WriteOutcome};
+use crate::store::{DynStore, Turn, WriteOp, WriteOutcome};
 
 /// Why a write was not committed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -298,12 +298,18 @@ impl Actor for PersistenceActor {
 ///
 /// When no commit is running, what is queued is committed at once (after
 /// `batch_delay`, when one is set); while a commit runs, new writes gather
-/// into the next batch (group commit). Only a full batch (`batch_max`)
-/// starts a commit beside running ones, up to `commits_in_flight`: under
-/// light load a write waits for no timer, under heavy load the store works
-/// on several large transactions at once. Outcomes are answered in the
-/// order the batches were formed, whatever order their commits finish in,
-/// so a channel actor hears of its writes in `seq` order.
+/// into the next batch (group commit). Only a full batch (`batch_max`) of
+/// message inserts starts beside running ones, up to `commits_in_flight`:
+/// under light load a write waits for no timer, under heavy load the store
+/// works on several large transactions at once. A batch beside others runs
+/// its statements at once but commits only after the batch before it
+/// ([`Turn`]), so batches commit in the order they formed and a crash keeps
+/// a prefix of them: `seq` stays gap-free. Inserts only, because such a
+/// batch holds no lock an earlier batch could wait for (new rows, fresh
+/// ids and `seq`s, key-share locks on channels) while it waits for its
+/// turn; anything else waits for the running commits. Outcomes are
+/// answered in the same order, so a channel actor hears of its writes in
+/// `seq` order.
 async fn batch_loop(
     store: DynStore,
     config: PersistenceConfig,
@@ -318,6 +324,8 @@ async fn batch_loop(
     let mut received: Vec<Queued> = Vec::with_capacity(batch_max);
     let mut next: Vec<Write> = Vec::with_capacity(batch_max);
     let mut commits = FuturesOrdered::new();
+    // Set once the batch started last has committed: the next one's turn.
+    let mut last_done: Option<watch::Receiver<bool>> = None;
     let mut open = true;
     // While no commit runs, the time the gathering batch commits at.
     let mut deadline: Option<tokio::time::Instant> = None;
@@ -326,14 +334,21 @@ async fn batch_loop(
             rx.close(); // what is queued is still received, then `0`
         }
         let delay_over = deadline.is_none_or(|d| d <= tokio::time::Instant::now());
+        let full = next.len() >= batch_max;
         let start = !next.is_empty()
             && commits.len() < in_flight_max
-            && (next.len() >= batch_max || (commits.is_empty() && (!open || delay_over)));
+            && ((commits.is_empty() && (full || !open || delay_over))
+                || (full && next.iter().all(|w| w.op.is_insert())));
         if start {
             let batch = std::mem::replace(&mut next, Vec::with_capacity(batch_max));
             deadline = None;
             gauge!(m::PERSIST_QUEUE).set(rx.len() as f64);
-            commits.push_back(commit(store.clone(), batch, health.clone()));
+            let (done, done_rx) = watch::channel(false);
+            let turn = match last_done.replace(done_rx) {
+                Some(before) if !commits.is_empty() => Turn::after(before),
+                _ => Turn::now(),
+            };
+            commits.push_back(commit(store.clone(), batch, health.clone(), turn, done));
             histogram!(m::PERSIST_COMMITS_IN_FLIGHT).record(commits.len() as f64);
             continue;
         }
@@ -379,19 +394,21 @@ async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
 
 type Outcome = Result<WriteOutcome, PersistError>;
 
-/// Commits one batch, retrying while the store is unreachable; returns who
-/// to answer and what.
+/// Commits one batch in its turn, retrying while the store is unreachable;
+/// says so on `done` and returns who to answer and what.
 async fn commit(
     store: DynStore,
     batch: Vec<Write>,
     health: Arc<StoreHealth>,
+    mut turn: Turn,
+    done: watch::Sender<bool>,
 ) -> (Vec<PersistReply>, Vec<Outcome>) {
     let (ops, replies): (Vec<WriteOp>, Vec<PersistReply>) =
         batch.into_iter().map(|w| (w.op, w.reply)).unzip();
     let mut backoff = Duration::from_millis(50);
     let outcomes = loop {
         let started = Instant::now();
-        match store.apply_batch(&ops).await {
+        match store.apply_batch_in_turn(&ops, &mut turn).await {
             Ok(outcomes) => {
                 health.commit_down.store(false, Ordering::Relaxed);
                 histogram!(m::PERSIST_FLUSH_SECONDS).record(started.elapsed().as_secs_f64());
@@ -408,10 +425,12 @@ async fn commit(
             }
             Err(e) => {
                 tracing::error!(error = %e, rows = ops.len(), "batch refused; retrying row by row");
+                let _ = turn.wait().await;
                 break apply_one_by_one(&*store, &ops).await;
             }
         }
     };
+    let _ = done.send(true);
     (replies, outcomes)
 }
 

@@ -66,6 +66,36 @@ pub async fn connect(url: &str) -> Result<DynStore, StoreError> {
     }
 }
 
+/// When a batch may commit: once the batch before it has (see
+/// [`Store::apply_batch_in_turn`]).
+pub struct Turn(Option<tokio::sync::watch::Receiver<bool>>);
+
+impl Turn {
+    /// No batch before: commit at will.
+    pub fn now() -> Self {
+        Turn(None)
+    }
+
+    /// After the batch whose `done` sender this receiver listens to sets
+    /// `true`.
+    pub fn after(done: tokio::sync::watch::Receiver<bool>) -> Self {
+        Turn(Some(done))
+    }
+
+    /// Waits for the turn; `Unavailable` when the batch before was dropped
+    /// uncommitted (the loop is going away).
+    pub async fn wait(&mut self) -> Result<(), StoreError> {
+        match &mut self.0 {
+            None => Ok(()),
+            Some(done) => done
+                .wait_for(|committed| *committed)
+                .await
+                .map(|_| ())
+                .map_err(|_| StoreError::Unavailable("the batch before was abandoned".into())),
+        }
+    }
+}
+
 /// Held while this process is the store's only writer; dropping it lets
 /// another process become the writer (see [`Store::lock_writer`]).
 pub struct WriterLock {
@@ -202,6 +232,20 @@ pub trait Store: Send + Sync + 'static {
     /// Applies a group-commit batch in one transaction (see [`WriteOp`]).
     /// Either every op is applied or none is.
     async fn apply_batch(&self, ops: &[WriteOp]) -> Result<Vec<WriteOutcome>, StoreError>;
+
+    /// [`apply_batch`](Store::apply_batch) for a batch that may run beside
+    /// the one before it: the statements may run at once, but the commit
+    /// waits for `turn` (the batch before committed), so batches commit in
+    /// the order they formed and a crash keeps a prefix of them (`seq` stays
+    /// gap-free). The default waits for its turn, then applies.
+    async fn apply_batch_in_turn(
+        &self,
+        ops: &[WriteOp],
+        turn: &mut Turn,
+    ) -> Result<Vec<WriteOutcome>, StoreError> {
+        turn.wait().await?;
+        self.apply_batch(ops).await
+    }
     /// The highest `seq` ever used in a channel (tombstones and deleted rows
     /// included), 0 when none.
     async fn last_seq(&self, channel: ChannelId) -> Result<u64, StoreError>;

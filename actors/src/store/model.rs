@@ -277,6 +277,13 @@ pub enum WriteOp {
     },
 }
 
+impl WriteOp {
+    /// Whether this is a message insert.
+    pub fn is_insert(&self) -> bool {
+        matches!(self, WriteOp::InsertMessage(_))
+    }
+}
+
 /// What one [`WriteOp`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WriteOutcome {

@@ -25,8 +25,8 @@ use uuid::Uuid;
 use super::sql::{self, bound, to_db, SqlRow};
 use super::{
     AuditFilter, AuditRecord, Channel, ChannelPatch, Checkpoint, ClientMsgRef, Member, MessageRow,
-    NewUser, Reencrypted, RefreshOutcome, Role, Session, Store, StoreError, StoredMessage, User,
-    UserPatch, WriteOp, WriteOutcome, WriterLock,
+    NewUser, Reencrypted, RefreshOutcome, Role, Session, Store, StoreError, StoredMessage, Turn,
+    User, UserPatch, WriteOp, WriteOutcome, WriterLock,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("../migrations/postgres");
@@ -498,6 +498,15 @@ impl Store for PgStore {
     // ---- messages ----------------------------------------------------------
 
     async fn apply_batch(&self, ops: &[WriteOp]) -> Result<Vec<WriteOutcome>, StoreError> {
+        self.apply_batch_in_turn(ops, &mut Turn::now()).await
+    }
+
+    /// The statements run at once; only the commit waits for its turn.
+    async fn apply_batch_in_turn(
+        &self,
+        ops: &[WriteOp],
+        turn: &mut Turn,
+    ) -> Result<Vec<WriteOutcome>, StoreError> {
         if ops.is_empty() {
             return Ok(Vec::new());
         }
@@ -515,6 +524,7 @@ impl Store for PgStore {
                 }
             }
         }
+        turn.wait().await?;
         tx.commit().await?;
         Ok(outcomes)
     }

@@ -27,10 +27,9 @@ pub(super) enum Run<'a> {
 /// Cuts `ops` into [`Run`]s, in order, so each outcome lands at its op's
 /// index.
 pub(super) fn runs(ops: &[WriteOp]) -> impl Iterator<Item = Run<'_>> {
-    let is_insert = |op: &WriteOp| matches!(op, WriteOp::InsertMessage(_));
-    ops.chunk_by(move |a, b| is_insert(a) && is_insert(b))
-        .map(move |run| {
-            if is_insert(&run[0]) {
+    ops.chunk_by(|a, b| a.is_insert() && b.is_insert())
+        .map(|run| {
+            if run[0].is_insert() {
                 Run::Inserts(
                     run.iter()
                         .filter_map(|op| match op {

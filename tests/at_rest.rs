@@ -393,8 +393,10 @@ async fn rotation_under_live_load_loses_nothing(backend: Backend) {
 }
 
 async fn group_commit_writes_batches(backend: Backend) {
-    // The default: no batch delay; writes gather while a commit runs.
-    let Some((server, _config, _data)) = start(backend, |_| {}).await else {
+    // A batch delay makes the batching independent of how fast this build
+    // commits (without one, writes gather only while a commit runs).
+    let Some((server, _config, _data)) = start(backend, |c| c.persist_batch_delay_us = 2_000).await
+    else {
         return;
     };
     let u = server.user("u", Role::User).await;

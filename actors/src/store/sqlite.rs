@@ -16,15 +16,11 @@
 //! busy timeout) rather than failing when a read lock cannot be upgraded.
 //! [`Store::apply_batch`] is one such transaction; its statements are prepared
 //! once per connection and reused for every row (sqlx's statement cache).
-//! Message batches and audit appends run on a thread of their own
-//! ([`WriteThread`]), away from the queue of the server's runnable tasks.
 //!
 //! `sqlite::memory:` works too (one connection, the database lives as long as
 //! the store).
 
 use std::collections::BTreeMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -37,7 +33,6 @@ use sqlx::sqlite::{
     SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{Sqlite, Transaction};
-use tokio::sync::{mpsc, oneshot};
 use uuid::fmt::Hyphenated;
 use uuid::Uuid;
 
@@ -57,65 +52,6 @@ pub struct SqliteStore {
     pool: SqlitePool,
     /// Writes: one connection.
     write: SqlitePool,
-    /// Where the hot write transactions run (see [`WriteThread`]).
-    write_thread: WriteThread,
-}
-
-/// A thread with a runtime of its own for the hot write transactions
-/// (message batches, audit appends).
-///
-/// sqlx runs each SQLite connection on a thread and answers every statement
-/// from there, waking the awaiting task from outside the runtime. Such a wake
-/// joins the back of the runtime's shared queue, and under load that queue
-/// holds every other runnable task: at 5,000 subscribers, thousands of
-/// connection writers after each fan-out. A batch is three or more
-/// statements (begin, inserts, commit), so it waited that long three or more
-/// times while holding the only write connection. Here the statements'
-/// wakes reach a runtime with nothing else to do, and the caller is woken
-/// once, when the transaction is over. Jobs run one at a time, as they would
-/// on the one write connection anyway. The thread ends when the last clone
-/// of the store is dropped.
-#[derive(Clone, Debug)]
-struct WriteThread {
-    jobs: mpsc::UnboundedSender<WriteJob>,
-}
-
-type WriteJob = Pin<Box<dyn Future<Output = ()> + Send>>;
-
-impl WriteThread {
-    fn start() -> Result<Self, StoreError> {
-        let (jobs, mut queue) = mpsc::unbounded_channel::<WriteJob>();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| StoreError::Database(format!("cannot start the write runtime: {e}")))?;
-        std::thread::Builder::new()
-            .name("courier-sqlite-write".into())
-            .spawn(move || {
-                runtime.block_on(async move {
-                    while let Some(job) = queue.recv().await {
-                        job.await;
-                    }
-                });
-            })
-            .map_err(|e| StoreError::Database(format!("cannot start the write thread: {e}")))?;
-        Ok(WriteThread { jobs })
-    }
-
-    /// Runs `job` on the write thread and returns its result.
-    async fn run<T: Send + 'static>(
-        &self,
-        job: impl Future<Output = Result<T, StoreError>> + Send + 'static,
-    ) -> Result<T, StoreError> {
-        let (tx, rx) = oneshot::channel();
-        let gone = || StoreError::Database("the SQLite write thread stopped".into());
-        self.jobs
-            .send(Box::pin(async move {
-                let _ = tx.send(job.await);
-            }))
-            .map_err(|_| gone())?;
-        rx.await.map_err(|_| gone())?
-    }
 }
 
 impl SqliteStore {
@@ -161,11 +97,7 @@ impl SqliteStore {
                 .await?;
             (read, write)
         };
-        let store = SqliteStore {
-            pool,
-            write,
-            write_thread: WriteThread::start()?,
-        };
+        let store = SqliteStore { pool, write };
         store.migrate().await?;
         Ok(store)
     }
@@ -202,7 +134,7 @@ async fn begin_write(write: &SqlitePool) -> Result<Transaction<'static, Sqlite>,
     Ok(write.begin_with("BEGIN IMMEDIATE").await?)
 }
 
-/// [`Store::apply_batch`], on the write thread.
+/// [`Store::apply_batch`] on the write connection.
 async fn apply_batch_on(
     write: &SqlitePool,
     ops: &[WriteOp],
@@ -232,7 +164,7 @@ async fn apply_batch_on(
     Ok(outcomes)
 }
 
-/// [`Store::append_audit`], on the write thread.
+/// [`Store::append_audit`] on the write connection.
 async fn append_audit_on(write: &SqlitePool, entries: &[AuditRecord]) -> Result<(), StoreError> {
     if entries.is_empty() {
         return Ok(());
@@ -696,11 +628,7 @@ impl Store for SqliteStore {
         if ops.is_empty() {
             return Ok(Vec::new());
         }
-        let write = self.write.clone();
-        let ops = ops.to_vec();
-        self.write_thread
-            .run(async move { apply_batch_on(&write, &ops).await })
-            .await
+        apply_batch_on(&self.write, ops).await
     }
 
     async fn last_seq(&self, channel: ChannelId) -> Result<u64, StoreError> {
@@ -870,11 +798,7 @@ impl Store for SqliteStore {
         if entries.is_empty() {
             return Ok(());
         }
-        let write = self.write.clone();
-        let entries = entries.to_vec();
-        self.write_thread
-            .run(async move { append_audit_on(&write, &entries).await })
-            .await
+        append_audit_on(&self.write, entries).await
     }
 
     async fn audit_head(&self) -> Result<Option<AuditRecord>, StoreError> {

@@ -333,7 +333,10 @@ async fn batch_loop(
         if open && stop.load(Ordering::SeqCst) {
             rx.close(); // what is queued is still received, then `0`
         }
-        let delay_over = deadline.is_none_or(|d| d <= tokio::time::Instant::now());
+        // Without a delay a batch may go at once; with one, not before its
+        // deadline (set below once it has a write and no commit runs).
+        let delay_over = config.batch_delay.is_zero()
+            || deadline.is_some_and(|d| d <= tokio::time::Instant::now());
         let full = next.len() >= batch_max;
         let start = !next.is_empty()
             && commits.len() < in_flight_max

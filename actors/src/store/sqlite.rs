@@ -104,7 +104,7 @@ impl SqliteStore {
 
     /// A write transaction holding SQLite's write lock from the start.
     async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
-        begin_write(&self.write).await
+        Ok(self.write.begin_with("BEGIN IMMEDIATE").await?)
     }
 
     /// Physically removes the messages matching `predicate` (on `$1`), first
@@ -127,88 +127,6 @@ impl SqliteStore {
         tx.commit().await?;
         Ok(done.rows_affected())
     }
-}
-
-/// A write transaction on `write` holding SQLite's write lock from the start.
-async fn begin_write(write: &SqlitePool) -> Result<Transaction<'static, Sqlite>, StoreError> {
-    Ok(write.begin_with("BEGIN IMMEDIATE").await?)
-}
-
-/// [`Store::apply_batch`] on the write connection.
-async fn apply_batch_on(
-    write: &SqlitePool,
-    ops: &[WriteOp],
-) -> Result<Vec<WriteOutcome>, StoreError> {
-    if ops.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut tx = begin_write(write).await?;
-    let mut outcomes = Vec::with_capacity(ops.len());
-    // Each run of inserts is one multi-row statement per `INSERT_ROWS_MAX`
-    // rows (each statement is a round trip to sqlx's SQLite thread).
-    for run in sql::runs(ops) {
-        match run {
-            sql::Run::Inserts(messages) => {
-                for chunk in messages.chunks(INSERT_ROWS_MAX) {
-                    outcomes.extend(insert_messages(&mut tx, chunk).await?);
-                }
-            }
-            sql::Run::Others(others) => {
-                for op in others {
-                    outcomes.push(apply_op(&mut tx, op).await?);
-                }
-            }
-        }
-    }
-    tx.commit().await?;
-    Ok(outcomes)
-}
-
-/// [`Store::append_audit`] on the write connection.
-async fn append_audit_on(write: &SqlitePool, entries: &[AuditRecord]) -> Result<(), StoreError> {
-    if entries.is_empty() {
-        return Ok(());
-    }
-    let mut tx = begin_write(write).await?;
-    let head = sqlx::query("SELECT seq, hash FROM audit_logs ORDER BY seq DESC LIMIT 1")
-        .fetch_optional(&mut *tx)
-        .await?;
-    let head = match head {
-        Some(r) => Some((r.uint("seq")?, r.text("hash")?)),
-        None => None,
-    };
-    sql::check_audit_continuity(head, entries)?;
-    // Multi-row statements: each statement is a round trip to sqlx's
-    // SQLite thread. 9 parameters a row.
-    for chunk in entries.chunks(INSERT_ROWS_MAX) {
-        let mut statement = String::from(
-            "INSERT INTO audit_logs
-                 (seq, timestamp, actor_id, ip, user_agent, action, details, prev_hash, hash)
-             VALUES ",
-        );
-        for i in 0..chunk.len() {
-            if i > 0 {
-                statement.push(',');
-            }
-            statement.push_str("(?,?,?,?,?,?,?,?,?)");
-        }
-        let mut query = sqlx::query(&statement);
-        for e in chunk {
-            query = query
-                .bind(to_db(e.seq, "audit seq")?)
-                .bind(e.timestamp)
-                .bind(e.actor_id.map(|a| id(a.0)))
-                .bind(&e.ip)
-                .bind(&e.user_agent)
-                .bind(&e.action)
-                .bind(sql::details_json(&e.details)?)
-                .bind(&e.prev_hash)
-                .bind(&e.hash);
-        }
-        query.execute(&mut *tx).await?;
-    }
-    tx.commit().await?;
-    Ok(())
 }
 
 /// Sorts an SQLite error by its result code. Messages name tables and
@@ -628,7 +546,26 @@ impl Store for SqliteStore {
         if ops.is_empty() {
             return Ok(Vec::new());
         }
-        apply_batch_on(&self.write, ops).await
+        let mut tx = self.begin_write().await?;
+        let mut outcomes = Vec::with_capacity(ops.len());
+        // Each run of inserts is one multi-row statement per `INSERT_ROWS_MAX`
+        // rows (each statement is a round trip to sqlx's SQLite thread).
+        for run in sql::runs(ops) {
+            match run {
+                sql::Run::Inserts(messages) => {
+                    for chunk in messages.chunks(INSERT_ROWS_MAX) {
+                        outcomes.extend(insert_messages(&mut tx, chunk).await?);
+                    }
+                }
+                sql::Run::Others(others) => {
+                    for op in others {
+                        outcomes.push(apply_op(&mut tx, op).await?);
+                    }
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(outcomes)
     }
 
     async fn last_seq(&self, channel: ChannelId) -> Result<u64, StoreError> {
@@ -798,7 +735,46 @@ impl Store for SqliteStore {
         if entries.is_empty() {
             return Ok(());
         }
-        append_audit_on(&self.write, entries).await
+        let mut tx = self.begin_write().await?;
+        let head = sqlx::query("SELECT seq, hash FROM audit_logs ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&mut *tx)
+            .await?;
+        let head = match head {
+            Some(r) => Some((r.uint("seq")?, r.text("hash")?)),
+            None => None,
+        };
+        sql::check_audit_continuity(head, entries)?;
+        // Multi-row statements: each statement is a round trip to sqlx's
+        // SQLite thread. 9 parameters a row.
+        for chunk in entries.chunks(INSERT_ROWS_MAX) {
+            let mut statement = String::from(
+                "INSERT INTO audit_logs
+                     (seq, timestamp, actor_id, ip, user_agent, action, details, prev_hash, hash)
+                 VALUES ",
+            );
+            for i in 0..chunk.len() {
+                if i > 0 {
+                    statement.push(',');
+                }
+                statement.push_str("(?,?,?,?,?,?,?,?,?)");
+            }
+            let mut query = sqlx::query(&statement);
+            for e in chunk {
+                query = query
+                    .bind(to_db(e.seq, "audit seq")?)
+                    .bind(e.timestamp)
+                    .bind(e.actor_id.map(|a| id(a.0)))
+                    .bind(&e.ip)
+                    .bind(&e.user_agent)
+                    .bind(&e.action)
+                    .bind(sql::details_json(&e.details)?)
+                    .bind(&e.prev_hash)
+                    .bind(&e.hash);
+            }
+            query.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn audit_head(&self) -> Result<Option<AuditRecord>, StoreError> {

@@ -322,7 +322,7 @@ async fn batch_loop(
         .commits_in_flight
         .clamp(1, store.write_parallelism().max(1));
     let mut received: Vec<Queued> = Vec::with_capacity(batch_max);
-    let mut next: Vec<Write> = Vec::with_capacity(batch_max);
+    let mut next: Vec<Write> = Vec::new();
     let mut commits = FuturesOrdered::new();
     // Set once the batch started last has committed: the next one's turn.
     let mut last_done: Option<watch::Receiver<bool>> = None;
@@ -343,7 +343,9 @@ async fn batch_loop(
             && ((commits.is_empty() && (full || !open || delay_over))
                 || (full && next.iter().all(|w| w.op.is_insert())));
         if start {
-            let batch = std::mem::replace(&mut next, Vec::with_capacity(batch_max));
+            // Not `with_capacity(batch_max)`: a full-size buffer for every
+            // batch, most of one or a few writes, is a large allocation each.
+            let batch = std::mem::take(&mut next);
             deadline = None;
             gauge!(m::PERSIST_QUEUE).set(rx.len() as f64);
             let (done, done_rx) = watch::channel(false);

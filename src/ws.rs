@@ -25,8 +25,10 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use crate::http::{json_error, App};
 use courier_protocol::ErrorCode;
 
-/// Read buffer per connection: enough for typical frames; larger frames grow it.
-const READ_BUFFER: usize = 2 * 1024;
+/// Read buffer per connection, held for the connection's life: a chat
+/// message's frame or an `authenticate` with its token fits in one read. A
+/// larger frame gets a buffer of its own size, filled 1 KiB per read.
+const READ_BUFFER: usize = 1024;
 /// tungstenite writes only control replies (pong, close) here, and
 /// writes them through at once.
 const WRITE_BUFFER: usize = 0;

@@ -823,6 +823,87 @@ async fn authentication_deadline_closes_4001() {
     server.stop().await;
 }
 
+/// An access token that expires on an open socket closes it: `error`
+/// `auth_failed`, then 4001, when the token expires, not before. The token
+/// here expires long before the authentication deadline the reader was
+/// sleeping towards, so this also checks that authenticating moves the
+/// reader's alarm.
+#[tokio::test]
+async fn access_token_expiry_closes_4001() {
+    let server = TestServer::start_with(Backend::Sqlite, |c| {
+        c.access_token_ttl_secs = 2;
+        c.auth_timeout_ms = 60_000;
+    })
+    .await
+    .expect("server");
+    let u = server.user("u", Role::User).await;
+    let issued = std::time::Instant::now();
+    let mut c = server.client(&u, Encoding::MessagePack).await;
+    let frame = c.next_frame(T).await.expect("auth_failed error");
+    assert!(
+        matches!(&frame, ServerFrame::Error(e) if e.code == ErrorCode::AuthFailed),
+        "{frame:?}"
+    );
+    // `exp` is in whole seconds: a 2 s token lives more than 1 s.
+    assert!(
+        issued.elapsed() >= Duration::from_millis(950),
+        "closed {:?} after the token was issued",
+        issued.elapsed()
+    );
+    assert_eq!(
+        c.wait_closed(T).await.expect("closed"),
+        Some(close::AUTH_FAILED)
+    );
+    server.stop().await;
+}
+
+/// Re-authenticating with a fresh token of the same user keeps the socket
+/// open past the first token's expiry, until the second one expires.
+#[tokio::test]
+async fn reauthentication_extends_an_open_socket() {
+    let server = TestServer::start_with(Backend::Sqlite, |c| c.access_token_ttl_secs = 4)
+        .await
+        .expect("server");
+    let u = server.user("u", Role::User).await;
+    let tokens = &server.app.tokens;
+    let (first, first_exp) = tokens.issue(u.id, u.session_id).expect("token");
+    let first_exp = first_exp as i64 * 1000;
+    let mut c = Client::connect(&server.ws_url()).await.expect("connect");
+    let response = c.authenticate(&first).await.expect("answer");
+    assert!(response.result.is_ok(), "{response:?}");
+    // `exp` is in whole seconds: issued 2 s before the first one expires,
+    // the second token expires 2 s after it.
+    sleep_until_wall(first_exp - 2_000).await;
+    let (second, second_exp) = tokens.issue(u.id, u.session_id).expect("token");
+    assert_eq!(second_exp as i64 * 1000, first_exp + 2_000);
+    let response = c.authenticate(&second).await.expect("answer");
+    assert!(response.result.is_ok(), "{response:?}");
+    sleep_until_wall(first_exp + 300).await;
+    assert!(
+        matches!(
+            c.request(ClientRequest::Ping).await,
+            Ok(ServerFrame::Pong(_))
+        ),
+        "the socket closed with the first token"
+    );
+    let frame = c.next_frame(T).await.expect("auth_failed error");
+    assert!(matches!(&frame, ServerFrame::Error(e) if e.code == ErrorCode::AuthFailed));
+    assert!(courier_actors::now_ms() >= first_exp + 2_000);
+    assert_eq!(
+        c.wait_closed(T).await.expect("closed"),
+        Some(close::AUTH_FAILED)
+    );
+    server.stop().await;
+}
+
+/// Sleeps until the wall clock reads `at_ms` (ms since the epoch).
+async fn sleep_until_wall(at_ms: i64) {
+    let left = at_ms - courier_actors::now_ms();
+    if left > 0 {
+        tokio::time::sleep(Duration::from_millis(left as u64)).await;
+    }
+}
+
 #[tokio::test]
 async fn revoked_session_closes_4003() {
     let server = TestServer::start(Backend::Sqlite).await.expect("server");

@@ -7,8 +7,9 @@
 //!
 //! **Takes** [`ConnMsg`]: frames from its reader task (one at a time, with
 //! a permit, so a flooding client is slowed by TCP instead of filling
-//! memory), its timers (authentication deadline, heartbeat, token expiry),
-//! and the server's shutdown phases.
+//! memory), the clocks that task keeps (the heartbeat, and the [`Deadline`]:
+//! the authentication deadline, then the token's expiry), and the server's
+//! shutdown phases.
 //!
 //! **Does**: authenticates the first frame within the deadline, then answers
 //! every request of PROTOCOL.md section 4 in the order the frames came. Reads
@@ -34,11 +35,10 @@ use courier_protocol::frames::{
 };
 use courier_protocol::{ChannelId, ErrorCode, MessageId};
 use futures_util::stream::BoxStream;
-use futures_util::StreamExt;
 use metrics::counter;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::io::AsyncWrite;
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::{self, Message};
 
@@ -53,6 +53,7 @@ use crate::identity::{AuthRejected, Identity};
 use crate::metric_names as m;
 use crate::outbound::{self, ConnId, Outbound, OutboundReceiver, WriterEnd};
 use crate::presence::{ForUser, PresenceMsg};
+use crate::reader::{read_loop, Deadline};
 use crate::realtime::{AccessError, Publish, PublishError, Realtime, ShutdownPhase};
 use crate::store::{Channel, Member};
 
@@ -90,19 +91,16 @@ pub enum ConnMsg {
     ReadEnded(Option<u16>),
     /// The writer stopped.
     WriteEnded(WriterEnd),
-    AuthDeadline,
+    /// The connection's [`Deadline`] passed: the authentication deadline
+    /// before authentication, the access token's expiry after it.
+    DeadlinePassed,
     Heartbeat,
-    /// The access token expired (the expiry it was scheduled for).
-    TokenExpired(i64),
     /// The server entered a shutdown phase.
     Shutdown(ShutdownPhase),
 }
 
 /// The actor; its configuration is the shared [`Realtime`] handles.
 pub struct ConnectionActor;
-
-/// A timer from `send_after`.
-type Timer = JoinHandle<Result<(), ractor::MessagingErr<ConnMsg>>>;
 
 /// A channel this connection joined.
 struct Joined {
@@ -123,12 +121,10 @@ pub struct ConnectionState {
     last_heard: Instant,
     reader: JoinHandle<()>,
     writer: JoinHandle<()>,
-    /// The authentication deadline's timer, stopped once authenticated.
-    auth_deadline: Option<Timer>,
-    /// The access token's expiry timer, replaced by a re-authentication.
-    /// Stopped with the actor: until it fires it holds the actor's cell
-    /// (mailboxes included), for as long as the token lives.
-    token_expiry: Option<Timer>,
+    /// The authentication deadline, then the access token's expiry; the
+    /// reader task watches it (no timer task of its own, which would also
+    /// hold the actor's cell until it fired).
+    deadline: Deadline,
     span: tracing::Span,
     _live: crate::realtime::ConnectionGuard,
     /// Set by a clean stop; without it (a crash) `Drop` closes with 1011.
@@ -140,12 +136,6 @@ pub struct ConnectionState {
 impl Drop for ConnectionState {
     fn drop(&mut self) {
         self.reader.abort();
-        for timer in [self.auth_deadline.take(), self.token_expiry.take()]
-            .into_iter()
-            .flatten()
-        {
-            timer.abort();
-        }
         if !self.clean {
             // Killed while the server closes is going away, not a crash.
             let closing = *self.realtime.shutdown.borrow() == ShutdownPhase::Closing;
@@ -154,9 +144,6 @@ impl Drop for ConnectionState {
         }
     }
 }
-
-/// Frames a client may have in flight before its reader waits.
-const FRAMES_IN_FLIGHT: usize = 8;
 
 impl Actor for ConnectionActor {
     type Msg = ConnMsg;
@@ -185,13 +172,14 @@ impl Actor for ConnectionActor {
                 }
             })
         };
+        let deadline = Deadline::at(crate::now_ms() + limits.auth_timeout.as_millis() as i64);
         let reader = tokio::spawn(read_loop(
             args.stream,
             myself.clone(),
             args.realtime.shutdown.clone(),
             limits.heartbeat,
+            deadline.clone(),
         ));
-        let auth_deadline = myself.send_after(limits.auth_timeout, || ConnMsg::AuthDeadline);
         counter!(m::CONNECTIONS_TOTAL).increment(1);
         metrics::gauge!(m::CONNECTIONS).increment(1.0);
         Ok(ConnectionState {
@@ -204,8 +192,7 @@ impl Actor for ConnectionActor {
             joined: HashMap::new(),
             last_heard: Instant::now(),
             reader,
-            auth_deadline: Some(auth_deadline),
-            token_expiry: None,
+            deadline,
             writer,
             span,
             _live: args.live,
@@ -266,7 +253,7 @@ impl Actor for ConnectionActor {
                 state.last_heard = Instant::now();
                 // Boxed: the request futures are large, and inline they would
                 // make every connection's task (idle or not) that large.
-                Box::pin(state.on_frame(&myself, frame)).await;
+                Box::pin(state.on_frame(frame)).await;
             }
             ConnMsg::ReadEnded(code) => {
                 if let Some(code) = code {
@@ -276,8 +263,9 @@ impl Actor for ConnectionActor {
                 }
             }
             ConnMsg::WriteEnded(_) => myself.stop(None),
-            ConnMsg::AuthDeadline => {
-                if state.identity.is_none() {
+            ConnMsg::DeadlinePassed if state.closing => {}
+            ConnMsg::DeadlinePassed => match &state.identity {
+                None => {
                     counter!(m::AUTH_FAILURES, "reason" => "timeout").increment(1);
                     state.send(
                         &out::error(None, ErrorCode::AuthTimeout, "authentication timed out"),
@@ -285,25 +273,21 @@ impl Actor for ConnectionActor {
                     );
                     state.close_after_queued(close::AUTH_FAILED, "authentication timed out");
                 }
-            }
-            ConnMsg::Heartbeat => {
-                if state.last_heard.elapsed() >= state.realtime.limits.idle_timeout {
-                    state.outbound.close_now(close::IDLE);
-                } else {
-                    state.outbound.ping();
-                }
-            }
-            ConnMsg::TokenExpired(expiry) => {
-                if state
-                    .identity
-                    .as_ref()
-                    .is_some_and(|i| i.expires_at == expiry)
-                {
+                Some(identity) if identity.expires_at <= crate::now_ms() => {
                     state.send(
                         &out::error(None, ErrorCode::AuthFailed, "access token expired"),
                         state.encoding(),
                     );
                     state.close_after_queued(close::AUTH_FAILED, "token expired");
+                }
+                // A re-authentication moved the deadline after it passed.
+                Some(_) => {}
+            },
+            ConnMsg::Heartbeat => {
+                if state.last_heard.elapsed() >= state.realtime.limits.idle_timeout {
+                    state.outbound.close_now(close::IDLE);
+                } else {
+                    state.outbound.ping();
                 }
             }
             ConnMsg::Shutdown(ShutdownPhase::Draining) => {
@@ -317,51 +301,6 @@ impl Actor for ConnectionActor {
         }
         Ok(())
     }
-}
-
-/// Reads frames and hands them to the actor one permit at a time; also
-/// ticks the heartbeat (here rather than in a timer task of its own, one
-/// task less per connection).
-async fn read_loop(
-    mut stream: WsStream,
-    actor: ActorRef<ConnMsg>,
-    mut shutdown: watch::Receiver<ShutdownPhase>,
-    heartbeat: Duration,
-) {
-    let permits = Arc::new(Semaphore::new(FRAMES_IN_FLIGHT));
-    let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
-    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let end = loop {
-        tokio::select! {
-            _ = beat.tick() => {
-                if actor.cast(ConnMsg::Heartbeat).is_err() {
-                    return;
-                }
-            }
-            changed = shutdown.changed() => {
-                if changed.is_err() {
-                    continue;
-                }
-                let phase = *shutdown.borrow_and_update();
-                if actor.cast(ConnMsg::Shutdown(phase)).is_err() {
-                    return;
-                }
-            }
-            item = stream.next() => match item {
-                Some(Ok(msg)) => {
-                    let Ok(permit) = permits.clone().acquire_owned().await else { break None };
-                    if actor.cast(ConnMsg::Frame(msg, permit)).is_err() {
-                        return;
-                    }
-                }
-                Some(Err(tungstenite::Error::Capacity(_))) => break Some(close::TOO_LARGE),
-                Some(Err(tungstenite::Error::Utf8(_))) => break Some(close::INVALID_PAYLOAD),
-                Some(Err(tungstenite::Error::Protocol(_))) => break Some(1002),
-                Some(Err(_)) | None => break None,
-            }
-        }
-    };
-    let _ = actor.cast(ConnMsg::ReadEnded(end));
 }
 
 impl ConnectionState {
@@ -389,7 +328,7 @@ impl ConnectionState {
         self.realtime.audit.record(event);
     }
 
-    async fn on_frame(&mut self, myself: &ActorRef<ConnMsg>, frame: Message) {
+    async fn on_frame(&mut self, frame: Message) {
         let (bytes, encoding) = match &frame {
             Message::Binary(b) => (b.as_ref(), Encoding::MessagePack),
             Message::Text(t) => (t.as_bytes(), Encoding::Json),
@@ -415,8 +354,7 @@ impl ConnectionState {
         let ClientFrame { reference, request } = request;
         match (&self.identity, request) {
             (_, ClientRequest::Authenticate(auth)) => {
-                self.authenticate(myself, reference, &auth.token, encoding)
-                    .await;
+                self.authenticate(reference, &auth.token, encoding).await;
             }
             (None, ClientRequest::Ping | ClientRequest::Heartbeat) => {
                 self.send(&pong(reference), encoding);
@@ -445,13 +383,7 @@ impl ConnectionState {
         }
     }
 
-    async fn authenticate(
-        &mut self,
-        myself: &ActorRef<ConnMsg>,
-        reference: Option<Ref>,
-        token: &str,
-        encoding: Encoding,
-    ) {
+    async fn authenticate(&mut self, reference: Option<Ref>, token: &str, encoding: Encoding) {
         let result = self.realtime.authenticator.authenticate(token).await;
         let identity = match (result, &self.identity) {
             (Ok(new), Some(current)) if new.user_id != current.user_id => {
@@ -462,20 +394,9 @@ impl ConnectionState {
         match identity {
             Ok(identity) => {
                 let first = self.identity.is_none();
-                if let Some(timer) = self.auth_deadline.take() {
-                    timer.abort();
-                }
                 self.span
                     .record("user_id", tracing::field::display(identity.user_id));
-                let expires_in = identity.expires_at.saturating_sub(crate::now_ms()).max(0) as u64;
-                let expiry = identity.expires_at;
-                let expiry_timer = myself
-                    .send_after(Duration::from_millis(expires_in), move || {
-                        ConnMsg::TokenExpired(expiry)
-                    });
-                if let Some(previous) = self.token_expiry.replace(expiry_timer) {
-                    previous.abort();
-                }
+                self.deadline.set(identity.expires_at);
                 let response = ServerFrame::AuthenticationResponse(AuthenticationResponse {
                     reference,
                     result: Ok(AuthSuccess {

@@ -50,6 +50,7 @@ pub mod outbound;
 pub mod persistence;
 pub mod phi;
 pub mod presence;
+pub mod reader;
 pub mod realtime;
 pub mod retention;
 pub mod store;

@@ -1,0 +1,160 @@
+//! # The reader task of a connection, and the connection's clocks
+//!
+//! [`read_loop`] reads a connection's frames and hands them to its actor one
+//! permit at a time, so a flooding client is slowed by TCP instead of filling
+//! memory. It also keeps the connection's clocks, so that they cost no task
+//! of their own (an idle connection pays for each task it holds): the
+//! heartbeat tick, and the [`Deadline`] the actor sets, first the
+//! authentication deadline, then the access token's expiry.
+
+use std::future::poll_fn;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use courier_protocol::error::close;
+use futures_util::task::AtomicWaker;
+use futures_util::StreamExt;
+use ractor::ActorRef;
+use tokio::sync::{watch, Semaphore};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite;
+
+use crate::connection::{ConnMsg, WsStream};
+use crate::realtime::ShutdownPhase;
+
+/// Frames a client may have in flight before its reader waits.
+const FRAMES_IN_FLIGHT: usize = 8;
+
+/// No deadline.
+const NEVER: i64 = i64::MAX;
+
+/// When a connection's next deadline falls, in ms since the epoch: set by
+/// the actor, slept on by the reader, which sends [`ConnMsg::DeadlinePassed`]
+/// when it passes. Moving it wakes the reader, which aims at the new time.
+#[derive(Clone)]
+pub struct Deadline(Arc<DeadlineCell>);
+
+struct DeadlineCell {
+    at_ms: AtomicI64,
+    moved: AtomicWaker,
+}
+
+impl Deadline {
+    /// A deadline at `at_ms` (ms since the epoch).
+    pub fn at(at_ms: i64) -> Self {
+        Deadline(Arc::new(DeadlineCell {
+            at_ms: AtomicI64::new(at_ms),
+            moved: AtomicWaker::new(),
+        }))
+    }
+
+    /// Moves the deadline to `at_ms`.
+    pub fn set(&self, at_ms: i64) {
+        self.0.at_ms.store(at_ms, Ordering::Release);
+        self.0.moved.wake();
+    }
+
+    /// Removes the deadline.
+    pub fn clear(&self) {
+        self.set(NEVER);
+    }
+
+    fn get(&self) -> i64 {
+        self.0.at_ms.load(Ordering::Acquire)
+    }
+
+    /// Resolves once the deadline is no longer `aimed`.
+    async fn moved_from(&self, aimed: i64) {
+        poll_fn(|cx| {
+            self.0.moved.register(cx.waker());
+            if self.get() == aimed {
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        })
+        .await
+    }
+}
+
+/// The instant of the tokio clock at which the wall clock reads `at_ms`.
+fn instant_at(at_ms: i64) -> Instant {
+    let left = Duration::from_millis(at_ms.saturating_sub(crate::now_ms()).max(0) as u64);
+    let now = Instant::now();
+    // Far deadlines (a token valid for centuries) sleep a year at a time.
+    now.checked_add(left.min(Duration::from_secs(365 * 24 * 3600)))
+        .unwrap_or(now)
+}
+
+/// Reads frames and hands them to the actor; ticks the heartbeat; tells the
+/// actor when its deadline passes. Ends when the socket's read side ends
+/// (telling the actor with [`ConnMsg::ReadEnded`]) or the actor is gone.
+pub(crate) async fn read_loop(
+    mut stream: WsStream,
+    actor: ActorRef<ConnMsg>,
+    mut shutdown: watch::Receiver<ShutdownPhase>,
+    heartbeat: Duration,
+    deadline: Deadline,
+) {
+    let permits = Arc::new(Semaphore::new(FRAMES_IN_FLIGHT));
+    let mut beat = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let alarm = tokio::time::sleep_until(Instant::now());
+    tokio::pin!(alarm);
+    // The deadline the alarm is set for; none fired yet.
+    let mut aimed = NEVER;
+    let mut armed = false;
+    let mut shutdown_open = true;
+    let end = loop {
+        let due = deadline.get();
+        if due != aimed {
+            aimed = due;
+            armed = due != NEVER;
+            alarm.as_mut().reset(instant_at(due));
+        }
+        tokio::select! {
+            _ = &mut alarm, if armed => {
+                // The wall clock and the timer may disagree by a little.
+                if crate::now_ms() < aimed {
+                    alarm.as_mut().reset(instant_at(aimed));
+                    continue;
+                }
+                armed = false;
+                if actor.cast(ConnMsg::DeadlinePassed).is_err() {
+                    return;
+                }
+            }
+            _ = deadline.moved_from(aimed) => {}
+            _ = beat.tick() => {
+                if actor.cast(ConnMsg::Heartbeat).is_err() {
+                    return;
+                }
+            }
+            changed = shutdown.changed(), if shutdown_open => {
+                if changed.is_err() {
+                    shutdown_open = false;
+                    continue;
+                }
+                let phase = *shutdown.borrow_and_update();
+                if actor.cast(ConnMsg::Shutdown(phase)).is_err() {
+                    return;
+                }
+            }
+            item = stream.next() => match item {
+                Some(Ok(msg)) => {
+                    let Ok(permit) = permits.clone().acquire_owned().await else { break None };
+                    if actor.cast(ConnMsg::Frame(msg, permit)).is_err() {
+                        return;
+                    }
+                }
+                Some(Err(tungstenite::Error::Capacity(_))) => break Some(close::TOO_LARGE),
+                Some(Err(tungstenite::Error::Utf8(_))) => break Some(close::INVALID_PAYLOAD),
+                Some(Err(tungstenite::Error::Protocol(_))) => break Some(1002),
+                Some(Err(_)) | None => break None,
+            }
+        }
+    };
+    let _ = actor.cast(ConnMsg::ReadEnded(end));
+}

@@ -64,7 +64,11 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(5));
+            .busy_timeout(Duration::from_secs(5))
+            // Statement journals (a multi-row insert's undo within its
+            // transaction) stay in memory instead of spilling to a temporary
+            // file at 64 KiB; durability is the WAL's, not theirs.
+            .pragma("temp_store", "memory");
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
         let dir = options.get_filename().parent();
         if let Some(dir) = dir.filter(|d| !in_memory && !d.as_os_str().is_empty()) {

@@ -871,11 +871,12 @@ async fn reauthentication_extends_an_open_socket() {
     let mut c = Client::connect(&server.ws_url()).await.expect("connect");
     let response = c.authenticate(&first).await.expect("answer");
     assert!(response.result.is_ok(), "{response:?}");
-    // `exp` is in whole seconds: issued 2 s before the first one expires,
-    // the second token expires 2 s after it.
+    // `exp` is in whole seconds: issued 2 s (or more) before the first
+    // one expires, the second token expires 2 s (or more) after it.
     sleep_until_wall(first_exp - 2_000).await;
     let (second, second_exp) = tokens.issue(u.id, u.session_id).expect("token");
-    assert_eq!(second_exp as i64 * 1000, first_exp + 2_000);
+    let second_exp = second_exp as i64 * 1000;
+    assert!(second_exp >= first_exp + 2_000);
     let response = c.authenticate(&second).await.expect("answer");
     assert!(response.result.is_ok(), "{response:?}");
     sleep_until_wall(first_exp + 300).await;
@@ -888,7 +889,7 @@ async fn reauthentication_extends_an_open_socket() {
     );
     let frame = c.next_frame(T).await.expect("auth_failed error");
     assert!(matches!(&frame, ServerFrame::Error(e) if e.code == ErrorCode::AuthFailed));
-    assert!(courier_actors::now_ms() >= first_exp + 2_000);
+    assert!(courier_actors::now_ms() >= second_exp);
     assert_eq!(
         c.wait_closed(T).await.expect("closed"),
         Some(close::AUTH_FAILED)

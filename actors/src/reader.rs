@@ -56,11 +56,6 @@ impl Deadline {
         self.0.moved.wake();
     }
 
-    /// Removes the deadline.
-    pub fn clear(&self) {
-        self.set(NEVER);
-    }
-
     fn get(&self) -> i64 {
         self.0.at_ms.load(Ordering::Acquire)
     }

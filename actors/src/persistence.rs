@@ -15,8 +15,9 @@
 //! runs gather into the next batch, up to `batch_max`. A full batch of
 //! message inserts may start beside running commits, up to
 //! `commits_in_flight` (PostgreSQL; SQLite has one writer); batches still
-//! commit in the order they formed. Only after its commit does it answer each writer, batch by
-//! batch in the order the batches formed: channel actors get one
+//! commit in the order they formed. Only after its commit does it answer
+//! each writer, batch by batch in the order the batches formed: channel
+//! actors get one
 //! [`ChannelMsg::Committed`] per batch with all their outcomes, in order;
 //! other writers get a oneshot. When the store is unreachable the batch is
 //! retried with backoff (nothing is acked meanwhile), and service resumes by

@@ -10,6 +10,7 @@ mod support;
 
 use std::collections::BTreeMap;
 
+use courier_actors::store::sqlite::SqliteStore;
 use courier_actors::store::{
     AuditFilter, AuditRecord, Channel, ChannelKind, ChannelPatch, ChannelRole, Checkpoint,
     ClientMsgRef, DynStore, Member, NewUser, Reencrypted, RefreshOutcome, Role, Session,
@@ -65,6 +66,7 @@ conformance!(
     key_versions,
     deleting_a_user_keeps_their_messages,
     audit_chain,
+    audit_appends_beside_batches,
 );
 
 /// A batch beside the one before it commits only once that one has: before
@@ -104,6 +106,69 @@ async fn a_batch_commits_only_in_its_turn(store: DynStore) {
         "{abandoned:?}"
     );
     assert_eq!(store.last_seq(ch.id).await.expect("last seq"), 3);
+}
+
+/// Audit appends made while message batches commit, one of the batches
+/// failing and one of the appends not continuing the chain: every good
+/// append and every good batch is stored, in order, and the failures touch
+/// nothing else.
+async fn audit_appends_beside_batches(store: DynStore) {
+    let alice = user(&store, "alice").await;
+    let ward = channel(&store, &alice, "ward-7", ChannelKind::Public).await;
+    let batches = tokio::spawn({
+        let store = store.clone();
+        let (ward, alice) = (ward.clone(), alice.clone());
+        async move {
+            for batch in 0..20u64 {
+                let ops: Vec<WriteOp> = (1..=200)
+                    .map(|i| WriteOp::InsertMessage(msg(&ward, &alice, batch * 200 + i, None)))
+                    .collect();
+                store.apply_batch(&ops).await.expect("a good batch");
+                if batch == 10 {
+                    // A clash with a stored seq fails this batch alone.
+                    let clash = [WriteOp::InsertMessage(msg(&ward, &alice, 1, None))];
+                    let refused = store.apply_batch(&clash).await;
+                    assert!(
+                        matches!(refused, Err(StoreError::Conflict(_))),
+                        "{refused:?}"
+                    );
+                }
+            }
+        }
+    });
+    let hash = |seq: u64| format!("{seq:064x}");
+    let entry = |seq: u64| AuditRecord {
+        seq,
+        timestamp: T0 + seq as i64,
+        actor_id: Some(alice.id),
+        ip: None,
+        user_agent: None,
+        action: "message.send".to_owned(),
+        details: serde_json::json!({ "seq": seq }),
+        prev_hash: hash(seq - 1),
+        hash: hash(seq),
+    };
+    let mut appended = Vec::new();
+    for append in 0..60u64 {
+        let entries = [entry(append * 2 + 1), entry(append * 2 + 2)];
+        store.append_audit(&entries).await.expect("a good append");
+        appended.extend(entries);
+        if append == 30 {
+            let gap = [entry(append * 2 + 4)];
+            let refused = store.append_audit(&gap).await;
+            assert!(
+                matches!(refused, Err(StoreError::Conflict(_))),
+                "{refused:?}"
+            );
+        }
+        tokio::task::yield_now().await;
+    }
+    batches.await.expect("batches");
+
+    assert_eq!(store.last_seq(ward.id).await.unwrap(), 4_000);
+    let stored = store.messages_after(ward.id, 0, 5_000).await.unwrap();
+    assert_eq!(seqs(&stored), (1..=4_000).collect::<Vec<_>>());
+    assert_eq!(store.audit_range(0, 1_000).await.unwrap(), appended);
 }
 
 // ---- fixtures ---------------------------------------------------------------
@@ -1571,4 +1636,63 @@ async fn postgres_writer_lock_admits_one_broker() {
     drop(second);
     drop(first);
     support::release_postgres_db(&url).await;
+}
+
+/// On SQLite an audit append made while a message batch is committing rides
+/// in that batch's transaction (one commit, one WAL fsync) instead of
+/// committing alone after it.
+#[tokio::test]
+async fn sqlite_audit_append_rides_a_running_batch() {
+    let (url, _dir) = support::fresh_sqlite_url();
+    let sqlite = SqliteStore::connect(&url)
+        .await
+        .expect("open a SQLite store");
+    let store: DynStore = std::sync::Arc::new(sqlite.clone());
+    let alice = user(&store, "alice").await;
+    let ward = channel(&store, &alice, "ward-7", ChannelKind::Public).await;
+    let ops: Vec<WriteOp> = (1..=20_000)
+        .map(|seq| WriteOp::InsertMessage(msg(&ward, &alice, seq, None)))
+        .collect();
+    let batch = tokio::spawn({
+        let store = store.clone();
+        async move { store.apply_batch(&ops).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    assert!(
+        !batch.is_finished(),
+        "the batch must still be committing when the append comes"
+    );
+    let entry = AuditRecord {
+        seq: 1,
+        timestamp: T0,
+        actor_id: Some(alice.id),
+        ip: None,
+        user_agent: None,
+        action: "message.send".to_owned(),
+        details: serde_json::json!({}),
+        prev_hash: "0".repeat(64),
+        hash: "1".repeat(64),
+    };
+    store
+        .append_audit(std::slice::from_ref(&entry))
+        .await
+        .expect("append");
+    assert_eq!(sqlite.audit_appends_carried(), 1);
+    let outcomes = batch.await.expect("task").expect("batch");
+    assert_eq!(outcomes.len(), 20_000);
+    assert_eq!(store.audit_head().await.unwrap(), Some(entry));
+
+    // With no batch under way, an append commits alone.
+    let next = AuditRecord {
+        seq: 2,
+        prev_hash: "1".repeat(64),
+        hash: "2".repeat(64),
+        ..store.audit_head().await.unwrap().unwrap()
+    };
+    store
+        .append_audit(std::slice::from_ref(&next))
+        .await
+        .expect("append");
+    assert_eq!(sqlite.audit_appends_carried(), 1);
+    assert_eq!(store.audit_head().await.unwrap(), Some(next));
 }

@@ -10,7 +10,9 @@
 //! **Does**: a loop takes every queued event, chains the batch in memory
 //! ([`audit_chain::chain`], so batched entries are linked exactly like single
 //! ones), appends it in one transaction, retrying while the store is down,
-//! and only then moves its head. Every `checkpoint_every` entries, or every
+//! and only then moves its head. (On SQLite an append made while a message
+//! batch commits goes into that batch's transaction instead of a commit of
+//! its own: see `store::audit_ride`.) Every `checkpoint_every` entries, or every
 //! `checkpoint_interval` when anything changed, it signs `{seq, head_hash,
 //! time}` with the keyring's Ed25519 checkpoint key and writes the checkpoint
 //! both to the store and to an append-only file outside the database.

@@ -10,6 +10,7 @@
 //! membership) go through [`Store::apply_batch`], called only by the
 //! persistence actor, so that one transaction commits a whole batch.
 
+mod audit_ride;
 mod model;
 pub mod postgres;
 mod sql;
@@ -26,7 +27,7 @@ pub use model::*;
 pub type DynStore = Arc<dyn Store>;
 
 /// What went wrong in the store. Mapped to protocol error codes at the edge.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
     /// The row asked for does not exist.
     #[error("not found")]

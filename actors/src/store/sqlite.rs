@@ -16,12 +16,16 @@
 //! busy timeout) rather than failing when a read lock cannot be upgraded.
 //! [`Store::apply_batch`] is one such transaction; its statements are prepared
 //! once per connection and reused for every row (sqlx's statement cache).
+//! Audit appends made while a batch is under way commit in the batch's
+//! transaction rather than in one of their own (`audit_ride.rs`),
+//! so that batch and audit do not take turns at one WAL fsync each.
 //!
 //! `sqlite::memory:` works too (one connection, the database lives as long as
 //! the store).
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -32,10 +36,11 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteError, SqliteJournalMode, SqlitePool,
     SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Sqlite, Transaction};
+use sqlx::{Acquire, Sqlite, Transaction};
 use uuid::fmt::Hyphenated;
 use uuid::Uuid;
 
+use super::audit_ride::{AuditRide, Next, Parked};
 use super::sql::{self, bound, to_db, SqlRow};
 use super::{
     AuditFilter, AuditRecord, Channel, ChannelPatch, Checkpoint, ClientMsgRef, Member, MessageRow,
@@ -52,6 +57,8 @@ pub struct SqliteStore {
     pool: SqlitePool,
     /// Writes: one connection.
     write: SqlitePool,
+    /// Audit appends waiting to commit with the next message batch.
+    audit_ride: Arc<AuditRide>,
 }
 
 impl SqliteStore {
@@ -101,9 +108,19 @@ impl SqliteStore {
                 .await?;
             (read, write)
         };
-        let store = SqliteStore { pool, write };
+        let store = SqliteStore {
+            pool,
+            write,
+            audit_ride: Arc::default(),
+        };
         store.migrate().await?;
         Ok(store)
+    }
+
+    /// Audit appends that committed in a message batch's transaction rather
+    /// than alone, since the store opened.
+    pub fn audit_appends_carried(&self) -> u64 {
+        self.audit_ride.carried()
     }
 
     /// A write transaction holding SQLite's write lock from the start.
@@ -550,6 +567,7 @@ impl Store for SqliteStore {
         if ops.is_empty() {
             return Ok(Vec::new());
         }
+        let _host = self.audit_ride.host();
         let mut tx = self.begin_write().await?;
         let mut outcomes = Vec::with_capacity(ops.len());
         // Each run of inserts is one multi-row statement per `INSERT_ROWS_MAX`
@@ -568,8 +586,11 @@ impl Store for SqliteStore {
                 }
             }
         }
-        tx.commit().await?;
-        Ok(outcomes)
+        // The audit appends parked meanwhile commit with this batch.
+        let carried = write_parked(&mut tx, self.audit_ride.take(true)).await;
+        let committed = tx.commit().await.map_err(StoreError::from);
+        finish_parked(&committed, carried);
+        committed.map(|()| outcomes)
     }
 
     async fn last_seq(&self, channel: ChannelId) -> Result<u64, StoreError> {
@@ -739,46 +760,24 @@ impl Store for SqliteStore {
         if entries.is_empty() {
             return Ok(());
         }
-        let mut tx = self.begin_write().await?;
-        let head = sqlx::query("SELECT seq, hash FROM audit_logs ORDER BY seq DESC LIMIT 1")
-            .fetch_optional(&mut *tx)
-            .await?;
-        let head = match head {
-            Some(r) => Some((r.uint("seq")?, r.text("hash")?)),
-            None => None,
-        };
-        sql::check_audit_continuity(head, entries)?;
-        // Multi-row statements: each statement is a round trip to sqlx's
-        // SQLite thread. 9 parameters a row.
-        for chunk in entries.chunks(INSERT_ROWS_MAX) {
-            let mut statement = String::from(
-                "INSERT INTO audit_logs
-                     (seq, timestamp, actor_id, ip, user_agent, action, details, prev_hash, hash)
-                 VALUES ",
-            );
-            for i in 0..chunk.len() {
-                if i > 0 {
-                    statement.push(',');
-                }
-                statement.push_str("(?,?,?,?,?,?,?,?,?)");
-            }
-            let mut query = sqlx::query(&statement);
-            for e in chunk {
-                query = query
-                    .bind(to_db(e.seq, "audit seq")?)
-                    .bind(e.timestamp)
-                    .bind(e.actor_id.map(|a| id(a.0)))
-                    .bind(&e.ip)
-                    .bind(&e.user_agent)
-                    .bind(&e.action)
-                    .bind(sql::details_json(&e.details)?)
-                    .bind(&e.prev_hash)
-                    .bind(&e.hash);
-            }
-            query.execute(&mut *tx).await?;
+        let ride = &self.audit_ride;
+        let mut ticket = ride.park(entries.to_vec());
+        if let Next::Done(result) = ride.wait_for_host(&mut ticket).await {
+            return result;
         }
-        tx.commit().await?;
-        Ok(())
+        let mut tx = match self.begin_write().await {
+            Ok(tx) => tx,
+            Err(e) if ride.unpark(&ticket) => return Err(e),
+            // A batch took the entries while this waited for the connection.
+            Err(_) => return ride.outcome(ticket).await,
+        };
+        let parked = ride.take(false);
+        if !parked.is_empty() {
+            let written = write_parked(&mut tx, parked).await;
+            finish_parked(&tx.commit().await.map_err(StoreError::from), written);
+        }
+        // Empty: a batch took them while this waited; `tx` rolls back.
+        ride.outcome(ticket).await
     }
 
     async fn audit_head(&self) -> Result<Option<AuditRecord>, StoreError> {
@@ -838,6 +837,83 @@ impl Store for SqliteStore {
 }
 
 /// Applies one op of a batch inside its transaction.
+/// Writes parked audit appends in `tx`, each under a savepoint of its own,
+/// and pairs each with its outcome; [`finish_parked`] tells them after the
+/// commit.
+async fn write_parked(
+    tx: &mut Transaction<'static, Sqlite>,
+    parked: Vec<Parked>,
+) -> Vec<(Parked, Result<(), StoreError>)> {
+    let mut written = Vec::with_capacity(parked.len());
+    for append in parked {
+        let outcome = async {
+            let mut savepoint = tx.begin().await?;
+            insert_audit(&mut savepoint, &append.entries).await?;
+            savepoint.commit().await?;
+            Ok(())
+        }
+        .await;
+        written.push((append, outcome));
+    }
+    written
+}
+
+/// Answers the appends written by [`write_parked`] once their transaction
+/// has committed, or failed to.
+fn finish_parked(
+    committed: &Result<(), StoreError>,
+    written: Vec<(Parked, Result<(), StoreError>)>,
+) {
+    for (append, outcome) in written {
+        append.finish(committed.clone().and(outcome));
+    }
+}
+
+/// Appends entries that continue the chain at its stored head.
+async fn insert_audit(
+    conn: &mut SqliteConnection,
+    entries: &[AuditRecord],
+) -> Result<(), StoreError> {
+    let head = sqlx::query("SELECT seq, hash FROM audit_logs ORDER BY seq DESC LIMIT 1")
+        .fetch_optional(&mut *conn)
+        .await?;
+    let head = match head {
+        Some(r) => Some((r.uint("seq")?, r.text("hash")?)),
+        None => None,
+    };
+    sql::check_audit_continuity(head, entries)?;
+    // Multi-row statements: each statement is a round trip to sqlx's
+    // SQLite thread. 9 parameters a row.
+    for chunk in entries.chunks(INSERT_ROWS_MAX) {
+        let mut statement = String::from(
+            "INSERT INTO audit_logs
+                 (seq, timestamp, actor_id, ip, user_agent, action, details, prev_hash, hash)
+             VALUES ",
+        );
+        for i in 0..chunk.len() {
+            if i > 0 {
+                statement.push(',');
+            }
+            statement.push_str("(?,?,?,?,?,?,?,?,?)");
+        }
+        let mut query = sqlx::query(&statement);
+        for e in chunk {
+            query = query
+                .bind(to_db(e.seq, "audit seq")?)
+                .bind(e.timestamp)
+                .bind(e.actor_id.map(|a| id(a.0)))
+                .bind(&e.ip)
+                .bind(&e.user_agent)
+                .bind(&e.action)
+                .bind(sql::details_json(&e.details)?)
+                .bind(&e.prev_hash)
+                .bind(&e.hash);
+        }
+        query.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
 async fn apply_op(conn: &mut SqliteConnection, op: &WriteOp) -> Result<WriteOutcome, StoreError> {
     let touched = match op {
         WriteOp::InsertMessage(m) => return insert_message(conn, m).await,

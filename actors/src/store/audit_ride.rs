@@ -14,7 +14,8 @@
 //! batch that fails leaves them parked for the next host or for the append
 //! itself; the entries of one append go in under a savepoint, so an append
 //! that fails (say, it does not continue the chain) leaves the batch intact.
-//! An append whose caller has gone (its future dropped) is not written.
+//! An append whose caller has gone (its future dropped) before a host takes
+//! it is not written; one taken already commits with its host.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;

@@ -33,7 +33,7 @@ pub(super) struct AuditRide {
     hosts: AtomicUsize,
     /// Signalled whenever a host finishes.
     host_done: Notify,
-    /// Appends written by a host rather than alone.
+    /// Appends committed by a host's transaction rather than alone.
     carried: AtomicU64,
 }
 
@@ -128,18 +128,18 @@ impl AuditRide {
     }
 
     /// Everything parked whose appender still waits, oldest first.
-    /// `by_host` counts them as carried.
-    pub(super) fn take(&self, by_host: bool) -> Vec<Parked> {
+    pub(super) fn take(&self) -> Vec<Parked> {
         let mut taken = std::mem::take(&mut *self.lock());
         taken.retain(|p| !p.done.is_closed());
-        if by_host {
-            self.carried
-                .fetch_add(taken.len() as u64, Ordering::Relaxed);
-        }
         taken
     }
 
-    /// Appends written by a host's transaction since the store opened.
+    /// Counts appends a host's transaction committed.
+    pub(super) fn count_carried(&self, appends: usize) {
+        self.carried.fetch_add(appends as u64, Ordering::Relaxed);
+    }
+
+    /// Appends committed by a host's transaction since the store opened.
     pub(super) fn carried(&self) -> u64 {
         self.carried.load(Ordering::Relaxed)
     }

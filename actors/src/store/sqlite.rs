@@ -587,8 +587,12 @@ impl Store for SqliteStore {
             }
         }
         // The audit appends parked meanwhile commit with this batch.
-        let carried = write_parked(&mut tx, self.audit_ride.take(true)).await;
+        let carried = write_parked(&mut tx, self.audit_ride.take()).await;
         let committed = tx.commit().await.map_err(StoreError::from);
+        if committed.is_ok() {
+            let written = carried.iter().filter(|(_, outcome)| outcome.is_ok());
+            self.audit_ride.count_carried(written.count());
+        }
         finish_parked(&committed, carried);
         committed.map(|()| outcomes)
     }
@@ -771,7 +775,7 @@ impl Store for SqliteStore {
             // A batch took the entries while this waited for the connection.
             Err(_) => return ride.outcome(ticket).await,
         };
-        let parked = ride.take(false);
+        let parked = ride.take();
         if !parked.is_empty() {
             let written = write_parked(&mut tx, parked).await;
             finish_parked(&tx.commit().await.map_err(StoreError::from), written);

@@ -1638,6 +1638,87 @@ async fn postgres_writer_lock_admits_one_broker() {
     support::release_postgres_db(&url).await;
 }
 
+/// A made-up first audit entry by `actor` (its hash is not checked here).
+fn first_audit_entry(actor: &User) -> AuditRecord {
+    AuditRecord {
+        seq: 1,
+        timestamp: T0,
+        actor_id: Some(actor.id),
+        ip: None,
+        user_agent: None,
+        action: "message.send".to_owned(),
+        details: serde_json::json!({}),
+        prev_hash: "0".repeat(64),
+        hash: "1".repeat(64),
+    }
+}
+
+/// A restart after a crash: the dead broker's last message batch and audit
+/// append can still be committing, each on a session of its own, after its
+/// writer lock's session has gone. The successor's writer lock is granted
+/// only once they are done, so the heads it reads include them. (Deferred
+/// triggers that sleep make both commits take a second.)
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_writer_lock_waits_for_a_predecessors_commits() {
+    use sqlx::Connection;
+    let Some((first, url)) = support::fresh_postgres().await else {
+        return;
+    };
+    let alice = user(&first, "alice").await;
+    let ward = channel(&first, &alice, "ward-7", ChannelKind::Public).await;
+    let mut admin = sqlx::PgConnection::connect(&url).await.expect("connect");
+    for statement in [
+        "CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql
+             AS $$ BEGIN PERFORM pg_sleep(1); RETURN NULL; END $$",
+        "CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON audit_logs
+             DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit()",
+        "CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON messages
+             DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit()",
+    ] {
+        sqlx::query(statement)
+            .execute(&mut admin)
+            .await
+            .expect("slow commits");
+    }
+    let held = first
+        .lock_writer(std::time::Duration::from_secs(1))
+        .await
+        .expect("first lock");
+    let entry = first_audit_entry(&alice);
+    let append = tokio::spawn({
+        let (store, entry) = (first.clone(), entry.clone());
+        async move { store.append_audit(std::slice::from_ref(&entry)).await }
+    });
+    let batch = tokio::spawn({
+        let (store, ops) = (
+            first.clone(),
+            vec![WriteOp::InsertMessage(msg(&ward, &alice, 1, None))],
+        );
+        async move { store.apply_batch(&ops).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !append.is_finished() && !batch.is_finished(),
+        "both commits must still be under way when the successor starts"
+    );
+    // The predecessor "dies": its writer lock's session ends at once.
+    drop(held);
+    let second = courier_actors::store::connect(&url)
+        .await
+        .expect("second store");
+    let lock = second
+        .lock_writer(std::time::Duration::from_secs(10))
+        .await
+        .expect("the successor's lock");
+    assert_eq!(second.audit_head().await.unwrap(), Some(entry));
+    assert_eq!(second.last_seq(ward.id).await.unwrap(), 1);
+    append.await.expect("task").expect("append");
+    batch.await.expect("task").expect("batch");
+    drop(lock);
+    drop((second, first, admin));
+    support::release_postgres_db(&url).await;
+}
+
 /// On SQLite an audit append made while a message batch is committing rides
 /// in that batch's transaction (one commit, one WAL fsync) instead of
 /// committing alone after it.
@@ -1662,17 +1743,7 @@ async fn sqlite_audit_append_rides_a_running_batch() {
         !batch.is_finished(),
         "the batch must still be committing when the append comes"
     );
-    let entry = AuditRecord {
-        seq: 1,
-        timestamp: T0,
-        actor_id: Some(alice.id),
-        ip: None,
-        user_agent: None,
-        action: "message.send".to_owned(),
-        details: serde_json::json!({}),
-        prev_hash: "0".repeat(64),
-        hash: "1".repeat(64),
-    };
+    let entry = first_audit_entry(&alice);
     store
         .append_audit(std::slice::from_ref(&entry))
         .await

@@ -138,11 +138,14 @@ pub trait Store: Send + Sync + 'static {
     /// returned lock lives. A broker's `seq` counters and audit chain head
     /// are read once at start and then advanced in memory, so a second
     /// writer would break both. On PostgreSQL the lock also orders a restart
-    /// after a crash: the dead broker's last transaction may still be
-    /// committing when its successor starts, and the lock is free only once
-    /// that session has ended. Waits up to `wait` for a previous holder,
-    /// then fails with `Unavailable`. The default holds nothing (SQLite: one
-    /// process owns the file).
+    /// after a crash: the dead broker's last message batch or audit append
+    /// may still be committing, on a session of its own, when its successor
+    /// starts. Every such transaction holds a write fence shared, and the
+    /// lock is granted only once the fence is free, so the successor reads
+    /// heads that include whatever its predecessor committed. Waits up to
+    /// `wait` for a previous holder and its transactions, then fails with
+    /// `Unavailable`. The default holds nothing (SQLite: one process owns
+    /// the file, and its commits are done when the process is gone).
     async fn lock_writer(&self, wait: std::time::Duration) -> Result<WriterLock, StoreError> {
         let _ = wait;
         Ok(WriterLock::none())

@@ -34,6 +34,28 @@ static MIGRATOR: Migrator = sqlx::migrate!("../migrations/postgres");
 /// The advisory-lock key of the writer lock ("Courier!").
 const WRITER_LOCK_KEY: i64 = 0x436f_7572_6965_7221;
 
+/// The advisory-lock key of the write fence ("Courier/" as an integer
+/// literal, so that [`BEGIN_FENCED`] can spell it too).
+macro_rules! write_fence_key {
+    () => {
+        4_859_231_657_211_032_111
+    };
+}
+
+/// The write fence: every message batch and audit append holds it shared
+/// for its whole transaction, and a new writer takes it exclusively once, so
+/// it starts only after every transaction of the broker before it has
+/// committed or rolled back.
+const WRITE_FENCE_KEY: i64 = write_fence_key!();
+
+/// Begins a transaction that builds on the heads (message `seq`s, the audit
+/// chain): `BEGIN` and the shared hold on the write fence in one round trip.
+const BEGIN_FENCED: &str = concat!(
+    "BEGIN; SELECT pg_advisory_xact_lock_shared(",
+    write_fence_key!(),
+    ")"
+);
+
 /// Connections in the pool.
 const POOL_CONNECTIONS: u32 = 16;
 
@@ -57,6 +79,36 @@ impl PgStore {
         let store = PgStore { pool };
         store.migrate().await?;
         Ok(store)
+    }
+}
+
+/// Waits, up to `deadline`, until no transaction holds the write fence: a
+/// broker that died (or lost its writer lock) with a commit under way
+/// releases its writer lock as soon as its lock session sees the socket
+/// close, but that commit may become visible later, on another session.
+/// Reading a head before it would reuse its `seq`s and fork the audit chain.
+async fn wait_for_predecessors(
+    conn: &mut sqlx::PgConnection,
+    deadline: tokio::time::Instant,
+) -> Result<(), StoreError> {
+    loop {
+        let fenced: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(WRITE_FENCE_KEY)
+            .fetch_one(&mut *conn)
+            .await?;
+        if fenced {
+            sqlx::query("SELECT pg_advisory_unlock($1)")
+                .bind(WRITE_FENCE_KEY)
+                .execute(&mut *conn)
+                .await?;
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(StoreError::Unavailable(
+                "a previous broker's write transaction is still open".into(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -115,6 +167,7 @@ impl Store for PgStore {
                 .fetch_one(&mut conn)
                 .await?;
             if held {
+                wait_for_predecessors(&mut conn, deadline).await?;
                 return Ok(WriterLock::holding(conn));
             }
             if tokio::time::Instant::now() >= deadline {
@@ -510,7 +563,7 @@ impl Store for PgStore {
         if ops.is_empty() {
             return Ok(Vec::new());
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with(BEGIN_FENCED).await?;
         let mut outcomes = Vec::with_capacity(ops.len());
         for run in sql::runs(ops) {
             match run {
@@ -695,7 +748,7 @@ impl Store for PgStore {
         if entries.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with(BEGIN_FENCED).await?;
         let head = sqlx::query("SELECT seq, hash FROM audit_logs ORDER BY seq DESC LIMIT 1")
             .fetch_optional(&mut *tx)
             .await?;

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use courier::commands;
 use courier::config::Config;
+use courier_actors::audit_chain::{self, ChainHead, PendingAudit};
 use courier_actors::store::{ChannelKind, Role};
 use courier_protocol::client::{Client, ClientError};
 use courier_protocol::codec::Encoding;
@@ -23,6 +24,7 @@ both_backends!(
     plaintext_never_reaches_the_store,
     tampered_or_moved_ciphertext_fails_loudly,
     audit_verify_finds_every_kind_of_tampering,
+    audit_chain_moved_under_the_broker_is_continued,
     rotation_under_live_load_loses_nothing,
     group_commit_writes_batches,
 );
@@ -318,6 +320,85 @@ async fn audit_verify_finds_every_kind_of_tampering(backend: Backend) {
         if let Backend::Postgres = backend {
             support::release_postgres_db(&url).await;
         }
+    }
+}
+
+/// Entries the broker did not write land after the head it holds (as a
+/// crashed predecessor's last append can, committing late): its next events
+/// are linked after them instead of being refused forever, nothing is lost,
+/// and the chain verifies.
+async fn audit_chain_moved_under_the_broker_is_continued(backend: Backend) {
+    let Some((server, config, _data)) = start(backend, |_| {}).await else {
+        return;
+    };
+    let url = config.database_url();
+    let u = server.user("u", Role::User).await;
+    let store = courier_actors::store::connect(&url)
+        .await
+        .expect("a second store");
+    let foreign = |i: u64| PendingAudit {
+        timestamp: 1_700_000_000_000,
+        actor_id: None,
+        ip: None,
+        user_agent: None,
+        action: format!("test.foreign{i}"),
+        details: serde_json::json!({}),
+    };
+    // The broker's own start-up events may still be landing: append after
+    // whatever the head is once they have.
+    let mut attempts = 0;
+    let foreign_head = loop {
+        let head = ChainHead::after(store.audit_head().await.expect("head").as_ref());
+        let (records, after) = audit_chain::chain(&head, (1..=3).map(foreign).collect());
+        match store.append_audit(&records).await {
+            Ok(()) => break after,
+            Err(e) if attempts < 20 => {
+                attempts += 1;
+                println!("foreign append raced the broker ({e}); again");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("foreign append: {e}"),
+        }
+    };
+
+    // The broker still holds the head before them; its next events follow them.
+    let c = server.client(&u, Encoding::MessagePack).await;
+    let linked = support::server::eventually(T, async || {
+        let tail = store
+            .audit_range(foreign_head.seq, 10)
+            .await
+            .expect("range");
+        tail.iter().any(|r| r.action == "ws.connect")
+    })
+    .await;
+    assert!(
+        linked,
+        "the broker's next event was not linked after the foreign entries"
+    );
+    drop(c);
+    server.stop().await;
+    let actions: Vec<String> = store
+        .audit_range(0, 10_000)
+        .await
+        .expect("range")
+        .into_iter()
+        .map(|r| r.action)
+        .collect();
+    println!("foreign head {} actions {actions:?}", foreign_head.seq);
+    for i in 1..=3 {
+        let action = format!("test.foreign{i}");
+        assert_eq!(
+            actions.iter().filter(|a| **a == action).count(),
+            1,
+            "{actions:?}"
+        );
+    }
+    let report = commands::audit_verify(&config).await.expect("verify");
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.entries as usize, actions.len());
+    drop(store);
+    if let Backend::Postgres = backend {
+        support::release_postgres_db(&url).await;
     }
 }
 

@@ -10,9 +10,12 @@
 //! **Does**: a loop takes every queued event, chains the batch in memory
 //! ([`audit_chain::chain`], so batched entries are linked exactly like single
 //! ones), appends it in one transaction, retrying while the store is down,
-//! and only then moves its head. (On SQLite an append made while a message
-//! batch commits goes into that batch's transaction instead of a commit of
-//! its own: see `store::audit_ride`.) Every `checkpoint_every` entries, or every
+//! and only then moves its head. Should the stored chain have moved past
+//! the head it read (a crashed broker's last append landing late), it links
+//! the batch after the stored head rather than refusing it forever. (On
+//! SQLite an append made while a message batch commits goes into that
+//! batch's transaction instead of a commit of its own: see
+//! `store::audit_ride`.) Every `checkpoint_every` entries, or every
 //! `checkpoint_interval` when anything changed, it signs `{seq, head_hash,
 //! time}` with the keyring's Ed25519 checkpoint key and writes the checkpoint
 //! both to the store and to an append-only file outside the database.
@@ -34,7 +37,7 @@ use tokio::task::JoinHandle;
 use crate::audit_chain::{self, ChainHead, CheckpointFile, PendingAudit};
 use crate::crypto::Keyring;
 use crate::metric_names as m;
-use crate::store::DynStore;
+use crate::store::{AuditRecord, DynStore, Store, StoreError};
 
 /// What travels on the queue: an event, or the nudge of a drain.
 pub enum Queued {
@@ -218,10 +221,9 @@ async fn chain_loop(
             })
             .collect();
         if !pending.is_empty() {
-            let (records, new_head) = audit_chain::chain(&head, pending);
-            append_with_retry(&*store, &records).await;
+            let (mut records, new_head) = audit_chain::chain(&head, pending);
+            head = append_with_retry(&*store, &mut records, new_head).await;
             counter!(m::AUDIT_ENTRIES).increment(records.len() as u64);
-            head = new_head;
         }
         let due = head.seq >= checkpointed_seq + config.checkpoint_every
             || (head.seq > checkpointed_seq
@@ -237,17 +239,49 @@ async fn chain_loop(
     }
 }
 
-async fn append_with_retry(store: &dyn crate::store::Store, records: &[crate::store::AuditRecord]) {
+/// Appends `records` (chained up to `head`), retrying while the store
+/// refuses, and returns the head after them.
+///
+/// A conflict means the stored chain is not where these records begin. When
+/// it has moved on (entries this actor did not write: a crashed broker's last
+/// append that committed after this one read the head), the records, never
+/// stored, are linked anew after the stored head instead of being refused
+/// forever; when they turn out to be stored already, that is success.
+async fn append_with_retry(
+    store: &dyn Store,
+    records: &mut [AuditRecord],
+    mut head: ChainHead,
+) -> ChainHead {
     let mut backoff = Duration::from_millis(50);
     loop {
-        match store.append_audit(records).await {
-            Ok(()) => return,
-            Err(e) => {
-                tracing::warn!(error = %e, entries = records.len(), "audit append failed; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
+        let error = match store.append_audit(records).await {
+            Ok(()) => return head,
+            Err(e) => e,
+        };
+        if matches!(error, StoreError::Conflict(_)) {
+            match store.audit_head().await {
+                Ok(stored) => {
+                    let stored = ChainHead::after(stored.as_ref());
+                    if stored == head {
+                        return head;
+                    }
+                    let first = &records[0];
+                    if stored.seq + 1 != first.seq || stored.hash != first.prev_hash {
+                        tracing::error!(
+                            error = %error, stored_seq = stored.seq, expected_seq = first.seq - 1,
+                            entries = records.len(),
+                            "the audit chain moved under this broker; linking the entries after its stored head"
+                        );
+                        head = audit_chain::rechain(&stored, records);
+                        continue;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot read the audit chain head"),
             }
         }
+        tracing::warn!(error = %error, entries = records.len(), "audit append failed; retrying");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
     }
 }
 

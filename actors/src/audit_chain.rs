@@ -151,25 +151,43 @@ pub fn chain(head: &ChainHead, pending: Vec<PendingAudit>) -> (Vec<AuditRecord>,
         .into_iter()
         .map(|p| {
             let mut record = AuditRecord {
-                seq: head.seq + 1,
+                seq: 0,
                 timestamp: p.timestamp,
                 actor_id: p.actor_id,
                 ip: p.ip,
                 user_agent: p.user_agent,
                 action: p.action,
                 details: p.details,
-                prev_hash: std::mem::take(&mut head.hash),
+                prev_hash: String::new(),
                 hash: String::new(),
             };
-            record.hash = record_hash(&record);
-            head = ChainHead {
-                seq: record.seq,
-                hash: record.hash.clone(),
-            };
+            link(&mut head, &mut record);
             record
         })
         .collect();
     (records, head)
+}
+
+/// Links records that were chained but never stored after another `head`:
+/// their events stay, their `seq`s and hashes are made anew. Returns the new
+/// head.
+pub fn rechain(head: &ChainHead, records: &mut [AuditRecord]) -> ChainHead {
+    let mut head = head.clone();
+    for record in records {
+        link(&mut head, record);
+    }
+    head
+}
+
+/// Makes `record` the entry after `head`, and `head` its own.
+fn link(head: &mut ChainHead, record: &mut AuditRecord) {
+    record.seq = head.seq + 1;
+    record.prev_hash = std::mem::take(&mut head.hash);
+    record.hash = record_hash(record);
+    *head = ChainHead {
+        seq: record.seq,
+        hash: record.hash.clone(),
+    };
 }
 
 /// The hash `record` should carry, recomputed from its `prev_hash` and fields
@@ -713,6 +731,22 @@ mod tests {
     fn checkpoint_at(records: &[AuditRecord], seq: u64) -> Checkpoint {
         let hash = &records[seq as usize - 1].hash;
         sign_checkpoint(&signing_key(), "test", seq, hash, 1)
+    }
+
+    #[test]
+    fn rechained_records_are_the_chain_their_events_make_after_the_new_head() {
+        let all: Vec<PendingAudit> = (1..=10).map(pending).collect();
+        let (stored, stored_head) = chain(&ChainHead::genesis(), all[..6].to_vec());
+        // Chained after entry 3, as a broker that missed entries 4 to 6 would.
+        let (_, stale) = chain(&ChainHead::genesis(), all[..3].to_vec());
+        let (mut late, _) = chain(&stale, all[6..].to_vec());
+        assert_eq!(late[0].seq, 4);
+
+        let head = rechain(&stored_head, &mut late);
+        let (expected, expected_head) = chain(&stored_head, all[6..].to_vec());
+        assert_eq!(late, expected);
+        assert_eq!(head, expected_head);
+        assert!(verify(&[stored, late].concat(), &[]).ok);
     }
 
     #[test]

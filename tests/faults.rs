@@ -539,6 +539,7 @@ async fn slow_consumer_keeps_broker_memory_bounded() {
     let connections_after = metric(&broker, "courier_connections").await;
     let slow_end = slow_socket.ending().await;
     let after_rss = broker.rss_bytes().unwrap_or(0);
+    let memory = support::process::memory_report(broker.pid());
     let (status, _) = broker.terminate(Duration::from_secs(30)).await;
     assert!(status.success());
 
@@ -605,7 +606,7 @@ async fn slow_consumer_keeps_broker_memory_bounded() {
     let growth = peak.saturating_sub(baseline_rss);
     assert!(
         growth < bound,
-        "broker RSS grew by {} MiB during a {} MiB flood (bound {} MiB)",
+        "broker RSS grew by {} MiB during a {} MiB flood (bound {} MiB); after it:\n{memory}",
         growth >> 20,
         flood_bytes >> 20,
         bound >> 20

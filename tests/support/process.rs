@@ -308,6 +308,45 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// Where a process's memory is, for a failure message: the RSS lines and
+/// thread count of `/proc/<pid>/status`, then its eight largest mappings by
+/// resident size (from `/proc/<pid>/smaps`).
+pub fn memory_report(pid: u32) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let mut report: Vec<String> = status
+        .lines()
+        .filter(|l| {
+            ["VmRSS:", "RssAnon:", "RssFile:", "RssShmem:", "Threads:"]
+                .iter()
+                .any(|p| l.starts_with(p))
+        })
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let mut mappings: Vec<(u64, String)> = Vec::new();
+    let mut header = String::new();
+    for line in smaps.lines() {
+        if let Some(kib) = line.strip_prefix("Rss:") {
+            let kib = kib.trim().trim_end_matches(" kB").parse().unwrap_or(0);
+            mappings.push((kib, header.clone()));
+        } else if line
+            .split_whitespace()
+            .next()
+            .is_some_and(|f| f.contains('-'))
+        {
+            header = line.split_whitespace().collect::<Vec<_>>().join(" ");
+        }
+    }
+    mappings.sort_by(|a, b| b.0.cmp(&a.0));
+    report.extend(
+        mappings
+            .iter()
+            .take(8)
+            .map(|(kib, map)| format!("{kib} kB {map}")),
+    );
+    report.join("\n")
+}
+
 /// A port that was free a moment ago.
 fn free_port() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");

@@ -41,6 +41,7 @@ use tokio::io::AsyncWrite;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::{self, Message};
+use tracing::Instrument;
 
 use crate::audit_chain::PendingAudit;
 use crate::authz::{Action, Principal};
@@ -245,65 +246,74 @@ impl Actor for ConnectionActor {
         msg: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        // The connection's span is current only while the handler is being
+        // polled. An `enter()` guard held across an await stays current on
+        // the worker thread for whatever task is polled next; spans then nest
+        // wrongly, and tracing panics when one of those tasks clones the span
+        // after it closed.
         let span = state.span.clone();
-        let _enter = span.enter();
-        match msg {
-            ConnMsg::Frame(_, _) if state.closing => {}
-            ConnMsg::Frame(frame, _permit) => {
-                state.last_heard = Instant::now();
-                // Boxed: the request futures are large, and inline they would
-                // make every connection's task (idle or not) that large.
-                Box::pin(state.on_frame(frame)).await;
-            }
-            ConnMsg::ReadEnded(code) => {
-                if let Some(code) = code {
-                    state.outbound.close_now(code);
-                } else {
-                    myself.stop(None);
-                }
-            }
-            ConnMsg::WriteEnded(_) => myself.stop(None),
-            ConnMsg::DeadlinePassed if state.closing => {}
-            ConnMsg::DeadlinePassed => match &state.identity {
-                None => {
-                    counter!(m::AUTH_FAILURES, "reason" => "timeout").increment(1);
-                    state.send(
-                        &out::error(None, ErrorCode::AuthTimeout, "authentication timed out"),
-                        state.encoding(),
-                    );
-                    state.close_after_queued(close::AUTH_FAILED, "authentication timed out");
-                }
-                Some(identity) if identity.expires_at <= crate::now_ms() => {
-                    state.send(
-                        &out::error(None, ErrorCode::AuthFailed, "access token expired"),
-                        state.encoding(),
-                    );
-                    state.close_after_queued(close::AUTH_FAILED, "token expired");
-                }
-                // A re-authentication moved the deadline after it passed.
-                Some(_) => {}
-            },
-            ConnMsg::Heartbeat => {
-                if state.last_heard.elapsed() >= state.realtime.limits.idle_timeout {
-                    state.outbound.close_now(close::IDLE);
-                } else {
-                    state.outbound.ping();
-                }
-            }
-            ConnMsg::Shutdown(ShutdownPhase::Draining) => {
-                let frame = ServerFrame::shutdown();
-                state.send(&frame, state.encoding());
-            }
-            ConnMsg::Shutdown(ShutdownPhase::Closing) => {
-                state.close_after_queued(close::GOING_AWAY, "server shutting down");
-            }
-            ConnMsg::Shutdown(ShutdownPhase::Running) => {}
-        }
+        state.dispatch(myself, msg).instrument(span).await;
         Ok(())
     }
 }
 
 impl ConnectionState {
+    /// Handles one message of the actor's mailbox.
+    async fn dispatch(&mut self, myself: ActorRef<ConnMsg>, msg: ConnMsg) {
+        match msg {
+            ConnMsg::Frame(_, _) if self.closing => {}
+            ConnMsg::Frame(frame, _permit) => {
+                self.last_heard = Instant::now();
+                // Boxed: the request futures are large, and inline they would
+                // make every connection's task (idle or not) that large.
+                Box::pin(self.on_frame(frame)).await;
+            }
+            ConnMsg::ReadEnded(code) => {
+                if let Some(code) = code {
+                    self.outbound.close_now(code);
+                } else {
+                    myself.stop(None);
+                }
+            }
+            ConnMsg::WriteEnded(_) => myself.stop(None),
+            ConnMsg::DeadlinePassed if self.closing => {}
+            ConnMsg::DeadlinePassed => match &self.identity {
+                None => {
+                    counter!(m::AUTH_FAILURES, "reason" => "timeout").increment(1);
+                    self.send(
+                        &out::error(None, ErrorCode::AuthTimeout, "authentication timed out"),
+                        self.encoding(),
+                    );
+                    self.close_after_queued(close::AUTH_FAILED, "authentication timed out");
+                }
+                Some(identity) if identity.expires_at <= crate::now_ms() => {
+                    self.send(
+                        &out::error(None, ErrorCode::AuthFailed, "access token expired"),
+                        self.encoding(),
+                    );
+                    self.close_after_queued(close::AUTH_FAILED, "token expired");
+                }
+                // A re-authentication moved the deadline after it passed.
+                Some(_) => {}
+            },
+            ConnMsg::Heartbeat => {
+                if self.last_heard.elapsed() >= self.realtime.limits.idle_timeout {
+                    self.outbound.close_now(close::IDLE);
+                } else {
+                    self.outbound.ping();
+                }
+            }
+            ConnMsg::Shutdown(ShutdownPhase::Draining) => {
+                let frame = ServerFrame::shutdown();
+                self.send(&frame, self.encoding());
+            }
+            ConnMsg::Shutdown(ShutdownPhase::Closing) => {
+                self.close_after_queued(close::GOING_AWAY, "server shutting down");
+            }
+            ConnMsg::Shutdown(ShutdownPhase::Running) => {}
+        }
+    }
+
     /// The encoding of pushes (MessagePack until the first frame says).
     fn encoding(&self) -> Encoding {
         self.push_encoding.unwrap_or(Encoding::MessagePack)

@@ -252,20 +252,34 @@ impl Broker {
         matches!(self.child.try_wait(), Ok(None))
     }
 
-    /// SIGKILL, then reaps the child.
+    /// SIGKILL, then reaps the child. Panics when the broker's log shows a
+    /// bug (see [`Broker::log_faults`]).
     pub async fn kill(mut self) -> ExitStatus {
         self.child.start_kill().expect("SIGKILL the broker");
-        self.child.wait().await.expect("reap the broker")
+        let status = self.child.wait().await.expect("reap the broker");
+        self.assert_log_sound();
+        status
+    }
+
+    /// A panic anywhere in the broker is a bug, even one its task survived,
+    /// and so is a log line under another connection's span.
+    fn assert_log_sound(&self) {
+        let faults = self.log_faults();
+        assert!(faults.is_empty(), "the broker's log shows a bug:\n{faults}");
     }
 
     /// SIGTERM, then waits up to `timeout` for the child to exit; returns
     /// its status and how long it took. Panics (after a SIGKILL) when it
-    /// does not exit in time.
+    /// does not exit in time, and when the broker's log shows a bug (see
+    /// [`Broker::log_faults`]).
     pub async fn terminate(mut self, timeout: Duration) -> (ExitStatus, Duration) {
         let started = Instant::now();
         self.signal("TERM");
         match tokio::time::timeout(timeout, self.child.wait()).await {
-            Ok(status) => (status.expect("reap the broker"), started.elapsed()),
+            Ok(status) => {
+                self.assert_log_sound();
+                (status.expect("reap the broker"), started.elapsed())
+            }
             Err(_) => {
                 let _ = self.child.start_kill();
                 let _ = self.child.wait().await;
@@ -290,13 +304,37 @@ impl Broker {
 
     /// The last `lines` lines this start wrote to the log.
     pub fn log_tail(&self, lines: usize) -> String {
+        let text = self.log();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// The lines of this start's log that show a bug whatever the test: a
+    /// panic (with the line after it, where the message is), or a
+    /// connection's span nested in another connection's (a span left
+    /// current on a worker thread, where other tasks then log under it).
+    pub fn log_faults(&self) -> String {
+        let text = self.log();
+        let all: Vec<&str> = text.lines().collect();
+        let mut found = Vec::new();
+        for (i, line) in all.iter().enumerate() {
+            if line.contains("panicked") {
+                found.extend(all[i..(i + 2).min(all.len())].iter().copied());
+            } else if line.matches("conn{conn_id=").count() > 1 {
+                found.push(line);
+            }
+        }
+        found.join("\n")
+    }
+
+    /// Everything this start has logged so far.
+    fn log(&self) -> String {
         let mut text = String::new();
         if let Ok(mut file) = std::fs::File::open(&self.log_path) {
             let _ = file.seek(SeekFrom::Start(self.log_start));
             let _ = file.read_to_string(&mut text);
         }
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        text
     }
 }
 
@@ -337,7 +375,7 @@ pub fn memory_report(pid: u32) -> String {
             header = line.split_whitespace().collect::<Vec<_>>().join(" ");
         }
     }
-    mappings.sort_by(|a, b| b.0.cmp(&a.0));
+    mappings.sort_by_key(|m| std::cmp::Reverse(m.0));
     report.extend(
         mappings
             .iter()

@@ -137,16 +137,8 @@ impl Actor for AuditActor {
         _myself: ActorRef<Self::Msg>,
         (store, config, tx, rx): Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let head = match store.audit_head().await.map_err(AuditError::from)? {
-            Some(last) => ChainHead {
-                seq: last.seq,
-                hash: last.hash,
-            },
-            None => ChainHead {
-                seq: 0,
-                hash: audit_chain::GENESIS_HASH.to_owned(),
-            },
-        };
+        let last = store.audit_head().await.map_err(AuditError::from)?;
+        let head = ChainHead::after(last.as_ref());
         let stop = Arc::new(AtomicBool::new(false));
         let task = tokio::spawn(chain_loop(store, config, head, rx, stop.clone()));
         Ok(AuditState {

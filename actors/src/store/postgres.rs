@@ -749,14 +749,10 @@ impl Store for PgStore {
             return Ok(());
         }
         let mut tx = self.pool.begin_with(BEGIN_FENCED).await?;
-        let head = sqlx::query("SELECT seq, hash FROM audit_logs ORDER BY seq DESC LIMIT 1")
+        let head = sqlx::query(sql::AUDIT_CHAIN_HEAD)
             .fetch_optional(&mut *tx)
             .await?;
-        let head = match head {
-            Some(r) => Some((r.uint("seq")?, r.text("hash")?)),
-            None => None,
-        };
-        sql::check_audit_continuity(head, entries)?;
+        sql::check_audit_continuity(sql::chain_head(head.as_ref())?, entries)?;
         let seqs: Vec<i64> = entries
             .iter()
             .map(|e| to_db(e.seq, "audit seq"))

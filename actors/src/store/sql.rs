@@ -295,6 +295,17 @@ pub(super) fn all<R, T>(
     rows.iter().map(decode).collect()
 }
 
+/// The `seq` and `hash` of the audit chain's last entry, read inside an
+/// append's transaction before [`check_audit_continuity`].
+pub(super) const AUDIT_CHAIN_HEAD: &str =
+    "SELECT seq, hash FROM audit_logs ORDER BY seq DESC LIMIT 1";
+
+/// The `(seq, hash)` of an [`AUDIT_CHAIN_HEAD`] row; `None` for an empty chain.
+pub(super) fn chain_head<R: SqlRow>(row: Option<&R>) -> Result<Option<(u64, String)>, StoreError> {
+    row.map(|r| Ok((r.uint("seq")?, r.text("hash")?)))
+        .transpose()
+}
+
 /// Checks that `entries` continue the chain whose head is `head` (`seq`,
 /// `hash`): consecutive seqs, each `prev_hash` naming the entry before.
 pub(super) fn check_audit_continuity(

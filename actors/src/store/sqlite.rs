@@ -878,14 +878,10 @@ async fn insert_audit(
     conn: &mut SqliteConnection,
     entries: &[AuditRecord],
 ) -> Result<(), StoreError> {
-    let head = sqlx::query("SELECT seq, hash FROM audit_logs ORDER BY seq DESC LIMIT 1")
+    let head = sqlx::query(sql::AUDIT_CHAIN_HEAD)
         .fetch_optional(&mut *conn)
         .await?;
-    let head = match head {
-        Some(r) => Some((r.uint("seq")?, r.text("hash")?)),
-        None => None,
-    };
-    sql::check_audit_continuity(head, entries)?;
+    sql::check_audit_continuity(sql::chain_head(head.as_ref())?, entries)?;
     // Multi-row statements: each statement is a round trip to sqlx's
     // SQLite thread. 9 parameters a row.
     for chunk in entries.chunks(INSERT_ROWS_MAX) {

@@ -168,8 +168,10 @@ impl Actor for ConnectionActor {
                 let (end, closing) = outbound::run_writer(write, receiver).await;
                 let _ = myself.cast(ConnMsg::WriteEnded(end));
                 // The actor goes now; the close code may still reach the client.
+                // Boxed: the close's timer would otherwise be part of every
+                // idle connection's writer task.
                 if let Some(closing) = closing {
-                    closing.deliver().await;
+                    Box::pin(closing.deliver()).await;
                 }
             })
         };

@@ -452,6 +452,12 @@ where
     let mut offset = 0;
     loop {
         if batch.is_empty() {
+            // An idle connection keeps no queue buffer: the drained one is
+            // freed before waiting, and the next burst allocates one again
+            // (one allocation per burst, against one write per burst).
+            if batch.capacity() > 0 {
+                batch = VecDeque::new();
+            }
             match poll_fn(|cx| rx.poll_take(cx, &mut batch)).await {
                 Take::Frames => counter!(m::FRAMES_OUT).increment(batch.len() as u64),
                 Take::Close(code) => return closing(io, Bytes::new(), code),
@@ -499,7 +505,9 @@ where
                 .unwritten
                 .fetch_sub(frame.len(), Ordering::Relaxed);
             if let Some(code) = wire::close_code(&frame) {
-                let _ = tokio::time::timeout(CLOSE_GRACE, io.shutdown()).await;
+                // Boxed, like every rare path here: its timer would
+                // otherwise be part of every idle connection's writer.
+                let _ = Box::pin(tokio::time::timeout(CLOSE_GRACE, io.shutdown())).await;
                 return (WriterEnd::Closed(code), None);
             }
         }

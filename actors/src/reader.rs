@@ -94,39 +94,54 @@ pub(crate) async fn read_loop(
     deadline: Deadline,
 ) {
     let permits = Arc::new(Semaphore::new(FRAMES_IN_FLIGHT));
-    let mut beat = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
-    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let alarm = tokio::time::sleep_until(Instant::now());
+    // One timer for both clocks (an idle connection pays for each timer it
+    // holds): it is set for the next heartbeat or the deadline, whichever
+    // comes first.
+    let mut next_beat = Instant::now() + heartbeat;
+    let alarm = tokio::time::sleep_until(next_beat);
     tokio::pin!(alarm);
-    // The deadline the alarm is set for; none fired yet.
+    // The deadline the alarm accounts for, and when it falls on the tokio
+    // clock (`None`: none, or it fired).
     let mut aimed = NEVER;
-    let mut armed = false;
+    let mut deadline_at: Option<Instant> = None;
     let mut shutdown_open = true;
+    // The alarm went off: set it again even when aimed at the same time.
+    let mut rearm = false;
     let end = loop {
         let due = deadline.get();
         if due != aimed {
             aimed = due;
-            armed = due != NEVER;
-            alarm.as_mut().reset(instant_at(due));
+            deadline_at = (due != NEVER).then(|| instant_at(due));
+        }
+        let wake = deadline_at.map_or(next_beat, |at| at.min(next_beat));
+        if rearm || alarm.deadline() != wake {
+            alarm.as_mut().reset(wake);
+            rearm = false;
         }
         tokio::select! {
-            _ = &mut alarm, if armed => {
-                // The wall clock and the timer may disagree by a little.
-                if crate::now_ms() < aimed {
-                    alarm.as_mut().reset(instant_at(aimed));
-                    continue;
+            _ = &mut alarm => {
+                rearm = true;
+                let now = Instant::now();
+                if now >= next_beat {
+                    // A late tick delays the next one rather than bunching.
+                    next_beat = now + heartbeat;
+                    if actor.cast(ConnMsg::Heartbeat).is_err() {
+                        return;
+                    }
                 }
-                armed = false;
-                if actor.cast(ConnMsg::DeadlinePassed).is_err() {
-                    return;
+                if deadline_at.is_some_and(|at| now >= at) {
+                    // The wall clock and the timer may disagree by a little.
+                    if crate::now_ms() < aimed {
+                        deadline_at = Some(instant_at(aimed));
+                        continue;
+                    }
+                    deadline_at = None;
+                    if actor.cast(ConnMsg::DeadlinePassed).is_err() {
+                        return;
+                    }
                 }
             }
             _ = deadline.moved_from(aimed) => {}
-            _ = beat.tick() => {
-                if actor.cast(ConnMsg::Heartbeat).is_err() {
-                    return;
-                }
-            }
             changed = shutdown.changed(), if shutdown_open => {
                 if changed.is_err() {
                     shutdown_open = false;

@@ -95,6 +95,7 @@ pub struct Config {
 
     pub outbound_queue_frames: usize,
     pub outbound_queue_bytes: usize,
+    #[serde(deserialize_with = "nonzero")]
     pub heartbeat_ms: u64,
     pub idle_timeout_ms: u64,
     pub recovery_limit: u32,
@@ -258,6 +259,15 @@ impl Config {
     }
 }
 
+/// A setting that must not be 0 (a heartbeat of 0 ms would tick without
+/// pause on every connection).
+fn nonzero<'de, D: Deserializer<'de>>(de: D) -> Result<u64, D::Error> {
+    match u64::deserialize(de)? {
+        0 => Err(serde::de::Error::custom("must be greater than 0")),
+        value => Ok(value),
+    }
+}
+
 /// Accepts a TOML list or a comma-separated string (the form environment
 /// variables take), so `COURIER_ALLOWED_ORIGINS=https://a,https://b` works.
 fn string_or_list<'de, D: Deserializer<'de>>(de: D) -> Result<Vec<String>, D::Error> {
@@ -309,6 +319,21 @@ mod tests {
                 ["https://a.example", "https://b.example"]
             );
             assert_eq!(c.max_frame_bytes, 65_536, "default kept");
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn a_zero_heartbeat_is_refused() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("COURIER_HEARTBEAT_MS", "0");
+            let err = Config::load(None, &Overrides::default()).expect_err("0 ms refused");
+            let err = err.to_string();
+            assert!(
+                err.to_lowercase().contains("heartbeat_ms") && err.contains("greater than 0"),
+                "{err}"
+            );
             Ok(())
         });
     }

@@ -600,6 +600,42 @@ mod tests {
         assert_eq!(writer.await.expect("writer").0, WriterEnd::Closed(1000));
     }
 
+    /// An idle connection keeps no queue buffer: once a burst is written
+    /// and the writer waits again, the queue it swapped in has none (the
+    /// writer freed its drained one first), so the deque a producer fills
+    /// next starts empty. Two bursts, since the first one's swap hands the
+    /// queue the writer's initial, never-allocated deque either way.
+    #[tokio::test]
+    async fn an_idle_writer_leaves_no_queue_buffer() {
+        let (tx, rx) = queue(1024);
+        let shared = rx.shared.clone();
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let writer = tokio::spawn(run_writer(server, rx));
+        let frame = wire::frame(Opcode::Binary, b"hello");
+        for _ in 0..2 {
+            for _ in 0..10 {
+                assert_eq!(tx.push(frame.clone()), Push::Queued);
+            }
+            let mut got = vec![0u8; frame.len() * 10];
+            client
+                .read_exact(&mut got)
+                .await
+                .expect("the burst arrives");
+            // Let the writer go back to waiting.
+            for _ in 0..10 {
+                tokio::task::yield_now().await;
+            }
+        }
+        assert_eq!(shared.queue().frames.len(), 0);
+        assert_eq!(
+            shared.queue().frames.capacity(),
+            0,
+            "an idle queue holds a buffer"
+        );
+        drop(tx);
+        assert_eq!(writer.await.expect("writer").0, WriterEnd::Dropped);
+    }
+
     #[tokio::test]
     async fn close_now_ends_a_writer_whose_socket_is_full() {
         let (tx, rx) = queue(8);

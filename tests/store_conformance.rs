@@ -1,6 +1,6 @@
 //! The store conformance suite: every story is written once, as
 //! `async fn story(store: DynStore)`, and run against both backends
-//! (`sqlite::story` and `postgres::story`). PostgreSQL stories skip when no
+//! (`sqlite::story`, `sqlite_memory::story` and `postgres::story`). PostgreSQL stories skip when no
 //! server is reachable, except in CI (see `support`).
 //!
 //! `cargo test --test store_conformance -- --ignored --nocapture
@@ -26,6 +26,21 @@ macro_rules! conformance {
                 #[tokio::test]
                 async fn $story() {
                     let (store, _dir) = support::fresh_sqlite().await;
+                    assert_eq!(store.backend(), "sqlite");
+                    super::$story(store).await;
+                }
+            )*
+        }
+
+        /// `sqlite::memory:`, where the one write connection also reads.
+        mod sqlite_memory {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $story() {
+                    let store = courier_actors::store::connect("sqlite::memory:")
+                        .await
+                        .expect("open an in-memory SQLite store");
                     assert_eq!(store.backend(), "sqlite");
                     super::$story(store).await;
                 }
@@ -1719,11 +1734,17 @@ async fn postgres_writer_lock_waits_for_a_predecessors_commits() {
     support::release_postgres_db(&url).await;
 }
 
-/// On SQLite an audit append made while a message batch is committing rides
-/// in that batch's transaction (one commit, one WAL fsync) instead of
-/// committing alone after it.
-#[tokio::test]
-async fn sqlite_audit_append_rides_a_running_batch() {
+/// A SQLite store with a batch of 20,000 messages committing.
+struct BatchUnderWay {
+    sqlite: SqliteStore,
+    store: DynStore,
+    alice: User,
+    ward: Channel,
+    batch: tokio::task::JoinHandle<Result<Vec<WriteOutcome>, StoreError>>,
+    _dir: tempfile::TempDir,
+}
+
+async fn sqlite_batch_under_way() -> BatchUnderWay {
     let (url, _dir) = support::fresh_sqlite_url();
     let sqlite = SqliteStore::connect(&url)
         .await
@@ -1741,8 +1762,31 @@ async fn sqlite_audit_append_rides_a_running_batch() {
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     assert!(
         !batch.is_finished(),
-        "the batch must still be committing when the append comes"
+        "the batch must still be committing when the test's appends come"
     );
+    BatchUnderWay {
+        sqlite,
+        store,
+        alice,
+        ward,
+        batch,
+        _dir,
+    }
+}
+
+/// On SQLite an audit append made while a message batch is committing rides
+/// in that batch's transaction (one commit, one WAL fsync) instead of
+/// committing alone after it.
+#[tokio::test]
+async fn sqlite_audit_append_rides_a_running_batch() {
+    let BatchUnderWay {
+        sqlite,
+        store,
+        alice,
+        batch,
+        _dir,
+        ..
+    } = sqlite_batch_under_way().await;
     let entry = first_audit_entry(&alice);
     store
         .append_audit(std::slice::from_ref(&entry))
@@ -1766,4 +1810,39 @@ async fn sqlite_audit_append_rides_a_running_batch() {
         .expect("append");
     assert_eq!(sqlite.audit_appends_carried(), 1);
     assert_eq!(store.audit_head().await.unwrap(), Some(next));
+}
+
+/// On SQLite an append that rides a batch checks the chain's head in its
+/// insert (no savepoint, no read first): one that does not continue the
+/// chain is refused and writes nothing, while the batch and an append that
+/// does continue it commit.
+#[tokio::test]
+async fn sqlite_a_riding_append_off_the_chain_fails_alone() {
+    let BatchUnderWay {
+        sqlite,
+        store,
+        alice,
+        ward,
+        batch,
+        _dir,
+    } = sqlite_batch_under_way().await;
+    let good = first_audit_entry(&alice);
+    let off_chain = AuditRecord {
+        seq: 2,
+        prev_hash: "f".repeat(64),
+        hash: "2".repeat(64),
+        ..good.clone()
+    };
+    let (first, second) = tokio::join!(store.append_audit(std::slice::from_ref(&good)), async {
+        // Parked after the good one.
+        tokio::task::yield_now().await;
+        store.append_audit(std::slice::from_ref(&off_chain)).await
+    },);
+    first.expect("the good append");
+    assert!(matches!(second, Err(StoreError::Conflict(_))), "{second:?}");
+    assert_eq!(sqlite.audit_appends_carried(), 1);
+    let outcomes = batch.await.expect("task").expect("batch");
+    assert_eq!(outcomes.len(), 20_000);
+    assert_eq!(store.last_seq(ward.id).await.unwrap(), 20_000);
+    assert_eq!(store.audit_range(0, 10).await.unwrap(), vec![good]);
 }

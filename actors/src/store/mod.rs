@@ -15,6 +15,7 @@ mod model;
 pub mod postgres;
 mod sql;
 pub mod sqlite;
+mod sqlite_conn;
 
 use std::sync::Arc;
 

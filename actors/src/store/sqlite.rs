@@ -7,21 +7,22 @@
 //! `migrations/sqlite`, embedded at build time.
 //!
 //! SQLite has one writer at a time, so the store has one connection for
-//! writes and a small pool for reads (WAL lets them read while it writes).
-//! Writers (the persistence and audit actors, REST) queue for that one
-//! connection in sqlx's fair, async pool instead of colliding on the file
-//! lock, where SQLite's busy handler would sleep them for 1 to 100 ms at a
-//! time. Every write transaction still starts with `BEGIN IMMEDIATE`, which
-//! takes the write lock up front (another process on the file waits on the
-//! busy timeout) rather than failing when a read lock cannot be upgraded.
+//! writes and a few for reads (WAL lets them read while it writes), all
+//! held for the store's life rather than pooled (`sqlite_conn.rs`). Writers (the
+//! persistence and audit actors, REST) queue for that one connection behind
+//! a fair async mutex instead of colliding on the file lock, where SQLite's
+//! busy handler would sleep them for 1 to 100 ms at a time. Every write
+//! transaction still starts with `BEGIN IMMEDIATE`, which takes the write
+//! lock up front (another process on the file waits on the busy timeout)
+//! rather than failing when a read lock cannot be upgraded.
 //! [`Store::apply_batch`] is one such transaction; its statements are prepared
 //! once per connection and reused for every row (sqlx's statement cache).
 //! Audit appends made while a batch is under way commit in the batch's
 //! transaction rather than in one of their own (`audit_ride.rs`),
 //! so that batch and audit do not take turns at one WAL fsync each.
 //!
-//! `sqlite::memory:` works too (one connection, the database lives as long as
-//! the store).
+//! `sqlite::memory:` works too (the write connection also reads; the
+//! database lives as long as the store).
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
@@ -33,15 +34,15 @@ use courier_protocol::{ChannelId, MessageId, SessionId, UserId};
 use sqlx::error::DatabaseError;
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteError, SqliteJournalMode, SqlitePool,
-    SqlitePoolOptions, SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteError, SqliteJournalMode, SqliteSynchronous,
 };
-use sqlx::{Acquire, Sqlite, Transaction};
+use sqlx::{Acquire, Connection, Sqlite, Transaction};
 use uuid::fmt::Hyphenated;
 use uuid::Uuid;
 
 use super::audit_ride::{AuditRide, Next, Parked};
 use super::sql::{self, bound, to_db, SqlRow};
+use super::sqlite_conn::{ReadConn, Reads, Writer};
 use super::{
     AuditFilter, AuditRecord, Channel, ChannelPatch, Checkpoint, ClientMsgRef, Member, MessageRow,
     NewUser, Reencrypted, RefreshOutcome, Role, Session, Store, StoreError, StoredMessage, User,
@@ -50,13 +51,16 @@ use super::{
 
 static MIGRATOR: Migrator = sqlx::migrate!("../migrations/sqlite");
 
-/// The SQLite store. Cheap to clone (the pools are shared).
+/// Connections for reads (WAL lets them read while the writer writes).
+const READ_CONNECTIONS: usize = 4;
+
+/// The SQLite store. Cheap to clone (the connections are shared).
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
-    /// Reads.
-    pool: SqlitePool,
-    /// Writes: one connection.
-    write: SqlitePool,
+    /// Reads: a few connections, held (see `sqlite_conn`).
+    reads: Arc<Reads>,
+    /// Writes: one connection, held (see `sqlite_conn`).
+    write: Arc<Writer>,
     /// Audit appends waiting to commit with the next message batch.
     audit_ride: Arc<AuditRide>,
 }
@@ -83,33 +87,16 @@ impl SqliteStore {
                 StoreError::Database(format!("cannot create {}: {e}", dir.display()))
             })?;
         }
-        let (pool, write) = if in_memory {
+        let write = Arc::new(Writer::open(options.clone(), &MIGRATOR).await?);
+        let reads = if in_memory {
             // An in-memory database lives as long as its one connection,
             // which then reads and writes.
-            let pool = SqlitePoolOptions::new()
-                .max_connections(1)
-                .min_connections(1)
-                .idle_timeout(None)
-                .max_lifetime(None)
-                .acquire_timeout(Duration::from_secs(5))
-                .connect_with(options)
-                .await?;
-            (pool.clone(), pool)
+            Reads::Writer
         } else {
-            let write = SqlitePoolOptions::new()
-                .max_connections(1)
-                .acquire_timeout(Duration::from_secs(5))
-                .connect_with(options.clone())
-                .await?;
-            let read = SqlitePoolOptions::new()
-                .max_connections(4)
-                .acquire_timeout(Duration::from_secs(5))
-                .connect_with(options)
-                .await?;
-            (read, write)
+            Reads::open(&options, READ_CONNECTIONS).await?
         };
         let store = SqliteStore {
-            pool,
+            reads: Arc::new(reads),
             write,
             audit_ride: Arc::default(),
         };
@@ -123,15 +110,16 @@ impl SqliteStore {
         self.audit_ride.carried()
     }
 
-    /// A write transaction holding SQLite's write lock from the start.
-    async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
-        Ok(self.write.begin_with("BEGIN IMMEDIATE").await?)
+    /// A connection to read on.
+    async fn read(&self) -> Result<ReadConn<'_>, StoreError> {
+        self.reads.take(&self.write).await
     }
 
     /// Physically removes the messages matching `predicate` (on `$1`), first
     /// raising each channel's `purged_max_seq` so its last seq never goes back.
     async fn purge(&self, predicate: &str, before: i64) -> Result<u64, StoreError> {
-        let mut tx = self.begin_write().await?;
+        let mut conn = self.write.lock().await?;
+        let mut tx = begin_write(&mut conn).await?;
         sqlx::query(&format!(
             "UPDATE channels SET purged_max_seq = max(purged_max_seq, p.top)
              FROM (SELECT channel_id, max(seq) AS top FROM messages
@@ -171,6 +159,11 @@ pub(super) fn classify(e: &SqliteError) -> StoreError {
     }
 }
 
+/// A write transaction holding SQLite's write lock from the start.
+async fn begin_write(conn: &mut SqliteConnection) -> Result<Transaction<'_, Sqlite>, StoreError> {
+    Ok(conn.begin_with("BEGIN IMMEDIATE").await?)
+}
+
 /// An id as stored: hyphenated TEXT.
 fn id(uuid: Uuid) -> Hyphenated {
     uuid.hyphenated()
@@ -188,12 +181,14 @@ impl Store for SqliteStore {
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
-        Ok(MIGRATOR.run(&self.write).await?)
+        Ok(MIGRATOR.run_direct(&mut *self.write.lock().await?).await?)
     }
 
+    /// Pings every connection nobody holds ([`Reads::check`],
+    /// [`Writer::check`]); one in use counts as there.
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
+        self.reads.check().await?;
+        self.write.check().await
     }
 
     // ---- users -------------------------------------------------------------
@@ -210,7 +205,7 @@ impl Store for SqliteStore {
         .bind(&user.password_hash)
         .bind(user.role.as_str())
         .bind(user.created_at)
-        .fetch_one(&self.write)
+        .fetch_one(&mut *self.write.lock().await?)
         .await?;
         sql::user(&row)
     }
@@ -218,7 +213,7 @@ impl Store for SqliteStore {
     async fn get_user(&self, user: UserId) -> Result<Option<User>, StoreError> {
         let row = sqlx::query("SELECT * FROM users WHERE id = $1")
             .bind(id(user.0))
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.read().await?)
             .await?;
         row.as_ref().map(sql::user).transpose()
     }
@@ -226,7 +221,7 @@ impl Store for SqliteStore {
     async fn get_user_by_username(&self, username: &str) -> Result<Option<User>, StoreError> {
         let row = sqlx::query("SELECT * FROM users WHERE lower(username) = lower($1)")
             .bind(username)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.read().await?)
             .await?;
         row.as_ref().map(sql::user).transpose()
     }
@@ -248,14 +243,14 @@ impl Store for SqliteStore {
         .bind(search.map(sql::contains_pattern))
         .bind(i64::from(limit))
         .bind(i64::from(offset))
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.read().await?)
         .await?;
         sql::all(&rows, sql::user)
     }
 
     async fn count_users(&self) -> Result<u64, StoreError> {
         let row = sqlx::query("SELECT count(*) AS n FROM users")
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *self.read().await?)
             .await?;
         row.uint("n")
     }
@@ -276,7 +271,7 @@ impl Store for SqliteStore {
         .bind(patch.role.map(Role::as_str))
         .bind(patch.password_hash)
         .bind(patch.updated_at)
-        .fetch_optional(&self.write)
+        .fetch_optional(&mut *self.write.lock().await?)
         .await?;
         sql::user(&row.ok_or(StoreError::NotFound)?)
     }
@@ -284,7 +279,7 @@ impl Store for SqliteStore {
     async fn delete_user(&self, user: UserId) -> Result<(), StoreError> {
         let done = sqlx::query("DELETE FROM users WHERE id = $1")
             .bind(id(user.0))
-            .execute(&self.write)
+            .execute(&mut *self.write.lock().await?)
             .await?;
         sql::found(done.rows_affected())
     }
@@ -305,7 +300,7 @@ impl Store for SqliteStore {
         .bind(id(user.0))
         .bind(i64::from(threshold))
         .bind(lock_until)
-        .fetch_optional(&self.write)
+        .fetch_optional(&mut *self.write.lock().await?)
         .await?;
         sql::user(&row.ok_or(StoreError::NotFound)?)
     }
@@ -314,7 +309,7 @@ impl Store for SqliteStore {
         let done =
             sqlx::query("UPDATE users SET failed_logins = 0, locked_until = NULL WHERE id = $1")
                 .bind(id(user.0))
-                .execute(&self.write)
+                .execute(&mut *self.write.lock().await?)
                 .await?;
         sql::found(done.rows_affected())
     }
@@ -324,7 +319,7 @@ impl Store for SqliteStore {
             "SELECT permission FROM role_permissions WHERE role = $1 ORDER BY permission",
         )
         .bind(role.as_str())
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.read().await?)
         .await?;
         sql::all(&rows, |r| r.text("permission"))
     }
@@ -344,7 +339,7 @@ impl Store for SqliteStore {
         .bind(&session.ip)
         .bind(&session.user_agent)
         .bind(session.valid)
-        .execute(&self.write)
+        .execute(&mut *self.write.lock().await?)
         .await?;
         Ok(())
     }
@@ -352,7 +347,7 @@ impl Store for SqliteStore {
     async fn get_session(&self, session: SessionId) -> Result<Option<Session>, StoreError> {
         let row = sqlx::query("SELECT * FROM sessions WHERE id = $1")
             .bind(id(session.0))
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.read().await?)
             .await?;
         row.as_ref().map(sql::session).transpose()
     }
@@ -360,7 +355,7 @@ impl Store for SqliteStore {
     async fn list_sessions(&self, user: UserId) -> Result<Vec<Session>, StoreError> {
         let rows = sqlx::query("SELECT * FROM sessions WHERE user_id = $1 ORDER BY created_at, id")
             .bind(id(user.0))
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.read().await?)
             .await?;
         sql::all(&rows, sql::session)
     }
@@ -372,7 +367,8 @@ impl Store for SqliteStore {
         now: i64,
         new_expires_at: i64,
     ) -> Result<RefreshOutcome, StoreError> {
-        let mut tx = self.begin_write().await?;
+        let mut conn = self.write.lock().await?;
+        let mut tx = begin_write(&mut conn).await?;
         let rotated = sqlx::query(
             "UPDATE sessions SET token_hash = $2, expires_at = $4
              WHERE token_hash = $1 AND valid AND expires_at > $3
@@ -422,7 +418,7 @@ impl Store for SqliteStore {
     async fn revoke_session(&self, session: SessionId) -> Result<bool, StoreError> {
         let done = sqlx::query("UPDATE sessions SET valid = FALSE WHERE id = $1 AND valid")
             .bind(id(session.0))
-            .execute(&self.write)
+            .execute(&mut *self.write.lock().await?)
             .await?;
         Ok(done.rows_affected() > 0)
     }
@@ -432,7 +428,7 @@ impl Store for SqliteStore {
             "UPDATE sessions SET valid = FALSE WHERE user_id = $1 AND valid RETURNING id",
         )
         .bind(id(user.0))
-        .fetch_all(&self.write)
+        .fetch_all(&mut *self.write.lock().await?)
         .await?;
         sql::all(&rows, |r| Ok(SessionId(r.uuid("id")?)))
     }
@@ -440,7 +436,8 @@ impl Store for SqliteStore {
     // ---- channels and members ----------------------------------------------
 
     async fn create_channel(&self, channel: Channel, owner: Member) -> Result<(), StoreError> {
-        let mut tx = self.begin_write().await?;
+        let mut conn = self.write.lock().await?;
+        let mut tx = begin_write(&mut conn).await?;
         sqlx::query(
             "INSERT INTO channels (id, name, description, kind, created_by, created_at, direct_key)
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -474,7 +471,7 @@ impl Store for SqliteStore {
     async fn get_channel(&self, channel: ChannelId) -> Result<Option<Channel>, StoreError> {
         let row = sqlx::query("SELECT * FROM channels WHERE id = $1")
             .bind(id(channel.0))
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.read().await?)
             .await?;
         row.as_ref().map(sql::channel).transpose()
     }
@@ -482,7 +479,7 @@ impl Store for SqliteStore {
     async fn find_direct(&self, direct_key: &str) -> Result<Option<Channel>, StoreError> {
         let row = sqlx::query("SELECT * FROM channels WHERE direct_key = $1")
             .bind(direct_key)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.read().await?)
             .await?;
         row.as_ref().map(sql::channel).transpose()
     }
@@ -496,14 +493,14 @@ impl Store for SqliteStore {
              ORDER BY lower(c.name), c.id",
         )
         .bind(id(user.0))
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.read().await?)
         .await?;
         sql::all(&rows, sql::channel)
     }
 
     async fn list_all_channels(&self) -> Result<Vec<Channel>, StoreError> {
         let rows = sqlx::query("SELECT * FROM channels ORDER BY lower(name), id")
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.read().await?)
             .await?;
         sql::all(&rows, sql::channel)
     }
@@ -524,7 +521,7 @@ impl Store for SqliteStore {
         .bind(patch.name)
         .bind(patch.description.is_some())
         .bind(patch.description.flatten())
-        .fetch_optional(&self.write)
+        .fetch_optional(&mut *self.write.lock().await?)
         .await?;
         sql::channel(&row.ok_or(StoreError::NotFound)?)
     }
@@ -532,7 +529,7 @@ impl Store for SqliteStore {
     async fn delete_channel(&self, channel: ChannelId) -> Result<(), StoreError> {
         let done = sqlx::query("DELETE FROM channels WHERE id = $1")
             .bind(id(channel.0))
-            .execute(&self.write)
+            .execute(&mut *self.write.lock().await?)
             .await?;
         sql::found(done.rows_affected())
     }
@@ -546,7 +543,7 @@ impl Store for SqliteStore {
             sqlx::query("SELECT * FROM channel_members WHERE channel_id = $1 AND user_id = $2")
                 .bind(id(channel.0))
                 .bind(id(user.0))
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *self.read().await?)
                 .await?;
         row.as_ref().map(sql::member).transpose()
     }
@@ -556,7 +553,7 @@ impl Store for SqliteStore {
             "SELECT * FROM channel_members WHERE channel_id = $1 ORDER BY joined_at, user_id",
         )
         .bind(id(channel.0))
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.read().await?)
         .await?;
         sql::all(&rows, sql::member)
     }
@@ -568,7 +565,8 @@ impl Store for SqliteStore {
             return Ok(Vec::new());
         }
         let _host = self.audit_ride.host();
-        let mut tx = self.begin_write().await?;
+        let mut conn = self.write.lock().await?;
+        let mut tx = begin_write(&mut conn).await?;
         let mut outcomes = Vec::with_capacity(ops.len());
         // Each run of inserts is one multi-row statement per `INSERT_ROWS_MAX`
         // rows (each statement is a round trip to sqlx's SQLite thread).
@@ -604,7 +602,7 @@ impl Store for SqliteStore {
              FROM channels c WHERE c.id = $1",
         )
         .bind(id(channel.0))
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.read().await?)
         .await?;
         row.map_or(Ok(0), |r| r.uint("n"))
     }
@@ -623,7 +621,7 @@ impl Store for SqliteStore {
         )
         .bind(id(channel.0))
         .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.read().await?)
         .await?;
         sql::all(&rows, sql::client_ref)
     }
@@ -635,7 +633,7 @@ impl Store for SqliteStore {
              WHERE m.id = $1",
         )
         .bind(id(message.0))
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.read().await?)
         .await?;
         row.as_ref().map(sql::message_row).transpose()
     }
@@ -655,7 +653,7 @@ impl Store for SqliteStore {
         .bind(id(channel.0))
         .bind(bound(after))
         .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.read().await?)
         .await?;
         sql::all(&rows, sql::message_row)
     }
@@ -676,7 +674,7 @@ impl Store for SqliteStore {
         .bind(id(channel.0))
         .bind(before.map_or(i64::MAX, bound))
         .bind(i64::from(limit) + 1)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.read().await?)
         .await?;
         sql::page_before(&rows, limit)
     }
@@ -685,7 +683,7 @@ impl Store for SqliteStore {
         &self,
         message: MessageId,
     ) -> Result<BTreeMap<String, u64>, StoreError> {
-        reaction_counts(&mut *self.pool.acquire().await?, message.0).await
+        reaction_counts(&mut *self.read().await?, message.0).await
     }
 
     async fn expired_messages(
@@ -700,7 +698,7 @@ impl Store for SqliteStore {
         )
         .bind(now)
         .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.read().await?)
         .await?;
         sql::all(&rows, sql::message)
     }
@@ -718,7 +716,7 @@ impl Store for SqliteStore {
             "SELECT count(*) AS n FROM messages WHERE key_version = $1 AND length(ciphertext) > 0",
         )
         .bind(i64::from(version))
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *self.read().await?)
         .await?;
         row.uint("n")
     }
@@ -733,13 +731,14 @@ impl Store for SqliteStore {
         )
         .bind(i64::from(version))
         .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.read().await?)
         .await?;
         sql::all(&rows, sql::message)
     }
 
     async fn store_reencrypted(&self, rows: &[Reencrypted]) -> Result<(), StoreError> {
-        let mut tx = self.begin_write().await?;
+        let mut conn = self.write.lock().await?;
+        let mut tx = begin_write(&mut conn).await?;
         for row in rows {
             // A row already on the target version (edited meanwhile under the
             // new key) is left alone.
@@ -769,7 +768,12 @@ impl Store for SqliteStore {
         if let Next::Done(result) = ride.wait_for_host(&mut ticket).await {
             return result;
         }
-        let mut tx = match self.begin_write().await {
+        let mut conn = self.write.lock().await;
+        let begun = match &mut conn {
+            Ok(conn) => begin_write(conn).await,
+            Err(e) => Err(e.clone()),
+        };
+        let mut tx = match begun {
             Ok(tx) => tx,
             Err(e) if ride.unpark(&ticket) => return Err(e),
             // A batch took the entries while this waited for the connection.
@@ -786,7 +790,7 @@ impl Store for SqliteStore {
 
     async fn audit_head(&self) -> Result<Option<AuditRecord>, StoreError> {
         let row = sqlx::query("SELECT * FROM audit_logs ORDER BY seq DESC LIMIT 1")
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.read().await?)
             .await?;
         row.as_ref().map(sql::audit).transpose()
     }
@@ -795,7 +799,7 @@ impl Store for SqliteStore {
         let rows = sqlx::query("SELECT * FROM audit_logs WHERE seq > $1 ORDER BY seq LIMIT $2")
             .bind(bound(after))
             .bind(i64::from(limit))
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.read().await?)
             .await?;
         sql::all(&rows, sql::audit)
     }
@@ -812,7 +816,7 @@ impl Store for SqliteStore {
         .bind(filter.action)
         .bind(filter.after_seq.map_or(-1, bound))
         .bind(i64::from(filter.limit))
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.read().await?)
         .await?;
         sql::all(&rows, sql::audit)
     }
@@ -827,36 +831,42 @@ impl Store for SqliteStore {
         .bind(checkpoint.time)
         .bind(&checkpoint.key_id)
         .bind(&checkpoint.signature)
-        .execute(&self.write)
+        .execute(&mut *self.write.lock().await?)
         .await?;
         Ok(())
     }
 
     async fn list_checkpoints(&self) -> Result<Vec<Checkpoint>, StoreError> {
         let rows = sqlx::query("SELECT * FROM audit_checkpoints ORDER BY seq")
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.read().await?)
             .await?;
         sql::all(&rows, sql::checkpoint)
     }
 }
 
-/// Applies one op of a batch inside its transaction.
-/// Writes parked audit appends in `tx`, each under a savepoint of its own,
-/// and pairs each with its outcome; [`finish_parked`] tells them after the
-/// commit.
+/// Writes parked audit appends in `tx` and pairs each with its outcome;
+/// [`finish_parked`] tells them after the commit. An append that fails
+/// leaves the rest of the transaction as it was: one that is a single
+/// statement because SQLite undoes a failed statement and nothing else,
+/// a longer one because it goes in under a savepoint of its own (two round
+/// trips more).
 async fn write_parked(
-    tx: &mut Transaction<'static, Sqlite>,
+    tx: &mut Transaction<'_, Sqlite>,
     parked: Vec<Parked>,
 ) -> Vec<(Parked, Result<(), StoreError>)> {
     let mut written = Vec::with_capacity(parked.len());
     for append in parked {
-        let outcome = async {
-            let mut savepoint = tx.begin().await?;
-            insert_audit(&mut savepoint, &append.entries).await?;
-            savepoint.commit().await?;
-            Ok(())
-        }
-        .await;
+        let outcome = if append.entries.len() <= INSERT_ROWS_MAX {
+            insert_audit(tx, &append.entries).await
+        } else {
+            async {
+                let mut savepoint = tx.begin().await?;
+                insert_audit(&mut savepoint, &append.entries).await?;
+                savepoint.commit().await?;
+                Ok(())
+            }
+            .await
+        };
         written.push((append, outcome));
     }
     written
@@ -874,27 +884,41 @@ fn finish_parked(
 }
 
 /// Appends entries that continue the chain at its stored head.
+///
+/// The head is not read first: the first statement checks it itself and
+/// inserts nothing unless the chain is empty or its head is the entry
+/// before the first (a round trip to sqlx's SQLite thread less). The head
+/// is read only to say why an append was refused.
 async fn insert_audit(
     conn: &mut SqliteConnection,
     entries: &[AuditRecord],
 ) -> Result<(), StoreError> {
-    let head = sqlx::query(sql::AUDIT_CHAIN_HEAD)
-        .fetch_optional(&mut *conn)
-        .await?;
-    sql::check_audit_continuity(sql::chain_head(head.as_ref())?, entries)?;
+    let Some(first) = entries.first() else {
+        return Ok(());
+    };
+    sql::check_audit_continuity(None, entries)?;
     // Multi-row statements: each statement is a round trip to sqlx's
     // SQLite thread. 9 parameters a row.
-    for chunk in entries.chunks(INSERT_ROWS_MAX) {
+    for (i, chunk) in entries.chunks(INSERT_ROWS_MAX).enumerate() {
         let mut statement = String::from(
             "INSERT INTO audit_logs
                  (seq, timestamp, actor_id, ip, user_agent, action, details, prev_hash, hash)
-             VALUES ",
+             SELECT * FROM (VALUES ",
         );
         for i in 0..chunk.len() {
             if i > 0 {
                 statement.push(',');
             }
             statement.push_str("(?,?,?,?,?,?,?,?,?)");
+        }
+        statement.push(')');
+        let at_head = i == 0;
+        if at_head {
+            // NULL, so true, for an empty chain.
+            statement.push_str(
+                " WHERE coalesce((SELECT seq + 1 = ? AND hash = ? FROM audit_logs
+                                  ORDER BY seq DESC LIMIT 1), 1)",
+            );
         }
         let mut query = sqlx::query(&statement);
         for e in chunk {
@@ -909,11 +933,27 @@ async fn insert_audit(
                 .bind(&e.prev_hash)
                 .bind(&e.hash);
         }
-        query.execute(&mut *conn).await?;
+        if at_head {
+            query = query
+                .bind(to_db(first.seq, "audit seq")?)
+                .bind(&first.prev_hash);
+        }
+        let done = query.execute(&mut *conn).await?;
+        if at_head && done.rows_affected() == 0 {
+            let head = sqlx::query(sql::AUDIT_CHAIN_HEAD)
+                .fetch_optional(&mut *conn)
+                .await?;
+            sql::check_audit_continuity(sql::chain_head(head.as_ref())?, entries)?;
+            return Err(StoreError::Conflict(format!(
+                "audit entry {} does not continue the chain",
+                first.seq
+            )));
+        }
     }
     Ok(())
 }
 
+/// Applies one op of a batch inside its transaction.
 async fn apply_op(conn: &mut SqliteConnection, op: &WriteOp) -> Result<WriteOutcome, StoreError> {
     let touched = match op {
         WriteOp::InsertMessage(m) => return insert_message(conn, m).await,

@@ -34,7 +34,6 @@ macro_rules! conformance {
 
         /// `sqlite::memory:`, where the one write connection also reads.
         mod sqlite_memory {
-            use super::*;
             $(
                 #[tokio::test]
                 async fn $story() {

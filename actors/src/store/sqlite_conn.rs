@@ -8,17 +8,16 @@
 //! tasks. Held behind async mutexes, connections cost nothing to take or
 //! give back. Writers queue fairly for the write connection (tokio's mutex
 //! is FIFO); a reader takes a free read connection, or queues for them in
-//! turn when all are taken. Either waits at most [`WRITE_WAIT`], as they did
+//! turn when all are taken. Either waits at most [`CONNECTION_WAIT`], as they did
 //! for the pools.
 //!
 //! A transaction whose future is dropped rolls back as before: sqlx queues
 //! the rollback on the connection's thread, ahead of the next user's
 //! statements. What the pool's pings were for, noticing a connection whose
-//! thread is gone, [`Writer::check`] does for the write connection when the
-//! store is pinged (every [`PROBE_EVERY`](crate::persistence::PROBE_EVERY)
-//! by the persistence actor's probe): it reopens it. A read connection's
-//! thread does not go away while SQLite and sqlx hold together; if one did,
-//! its reads would fail until a restart.
+//! thread is gone, [`Writer::check`] and [`Reads::check`] do when the store
+//! is pinged (every [`PROBE_EVERY`](crate::persistence::PROBE_EVERY) by the
+//! persistence actor's probe): they ping each connection nobody holds and
+//! reopen one whose thread has gone.
 
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -31,8 +30,8 @@ use tokio::sync::{Mutex, MutexGuard};
 
 use super::StoreError;
 
-/// How long a writer waits for the write connection before it gives up.
-pub(super) const WRITE_WAIT: Duration = Duration::from_secs(5);
+/// How long a writer or reader waits for a connection before it gives up.
+pub(super) const CONNECTION_WAIT: Duration = Duration::from_secs(5);
 
 /// The one write connection.
 #[derive(Debug)]
@@ -58,9 +57,9 @@ impl Writer {
         })
     }
 
-    /// Takes the write connection, waiting at most [`WRITE_WAIT`].
+    /// Takes the write connection, waiting at most [`CONNECTION_WAIT`].
     pub(super) async fn lock(&self) -> Result<MutexGuard<'_, SqliteConnection>, StoreError> {
-        tokio::time::timeout(WRITE_WAIT, self.conn.lock())
+        tokio::time::timeout(CONNECTION_WAIT, self.conn.lock())
             .await
             .map_err(|_| {
                 StoreError::Unavailable("timed out waiting for the SQLite write connection".into())
@@ -146,7 +145,7 @@ impl Reads {
         Ok(())
     }
 
-    /// Takes a free read connection, or queues (at most [`WRITE_WAIT`]) for
+    /// Takes a free read connection, or queues (at most [`CONNECTION_WAIT`]) for
     /// the connections in turn when none is free.
     pub(super) async fn take<'a>(&'a self, writer: &'a Writer) -> Result<ReadConn<'a>, StoreError> {
         let (conns, next) = match self {
@@ -157,7 +156,7 @@ impl Reads {
             return Ok(ReadConn(free));
         }
         let turn = &conns[next.fetch_add(1, Ordering::Relaxed) % conns.len()];
-        tokio::time::timeout(WRITE_WAIT, turn.lock())
+        tokio::time::timeout(CONNECTION_WAIT, turn.lock())
             .await
             .map(ReadConn)
             .map_err(|_| {

@@ -1311,11 +1311,27 @@ async fn the_server_flags_phi_the_client_did_not() {
     server.stop().await;
 }
 
+/// Locks the `messages` table of the PostgreSQL database at `url` against
+/// inserts, and lets go after `hold`; the lock is held when this returns.
+async fn hold_message_inserts(url: &str, hold: Duration) -> tokio::task::JoinHandle<()> {
+    use sqlx::{Connection, Executor};
+    let mut conn = sqlx::PgConnection::connect(url)
+        .await
+        .expect("connect to the test database");
+    conn.execute("BEGIN; LOCK TABLE messages IN SHARE ROW EXCLUSIVE MODE")
+        .await
+        .expect("lock messages");
+    tokio::spawn(async move {
+        tokio::time::sleep(hold).await;
+        conn.execute("COMMIT").await.expect("release the lock");
+    })
+}
+
 /// With tiny batches and several commits allowed in flight, eight senders
 /// pipelining 100 sends each into eight channels: every send is acked, acks
 /// of one channel come in `seq` order, and a reader joined to all eight sees
-/// each channel's messages once, in order, without gaps. On PostgreSQL full
-/// batches did commit side by side.
+/// each channel's messages once, in order, without gaps. On PostgreSQL, with
+/// the first commit held back by a lock, full batches commit side by side.
 async fn full_batches_commit_side_by_side_in_seq_order(backend: Backend) {
     // In this binary: no other test reads the batch metrics, which these
     // two-row batches would skew.
@@ -1363,6 +1379,15 @@ async fn full_batches_commit_side_by_side_in_seq_order(backend: Backend) {
         }
         last
     });
+    // On PostgreSQL, inserts into `messages` are held back while the sends
+    // pour in: the first commit waits on the lock, so the full batches
+    // behind it start beside it. Without the lock, whether two commits ever
+    // overlap is a matter of timing (a fast database may commit every batch
+    // before the next one fills).
+    let held = match server.pg_url() {
+        Some(url) => Some(hold_message_inserts(url, Duration::from_millis(500)).await),
+        None => None,
+    };
     let mut sending = Vec::new();
     for (u, ch) in senders {
         let (mut tx, mut rx) = server.client(&u, Encoding::MessagePack).await.split();
@@ -1387,6 +1412,9 @@ async fn full_batches_commit_side_by_side_in_seq_order(backend: Backend) {
     for task in sending {
         let seqs = task.await.expect("sender");
         assert_eq!(seqs, (1..=SENDS).collect::<Vec<_>>(), "acked in seq order");
+    }
+    if let Some(held) = held {
+        held.await.expect("lock holder");
     }
     let last = reading.await.expect("reader");
     assert!(channels.iter().all(|ch| last.get(ch) == Some(&SENDS)));

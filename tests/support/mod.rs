@@ -121,6 +121,13 @@ pub async fn release_postgres_db(url: &str) {
     let Ok(mut admin) = PgConnection::connect(&admin_url()).await else {
         return;
     };
+    // No new connections first: a pool still alive in the test (the server's
+    // store, pinged by its probe) would reconnect between the terminations
+    // and the rename, and each rename waits 5 s for other sessions to go
+    // before it fails.
+    let allow =
+        |db: &str, on: bool| format!(r#"ALTER DATABASE "{db}" WITH ALLOW_CONNECTIONS {on}"#);
+    let _ = admin.execute(allow(name, false).as_str()).await;
     let _ = sqlx::query(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
          WHERE datname = $1 AND pid <> pg_backend_pid()",
@@ -131,12 +138,15 @@ pub async fn release_postgres_db(url: &str) {
     // Terminated backends take a moment to go; a rename needs them gone.
     let free = format!("{FREE_DB_PREFIX}{}", Uuid::new_v4().simple());
     let rename = format!(r#"ALTER DATABASE "{name}" RENAME TO "{free}""#);
+    let mut now_named = name;
     for _ in 0..50 {
         if admin.execute(rename.as_str()).await.is_ok() {
+            now_named = &free;
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let _ = admin.execute(allow(now_named, true).as_str()).await;
     let _ = admin.close().await;
 }
 
@@ -168,6 +178,9 @@ async fn claim_free_database(admin: &mut PgConnection, name: &str) -> bool {
             .execute(format!(r#"ALTER DATABASE "{candidate}" RENAME TO "{name}""#).as_str())
             .await;
         if renamed.is_ok() {
+            // A release cut off half way leaves connections barred.
+            let allow = format!(r#"ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true"#);
+            let _ = admin.execute(allow.as_str()).await;
             return true;
         }
     }

@@ -116,6 +116,11 @@ impl TestServer {
         }
     }
 
+    /// The PostgreSQL database this server uses (`None` on SQLite).
+    pub fn pg_url(&self) -> Option<&str> {
+        self.pg_url.as_deref()
+    }
+
     /// `ws://.../ws`.
     pub fn ws_url(&self) -> String {
         format!("ws://{}/ws", self.addr)

@@ -481,6 +481,15 @@ async fn sessions(store: DynStore) {
     let s1 = session(&alice, "h1", T0 + 1_000);
     store.create_session(s1.clone()).await.unwrap();
     assert_eq!(store.get_session(s1.id).await.unwrap(), Some(s1.clone()));
+    // The joined read gives the same session and its whole user.
+    assert_eq!(
+        store.get_session_user(s1.id).await.unwrap(),
+        Some((s1.clone(), alice.clone()))
+    );
+    assert_eq!(
+        store.get_session_user(SessionId::new()).await.unwrap(),
+        None
+    );
     assert_eq!(
         store.list_sessions(alice.id).await.unwrap(),
         vec![s1.clone()]
@@ -616,6 +625,25 @@ async fn channels(store: DynStore) {
     assert_eq!(
         store.get_member(general.id, alice.id).await.unwrap(),
         Some(owner_of(&general, &alice))
+    );
+    // The joined read: the channel with the caller's membership, or none.
+    assert_eq!(
+        store
+            .get_channel_member(general.id, alice.id)
+            .await
+            .unwrap(),
+        Some((general.clone(), Some(owner_of(&general, &alice))))
+    );
+    assert_eq!(
+        store.get_channel_member(secret.id, bob.id).await.unwrap(),
+        Some((secret.clone(), None))
+    );
+    assert_eq!(
+        store
+            .get_channel_member(ChannelId::new(), alice.id)
+            .await
+            .unwrap(),
+        None
     );
 
     // One direct channel per pair; the failed attempt leaves nothing behind.

@@ -334,12 +334,11 @@ impl Realtime {
         channel_id: ChannelId,
         action: impl for<'a> FnOnce(&'a Channel, Option<&'a Member>) -> Action<'a>,
     ) -> Result<(Channel, Option<Member>), AccessError> {
-        let channel = self
+        let (channel, member) = self
             .store
-            .get_channel(channel_id)
+            .get_channel_member(channel_id, who.user_id)
             .await?
             .ok_or(AccessError::NotFound("no such channel"))?;
-        let member = self.store.get_member(channel_id, who.user_id).await?;
         authz::decide(who, action(&channel, member.as_ref())).map_err(AccessError::Denied)?;
         Ok((channel, member))
     }

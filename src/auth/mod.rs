@@ -13,7 +13,8 @@ use courier_actors::store::{DynStore, StoreError};
 use tokens::Tokens;
 
 /// Verifies an access token and that its session is still valid and its
-/// user still exists: a revoked session's tokens stop working at once.
+/// user still exists (one read of both): a revoked session's tokens stop
+/// working at once.
 pub struct SessionAuthenticator {
     pub tokens: Arc<Tokens>,
     pub store: DynStore,
@@ -30,20 +31,14 @@ impl Authenticator for SessionAuthenticator {
             StoreError::Unavailable(_) => AuthRejected::Unavailable,
             _ => AuthRejected::InvalidToken,
         };
-        let session = self
+        let (session, user) = self
             .store
-            .get_session(verified.session_id)
+            .get_session_user(verified.session_id)
             .await
             .map_err(unavailable)?
-            .filter(|s| {
+            .filter(|(s, _)| {
                 s.valid && s.user_id == verified.user_id && s.expires_at > courier_actors::now_ms()
             })
-            .ok_or(AuthRejected::SessionRevoked)?;
-        let user = self
-            .store
-            .get_user(session.user_id)
-            .await
-            .map_err(unavailable)?
             .ok_or(AuthRejected::SessionRevoked)?;
         Ok(Identity {
             user_id: user.id,

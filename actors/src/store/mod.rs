@@ -190,6 +190,9 @@ pub trait Store: Send + Sync + 'static {
 
     async fn create_session(&self, session: Session) -> Result<(), StoreError>;
     async fn get_session(&self, id: SessionId) -> Result<Option<Session>, StoreError>;
+    /// A session with its user, in one read: what authenticating a token
+    /// needs.
+    async fn get_session_user(&self, id: SessionId) -> Result<Option<(Session, User)>, StoreError>;
     async fn list_sessions(&self, user: UserId) -> Result<Vec<Session>, StoreError>;
     /// Presents a refresh token (by hash). A current, valid, unexpired token
     /// rotates to `new_hash` (and `new_expires_at`); a token that was current
@@ -230,6 +233,13 @@ pub trait Store: Send + Sync + 'static {
         channel: ChannelId,
         user: UserId,
     ) -> Result<Option<Member>, StoreError>;
+    /// A channel with `user`'s membership of it, in one read: what every
+    /// access check on a channel needs. `None` when there is no channel.
+    async fn get_channel_member(
+        &self,
+        channel: ChannelId,
+        user: UserId,
+    ) -> Result<Option<(Channel, Option<Member>)>, StoreError>;
     async fn list_members(&self, channel: ChannelId) -> Result<Vec<Member>, StoreError>;
 
     // ---- messages ----------------------------------------------------------

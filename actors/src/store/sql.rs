@@ -287,6 +287,80 @@ pub(super) fn checkpoint(r: &impl SqlRow) -> Result<Checkpoint, StoreError> {
     })
 }
 
+// ---- joined reads: one round trip where two would do --------------------------
+
+/// A row's columns under a prefix: the second table of a join, whose
+/// columns are aliased `<prefix><name>` so they do not clash with the
+/// first's (`id`, `created_at`, ...).
+struct Prefixed<'r, R>(&'r R, &'static str);
+
+impl<R: SqlRow> Prefixed<'_, R> {
+    fn col(&self, col: &str) -> String {
+        format!("{}{col}", self.1)
+    }
+}
+
+impl<R: SqlRow> SqlRow for Prefixed<'_, R> {
+    fn uuid(&self, col: &str) -> Result<Uuid, StoreError> {
+        self.0.uuid(&self.col(col))
+    }
+    fn opt_uuid(&self, col: &str) -> Result<Option<Uuid>, StoreError> {
+        self.0.opt_uuid(&self.col(col))
+    }
+    fn int(&self, col: &str) -> Result<i64, StoreError> {
+        self.0.int(&self.col(col))
+    }
+    fn opt_int(&self, col: &str) -> Result<Option<i64>, StoreError> {
+        self.0.opt_int(&self.col(col))
+    }
+    fn text(&self, col: &str) -> Result<String, StoreError> {
+        self.0.text(&self.col(col))
+    }
+    fn opt_text(&self, col: &str) -> Result<Option<String>, StoreError> {
+        self.0.opt_text(&self.col(col))
+    }
+    fn bytes(&self, col: &str) -> Result<Vec<u8>, StoreError> {
+        self.0.bytes(&self.col(col))
+    }
+    fn flag(&self, col: &str) -> Result<bool, StoreError> {
+        self.0.flag(&self.col(col))
+    }
+}
+
+/// A session with its user (`$1`: the session id); decoded by
+/// [`session_user`]. A session's user always exists (sessions go with
+/// their user), so the inner join drops nothing but a missing session.
+pub(super) const SESSION_USER: &str = "SELECT s.*,
+        u.id AS u_id, u.username AS u_username, u.email AS u_email,
+        u.password_hash AS u_password_hash, u.role AS u_role,
+        u.created_at AS u_created_at, u.updated_at AS u_updated_at,
+        u.failed_logins AS u_failed_logins, u.locked_until AS u_locked_until
+     FROM sessions s JOIN users u ON u.id = s.user_id
+     WHERE s.id = $1";
+
+pub(super) fn session_user(r: &impl SqlRow) -> Result<(Session, User), StoreError> {
+    Ok((session(r)?, user(&Prefixed(r, "u_"))?))
+}
+
+/// A channel with one user's membership of it, if any (`$1`: the channel
+/// id, `$2`: the user id); decoded by [`channel_member`].
+pub(super) const CHANNEL_MEMBER: &str = "SELECT c.*,
+        m.channel_id AS m_channel_id, m.user_id AS m_user_id, m.role AS m_role,
+        m.joined_at AS m_joined_at, m.last_read_seq AS m_last_read_seq,
+        m.last_delivered_seq AS m_last_delivered_seq
+     FROM channels c
+     LEFT JOIN channel_members m ON m.channel_id = c.id AND m.user_id = $2
+     WHERE c.id = $1";
+
+pub(super) fn channel_member(r: &impl SqlRow) -> Result<(Channel, Option<Member>), StoreError> {
+    let member = Prefixed(r, "m_");
+    let member = match member.opt_uuid("channel_id")? {
+        Some(_) => Some(self::member(&member)?),
+        None => None,
+    };
+    Ok((channel(r)?, member))
+}
+
 /// Decodes every row with `decode`.
 pub(super) fn all<R, T>(
     rows: &[R],

@@ -352,6 +352,17 @@ impl Store for SqliteStore {
         row.as_ref().map(sql::session).transpose()
     }
 
+    async fn get_session_user(
+        &self,
+        session: SessionId,
+    ) -> Result<Option<(Session, User)>, StoreError> {
+        let row = sqlx::query(sql::SESSION_USER)
+            .bind(id(session.0))
+            .fetch_optional(&mut *self.read().await?)
+            .await?;
+        row.as_ref().map(sql::session_user).transpose()
+    }
+
     async fn list_sessions(&self, user: UserId) -> Result<Vec<Session>, StoreError> {
         let rows = sqlx::query("SELECT * FROM sessions WHERE user_id = $1 ORDER BY created_at, id")
             .bind(id(user.0))
@@ -546,6 +557,19 @@ impl Store for SqliteStore {
                 .fetch_optional(&mut *self.read().await?)
                 .await?;
         row.as_ref().map(sql::member).transpose()
+    }
+
+    async fn get_channel_member(
+        &self,
+        channel: ChannelId,
+        user: UserId,
+    ) -> Result<Option<(Channel, Option<Member>)>, StoreError> {
+        let row = sqlx::query(sql::CHANNEL_MEMBER)
+            .bind(id(channel.0))
+            .bind(id(user.0))
+            .fetch_optional(&mut *self.read().await?)
+            .await?;
+        row.as_ref().map(sql::channel_member).transpose()
     }
 
     async fn list_members(&self, channel: ChannelId) -> Result<Vec<Member>, StoreError> {

@@ -495,13 +495,31 @@ pub struct SetStatus {
 }
 
 /// The statuses a user may set (`offline` is the server's to say).
+///
+/// Decoded from its name only: rmp-serde would also take a variant's index
+/// (`0` for `online`), which JSON refuses, and the two encodings must
+/// accept the same frames.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "snake_case", try_from = "String")]
 pub enum UserStatus {
     /// Here.
     Online,
     /// Connected but away.
     Away,
+}
+
+impl TryFrom<String> for UserStatus {
+    type Error = String;
+
+    fn try_from(name: String) -> Result<Self, Self::Error> {
+        match name.as_str() {
+            "online" => Ok(UserStatus::Online),
+            "away" => Ok(UserStatus::Away),
+            other => Err(format!(
+                "unknown variant `{other}`, expected `online` or `away`"
+            )),
+        }
+    }
 }
 
 /// A user's presence as pushed in `presence`.

@@ -384,6 +384,9 @@ fn wrong_field_types_are_invalid_with_the_ref() {
     check(&msgpack_err(&send.bytes()), Invalid, true);
     let join = Pack::frame("join_channel").raw("channelId", &[0x07]);
     check(&msgpack_err(&join.bytes()), Invalid, true);
+    // A variant's index is not its name (JSON refuses `"status":0` too).
+    let status = Pack::frame("set_status").raw("status", &[0x00]);
+    check(&msgpack_err(&status.bytes()), Invalid, true);
     // `type` itself of the wrong type.
     check(&json_err(r#"{"ref":7,"type":5}"#), Invalid, true);
     let pack = Pack {

@@ -125,9 +125,7 @@ pub async fn release_postgres_db(url: &str) {
     // store, pinged by its probe) would reconnect between the terminations
     // and the rename, and each rename waits 5 s for other sessions to go
     // before it fails.
-    let allow =
-        |db: &str, on: bool| format!(r#"ALTER DATABASE "{db}" WITH ALLOW_CONNECTIONS {on}"#);
-    let _ = admin.execute(allow(name, false).as_str()).await;
+    let _ = admin.execute(allow_connections(name, false).as_str()).await;
     let _ = sqlx::query(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
          WHERE datname = $1 AND pid <> pg_backend_pid()",
@@ -146,7 +144,9 @@ pub async fn release_postgres_db(url: &str) {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let _ = admin.execute(allow(now_named, true).as_str()).await;
+    let _ = admin
+        .execute(allow_connections(now_named, true).as_str())
+        .await;
     let _ = admin.close().await;
 }
 
@@ -165,6 +165,11 @@ fn unreachable_postgres(why: &str) -> Option<String> {
 
 /// Renames a released database to `name`; false when none is free. A rename
 /// is atomic, so two tests never get the same one.
+/// `ALTER DATABASE` letting new connections to `db` in, or not.
+fn allow_connections(db: &str, on: bool) -> String {
+    format!(r#"ALTER DATABASE "{db}" WITH ALLOW_CONNECTIONS {on}"#)
+}
+
 async fn claim_free_database(admin: &mut PgConnection, name: &str) -> bool {
     let free: Vec<String> = sqlx::query_scalar(
         "SELECT datname FROM pg_database WHERE starts_with(datname, $1) ORDER BY random()",
@@ -179,8 +184,7 @@ async fn claim_free_database(admin: &mut PgConnection, name: &str) -> bool {
             .await;
         if renamed.is_ok() {
             // A release cut off half way leaves connections barred.
-            let allow = format!(r#"ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true"#);
-            let _ = admin.execute(allow.as_str()).await;
+            let _ = admin.execute(allow_connections(name, true).as_str()).await;
             return true;
         }
     }

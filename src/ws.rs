@@ -16,6 +16,7 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
 use bytes::Bytes;
 use courier_actors::connection::Peer;
+use courier_actors::outbound::SocketWrite;
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
@@ -111,11 +112,14 @@ pub async fn upgrade(
                 let early = Bytes::copy_from_slice(&parts.read_buf);
                 drop(parts.read_buf);
                 let read = std::io::Cursor::new(early).chain(read);
-                realtime.spawn_connection(read, write, config, peer).await
+                realtime
+                    .spawn_connection(read, SocketWrite::Tcp(write), config, peer)
+                    .await
             }
             // TLS: the stream's own halves, behind tokio's split lock.
             Err(upgraded) => {
                 let (read, write) = tokio::io::split(TokioIo::new(upgraded));
+                let write = SocketWrite::Stream(Box::pin(write));
                 realtime.spawn_connection(read, write, config, peer).await
             }
         };

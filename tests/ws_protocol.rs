@@ -1010,6 +1010,82 @@ async fn graceful_shutdown_says_so_then_closes_1001() {
     stopping.await.expect("stopped");
 }
 
+/// A fan-out to more connections than one flush chunk (64) is written to
+/// the sockets by a task of its own, in chunks, while the channel goes on
+/// with the next commits: every connection still gets every message once,
+/// whole and in `seq` order, in its own encoding, also when the publisher
+/// pipelines its sends so that commits arrive in batches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wide_fan_out_arrives_whole_and_in_order_everywhere() {
+    let server = TestServer::start(Backend::Sqlite).await.expect("server");
+    let publisher = server.user("pub", Role::User).await;
+    let readers = [
+        server.user("ward-a", Role::User).await,
+        server.user("ward-b", Role::User).await,
+    ];
+    let ch = server
+        .channel(
+            "wide",
+            ChannelKind::Private,
+            &publisher,
+            &[&readers[0], &readers[1]],
+        )
+        .await;
+    const CONNS: usize = 150;
+    const N: usize = 40;
+    let mut clients = Vec::new();
+    for i in 0..CONNS {
+        let encoding = if i % 3 == 0 {
+            Encoding::Json
+        } else {
+            Encoding::MessagePack
+        };
+        let mut client = server.client(&readers[i % 2], encoding).await;
+        client.join(ch, None).await.expect("join");
+        clients.push(client);
+    }
+    let mut publishing = server.client(&publisher, Encoding::MessagePack).await;
+    publishing.join(ch, None).await.expect("publisher joins");
+    let (mut sender, mut acks) = publishing.split();
+    let reading = clients
+        .into_iter()
+        .map(|mut client| {
+            tokio::spawn(async move {
+                let mut texts = Vec::new();
+                for expected in 1..=N as u64 {
+                    let m = next_message(&mut client).await;
+                    assert_eq!(m.seq, expected, "in seq order, none missing or repeated");
+                    texts.push(m.text);
+                }
+                texts
+            })
+        })
+        .collect::<Vec<_>>();
+    let texts: Vec<String> = (0..N)
+        .map(|i| format!("obs {i}: {}", "x".repeat(i * 37)))
+        .collect();
+    for text in &texts {
+        sender
+            .send(ClientRequest::SendMessage(SendMessage::text(
+                ch,
+                text.clone(),
+            )))
+            .await
+            .expect("send");
+    }
+    let mut acked = 0;
+    while acked < N {
+        if let ServerFrame::Ack(ack) = acks.next_frame(T).await.expect("ack") {
+            sent(ack);
+            acked += 1;
+        }
+    }
+    for reader in reading {
+        assert_eq!(reader.await.expect("reader"), texts);
+    }
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn slow_consumer_is_closed_4009_and_others_keep_receiving() {
     let server = TestServer::start_with(Backend::Sqlite, |c| {

@@ -18,7 +18,9 @@
 //! and the `new_message` push is encoded once per encoding in use and the
 //! same bytes are queued to every joined connection, straight into their
 //! queues, in `seq` order (the persistence actor answers in submission
-//! order). A join with `sinceSeq` replays what the connection missed from
+//! order); once a batch of commits is fanned out, each connection's queue
+//! is flushed to its socket here when its writer is idle, one write for the
+//! whole batch (see [`outbound`](crate::outbound)). A join with `sinceSeq` replays what the connection missed from
 //! the store while live pushes for it are held back, then releases them: no
 //! gap, no duplicate at the seam.
 //!
@@ -287,6 +289,8 @@ struct Subscriber {
     /// False while a replay is being read: live pushes wait in `held`.
     live: bool,
     held: Vec<bytes::Bytes>,
+    /// Pushed to without waking its writer: a flush is due.
+    unflushed: bool,
 }
 
 /// The joined connections. Dropped without a clean stop (a crash), it closes
@@ -299,6 +303,9 @@ struct Subscribers {
     clean: bool,
     /// The server's shutdown phase (see [`ChannelServices::shutdown`]).
     shutdown: Option<watch::Receiver<ShutdownPhase>>,
+    /// Fan-outs leave their pushes unflushed until [`Subscribers::flush`]
+    /// (a batch of commits: each connection gets all of it in one write).
+    deferring: bool,
 }
 
 impl Subscribers {
@@ -308,12 +315,18 @@ impl Subscribers {
             Encoding::Json => self.json += 1,
         }
         if let Some(old) = self.by_conn.insert(sub.outbound.conn_id(), sub) {
+            if old.unflushed {
+                old.outbound.flush();
+            }
             self.uncount(&old);
         }
     }
 
     fn remove(&mut self, conn: ConnId) -> Option<Subscriber> {
         let sub = self.by_conn.remove(&conn)?;
+        if sub.unflushed {
+            sub.outbound.flush();
+        }
         self.uncount(&sub);
         Some(sub)
     }
@@ -337,7 +350,8 @@ impl Subscribers {
     }
 
     /// Encodes `frame` once per encoding in use and queues it to every
-    /// subscriber but those of `except`. Returns how many got it.
+    /// subscriber but those of `except`, then flushes unless `deferring`.
+    /// Returns how many got it.
     fn fan_out(&mut self, frame: &ServerFrame, except: Option<UserId>) -> u64 {
         if self.by_conn.is_empty() {
             return 0;
@@ -355,17 +369,59 @@ impl Subscribers {
                 }
                 continue;
             }
-            match sub.outbound.push_encoded(&encoded) {
-                Push::Queued => delivered += 1,
+            match sub.outbound.push_encoded_deferred(&encoded) {
+                Push::Queued => {
+                    delivered += 1;
+                    sub.unflushed = true;
+                }
                 Push::SlowConsumer | Push::Gone => gone.push(sub.outbound.conn_id()),
             }
         }
         for conn in gone {
             self.remove(conn);
         }
+        if !self.deferring {
+            self.flush();
+        }
         delivered
     }
+
+    /// Sends every connection's unflushed pushes on their way. In a channel
+    /// of at most [`FLUSH_CHUNK`] connections that wakes their writers, as a
+    /// push does: when the server falls behind, writers that run late find
+    /// several frames queued and write them at once. A wider fan-out is written
+    /// to the sockets by a task of its own (see [`Outbound::flush`]) that
+    /// yields every [`FLUSH_CHUNK`] connections: thousands of woken writers
+    /// would each be a task in the run queue ahead of the next message's
+    /// own steps (reader, connection, channel, commit), and each step would
+    /// wait behind all of them. Neither this actor nor those steps wait for
+    /// the task; a later fan-out's pushes may go out with this one's, in
+    /// queue order.
+    fn flush(&mut self) {
+        let wide = self.by_conn.len() > FLUSH_CHUNK;
+        let unflushed = self
+            .by_conn
+            .values_mut()
+            .filter_map(|sub| std::mem::take(&mut sub.unflushed).then_some(&sub.outbound));
+        if !wide {
+            unflushed.for_each(Outbound::wake_writer);
+            return;
+        }
+        let due: Vec<Outbound> = unflushed.cloned().collect();
+        tokio::spawn(async move {
+            for chunk in due.chunks(FLUSH_CHUNK) {
+                let written: usize = chunk.iter().map(Outbound::flush).sum();
+                if written > 0 {
+                    counter!(m::FRAMES_OUT).increment(written as u64);
+                }
+                tokio::task::yield_now().await;
+            }
+        });
+    }
 }
+
+/// Connections flushed between two yields (see [`Subscribers::flush`]).
+const FLUSH_CHUNK: usize = 64;
 
 impl Drop for Subscribers {
     fn drop(&mut self) {
@@ -505,6 +561,7 @@ impl Actor for ChannelActor {
                 json: 0,
                 clean: false,
                 shutdown: Some(shutdown),
+                deferring: false,
             },
             members: HashMap::new(),
             client_ids,
@@ -647,11 +704,14 @@ impl Actor for ChannelActor {
                 myself.stop(Some("channel deleted".into()));
             }
             ChannelMsg::Committed(outcomes) => {
+                state.subscribers.deferring = true;
                 for (token, outcome) in outcomes {
                     if let Some(pending) = state.pending.remove(&token) {
                         state.committed(pending, outcome);
                     }
                 }
+                state.subscribers.deferring = false;
+                state.subscribers.flush();
             }
             ChannelMsg::Replayed { conn_id, messages } => state.replayed(conn_id, messages),
             ChannelMsg::Tick => {
@@ -731,6 +791,7 @@ impl ChannelState {
             user_id,
             live: replay_from.is_none(),
             held: Vec::new(),
+            unflushed: false,
         });
         if let Some(after) = replay_from {
             let services = self.services.clone();

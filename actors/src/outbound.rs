@@ -14,6 +14,16 @@
 //! one client costs one `writev()` rather than one `write()` each. Reading
 //! stays with tungstenite (see [`ControlWriter`]); only its own control
 //! replies (pong, the answer to a client's close) come through this queue.
+//!
+//! A fan-out does not wake thousands of writers: it queues with
+//! [`Outbound::push_deferred`], then [`Outbound::flush`] writes each
+//! connection's queue straight to its socket when that connection's writer
+//! is idle (plain TCP, see [`TcpWrite`]), with the same one `writev()` per
+//! connection the writer would have made, and wakes the writer only for
+//! what the socket did not take. Woken writers would each be a task in the
+//! run queue ahead of the next message's own steps (its reader, its
+//! connection, its channel, its commit), and each step would wait behind
+//! all of them.
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
@@ -21,7 +31,7 @@ use std::io::IoSlice;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -31,6 +41,8 @@ use courier_protocol::frames::ServerFrame;
 use futures_util::task::AtomicWaker;
 use metrics::counter;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::TcpStream;
 
 use crate::metric_names as m;
 use crate::wire::{self, Opcode};
@@ -69,8 +81,11 @@ pub enum Push {
 /// The queue has many producers (channel actors, the connection actor) and
 /// one consumer (the writer), which takes everything queued at once by
 /// swapping the deque out. A producer wakes the writer only when it finds
-/// the deque empty: a non-empty deque has already woken it, and the writer
-/// always looks again after it registers its waker.
+/// the deque empty: a non-empty deque has already woken it (or will be
+/// flushed, after deferred pushes), and the writer always looks again after
+/// it registers its waker. Only one party writes to the socket at a time:
+/// the writer while it is busy, a flush (holding the queue's lock) while it
+/// is idle.
 struct Shared {
     conn_id: ConnId,
     queue: Mutex<Queue>,
@@ -92,6 +107,13 @@ struct Shared {
 /// The frames waiting for the writer.
 struct Queue {
     frames: VecDeque<Bytes>,
+    /// Bytes of `frames[0]` a flush already wrote.
+    head_written: usize,
+    /// The writer holds frames it has not finished writing, or is closing
+    /// or gone: nobody else writes to the socket.
+    writer_busy: bool,
+    /// The socket, for flushes while the writer is idle (plain TCP only).
+    direct: Option<TcpWrite>,
 }
 
 impl Shared {
@@ -101,8 +123,9 @@ impl Shared {
     }
 
     /// Appends `frame` unless the writer is gone or, with `bounded`, the
-    /// frame bound is reached. Wakes the writer when the deque was empty.
-    fn enqueue(&self, frame: Bytes, bounded: bool) -> Push {
+    /// frame bound is reached. With `wake`, wakes the writer when the deque
+    /// was empty; without, a [`Outbound::flush`] must follow.
+    fn enqueue(&self, frame: Bytes, bounded: bool, wake: bool) -> Push {
         let was_empty = {
             let mut queue = self.queue();
             if self.writer_gone.load(Ordering::Acquire) {
@@ -114,11 +137,111 @@ impl Shared {
             queue.frames.push_back(frame);
             queue.frames.len() == 1
         };
-        if was_empty {
+        if was_empty && wake {
             self.writer.wake();
         }
         Push::Queued
     }
+}
+
+impl Queue {
+    /// Writes queued frames, up to the first close frame (the writer's to
+    /// send, and then to shut the socket), straight to the socket for as
+    /// long as it takes them without waiting. Returns the frames written.
+    fn write_direct(&mut self, unwritten: &AtomicUsize) -> usize {
+        let Queue {
+            frames,
+            head_written,
+            direct: Some(socket),
+            ..
+        } = self
+        else {
+            return 0;
+        };
+        let mut done = 0;
+        loop {
+            let mut slices = [IoSlice::new(&[]); WRITE_SLICES];
+            let count = gather(frames, *head_written, true, &mut slices);
+            if count == 0 {
+                break;
+            }
+            let len: usize = slices[..count].iter().map(|s| s.len()).sum();
+            // Would block, or failed: the writer takes it from here.
+            let Ok(n @ 1..) = socket.stream().try_write_vectored(&slices[..count]) else {
+                break;
+            };
+            done += consume(frames, head_written, n, unwritten).frames;
+            if n < len {
+                // The socket is full.
+                break;
+            }
+        }
+        if frames.is_empty() {
+            // Like the writer's: an idle connection keeps no queue buffer.
+            *frames = VecDeque::new();
+        }
+        done
+    }
+}
+
+/// Fills `slices` with the first frames of `frames` (the first from byte
+/// `offset`), stopping before a close frame with `until_close`. Returns how
+/// many it filled.
+fn gather<'a>(
+    frames: &'a VecDeque<Bytes>,
+    offset: usize,
+    until_close: bool,
+    slices: &mut [IoSlice<'a>; WRITE_SLICES],
+) -> usize {
+    let mut count = 0;
+    for (slice, frame) in slices.iter_mut().zip(frames) {
+        if until_close && wire::is_close(frame) {
+            break;
+        }
+        let skip = if count == 0 { offset } else { 0 };
+        *slice = IoSlice::new(&frame[skip..]);
+        count += 1;
+    }
+    count
+}
+
+/// What a write of `n` bytes finished.
+struct Consumed {
+    frames: usize,
+    /// The close code, when the last frame finished was a close frame.
+    close: Option<u16>,
+}
+
+/// Pops the frames the `n` bytes just written finished from `frames`, whose
+/// first `offset` bytes had been written before, and uncounts them.
+fn consume(
+    frames: &mut VecDeque<Bytes>,
+    offset: &mut usize,
+    mut n: usize,
+    unwritten: &AtomicUsize,
+) -> Consumed {
+    let mut done = Consumed {
+        frames: 0,
+        close: None,
+    };
+    while n > 0 {
+        let Some(frame) = frames.front() else { break };
+        let left = frame.len() - *offset;
+        if n < left {
+            *offset += n;
+            break;
+        }
+        n -= left;
+        *offset = 0;
+        let frame = frames.pop_front().expect("a frame was written");
+        unwritten.fetch_sub(frame.len(), Ordering::Relaxed);
+        done.frames += 1;
+        done.close = wire::close_code(&frame);
+        if done.close.is_some() {
+            break;
+        }
+    }
+    done
 }
 
 /// How much a connection's queue may hold.
@@ -162,6 +285,9 @@ pub fn outbound(
         conn_id,
         queue: Mutex::new(Queue {
             frames: VecDeque::new(),
+            head_written: 0,
+            writer_busy: false,
+            direct: None,
         }),
         writer: AtomicWaker::new(),
         close_now: AtomicU16::new(0),
@@ -203,6 +329,9 @@ impl Drop for OutboundReceiver {
         let dropped = {
             let mut queue = self.shared.queue();
             self.shared.writer_gone.store(true, Ordering::Release);
+            queue.writer_busy = true;
+            queue.direct = None;
+            queue.head_written = 0;
             std::mem::take(&mut queue.frames)
         };
         let bytes: usize = dropped.iter().map(Bytes::len).sum();
@@ -228,9 +357,55 @@ impl Outbound {
         handle
     }
 
+    /// Lets [`flush`](Self::flush) write to `socket`, the one the writer
+    /// writes to, while the writer is idle.
+    pub fn write_directly(&self, socket: TcpWrite) {
+        self.shared.queue().direct = Some(socket);
+    }
+
     /// Queues one finished frame without waiting. On overflow the
     /// connection is closed with 4009 and counted as a slow consumer.
     pub fn push(&self, frame: Bytes) -> Push {
+        self.push_with(frame, true)
+    }
+
+    /// Queues like [`push`](Self::push) without waking the writer: the
+    /// caller calls [`flush`](Self::flush) after its last push of a
+    /// fan-out.
+    pub fn push_deferred(&self, frame: Bytes) -> Push {
+        self.push_with(frame, false)
+    }
+
+    /// Writes what is queued straight to the socket when the writer is idle
+    /// and nothing stands in the way (a close asked for or queued, TLS),
+    /// and wakes the writer for whatever is left. Returns the frames
+    /// written here.
+    pub fn flush(&self) -> usize {
+        let mut queue = self.shared.queue();
+        if queue.frames.is_empty() {
+            return 0;
+        }
+        let mut written = 0;
+        if !queue.writer_busy && self.shared.close_now.load(Ordering::SeqCst) == 0 {
+            written = queue.write_direct(&self.shared.unwritten);
+        }
+        let left = !queue.frames.is_empty();
+        drop(queue);
+        if left {
+            self.shared.writer.wake();
+        }
+        written
+    }
+
+    /// Wakes the writer for what deferred pushes queued (the writer writes
+    /// it; see [`flush`](Self::flush) for writing it here).
+    pub fn wake_writer(&self) {
+        if !self.shared.queue().frames.is_empty() {
+            self.shared.writer.wake();
+        }
+    }
+
+    fn push_with(&self, frame: Bytes, wake: bool) -> Push {
         if self.is_closed() {
             return Push::Gone;
         }
@@ -240,7 +415,7 @@ impl Outbound {
             self.shared.unwritten.fetch_sub(len, Ordering::Relaxed);
             return self.slow_consumer();
         }
-        match self.shared.enqueue(frame, true) {
+        match self.shared.enqueue(frame, true, wake) {
             Push::Queued => Push::Queued,
             refused => {
                 self.shared.unwritten.fetch_sub(len, Ordering::Relaxed);
@@ -270,10 +445,11 @@ impl Outbound {
         }
     }
 
-    /// Queues an encoded frame in this connection's encoding.
-    pub fn push_encoded(&self, frame: &EncodedFrame) -> Push {
+    /// Queues an encoded frame in this connection's encoding, deferred:
+    /// a [`flush`](Self::flush) must follow (see [`push_deferred`](Self::push_deferred)).
+    pub fn push_encoded_deferred(&self, frame: &EncodedFrame) -> Push {
         match frame.get(self.encoding) {
-            Some(bytes) => self.push(bytes),
+            Some(bytes) => self.push_deferred(bytes),
             None => Push::Gone,
         }
     }
@@ -304,7 +480,7 @@ impl Outbound {
         // writes (a close frame uncounted here once wrapped the count).
         let len = frame.len();
         self.shared.unwritten.fetch_add(len, Ordering::Relaxed);
-        if self.shared.enqueue(frame, false) != Push::Queued {
+        if self.shared.enqueue(frame, false, true) != Push::Queued {
             // The writer is gone already.
             self.shared.unwritten.fetch_sub(len, Ordering::Relaxed);
         }
@@ -401,8 +577,9 @@ impl<W: AsyncWrite + Unpin> Closing<W> {
 enum Take {
     /// Frames, now in the writer's batch.
     Frames,
-    /// A close asked for with `close_now`.
-    Close(u16),
+    /// A close asked for with `close_now`, and the rest of a frame a flush
+    /// half wrote.
+    Close(u16, Bytes),
     /// Every handle was dropped and nothing is left.
     Dropped,
 }
@@ -418,19 +595,37 @@ impl OutboundReceiver {
         }
     }
 
-    /// Swaps everything queued into the empty `batch`, or waits for it.
-    fn poll_take(&self, cx: &mut Context<'_>, batch: &mut VecDeque<Bytes>) -> Poll<Take> {
-        if let Some(code) = self.close_asked(cx) {
-            return Poll::Ready(Take::Close(code));
-        }
+    /// Swaps everything queued into the empty `batch` (with how much of
+    /// its first frame a flush wrote into `offset`), or waits for it; the
+    /// writer is busy from then until it finds the queue empty.
+    fn poll_take(
+        &self,
+        cx: &mut Context<'_>,
+        batch: &mut VecDeque<Bytes>,
+        offset: &mut usize,
+    ) -> Poll<Take> {
+        let close = self.close_asked(cx);
         let mut queue = self.shared.queue();
+        if let Some(code) = close {
+            // From here on only this writer, then its `Closing`, writes.
+            queue.writer_busy = true;
+            let rest = match queue.frames.front() {
+                Some(frame) if queue.head_written > 0 => frame.slice(queue.head_written..),
+                _ => Bytes::new(),
+            };
+            return Poll::Ready(Take::Close(code, rest));
+        }
         if !queue.frames.is_empty() {
             std::mem::swap(&mut queue.frames, batch);
+            *offset = std::mem::take(&mut queue.head_written);
+            queue.writer_busy = true;
             return Poll::Ready(Take::Frames);
         }
         if self.shared.handles.load(Ordering::Acquire) == 0 {
+            queue.writer_busy = true;
             return Poll::Ready(Take::Dropped);
         }
+        queue.writer_busy = false;
         Poll::Pending
     }
 }
@@ -458,9 +653,9 @@ where
             if batch.capacity() > 0 {
                 batch = VecDeque::new();
             }
-            match poll_fn(|cx| rx.poll_take(cx, &mut batch)).await {
+            match poll_fn(|cx| rx.poll_take(cx, &mut batch, &mut offset)).await {
                 Take::Frames => counter!(m::FRAMES_OUT).increment(batch.len() as u64),
-                Take::Close(code) => return closing(io, Bytes::new(), code),
+                Take::Close(code, rest) => return closing(io, rest, code),
                 Take::Dropped => return (WriterEnd::Dropped, None),
             }
         }
@@ -469,18 +664,13 @@ where
                 return Poll::Ready(Err(code));
             }
             let mut slices = [IoSlice::new(&[]); WRITE_SLICES];
-            let mut count = 0;
-            for (slice, frame) in slices.iter_mut().zip(&batch) {
-                let skip = if count == 0 { offset } else { 0 };
-                *slice = IoSlice::new(&frame[skip..]);
-                count += 1;
-            }
+            let count = gather(&batch, offset, false, &mut slices);
             Pin::new(&mut io)
                 .poll_write_vectored(cx, &slices[..count])
                 .map(Ok)
         })
         .await;
-        let mut n = match written {
+        let n = match written {
             Err(code) => {
                 let rest = if offset > 0 {
                     batch[0].slice(offset..)
@@ -492,24 +682,11 @@ where
             Ok(Ok(0)) | Ok(Err(_)) => return (WriterEnd::Failed, None),
             Ok(Ok(n)) => n,
         };
-        while n > 0 {
-            let left = batch[0].len() - offset;
-            if n < left {
-                offset += n;
-                break;
-            }
-            n -= left;
-            offset = 0;
-            let frame = batch.pop_front().expect("a frame was written");
-            rx.shared
-                .unwritten
-                .fetch_sub(frame.len(), Ordering::Relaxed);
-            if let Some(code) = wire::close_code(&frame) {
-                // Boxed, like every rare path here: its timer would
-                // otherwise be part of every idle connection's writer.
-                let _ = Box::pin(tokio::time::timeout(CLOSE_GRACE, io.shutdown())).await;
-                return (WriterEnd::Closed(code), None);
-            }
+        if let Some(code) = consume(&mut batch, &mut offset, n, &rx.shared.unwritten).close {
+            // Boxed, like every rare path here: its timer would otherwise
+            // be part of every idle connection's writer.
+            let _ = Box::pin(tokio::time::timeout(CLOSE_GRACE, io.shutdown())).await;
+            return (WriterEnd::Closed(code), None);
         }
     }
 }
@@ -517,6 +694,77 @@ where
 /// The end of a writer told to close now with `code`.
 fn closing<W>(io: W, rest: Bytes, code: u16) -> (WriterEnd, Option<Closing<W>>) {
     (WriterEnd::Closed(code), Some(Closing { io, rest, code }))
+}
+
+/// A connection's socket write half, as it comes from the upgrade.
+pub enum SocketWrite {
+    /// Plain TCP: flushes may write to it while the writer is idle.
+    Tcp(OwnedWriteHalf),
+    /// Anything else (TLS): only the writer writes to it.
+    Stream(Pin<Box<dyn AsyncWrite + Send>>),
+}
+
+/// A plain TCP socket's write half, shared by the connection's writer and
+/// the flushes that write for it while it is idle (never both at once: see
+/// [`Outbound::flush`]). Its last clone's drop shuts the sending side down.
+#[derive(Clone)]
+pub struct TcpWrite(Arc<OwnedWriteHalf>);
+
+impl TcpWrite {
+    pub fn new(half: OwnedWriteHalf) -> Self {
+        Self(Arc::new(half))
+    }
+
+    fn stream(&self) -> &TcpStream {
+        (*self.0).as_ref()
+    }
+
+    /// Tries `write` until the socket takes it or reports an error, waiting
+    /// for it to become writable after each would-block.
+    fn poll_with(
+        &self,
+        cx: &mut Context<'_>,
+        write: impl Fn(&TcpStream) -> std::io::Result<usize>,
+    ) -> Poll<std::io::Result<usize>> {
+        loop {
+            ready!(self.stream().poll_write_ready(cx))?;
+            match write(self.stream()) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                result => return Poll::Ready(result),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for TcpWrite {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.poll_with(cx, |stream| stream.try_write(buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        self.poll_with(cx, |stream| stream.try_write_vectored(bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let socket = socket2::SockRef::from(self.stream());
+        Poll::Ready(socket.shutdown(std::net::Shutdown::Write))
+    }
 }
 
 /// The socket as tungstenite sees it: reads come from the socket; what
@@ -677,6 +925,24 @@ mod tests {
         assert_eq!(end.0, WriterEnd::Closed(close::SLOW_CONSUMER));
     }
 
+    /// What `client` reads once `writer`, told to close with 4009 while a
+    /// frame was half written, has ended and its close is delivered.
+    async fn read_after_close_now<W>(
+        writer: tokio::task::JoinHandle<(WriterEnd, Option<Closing<W>>)>,
+        client: &mut (impl AsyncRead + Unpin),
+    ) -> Vec<u8>
+    where
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let (end, closing) = writer.await.expect("writer");
+        assert_eq!(end, WriterEnd::Closed(close::SLOW_CONSUMER));
+        let deliver = tokio::spawn(closing.expect("a frame was half written").deliver());
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.expect("read");
+        deliver.await.expect("deliver");
+        got
+    }
+
     #[tokio::test]
     async fn a_client_that_reads_late_still_gets_the_close_code() {
         let (tx, rx) = queue(8);
@@ -686,12 +952,7 @@ mod tests {
         tx.push(big.clone());
         tokio::time::sleep(Duration::from_millis(50)).await;
         tx.close_now(close::SLOW_CONSUMER);
-        let (end, closing) = writer.await.expect("writer");
-        assert_eq!(end, WriterEnd::Closed(close::SLOW_CONSUMER));
-        let deliver = tokio::spawn(closing.expect("a frame was half written").deliver());
-        let mut got = Vec::new();
-        client.read_to_end(&mut got).await.expect("read");
-        deliver.await.expect("deliver");
+        let got = read_after_close_now(writer, &mut client).await;
         assert_eq!(
             got,
             [&big[..], &wire::close(close::SLOW_CONSUMER, "")[..]].concat()
@@ -729,6 +990,117 @@ mod tests {
         assert!(tx.is_closed());
         assert_eq!(tx.push(wire::frame(Opcode::Binary, b"late")), Push::Gone);
         assert_eq!(tx.shared.unwritten.load(Ordering::Relaxed), 0);
+    }
+
+    /// A loopback TCP connection with a small send buffer: the server's
+    /// write half as the connection's [`TcpWrite`], the client's stream, and
+    /// the server's read half (dropping it would not close the socket, but
+    /// keeping it mirrors a live connection).
+    async fn tcp_pair() -> (TcpWrite, TcpStream, tokio::net::tcp::OwnedReadHalf) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let client = TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        // Small on the sending side only: a receive buffer as small makes
+        // Linux hold back window updates, and the transfer crawls.
+        socket2::SockRef::from(&server)
+            .set_send_buffer_size(4096)
+            .expect("sndbuf");
+        let (read, write) = server.into_split();
+        (TcpWrite::new(write), client, read)
+    }
+
+    type Writer = tokio::task::JoinHandle<(WriterEnd, Option<Closing<TcpWrite>>)>;
+
+    /// A queue whose flushes write to a [`tcp_pair`], its writer started and
+    /// waiting, the client's end, and the server's read half.
+    async fn direct_writer(
+        capacity: usize,
+    ) -> (Outbound, Writer, TcpStream, tokio::net::tcp::OwnedReadHalf) {
+        let (socket, client, read) = tcp_pair().await;
+        let (tx, rx) = queue(capacity);
+        tx.write_directly(socket.clone());
+        let writer = tokio::spawn(run_writer(socket, rx));
+        tokio::task::yield_now().await;
+        (tx, writer, client, read)
+    }
+
+    #[tokio::test]
+    async fn a_flush_writes_to_an_idle_connection_itself() {
+        let (tx, writer, mut client, _read) = direct_writer(16).await;
+        let frames: Vec<Bytes> = (0..3u8)
+            .map(|i| wire::frame(Opcode::Binary, &[i; 100]))
+            .collect();
+        for f in &frames {
+            assert_eq!(tx.push_deferred(f.clone()), Push::Queued);
+        }
+        assert_eq!(tx.flush(), 3, "the socket took all three at once");
+        assert_eq!(tx.shared.unwritten.load(Ordering::Relaxed), 0);
+        assert_eq!(tx.shared.queue().frames.capacity(), 0);
+        let mut got = vec![0u8; frames.iter().map(Bytes::len).sum()];
+        client.read_exact(&mut got).await.expect("read");
+        assert_eq!(got, frames.concat());
+        drop(tx);
+        assert_eq!(writer.await.expect("writer").0, WriterEnd::Dropped);
+    }
+
+    /// A flush writes what the socket takes; the writer goes on from the
+    /// byte where it stopped, and frames pushed meanwhile (deferred or not)
+    /// follow in order; the close frame is the writer's to send.
+    #[tokio::test]
+    async fn what_a_full_socket_does_not_take_the_writer_sends_in_order() {
+        let (tx, writer, mut client, _read) = direct_writer(1024).await;
+        let frames: Vec<Bytes> = (0..40u32)
+            .map(|i| wire::frame(Opcode::Binary, &i.to_be_bytes().repeat(2_000 + i as usize)))
+            .collect();
+        let mut flushed = 0;
+        for (i, f) in frames.iter().enumerate() {
+            let pushed = if i % 3 == 0 {
+                tx.push(f.clone())
+            } else {
+                tx.push_deferred(f.clone())
+            };
+            assert_eq!(pushed, Push::Queued);
+            flushed += tx.flush();
+        }
+        assert!(flushed < frames.len(), "the socket never filled: {flushed}");
+        tx.close_after_queued(1000, "bye");
+        tx.flush();
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.expect("read");
+        let mut expected = frames.concat();
+        expected.extend_from_slice(&wire::close(1000, "bye"));
+        assert!(
+            got == expected,
+            "{} bytes against {}",
+            got.len(),
+            expected.len()
+        );
+        assert_eq!(writer.await.expect("writer").0, WriterEnd::Closed(1000));
+        assert_eq!(tx.shared.unwritten.load(Ordering::Relaxed), 0);
+    }
+
+    /// A frame a flush half wrote still arrives whole before the close code
+    /// when the connection is closed at once.
+    #[tokio::test]
+    async fn close_now_after_a_half_flushed_frame_completes_it() {
+        let (tx, writer, mut client, _read) = direct_writer(16).await;
+        let big = wire::frame(Opcode::Binary, &[5u8; 1 << 20]);
+        assert_eq!(tx.push_deferred(big.clone()), Push::Queued);
+        assert_eq!(tx.push_deferred(big.clone()), Push::Queued);
+        assert_eq!(tx.flush(), 0, "a 1 MiB frame does not fit a small socket");
+        assert!(tx.shared.queue().head_written > 0, "part of it was written");
+        // Before the writer runs: it finds the close, not the frames.
+        tx.close_now(close::SLOW_CONSUMER);
+        let got = read_after_close_now(writer, &mut client).await;
+        assert!(
+            got == [&big[..], &wire::close(close::SLOW_CONSUMER, "")[..]].concat(),
+            "got {} bytes",
+            got.len()
+        );
     }
 
     #[tokio::test]

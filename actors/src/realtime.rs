@@ -22,7 +22,7 @@ use courier_protocol::{ChannelId, UserId};
 use futures_util::StreamExt;
 use governor::{DefaultKeyedRateLimiter, RateLimiter};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::AsyncRead;
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
@@ -32,11 +32,11 @@ use crate::audit_chain::PendingAudit;
 use crate::authz::{self, Action, Denied, Principal, RolePermissions};
 use crate::channel::{ChannelMsg, ChannelServices, PublishRequest, Reply, Sender};
 use crate::channel_directory::{ChannelDirectory, DirectoryMsg};
-use crate::connection::{send_quota, ConnectionActor, ConnectionArgs, Peer};
+use crate::connection::{send_quota, ConnectionActor, ConnectionArgs, Peer, WsWrite};
 use crate::crypto::MessageCipher;
 use crate::history;
 use crate::identity::{Authenticator, Identity};
-use crate::outbound::{self, ConnId, ControlWriter, QueueLimits};
+use crate::outbound::{self, ConnId, ControlWriter, QueueLimits, SocketWrite, TcpWrite};
 use crate::persistence::{
     PersistError, PersistenceActor, PersistenceConfig, PersistenceHandle, PersistenceMsg,
 };
@@ -286,17 +286,17 @@ impl Realtime {
 
     /// Starts the actor of a new, upgraded WebSocket from its two halves:
     /// tungstenite reads `read` (with `config`'s limits); the connection's
-    /// writer writes finished frames to `write`.
-    pub async fn spawn_connection<R, W>(
+    /// writer writes finished frames to `write`, and so do fan-outs' flushes
+    /// while the writer is idle when it is plain TCP.
+    pub async fn spawn_connection<R>(
         self: &Arc<Self>,
         read: R,
-        write: W,
+        write: SocketWrite,
         config: WebSocketConfig,
         peer: Peer,
     ) -> Result<(), ractor::SpawnErr>
     where
         R: AsyncRead + Unpin + Send + 'static,
-        W: AsyncWrite + Send + 'static,
     {
         let (outbound, receiver) = outbound::outbound(
             ConnId::next(),
@@ -306,6 +306,14 @@ impl Realtime {
             },
             Encoding::MessagePack,
         );
+        let write: WsWrite = match write {
+            SocketWrite::Tcp(half) => {
+                let socket = TcpWrite::new(half);
+                outbound.write_directly(socket.clone());
+                Box::pin(socket)
+            }
+            SocketWrite::Stream(write) => write,
+        };
         let stream = WebSocketStream::from_raw_socket(
             ControlWriter::new(read, outbound.clone()),
             Role::Server,
@@ -315,7 +323,7 @@ impl Realtime {
         let args = ConnectionArgs {
             realtime: self.clone(),
             stream: stream.boxed(),
-            write: Box::pin(write),
+            write,
             outbound,
             receiver,
             peer,

@@ -59,6 +59,13 @@ pub fn ping() -> Bytes {
     Bytes::from_static(&[0x80 | Opcode::Ping as u8, 0])
 }
 
+/// Whether `frame` is a close frame.
+pub fn is_close(frame: &[u8]) -> bool {
+    frame
+        .first()
+        .is_some_and(|b| b & 0x0F == Opcode::Close as u8)
+}
+
 /// The close code of `bytes` when they start with a close frame.
 pub fn close_code(bytes: &[u8]) -> Option<u16> {
     if bytes.first()? & 0x0F != Opcode::Close as u8 {
@@ -116,5 +123,7 @@ mod tests {
         assert!(std::str::from_utf8(&bytes[4..]).is_ok());
         assert_eq!(close_code(&frame(Opcode::Binary, b"x")), None);
         assert_eq!(close_code(&ping()), None);
+        assert!(is_close(&close(1000, "")));
+        assert!(!is_close(&ping()) && !is_close(&[]));
     }
 }

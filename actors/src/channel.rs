@@ -18,11 +18,13 @@
 //! and the `new_message` push is encoded once per encoding in use and the
 //! same bytes are queued to every joined connection, straight into their
 //! queues, in `seq` order (the persistence actor answers in submission
-//! order); once a batch of commits is fanned out, each connection's queue
-//! is flushed to its socket here when its writer is idle, one write for the
-//! whole batch (see [`outbound`](crate::outbound)). A join with `sinceSeq` replays what the connection missed from
-//! the store while live pushes for it are held back, then releases them: no
-//! gap, no duplicate at the seam.
+//! order). Once a batch of commits is fanned out, a channel of at most 64
+//! connections wakes their writers; a wider one spawns a task that writes
+//! each idle connection's queue straight to its socket, one write for the
+//! whole batch (see `Subscribers::flush` and
+//! [`outbound`](crate::outbound)). A join with `sinceSeq` replays what the
+//! connection missed from the store while live pushes for it are held back,
+//! then releases them: no gap, no duplicate at the seam.
 //!
 //! **Supervised by** the [`ChannelDirectory`](crate::channel_directory),
 //! which starts it on first use; it stops itself when idle. **A crash** drops

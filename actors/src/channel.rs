@@ -291,7 +291,8 @@ struct Subscriber {
     /// False while a replay is being read: live pushes wait in `held`.
     live: bool,
     held: Vec<bytes::Bytes>,
-    /// Pushed to without waking its writer: a flush is due.
+    /// A push found its queue empty and did not wake the writer: a flush
+    /// is due.
     unflushed: bool,
 }
 
@@ -372,7 +373,8 @@ impl Subscribers {
                 continue;
             }
             match sub.outbound.push_encoded_deferred(&encoded) {
-                Push::Queued => {
+                Push::Queued => delivered += 1,
+                Push::Deferred => {
                     delivered += 1;
                     sub.unflushed = true;
                 }

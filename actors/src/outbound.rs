@@ -70,6 +70,11 @@ impl std::fmt::Display for ConnId {
 pub enum Push {
     /// Queued.
     Queued,
+    /// Queued by a deferred push into an empty queue: nobody else answers
+    /// for it, so the caller owes it a [`Outbound::flush`] or
+    /// [`Outbound::wake_writer`]. (Behind other frames, a deferred push is
+    /// `Queued`: whoever answers for those takes it too.)
+    Deferred,
     /// The queue was full: the connection is being closed with 4009.
     SlowConsumer,
     /// The connection is gone.
@@ -124,7 +129,7 @@ impl Shared {
 
     /// Appends `frame` unless the writer is gone or, with `bounded`, the
     /// frame bound is reached. With `wake`, wakes the writer when the deque
-    /// was empty; without, a [`Outbound::flush`] must follow.
+    /// was empty; without, says so with [`Push::Deferred`].
     fn enqueue(&self, frame: Bytes, bounded: bool, wake: bool) -> Push {
         let was_empty = {
             let mut queue = self.queue();
@@ -137,8 +142,10 @@ impl Shared {
             queue.frames.push_back(frame);
             queue.frames.len() == 1
         };
-        if was_empty && wake {
-            self.writer.wake();
+        match (was_empty, wake) {
+            (true, true) => self.writer.wake(),
+            (true, false) => return Push::Deferred,
+            (false, _) => {}
         }
         Push::Queued
     }
@@ -369,8 +376,9 @@ impl Outbound {
         self.push_with(frame, true)
     }
 
-    /// Queues like [`push`](Self::push) without waking the writer: the
-    /// caller calls [`flush`](Self::flush) after its last push of a
+    /// Queues like [`push`](Self::push) without waking the writer: when it
+    /// returns [`Push::Deferred`], the caller calls [`flush`](Self::flush)
+    /// or [`wake_writer`](Self::wake_writer) after its last push of a
     /// fan-out.
     pub fn push_deferred(&self, frame: Bytes) -> Push {
         self.push_with(frame, false)
@@ -400,9 +408,7 @@ impl Outbound {
     /// Wakes the writer for what deferred pushes queued (the writer writes
     /// it; see [`flush`](Self::flush) for writing it here).
     pub fn wake_writer(&self) {
-        if !self.shared.queue().frames.is_empty() {
-            self.shared.writer.wake();
-        }
+        self.shared.writer.wake();
     }
 
     fn push_with(&self, frame: Bytes, wake: bool) -> Push {
@@ -416,7 +422,7 @@ impl Outbound {
             return self.slow_consumer();
         }
         match self.shared.enqueue(frame, true, wake) {
-            Push::Queued => Push::Queued,
+            queued @ (Push::Queued | Push::Deferred) => queued,
             refused => {
                 self.shared.unwritten.fetch_sub(len, Ordering::Relaxed);
                 match refused {
@@ -445,8 +451,8 @@ impl Outbound {
         }
     }
 
-    /// Queues an encoded frame in this connection's encoding, deferred:
-    /// a [`flush`](Self::flush) must follow (see [`push_deferred`](Self::push_deferred)).
+    /// Queues an encoded frame in this connection's encoding, deferred
+    /// (see [`push_deferred`](Self::push_deferred)).
     pub fn push_encoded_deferred(&self, frame: &EncodedFrame) -> Push {
         match frame.get(self.encoding) {
             Some(bytes) => self.push_deferred(bytes),
@@ -800,7 +806,7 @@ impl<R: Unpin> AsyncWrite for ControlWriter<R> {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         match self.queue.push(Bytes::copy_from_slice(buf)) {
-            Push::Queued | Push::SlowConsumer => Poll::Ready(Ok(buf.len())),
+            Push::Queued | Push::Deferred | Push::SlowConsumer => Poll::Ready(Ok(buf.len())),
             Push::Gone => Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into())),
         }
     }
@@ -1034,8 +1040,11 @@ mod tests {
         let frames: Vec<Bytes> = (0..3u8)
             .map(|i| wire::frame(Opcode::Binary, &[i; 100]))
             .collect();
-        for f in &frames {
-            assert_eq!(tx.push_deferred(f.clone()), Push::Queued);
+        for (i, f) in frames.iter().enumerate() {
+            // The first finds the queue empty and is owed a flush; the rest
+            // queue behind it.
+            let expected = if i == 0 { Push::Deferred } else { Push::Queued };
+            assert_eq!(tx.push_deferred(f.clone()), expected);
         }
         assert_eq!(tx.flush(), 3, "the socket took all three at once");
         assert_eq!(tx.shared.unwritten.load(Ordering::Relaxed), 0);
@@ -1063,7 +1072,10 @@ mod tests {
             } else {
                 tx.push_deferred(f.clone())
             };
-            assert_eq!(pushed, Push::Queued);
+            assert!(
+                matches!(pushed, Push::Queued | Push::Deferred),
+                "{pushed:?}"
+            );
             flushed += tx.flush();
         }
         assert!(flushed < frames.len(), "the socket never filled: {flushed}");
@@ -1089,7 +1101,7 @@ mod tests {
     async fn close_now_after_a_half_flushed_frame_completes_it() {
         let (tx, writer, mut client, _read) = direct_writer(16).await;
         let big = wire::frame(Opcode::Binary, &[5u8; 1 << 20]);
-        assert_eq!(tx.push_deferred(big.clone()), Push::Queued);
+        assert_eq!(tx.push_deferred(big.clone()), Push::Deferred);
         assert_eq!(tx.push_deferred(big.clone()), Push::Queued);
         assert_eq!(tx.flush(), 0, "a 1 MiB frame does not fit a small socket");
         assert!(tx.shared.queue().head_written > 0, "part of it was written");

@@ -7,7 +7,7 @@
 //! [`AuditHandle::record`] never blocks its caller. Its ractor mailbox takes
 //! only [`AuditMsg::Drain`].
 //!
-//! **Does**: a loop takes every queued event, chains the batch in memory
+//! **Does**: a loop on the [`store_thread`] takes every queued event, chains the batch in memory
 //! ([`audit_chain::chain`], so batched entries are linked exactly like single
 //! ones), appends it in one transaction, retrying while the store is down,
 //! and only then moves its head. Should the stored chain have moved past
@@ -38,6 +38,7 @@ use crate::audit_chain::{self, ChainHead, CheckpointFile, PendingAudit};
 use crate::crypto::Keyring;
 use crate::metric_names as m;
 use crate::store::{AuditRecord, DynStore, Store, StoreError};
+use crate::store_thread;
 
 /// What travels on the queue: an event, or the nudge of a drain.
 pub enum Queued {
@@ -140,7 +141,7 @@ impl Actor for AuditActor {
         let last = store.audit_head().await.map_err(AuditError::from)?;
         let head = ChainHead::after(last.as_ref());
         let stop = Arc::new(AtomicBool::new(false));
-        let task = tokio::spawn(chain_loop(store, config, head, rx, stop.clone()));
+        let task = store_thread::spawn(chain_loop(store, config, head, rx, stop.clone()));
         Ok(AuditState {
             stop,
             tx,

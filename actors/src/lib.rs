@@ -27,6 +27,8 @@
 //! - [`history`]: decrypting stored messages for history and replay.
 //! - [`frames_out`]: building server frames.
 //! - [`store`]: the `Store` trait with its PostgreSQL and SQLite backends.
+//! - [`store_thread`]: the thread the persistence and audit write loops run
+//!   on, away from the connection tasks.
 //! - [`crypto`]: the master keyring and per-channel AES-256-GCM message keys.
 //! - [`audit_chain`]: the SHA-256 hash chain and signed checkpoints (pure).
 //! - [`phi`]: detectors that flag protected health information in text.
@@ -54,6 +56,7 @@ pub mod reader;
 pub mod realtime;
 pub mod retention;
 pub mod store;
+pub mod store_thread;
 pub mod wire;
 
 /// Milliseconds since the Unix epoch, the unit of every timestamp.

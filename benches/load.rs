@@ -1145,8 +1145,10 @@ async fn run_churn(
                     tx.close().await;
                     drop(rx);
                 }
-                Err(_) => {
-                    churn.failed.fetch_add(1, Ordering::Relaxed);
+                Err(e) => {
+                    if churn.failed.fetch_add(1, Ordering::Relaxed) == 0 {
+                        eprintln!("load: a churn connect failed (the first): {e:#}");
+                    }
                 }
             }
             drop(permit);

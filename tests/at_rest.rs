@@ -513,3 +513,91 @@ async fn group_commit_writes_batches(backend: Backend) {
     );
     server.stop().await;
 }
+
+/// A supervisor that takes nothing, for an actor started on its own.
+struct Root;
+
+impl ractor::Actor for Root {
+    type Msg = ();
+    type State = ();
+    type Arguments = ();
+
+    async fn pre_start(
+        &self,
+        _: ractor::ActorRef<()>,
+        _: (),
+    ) -> Result<(), ractor::ActorProcessingErr> {
+        Ok(())
+    }
+}
+
+/// On PostgreSQL the group-commit loop runs on the store thread: a write
+/// commits while the test holds its runtime's only worker, on which a loop
+/// of the workers could not run.
+#[tokio::test(flavor = "current_thread")]
+async fn a_write_commits_while_every_worker_is_busy_on_postgres() {
+    use courier_actors::persistence::{PersistReply, PersistenceActor, PersistenceConfig};
+    use courier_actors::store::{StoredMessage, WriteOp, WriteOutcome};
+    use courier_actors::store_thread;
+    use courier_protocol::UserId;
+    use tokio::sync::oneshot::{self, error::TryRecvError};
+
+    let Some(url) = support::fresh_postgres_url().await else {
+        return;
+    };
+    // Opened on the store thread, whose runtime then answers the pool's
+    // connections (those opened here would wait for this held worker).
+    let opening = url.clone();
+    let store = store_thread::spawn(async move { courier_actors::store::connect(&opening).await })
+        .await
+        .expect("the store thread")
+        .expect("a PostgreSQL store");
+    let (root, _) = ractor::Actor::spawn(None, Root, ()).await.expect("root");
+    let config = PersistenceConfig {
+        batch_max: 16,
+        batch_delay: Duration::ZERO,
+        commits_in_flight: 1,
+        queue_capacity: 16,
+    };
+    let (persistence, handle) = PersistenceActor::spawn_linked(root.get_cell(), store, config)
+        .await
+        .expect("persistence");
+    let to_nowhere = WriteOp::InsertMessage(StoredMessage {
+        id: MessageId::new(),
+        channel_id: ChannelId::new(),
+        seq: 1,
+        sender_id: UserId::new(),
+        client_msg_id: None,
+        ciphertext: vec![0; 16],
+        nonce: vec![0; 12],
+        key_version: 1,
+        contains_phi: false,
+        reply_to: None,
+        created_at: 0,
+        edited_at: None,
+        expires_at: None,
+        deleted_at: None,
+    });
+    let (tx, mut rx) = oneshot::channel();
+    handle
+        .submit(to_nowhere, PersistReply::Oneshot(tx))
+        .expect("queued");
+    let held_until = std::time::Instant::now() + Duration::from_secs(10);
+    let outcome = loop {
+        match rx.try_recv() {
+            Ok(outcome) => break outcome,
+            Err(TryRecvError::Empty) if std::time::Instant::now() < held_until => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            Err(e) => panic!("no commit while the worker was held: {e:?}"),
+        }
+    };
+    assert!(
+        matches!(outcome, Ok(WriteOutcome::NotFound)),
+        "a message to a channel that does not exist is committed as not found, got {outcome:?}"
+    );
+    persistence.stop(None);
+    root.stop(None);
+    drop(handle);
+    support::release_postgres_db(&url).await;
+}

@@ -7,7 +7,7 @@
 //! [`AuditHandle::record`] never blocks its caller. Its ractor mailbox takes
 //! only [`AuditMsg::Drain`].
 //!
-//! **Does**: a loop on the [`store_thread`] takes every queued event, chains the batch in memory
+//! **Does**: a loop (on the [`store_thread`] on PostgreSQL) takes every queued event, chains the batch in memory
 //! ([`audit_chain::chain`], so batched entries are linked exactly like single
 //! ones), appends it in one transaction, retrying while the store is down,
 //! and only then moves its head. Should the stored chain have moved past
@@ -141,7 +141,10 @@ impl Actor for AuditActor {
         let last = store.audit_head().await.map_err(AuditError::from)?;
         let head = ChainHead::after(last.as_ref());
         let stop = Arc::new(AtomicBool::new(false));
-        let task = store_thread::spawn(chain_loop(store, config, head, rx, stop.clone()));
+        let task = store_thread::spawn_for(
+            &*store,
+            chain_loop(store.clone(), config, head, rx, stop.clone()),
+        );
         Ok(AuditState {
             stop,
             tx,

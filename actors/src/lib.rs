@@ -28,7 +28,7 @@
 //! - [`frames_out`]: building server frames.
 //! - [`store`]: the `Store` trait with its PostgreSQL and SQLite backends.
 //! - [`store_thread`]: the thread the persistence and audit write loops run
-//!   on, away from the connection tasks.
+//!   on with PostgreSQL, away from the connection tasks.
 //! - [`crypto`]: the master keyring and per-channel AES-256-GCM message keys.
 //! - [`audit_chain`]: the SHA-256 hash chain and signed checkpoints (pure).
 //! - [`phi`]: detectors that flag protected health information in text.

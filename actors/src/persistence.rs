@@ -10,8 +10,8 @@
 //! [`PersistenceMsg::Drain`].
 //!
 //! **Does**: the body of the actor is a batching loop (group commit), run
-//! with the store probe on the [`store_thread`] so that the database's
-//! replies are not queued behind every connection task. When
+//! with the store probe on the [`store_thread`] on PostgreSQL, so that the
+//! database's replies are not queued behind every connection task. When
 //! no commit is running, what is queued is committed at once in one
 //! transaction ([`Store::apply_batch`]); writes that arrive while a commit
 //! runs gather into the next batch, up to `batch_max`. A full batch of
@@ -247,14 +247,12 @@ impl Actor for PersistenceActor {
         (args, closer, rx): Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         let stop = Arc::new(AtomicBool::new(false));
-        let probe = store_thread::spawn(probe(args.store.clone(), args.health.clone()));
-        let task = store_thread::spawn(batch_loop(
-            args.store,
-            args.config,
-            rx,
-            stop.clone(),
-            args.health,
-        ));
+        let store = args.store.clone();
+        let probe = store_thread::spawn_for(&*store, probe(store.clone(), args.health.clone()));
+        let task = store_thread::spawn_for(
+            &*store,
+            batch_loop(args.store, args.config, rx, stop.clone(), args.health),
+        );
         Ok(PersistenceState {
             stop,
             closer,
@@ -521,86 +519,5 @@ fn answer(replies: Vec<PersistReply>, outcomes: Vec<Outcome>) {
     }
     for (_, (actor, list)) in per_channel {
         let _ = actor.cast(ChannelMsg::Committed(list));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use courier_protocol::{ChannelId, MessageId, UserId};
-    use ractor::{Actor, ActorProcessingErr, ActorRef};
-    use tokio::sync::oneshot::error::TryRecvError;
-
-    use super::*;
-    use crate::store::StoredMessage;
-
-    /// A supervisor that takes nothing.
-    struct Root;
-
-    impl Actor for Root {
-        type Msg = ();
-        type State = ();
-        type Arguments = ();
-
-        async fn pre_start(&self, _: ActorRef<()>, _: ()) -> Result<(), ActorProcessingErr> {
-            Ok(())
-        }
-    }
-
-    fn message_to_nowhere() -> WriteOp {
-        WriteOp::InsertMessage(StoredMessage {
-            id: MessageId::new(),
-            channel_id: ChannelId::new(),
-            seq: 1,
-            sender_id: UserId::new(),
-            client_msg_id: None,
-            ciphertext: vec![0; 16],
-            nonce: vec![0; 12],
-            key_version: 1,
-            contains_phi: false,
-            reply_to: None,
-            created_at: 0,
-            edited_at: None,
-            expires_at: None,
-            deleted_at: None,
-        })
-    }
-
-    // The test's runtime has one worker, which the test then holds: a batch
-    // loop on the workers could not run until the test lets go.
-    #[tokio::test(flavor = "current_thread")]
-    async fn a_write_commits_while_every_worker_is_busy() {
-        let store = crate::store::connect("sqlite::memory:")
-            .await
-            .expect("store");
-        let (root, _) = Actor::spawn(None, Root, ()).await.expect("root");
-        let config = PersistenceConfig {
-            batch_max: 16,
-            batch_delay: Duration::ZERO,
-            commits_in_flight: 1,
-            queue_capacity: 16,
-        };
-        let (_actor, handle) = PersistenceActor::spawn_linked(root.get_cell(), store, config)
-            .await
-            .expect("persistence");
-        let (tx, mut rx) = oneshot::channel();
-        handle
-            .submit(message_to_nowhere(), PersistReply::Oneshot(tx))
-            .expect("queued");
-        let held_until = std::time::Instant::now() + Duration::from_secs(10);
-        let outcome = loop {
-            match rx.try_recv() {
-                Ok(outcome) => break outcome,
-                Err(TryRecvError::Empty) if std::time::Instant::now() < held_until => {
-                    std::thread::sleep(Duration::from_millis(5))
-                }
-                Err(e) => panic!("no commit while the worker was held: {e:?}"),
-            }
-        };
-        assert!(
-            matches!(outcome, Ok(WriteOutcome::NotFound)),
-            "a message to a channel that does not exist is committed as not found, got {outcome:?}"
-        );
     }
 }

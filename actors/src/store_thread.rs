@@ -1,18 +1,19 @@
-//! # The store's thread: where the write loops wait for the database
+//! # The store's thread: where the write loops wait for PostgreSQL
 //!
 //! A batch's transaction is several round trips to the database (begin,
-//! insert, commit; one more per statement on SQLite's thread), and every
-//! reply wakes the task that waits for it. On the runtime's workers that
-//! task then waits its turn behind every connection task queued before it,
-//! once per round trip: on a busy server thousands of readers and writers,
-//! so a commit that takes the database a few milliseconds took the batch
-//! loop hundreds, and the batches behind it filled up. The group-commit
-//! loop ([`persistence`](crate::persistence)), its store probe and the
-//! audit chain's append loop ([`audit`](crate::audit)) therefore run here,
-//! on one thread of their own with a single-threaded runtime: a reply from
-//! the database wakes that thread, which the OS runs at once, and the loop
+//! insert, commit), and every reply wakes the task that waits for it. On
+//! the runtime's workers that task then waits its turn behind every
+//! connection task queued before it, once per round trip: on a busy server
+//! thousands of readers and writers, so a commit that takes PostgreSQL a
+//! few milliseconds took the batch loop hundreds, and the batches behind it
+//! filled up. On PostgreSQL the group-commit loop
+//! ([`persistence`](crate::persistence)), its store probe and the audit
+//! chain's append loop ([`audit`](crate::audit)) therefore run here, on one
+//! thread of their own with a single-threaded runtime: a reply from the
+//! database wakes that thread, which the OS runs at once, and the loop
 //! hands its outcomes back to the actors on the workers through their
-//! mailboxes, as before.
+//! mailboxes, as before. SQLite's loops stay on the workers (see
+//! [`Store::writes_from_store_thread`]).
 //!
 //! One thread serves every server in the process (tests start many) and
 //! lives as long as the process: a database connection opened by a loop
@@ -25,6 +26,8 @@ use std::sync::OnceLock;
 
 use tokio::runtime::{Builder, Handle};
 use tokio::task::JoinHandle;
+
+use crate::store::Store;
 
 /// The store thread's runtime, started on first use.
 fn handle() -> &'static Handle {
@@ -51,6 +54,20 @@ where
     F::Output: Send + 'static,
 {
     handle().spawn(task)
+}
+
+/// Runs a write loop of `store` where that store wants it: on the store
+/// thread, or on the current runtime.
+pub fn spawn_for<F>(store: &dyn Store, task: F) -> JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    if store.writes_from_store_thread() {
+        spawn(task)
+    } else {
+        tokio::spawn(task)
+    }
 }
 
 #[cfg(test)]

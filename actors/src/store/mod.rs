@@ -129,6 +129,11 @@ pub trait Store: Send + Sync + 'static {
     /// persistence actor commits at most this many batches side by side.
     fn write_parallelism(&self) -> usize;
 
+    /// Whether the write loops wait for this store on the
+    /// [`store_thread`](crate::store_thread) rather than on the runtime's
+    /// workers: where a commit is another process's work.
+    fn writes_from_store_thread(&self) -> bool;
+
     /// Runs pending migrations (also done by [`connect`]).
     async fn migrate(&self) -> Result<(), StoreError>;
 

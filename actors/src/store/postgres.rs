@@ -146,6 +146,12 @@ impl Store for PgStore {
         (POOL_CONNECTIONS / 4) as usize
     }
 
+    /// Yes: the commits are the server's, so the sooner a reply is taken
+    /// the sooner the next batch goes.
+    fn writes_from_store_thread(&self) -> bool {
+        true
+    }
+
     async fn migrate(&self) -> Result<(), StoreError> {
         Ok(MIGRATOR.run(&self.pool).await?)
     }

@@ -7,18 +7,19 @@
 //! [`AuditHandle::record`] never blocks its caller. Its ractor mailbox takes
 //! only [`AuditMsg::Drain`].
 //!
-//! **Does**: a loop (on the [`store_thread`] on PostgreSQL) takes every queued event, chains the batch in memory
-//! ([`audit_chain::chain`], so batched entries are linked exactly like single
-//! ones), appends it in one transaction, retrying while the store is down,
-//! and only then moves its head. Should the stored chain have moved past
-//! the head it read (a crashed broker's last append landing late), it links
-//! the batch after the stored head rather than refusing it forever. (On
-//! SQLite an append made while a message batch commits goes into that
-//! batch's transaction instead of a commit of its own: see
-//! `store::audit_ride`.) Every `checkpoint_every` entries, or every
-//! `checkpoint_interval` when anything changed, it signs `{seq, head_hash,
-//! time}` with the keyring's Ed25519 checkpoint key and writes the checkpoint
-//! both to the store and to an append-only file outside the database.
+//! **Does**: a loop (on the [`store_thread`] on PostgreSQL) takes every
+//! queued event, chains the batch in memory ([`audit_chain::chain`], so
+//! batched entries are linked exactly like single ones), appends it in one
+//! transaction, retrying while the store is down, and only then moves its
+//! head. Should the stored chain have moved past the head it read (a crashed
+//! broker's last append landing late), it links the batch after the stored
+//! head rather than refusing it forever. (On SQLite an append made while a
+//! message batch commits goes into that batch's transaction instead of a
+//! commit of its own: see `store::audit_ride`.) Every `checkpoint_every`
+//! entries, or every `checkpoint_interval` when anything changed, it signs
+//! `{seq, head_hash, time}` with the keyring's Ed25519 checkpoint key and
+//! writes the checkpoint both to the store and to an append-only file outside
+//! the database.
 //!
 //! **Supervised by** the root supervisor. **A crash** loses the events queued
 //! but not yet appended; the chain in the store stays consistent, because the

@@ -248,7 +248,10 @@ impl Actor for PersistenceActor {
     ) -> Result<Self::State, ActorProcessingErr> {
         let stop = Arc::new(AtomicBool::new(false));
         let store = args.store.clone();
-        let probe = store_thread::spawn_for(&*store, probe(store.clone(), args.health.clone()));
+        let probe = store_thread::spawn_for(
+            &*store,
+            probe(store.clone(), args.health.clone(), closer.downgrade()),
+        );
         let task = store_thread::spawn_for(
             &*store,
             batch_loop(args.store, args.config, rx, stop.clone(), args.health),
@@ -469,12 +472,18 @@ async fn apply_one_by_one(
     out
 }
 
-/// Pings the store every [`PROBE_EVERY`] and records whether it answered.
-async fn probe(store: DynStore, health: Arc<StoreHealth>) {
+/// Pings the store every [`PROBE_EVERY`] and records whether it answered,
+/// until the last handle to the queue (`writers`) is gone: on the store
+/// thread nothing else ends it when a server's runtime goes away without
+/// stopping its actors (a test's does), and it holds the store's pool.
+async fn probe(store: DynStore, health: Arc<StoreHealth>, writers: mpsc::WeakSender<Queued>) {
     let mut every = tokio::time::interval(PROBE_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
+        if writers.upgrade().is_none() {
+            return;
+        }
         let ok = matches!(
             tokio::time::timeout(PROBE_TIMEOUT, store.ping()).await,
             Ok(Ok(()))
@@ -519,5 +528,28 @@ fn answer(replies: Vec<PersistReply>, outcomes: Vec<Outcome>) {
     }
     for (_, (actor, list)) in per_channel {
         let _ = actor.cast(ChannelMsg::Committed(list));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_probe_ends_when_every_handle_to_the_queue_is_gone() {
+        let store = crate::store::connect("sqlite::memory:")
+            .await
+            .expect("store");
+        let (tx, _rx) = mpsc::channel::<Queued>(1);
+        let health = Arc::new(StoreHealth::default());
+        let task = tokio::spawn(probe(store, health.clone(), tx.downgrade()));
+        tokio::time::sleep(PROBE_EVERY * 2).await;
+        assert!(!task.is_finished(), "a probe with writers keeps probing");
+        assert!(health.reachable());
+        drop(tx);
+        tokio::time::timeout(PROBE_EVERY * 8, task)
+            .await
+            .expect("the probe ends within a few ticks")
+            .expect("the probe does not panic");
     }
 }

@@ -48,6 +48,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{FuturesOrdered, StreamExt};
+use futures_util::FutureExt;
 use metrics::{counter, gauge, histogram};
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -100,6 +101,15 @@ pub struct Write {
 pub enum Queued {
     Write(Write),
     Wake,
+}
+
+impl Queued {
+    fn into_write(self) -> Option<Write> {
+        match self {
+            Queued::Write(w) => Some(w),
+            Queued::Wake => None,
+        }
+    }
 }
 
 /// How often the probe pings the store.
@@ -314,7 +324,9 @@ impl Actor for PersistenceActor {
 /// ids and `seq`s, key-share locks on channels) while it waits for its
 /// turn; anything else waits for the running commits. Outcomes are
 /// answered in the same order, so a channel actor hears of its writes in
-/// `seq` order.
+/// `seq` order. On the store thread a full batch is noticed on a tick while
+/// commits run ([`GATHER_EVERY`]), and what queued during a commit joins
+/// the next batch when it ends.
 async fn batch_loop(
     store: DynStore,
     config: PersistenceConfig,
@@ -327,6 +339,11 @@ async fn batch_loop(
         .commits_in_flight
         .clamp(1, store.write_parallelism().max(1));
     let mut received: Vec<Queued> = Vec::with_capacity(batch_max);
+    // While a commit runs, look at the queue on a tick instead of waiting on
+    // it: on the store thread each wake is a switch of the core (see
+    // [`GATHER_EVERY`]); on the workers it is a task's poll, and waiting
+    // measured better there.
+    let gather_by_tick = store.writes_from_store_thread();
     let mut next: Vec<Write> = Vec::new();
     let mut commits = FuturesOrdered::new();
     // Set once the batch started last has committed: the next one's turn.
@@ -379,18 +396,55 @@ async fn batch_loop(
         tokio::select! {
             Some((replies, outcomes)) = commits.next(), if !commits.is_empty() => {
                 answer(replies, outcomes);
+                // What came meanwhile joins the next batch, which may start now.
+                open = gather(&mut rx, &mut received, &mut next, batch_max);
             }
-            n = rx.recv_many(&mut received, room), if open && room > 0 => {
+            n = rx.recv_many(&mut received, room),
+                if open && room > 0 && (commits.is_empty() || !gather_by_tick) =>
+            {
                 if n == 0 {
                     open = false;
                 }
-                next.extend(received.drain(..).filter_map(|q| match q {
-                    Queued::Write(w) => Some(w),
-                    Queued::Wake => None,
-                }));
+                next.extend(received.drain(..).filter_map(Queued::into_write));
+            }
+            _ = tokio::time::sleep(GATHER_EVERY),
+                if gather_by_tick && open && room > 0 && !commits.is_empty() =>
+            {
+                open = gather(&mut rx, &mut received, &mut next, batch_max);
             }
             _ = sleep_until_some(deadline), if deadline.is_some() && commits.is_empty() => {}
         }
+    }
+}
+
+/// On the store thread, while a commit runs, how often the queue is looked
+/// at for a full batch that could start beside it. The loop does not wait
+/// on the queue then: each write would wake the thread, a switch of the
+/// core from the connection tasks to it and back (8,700 a second at 10,000
+/// room messages a second on PostgreSQL), only to move the write into a
+/// batch that cannot start before the commit ends unless it fills.
+const GATHER_EVERY: Duration = Duration::from_millis(1);
+
+/// Moves what is queued into `next`, without waiting, up to `batch_max`.
+/// Returns false once the queue is closed and empty.
+/// `received` is the loop's buffer, empty between calls.
+fn gather(
+    rx: &mut mpsc::Receiver<Queued>,
+    received: &mut Vec<Queued>,
+    next: &mut Vec<Write>,
+    batch_max: usize,
+) -> bool {
+    let room = batch_max.saturating_sub(next.len());
+    if room == 0 {
+        return true;
+    }
+    match rx.recv_many(received, room).now_or_never() {
+        Some(0) => false,
+        Some(_) => {
+            next.extend(received.drain(..).filter_map(Queued::into_write));
+            true
+        }
+        None => true,
     }
 }
 

@@ -1455,18 +1455,24 @@ async fn full_batches_commit_side_by_side_in_seq_order(backend: Backend) {
         }
         last
     });
+    let mut clients = Vec::new();
+    for (u, ch) in senders {
+        clients.push((server.client(&u, Encoding::MessagePack).await, ch));
+    }
     // On PostgreSQL, inserts into `messages` are held back while the sends
     // pour in: the first commit waits on the lock, so the full batches
     // behind it start beside it. Without the lock, whether two commits ever
     // overlap is a matter of timing (a fast database may commit every batch
-    // before the next one fills).
+    // before the next one fills). The lock is taken once every sender is
+    // connected, so that on a loaded machine it is not over before the
+    // sends begin.
     let held = match server.pg_url() {
         Some(url) => Some(hold_message_inserts(url, Duration::from_millis(500)).await),
         None => None,
     };
     let mut sending = Vec::new();
-    for (u, ch) in senders {
-        let (mut tx, mut rx) = server.client(&u, Encoding::MessagePack).await.split();
+    for (client, ch) in clients {
+        let (mut tx, mut rx) = client.split();
         sending.push(tokio::spawn(async move {
             let batch: Vec<ClientRequest> = (0..SENDS)
                 .map(|i| ClientRequest::SendMessage(SendMessage::text(ch, format!("p{i}"))))

@@ -397,7 +397,9 @@ async fn batch_loop(
             Some((replies, outcomes)) = commits.next(), if !commits.is_empty() => {
                 answer(replies, outcomes);
                 // What came meanwhile joins the next batch, which may start now.
-                open = gather(&mut rx, &mut received, &mut next, batch_max);
+                if open {
+                    open = gather(&mut rx, &mut received, &mut next, batch_max);
+                }
             }
             n = rx.recv_many(&mut received, room),
                 if open && room > 0 && (commits.is_empty() || !gather_by_tick) =>

@@ -158,6 +158,11 @@ struct Cli {
     /// persist) is above this [default: 100, persist 20; rooms 25].
     #[arg(long)]
     p99_limit_ms: Option<f64>,
+    /// Length of each message's text, in bytes (the issue's "100-byte
+    /// payloads"). Raising it for a peer alone gives it Courier's frame
+    /// size on the wire (see benches/README.md, fanout 5,000).
+    #[arg(long, default_value_t = stats::TEXT_BYTES)]
+    text_bytes: usize,
     /// Seconds measured per step.
     #[arg(long, default_value_t = 5.0)]
     duration: f64,
@@ -555,6 +560,7 @@ async fn publish(
     room: Room,
     share: f64,
     phase: f64,
+    text_bytes: usize,
     pending: Option<Pending>,
     mut plan: watch::Receiver<Plan>,
 ) {
@@ -602,7 +608,7 @@ async fn publish(
             }
             let texts = stamps
                 .iter()
-                .map(|s| message_text(*s, current.step))
+                .map(|s| message_text(*s, current.step, text_bytes))
                 .collect();
             let n = stamps.len() as u64;
             match tx.send_batch(room, texts).await {
@@ -723,6 +729,7 @@ async fn traffic(ctx: &Ctx<'_>, n: usize) -> Result<Vec<Value>> {
                 room_of(i),
                 1.0 / publisher_count as f64,
                 phase,
+                ctx.cli.text_bytes,
                 Some(pending),
                 plan_rx.clone(),
             ));
@@ -969,7 +976,7 @@ fn params(ctx: &Ctx<'_>, conns: usize, limit_ms: f64) -> Value {
         "duration_s": cli.duration,
         "warmup_s": cli.warmup,
         "p99_limit_ms": limit_ms,
-        "text_bytes": stats::TEXT_BYTES,
+        "text_bytes": cli.text_bytes,
         "pinned": cli.pin,
         "threads": cli.threads,
         "database": database(cli),

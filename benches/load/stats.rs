@@ -37,13 +37,10 @@ pub fn now_ns() -> u64 {
 }
 
 /// The text of a message: `<20-digit send ns> <5-digit step> ` then padding
-/// up to [`TEXT_BYTES`].
-pub fn message_text(send_ns: u64, step: u32) -> String {
+/// up to `len` bytes ([`TEXT_BYTES`] unless `--text-bytes` says otherwise).
+pub fn message_text(send_ns: u64, step: u32, len: usize) -> String {
     let mut text = format!("{send_ns:020} {step:05} ");
-    text.extend(std::iter::repeat_n(
-        'x',
-        TEXT_BYTES.saturating_sub(text.len()),
-    ));
+    text.extend(std::iter::repeat_n('x', len.saturating_sub(text.len())));
     text
 }
 

@@ -551,6 +551,17 @@ struct Plan {
     total_rate: f64,
 }
 
+/// One publisher's part of the traffic.
+#[derive(Clone, Copy, Debug)]
+struct Part {
+    /// Its fraction of the total rate.
+    share: f64,
+    /// Where in one interval its messages fall (0 to 1).
+    phase: f64,
+    /// The length of its messages' texts.
+    text_bytes: usize,
+}
+
 /// Sends open-loop: message k of a step is due at the step's start plus
 /// (phase + k) / rate, and carries that due time, so a publisher that falls
 /// behind shows up as latency.
@@ -558,9 +569,11 @@ async fn publish(
     rec: Arc<Recorder>,
     mut tx: Tx,
     room: Room,
-    share: f64,
-    phase: f64,
-    text_bytes: usize,
+    Part {
+        share,
+        phase,
+        text_bytes,
+    }: Part,
     pending: Option<Pending>,
     mut plan: watch::Receiver<Plan>,
 ) {
@@ -727,9 +740,11 @@ async fn traffic(ctx: &Ctx<'_>, n: usize) -> Result<Vec<Value>> {
                 ctx.rec.clone(),
                 tx,
                 room_of(i),
-                1.0 / publisher_count as f64,
-                phase,
-                ctx.cli.text_bytes,
+                Part {
+                    share: 1.0 / publisher_count as f64,
+                    phase,
+                    text_bytes: ctx.cli.text_bytes,
+                },
                 Some(pending),
                 plan_rx.clone(),
             ));

@@ -1011,10 +1011,10 @@ async fn graceful_shutdown_says_so_then_closes_1001() {
 }
 
 /// A fan-out to more connections than one flush chunk (64) is written to
-/// the sockets by a task of its own, in chunks, while the channel goes on
-/// with the next commits: every connection still gets every message once,
-/// whole and in `seq` order, in its own encoding, also when the publisher
-/// pipelines its sends so that commits arrive in batches.
+/// the sockets by the channel's flush line, in chunks, while the channel
+/// goes on with the next commits: every connection still gets every
+/// message once, whole and in `seq` order, in its own encoding, also when
+/// the publisher pipelines its sends so that commits arrive in batches.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wide_fan_out_arrives_whole_and_in_order_everywhere() {
     let server = TestServer::start(Backend::Sqlite).await.expect("server");

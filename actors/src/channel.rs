@@ -19,10 +19,10 @@
 //! same bytes are queued to every joined connection, straight into their
 //! queues, in `seq` order (the persistence actor answers in submission
 //! order). Once a batch of commits is fanned out, a channel of at most 64
-//! connections wakes their writers; a wider one spawns a task that writes
-//! each idle connection's queue straight to its socket, one write for the
-//! whole batch (see `Subscribers::flush` and
-//! [`outbound`](crate::outbound)). A join with `sinceSeq` replays what the
+//! connections wakes their writers; a wider one puts them in its
+//! [`FlushLine`], whose task writes each idle connection's queue straight
+//! to its socket, one write for the whole batch, oldest fan-out first (see
+//! `Subscribers::flush` and [`flush_line`](crate::flush_line)). A join with `sinceSeq` replays what the
 //! connection missed from the store while live pushes for it are held back,
 //! then releases them: no gap, no duplicate at the seam.
 //!
@@ -48,6 +48,7 @@ use crate::audit::AuditHandle;
 use crate::audit_chain::PendingAudit;
 use crate::authz::{self, Action, Principal, RolePermissions};
 use crate::crypto::MessageCipher;
+use crate::flush_line::{FlushLine, FLUSH_CHUNK};
 use crate::frames_out as out;
 use crate::history;
 use crate::metric_names as m;
@@ -309,6 +310,8 @@ struct Subscribers {
     /// Fan-outs leave their pushes unflushed until [`Subscribers::flush`]
     /// (a batch of commits: each connection gets all of it in one write).
     deferring: bool,
+    /// Where a wide channel's unflushed connections wait for their write.
+    line: FlushLine,
 }
 
 impl Subscribers {
@@ -393,39 +396,27 @@ impl Subscribers {
     /// Sends every connection's unflushed pushes on their way. In a channel
     /// of at most [`FLUSH_CHUNK`] connections that wakes their writers, as a
     /// push does: when the server falls behind, writers that run late find
-    /// several frames queued and write them at once. A wider fan-out is written
-    /// to the sockets by a task of its own (see [`Outbound::flush`]) that
-    /// yields every [`FLUSH_CHUNK`] connections: thousands of woken writers
-    /// would each be a task in the run queue ahead of the next message's
-    /// own steps (reader, connection, channel, commit), and each step would
-    /// wait behind all of them. Neither this actor nor those steps wait for
-    /// the task; a later fan-out's pushes may go out with this one's, in
-    /// queue order.
+    /// several frames queued and write them at once. A wider fan-out is
+    /// written to the sockets by the channel's [`FlushLine`], which yields
+    /// every [`FLUSH_CHUNK`] connections: thousands of woken writers would
+    /// each be a task in the run queue ahead of the next message's own steps
+    /// (reader, connection, channel, commit), and each step would wait
+    /// behind all of them. Neither this actor nor those steps wait for the
+    /// line; a later fan-out's pushes may go out with this one's, in queue
+    /// order.
     fn flush(&mut self) {
         let wide = self.by_conn.len() > FLUSH_CHUNK;
         let unflushed = self
             .by_conn
             .values_mut()
             .filter_map(|sub| std::mem::take(&mut sub.unflushed).then_some(&sub.outbound));
-        if !wide {
+        if wide {
+            self.line.join(unflushed.cloned());
+        } else {
             unflushed.for_each(Outbound::wake_writer);
-            return;
         }
-        let due: Vec<Outbound> = unflushed.cloned().collect();
-        tokio::spawn(async move {
-            for chunk in due.chunks(FLUSH_CHUNK) {
-                let written: usize = chunk.iter().map(Outbound::flush).sum();
-                if written > 0 {
-                    counter!(m::FRAMES_OUT).increment(written as u64);
-                }
-                tokio::task::yield_now().await;
-            }
-        });
     }
 }
-
-/// Connections flushed between two yields (see [`Subscribers::flush`]).
-const FLUSH_CHUNK: usize = 64;
 
 impl Drop for Subscribers {
     fn drop(&mut self) {
@@ -566,6 +557,7 @@ impl Actor for ChannelActor {
                 clean: false,
                 shutdown: Some(shutdown),
                 deferring: false,
+                line: FlushLine::default(),
             },
             members: HashMap::new(),
             client_ids,

@@ -44,6 +44,7 @@ pub mod channel;
 pub mod channel_directory;
 pub mod connection;
 pub mod crypto;
+pub mod flush_line;
 pub mod frames_out;
 pub mod history;
 pub mod identity;

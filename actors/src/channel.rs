@@ -22,9 +22,10 @@
 //! connections wakes their writers; a wider one puts them in its
 //! [`FlushLine`], whose task writes each idle connection's queue straight
 //! to its socket, one write for the whole batch, oldest fan-out first (see
-//! `Subscribers::flush` and [`flush_line`](crate::flush_line)). A join with `sinceSeq` replays what the
-//! connection missed from the store while live pushes for it are held back,
-//! then releases them: no gap, no duplicate at the seam.
+//! `Subscribers::flush` and [`flush_line`](crate::flush_line)). A join
+//! with `sinceSeq` replays what the connection missed from the store while
+//! live pushes for it are held back, then releases them: no gap, no
+//! duplicate at the seam.
 //!
 //! **Supervised by** the [`ChannelDirectory`](crate::channel_directory),
 //! which starts it on first use; it stops itself when idle. **A crash** drops

@@ -166,7 +166,13 @@ mod tests {
         // The task has not run yet (one thread, no await since).
         assert_eq!(second.push_deferred(frame.clone()), Push::Deferred);
         line.join([second.clone()]);
-        assert_eq!(line.line().waiting.len(), 2, "both wait, oldest first");
+        let order: Vec<_> = line.line().waiting.iter().map(Outbound::conn_id).collect();
+        assert_eq!(order, [first.conn_id(), second.conn_id()], "oldest first");
+        assert_eq!(
+            Arc::strong_count(&line.state),
+            2,
+            "one task holds the line besides its owner"
+        );
         expect_frame(&mut first_client, &frame).await;
         expect_frame(&mut second_client, &frame).await;
     }

@@ -28,6 +28,8 @@ pub struct ApiError {
     pub field: Option<Cow<'static, str>>,
     /// When the client may retry (429).
     pub retry_after: Option<Duration>,
+    /// Answer with `Connection: close` (a request body left unread).
+    pub close_connection: bool,
 }
 
 /// A handler's result.
@@ -42,6 +44,7 @@ impl ApiError {
             message: message.into(),
             field: None,
             retry_after: None,
+            close_connection: false,
         }
     }
 
@@ -145,6 +148,11 @@ impl IntoResponse for ApiError {
                 header::RETRY_AFTER,
                 HeaderValue::from(retry_after_secs(wait)),
             );
+        }
+        if self.close_connection {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         response
     }

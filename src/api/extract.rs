@@ -7,15 +7,18 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::str::FromStr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::body::Bytes;
+use axum::body::{BodyDataStream, Bytes};
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap};
+use bytes::BytesMut;
 use courier_actors::audit_chain::PendingAudit;
 use courier_actors::authz::{self, Action, Principal};
 use courier_actors::identity::Identity;
 use courier_actors::realtime::AccessError;
+use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
 
 use super::error::{from_access, ApiError};
@@ -166,6 +169,19 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     }
 }
 
+/// The largest request body the API reads, set on every route by
+/// [`super::routes`] from `max_text_bytes`.
+#[derive(Clone, Copy, Debug)]
+pub struct BodyLimit(pub usize);
+
+/// How much of an oversized body is read past the limit, and for how long,
+/// before its 413 is sent. Answering at once and dropping the connection
+/// with the rest unread makes the kernel reset it, and a reset discards the
+/// 413 the client had not read yet; reading a bounded tail keeps the answer
+/// for any body up to this size. Past it the connection is closed.
+const DRAIN_BYTES: usize = 4 << 20;
+const DRAIN_TIME: Duration = Duration::from_secs(2);
+
 /// The body, unparsed (for handlers that decide something before parsing
 /// it), with [`JsonBody`]'s size limit and errors; parse it with
 /// [`parse_json`].
@@ -174,18 +190,62 @@ pub struct RawBody(pub Bytes);
 impl<S: Send + Sync> FromRequest<S> for RawBody {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        Bytes::from_request(req, state)
-            .await
-            .map(RawBody)
-            .map_err(|rejection| {
-                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::too_large("request body is over the size limit")
-                } else {
-                    ApiError::bad_request("cannot read the request body")
-                }
-            })
+    async fn from_request(req: Request, _state: &S) -> Result<Self, ApiError> {
+        let Some(&BodyLimit(limit)) = req.extensions().get::<BodyLimit>() else {
+            return Err(ApiError::internal("a route without a body limit"));
+        };
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+        let waits_to_send = req
+            .headers()
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        let mut chunks = req.into_body().into_data_stream();
+        if declared.is_some_and(|n| n > limit) {
+            // A client waiting for `100 Continue` has sent nothing yet;
+            // reading would ask it for the body only to drop it.
+            let rest = (!waits_to_send).then_some(chunks);
+            return Err(too_large(rest, 0, declared).await);
+        }
+        let mut body = BytesMut::with_capacity(declared.unwrap_or(0));
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk.map_err(|_| ApiError::bad_request("cannot read the request body"))?;
+            if body.len() + chunk.len() > limit {
+                return Err(too_large(Some(chunks), body.len() + chunk.len(), declared).await);
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(RawBody(body.freeze()))
     }
+}
+
+/// The 413 for a body over the limit, after reading and dropping the rest
+/// of it, `chunks`, within [`DRAIN_BYTES`] and [`DRAIN_TIME`]; `read` bytes
+/// are already in. A body left unread closes the connection.
+async fn too_large(
+    chunks: Option<BodyDataStream>,
+    read: usize,
+    declared: Option<usize>,
+) -> ApiError {
+    let too_long = declared.is_some_and(|n| n.saturating_sub(read) > DRAIN_BYTES);
+    let drained = match chunks {
+        Some(mut chunks) if !too_long => {
+            let drain = async {
+                let mut left = DRAIN_BYTES;
+                while let Some(chunk) = chunks.next().await {
+                    left = left.checked_sub(chunk.ok()?.len())?;
+                }
+                Some(())
+            };
+            tokio::time::timeout(DRAIN_TIME, drain).await == Ok(Some(()))
+        }
+        _ => false,
+    };
+    let mut error = ApiError::too_large("request body is over the size limit");
+    error.close_connection = !drained;
+    error
 }
 
 /// Parses a JSON body as [`JsonBody`] does.

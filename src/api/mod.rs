@@ -40,12 +40,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
-use axum::Router;
+use axum::{Extension, Router};
 use courier_actors::identity::AuthRejected;
 use courier_actors::metric_names;
 use courier_protocol::UserId;
@@ -53,7 +53,7 @@ use courier_protocol::UserId;
 use crate::http::App;
 use crate::rate_limit::{ip_key, KeyedLimit};
 use error::ApiError;
-use extract::{Caller, Client};
+use extract::{BodyLimit, Caller, Client};
 
 /// The window of both REST rate limits.
 const WINDOW: Duration = Duration::from_secs(15 * 60);
@@ -145,7 +145,7 @@ pub fn routes(app: Arc<App>) -> Router<Arc<App>> {
             "/api/{*rest}",
             any(|| async { ApiError::not_found("no such endpoint") }),
         )
-        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(Extension(BodyLimit(body_limit)))
 }
 
 /// The per-IP limit of `/api/auth/*`. Leaves the [`Client`] in the request.

@@ -101,7 +101,7 @@ pub struct Config {
     pub recovery_limit: u32,
     pub typing_expiry_ms: u64,
 
-    pub persist_batch_max: usize,
+    pub persist_batch_max: Option<usize>,
     pub persist_batch_delay_us: u64,
     pub persist_commits_in_flight: usize,
     pub persist_queue_capacity: usize,
@@ -164,7 +164,7 @@ impl Default for Config {
             idle_timeout_ms: 60_000,
             recovery_limit: 1000,
             typing_expiry_ms: 6_000,
-            persist_batch_max: 512,
+            persist_batch_max: None,
             persist_batch_delay_us: 0,
             persist_commits_in_flight: 4,
             persist_queue_capacity: 65_536,

@@ -139,7 +139,9 @@ pub async fn start(config: Config) -> Result<Started, ServerError> {
             idle_timeout: Duration::from_millis(config.idle_timeout_ms),
         },
         persistence: PersistenceConfig {
-            batch_max: config.persist_batch_max,
+            batch_max: config
+                .persist_batch_max
+                .unwrap_or_else(|| store.batch_max()),
             batch_delay: Duration::from_micros(config.persist_batch_delay_us),
             commits_in_flight: config.persist_commits_in_flight,
             queue_capacity: config.persist_queue_capacity,

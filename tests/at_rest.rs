@@ -514,6 +514,74 @@ async fn group_commit_writes_batches(backend: Backend) {
     server.stop().await;
 }
 
+/// On SQLite a batch takes up to 4,096 writes by default, not 512: its
+/// commits write every page a batch touched, so a store that fell behind
+/// catches up in a few large batches. Another connection holds the
+/// database's write lock while 2,000 sends queue; once it lets go they
+/// commit in batches larger than 512.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_catches_up_in_batches_past_512() {
+    // Room for the 4,000 acks and pushes that come back at once.
+    let (server, config, _data) = start(Backend::Sqlite, |c| c.outbound_queue_frames = 8_192)
+        .await
+        .expect("sqlite");
+    let u = server.user("u", Role::User).await;
+    let ch = server.channel("c", ChannelKind::Private, &u, &[]).await;
+    let (mut sender, mut receiver) = server.client(&u, Encoding::MessagePack).await.split();
+
+    let url = config.database_url.clone().expect("a sqlite url");
+    let mut blocker = sqlx::SqliteConnection::connect(&url)
+        .await
+        .expect("connect");
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut blocker)
+        .await
+        .expect("the write lock");
+    // Metrics are process-wide: count this test's batches as a difference.
+    let before = batch_sizes();
+    let sends: Vec<ClientRequest> = (0..2_000)
+        .map(|i| ClientRequest::SendMessage(SendMessage::text(ch, format!("q{i}"))))
+        .collect();
+    let refs = sender.send_batch(sends).await.expect("send");
+    // Well within the writer's 5 s busy timeout.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    sqlx::query("ROLLBACK")
+        .execute(&mut blocker)
+        .await
+        .expect("let go");
+    for r in &refs {
+        match receiver.answer(r, T).await.expect("ack") {
+            ServerFrame::Ack(_) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    let after = batch_sizes();
+    let (batches, up_to_512) = (after.0 - before.0, after.1 - before.1);
+    assert!(
+        batches > up_to_512,
+        "a batch past 512 rows: {batches} batches, {up_to_512} of at most 512"
+    );
+    server.stop().await;
+}
+
+/// `courier_persist_batch_size`: how many batches, and how many of at most
+/// 512 rows, so far in this process.
+fn batch_sizes() -> (f64, f64) {
+    let metrics = courier::telemetry::render_metrics();
+    let value = |prefix: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    (
+        value("courier_persist_batch_size_count"),
+        value("courier_persist_batch_size_bucket{le=\"512\"}"),
+    )
+}
+
 /// A supervisor that takes nothing, for an actor started on its own.
 struct Root;
 

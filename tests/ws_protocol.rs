@@ -1412,7 +1412,7 @@ async fn full_batches_commit_side_by_side_in_seq_order(backend: Backend) {
     // In this binary: no other test reads the batch metrics, which these
     // two-row batches would skew.
     let Some(server) = TestServer::start_with(backend, |c| {
-        c.persist_batch_max = 2;
+        c.persist_batch_max = Some(2);
         c.persist_commits_in_flight = 4;
     })
     .await

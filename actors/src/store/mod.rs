@@ -129,6 +129,10 @@ pub trait Store: Send + Sync + 'static {
     /// persistence actor commits at most this many batches side by side.
     fn write_parallelism(&self) -> usize;
 
+    /// The most writes one batch takes unless configured
+    /// (`persist_batch_max`).
+    fn batch_max(&self) -> usize;
+
     /// Whether the write loops wait for this store on the
     /// [`store_thread`](crate::store_thread) rather than on the runtime's
     /// workers: where a commit is another process's work.

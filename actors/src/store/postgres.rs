@@ -146,6 +146,13 @@ impl Store for PgStore {
         (POOL_CONNECTIONS / 4) as usize
     }
 
+    /// 512: past it, full batches commit side by side
+    /// ([`write_parallelism`](Store::write_parallelism)); 4,096-row batches
+    /// measured no better here (`benches/README.md`).
+    fn batch_max(&self) -> usize {
+        512
+    }
+
     /// Yes: the commits are the server's, so the sooner a reply is taken
     /// the sooner the next batch goes.
     fn writes_from_store_thread(&self) -> bool {

@@ -256,10 +256,19 @@ pub async fn serve(
         .map(|file| tokio::spawn(watch_keyring(file, app.clone())));
     let router = http::router(app.clone());
     let header_timeout = Duration::from_millis(app.config.http_header_timeout_ms);
-    match started.tls {
+    // The accept loop runs as a task on the workers rather than on the
+    // thread that called this (`main`'s, outside the workers): there every
+    // accept and every finished connection woke that thread, and every
+    // connection it spawned crossed back to a worker.
+    let accepting = match started.tls {
         Some(tls) => {
             let listener = crate::tls::TlsListener::new(listener, tls)?;
-            crate::accept::serve(listener, router, header_timeout, shutdown).await
+            tokio::spawn(crate::accept::serve(
+                listener,
+                router,
+                header_timeout,
+                shutdown,
+            ))
         }
         None => {
             // Frames are small and latency matters: no Nagle delay (the TLS
@@ -269,7 +278,17 @@ pub async fn serve(
                     tracing::debug!(error = %e, "cannot set TCP_NODELAY");
                 }
             });
-            crate::accept::serve(listener, router, header_timeout, shutdown).await
+            tokio::spawn(crate::accept::serve(
+                listener,
+                router,
+                header_timeout,
+                shutdown,
+            ))
+        }
+    };
+    if let Err(e) = accepting.await {
+        if e.is_panic() {
+            std::panic::resume_unwind(e.into_panic());
         }
     }
     tracing::info!("shutting down: flushing queued writes");

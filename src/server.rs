@@ -259,16 +259,18 @@ pub async fn serve(
     // The accept loop runs as a task on the workers rather than on the
     // thread that called this (`main`'s, outside the workers): there every
     // accept and every finished connection woke that thread, and every
-    // connection it spawned crossed back to a worker.
-    let accepting = match started.tls {
+    // connection it spawned crossed back to a worker. In a `JoinSet`, so
+    // that dropping this future stops the loop as it did before.
+    let mut accepting = tokio::task::JoinSet::new();
+    match started.tls {
         Some(tls) => {
             let listener = crate::tls::TlsListener::new(listener, tls)?;
-            tokio::spawn(crate::accept::serve(
+            accepting.spawn(crate::accept::serve(
                 listener,
                 router,
                 header_timeout,
                 shutdown,
-            ))
+            ));
         }
         None => {
             // Frames are small and latency matters: no Nagle delay (the TLS
@@ -278,15 +280,15 @@ pub async fn serve(
                     tracing::debug!(error = %e, "cannot set TCP_NODELAY");
                 }
             });
-            tokio::spawn(crate::accept::serve(
+            accepting.spawn(crate::accept::serve(
                 listener,
                 router,
                 header_timeout,
                 shutdown,
-            ))
+            ));
         }
-    };
-    if let Err(e) = accepting.await {
+    }
+    if let Some(Err(e)) = accepting.join_next().await {
         if e.is_panic() {
             std::panic::resume_unwind(e.into_panic());
         }

@@ -67,6 +67,44 @@ both_backends!(crash_durability, graceful_shutdown);
 // The tests
 // ---------------------------------------------------------------------------
 
+/// A server whose `serve` future is dropped (its task aborted) stops
+/// listening: the accept loop runs as a task of its own, and goes with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_serve_stops_the_listener() {
+    let dir = TempDir::new().expect("tmp");
+    let url = format!("sqlite://{}", dir.path().join("courier.db").display());
+    let config = support::server::test_config(&dir, url);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let started = courier::server::start(config).await.expect("starts");
+    let task = tokio::spawn(courier::server::serve(
+        listener,
+        started,
+        std::future::pending(),
+    ));
+    let health = format!("http://{addr}/health");
+    let answer = reqwest::get(&health).await.expect("serving");
+    assert!(answer.status().is_success(), "{}", answer.status());
+
+    task.abort();
+    let _ = task.await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match tokio::net::TcpStream::connect(addr).await {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => break,
+            other => {
+                assert!(
+                    Instant::now() < deadline,
+                    "still accepting 5 s after serve() was dropped: {other:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 /// SIGKILL under load, several seeds; restart on the same database.
 async fn crash_durability(backend: Backend) {
     let scale = Scale::from_env();

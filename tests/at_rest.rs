@@ -495,17 +495,9 @@ async fn group_commit_writes_batches(backend: Backend) {
         }
     }
     let metrics = courier::telemetry::render_metrics();
-    let value = |name: &str| -> f64 {
-        metrics
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0)
-    };
     let (sum, count) = (
-        value("courier_persist_batch_size_sum"),
-        value("courier_persist_batch_size_count"),
+        metric(&metrics, "courier_persist_batch_size_sum"),
+        metric(&metrics, "courier_persist_batch_size_count"),
     );
     assert!(
         count > 0.0 && sum / count > 2.0,
@@ -568,18 +560,21 @@ async fn sqlite_catches_up_in_batches_past_512() {
 /// 512 rows, so far in this process.
 fn batch_sizes() -> (f64, f64) {
     let metrics = courier::telemetry::render_metrics();
-    let value = |prefix: &str| {
-        metrics
-            .lines()
-            .find(|l| l.starts_with(prefix))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0)
-    };
     (
-        value("courier_persist_batch_size_count"),
-        value("courier_persist_batch_size_bucket{le=\"512\"}"),
+        metric(&metrics, "courier_persist_batch_size_count"),
+        metric(&metrics, "courier_persist_batch_size_bucket{le=\"512\"}"),
     )
+}
+
+/// The value of the first line of `metrics` (Prometheus text) that starts
+/// with `prefix`; 0 when there is none.
+fn metric(metrics: &str, prefix: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// A supervisor that takes nothing, for an actor started on its own.

@@ -108,6 +108,7 @@ pub struct Config {
 
     pub audit_checkpoint_every: u64,
     pub audit_checkpoint_interval_secs: u64,
+    pub audit_batch_delay_us: u64,
 
     pub retention_interval_secs: u64,
     pub deleted_retention_days: u64,
@@ -170,6 +171,7 @@ impl Default for Config {
             persist_queue_capacity: 65_536,
             audit_checkpoint_every: 1_000,
             audit_checkpoint_interval_secs: 60,
+            audit_batch_delay_us: 5_000,
             retention_interval_secs: 60,
             deleted_retention_days: 90,
             message_retention_days: None,

@@ -149,6 +149,7 @@ pub async fn start(config: Config) -> Result<Started, ServerError> {
         audit: AuditConfig {
             queue_capacity: 100_000,
             checkpoint_every: config.audit_checkpoint_every,
+            batch_delay: Duration::from_micros(config.audit_batch_delay_us),
             checkpoint_interval: Duration::from_secs(config.audit_checkpoint_interval_secs.max(1)),
             checkpoint_file: config.checkpoint_file(),
             keyring,

@@ -37,6 +37,9 @@ pub fn prometheus() -> &'static PrometheusHandle {
             .and_then(|b| {
                 b.set_buckets_for_metric(Matcher::Full(m::PERSIST_BATCH_SIZE.into()), &sizes)
             })
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Full(m::AUDIT_BATCH_SIZE.into()), &sizes)
+            })
             .expect("static bucket lists are non-empty")
             .build_recorder();
         let handle = recorder.handle();

@@ -27,6 +27,7 @@ both_backends!(
     audit_chain_moved_under_the_broker_is_continued,
     rotation_under_live_load_loses_nothing,
     group_commit_writes_batches,
+    audit_events_gather_for_the_batch_delay,
 );
 
 /// A server whose configuration and data directory outlive it, so CLI
@@ -504,6 +505,65 @@ async fn group_commit_writes_batches(backend: Backend) {
         "batches average more than two rows: sum {sum}, count {count}"
     );
     server.stop().await;
+}
+
+/// Audit events that arrive within the batch delay of the first commit
+/// together, after it; a drain appends what waits without sitting out the
+/// delay.
+async fn audit_events_gather_for_the_batch_delay(backend: Backend) {
+    let Some((server, config, _data)) =
+        start(backend, |c| c.audit_batch_delay_us = 60_000_000).await
+    else {
+        return;
+    };
+    let url = config.database_url();
+    let audit = server.app.realtime.audit.clone();
+    for i in 0..5 {
+        audit.record(PendingAudit::new(
+            None,
+            None,
+            "test.gather",
+            serde_json::json!({ "i": i }),
+        ));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Without the delay each would have committed within milliseconds.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        audit_count(&url, "test.gather").await,
+        0,
+        "nothing is appended before the delay is over"
+    );
+    tokio::time::timeout(Duration::from_secs(20), server.stop())
+        .await
+        .expect("the drain does not wait out the 60 s delay");
+    assert_eq!(
+        audit_count(&url, "test.gather").await,
+        5,
+        "the drain appended every waiting event"
+    );
+    let verified = commands::audit_verify(&config).await.expect("verify");
+    assert!(verified.ok, "the chain verifies: {verified:?}");
+}
+
+/// Audit entries of `action` in the store at `url`.
+async fn audit_count(url: &str, action: &str) -> i64 {
+    let statement = "SELECT count(*) FROM audit_logs WHERE action = $1";
+    if url.starts_with("sqlite") {
+        let mut conn = sqlx::SqliteConnection::connect(url).await.expect("sqlite");
+        sqlx::query_scalar(statement)
+            .bind(action)
+            .fetch_one(&mut conn)
+            .await
+            .expect("count")
+    } else {
+        let mut conn = sqlx::PgConnection::connect(url).await.expect("postgres");
+        sqlx::query_scalar(statement)
+            .bind(action)
+            .fetch_one(&mut conn)
+            .await
+            .expect("count")
+    }
 }
 
 /// On SQLite a batch takes up to 4,096 writes by default, not 512: its

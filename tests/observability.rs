@@ -48,6 +48,7 @@ async fn metrics_pass_promtool() {
         "courier_publish_ack_seconds_bucket",
         "courier_persist_batch_size_bucket",
         "courier_audit_entries_total",
+        "courier_audit_batch_size_bucket",
         "courier_process_resident_memory_bytes",
         "courier_process_open_fds",
     ] {

@@ -8,29 +8,32 @@
 //! only [`AuditMsg::Drain`].
 //!
 //! **Does**: a loop (on the [`store_thread`] on PostgreSQL) takes every
-//! queued event, chains the batch in memory ([`audit_chain::chain`], so
-//! batched entries are linked exactly like single ones), appends it in one
-//! transaction, retrying while the store is down, and only then moves its
-//! head. Should the stored chain have moved past the head it read (a crashed
-//! broker's last append landing late), it links the batch after the stored
-//! head rather than refusing it forever. (On SQLite an append made while a
-//! message batch commits goes into that batch's transaction instead of a
-//! commit of its own: see `store::audit_ride`.) Every `checkpoint_every`
-//! entries, or every `checkpoint_interval` when anything changed, it signs
+//! queued event, lets more gather for `batch_delay` (one commit for a burst
+//! of connects rather than one each), chains the batch in memory
+//! ([`audit_chain::chain`], so batched entries are linked exactly like
+//! single ones), appends it in one transaction, retrying while the store is
+//! down, and only then moves its head. Should the stored chain have moved
+//! past the head it read (a crashed broker's last append landing late), it
+//! links the batch after the stored head rather than refusing it forever.
+//! (On SQLite an append made while a message batch commits goes into that
+//! batch's transaction instead of a commit of its own: see
+//! `store::audit_ride`.) Every `checkpoint_every` entries, or every
+//! `checkpoint_interval` when anything changed, it signs
 //! `{seq, head_hash, time}` with the keyring's Ed25519 checkpoint key and
 //! writes the checkpoint both to the store and to an append-only file outside
 //! the database.
 //!
 //! **Supervised by** the root supervisor. **A crash** loses the events queued
-//! but not yet appended; the chain in the store stays consistent, because the
-//! head is re-read from the store on start.
+//! but not yet appended (up to `batch_delay`'s worth more than without the
+//! delay; a drain appends them at once); the chain in the store stays
+//! consistent, because the head is re-read from the store on start.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use metrics::counter;
+use metrics::{counter, histogram};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -79,6 +82,10 @@ impl AuditHandle {
 pub struct AuditConfig {
     pub queue_capacity: usize,
     pub checkpoint_every: u64,
+    /// How long a batch waits for more events before it is appended; zero
+    /// appends at once (events that queue during an append still join the
+    /// next one).
+    pub batch_delay: Duration,
     pub checkpoint_interval: Duration,
     /// The append-only file of signed checkpoints, outside the database.
     pub checkpoint_file: PathBuf,
@@ -210,6 +217,9 @@ async fn chain_loop(
         if received == 0 {
             break; // closed and empty
         }
+        if received != usize::MAX {
+            gather(&mut rx, &mut queued, config.batch_delay, &stop).await;
+        }
         let pending: Vec<PendingAudit> = queued
             .drain(..)
             .filter_map(|q| match q {
@@ -221,6 +231,7 @@ async fn chain_loop(
             let (mut records, new_head) = audit_chain::chain(&head, pending);
             head = append_with_retry(&*store, &mut records, new_head).await;
             counter!(m::AUDIT_ENTRIES).increment(records.len() as u64);
+            histogram!(m::AUDIT_BATCH_SIZE).record(records.len() as f64);
         }
         let due = head.seq >= checkpointed_seq + config.checkpoint_every
             || (head.seq > checkpointed_seq
@@ -233,6 +244,30 @@ async fn chain_loop(
     }
     if head.seq > checkpointed_seq {
         checkpoint(&*store, &config, &file, &head).await;
+    }
+}
+
+/// Lets events join `queued` for up to `delay` after the first arrived, so
+/// that a burst (a connect writes two entries, a disconnect one) commits in
+/// one transaction instead of one per event: each commit is an `fsync`.
+/// Nobody waits for an append, so the delay is added to no caller's
+/// latency. Stops early when the batch is full or a drain has begun.
+async fn gather(
+    rx: &mut mpsc::Receiver<Queued>,
+    queued: &mut Vec<Queued>,
+    delay: Duration,
+    stop: &AtomicBool,
+) {
+    if delay.is_zero() {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + delay;
+    while queued.len() < BATCH_MAX && !stop.load(Ordering::SeqCst) {
+        let more = rx.recv_many(queued, BATCH_MAX - queued.len());
+        match tokio::time::timeout_at(deadline, more).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
     }
 }
 

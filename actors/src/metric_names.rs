@@ -32,6 +32,8 @@ pub const PERSIST_REJECTED: &str = "courier_persist_rejected_total";
 pub const PERSIST_RETRIES: &str = "courier_persist_retries_total";
 /// Audit entries appended to the chain (counter).
 pub const AUDIT_ENTRIES: &str = "courier_audit_entries_total";
+/// Entries per audit append, each one transaction (histogram).
+pub const AUDIT_BATCH_SIZE: &str = "courier_audit_batch_size";
 /// Failed authentications (counter; label `reason`).
 pub const AUTH_FAILURES: &str = "courier_auth_failures_total";
 /// Requests refused by a rate limit (counter; label `limit`).
@@ -89,6 +91,7 @@ pub fn describe() {
         "Persistence batches retried after a failure"
     );
     describe_counter!(AUDIT_ENTRIES, "Audit entries chained");
+    describe_histogram!(AUDIT_BATCH_SIZE, Unit::Count, "Entries per audit append");
     describe_counter!(AUTH_FAILURES, "Failed authentications");
     describe_counter!(RATE_LIMITED, "Requests refused by a rate limit");
     describe_counter!(

@@ -248,8 +248,9 @@ async fn chain_loop(
 }
 
 /// Lets events join `queued` for up to `delay` after the first arrived, so
-/// that a burst (a connect writes two entries, a disconnect one) commits in
-/// one transaction instead of one per event: each commit is an `fsync`.
+/// that a burst (each connect writes two entries, `ws.connect` and
+/// `channel.join`) commits in one transaction rather than in one per
+/// event or two: each commit is an `fsync`.
 /// Nobody waits for an append, so the delay is added to no caller's
 /// latency. Stops early when the batch is full or a drain has begun.
 async fn gather(

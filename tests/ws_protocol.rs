@@ -30,6 +30,7 @@ both_backends!(
     direct_and_broadcast_channels,
     non_members_are_refused_everywhere,
     two_connections_of_one_user,
+    a_connection_is_audited_from_connect_to_disconnect,
     full_batches_commit_side_by_side_in_seq_order,
 );
 
@@ -776,6 +777,44 @@ async fn two_connections_of_one_user(backend: Backend) {
         .await
         .expect("offline after the last connection");
     assert!(matches!(offline, ServerFrame::Presence(p) if p.user_id == doc.id));
+    server.stop().await;
+}
+
+/// An authenticated connection leaves `ws.connect` and, once it closes,
+/// `ws.disconnect` in the audit chain: the same user, the same `connId`.
+async fn a_connection_is_audited_from_connect_to_disconnect(backend: Backend) {
+    use courier_actors::store::{AuditFilter, AuditRecord};
+
+    let Some(server) = start(backend).await else {
+        return;
+    };
+    let nurse = server.user("nurse", Role::User).await;
+    let c = server.client(&nurse, Encoding::MessagePack).await;
+    c.close().await.expect("close");
+    let store = server.app.store.clone();
+    let entries = async |action: &str| -> Vec<AuditRecord> {
+        let filter = AuditFilter {
+            action: Some(action.into()),
+            actor_id: Some(nurse.id),
+            limit: 10,
+            ..AuditFilter::default()
+        };
+        store.list_audit(filter).await.expect("list audit")
+    };
+    let mut disconnects = Vec::new();
+    let audited = support::server::eventually(T, async || {
+        disconnects = entries("ws.disconnect").await;
+        !disconnects.is_empty()
+    })
+    .await;
+    assert!(audited, "ws.disconnect is audited");
+    let connects = entries("ws.connect").await;
+    assert_eq!(connects.len(), 1, "{connects:?}");
+    assert_eq!(disconnects.len(), 1, "{disconnects:?}");
+    let conn_id = &connects[0].details["connId"];
+    assert!(conn_id.is_u64(), "{connects:?}");
+    assert_eq!(&disconnects[0].details["connId"], conn_id);
+    assert!(disconnects[0].seq > connects[0].seq);
     server.stop().await;
 }
 

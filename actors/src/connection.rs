@@ -219,6 +219,11 @@ impl Actor for ConnectionActor {
                 conn_id: state.conn_id,
             };
             let _ = state.realtime.presence.cast(ForUser(identity.user_id, msg));
+            // The session's end, beside its `ws.connect`.
+            state.audit(
+                "ws.disconnect",
+                serde_json::json!({"connId": state.conn_id.0}),
+            );
         }
         for (channel_id, joined) in state.joined.drain() {
             let _ = joined.actor.cast(ChannelMsg::Leave {

@@ -507,9 +507,9 @@ async fn group_commit_writes_batches(backend: Backend) {
     server.stop().await;
 }
 
-/// Audit events that arrive within the batch delay of the first commit
-/// together, after it; a drain appends what waits without sitting out the
-/// delay.
+/// Audit events that arrive within the batch delay after the first one
+/// wait for it and commit together; a drain appends what waits without
+/// sitting out the delay.
 async fn audit_events_gather_for_the_batch_delay(backend: Backend) {
     let Some((server, config, _data)) =
         start(backend, |c| c.audit_batch_delay_us = 60_000_000).await

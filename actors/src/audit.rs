@@ -248,11 +248,11 @@ async fn chain_loop(
 }
 
 /// Lets events join `queued` for up to `delay` after the first arrived, so
-/// that a burst (each connect writes two entries, `ws.connect` and
-/// `channel.join`) commits in one transaction rather than in one per
-/// event or two: each commit is an `fsync`.
-/// Nobody waits for an append, so the delay is added to no caller's
-/// latency. Stops early when the batch is full or a drain has begun.
+/// that a burst (each connect writes `ws.connect` and `channel.join`)
+/// commits in one transaction rather than in one every event or two: each
+/// commit is an `fsync`. Nobody waits for an append, so the delay is added
+/// to no caller's latency. Stops early when the batch is full or a drain
+/// has begun.
 async fn gather(
     rx: &mut mpsc::Receiver<Queued>,
     queued: &mut Vec<Queued>,

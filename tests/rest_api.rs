@@ -807,6 +807,22 @@ async fn messages_publish_through_the_socket_path_and_page(backend: Backend) {
         .expect(200);
     assert_eq!(seqs(&older.body), vec![1, 2, 3]);
     assert_eq!(older.body["hasMore"], false);
+    // Each page read is audited, as a WebSocket fetch_history is.
+    let reader: UserId = doc.user_id.parse().expect("user id");
+    let ward_id: ChannelId = ward.parse().expect("channel id");
+    let mut counts = Vec::new();
+    let audited = rest::eventually(Duration::from_secs(5), async || {
+        let reads = api.audit_entries("history.read", 0).await;
+        counts = reads
+            .iter()
+            .filter(|r| r.actor_id == Some(reader) && r.details["channelId"] == json!(ward_id))
+            .map(|r| r.details["count"].as_u64().expect("count"))
+            .collect();
+        counts.len() >= 2
+    })
+    .await;
+    assert!(audited, "both page reads are audited: {counts:?}");
+    assert_eq!(counts, vec![3, 2], "newest first");
     for query in [
         "limit=0",
         "limit=101",

@@ -348,6 +348,12 @@ pub(super) async fn messages(
         .read_history(caller.principal(&app), id, before, limit)
         .await
         .map_err(|e| caller.access_error(&app, "channels.messages", json!({"channelId": id}), e))?;
+    // The same entry as a WebSocket `fetch_history`: decrypted messages left.
+    caller.audit(
+        &app,
+        "history.read",
+        json!({"channelId": id, "count": messages.len()}),
+    );
     Ok(Json(json!({"messages": messages, "hasMore": has_more})))
 }
 

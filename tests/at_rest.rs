@@ -10,7 +10,7 @@ use std::time::Duration;
 use courier::commands;
 use courier::config::Config;
 use courier_actors::audit_chain::{self, ChainHead, PendingAudit};
-use courier_actors::store::{ChannelKind, Role};
+use courier_actors::store::{AuditFilter, ChannelKind, Role};
 use courier_protocol::client::{Client, ClientError};
 use courier_protocol::codec::Encoding;
 use courier_protocol::frames::*;
@@ -547,23 +547,16 @@ async fn audit_events_gather_for_the_batch_delay(backend: Backend) {
 }
 
 /// Audit entries of `action` in the store at `url`.
-async fn audit_count(url: &str, action: &str) -> i64 {
-    let statement = "SELECT count(*) FROM audit_logs WHERE action = $1";
-    if url.starts_with("sqlite") {
-        let mut conn = sqlx::SqliteConnection::connect(url).await.expect("sqlite");
-        sqlx::query_scalar(statement)
-            .bind(action)
-            .fetch_one(&mut conn)
-            .await
-            .expect("count")
-    } else {
-        let mut conn = sqlx::PgConnection::connect(url).await.expect("postgres");
-        sqlx::query_scalar(statement)
-            .bind(action)
-            .fetch_one(&mut conn)
-            .await
-            .expect("count")
-    }
+async fn audit_count(url: &str, action: &str) -> usize {
+    let store = courier_actors::store::connect(url)
+        .await
+        .expect("a second store");
+    let filter = AuditFilter {
+        action: Some(action.into()),
+        limit: 1000,
+        ..AuditFilter::default()
+    };
+    store.list_audit(filter).await.expect("list audit").len()
 }
 
 /// On SQLite a batch takes up to 4,096 writes by default, not 512: its

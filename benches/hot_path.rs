@@ -5,11 +5,11 @@
 //!   (what the server decodes per send) and a `new_message` (what it encodes
 //!   once per push, and what every client decodes);
 //! - seal and open of a 100-byte message (`MessageCipher`, warm key cache);
-//! - one audit chain step (`audit_chain::chain` with one entry).
+//! - one audit chain step (`chain::chain` with one entry).
 
 use std::hint::black_box;
 
-use courier_actors::audit_chain::{chain, ChainHead, PendingAudit};
+use courier_actors::audit::chain::{chain, ChainHead, PendingAudit};
 use courier_actors::crypto::{Keyring, MessageCipher};
 use courier_protocol::frames::{ClientRequest, MessageView, SendMessage};
 use courier_protocol::{

@@ -4,9 +4,9 @@
 
 use std::io::{BufRead, IsTerminal, Write};
 
-use courier_actors::audit_chain::{self, VerifyReport};
+use courier_actors::audit::chain::{self, VerifyReport};
 use courier_actors::crypto::{Keyring, MessageCipher};
-use courier_actors::store::{NewUser, Role};
+use courier_actors::durable::store::{NewUser, Role};
 use courier_protocol::UserId;
 
 use crate::config::Config;
@@ -21,7 +21,7 @@ pub enum CommandError {
     #[error(transparent)]
     Secrets(#[from] secrets::SecretsError),
     #[error("store: {0}")]
-    Store(#[from] courier_actors::store::StoreError),
+    Store(#[from] courier_actors::durable::store::StoreError),
     #[error("{0}")]
     Invalid(String),
     #[error("io: {0}")]
@@ -106,7 +106,7 @@ pub async fn audit_verify(config: &Config) -> Result<VerifyReport, CommandError>
     let secrets = secrets::resolve(config)?;
     let store = open_store(config).await?;
     let file = config.checkpoint_file();
-    let report = audit_chain::verify_store(&*store, &secrets.keyring, Some(&file))
+    let report = chain::verify_store(&*store, &secrets.keyring, Some(&file))
         .await
         .map_err(|e| CommandError::Invalid(e.to_string()))?;
     println!(
@@ -159,7 +159,7 @@ pub async fn keys_rotate(config: &Config) -> Result<u32, CommandError> {
 
 /// Re-encrypts every message not on `active`, in batches, with progress.
 async fn reencrypt_all(
-    store: &dyn courier_actors::store::Store,
+    store: &dyn courier_actors::durable::store::Store,
     cipher: &MessageCipher,
     active: u32,
     total: u64,

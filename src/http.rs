@@ -9,8 +9,8 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, Response, StatusCode};
 use axum::routing::get;
 use axum::Router;
+use courier_actors::durable::store::DynStore;
 use courier_actors::realtime::Realtime;
-use courier_actors::store::DynStore;
 use courier_protocol::ErrorCode;
 
 use crate::auth::passwords::Passwords;

@@ -16,7 +16,7 @@ use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use courier_actors::metric_names;
+use courier_actors::telemetry::names;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
@@ -60,7 +60,7 @@ impl<K: Hash + Eq + Clone> KeyedLimit<K> {
             limiter.shrink_to_fit();
         }
         limiter.check_key(key).map_err(|not_until| {
-            metrics::counter!(metric_names::RATE_LIMITED, "limit" => self.label).increment(1);
+            metrics::counter!(names::RATE_LIMITED, "limit" => self.label).increment(1);
             not_until.wait_time_from(DefaultClock::default().now())
         })
     }

@@ -13,14 +13,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use courier_actors::audit::AuditConfig;
-use courier_actors::audit_chain::PendingAudit;
+use courier_actors::audit::actor::AuditConfig;
+use courier_actors::audit::chain::PendingAudit;
 use courier_actors::crypto::{Keyring, MessageCipher};
-use courier_actors::persistence::PersistenceConfig;
-use courier_actors::phi::{PhiDetector, PhiKind};
+use courier_actors::durable::persistence::PersistenceConfig;
+use courier_actors::durable::retention::RetentionConfig;
+use courier_actors::durable::store::{self, DynStore, NewUser, Role, StoreError};
+use courier_actors::policy::phi::{PhiDetector, PhiKind};
 use courier_actors::realtime::{Limits, Realtime, RealtimeDeps};
-use courier_actors::retention::RetentionConfig;
-use courier_actors::store::{self, DynStore, NewUser, Role, StoreError};
 use courier_protocol::UserId;
 use tokio::net::TcpListener;
 

@@ -7,7 +7,7 @@
 
 use std::sync::OnceLock;
 
-use courier_actors::metric_names as m;
+use courier_actors::telemetry::names as m;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use courier::commands;
 use courier::config::Config;
-use courier_actors::audit_chain::{self, ChainHead, PendingAudit};
-use courier_actors::store::{AuditFilter, ChannelKind, Role};
+use courier_actors::audit::chain::{self, ChainHead, PendingAudit};
+use courier_actors::durable::store::{AuditFilter, ChannelKind, Role};
 use courier_protocol::client::{Client, ClientError};
 use courier_protocol::codec::Encoding;
 use courier_protocol::frames::*;
@@ -334,7 +334,7 @@ async fn audit_chain_moved_under_the_broker_is_continued(backend: Backend) {
     };
     let url = config.database_url();
     let u = server.user("u", Role::User).await;
-    let store = courier_actors::store::connect(&url)
+    let store = courier_actors::durable::store::connect(&url)
         .await
         .expect("a second store");
     let foreign = |i: u64| PendingAudit {
@@ -350,7 +350,7 @@ async fn audit_chain_moved_under_the_broker_is_continued(backend: Backend) {
     let mut attempts = 0;
     let foreign_head = loop {
         let head = ChainHead::after(store.audit_head().await.expect("head").as_ref());
-        let (records, after) = audit_chain::chain(&head, (1..=3).map(foreign).collect());
+        let (records, after) = chain::chain(&head, (1..=3).map(foreign).collect());
         match store.append_audit(&records).await {
             Ok(()) => break after,
             Err(e) if attempts < 20 => {
@@ -548,7 +548,7 @@ async fn audit_events_gather_for_the_batch_delay(backend: Backend) {
 
 /// Audit entries of `action` in the store at `url`.
 async fn audit_count(url: &str, action: &str) -> usize {
-    let store = courier_actors::store::connect(url)
+    let store = courier_actors::durable::store::connect(url)
         .await
         .expect("a second store");
     let filter = AuditFilter {
@@ -652,9 +652,9 @@ impl ractor::Actor for Root {
 /// of the workers could not run.
 #[tokio::test(flavor = "current_thread")]
 async fn a_write_commits_while_every_worker_is_busy_on_postgres() {
-    use courier_actors::persistence::{PersistReply, PersistenceActor, PersistenceConfig};
-    use courier_actors::store::{StoredMessage, WriteOp, WriteOutcome};
-    use courier_actors::store_thread;
+    use courier_actors::durable::persistence::{PersistReply, PersistenceActor, PersistenceConfig};
+    use courier_actors::durable::store::{StoredMessage, WriteOp, WriteOutcome};
+    use courier_actors::durable::store_thread;
     use courier_protocol::UserId;
     use tokio::sync::oneshot::{self, error::TryRecvError};
 
@@ -664,10 +664,11 @@ async fn a_write_commits_while_every_worker_is_busy_on_postgres() {
     // Opened on the store thread, whose runtime then answers the pool's
     // connections (those opened here would wait for this held worker).
     let opening = url.clone();
-    let store = store_thread::spawn(async move { courier_actors::store::connect(&opening).await })
-        .await
-        .expect("the store thread")
-        .expect("a PostgreSQL store");
+    let store =
+        store_thread::spawn(async move { courier_actors::durable::store::connect(&opening).await })
+            .await
+            .expect("the store thread")
+            .expect("a PostgreSQL store");
     let (root, _) = ractor::Actor::spawn(None, Root, ()).await.expect("root");
     let config = PersistenceConfig {
         batch_max: 16,

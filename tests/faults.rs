@@ -45,7 +45,7 @@ use std::time::{Duration, Instant};
 
 use courier::auth::tokens::Tokens;
 use courier::config::Secret;
-use courier_actors::store::{
+use courier_actors::durable::store::{
     self, Channel, ChannelKind, ChannelRole, Member, NewUser, Role, Session, WriteOp,
 };
 use courier_protocol::client::{Client, ClientError};
@@ -455,7 +455,7 @@ async fn store_outage_postgres() {
     // KNOWN (reported, not fixed here): while the database refuses
     // connections, PostgreSQL answers SQLSTATE 55000 ("database ... is not
     // currently accepting connections"), which the PostgreSQL store does not
-    // classify as unavailable (`classify` in actors/src/store/postgres.rs).
+    // classify as unavailable (`classify` in actors/src/durable/store/postgres.rs).
     // The store lookups of a send then fail as `internal`. Nothing is stored
     // for them, so clients resend them like `unavailable` ones.
     let odd: Vec<&String> = refusals

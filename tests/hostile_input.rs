@@ -788,14 +788,16 @@ async fn frames() {
         .await
         .expect("server");
     let url = server.ws_url();
-    let good = server.user("good", courier_actors::store::Role::User).await;
+    let good = server
+        .user("good", courier_actors::durable::store::Role::User)
+        .await;
     let watcher = server
-        .user("watcher", courier_actors::store::Role::User)
+        .user("watcher", courier_actors::durable::store::Role::User)
         .await;
     let mallory = server
-        .user("mallory", courier_actors::store::Role::User)
+        .user("mallory", courier_actors::durable::store::Role::User)
         .await;
-    let kind = courier_actors::store::ChannelKind::Private;
+    let kind = courier_actors::durable::store::ChannelKind::Private;
     let good_ch = server.channel("ward", kind, &good, &[&watcher]).await;
     let own = server
         .channel("mallory's", kind, &mallory, &[])
@@ -1290,7 +1292,7 @@ fn split_message(opcode: u8, payload: &[u8], size: usize) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_framing() {
-    use courier_actors::store::{ChannelKind, Role};
+    use courier_actors::durable::store::{ChannelKind, Role};
     let server = support::server::TestServer::start(Backend::Sqlite)
         .await
         .expect("server");
@@ -1790,7 +1792,7 @@ async fn forged_tokens() {
 /// key (which anyone has) is the classic algorithm-confusion forgery.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_tokens_on_an_rs256_server() {
-    use courier_actors::store::{ChannelKind, Role};
+    use courier_actors::durable::store::{ChannelKind, Role};
     let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).expect("RSA key");
     let other = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).expect("RSA key");
     let keys = tempfile::tempdir().expect("tmp");
@@ -2918,7 +2920,7 @@ mod nul_in_a_reaction {
 /// is where it belongs; these rows fail until it refuses U+0000 too, as it
 /// already does for `clientMsgId` (`invalid_frame`).
 async fn nul_in_a_reaction(backend: Backend) {
-    use courier_actors::store::{ChannelKind, Role};
+    use courier_actors::durable::store::{ChannelKind, Role};
     let Some(server) = support::server::TestServer::start(backend).await else {
         return;
     };

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use courier_actors::store::{ChannelKind, Role};
+use courier_actors::durable::store::{ChannelKind, Role};
 use courier_protocol::codec::Encoding;
 use courier_protocol::frames::*;
 use support::server::{eventually, test_config, Backend, TestServer};

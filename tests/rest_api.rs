@@ -11,8 +11,8 @@ mod support;
 use std::time::Duration;
 
 use courier::api::openapi::ENDPOINTS;
-use courier_actors::identity::Identity;
-use courier_actors::store::Role;
+use courier_actors::durable::store::Role;
+use courier_actors::policy::identity::Identity;
 use courier_protocol::client::Client;
 use courier_protocol::frames::ServerFrame;
 use courier_protocol::{ChannelId, SessionId, UserId};

@@ -6,7 +6,7 @@
 mod support;
 
 use base64::Engine;
-use courier_actors::store::Role;
+use courier_actors::durable::store::Role;
 use courier_protocol::client::Client;
 use support::server::{Backend, TestServer};
 

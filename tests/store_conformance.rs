@@ -10,8 +10,8 @@ mod support;
 
 use std::collections::BTreeMap;
 
-use courier_actors::store::sqlite::SqliteStore;
-use courier_actors::store::{
+use courier_actors::durable::store::sqlite::SqliteStore;
+use courier_actors::durable::store::{
     AuditFilter, AuditRecord, Channel, ChannelKind, ChannelPatch, ChannelRole, Checkpoint,
     ClientMsgRef, DynStore, Member, NewUser, Reencrypted, RefreshOutcome, Role, Session,
     StoreError, StoredMessage, Turn, User, UserPatch, WriteOp, WriteOutcome,
@@ -37,7 +37,7 @@ macro_rules! conformance {
             $(
                 #[tokio::test]
                 async fn $story() {
-                    let store = courier_actors::store::connect("sqlite::memory:")
+                    let store = courier_actors::durable::store::connect("sqlite::memory:")
                         .await
                         .expect("open an in-memory SQLite store");
                     assert_eq!(store.backend(), "sqlite");
@@ -264,7 +264,7 @@ async fn insert(store: &DynStore, messages: impl IntoIterator<Item = StoredMessa
     assert_eq!(outcomes, vec![WriteOutcome::Done; ops.len()]);
 }
 
-fn seqs(rows: &[courier_actors::store::MessageRow]) -> Vec<u64> {
+fn seqs(rows: &[courier_actors::durable::store::MessageRow]) -> Vec<u64> {
     rows.iter().map(|r| r.message.seq).collect()
 }
 
@@ -1657,7 +1657,7 @@ async fn postgres_writer_lock_admits_one_broker() {
     let Some((first, url)) = support::fresh_postgres().await else {
         return;
     };
-    let second = courier_actors::store::connect(&url)
+    let second = courier_actors::durable::store::connect(&url)
         .await
         .expect("second store");
     let wait = std::time::Duration::from_millis(300);
@@ -1745,7 +1745,7 @@ async fn postgres_writer_lock_waits_for_a_predecessors_commits() {
     );
     // The predecessor "dies": its writer lock's session ends at once.
     drop(held);
-    let second = courier_actors::store::connect(&url)
+    let second = courier_actors::durable::store::connect(&url)
         .await
         .expect("second store");
     let lock = second

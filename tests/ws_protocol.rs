@@ -8,7 +8,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use courier_actors::store::{ChannelKind, Role};
+use courier_actors::durable::store::{ChannelKind, Role};
 use courier_protocol::client::{Client, ClientError};
 use courier_protocol::codec::Encoding;
 use courier_protocol::error::close;
@@ -783,7 +783,7 @@ async fn two_connections_of_one_user(backend: Backend) {
 /// An authenticated connection leaves `ws.connect` and, once it closes,
 /// `ws.disconnect` in the audit chain: the same user, the same `connId`.
 async fn a_connection_is_audited_from_connect_to_disconnect(backend: Backend) {
-    use courier_actors::store::{AuditFilter, AuditRecord};
+    use courier_actors::durable::store::{AuditFilter, AuditRecord};
 
     let Some(server) = start(backend).await else {
         return;

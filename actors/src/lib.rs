@@ -18,47 +18,60 @@
 //! ```
 //!
 //! # Layout
-//! - [`realtime`]: the root supervisor and the handles the edge uses.
-//! - [`connection`], [`channel`], [`channel_directory`], [`presence`],
-//!   [`persistence`], [`audit`], [`retention`]: one actor per file.
-//! - [`outbound`]: a connection's bounded queue and its vectored writer.
-//! - [`wire`]: server frames built once as the bytes that go on the wire.
-//! - [`authz`]: every authorization decision.
-//! - [`history`]: decrypting stored messages for history and replay.
-//! - [`frames_out`]: building server frames.
-//! - [`store`]: the `Store` trait with its PostgreSQL and SQLite backends.
-//! - [`store_thread`]: the thread the persistence and audit write loops run
-//!   on with PostgreSQL, away from the connection tasks.
+//! One folder per subsystem, each with a module doc: what it owns, what it
+//! takes, who it talks to, what a crash does.
+//! - [`realtime`]: the root supervisor ([`Realtime`](realtime::Realtime),
+//!   the handles the edge uses), and the actors a live message crosses:
+//!   connections (their reader task, outbound queue and writer, the flush
+//!   line), channels and their directory, presence, and the frames built
+//!   once for the wire.
+//! - [`durable`]: the [`store`](durable::store) with its PostgreSQL and
+//!   SQLite backends, the persistence actor (group commit), the store's
+//!   thread, history decryption, and the retention actor.
+//! - [`audit`]: the audit actor and the pure SHA-256 chain with its signed
+//!   checkpoints.
+//! - [`policy`]: authorization, identity, PHI detection; pure decisions.
 //! - [`crypto`]: the master keyring and per-channel AES-256-GCM message keys.
-//! - [`audit_chain`]: the SHA-256 hash chain and signed checkpoints (pure).
-//! - [`phi`]: detectors that flag protected health information in text.
-//! - [`metric_names`]: every `courier_*` metric.
+//! - [`telemetry`]: the name of every `courier_*` metric.
+//!
+//! Edges point down: `realtime` uses `durable`, `audit`, `policy` and
+//! `crypto`; `durable` answers its writers through reply targets they give
+//! it (ractor's `DerivedActorRef`), never by naming their message types.
 
 #![forbid(unsafe_code)]
 #![warn(unreachable_pub)]
 
+/// `variant_message!(Outer::Variant(Inner))`: `Inner` converts into
+/// `Outer::Variant` and back, so that a lower subsystem can send `Inner`
+/// through a [`ractor::DerivedActorRef`] without naming `Outer` (ractor
+/// needs the way back to return an undelivered message).
+macro_rules! variant_message {
+    ($outer:ident :: $variant:ident ( $inner:ty )) => {
+        impl From<$inner> for $outer {
+            fn from(inner: $inner) -> Self {
+                $outer::$variant(inner)
+            }
+        }
+
+        impl TryFrom<$outer> for $inner {
+            type Error = $outer;
+
+            fn try_from(outer: $outer) -> Result<Self, $outer> {
+                match outer {
+                    $outer::$variant(inner) => Ok(inner),
+                    other => Err(other),
+                }
+            }
+        }
+    };
+}
+
 pub mod audit;
-pub mod audit_chain;
-pub mod authz;
-pub mod channel;
-pub mod channel_directory;
-pub mod connection;
 pub mod crypto;
-pub mod flush_line;
-pub mod frames_out;
-pub mod history;
-pub mod identity;
-pub mod metric_names;
-pub mod outbound;
-pub mod persistence;
-pub mod phi;
-pub mod presence;
-pub mod reader;
+pub mod durable;
+pub mod policy;
 pub mod realtime;
-pub mod retention;
-pub mod store;
-pub mod store_thread;
-pub mod wire;
+pub mod telemetry;
 
 /// Milliseconds since the Unix epoch, the unit of every timestamp.
 pub fn now_ms() -> i64 {

@@ -10,11 +10,11 @@
 
 use std::collections::BTreeSet;
 
-use courier_actors::audit_chain::{
+use courier_actors::audit::chain::{
     chain, record_hash, sign_checkpoint, ChainHead, ChainVerifier, PendingAudit, VerifyReport,
     GENESIS_HASH,
 };
-use courier_actors::store::{AuditRecord, Checkpoint};
+use courier_actors::durable::store::{AuditRecord, Checkpoint};
 use courier_protocol::UserId;
 use ed25519_dalek::SigningKey;
 use proptest::prelude::*;

@@ -1,6 +1,6 @@
 //! Regression tests for the first crash of the `connection` fuzz target
 //! (fuzz/README.md, 2026-11-23): "attempt to add with overflow" at
-//! `actors/src/outbound.rs:158` in `Outbound::push`.
+//! `actors/src/realtime/outbound.rs:158` in `Outbound::push`.
 //!
 //! `Outbound::close_after_queued` sends its close frame straight into the
 //! channel without adding its length to the queue's unwritten-bytes count,
@@ -19,10 +19,10 @@
 //! Fixed: `close_after_queued` counts its close frame. Run:
 //! `cargo test -p courier-actors --test outbound_close_accounting`.
 
-use courier_actors::outbound::{
+use courier_actors::realtime::outbound::{
     outbound, run_writer, ConnId, Outbound, Push, QueueLimits, WriterEnd,
 };
-use courier_actors::wire::{self, Opcode};
+use courier_actors::realtime::wire::{self, Opcode};
 use courier_protocol::codec::Encoding;
 use tokio::io::AsyncReadExt;
 

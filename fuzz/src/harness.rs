@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use courier::config::Config;
 use courier::server;
-use courier_actors::store::{
+use courier_actors::durable::store::{
     Channel, ChannelKind, ChannelRole, Member, NewUser, Role, Session, WriteOp,
 };
 use courier_protocol::client::Client;

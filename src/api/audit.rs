@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::Json;
-use courier_actors::audit_chain::{self, AuditChainError};
-use courier_actors::authz::Action;
-use courier_actors::store::{AuditFilter, StoreError};
+use courier_actors::audit::chain::{self, AuditChainError};
+use courier_actors::durable::store::{AuditFilter, StoreError};
+use courier_actors::policy::authz::Action;
 use courier_protocol::UserId;
 use serde_json::{json, Value};
 
@@ -50,7 +50,7 @@ pub(super) async fn verify(State(app): State<Arc<App>>, caller: Caller) -> ApiRe
     caller.authorize(&app, Action::ReadAudit, "audit.verify", json!({}))?;
     let keyring = app.realtime.cipher.keyring();
     let file = app.config.checkpoint_file();
-    let report = audit_chain::verify_store(&*app.store, &keyring, Some(&file))
+    let report = chain::verify_store(&*app.store, &keyring, Some(&file))
         .await
         .map_err(|e| match e {
             AuditChainError::Store(StoreError::Unavailable(_)) => ApiError::unavailable(),

@@ -13,8 +13,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use courier_actors::metric_names;
-use courier_actors::store::{NewUser, RefreshOutcome, Role, Session, User, UserPatch};
+use courier_actors::durable::store::{NewUser, RefreshOutcome, Role, Session, User, UserPatch};
+use courier_actors::telemetry::names;
 use courier_protocol::{SessionId, UserId};
 use serde::Deserialize;
 use serde_json::json;
@@ -74,7 +74,7 @@ pub(super) async fn register(
         })
         .await
         .map_err(|e| match e {
-            courier_actors::store::StoreError::Conflict(_) => {
+            courier_actors::durable::store::StoreError::Conflict(_) => {
                 ApiError::conflict("username: already taken")
             }
             e => e.into(),
@@ -107,7 +107,7 @@ pub(super) async fn login(
     validate::presented("password", &body.password)?;
     let username: String = body.username.chars().take(64).collect();
     let failed = |user: Option<UserId>, reason: &'static str, extra: serde_json::Value| {
-        metrics::counter!(metric_names::AUTH_FAILURES, "reason" => if reason == "locked" { "locked" } else { "password" })
+        metrics::counter!(names::AUTH_FAILURES, "reason" => if reason == "locked" { "locked" } else { "password" })
             .increment(1);
         let mut details = json!({"username": username, "reason": reason});
         if let (Some(map), Some(more)) = (details.as_object_mut(), extra.as_object()) {
@@ -266,8 +266,7 @@ pub(super) async fn refresh(
         } => {
             app.realtime
                 .revoke_sessions(user_id, Some(vec![session_id]));
-            metrics::counter!(metric_names::AUTH_FAILURES, "reason" => "refresh_reuse")
-                .increment(1);
+            metrics::counter!(names::AUTH_FAILURES, "reason" => "refresh_reuse").increment(1);
             app.realtime.audit.record(client.event(
                 Some(user_id),
                 "auth.refresh_reuse",
@@ -278,7 +277,7 @@ pub(super) async fn refresh(
             ))
         }
         RefreshOutcome::Unknown => {
-            metrics::counter!(metric_names::AUTH_FAILURES, "reason" => "refresh").increment(1);
+            metrics::counter!(names::AUTH_FAILURES, "reason" => "refresh").increment(1);
             Err(ApiError::auth_failed("invalid or expired refresh token"))
         }
     }

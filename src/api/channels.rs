@@ -12,10 +12,12 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use courier_actors::authz::{self, Action};
-use courier_actors::channel::ChannelMsg;
+use courier_actors::durable::store::{
+    Channel, ChannelKind, ChannelPatch, ChannelRole, Member, WriteOp,
+};
+use courier_actors::policy::authz::{self, Action};
+use courier_actors::realtime::channel::ChannelMsg;
 use courier_actors::realtime::AccessError;
-use courier_actors::store::{Channel, ChannelKind, ChannelPatch, ChannelRole, Member, WriteOp};
 use courier_protocol::{ChannelId, UserId};
 use serde::{Deserialize, Deserializer};
 use serde_json::{json, Value};

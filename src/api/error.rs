@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use courier_actors::channel::ChannelError;
+use courier_actors::durable::store::StoreError;
+use courier_actors::realtime::channel::ChannelError;
 use courier_actors::realtime::AccessError;
-use courier_actors::store::StoreError;
 use courier_protocol::ErrorCode;
 
 use crate::auth::passwords::PasswordError;

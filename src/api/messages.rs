@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use courier_actors::channel::{Accepted, Reply, Sender};
+use courier_actors::realtime::channel::{Accepted, Reply, Sender};
 use courier_actors::realtime::{Publish, PublishError};
 use courier_protocol::{ChannelId, MessageId};
 use serde::Deserialize;
@@ -116,7 +116,7 @@ pub(super) async fn send(
                 .await
                 .map_err(|_| ApiError::unavailable())?
                 .ok_or_else(|| ApiError::internal("the original message is gone"))?;
-            let original = courier_actors::history::open_row(&app.realtime.cipher, row)
+            let original = courier_actors::durable::history::open_row(&app.realtime.cipher, row)
                 .map_err(|_| ApiError::internal("the original message cannot be read"))?;
             Ok((StatusCode::OK, Json(json!(original))))
         }

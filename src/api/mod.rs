@@ -19,7 +19,7 @@
 //! user), and, outside `/api/auth/*`, the per-user limit
 //! (`rest_per_15min`) applies. The [`Caller`](extract::Caller) it leaves in
 //! the request is what handlers authorize with: every decision is
-//! `courier_actors::authz::decide`, and every denial is audited
+//! `courier_actors::policy::authz::decide`, and every denial is audited
 //! (`access.denied`) and answers 403. The limiters live in the [`Gate`]
 //! the router's middleware holds, so two servers in one process never share
 //! counts.
@@ -46,8 +46,8 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use axum::{Extension, Router};
-use courier_actors::identity::AuthRejected;
-use courier_actors::metric_names;
+use courier_actors::policy::identity::AuthRejected;
+use courier_actors::telemetry::names;
 use courier_protocol::UserId;
 
 use crate::http::App;
@@ -180,7 +180,7 @@ async fn authenticate(gate: &Gate, counted: bool, mut req: Request, next: Next) 
     let identity = match gate.app.realtime.authenticator.authenticate(token).await {
         Ok(identity) => identity,
         Err(rejected) => {
-            metrics::counter!(metric_names::AUTH_FAILURES, "reason" => "token").increment(1);
+            metrics::counter!(names::AUTH_FAILURES, "reason" => "token").increment(1);
             return match rejected {
                 AuthRejected::Unavailable => ApiError::unavailable(),
                 other => ApiError::auth_failed(other.to_string()),

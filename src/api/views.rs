@@ -1,7 +1,7 @@
 //! JSON shapes of the REST answers (camelCase, timestamps in ms). Nothing
 //! secret leaves through them: no password hashes, no refresh-token hashes.
 
-use courier_actors::store::{Channel, Member, Session, User};
+use courier_actors::durable::store::{Channel, Member, Session, User};
 use courier_protocol::{SessionId, UserId};
 use serde_json::{json, Value};
 
@@ -59,6 +59,10 @@ pub fn session(s: &Session, current: SessionId) -> Value {
 }
 
 /// The answer of `/api/users/{id}/permissions`.
-pub fn permissions(user: UserId, role: courier_actors::store::Role, names: Vec<String>) -> Value {
+pub fn permissions(
+    user: UserId,
+    role: courier_actors::durable::store::Role,
+    names: Vec<String>,
+) -> Value {
     json!({"userId": user, "role": role, "permissions": names})
 }

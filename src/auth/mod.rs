@@ -7,8 +7,8 @@ pub mod tokens;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use courier_actors::identity::{AuthRejected, Authenticator, Identity};
-use courier_actors::store::{DynStore, StoreError};
+use courier_actors::durable::store::{DynStore, StoreError};
+use courier_actors::policy::identity::{AuthRejected, Authenticator, Identity};
 
 use tokens::Tokens;
 

@@ -31,7 +31,7 @@ pub mod server;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use courier_actors::store::{self, DynStore};
+use courier_actors::durable::store::{self, DynStore};
 use sqlx::{Connection, Executor, PgConnection};
 use tempfile::TempDir;
 use uuid::Uuid;

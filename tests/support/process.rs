@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use courier_actors::audit_chain::VerifyReport;
+use courier_actors::audit::chain::VerifyReport;
 use tokio::process::{Child, Command};
 
 /// The binary under test, built by cargo for integration tests.

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use courier::config::{Config, Secret};
-use courier_actors::store::{AuditFilter, AuditRecord};
+use courier_actors::durable::store::{AuditFilter, AuditRecord};
 use reqwest::header::HeaderMap;
 use reqwest::Method;
 use serde_json::{json, Value};

@@ -10,7 +10,7 @@ use std::time::Duration;
 use courier::config::Config;
 use courier::http::App;
 use courier::server::{self, Started};
-use courier_actors::store::{
+use courier_actors::durable::store::{
     Channel, ChannelKind, ChannelRole, Member, NewUser, Role, Session, WriteOp,
 };
 use courier_protocol::client::Client;

@@ -27,7 +27,7 @@ use dashmap::DashMap;
 use zeroize::Zeroizing;
 
 use super::{fill_random, CryptoError, Keyring};
-use crate::store::{Reencrypted, StoredMessage};
+use crate::durable::store::{Reencrypted, StoredMessage};
 
 /// Length of an AES-GCM nonce in bytes.
 pub const NONCE_LEN: usize = 12;

@@ -30,7 +30,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::crypto::Keyring;
-use crate::store::{AuditRecord, Checkpoint, Store, StoreError};
+use crate::durable::store::{AuditRecord, Checkpoint, Store, StoreError};
 
 /// The `prev_hash` of the first entry: 64 hex zeros.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";

@@ -7,8 +7,8 @@
 //! thousands of readers and writers, so a commit that takes PostgreSQL a
 //! few milliseconds took the batch loop hundreds, and the batches behind it
 //! filled up. On PostgreSQL the group-commit loop
-//! ([`persistence`](crate::persistence)), its store probe and the audit
-//! chain's append loop ([`audit`](crate::audit)) therefore run here, on one
+//! ([`persistence`](crate::durable::persistence)), its store probe and the audit
+//! chain's append loop ([`audit`](crate::audit::actor)) therefore run here, on one
 //! thread of their own with a single-threaded runtime: a reply from the
 //! database wakes that thread, which the OS runs at once, and the loop
 //! hands its outcomes back to the actors on the workers through their
@@ -27,7 +27,7 @@ use std::sync::OnceLock;
 use tokio::runtime::{Builder, Handle};
 use tokio::task::JoinHandle;
 
-use crate::store::Store;
+use crate::durable::store::Store;
 
 /// The store thread's runtime, started on first use.
 fn handle() -> &'static Handle {

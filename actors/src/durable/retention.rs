@@ -16,14 +16,13 @@
 
 use std::time::Duration;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use courier_protocol::{ChannelId, MessageId};
+use ractor::{Actor, ActorProcessingErr, ActorRef, DerivedActorRef, RpcReplyPort};
 
-use crate::audit::AuditHandle;
-use crate::audit_chain::PendingAudit;
-use crate::channel::ChannelMsg;
-use crate::channel_directory::DirectoryMsg;
-use crate::persistence::PersistenceHandle;
-use crate::store::{DynStore, WriteOp, WriteOutcome};
+use crate::audit::actor::AuditHandle;
+use crate::audit::chain::PendingAudit;
+use crate::durable::persistence::PersistenceHandle;
+use crate::durable::store::{DynStore, WriteOp, WriteOutcome};
 
 /// When and what to purge.
 #[derive(Clone, Debug)]
@@ -43,6 +42,16 @@ pub struct RetentionReport {
     pub purged_old: u64,
 }
 
+/// A message deleted because its `ttlSeconds` passed, told to whoever
+/// serves its channel live (the channel directory, which passes it to the
+/// channel's actor if one runs), so that joined clients see it go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Expired {
+    pub channel_id: ChannelId,
+    pub message_id: MessageId,
+    pub seq: u64,
+}
+
 /// Messages of the retention actor.
 pub enum RetentionMsg {
     /// Run now; answer with what was done when a port is given.
@@ -58,7 +67,9 @@ pub struct RetentionState {
     store: DynStore,
     persistence: PersistenceHandle,
     audit: AuditHandle,
-    channels: ActorRef<DirectoryMsg>,
+    /// Where expiries are told; a type of this subsystem, so retention
+    /// names nothing of the realtime side.
+    expiries: DerivedActorRef<Expired>,
 }
 
 const EXPIRE_BATCH: u32 = 500;
@@ -71,13 +82,13 @@ impl Actor for RetentionActor {
         DynStore,
         PersistenceHandle,
         AuditHandle,
-        ActorRef<DirectoryMsg>,
+        DerivedActorRef<Expired>,
     );
 
     async fn pre_start(
         &self,
         myself: ActorRef<Self::Msg>,
-        (config, store, persistence, audit, channels): Self::Arguments,
+        (config, store, persistence, audit, expiries): Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         myself.send_interval(config.interval, || RetentionMsg::Run(None));
         Ok(RetentionState {
@@ -85,7 +96,7 @@ impl Actor for RetentionActor {
             store,
             persistence,
             audit,
-            channels,
+            expiries,
         })
     }
 
@@ -133,13 +144,11 @@ impl RetentionState {
                 };
                 if let WriteOutcome::Done = self.persistence.write(op).await? {
                     report.expired += 1;
-                    let msg = ChannelMsg::Expired {
+                    let _ = self.expiries.send_message(Expired {
+                        channel_id: message.channel_id,
                         message_id: message.id,
                         seq: message.seq,
-                    };
-                    let _ = self
-                        .channels
-                        .cast(DirectoryMsg::Notify(message.channel_id, msg));
+                    });
                 }
             }
             if n < EXPIRE_BATCH as usize {

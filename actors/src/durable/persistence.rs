@@ -20,7 +20,7 @@
 //! commit in the order they formed. Only after its commit does it answer
 //! each writer, batch by batch in the order the batches formed: channel
 //! actors get one
-//! [`ChannelMsg::Committed`] per batch with all their outcomes, in order;
+//! [`Committed`] per batch with all their outcomes, in order;
 //! other writers get a oneshot. When the store is unreachable the batch is
 //! retried with backoff (nothing is acked meanwhile), and service resumes by
 //! itself when the store returns. A probe pings the store every
@@ -50,14 +50,13 @@ use std::time::{Duration, Instant};
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use futures_util::FutureExt;
 use metrics::{counter, gauge, histogram};
-use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, DerivedActorRef, RpcReplyPort};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::channel::ChannelMsg;
-use crate::metric_names as m;
-use crate::store::{DynStore, Turn, WriteOp, WriteOutcome};
-use crate::store_thread;
+use crate::durable::store::{DynStore, Turn, WriteOp, WriteOutcome};
+use crate::durable::store_thread;
+use crate::telemetry::names as m;
 
 /// Why a write was not committed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -77,11 +76,20 @@ pub enum PersistError {
     Rejected(String),
 }
 
+/// One batch's outcomes for one [`PersistReply::Batched`] writer:
+/// `(token, outcome)` in the order it submitted them.
+#[derive(Debug)]
+pub struct Committed(pub Vec<(u64, Result<WriteOutcome, PersistError>)>);
+
 /// Who hears about a write once it is committed.
+///
+/// The persistence actor names no writer's message type: a writer that
+/// takes its outcomes batch by batch (a channel actor) gives a
+/// [`DerivedActorRef`] whose message type converts from [`Committed`].
 pub enum PersistReply {
-    /// A channel actor, through one [`ChannelMsg::Committed`] per batch; the
-    /// token lets it match outcomes to its pending writes.
-    Channel(ActorRef<ChannelMsg>, u64),
+    /// An actor, through one [`Committed`] per batch; the token lets it
+    /// match outcomes to its pending writes.
+    Batched(DerivedActorRef<Committed>, u64),
     /// Anyone else (REST handlers, connection actors).
     Oneshot(oneshot::Sender<Result<WriteOutcome, PersistError>>),
     /// Nobody.
@@ -179,7 +187,7 @@ pub struct PersistenceConfig {
     /// it commits; zero commits at once.
     pub batch_delay: Duration,
     /// Full batches committed at once at most (capped by
-    /// [`Store::write_parallelism`](crate::store::Store::write_parallelism)).
+    /// [`Store::write_parallelism`](crate::durable::store::Store::write_parallelism)).
     pub commits_in_flight: usize,
     /// Writes that may wait; more are refused.
     pub queue_capacity: usize,
@@ -502,7 +510,7 @@ async fn commit(
 
 /// The fallback when a whole batch is refused: each op in its own transaction.
 async fn apply_one_by_one(
-    store: &dyn crate::store::Store,
+    store: &dyn crate::durable::store::Store,
     ops: &[WriteOp],
 ) -> Vec<Result<WriteOutcome, PersistError>> {
     let mut out = Vec::with_capacity(ops.len());
@@ -556,21 +564,21 @@ async fn probe(store: DynStore, health: Arc<StoreHealth>, writers: mpsc::WeakSen
 
 /// Whether the store answers a ping within 2 s: a write that failed while it
 /// does not was refused by the store's state, not for what the write holds.
-async fn answers(store: &dyn crate::store::Store) -> bool {
+async fn answers(store: &dyn crate::durable::store::Store) -> bool {
     matches!(
         tokio::time::timeout(Duration::from_secs(2), store.ping()).await,
         Ok(Ok(()))
     )
 }
 
-/// Sends every outcome to its writer: one message per channel actor.
+/// Sends every outcome to its writer: one message per batched writer.
 fn answer(replies: Vec<PersistReply>, outcomes: Vec<Outcome>) {
     type Outcomes = Vec<(u64, Outcome)>;
-    let mut per_channel: HashMap<ActorId, (ActorRef<ChannelMsg>, Outcomes)> = HashMap::new();
+    let mut per_actor: HashMap<ActorId, (DerivedActorRef<Committed>, Outcomes)> = HashMap::new();
     for (reply, outcome) in replies.into_iter().zip(outcomes) {
         match reply {
-            PersistReply::Channel(actor, token) => {
-                per_channel
+            PersistReply::Batched(actor, token) => {
+                per_actor
                     .entry(actor.get_id())
                     .or_insert_with(|| (actor, Vec::new()))
                     .1
@@ -582,8 +590,8 @@ fn answer(replies: Vec<PersistReply>, outcomes: Vec<Outcome>) {
             PersistReply::None => {}
         }
     }
-    for (_, (actor, list)) in per_channel {
-        let _ = actor.cast(ChannelMsg::Committed(list));
+    for (_, (actor, list)) in per_actor {
+        let _ = actor.send_message(Committed(list));
     }
 }
 
@@ -593,7 +601,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_probe_ends_when_every_handle_to_the_queue_is_gone() {
-        let store = crate::store::connect("sqlite::memory:")
+        let store = crate::durable::store::connect("sqlite::memory:")
             .await
             .expect("store");
         let (tx, _rx) = mpsc::channel::<Queued>(1);

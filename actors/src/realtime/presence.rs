@@ -25,9 +25,9 @@ use courier_protocol::frames::PresenceStatus;
 use courier_protocol::{ChannelId, SessionId, UserId};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 
-use crate::channel::ChannelMsg;
-use crate::metric_names as m;
-use crate::outbound::{ConnId, Outbound};
+use crate::realtime::channel::ChannelMsg;
+use crate::realtime::outbound::{ConnId, Outbound};
+use crate::telemetry::names as m;
 use courier_protocol::error::close;
 
 /// Messages of a user's presence actor (also what the directory routes).

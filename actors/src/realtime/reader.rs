@@ -14,15 +14,35 @@ use std::task::Poll;
 use std::time::Duration;
 
 use courier_protocol::error::close;
+use futures_util::stream::BoxStream;
 use futures_util::task::AtomicWaker;
 use futures_util::StreamExt;
-use ractor::ActorRef;
-use tokio::sync::{watch, Semaphore};
+use ractor::DerivedActorRef;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite;
+use tokio_tungstenite::tungstenite::{self, Message};
 
-use crate::connection::{ConnMsg, WsStream};
 use crate::realtime::ShutdownPhase;
+
+/// The read half of a WebSocket, as the reader takes it.
+pub type WsStream = BoxStream<'static, Result<Message, tungstenite::Error>>;
+
+/// What the reader tells its connection actor. The reader names no actor's
+/// message type: it sends through a [`DerivedActorRef`] whose actor converts
+/// these into its own messages.
+#[derive(Debug)]
+pub enum ReaderEvent {
+    /// A frame from the socket; the permit bounds frames in flight.
+    Frame(Message, OwnedSemaphorePermit),
+    /// The socket's read side ended (with a close code to send, if any).
+    ReadEnded(Option<u16>),
+    /// The connection's [`Deadline`] passed.
+    DeadlinePassed,
+    /// The heartbeat interval passed.
+    Heartbeat,
+    /// The server entered a shutdown phase.
+    Shutdown(ShutdownPhase),
+}
 
 /// Frames a client may have in flight before its reader waits.
 const FRAMES_IN_FLIGHT: usize = 8;
@@ -31,7 +51,7 @@ const FRAMES_IN_FLIGHT: usize = 8;
 const NEVER: i64 = i64::MAX;
 
 /// When a connection's next deadline falls, in ms since the epoch: set by
-/// the actor, slept on by the reader, which sends [`ConnMsg::DeadlinePassed`]
+/// the actor, slept on by the reader, which sends [`ReaderEvent::DeadlinePassed`]
 /// when it passes. Moving it wakes the reader, which aims at the new time.
 #[derive(Clone)]
 pub struct Deadline(Arc<DeadlineCell>);
@@ -85,10 +105,10 @@ fn instant_at(at_ms: i64) -> Instant {
 
 /// Reads frames and hands them to the actor; ticks the heartbeat; tells the
 /// actor when its deadline passes. Ends when the socket's read side ends
-/// (telling the actor with [`ConnMsg::ReadEnded`]) or the actor is gone.
+/// (telling the actor with [`ReaderEvent::ReadEnded`]) or the actor is gone.
 pub(crate) async fn read_loop(
     mut stream: WsStream,
-    actor: ActorRef<ConnMsg>,
+    actor: DerivedActorRef<ReaderEvent>,
     mut shutdown: watch::Receiver<ShutdownPhase>,
     heartbeat: Duration,
     deadline: Deadline,
@@ -125,7 +145,7 @@ pub(crate) async fn read_loop(
                 if now >= next_beat {
                     // A late tick delays the next one rather than bunching.
                     next_beat = now + heartbeat;
-                    if actor.cast(ConnMsg::Heartbeat).is_err() {
+                    if actor.send_message(ReaderEvent::Heartbeat).is_err() {
                         return;
                     }
                 }
@@ -136,7 +156,7 @@ pub(crate) async fn read_loop(
                         continue;
                     }
                     deadline_at = None;
-                    if actor.cast(ConnMsg::DeadlinePassed).is_err() {
+                    if actor.send_message(ReaderEvent::DeadlinePassed).is_err() {
                         return;
                     }
                 }
@@ -148,14 +168,14 @@ pub(crate) async fn read_loop(
                     continue;
                 }
                 let phase = *shutdown.borrow_and_update();
-                if actor.cast(ConnMsg::Shutdown(phase)).is_err() {
+                if actor.send_message(ReaderEvent::Shutdown(phase)).is_err() {
                     return;
                 }
             }
             item = stream.next() => match item {
                 Some(Ok(msg)) => {
                     let Ok(permit) = permits.clone().acquire_owned().await else { break None };
-                    if actor.cast(ConnMsg::Frame(msg, permit)).is_err() {
+                    if actor.send_message(ReaderEvent::Frame(msg, permit)).is_err() {
                         return;
                     }
                 }
@@ -166,5 +186,5 @@ pub(crate) async fn read_loop(
             }
         }
     };
-    let _ = actor.cast(ConnMsg::ReadEnded(end));
+    let _ = actor.send_message(ReaderEvent::ReadEnded(end));
 }

@@ -5,7 +5,7 @@
 use async_trait::async_trait;
 use courier_protocol::{SessionId, UserId};
 
-use crate::store::Role;
+use crate::durable::store::Role;
 
 /// An authenticated user on one session.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -10,7 +10,7 @@
 //! **Does**: a loop (on the [`store_thread`] on PostgreSQL) takes every
 //! queued event, lets more gather for `batch_delay` (one commit for a burst
 //! of connects rather than one each), chains the batch in memory
-//! ([`audit_chain::chain`], so batched entries are linked exactly like
+//! ([`chain::chain`], so batched entries are linked exactly like
 //! single ones), appends it in one transaction, retrying while the store is
 //! down, and only then moves its head. Should the stored chain have moved
 //! past the head it read (a crashed broker's last append landing late), it
@@ -38,11 +38,11 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::audit_chain::{self, ChainHead, CheckpointFile, PendingAudit};
+use crate::audit::chain::{self, ChainHead, CheckpointFile, PendingAudit};
 use crate::crypto::Keyring;
-use crate::metric_names as m;
-use crate::store::{AuditRecord, DynStore, Store, StoreError};
-use crate::store_thread;
+use crate::durable::store::{AuditRecord, DynStore, Store, StoreError};
+use crate::durable::store_thread;
+use crate::telemetry::names as m;
 
 /// What travels on the queue: an event, or the nudge of a drain.
 pub enum Queued {
@@ -113,7 +113,7 @@ pub struct AuditState {
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
     #[error("cannot read the audit chain head: {0}")]
-    Head(#[from] crate::store::StoreError),
+    Head(#[from] crate::durable::store::StoreError),
 }
 
 impl AuditActor {
@@ -228,7 +228,7 @@ async fn chain_loop(
             })
             .collect();
         if !pending.is_empty() {
-            let (mut records, new_head) = audit_chain::chain(&head, pending);
+            let (mut records, new_head) = chain::chain(&head, pending);
             head = append_with_retry(&*store, &mut records, new_head).await;
             counter!(m::AUDIT_ENTRIES).increment(records.len() as u64);
             histogram!(m::AUDIT_BATCH_SIZE).record(records.len() as f64);
@@ -305,7 +305,7 @@ async fn append_with_retry(
                             entries = records.len(),
                             "the audit chain moved under this broker; linking the entries after its stored head"
                         );
-                        head = audit_chain::rechain(&stored, records);
+                        head = chain::rechain(&stored, records);
                         continue;
                     }
                 }
@@ -319,7 +319,7 @@ async fn append_with_retry(
 }
 
 async fn checkpoint(
-    store: &dyn crate::store::Store,
+    store: &dyn crate::durable::store::Store,
     config: &AuditConfig,
     file: &CheckpointFile,
     head: &ChainHead,
@@ -332,7 +332,7 @@ async fn checkpoint(
             return;
         }
     };
-    let cp = audit_chain::sign_checkpoint(
+    let cp = chain::sign_checkpoint(
         &key,
         &Keyring::checkpoint_key_id(version),
         head.seq,

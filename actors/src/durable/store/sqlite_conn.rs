@@ -15,7 +15,7 @@
 //! the rollback on the connection's thread, ahead of the next user's
 //! statements. What the pool's pings were for, noticing a connection whose
 //! thread is gone, [`Writer::check`] and [`Reads::check`] do when the store
-//! is pinged (every [`PROBE_EVERY`](crate::persistence::PROBE_EVERY) by the
+//! is pinged (every [`PROBE_EVERY`](crate::durable::persistence::PROBE_EVERY) by the
 //! persistence actor's probe): they ping each connection nobody holds and
 //! reopen one whose thread has gone.
 

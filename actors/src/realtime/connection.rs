@@ -1,7 +1,7 @@
 //! # ConnectionActor: one per WebSocket
 //!
 //! **Owns** one socket: its reader task (frames in), its writer task and
-//! bounded outbound queue (frames out, see [`outbound`](crate::outbound)),
+//! bounded outbound queue (frames out, see [`outbound`](crate::realtime::outbound)),
 //! the authentication state, the encoding of its pushes (that of its first
 //! frame), and the channels it has joined.
 //!
@@ -34,33 +34,31 @@ use courier_protocol::frames::{
     FetchHistory, History, Pong, ReadPosition, Ref, ServerFrame, UserStatus,
 };
 use courier_protocol::{ChannelId, ErrorCode, MessageId};
-use futures_util::stream::BoxStream;
 use metrics::counter;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::io::AsyncWrite;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinHandle;
-use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::tungstenite::Message;
 use tracing::Instrument;
 
-use crate::audit_chain::PendingAudit;
-use crate::authz::{Action, Principal};
-use crate::channel::{
+use crate::audit::chain::PendingAudit;
+use crate::durable::history;
+use crate::durable::store::{Channel, Member};
+use crate::policy::authz::{Action, Principal};
+use crate::policy::identity::{AuthRejected, Identity};
+use crate::realtime::channel::{
     Accepted, ChannelError, ChannelMsg, DeleteRequest, EditRequest, JoinRequest, Reply, Sender,
 };
-use crate::frames_out as out;
-use crate::history;
-use crate::identity::{AuthRejected, Identity};
-use crate::metric_names as m;
-use crate::outbound::{self, ConnId, Outbound, OutboundReceiver, WriterEnd};
-use crate::presence::{ForUser, PresenceMsg};
-use crate::reader::{read_loop, Deadline};
+use crate::realtime::frames_out as out;
+use crate::realtime::outbound::{self, ConnId, Outbound, OutboundReceiver, WriterEnd};
+use crate::realtime::presence::{ForUser, PresenceMsg};
+pub use crate::realtime::reader::WsStream;
+use crate::realtime::reader::{read_loop, Deadline, ReaderEvent};
 use crate::realtime::{AccessError, Publish, PublishError, Realtime, ShutdownPhase};
-use crate::store::{Channel, Member};
+use crate::telemetry::names as m;
 
 /// The socket's read half as WebSocket messages, boxed so that plain TCP
 /// and TLS look the same.
-pub type WsStream = BoxStream<'static, Result<Message, tungstenite::Error>>;
 /// The socket's write half: finished frames are written to it as bytes.
 pub type WsWrite = Pin<Box<dyn AsyncWrite + Send>>;
 
@@ -86,19 +84,13 @@ pub struct ConnectionArgs {
 
 /// Messages of a connection actor.
 pub enum ConnMsg {
-    /// A frame from the socket; the permit bounds frames in flight.
-    Frame(Message, OwnedSemaphorePermit),
-    /// The socket's read side ended (with a close code to send, if any).
-    ReadEnded(Option<u16>),
+    /// From its reader task: frames, the clocks, shutdown phases.
+    Reader(ReaderEvent),
     /// The writer stopped.
     WriteEnded(WriterEnd),
-    /// The connection's [`Deadline`] passed: the authentication deadline
-    /// before authentication, the access token's expiry after it.
-    DeadlinePassed,
-    Heartbeat,
-    /// The server entered a shutdown phase.
-    Shutdown(ShutdownPhase),
 }
+
+variant_message!(ConnMsg::Reader(ReaderEvent));
 
 /// The actor; its configuration is the shared [`Realtime`] handles.
 pub struct ConnectionActor;
@@ -178,7 +170,7 @@ impl Actor for ConnectionActor {
         let deadline = Deadline::at(crate::now_ms() + limits.auth_timeout.as_millis() as i64);
         let reader = tokio::spawn(read_loop(
             args.stream,
-            myself.clone(),
+            myself.get_derived(),
             args.realtime.shutdown.clone(),
             limits.heartbeat,
             deadline.clone(),
@@ -268,14 +260,14 @@ impl ConnectionState {
     /// Handles one message of the actor's mailbox.
     async fn dispatch(&mut self, myself: ActorRef<ConnMsg>, msg: ConnMsg) {
         match msg {
-            ConnMsg::Frame(_, _) if self.closing => {}
-            ConnMsg::Frame(frame, _permit) => {
+            ConnMsg::Reader(ReaderEvent::Frame(_, _)) if self.closing => {}
+            ConnMsg::Reader(ReaderEvent::Frame(frame, _permit)) => {
                 self.last_heard = Instant::now();
                 // Boxed: the request futures are large, and inline they would
                 // make every connection's task (idle or not) that large.
                 Box::pin(self.on_frame(frame)).await;
             }
-            ConnMsg::ReadEnded(code) => {
+            ConnMsg::Reader(ReaderEvent::ReadEnded(code)) => {
                 if let Some(code) = code {
                     self.outbound.close_now(code);
                 } else {
@@ -283,8 +275,8 @@ impl ConnectionState {
                 }
             }
             ConnMsg::WriteEnded(_) => myself.stop(None),
-            ConnMsg::DeadlinePassed if self.closing => {}
-            ConnMsg::DeadlinePassed => match &self.identity {
+            ConnMsg::Reader(ReaderEvent::DeadlinePassed) if self.closing => {}
+            ConnMsg::Reader(ReaderEvent::DeadlinePassed) => match &self.identity {
                 None => {
                     counter!(m::AUTH_FAILURES, "reason" => "timeout").increment(1);
                     self.send(
@@ -303,21 +295,21 @@ impl ConnectionState {
                 // A re-authentication moved the deadline after it passed.
                 Some(_) => {}
             },
-            ConnMsg::Heartbeat => {
+            ConnMsg::Reader(ReaderEvent::Heartbeat) => {
                 if self.last_heard.elapsed() >= self.realtime.limits.idle_timeout {
                     self.outbound.close_now(close::IDLE);
                 } else {
                     self.outbound.ping();
                 }
             }
-            ConnMsg::Shutdown(ShutdownPhase::Draining) => {
+            ConnMsg::Reader(ReaderEvent::Shutdown(ShutdownPhase::Draining)) => {
                 let frame = ServerFrame::shutdown();
                 self.send(&frame, self.encoding());
             }
-            ConnMsg::Shutdown(ShutdownPhase::Closing) => {
+            ConnMsg::Reader(ReaderEvent::Shutdown(ShutdownPhase::Closing)) => {
                 self.close_after_queued(close::GOING_AWAY, "server shutting down");
             }
-            ConnMsg::Shutdown(ShutdownPhase::Running) => {}
+            ConnMsg::Reader(ReaderEvent::Shutdown(ShutdownPhase::Running)) => {}
         }
     }
 
@@ -883,8 +875,8 @@ impl From<AccessError> for RequestError {
     }
 }
 
-impl From<crate::store::StoreError> for RequestError {
-    fn from(e: crate::store::StoreError) -> Self {
+impl From<crate::durable::store::StoreError> for RequestError {
+    fn from(e: crate::durable::store::StoreError) -> Self {
         AccessError::from(e).into()
     }
 }

@@ -10,7 +10,7 @@ use courier_protocol::frames::{
 };
 use courier_protocol::{ChannelId, ErrorCode, MessageId, UserId};
 
-use crate::store::ChannelKind;
+use crate::durable::store::ChannelKind;
 
 /// A plain `ack`.
 pub fn ack(reference: Option<Ref>) -> ServerFrame {

@@ -19,8 +19,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use metrics::counter;
 
-use crate::metric_names as m;
-use crate::outbound::Outbound;
+use crate::realtime::outbound::Outbound;
+use crate::telemetry::names as m;
 
 /// Connections flushed between two yields.
 pub const FLUSH_CHUNK: usize = 64;
@@ -90,8 +90,8 @@ mod tests {
     use tokio::net::{tcp::OwnedReadHalf, TcpListener, TcpStream};
 
     use super::*;
-    use crate::outbound::{outbound, run_writer, ConnId, Push, QueueLimits, TcpWrite};
-    use crate::wire::{self, Opcode};
+    use crate::realtime::outbound::{outbound, run_writer, ConnId, Push, QueueLimits, TcpWrite};
+    use crate::realtime::wire::{self, Opcode};
 
     /// A connection whose flushes write to a loopback socket, its writer
     /// waiting: the queue, the client's end, and the server's read half.

@@ -22,12 +22,12 @@
 //! connections wakes their writers; a wider one puts them in its
 //! [`FlushLine`], whose task writes each idle connection's queue straight
 //! to its socket, one write for the whole batch, oldest fan-out first (see
-//! `Subscribers::flush` and [`flush_line`](crate::flush_line)). A join
+//! `Subscribers::flush` and [`flush_line`](crate::realtime::flush_line)). A join
 //! with `sinceSeq` replays what the connection missed from the store while
 //! live pushes for it are held back, then releases them: no gap, no
 //! duplicate at the seam.
 //!
-//! **Supervised by** the [`ChannelDirectory`](crate::channel_directory),
+//! **Supervised by** the [`ChannelDirectory`](crate::realtime::channel_directory),
 //! which starts it on first use; it stops itself when idle. **A crash** drops
 //! its state: every joined connection is closed with 1011 so that it
 //! reconnects and recovers with `sinceSeq`; sends that were not acked are
@@ -42,23 +42,23 @@ use courier_protocol::error::close;
 use courier_protocol::frames::{ChannelView, MessageView, PresenceStatus, Ref, ServerFrame};
 use courier_protocol::{ChannelId, ErrorCode, MessageId, UserId};
 use metrics::{counter, histogram};
-use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor::{Actor, ActorProcessingErr, ActorRef, DerivedActorRef};
 use tokio::sync::{oneshot, watch};
 
-use crate::audit::AuditHandle;
-use crate::audit_chain::PendingAudit;
-use crate::authz::{self, Action, Principal, RolePermissions};
+use crate::audit::actor::AuditHandle;
+use crate::audit::chain::PendingAudit;
 use crate::crypto::MessageCipher;
-use crate::flush_line::{FlushLine, FLUSH_CHUNK};
-use crate::frames_out as out;
-use crate::history;
-use crate::metric_names as m;
-use crate::outbound::{ConnId, EncodedFrame, Outbound, Push};
-use crate::persistence::{PersistError, PersistReply, PersistenceHandle};
-use crate::realtime::ShutdownPhase;
-use crate::store::{
+use crate::durable::history;
+use crate::durable::persistence::{Committed, PersistError, PersistReply, PersistenceHandle};
+use crate::durable::store::{
     Channel, ClientMsgRef, DynStore, Member, Role, StoredMessage, WriteOp, WriteOutcome,
 };
+use crate::policy::authz::{self, Action, Principal, RolePermissions};
+use crate::realtime::flush_line::{FlushLine, FLUSH_CHUNK};
+use crate::realtime::frames_out as out;
+use crate::realtime::outbound::{ConnId, EncodedFrame, Outbound, Push};
+use crate::realtime::ShutdownPhase;
+use crate::telemetry::names as m;
 
 /// What the channel actors of one server share (read-only).
 pub struct ChannelServices {
@@ -268,7 +268,7 @@ pub enum ChannelMsg {
     /// The channel was deleted (REST): tell everyone and stop.
     Deleted,
     /// Outcomes of this channel's writes, in submission order.
-    Committed(Vec<(u64, Result<WriteOutcome, PersistError>)>),
+    Committed(Committed),
     /// A join's replay was read from the store.
     Replayed {
         conn_id: ConnId,
@@ -277,6 +277,8 @@ pub enum ChannelMsg {
     /// Once a second: typing expiry and the idle check.
     Tick,
 }
+
+variant_message!(ChannelMsg::Committed(Committed));
 
 /// What the actor starts with.
 pub struct ChannelArgs {
@@ -516,6 +518,9 @@ pub struct ChannelState {
     client_ids: ClientIds,
     pending: HashMap<u64, Pending>,
     next_token: u64,
+    /// This actor, as the persistence actor answers it: one [`Committed`]
+    /// per batch (made once, so a submit costs no allocation).
+    commits_to: DerivedActorRef<Committed>,
     typing: HashMap<UserId, Instant>,
     idle_since: Instant,
 }
@@ -564,6 +569,7 @@ impl Actor for ChannelActor {
             client_ids,
             pending: HashMap::new(),
             next_token: 1,
+            commits_to: myself.get_derived(),
             typing: HashMap::new(),
             idle_since: Instant::now(),
         })
@@ -594,9 +600,9 @@ impl Actor for ChannelActor {
                     }
                 }
             }
-            ChannelMsg::Publish(req) => state.publish(&myself, *req),
-            ChannelMsg::Edit(req) => state.edit(&myself, *req),
-            ChannelMsg::Delete(req) => state.delete(&myself, *req),
+            ChannelMsg::Publish(req) => state.publish(*req),
+            ChannelMsg::Edit(req) => state.edit(*req),
+            ChannelMsg::Delete(req) => state.delete(*req),
             ChannelMsg::Typing { user_id, is_typing } => {
                 if is_typing {
                     let deadline = Instant::now() + state.services.typing_expiry;
@@ -619,7 +625,6 @@ impl Actor for ChannelActor {
                     seq,
                 };
                 state.submit(
-                    &myself,
                     op,
                     Pending::Read {
                         user_id,
@@ -656,7 +661,7 @@ impl Actor for ChannelActor {
                     add,
                     reply,
                 };
-                state.submit(&myself, op, pending);
+                state.submit(op, pending);
             }
             ChannelMsg::Presence {
                 user_id,
@@ -700,7 +705,7 @@ impl Actor for ChannelActor {
                 state.subscribers.clean = true;
                 myself.stop(Some("channel deleted".into()));
             }
-            ChannelMsg::Committed(outcomes) => {
+            ChannelMsg::Committed(Committed(outcomes)) => {
                 state.subscribers.deferring = true;
                 for (token, outcome) in outcomes {
                     if let Some(pending) = state.pending.remove(&token) {
@@ -849,12 +854,12 @@ impl ChannelState {
 
     /// Hands a write to the persistence actor; answers `unavailable` at once
     /// when its queue is full. Returns whether it was queued.
-    fn submit(&mut self, myself: &ActorRef<ChannelMsg>, op: WriteOp, pending: Pending) -> bool {
+    fn submit(&mut self, op: WriteOp, pending: Pending) -> bool {
         let token = self.next_token;
         match self
             .services
             .persistence
-            .submit(op, PersistReply::Channel(myself.clone(), token))
+            .submit(op, PersistReply::Batched(self.commits_to.clone(), token))
         {
             Ok(()) => {
                 self.next_token += 1;
@@ -868,7 +873,7 @@ impl ChannelState {
         }
     }
 
-    fn publish(&mut self, myself: &ActorRef<ChannelMsg>, mut req: PublishRequest) {
+    fn publish(&mut self, mut req: PublishRequest) {
         if req.joined {
             req.sender.member = self.members.get(&req.sender.user_id).cloned();
         }
@@ -981,7 +986,7 @@ impl ChannelState {
             ip: req.sender.ip,
             client_key: dedup_key.clone(),
         };
-        if self.submit(myself, WriteOp::InsertMessage(stored), pending) {
+        if self.submit(WriteOp::InsertMessage(stored), pending) {
             self.last_assigned = seq;
             if let Some(key) = dedup_key {
                 self.client_ids.insert(key, Dedup::Pending(token));
@@ -989,7 +994,7 @@ impl ChannelState {
         }
     }
 
-    fn edit(&mut self, myself: &ActorRef<ChannelMsg>, req: EditRequest) {
+    fn edit(&mut self, req: EditRequest) {
         let o = &req.original;
         let sealed =
             match self
@@ -1021,10 +1026,10 @@ impl ChannelState {
             editor: req.editor,
             reply: req.reply,
         };
-        self.submit(myself, op, pending);
+        self.submit(op, pending);
     }
 
-    fn delete(&mut self, myself: &ActorRef<ChannelMsg>, req: DeleteRequest) {
+    fn delete(&mut self, req: DeleteRequest) {
         let op = WriteOp::DeleteMessage {
             id: req.message_id,
             deleted_at: crate::now_ms(),
@@ -1035,7 +1040,7 @@ impl ChannelState {
             seq: req.seq,
             reply: req.reply,
         };
-        self.submit(myself, op, pending);
+        self.submit(op, pending);
     }
 
     /// A write was committed (or refused): answer, push, audit.

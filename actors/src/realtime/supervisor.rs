@@ -27,23 +27,25 @@ use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
-use crate::audit::{AuditActor, AuditConfig, AuditHandle, AuditMsg};
-use crate::audit_chain::PendingAudit;
-use crate::authz::{self, Action, Denied, Principal, RolePermissions};
-use crate::channel::{ChannelMsg, ChannelServices, PublishRequest, Reply, Sender};
-use crate::channel_directory::{ChannelDirectory, DirectoryMsg};
-use crate::connection::{send_quota, ConnectionActor, ConnectionArgs, Peer, WsWrite};
+use crate::audit::actor::{AuditActor, AuditConfig, AuditHandle, AuditMsg};
+use crate::audit::chain::PendingAudit;
 use crate::crypto::MessageCipher;
-use crate::history;
-use crate::identity::{Authenticator, Identity};
-use crate::outbound::{self, ConnId, ControlWriter, QueueLimits, SocketWrite, TcpWrite};
-use crate::persistence::{
+use crate::durable::history;
+use crate::durable::persistence::{
     PersistError, PersistenceActor, PersistenceConfig, PersistenceHandle, PersistenceMsg,
 };
-use crate::phi::PhiDetector;
-use crate::presence::{ForUser, PresenceDirectory, PresenceMsg};
-use crate::retention::{RetentionActor, RetentionConfig};
-use crate::store::{Channel, ChannelKind, ChannelRole, DynStore, Member, StoreError, WriteOp};
+use crate::durable::retention::{RetentionActor, RetentionConfig};
+use crate::durable::store::{
+    Channel, ChannelKind, ChannelRole, DynStore, Member, StoreError, WriteOp,
+};
+use crate::policy::authz::{self, Action, Denied, Principal, RolePermissions};
+use crate::policy::identity::{Authenticator, Identity};
+use crate::policy::phi::PhiDetector;
+use crate::realtime::channel::{ChannelMsg, ChannelServices, PublishRequest, Reply, Sender};
+use crate::realtime::channel_directory::{ChannelDirectory, DirectoryMsg};
+use crate::realtime::connection::{send_quota, ConnectionActor, ConnectionArgs, Peer, WsWrite};
+use crate::realtime::outbound::{self, ConnId, ControlWriter, QueueLimits, SocketWrite, TcpWrite};
+use crate::realtime::presence::{ForUser, PresenceDirectory, PresenceMsg};
 
 /// Per-connection limits (PROTOCOL.md section 1 and the heartbeat).
 #[derive(Clone, Debug)]
@@ -247,7 +249,7 @@ impl Realtime {
                 deps.store.clone(),
                 persistence.clone(),
                 audit.clone(),
-                channels.clone(),
+                channels.get_derived(),
             ),
             root.get_cell(),
         )
@@ -500,7 +502,7 @@ impl Realtime {
             _ => {}
         }
         if let Err(wait) = self.check_send_rate(send.sender.user_id) {
-            metrics::counter!(crate::metric_names::RATE_LIMITED, "limit" => "send_message")
+            metrics::counter!(crate::telemetry::names::RATE_LIMITED, "limit" => "send_message")
                 .increment(1);
             return Err(PublishError::RateLimited(wait));
         }
@@ -532,7 +534,7 @@ impl Realtime {
         };
         let phi_found = self.phi.detect_names(&send.text);
         if !phi_found.is_empty() {
-            metrics::counter!(crate::metric_names::PHI_DETECTED).increment(1);
+            metrics::counter!(crate::telemetry::names::PHI_DETECTED).increment(1);
         }
         let request = PublishRequest {
             sender: Sender {

@@ -22,8 +22,9 @@ use std::sync::Arc;
 use courier_protocol::ChannelId;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
-use crate::channel::{ChannelActor, ChannelArgs, ChannelMsg, ChannelServices};
-use crate::store::Channel;
+use crate::durable::retention::Expired;
+use crate::durable::store::Channel;
+use crate::realtime::channel::{ChannelActor, ChannelArgs, ChannelMsg, ChannelServices};
 
 /// Messages of the directory.
 pub enum DirectoryMsg {
@@ -33,6 +34,35 @@ pub enum DirectoryMsg {
     /// Delivers a message to a channel's actor if one is running; a channel
     /// nobody has joined has nobody to tell.
     Notify(ChannelId, ChannelMsg),
+}
+
+/// A message's expiry, from the retention actor, goes to its channel.
+impl From<Expired> for DirectoryMsg {
+    fn from(e: Expired) -> Self {
+        let msg = ChannelMsg::Expired {
+            message_id: e.message_id,
+            seq: e.seq,
+        };
+        DirectoryMsg::Notify(e.channel_id, msg)
+    }
+}
+
+/// The way back, which ractor needs to return an undelivered expiry.
+impl TryFrom<DirectoryMsg> for Expired {
+    type Error = DirectoryMsg;
+
+    fn try_from(msg: DirectoryMsg) -> Result<Self, DirectoryMsg> {
+        match msg {
+            DirectoryMsg::Notify(channel_id, ChannelMsg::Expired { message_id, seq }) => {
+                Ok(Expired {
+                    channel_id,
+                    message_id,
+                    seq,
+                })
+            }
+            other => Err(other),
+        }
+    }
 }
 
 /// The directory; configuration is the services its channels share.

@@ -44,8 +44,8 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 
-use crate::metric_names as m;
-use crate::wire::{self, Opcode};
+use crate::realtime::wire::{self, Opcode};
+use crate::telemetry::names as m;
 
 /// A connection's id, unique within the process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -12,8 +12,8 @@ use courier_protocol::MessageId;
 use metrics::counter;
 
 use crate::crypto::MessageCipher;
-use crate::metric_names as m;
-use crate::store::MessageRow;
+use crate::durable::store::MessageRow;
+use crate::telemetry::names as m;
 
 /// Pages larger than this are decrypted on the blocking pool.
 const INLINE_ROWS: usize = 16;

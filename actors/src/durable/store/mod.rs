@@ -134,7 +134,7 @@ pub trait Store: Send + Sync + 'static {
     fn batch_max(&self) -> usize;
 
     /// Whether the write loops wait for this store on the
-    /// [`store_thread`](crate::store_thread) rather than on the runtime's
+    /// [`store_thread`](crate::durable::store_thread) rather than on the runtime's
     /// workers: where a commit is another process's work.
     fn writes_from_store_thread(&self) -> bool;
 

@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet};
 
 use courier_protocol::UserId;
 
-use crate::store::{Channel, ChannelKind, ChannelRole, Member, Role, StoreError};
+use crate::durable::store::{Channel, ChannelKind, ChannelRole, Member, Role, StoreError};
 
 /// Named permissions of global roles.
 pub mod perm {
@@ -34,7 +34,7 @@ pub struct RolePermissions(HashMap<Role, HashSet<String>>);
 
 impl RolePermissions {
     /// Loads every role's permissions from the store.
-    pub async fn load(store: &dyn crate::store::Store) -> Result<Self, StoreError> {
+    pub async fn load(store: &dyn crate::durable::store::Store) -> Result<Self, StoreError> {
         let mut map = HashMap::new();
         for role in Role::ALL {
             map.insert(

@@ -32,6 +32,7 @@
 //! - [`crypto`]: the master keyring and per-channel AES-256-GCM message keys.
 //! - [`audit_chain`]: the SHA-256 hash chain and signed checkpoints (pure).
 //! - [`phi`]: detectors that flag protected health information in text.
+//! - [`private_files`]: data files 0600 and directories 0700.
 //! - [`metric_names`]: every `courier_*` metric.
 
 #![forbid(unsafe_code)]
@@ -53,6 +54,7 @@ pub mod outbound;
 pub mod persistence;
 pub mod phi;
 pub mod presence;
+pub mod private_files;
 pub mod reader;
 pub mod realtime;
 pub mod retention;

@@ -267,7 +267,10 @@ impl Config {
 
     /// [`Config::load`] for `courier serve`: production requirements
     /// (secrets, TLS) are reported with the other problems.
-    pub fn load_to_serve(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+    pub fn load_to_serve(
+        file: Option<&Path>,
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigError> {
         Self::load_checked(file, overrides, true)
     }
 
@@ -390,7 +393,11 @@ impl Config {
                 );
             }
         }
-        if self.jwt_secret.as_ref().is_some_and(|s| s.expose().len() < 32) {
+        if self
+            .jwt_secret
+            .as_ref()
+            .is_some_and(|s| s.expose().len() < 32)
+        {
             c.invalid("jwt_secret", "must be at least 32 characters".into());
         }
         match self.jwt_algorithm.as_str() {
@@ -425,8 +432,18 @@ impl Config {
                 c.invalid(key, "must not be empty".into());
             }
         }
-        c.within("access_token_ttl_secs", self.access_token_ttl_secs, 1, 365 * DAY_SECS);
-        c.within("refresh_token_ttl_secs", self.refresh_token_ttl_secs, 1, 10 * 365 * DAY_SECS);
+        c.within(
+            "access_token_ttl_secs",
+            self.access_token_ttl_secs,
+            1,
+            365 * DAY_SECS,
+        );
+        c.within(
+            "refresh_token_ttl_secs",
+            self.refresh_token_ttl_secs,
+            1,
+            10 * 365 * DAY_SECS,
+        );
         if let Some(spec) = &self.master_keys {
             // Keyring errors name the entry and the problem, never a key.
             if let Err(e) = courier_actors::crypto::Keyring::parse(spec.expose()) {
@@ -439,16 +456,26 @@ impl Config {
                 (c.name)("initial_admin_username"),
                 (c.name)("initial_admin_password")
             )),
-            (Some(_), Some(password)) if password.expose().chars().count() < self.password_min_length => {
+            (Some(_), Some(password))
+                if password.expose().chars().count() < self.password_min_length =>
+            {
                 c.invalid(
                     "initial_admin_password",
-                    format!("must be at least password_min_length ({}) characters", self.password_min_length),
+                    format!(
+                        "must be at least password_min_length ({}) characters",
+                        self.password_min_length
+                    ),
                 )
             }
             _ => {}
         }
 
-        c.within("max_frame_bytes", self.max_frame_bytes as u64, 1024, 64 * MIB);
+        c.within(
+            "max_frame_bytes",
+            self.max_frame_bytes as u64,
+            1024,
+            64 * MIB,
+        );
         c.within("max_text_bytes", self.max_text_bytes as u64, 1, 64 * MIB);
         if self.max_text_bytes > self.max_frame_bytes {
             c.conflict(format!(
@@ -459,9 +486,19 @@ impl Config {
                 self.max_frame_bytes
             ));
         }
-        c.within("send_per_minute", self.send_per_minute.into(), 1, u32::MAX.into());
+        c.within(
+            "send_per_minute",
+            self.send_per_minute.into(),
+            1,
+            u32::MAX.into(),
+        );
         c.within("auth_timeout_ms", self.auth_timeout_ms, 1, HOUR_MS);
-        c.within("http_header_timeout_ms", self.http_header_timeout_ms, 1, HOUR_MS);
+        c.within(
+            "http_header_timeout_ms",
+            self.http_header_timeout_ms,
+            1,
+            HOUR_MS,
+        );
         for origin in &self.allowed_origins {
             if !is_origin(origin) {
                 c.invalid(
@@ -471,8 +508,18 @@ impl Config {
             }
         }
 
-        c.within("outbound_queue_frames", self.outbound_queue_frames as u64, 1, 10_000_000);
-        c.within("outbound_queue_bytes", self.outbound_queue_bytes as u64, 1, 16 * 1024 * MIB);
+        c.within(
+            "outbound_queue_frames",
+            self.outbound_queue_frames as u64,
+            1,
+            10_000_000,
+        );
+        c.within(
+            "outbound_queue_bytes",
+            self.outbound_queue_bytes as u64,
+            1,
+            16 * 1024 * MIB,
+        );
         if self.outbound_queue_bytes < self.max_frame_bytes {
             c.conflict(format!(
                 "{} ({}) must be at least {} ({})",
@@ -498,16 +545,56 @@ impl Config {
         if let Some(max) = self.persist_batch_max {
             c.within("persist_batch_max", max as u64, 1, 1_000_000);
         }
-        c.within("persist_batch_delay_us", self.persist_batch_delay_us, 0, 60_000_000);
-        c.within("persist_commits_in_flight", self.persist_commits_in_flight as u64, 1, 1024);
-        c.within("persist_queue_capacity", self.persist_queue_capacity as u64, 1, 100_000_000);
+        c.within(
+            "persist_batch_delay_us",
+            self.persist_batch_delay_us,
+            0,
+            60_000_000,
+        );
+        c.within(
+            "persist_commits_in_flight",
+            self.persist_commits_in_flight as u64,
+            1,
+            1024,
+        );
+        c.within(
+            "persist_queue_capacity",
+            self.persist_queue_capacity as u64,
+            1,
+            100_000_000,
+        );
 
-        c.within("audit_checkpoint_every", self.audit_checkpoint_every, 1, u64::MAX);
-        c.within("audit_checkpoint_interval_secs", self.audit_checkpoint_interval_secs, 1, DAY_SECS);
-        c.within("audit_batch_delay_us", self.audit_batch_delay_us, 0, 60_000_000);
+        c.within(
+            "audit_checkpoint_every",
+            self.audit_checkpoint_every,
+            1,
+            u64::MAX,
+        );
+        c.within(
+            "audit_checkpoint_interval_secs",
+            self.audit_checkpoint_interval_secs,
+            1,
+            DAY_SECS,
+        );
+        c.within(
+            "audit_batch_delay_us",
+            self.audit_batch_delay_us,
+            0,
+            60_000_000,
+        );
 
-        c.within("retention_interval_secs", self.retention_interval_secs, 1, DAY_SECS);
-        c.within("deleted_retention_days", self.deleted_retention_days, 0, 36_500);
+        c.within(
+            "retention_interval_secs",
+            self.retention_interval_secs,
+            1,
+            DAY_SECS,
+        );
+        c.within(
+            "deleted_retention_days",
+            self.deleted_retention_days,
+            0,
+            36_500,
+        );
         if let Some(days) = self.message_retention_days {
             c.within("message_retention_days", days, 1, 36_500);
         }
@@ -530,9 +617,24 @@ impl Config {
                 (c.name)("argon2_parallelism")
             ));
         }
-        c.within("argon2_memory_kib", self.argon2_memory_kib.into(), 8, 4 * 1024 * 1024);
-        c.within("argon2_max_concurrent", self.argon2_max_concurrent as u64, 1, 1024);
-        c.within("password_min_length", self.password_min_length as u64, 1, 1024);
+        c.within(
+            "argon2_memory_kib",
+            self.argon2_memory_kib.into(),
+            8,
+            4 * 1024 * 1024,
+        );
+        c.within(
+            "argon2_max_concurrent",
+            self.argon2_max_concurrent as u64,
+            1,
+            1024,
+        );
+        c.within(
+            "password_min_length",
+            self.password_min_length as u64,
+            1,
+            1024,
+        );
         c.within("lockout_minutes", self.lockout_minutes, 1, 365 * 24 * 60);
 
         if self.tls_cert.is_some() != self.tls_key.is_some() {
@@ -544,11 +646,13 @@ impl Config {
         }
         if serve && self.env == Environment::Production {
             if self.jwt_algorithm == "HS256" && self.jwt_secret.is_none() {
-                c.problems.push(ConfigProblem::Production("COURIER_JWT_SECRET"));
+                c.problems
+                    .push(ConfigProblem::Production("COURIER_JWT_SECRET"));
             }
             if self.master_keys.is_none() && self.keyring_file.is_none() {
-                c.problems
-                    .push(ConfigProblem::Production("COURIER_MASTER_KEYS or COURIER_KEYRING_FILE"));
+                c.problems.push(ConfigProblem::Production(
+                    "COURIER_MASTER_KEYS or COURIER_KEYRING_FILE",
+                ));
             }
             if self.tls_cert.is_none() && !self.behind_proxy {
                 c.problems.push(ConfigProblem::Production(
@@ -754,7 +858,8 @@ mod tests {
             let err = Config::load(None, &Overrides::default()).expect_err("0 ms refused");
             let err = err.to_string();
             assert!(
-                err.contains("COURIER_HEARTBEAT_MS: must be between 1 and") && err.contains("not 0"),
+                err.contains("COURIER_HEARTBEAT_MS: must be between 1 and")
+                    && err.contains("not 0"),
                 "{err}"
             );
             Ok(())

@@ -197,12 +197,8 @@ fn fail(error: &anyhow::Error) -> ExitCode {
 /// Whether an error is the configuration's: invalid values, production
 /// without its secrets or TLS, unusable secrets or TLS files.
 fn is_config_error(error: &(dyn std::error::Error + 'static)) -> bool {
-    let secrets = |e: &SecretsError| {
-        matches!(
-            e,
-            SecretsError::Missing(_) | SecretsError::Invalid { .. }
-        )
-    };
+    let secrets =
+        |e: &SecretsError| matches!(e, SecretsError::Missing(_) | SecretsError::Invalid { .. });
     let server = |e: &ServerError| match e {
         ServerError::Config(_) | ServerError::Refused(_) => true,
         ServerError::Secrets(s) => secrets(s),

@@ -145,7 +145,10 @@ fn load_or_generate(
 pub fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     let mut file = private_files::open(
         path,
-        fs::OpenOptions::new().write(true).create(true).truncate(true),
+        fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true),
     )?;
     file.write_all(contents.as_bytes())?;
     file.write_all(b"\n")?;

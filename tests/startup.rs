@@ -59,14 +59,22 @@ async fn refused(mut cmd: Command) -> (Output, String) {
 /// stderr exactly `header` then one line per problem, each once.
 fn assert_one_message(out: &Output, stderr: &str, header: &str, problems: &[&str]) {
     assert_eq!(out.status.code(), Some(EXIT_CONFIG), "{stderr}");
-    assert!(out.stdout.is_empty(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     assert!(
         !stderr.to_lowercase().contains("backtrace"),
         "a backtrace was printed:\n{stderr}"
     );
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.first().copied(), Some(header), "{stderr}");
-    assert_eq!(lines.len(), 1 + problems.len(), "one line per problem:\n{stderr}");
+    assert_eq!(
+        lines.len(),
+        1 + problems.len(),
+        "one line per problem:\n{stderr}"
+    );
     for problem in problems {
         let line = format!("  - {problem}");
         assert_eq!(
@@ -87,7 +95,10 @@ async fn bad_configuration_is_one_message_listing_every_problem() {
     .expect("write the config file");
     let mut cmd = courier(work.path());
     cmd.args(["--config", "c.toml", "--data-dir", "data", "serve"])
-        .env("COURIER_DATABSE_URL", "postgres://courier@db.invalid/courier")
+        .env(
+            "COURIER_DATABSE_URL",
+            "postgres://courier@db.invalid/courier",
+        )
         .env("COURIER_MAX_FRAME_BYTES", "0")
         .env("COURIER_MAX_TEXT_BYTES", "100000")
         .env("COURIER_BIND", "not-an-address");
@@ -177,7 +188,10 @@ impl Served {
         let started = Instant::now();
         loop {
             if let Some(status) = child.try_wait().expect("poll the child") {
-                panic!("courier exited during start ({status}):\n{}", read_log(work));
+                panic!(
+                    "courier exited during start ({status}):\n{}",
+                    read_log(work)
+                );
             }
             let ready = http.get(format!("http://{addr}/ready")).send().await;
             if ready.is_ok_and(|r| r.status().as_u16() == 200) {
@@ -255,8 +269,7 @@ async fn data_files_are_private_and_narrowed_at_start() {
     for file in DATA_FILES {
         let path = data.join(file);
         if path.exists() {
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
-                .expect("chmod");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
         }
     }
     let log_before = read_log(work.path()).len();

@@ -64,7 +64,8 @@ const SIDE_FILES: [&str; 3] = ["-wal", "-shm", "-journal"];
 /// to 0600, with a warning.
 fn create_private(db: &std::path::Path) -> Result<(), StoreError> {
     use crate::private_files;
-    let failed = |e: std::io::Error| StoreError::Database(format!("cannot create {}: {e}", db.display()));
+    let failed =
+        |e: std::io::Error| StoreError::Database(format!("cannot create {}: {e}", db.display()));
     if let Some(dir) = db.parent().filter(|d| !d.as_os_str().is_empty()) {
         private_files::create_dir_all(dir).map_err(failed)?;
     }
@@ -74,8 +75,14 @@ fn create_private(db: &std::path::Path) -> Result<(), StoreError> {
         side.push(suffix);
         private_files::narrow(std::path::Path::new(&side));
     }
-    private_files::open(db, std::fs::OpenOptions::new().read(true).write(true).create(true))
-        .map_err(failed)?;
+    private_files::open(
+        db,
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true),
+    )
+    .map_err(failed)?;
     Ok(())
 }
 

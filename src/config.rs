@@ -478,13 +478,12 @@ impl Config {
         );
         c.within("max_text_bytes", self.max_text_bytes as u64, 1, 64 * MIB);
         if self.max_text_bytes > self.max_frame_bytes {
-            c.conflict(format!(
-                "{} ({}) must not exceed {} ({}): such a text could never arrive",
-                (c.name)("max_text_bytes"),
-                self.max_text_bytes,
-                (c.name)("max_frame_bytes"),
-                self.max_frame_bytes
-            ));
+            c.versus(
+                ("max_text_bytes", self.max_text_bytes as u64),
+                "must not exceed",
+                ("max_frame_bytes", self.max_frame_bytes as u64),
+                ": such a text could never arrive",
+            );
         }
         c.within(
             "send_per_minute",
@@ -521,24 +520,22 @@ impl Config {
             16 * 1024 * MIB,
         );
         if self.outbound_queue_bytes < self.max_frame_bytes {
-            c.conflict(format!(
-                "{} ({}) must be at least {} ({})",
-                (c.name)("outbound_queue_bytes"),
-                self.outbound_queue_bytes,
-                (c.name)("max_frame_bytes"),
-                self.max_frame_bytes
-            ));
+            c.versus(
+                ("outbound_queue_bytes", self.outbound_queue_bytes as u64),
+                "must be at least",
+                ("max_frame_bytes", self.max_frame_bytes as u64),
+                "",
+            );
         }
         c.within("heartbeat_ms", self.heartbeat_ms, 1, HOUR_MS);
         c.within("idle_timeout_ms", self.idle_timeout_ms, 1, 24 * HOUR_MS);
         if self.heartbeat_ms >= self.idle_timeout_ms {
-            c.conflict(format!(
-                "{} ({}) must be less than {} ({}): a quiet client would be closed before its first ping",
-                (c.name)("heartbeat_ms"),
-                self.heartbeat_ms,
-                (c.name)("idle_timeout_ms"),
-                self.idle_timeout_ms
-            ));
+            c.versus(
+                ("heartbeat_ms", self.heartbeat_ms),
+                "must be less than",
+                ("idle_timeout_ms", self.idle_timeout_ms),
+                ": a quiet client would be closed before its first ping",
+            );
         }
         c.within("typing_expiry_ms", self.typing_expiry_ms, 1, HOUR_MS);
 
@@ -777,6 +774,23 @@ impl Checks<'_> {
 
     fn conflict(&mut self, message: String) {
         self.problems.push(ConfigProblem::Conflict(message));
+    }
+
+    /// Two settings that contradict each other: "a (1) must be less than
+    /// b (0): why".
+    fn versus(
+        &mut self,
+        (a, a_value): (&str, u64),
+        relation: &str,
+        (b, b_value): (&str, u64),
+        why: &str,
+    ) {
+        let message = format!(
+            "{} ({a_value}) {relation} {} ({b_value}){why}",
+            (self.name)(a),
+            (self.name)(b)
+        );
+        self.conflict(message);
     }
 
     /// `value` must lie in `min..=max`.

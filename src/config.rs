@@ -795,7 +795,7 @@ impl Checks<'_> {
 
     /// `value` must lie in `min..=max`.
     fn within(&mut self, key: &str, value: u64, min: u64, max: u64) {
-        if value < min || value > max {
+        if !(min..=max).contains(&value) {
             let range = match (min, max) {
                 (0, max) => format!("at most {max}"),
                 (min, u64::MAX) => format!("at least {min}"),

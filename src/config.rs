@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use figment::providers::{Env, Format, Serialized, Toml};
-use figment::Figment;
+use figment::{Figment, Provider};
 use serde::{Deserialize, Deserializer, Serialize};
 
 /// Development (generated secrets allowed) or production (secrets required).
@@ -95,7 +95,6 @@ pub struct Config {
 
     pub outbound_queue_frames: usize,
     pub outbound_queue_bytes: usize,
-    #[serde(deserialize_with = "nonzero")]
     pub heartbeat_ms: u64,
     pub idle_timeout_ms: u64,
     pub recovery_limit: u32,
@@ -203,26 +202,462 @@ pub struct Overrides {
     pub database_url: Option<String>,
 }
 
-/// A configuration that could not be read.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid configuration: {0}")]
-pub struct ConfigError(#[from] Box<figment::Error>);
+/// One thing wrong with the configuration. Values of secrets never appear
+/// in these messages.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigProblem {
+    /// The TOML file could not be read or parsed.
+    #[error("{0}")]
+    Unreadable(String),
+    /// A variable or key that is no setting, e.g. "variable
+    /// COURIER_DATABSE_URL", with the closest setting when one is close.
+    #[error("unknown {name}{}", .suggestion.as_ref().map(|s| format!("; did you mean {s}?")).unwrap_or_default())]
+    Unknown {
+        name: String,
+        suggestion: Option<String>,
+    },
+    /// A value the setting does not take; `name` says where it was set
+    /// (`COURIER_MAX_FRAME_BYTES`, `max_frame_bytes in c.toml`, ...).
+    #[error("{name}: {reason}")]
+    Invalid { name: String, reason: String },
+    /// Settings that contradict each other.
+    #[error("{0}")]
+    Conflict(String),
+    /// A production start without something production needs.
+    #[error("production requires {0}")]
+    Production(&'static str),
+}
+
+/// A configuration that cannot be used: every problem found, not only the
+/// first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// In the order found: the file, unknown names, then the values.
+    pub problems: Vec<ConfigProblem>,
+}
+
+impl std::error::Error for ConfigError {}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.problems.as_slice() {
+            [one] => write!(f, "invalid configuration: {one}"),
+            all => {
+                write!(f, "invalid configuration, {} problems:", all.len())?;
+                for problem in all {
+                    write!(f, "\n  - {problem}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Settings whose values must never be echoed, even in an error message.
+const SECRET_KEYS: [&str; 3] = ["jwt_secret", "master_keys", "initial_admin_password"];
 
 impl Config {
-    /// Reads every layer. `file` is `--config`; without it
-    /// `config/default.toml` is read when it exists.
+    /// Reads every layer and checks the result as a whole (see
+    /// [`Config::check`]): unknown variables and keys, values of the wrong
+    /// type and values out of range are all reported together. `file` is
+    /// `--config`; without it `config/default.toml` is read when it exists.
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        Self::load_checked(file, overrides, false)
+    }
+
+    /// [`Config::load`] for `courier serve`: production requirements
+    /// (secrets, TLS) are reported with the other problems.
+    pub fn load_to_serve(
+        file: Option<&Path>,
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        Self::load_checked(file, overrides, true)
+    }
+
+    fn load_checked(
+        file: Option<&Path>,
+        overrides: &Overrides,
+        serve: bool,
+    ) -> Result<Config, ConfigError> {
+        let known = known_keys();
+        let mut problems = Vec::new();
         let default_file = Path::new("config/default.toml");
         let file = file.or_else(|| default_file.exists().then_some(default_file));
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(file) = file {
-            figment = figment.merge(Toml::file_exact(file));
+            let toml = Figment::from(Toml::file_exact(file));
+            match toml.data() {
+                Ok(data) => {
+                    for key in data.values().flat_map(|dict| dict.keys()) {
+                        if !known.contains(key) {
+                            problems.push(ConfigProblem::Unknown {
+                                name: format!("key {key} in {}", file.display()),
+                                suggestion: closest(key, &known).map(str::to_owned),
+                            });
+                        }
+                    }
+                    figment = figment.merge(toml);
+                }
+                Err(e) => problems.push(ConfigProblem::Unreadable(format!(
+                    "{}: {}",
+                    file.display(),
+                    e.kind
+                ))),
+            }
         }
-        figment
-            .merge(Env::prefixed("COURIER_"))
-            .merge(Serialized::defaults(overrides))
-            .extract()
-            .map_err(|e| ConfigError(Box::new(e)))
+        let env = Env::prefixed(ENV_PREFIX);
+        for (key, _) in env.iter() {
+            if !known.iter().any(|k| k == key.as_str()) {
+                problems.push(ConfigProblem::Unknown {
+                    name: format!("variable {}", env_name(key.as_str())),
+                    suggestion: closest(key.as_str(), &known).map(env_name),
+                });
+            }
+        }
+        let figment = figment.merge(env).merge(Serialized::defaults(overrides));
+        let name = |key: &str| source_name(&figment, key);
+
+        let config = match figment.extract::<Config>() {
+            Ok(config) => config,
+            Err(_) => {
+                // serde stops at the first bad field: try each set key on
+                // its own over the defaults, keep the ones that read.
+                let mut good = Figment::from(Serialized::defaults(Config::default()));
+                for key in &known {
+                    let Ok(value) = figment.find_value(key) else {
+                        continue;
+                    };
+                    let alone = Figment::from(Serialized::defaults(Config::default()))
+                        .merge((key.as_str(), &value));
+                    match alone.extract::<Config>() {
+                        Ok(_) => good = good.merge((key.as_str(), value)),
+                        Err(e) => problems.push(ConfigProblem::Invalid {
+                            name: name(key),
+                            reason: if SECRET_KEYS.contains(&key.as_str()) {
+                                "must be a string (the value is not shown)".into()
+                            } else {
+                                e.kind.to_string()
+                            },
+                        }),
+                    }
+                }
+                good.extract::<Config>().map_err(|e| ConfigError {
+                    problems: vec![ConfigProblem::Unreadable(e.to_string())],
+                })?
+            }
+        };
+        problems.extend(config.problems(serve, &name));
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+
+    /// Checks the values as a whole: zero or absurd sizes, timeouts and
+    /// limits, addresses that are none, settings that contradict each other,
+    /// and with `serve` what a production start needs (every missing piece,
+    /// not only the first).
+    pub fn check(&self, serve: bool) -> Result<(), ConfigError> {
+        let problems = self.problems(serve, &|key: &str| key.to_owned());
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+
+    /// The problems of [`Config::check`]; `name` says where a key was set.
+    fn problems(&self, serve: bool, name: &dyn Fn(&str) -> String) -> Vec<ConfigProblem> {
+        let mut c = Checks {
+            problems: Vec::new(),
+            name,
+        };
+        const SECOND_MS: u64 = 1_000;
+        const HOUR_MS: u64 = 3_600 * SECOND_MS;
+        const DAY_SECS: u64 = 86_400;
+        const MIB: u64 = 1024 * 1024;
+
+        if self.data_dir.as_os_str().is_empty() {
+            c.invalid("data_dir", "must not be empty".into());
+        }
+        if let Some(url) = &self.database_url {
+            // The URL may hold a password: it is not echoed.
+            if !["sqlite:", "postgres://", "postgresql://"]
+                .iter()
+                .any(|scheme| url.starts_with(scheme))
+            {
+                c.invalid(
+                    "database_url",
+                    "must start with sqlite: or postgres:// (the value is not shown)".into(),
+                );
+            }
+        }
+        if self
+            .jwt_secret
+            .as_ref()
+            .is_some_and(|s| s.expose().len() < 32)
+        {
+            c.invalid("jwt_secret", "must be at least 32 characters".into());
+        }
+        match self.jwt_algorithm.as_str() {
+            "HS256" => {}
+            "RS256" | "EdDSA" => {
+                for (key, file) in [
+                    ("jwt_private_key_file", &self.jwt_private_key_file),
+                    ("jwt_public_key_file", &self.jwt_public_key_file),
+                ] {
+                    if file.is_none() {
+                        c.conflict(format!(
+                            "{} {} needs {}",
+                            (c.name)("jwt_algorithm"),
+                            self.jwt_algorithm,
+                            (c.name)(key)
+                        ));
+                    }
+                }
+            }
+            other => c.invalid(
+                "jwt_algorithm",
+                format!("must be HS256, RS256 or EdDSA, not {other:?}"),
+            ),
+        }
+        for key in ["jwt_issuer", "jwt_audience"] {
+            let value = if key == "jwt_issuer" {
+                &self.jwt_issuer
+            } else {
+                &self.jwt_audience
+            };
+            if value.trim().is_empty() {
+                c.invalid(key, "must not be empty".into());
+            }
+        }
+        c.within(
+            "access_token_ttl_secs",
+            self.access_token_ttl_secs,
+            1,
+            365 * DAY_SECS,
+        );
+        c.within(
+            "refresh_token_ttl_secs",
+            self.refresh_token_ttl_secs,
+            1,
+            10 * 365 * DAY_SECS,
+        );
+        if let Some(spec) = &self.master_keys {
+            // Keyring errors name the entry and the problem, never a key.
+            if let Err(e) = courier_actors::crypto::Keyring::parse(spec.expose()) {
+                c.invalid("master_keys", e.to_string());
+            }
+        }
+        match (&self.initial_admin_username, &self.initial_admin_password) {
+            (Some(_), None) | (None, Some(_)) => c.conflict(format!(
+                "{} and {} must be set together",
+                (c.name)("initial_admin_username"),
+                (c.name)("initial_admin_password")
+            )),
+            (Some(_), Some(password))
+                if password.expose().chars().count() < self.password_min_length =>
+            {
+                c.invalid(
+                    "initial_admin_password",
+                    format!(
+                        "must be at least password_min_length ({}) characters",
+                        self.password_min_length
+                    ),
+                )
+            }
+            _ => {}
+        }
+
+        c.within(
+            "max_frame_bytes",
+            self.max_frame_bytes as u64,
+            1024,
+            64 * MIB,
+        );
+        c.within("max_text_bytes", self.max_text_bytes as u64, 1, 64 * MIB);
+        if self.max_text_bytes > self.max_frame_bytes {
+            c.versus(
+                ("max_text_bytes", self.max_text_bytes as u64),
+                "must not exceed",
+                ("max_frame_bytes", self.max_frame_bytes as u64),
+                ": such a text could never arrive",
+            );
+        }
+        c.within(
+            "send_per_minute",
+            self.send_per_minute.into(),
+            1,
+            u32::MAX.into(),
+        );
+        c.within("auth_timeout_ms", self.auth_timeout_ms, 1, HOUR_MS);
+        c.within(
+            "http_header_timeout_ms",
+            self.http_header_timeout_ms,
+            1,
+            HOUR_MS,
+        );
+        for origin in &self.allowed_origins {
+            if !is_origin(origin) {
+                c.invalid(
+                    "allowed_origins",
+                    format!("{origin:?} is not an origin (scheme://host[:port], no path) or \"*\""),
+                );
+            }
+        }
+
+        c.within(
+            "outbound_queue_frames",
+            self.outbound_queue_frames as u64,
+            1,
+            10_000_000,
+        );
+        c.within(
+            "outbound_queue_bytes",
+            self.outbound_queue_bytes as u64,
+            1,
+            16 * 1024 * MIB,
+        );
+        if self.outbound_queue_bytes < self.max_frame_bytes {
+            c.versus(
+                ("outbound_queue_bytes", self.outbound_queue_bytes as u64),
+                "must be at least",
+                ("max_frame_bytes", self.max_frame_bytes as u64),
+                "",
+            );
+        }
+        c.within("heartbeat_ms", self.heartbeat_ms, 1, HOUR_MS);
+        c.within("idle_timeout_ms", self.idle_timeout_ms, 1, 24 * HOUR_MS);
+        if self.heartbeat_ms >= self.idle_timeout_ms {
+            c.versus(
+                ("heartbeat_ms", self.heartbeat_ms),
+                "must be less than",
+                ("idle_timeout_ms", self.idle_timeout_ms),
+                ": a quiet client would be closed before its first ping",
+            );
+        }
+        c.within("typing_expiry_ms", self.typing_expiry_ms, 1, HOUR_MS);
+
+        if let Some(max) = self.persist_batch_max {
+            c.within("persist_batch_max", max as u64, 1, 1_000_000);
+        }
+        c.within(
+            "persist_batch_delay_us",
+            self.persist_batch_delay_us,
+            0,
+            60_000_000,
+        );
+        c.within(
+            "persist_commits_in_flight",
+            self.persist_commits_in_flight as u64,
+            1,
+            1024,
+        );
+        c.within(
+            "persist_queue_capacity",
+            self.persist_queue_capacity as u64,
+            1,
+            100_000_000,
+        );
+
+        c.within(
+            "audit_checkpoint_every",
+            self.audit_checkpoint_every,
+            1,
+            u64::MAX,
+        );
+        c.within(
+            "audit_checkpoint_interval_secs",
+            self.audit_checkpoint_interval_secs,
+            1,
+            DAY_SECS,
+        );
+        c.within(
+            "audit_batch_delay_us",
+            self.audit_batch_delay_us,
+            0,
+            60_000_000,
+        );
+
+        c.within(
+            "retention_interval_secs",
+            self.retention_interval_secs,
+            1,
+            DAY_SECS,
+        );
+        c.within(
+            "deleted_retention_days",
+            self.deleted_retention_days,
+            0,
+            36_500,
+        );
+        if let Some(days) = self.message_retention_days {
+            c.within("message_retention_days", days, 1, 36_500);
+        }
+        for name in &self.phi_detectors {
+            if let Err(e) = name.parse::<courier_actors::policy::phi::PhiKind>() {
+                c.invalid("phi_detectors", e.to_string());
+            }
+        }
+
+        if let Err(e) = argon2::Params::new(
+            self.argon2_memory_kib,
+            self.argon2_iterations,
+            self.argon2_parallelism,
+            None,
+        ) {
+            c.conflict(format!(
+                "{}, {} and {}: {e}",
+                (c.name)("argon2_memory_kib"),
+                (c.name)("argon2_iterations"),
+                (c.name)("argon2_parallelism")
+            ));
+        }
+        c.within(
+            "argon2_memory_kib",
+            self.argon2_memory_kib.into(),
+            8,
+            4 * 1024 * 1024,
+        );
+        c.within(
+            "argon2_max_concurrent",
+            self.argon2_max_concurrent as u64,
+            1,
+            1024,
+        );
+        c.within(
+            "password_min_length",
+            self.password_min_length as u64,
+            1,
+            1024,
+        );
+        c.within("lockout_minutes", self.lockout_minutes, 1, 365 * 24 * 60);
+
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            c.conflict(format!(
+                "{} and {} must be set together",
+                (c.name)("tls_cert"),
+                (c.name)("tls_key")
+            ));
+        }
+        if serve && self.env == Environment::Production {
+            if self.jwt_algorithm == "HS256" && self.jwt_secret.is_none() {
+                c.problems
+                    .push(ConfigProblem::Production("COURIER_JWT_SECRET"));
+            }
+            if self.master_keys.is_none() && self.keyring_file.is_none() {
+                c.problems.push(ConfigProblem::Production(
+                    "COURIER_MASTER_KEYS or COURIER_KEYRING_FILE",
+                ));
+            }
+            if self.tls_cert.is_none() && !self.behind_proxy {
+                c.problems.push(ConfigProblem::Production(
+                    "TLS (COURIER_TLS_CERT and COURIER_TLS_KEY) or COURIER_BEHIND_PROXY=true",
+                ));
+            }
+        }
+        c.problems
     }
 
     /// The database URL: the configured one, else `courier.db` in the data
@@ -261,12 +696,114 @@ impl Config {
     }
 }
 
-/// A setting that must not be 0 (a heartbeat of 0 ms would tick without
-/// pause on every connection).
-fn nonzero<'de, D: Deserializer<'de>>(de: D) -> Result<u64, D::Error> {
-    match u64::deserialize(de)? {
-        0 => Err(serde::de::Error::custom("must be greater than 0")),
-        value => Ok(value),
+/// The prefix of the environment variables: key `foo` is `COURIER_FOO`.
+const ENV_PREFIX: &str = "COURIER_";
+
+/// The environment variable of a key.
+fn env_name(key: &str) -> String {
+    format!("{ENV_PREFIX}{}", key.to_ascii_uppercase())
+}
+
+/// Every key there is: the fields of [`Config`].
+fn known_keys() -> Vec<String> {
+    match serde_json::to_value(Config::default()) {
+        Ok(serde_json::Value::Object(fields)) => fields.keys().cloned().collect(),
+        _ => unreachable!("Config serializes to an object"),
+    }
+}
+
+/// The known key closest to an unknown one, when it is close enough to be
+/// a typo: a few edits, at most a third of the name.
+fn closest<'a>(unknown: &str, known: &'a [String]) -> Option<&'a str> {
+    known
+        .iter()
+        .map(|k| (strsim::damerau_levenshtein(unknown, k), k.as_str()))
+        .filter(|(distance, _)| *distance <= 3 && *distance * 3 <= unknown.len())
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, k)| k)
+}
+
+/// Where a key's value came from, as the user would write it:
+/// `COURIER_MAX_FRAME_BYTES`, `max_frame_bytes in c.toml`, `--data-dir`, or
+/// the bare key for a built-in default.
+fn source_name(figment: &Figment, key: &str) -> String {
+    let Some(metadata) = figment.find_metadata(key) else {
+        return key.to_owned();
+    };
+    if let Some(figment::Source::File(path)) = &metadata.source {
+        format!("{key} in {}", path.display())
+    } else if metadata.name.contains("environment") {
+        env_name(key)
+    } else if metadata.name.contains("Overrides") {
+        format!("--{}", key.replace('_', "-"))
+    } else {
+        key.to_owned()
+    }
+}
+
+/// `scheme://host[:port]` without a path, as browsers send `Origin`.
+fn is_origin(origin: &str) -> bool {
+    if origin == "*" {
+        return true;
+    }
+    let Some((scheme, host)) = origin.split_once("://") else {
+        return false;
+    };
+    !scheme.is_empty()
+        && scheme
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || "+-.".contains(ch))
+        && !host.is_empty()
+        && !host.contains(['/', '?', '#', ' ', ','])
+}
+
+/// Collects the problems of [`Config::check`].
+struct Checks<'a> {
+    problems: Vec<ConfigProblem>,
+    /// Where a key was set (see [`source_name`]).
+    name: &'a dyn Fn(&str) -> String,
+}
+
+impl Checks<'_> {
+    fn invalid(&mut self, key: &str, reason: String) {
+        self.problems.push(ConfigProblem::Invalid {
+            name: (self.name)(key),
+            reason,
+        });
+    }
+
+    fn conflict(&mut self, message: String) {
+        self.problems.push(ConfigProblem::Conflict(message));
+    }
+
+    /// Two settings that contradict each other: "a (1) must be less than
+    /// b (0): why".
+    fn versus(
+        &mut self,
+        (a, a_value): (&str, u64),
+        relation: &str,
+        (b, b_value): (&str, u64),
+        why: &str,
+    ) {
+        let message = format!(
+            "{} ({a_value}) {relation} {} ({b_value}){why}",
+            (self.name)(a),
+            (self.name)(b)
+        );
+        self.conflict(message);
+    }
+
+    /// `value` must lie in `min..=max`.
+    fn within(&mut self, key: &str, value: u64, min: u64, max: u64) {
+        if !(min..=max).contains(&value) {
+            let range = match (min, max) {
+                (0, max) => format!("at most {max}"),
+                (min, u64::MAX) => format!("at least {min}"),
+                (min, max) if max == u64::from(u32::MAX) => format!("at least {min}"),
+                (min, max) => format!("between {min} and {max}"),
+            };
+            self.invalid(key, format!("must be {range}, not {value}"));
+        }
     }
 }
 
@@ -299,6 +836,7 @@ mod tests {
     #[allow(clippy::result_large_err)]
     fn layers_apply_in_order() {
         figment::Jail::expect_with(|jail| {
+            jail.clear_env();
             jail.create_file(
                 "c.toml",
                 "bind = \"127.0.0.1:9000\"\nmax_text_bytes = 100\n",
@@ -329,15 +867,95 @@ mod tests {
     #[allow(clippy::result_large_err)]
     fn a_zero_heartbeat_is_refused() {
         figment::Jail::expect_with(|jail| {
+            jail.clear_env();
             jail.set_env("COURIER_HEARTBEAT_MS", "0");
             let err = Config::load(None, &Overrides::default()).expect_err("0 ms refused");
             let err = err.to_string();
             assert!(
-                err.to_lowercase().contains("heartbeat_ms") && err.contains("greater than 0"),
+                err.contains("COURIER_HEARTBEAT_MS: must be between 1 and")
+                    && err.contains("not 0"),
                 "{err}"
             );
             Ok(())
         });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn every_problem_is_reported_at_once() {
+        figment::Jail::expect_with(|jail| {
+            jail.clear_env();
+            jail.create_file(
+                "c.toml",
+                "max_frame_byte = 100\nmax_text_bytes = 70000\nheartbeat_ms = \"soon\"\n",
+            )?;
+            jail.set_env("COURIER_DATABSE_URL", "postgres://x");
+            jail.set_env("COURIER_BIND", "localhost");
+            jail.set_env("COURIER_MAX_FRAME_BYTES", "0");
+            jail.set_env("COURIER_JWT_SECRET", "short");
+            let err = Config::load(Some(Path::new("c.toml")), &Overrides::default())
+                .expect_err("refused");
+            let text = err.to_string();
+            for expected in [
+                "unknown key max_frame_byte in c.toml; did you mean max_frame_bytes?",
+                "unknown variable COURIER_DATABSE_URL; did you mean COURIER_DATABASE_URL?",
+                "COURIER_BIND: invalid socket address syntax",
+                "heartbeat_ms in c.toml: invalid type",
+                "COURIER_MAX_FRAME_BYTES: must be between 1024 and 67108864, not 0",
+                "max_text_bytes in c.toml (70000) must not exceed COURIER_MAX_FRAME_BYTES (0)",
+                "COURIER_JWT_SECRET: must be at least 32 characters",
+            ] {
+                assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+            }
+            assert!(!text.contains("short"), "a secret leaked: {text}");
+            assert_eq!(err.problems.len(), 7, "{text}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn a_far_name_gets_no_suggestion() {
+        figment::Jail::expect_with(|jail| {
+            jail.clear_env();
+            jail.set_env("COURIER_SOMETHING_ELSE", "1");
+            let err = Config::load(None, &Overrides::default()).expect_err("refused");
+            assert_eq!(
+                err.to_string(),
+                "invalid configuration: unknown variable COURIER_SOMETHING_ELSE"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn the_shipped_file_is_the_defaults() {
+        figment::Jail::expect_with(|jail| {
+            jail.clear_env();
+            let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/default.toml");
+            let c = Config::load(Some(&file), &Overrides::default()).expect("loads cleanly");
+            assert_eq!(
+                serde_json::to_value(&c).expect("json"),
+                serde_json::to_value(Config::default()).expect("json")
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn production_names_every_missing_piece() {
+        let c = Config {
+            env: Environment::Production,
+            ..Config::default()
+        };
+        assert!(c.check(false).is_ok(), "only serving needs them");
+        let err = c.check(true).expect_err("refused");
+        let text = err.to_string();
+        for piece in ["COURIER_JWT_SECRET", "COURIER_MASTER_KEYS", "TLS"] {
+            assert!(text.contains(piece), "{text}");
+        }
+        assert_eq!(err.problems.len(), 3, "{text}");
     }
 
     #[test]

@@ -2,11 +2,15 @@
 //! and run the server or one of the maintenance commands.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use courier::config::{Config, Overrides};
-use courier::{commands, telemetry};
+use courier::commands::{self, CommandError};
+use courier::config::{Config, ConfigError, Overrides};
+use courier::secrets::SecretsError;
+use courier::server::ServerError;
+use courier::telemetry;
 
 #[derive(Parser)]
 #[command(
@@ -95,21 +99,43 @@ enum KeysCommand {
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// The exit status of a configuration that cannot be used, production's
+/// missing pieces included (`EX_CONFIG` of sysexits.h). Other failures exit
+/// with 1, clap's usage errors with 2, and so does `audit verify` when the
+/// chain is tampered with.
+const EXIT_CONFIG: u8 = 78;
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let bind = match &cli.command {
-        Some(Command::Serve { bind }) => *bind,
+    let command = cli.command.unwrap_or(Command::Serve { bind: None });
+    let bind = match &command {
+        Command::Serve { bind } => *bind,
         _ => None,
     };
     let overrides = Overrides {
         bind,
-        data_dir: cli.data_dir.clone(),
-        database_url: cli.database_url.clone(),
+        data_dir: cli.data_dir,
+        database_url: cli.database_url,
     };
-    let config = Config::load(cli.config.as_deref(), &overrides)?;
+    let loaded = match command {
+        Command::Serve { .. } => Config::load_to_serve(cli.config.as_deref(), &overrides),
+        _ => Config::load(cli.config.as_deref(), &overrides),
+    };
+    let config = match loaded {
+        Ok(config) => config,
+        Err(e) => return fail(&e.into()),
+    };
     telemetry::init_logging(config.log_format);
-    match cli.command.unwrap_or(Command::Serve { bind: None }) {
+    match run(command, config).await {
+        Ok(code) => code,
+        Err(e) => fail(&e),
+    }
+}
+
+/// Runs one command; its exit status when it did not fail.
+async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
+    match command {
         Command::Serve { .. } => {
             let listener = tokio::net::TcpListener::bind(config.bind)
                 .await
@@ -132,7 +158,7 @@ async fn main() -> anyhow::Result<()> {
         } => {
             let report = commands::audit_verify(&config).await?;
             if !report.ok {
-                std::process::exit(2);
+                return Ok(ExitCode::from(2));
             }
         }
         Command::Keys {
@@ -144,7 +170,55 @@ async fn main() -> anyhow::Result<()> {
             command: KeysCommand::Retire { version },
         } => commands::keys_retire(&config, version).await?,
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints why the command failed, once and as one message: each cause
+/// only when the message does not already say it, and never a backtrace
+/// (which `RUST_BACKTRACE=1` would add to the `Debug` form). Returns the
+/// exit status: [`EXIT_CONFIG`] when the configuration is to blame.
+fn fail(error: &anyhow::Error) -> ExitCode {
+    let mut message = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !message.contains(&cause) {
+            message.push_str(": ");
+            message.push_str(&cause);
+        }
+    }
+    eprintln!("courier: {message}");
+    if error.chain().any(is_config_error) {
+        ExitCode::from(EXIT_CONFIG)
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Whether an error is the configuration's: invalid values, production
+/// without its secrets or TLS, unusable secrets or TLS files.
+fn is_config_error(error: &(dyn std::error::Error + 'static)) -> bool {
+    let secrets =
+        |e: &SecretsError| matches!(e, SecretsError::Missing(_) | SecretsError::Invalid { .. });
+    let server = |e: &ServerError| match e {
+        ServerError::Config(_) | ServerError::Refused(_) => true,
+        ServerError::Secrets(s) => secrets(s),
+        _ => false,
+    };
+    if error.is::<ConfigError>() {
+        true
+    } else if let Some(e) = error.downcast_ref::<ServerError>() {
+        server(e)
+    } else if let Some(e) = error.downcast_ref::<SecretsError>() {
+        secrets(e)
+    } else if let Some(e) = error.downcast_ref::<CommandError>() {
+        match e {
+            CommandError::Server(s) => server(s),
+            CommandError::Secrets(s) => secrets(s),
+            _ => false,
+        }
+    } else {
+        false
+    }
 }
 
 /// Completes on SIGINT or SIGTERM.

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use courier_actors::crypto::Keyring;
+use courier_actors::durable::private_files;
 
 use crate::config::{Config, Environment, Secret};
 
@@ -43,8 +44,9 @@ pub enum SecretsError {
     },
 }
 
-const JWT_FILE: &str = "jwt_secret";
-const KEYRING_FILE: &str = "keyring";
+/// The generated files, in the data directory.
+pub(crate) const JWT_FILE: &str = "jwt_secret";
+pub(crate) const KEYRING_FILE: &str = "keyring";
 
 /// Resolves both secrets as described in the module docs.
 pub fn resolve(config: &Config) -> Result<Secrets, SecretsError> {
@@ -127,7 +129,7 @@ fn load_or_generate(
         Err(e) => return Err(io(e)),
     }
     if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).map_err(io)?;
+        private_files::create_dir_all(dir).map_err(io)?;
     }
     let value = generate();
     write_private(path, &value).map_err(io)?;
@@ -139,16 +141,15 @@ fn load_or_generate(
     Ok(value)
 }
 
-/// Writes a file readable by its owner only.
+/// Writes a file readable by its owner only (0600, whatever the umask).
 pub fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options.open(path)?;
+    let mut file = private_files::open(
+        path,
+        fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true),
+    )?;
     file.write_all(contents.as_bytes())?;
     file.write_all(b"\n")?;
     file.sync_all()

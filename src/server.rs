@@ -17,6 +17,7 @@ use courier_actors::audit::actor::AuditConfig;
 use courier_actors::audit::chain::PendingAudit;
 use courier_actors::crypto::{Keyring, MessageCipher};
 use courier_actors::durable::persistence::PersistenceConfig;
+use courier_actors::durable::private_files;
 use courier_actors::durable::retention::RetentionConfig;
 use courier_actors::durable::store::{self, DynStore, NewUser, Role, StoreError};
 use courier_actors::policy::phi::{PhiDetector, PhiKind};
@@ -27,7 +28,7 @@ use tokio::net::TcpListener;
 use crate::auth::passwords::{PasswordError, Passwords};
 use crate::auth::tokens::Tokens;
 use crate::auth::SessionAuthenticator;
-use crate::config::{Config, Environment};
+use crate::config::Config;
 use crate::http::{self, App};
 use crate::secrets::{self, SecretsError};
 
@@ -42,6 +43,9 @@ pub enum ServerError {
     DataDir(PathBuf, std::io::Error),
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// The configuration as a whole (every problem, production's needs too).
+    #[error(transparent)]
+    Refused(#[from] crate::config::ConfigError),
     #[error("password hashing: {0}")]
     Passwords(#[from] PasswordError),
     #[error("cannot start the actors: {0}")]
@@ -69,9 +73,23 @@ pub struct Started {
 /// Opens the store named by the configuration (creating the data directory
 /// and the SQLite file when needed) and migrates it.
 pub async fn open_store(config: &Config) -> Result<DynStore, ServerError> {
-    std::fs::create_dir_all(&config.data_dir)
-        .map_err(|e| ServerError::DataDir(config.data_dir.clone(), e))?;
+    prepare_data_dir(config)?;
     Ok(store::connect(&config.database_url()).await?)
+}
+
+/// Creates the data directory 0700, or narrows an existing one (to 0700)
+/// and the files Courier keeps in it (to 0600) with a warning for each:
+/// its generated secrets and audit checkpoints here, the SQLite files in the
+/// store (wherever they are). Other files in it are left alone.
+pub fn prepare_data_dir(config: &Config) -> Result<(), ServerError> {
+    let dir = &config.data_dir;
+    private_files::create_dir_all(dir).map_err(|e| ServerError::DataDir(dir.clone(), e))?;
+    private_files::narrow(dir);
+    for file in [secrets::JWT_FILE, secrets::KEYRING_FILE] {
+        private_files::narrow(&dir.join(file));
+    }
+    private_files::narrow(&config.checkpoint_file());
+    Ok(())
 }
 
 /// The password hasher the configuration asks for.
@@ -87,22 +105,15 @@ pub fn passwords(config: &Config) -> Result<Passwords, ServerError> {
 /// Everything before serving: secrets, store, admin, actors.
 pub async fn start(config: Config) -> Result<Started, ServerError> {
     crate::telemetry::prometheus();
-    if config.env == Environment::Production && config.tls_cert.is_none() && !config.behind_proxy {
-        return Err(ServerError::Config(
-            "production requires TLS (tls_cert/tls_key) or behind_proxy = true".into(),
-        ));
-    }
+    config.check(true)?;
     let tls = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => Some(
             crate::tls::server_config(cert, key).map_err(|e| ServerError::Config(e.to_string()))?,
         ),
-        (None, None) => None,
-        _ => {
-            return Err(ServerError::Config(
-                "tls_cert and tls_key must be set together".into(),
-            ))
-        }
+        // `check` refused one without the other.
+        _ => None,
     };
+    prepare_data_dir(&config)?;
     let secrets = secrets::resolve(&config)?;
     let store = open_store(&config).await?;
     // Before anything reads a `seq` or the audit chain head from the store.

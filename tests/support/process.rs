@@ -386,7 +386,7 @@ pub fn memory_report(pid: u32) -> String {
 }
 
 /// A port that was free a moment ago.
-fn free_port() -> SocketAddr {
+pub fn free_port() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
     listener.local_addr().expect("local address")
 }

@@ -381,12 +381,12 @@ impl CheckpointFile {
             source,
         };
         let created = !self.path.exists();
-        let mut file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(&self.path)
-            .map_err(io)?;
+        // Owner-only, like every data file.
+        let mut file = crate::durable::private_files::open(
+            &self.path,
+            OpenOptions::new().read(true).append(true).create(true),
+        )
+        .map_err(io)?;
         let mut line = Vec::with_capacity(256);
         // A crash may have left a torn last line: start on a fresh one.
         if file.metadata().map_err(io)?.len() > 0 {

@@ -5,7 +5,8 @@
 //! realtime traffic (group commit, one transaction per batch);
 //! [`retention`] expires and purges on an interval; [`history`] turns stored
 //! rows back into messages; [`store_thread`] is the thread the write loops
-//! wait on with PostgreSQL.
+//! wait on with PostgreSQL; [`private_files`] keeps the data directory 0700
+//! and every file in it 0600.
 //!
 //! **Takes** writes through the [`PersistenceHandle`](persistence::PersistenceHandle)
 //! (a bounded queue) and answers each writer through the reply target it
@@ -19,6 +20,7 @@
 
 pub mod history;
 pub mod persistence;
+pub mod private_files;
 pub mod retention;
 pub mod store;
 pub mod store_thread;

@@ -54,6 +54,38 @@ static MIGRATOR: Migrator = sqlx::migrate!("../migrations/sqlite");
 /// Connections for reads (WAL lets them read while the writer writes).
 const READ_CONNECTIONS: usize = 4;
 
+/// What SQLite creates beside the database file.
+const SIDE_FILES: [&str; 3] = ["-wal", "-shm", "-journal"];
+
+/// Creates the database file 0600 (its directory 0700) before SQLite opens
+/// it. SQLite gives the files it creates beside it (`-wal`, `-shm`,
+/// `-journal`) the database file's mode, whatever the umask, so they are
+/// 0600 too. Files an older version left readable by others are narrowed
+/// to 0600, with a warning.
+fn create_private(db: &std::path::Path) -> Result<(), StoreError> {
+    use crate::durable::private_files;
+    let failed =
+        |e: std::io::Error| StoreError::Database(format!("cannot create {}: {e}", db.display()));
+    if let Some(dir) = db.parent().filter(|d| !d.as_os_str().is_empty()) {
+        private_files::create_dir_all(dir).map_err(failed)?;
+    }
+    private_files::narrow(db);
+    for suffix in SIDE_FILES {
+        let mut side = db.as_os_str().to_owned();
+        side.push(suffix);
+        private_files::narrow(std::path::Path::new(&side));
+    }
+    private_files::open(
+        db,
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true),
+    )
+    .map_err(failed)?;
+    Ok(())
+}
+
 /// The SQLite store. Cheap to clone (the connections are shared).
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
@@ -81,11 +113,8 @@ impl SqliteStore {
             // file at 64 KiB; durability is the WAL's, not theirs.
             .pragma("temp_store", "memory");
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
-        let dir = options.get_filename().parent();
-        if let Some(dir) = dir.filter(|d| !in_memory && !d.as_os_str().is_empty()) {
-            tokio::fs::create_dir_all(dir).await.map_err(|e| {
-                StoreError::Database(format!("cannot create {}: {e}", dir.display()))
-            })?;
+        if !in_memory {
+            create_private(options.get_filename())?;
         }
         let write = Arc::new(Writer::open(options.clone(), &MIGRATOR).await?);
         let reads = if in_memory {

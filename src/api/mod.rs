@@ -5,8 +5,9 @@
 //!   (rotation, reuse detection), logout, change-password.
 //! - [`users`]: `/api/users*`: user management, permissions, sessions.
 //! - [`channels`]: `/api/channels*`: channels, members, history pages.
-//! - [`messages`]: `POST /api/messages`, through the WebSocket send path.
-//! - [`audit`]: `/api/audit` and `/api/audit/verify`.
+//! - [`messages`]: `/api/messages*`: send, read, edit and delete, through
+//!   the WebSocket paths.
+//! - [`audit`]: `/api/audit*`: filtered pages, one entry, verification.
 //! - [`openapi`]: the OpenAPI description served at `/api/openapi.json`.
 //! - [`error`], [`extract`], [`validate`], [`views`]: error bodies, request
 //!   extractors, field rules and answer shapes.
@@ -41,14 +42,14 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use axum::{Extension, Router};
 use courier_actors::identity::AuthRejected;
 use courier_actors::metric_names;
-use courier_protocol::UserId;
+use courier_protocol::{ErrorCode, UserId};
 
 use crate::http::App;
 use crate::rate_limit::{ip_key, KeyedLimit};
@@ -122,8 +123,15 @@ pub fn routes(app: Arc<App>) -> Router<Arc<App>> {
         )
         .route("/api/channels/{id}/messages", get(channels::messages))
         .route("/api/messages", post(messages::send))
+        .route(
+            "/api/messages/{id}",
+            get(messages::get)
+                .put(messages::edit)
+                .delete(messages::delete),
+        )
         .route("/api/audit", get(audit::list))
         .route("/api/audit/verify", get(audit::verify))
+        .route("/api/audit/{id}", get(audit::get))
         .route_layer(middleware::from_fn_with_state(gate, authenticate_counted));
 
     let document = Bytes::from(openapi::document().to_string());
@@ -141,11 +149,35 @@ pub fn routes(app: Arc<App>) -> Router<Arc<App>> {
                 response
             }),
         )
-        .route(
-            "/api/{*rest}",
-            any(|| async { ApiError::not_found("no such endpoint") }),
-        )
+        .route("/api/{*rest}", any(no_such_endpoint))
         .layer(Extension(BodyLimit(body_limit)))
+}
+
+/// The answer to a path no route serves.
+pub async fn no_such_endpoint() -> ApiError {
+    ApiError::not_found("no such endpoint")
+}
+
+/// Gives the bare 405 of a route asked with a method it does not serve a
+/// JSON error body (`not_found`: there is no such endpoint for this
+/// method), keeping its `Allow` header.
+pub async fn method_not_allowed_as_json(response: Response) -> Response {
+    if response.status() != StatusCode::METHOD_NOT_ALLOWED
+        || response.headers().contains_key(header::CONTENT_TYPE)
+    {
+        return response;
+    }
+    let (parts, _) = response.into_parts();
+    let mut json = ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        ErrorCode::NotFound,
+        "this endpoint does not take this method; see Allow",
+    )
+    .into_response();
+    if let Some(allow) = parts.headers.get(header::ALLOW) {
+        json.headers_mut().insert(header::ALLOW, allow.clone());
+    }
+    json
 }
 
 /// The per-IP limit of `/api/auth/*`. Leaves the [`Client`] in the request.

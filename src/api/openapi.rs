@@ -31,8 +31,12 @@ pub const ENDPOINTS: &[(&str, &str)] = &[
     ("delete", "/api/channels/{id}/members/{userId}"),
     ("get", "/api/channels/{id}/messages"),
     ("post", "/api/messages"),
+    ("get", "/api/messages/{id}"),
+    ("put", "/api/messages/{id}"),
+    ("delete", "/api/messages/{id}"),
     ("get", "/api/audit"),
     ("get", "/api/audit/verify"),
+    ("get", "/api/audit/{id}"),
     ("get", "/api/openapi.json"),
 ];
 
@@ -664,6 +668,42 @@ pub fn document() -> Value {
         }))),
         success: ("201", json_response("Sent (200 with the original for a repeated clientMsgId)", schema("Message"))),
         errors: &[("400", "A field is missing or invalid"), ("403", "Not allowed to post here"), ("404", "No such channel"), ("413", "text is over the size limit")],
+    });
+    add("get", "/api/messages/{id}", Op {
+        summary: "One message, when the caller may read its channel (as history)",
+        tag: "messages",
+        secured: true,
+        params: vec![id()],
+        body: None,
+        success: ("200", json_response("The message", schema("Message"))),
+        errors: &[("400", "The id is not a UUID"), ("403", "Not a member"), ("404", "No such message, or deleted")],
+    });
+    add("put", "/api/messages/{id}", Op {
+        summary: "Edit a message (its sender only), as edit_message: members get message_updated",
+        tag: "messages",
+        secured: true,
+        params: vec![id()],
+        body: Some(object(&["text"], json!({"text": {"type": "string", "description": "At most max_text_bytes bytes of UTF-8"}}))),
+        success: ("200", json_response("The edited message", schema("Message"))),
+        errors: &[("400", "A field is missing or invalid"), ("403", "Not the sender"), ("404", "No such message, or deleted"), ("413", "text is over the size limit")],
+    });
+    add("delete", "/api/messages/{id}", Op {
+        summary: "Delete a message (soft), as delete_message: members get message_deleted",
+        tag: "messages",
+        secured: true,
+        params: vec![id()],
+        body: None,
+        success: no_content("Deleted"),
+        errors: &[("400", "The id is not a UUID"), ("403", "Not the sender, a channel moderator or an admin"), ("404", "No such message, or deleted")],
+    });
+    add("get", "/api/audit/{id}", Op {
+        summary: "One audit entry by its seq (audit.read)",
+        tag: "audit",
+        secured: true,
+        params: vec![json!({"name": "id", "in": "path", "required": true, "description": "The entry's seq", "schema": {"type": "integer", "minimum": 1}})],
+        body: None,
+        success: ("200", json_response("The entry", wrapped("entry", "AuditEntry"))),
+        errors: &[("400", "The id is not a positive integer"), ("403", "Not allowed"), ("404", "No such entry")],
     });
     add(
         "get",

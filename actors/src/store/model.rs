@@ -320,6 +320,15 @@ pub struct AuditFilter {
     pub action: Option<String>,
     /// Only entries with `seq` greater than this.
     pub after_seq: Option<u64>,
+    /// Only entries with `seq` less than this (the next page of a listing:
+    /// the last `seq` of the previous one).
+    pub before_seq: Option<u64>,
+    /// Only entries whose `details.channelId` is this channel.
+    pub channel_id: Option<ChannelId>,
+    /// Only entries with `timestamp` at or after this (ms).
+    pub since: Option<i64>,
+    /// Only entries with `timestamp` before this (ms).
+    pub until: Option<i64>,
     pub limit: u32,
 }
 

@@ -208,7 +208,12 @@ async fn messages_are_read_edited_and_deleted_like_the_socket_frames(backend: Ba
     let deletes = api.audit_entries("message.delete", 2).await;
     assert!(deletes.iter().all(|e| e.actor_id == Some(doc_id)));
     let denied = api.audit_entries("access.denied", 6).await;
-    for op in ["messages.get", "messages.edit", "messages.delete", "modify_message"] {
+    for op in [
+        "messages.get",
+        "messages.edit",
+        "messages.delete",
+        "modify_message",
+    ] {
         assert!(
             denied.iter().any(|e| e.details["op"] == op),
             "no access.denied for {op}"
@@ -283,9 +288,8 @@ async fn audit_filters_pages_and_entries(backend: Backend) {
     let creates = expected(&|e| e["action"] == "channel.create");
     assert_eq!(creates.len(), 2);
     assert_eq!(listed("action=channel.create".into()).await, creates);
-    let nurse_creates = expected(&|e| {
-        e["action"] == "channel.create" && e["actorId"] == json!(nurse.user_id)
-    });
+    let nurse_creates =
+        expected(&|e| e["action"] == "channel.create" && e["actorId"] == json!(nurse.user_id));
     assert_eq!(
         listed(format!("action=channel.create&userId={}", nurse.user_id)).await,
         nurse_creates
@@ -361,7 +365,9 @@ async fn unknown_routes_and_wrong_methods_answer_json() {
         (Method::PATCH, "/api/messages/x", "DELETE"),
         (Method::POST, "/health", "GET"),
     ] {
-        let reply = api.call(method.clone(), path, Some(&root.token), None).await;
+        let reply = api
+            .call(method.clone(), path, Some(&root.token), None)
+            .await;
         assert_eq!(reply.status, 405, "{method} {path}: {:?}", reply.body);
         assert_eq!(reply.code(), "not_found", "{method} {path}");
         assert!(reply.body["error"]["message"].is_string());

@@ -45,9 +45,7 @@ use tracing::Instrument;
 
 use crate::audit_chain::PendingAudit;
 use crate::authz::{Action, Principal};
-use crate::channel::{
-    Accepted, ChannelError, ChannelMsg, JoinRequest, Reply, Sender,
-};
+use crate::channel::{Accepted, ChannelError, ChannelMsg, JoinRequest, Reply, Sender};
 use crate::frames_out as out;
 use crate::history;
 use crate::identity::{AuthRejected, Identity};

@@ -14,7 +14,9 @@ use serde_json::{json, Value};
 
 use super::error::{ApiError, ApiResult};
 use super::extract::{Caller, QueryParams};
+use super::openapi::{AuditEntryBody, AuditPage, ErrorBody};
 use crate::http::App;
+use courier_actors::audit_chain::VerifyReport;
 
 /// `GET /api/audit?userId=&action=&channelId=&since=&until=&after=&before=&limit=`:
 /// `{entries, nextBefore}`, newest first. `userId` is the actor, `action`
@@ -23,6 +25,16 @@ use crate::http::App;
 /// `after`/`before` bounds on `seq`. `nextBefore` is the `before` of the
 /// next (older) page, `null` on the last one: following it visits every
 /// matching entry once.
+#[utoipa::path(
+    get,
+    path = "/api/audit",
+    operation_id = "audit.list",
+    tag = "audit",
+    summary = "Audit entries, newest first, filtered and paged (audit.read); reading is itself audited",
+    params(("userId" = Option<String>, Query, description = "Only this actor's entries (a UUID)"), ("action" = Option<String>, Query, description = "Only this action, e.g. auth.login_failed"), ("channelId" = Option<String>, Query, description = "Only entries whose details name this channel (a UUID)"), ("since" = Option<i64>, Query, description = "Only entries at or after this time (ms)"), ("until" = Option<i64>, Query, description = "Only entries before this time (ms)"), ("after" = Option<u64>, Query, description = "Only entries with a greater seq"), ("before" = Option<u64>, Query, description = "Only entries with a smaller seq: the nextBefore of the previous page"), ("limit" = Option<u32>, Query, description = "Page size, 1 to 1000 (100)")),
+    responses((status = 200, description = "A page of entries", body = AuditPage), (status = 400, description = "A field or parameter is missing or invalid (`field` names it)", body = ErrorBody), (status = 403, description = "Not allowed (audited as access.denied)", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub(super) async fn list(
     State(app): State<Arc<App>>,
     caller: Caller,
@@ -73,16 +85,25 @@ pub(super) async fn list(
 
 /// `GET /api/audit/{id}`: the entry whose `seq` is `id`; 404 when there is
 /// none.
+#[utoipa::path(
+    get,
+    path = "/api/audit/{id}",
+    operation_id = "audit.get",
+    tag = "audit",
+    summary = "One audit entry by its seq (audit.read)",
+    params(("id" = u64, Path, description = "The entry's seq")),
+    responses((status = 200, description = "The entry", body = AuditEntryBody), (status = 400, description = "A field or parameter is missing or invalid (`field` names it)", body = ErrorBody), (status = 403, description = "Not allowed (audited as access.denied)", body = ErrorBody), (status = 404, description = "No such resource", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub(super) async fn get(
     State(app): State<Arc<App>>,
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let seq = id
-        .parse::<u64>()
-        .ok()
-        .filter(|s| *s > 0)
-        .ok_or_else(|| ApiError::invalid("id", "must be a positive integer (an entry's seq)"))?;
+    let seq =
+        id.parse::<u64>().ok().filter(|s| *s > 0).ok_or_else(|| {
+            ApiError::invalid("id", "must be a positive integer (an entry's seq)")
+        })?;
     caller.authorize(&app, Action::ReadAudit, "audit.get", json!({"seq": seq}))?;
     let entry = app
         .store
@@ -97,6 +118,15 @@ pub(super) async fn get(
 
 /// `GET /api/audit/verify`: `{ok, entries, headHash, firstBadSeq}`, from
 /// genesis, with every checkpoint of the store and the checkpoint file.
+#[utoipa::path(
+    get,
+    path = "/api/audit/verify",
+    operation_id = "audit.verify",
+    tag = "audit",
+    summary = "Verify the audit hash chain and its signed checkpoints (audit.read)",
+    responses((status = 200, description = "The verification report", body = VerifyReport), (status = 403, description = "Not allowed (audited as access.denied)", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub(super) async fn verify(State(app): State<Arc<App>>, caller: Caller) -> ApiResult<Json<Value>> {
     caller.authorize(&app, Action::ReadAudit, "audit.verify", json!({}))?;
     let keyring = app.realtime.cipher.keyring();

@@ -21,17 +21,20 @@ use courier_protocol::{ChannelId, MessageId};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
+use utoipa::ToSchema;
 
 use super::error::{ApiError, ApiResult};
 use super::extract::{path_id, Caller, JsonBody};
+use super::openapi::ErrorBody;
 use crate::http::App;
+use courier_protocol::frames::MessageView;
 
 /// How long a send may wait for its commit before the answer is 503 (the
 /// message may still be committed; a retry with the same `clientMsgId` is
 /// safe).
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(15);
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct SendBody {
     channel_id: ChannelId,
@@ -48,6 +51,16 @@ pub(super) struct SendBody {
 
 /// `POST /api/messages`: 201 with the message; 200 with the original for a
 /// resend of a `clientMsgId` (nothing new is delivered).
+#[utoipa::path(
+    post,
+    path = "/api/messages",
+    operation_id = "messages.send",
+    tag = "messages",
+    summary = "Publish a message through the WebSocket send path; answered after the durable commit",
+    request_body = SendBody,
+    responses((status = 201, description = "Sent (200 with the original for a repeated clientMsgId)", body = MessageView), (status = 400, description = "A field or parameter is missing or invalid (`field` names it)", body = ErrorBody), (status = 403, description = "Not allowed (audited as access.denied)", body = ErrorBody), (status = 404, description = "No such resource", body = ErrorBody), (status = 413, description = "Body or text over the size limit", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub(super) async fn send(
     State(app): State<Arc<App>>,
     caller: Caller,
@@ -126,9 +139,7 @@ pub(super) async fn send(
 }
 
 /// The channel actor's answer, after the commit.
-async fn committed(
-    rx: oneshot::Receiver<Result<Accepted, ChannelError>>,
-) -> ApiResult<Accepted> {
+async fn committed(rx: oneshot::Receiver<Result<Accepted, ChannelError>>) -> ApiResult<Accepted> {
     let accepted = tokio::time::timeout(COMMIT_TIMEOUT, rx)
         .await
         .map_err(|_| ApiError::unavailable())?
@@ -139,6 +150,16 @@ async fn committed(
 /// `GET /api/messages/{id}`: the message, when the caller may read its
 /// channel (members; anyone for public and broadcast channels). A deleted
 /// or expired message is 404. Audited as `history.read`, like a page.
+#[utoipa::path(
+    get,
+    path = "/api/messages/{id}",
+    operation_id = "messages.get",
+    tag = "messages",
+    summary = "One message, when the caller may read its channel (as history)",
+    params(("id" = String, Path, description = "The resource's id (a UUID)")),
+    responses((status = 200, description = "The message", body = MessageView), (status = 400, description = "A field or parameter is missing or invalid (`field` names it)", body = ErrorBody), (status = 403, description = "Not allowed (audited as access.denied)", body = ErrorBody), (status = 404, description = "No such resource", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub(super) async fn get(
     State(app): State<Arc<App>>,
     caller: Caller,
@@ -158,13 +179,24 @@ pub(super) async fn get(
     Ok(Json(json!(message)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub(super) struct EditBody {
     text: String,
 }
 
 /// `PUT /api/messages/{id}` `{text}`: the edited message, once committed.
 /// Only its sender may edit it; joined connections get `message_updated`.
+#[utoipa::path(
+    put,
+    path = "/api/messages/{id}",
+    operation_id = "messages.edit",
+    tag = "messages",
+    summary = "Edit a message (its sender only), as edit_message: joined members get message_updated",
+    params(("id" = String, Path, description = "The resource's id (a UUID)")),
+    request_body = EditBody,
+    responses((status = 200, description = "The edited message, once committed", body = MessageView), (status = 400, description = "A field or parameter is missing or invalid (`field` names it)", body = ErrorBody), (status = 403, description = "Not allowed (audited as access.denied)", body = ErrorBody), (status = 404, description = "No such resource", body = ErrorBody), (status = 413, description = "Body or text over the size limit", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub(super) async fn edit(
     State(app): State<Arc<App>>,
     caller: Caller,
@@ -191,6 +223,16 @@ pub(super) async fn edit(
 /// sender, a channel owner or moderator, or an admin (`messages.moderate`,
 /// outside direct channels) may delete; joined connections get
 /// `message_deleted`.
+#[utoipa::path(
+    delete,
+    path = "/api/messages/{id}",
+    operation_id = "messages.delete",
+    tag = "messages",
+    summary = "Delete a message (soft), as delete_message: joined members get message_deleted",
+    params(("id" = String, Path, description = "The resource's id (a UUID)")),
+    responses((status = 204, description = "Deleted, once committed"), (status = 400, description = "A field or parameter is missing or invalid (`field` names it)", body = ErrorBody), (status = 403, description = "Not allowed (audited as access.denied)", body = ErrorBody), (status = 404, description = "No such resource", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub(super) async fn delete(
     State(app): State<Arc<App>>,
     caller: Caller,

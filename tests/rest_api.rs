@@ -681,27 +681,8 @@ async fn messages_publish_through_the_socket_path_and_page(backend: Backend) {
     let doc = api.user(&root, "doc", "user").await;
     let nurse = api.user(&root, "nurse", "user").await;
     let ward = api.channel(&doc, "ward", "private").await;
-    api.post(
-        &format!("/api/channels/{ward}/members"),
-        &doc.token,
-        json!({"userId": nurse.user_id}),
-    )
-    .await
-    .expect(201);
-
-    let mut socket = Client::connect(&api.server.ws_url())
-        .await
-        .expect("connect");
-    assert!(socket
-        .authenticate(&nurse.token)
-        .await
-        .expect("answer")
-        .result
-        .is_ok());
-    socket
-        .join(ward.parse().expect("id"), None)
-        .await
-        .expect("join");
+    api.add_member(&doc, &ward, &nurse).await;
+    let mut socket = api.joined(&nurse, &ward).await;
 
     let sent = api
         .post(

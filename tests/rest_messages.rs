@@ -11,7 +11,6 @@ mod support;
 
 use std::time::Duration;
 
-use courier_protocol::client::Client;
 use courier_protocol::frames::{ClientRequest, EditMessage, ServerFrame};
 use courier_protocol::{ErrorCode, MessageId, UserId};
 use reqwest::Method;
@@ -24,24 +23,6 @@ both_backends!(
     messages_are_read_edited_and_deleted_like_the_socket_frames,
     audit_filters_pages_and_entries,
 );
-
-/// A WebSocket client of `session`, joined to `channel`.
-async fn joined(api: &Rest, session: &Session, channel: &str) -> Client {
-    let mut socket = Client::connect(&api.server.ws_url())
-        .await
-        .expect("connect");
-    assert!(socket
-        .authenticate(&session.token)
-        .await
-        .expect("answer")
-        .result
-        .is_ok());
-    socket
-        .join(channel.parse().expect("id"), None)
-        .await
-        .expect("join");
-    socket
-}
 
 async fn send(api: &Rest, session: &Session, channel: &str, text: &str) -> String {
     let sent = api
@@ -64,14 +45,8 @@ async fn messages_are_read_edited_and_deleted_like_the_socket_frames(backend: Ba
     let nurse = api.user(&root, "nurse", "user").await;
     let outsider = api.user(&root, "outsider", "user").await;
     let ward = api.channel(&doc, "ward", "private").await;
-    api.post(
-        &format!("/api/channels/{ward}/members"),
-        &doc.token,
-        json!({"userId": nurse.user_id}),
-    )
-    .await
-    .expect(201);
-    let mut socket = joined(&api, &nurse, &ward).await;
+    api.add_member(&doc, &ward, &nurse).await;
+    let mut socket = api.joined(&nurse, &ward).await;
     let id = send(&api, &doc, &ward, "BP 120/80").await;
     let path = format!("/api/messages/{id}");
 
@@ -111,7 +86,7 @@ async fn messages_are_read_edited_and_deleted_like_the_socket_frames(backend: Ba
     )
     .await
     .expect_error(403, "forbidden");
-    let mut owner_socket = joined(&api, &doc, &ward).await;
+    let mut owner_socket = api.joined(&doc, &ward).await;
     let refused = owner_socket
         .ack(ClientRequest::EditMessage(EditMessage {
             message_id: nurse_id.parse().expect("id"),

@@ -54,6 +54,10 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/metrics", get(metrics))
         .route("/ws", get(crate::ws::upgrade))
         .merge(crate::api::routes(app.clone()))
+        .fallback(crate::api::no_such_endpoint)
+        .layer(axum::middleware::map_response(
+            crate::api::method_not_allowed_as_json,
+        ))
         .with_state(app)
 }
 

@@ -681,27 +681,8 @@ async fn messages_publish_through_the_socket_path_and_page(backend: Backend) {
     let doc = api.user(&root, "doc", "user").await;
     let nurse = api.user(&root, "nurse", "user").await;
     let ward = api.channel(&doc, "ward", "private").await;
-    api.post(
-        &format!("/api/channels/{ward}/members"),
-        &doc.token,
-        json!({"userId": nurse.user_id}),
-    )
-    .await
-    .expect(201);
-
-    let mut socket = Client::connect(&api.server.ws_url())
-        .await
-        .expect("connect");
-    assert!(socket
-        .authenticate(&nurse.token)
-        .await
-        .expect("answer")
-        .result
-        .is_ok());
-    socket
-        .join(ward.parse().expect("id"), None)
-        .await
-        .expect("join");
+    api.add_member(&doc, &ward, &nurse).await;
+    let mut socket = api.joined(&nurse, &ward).await;
 
     let sent = api
         .post(
@@ -1162,11 +1143,30 @@ async fn openapi_describes_every_route_the_server_answers() {
         .await
         .expect(200);
     assert_eq!(doc.body["openapi"], "3.1.0");
+    if let Ok(file) = std::env::var("COURIER_OPENAPI_DUMP") {
+        std::fs::write(file, doc.body.to_string()).expect("dump");
+    }
+    // Every schema it refers to is in it.
+    let text = doc.body.to_string();
+    for piece in text.split("\"#/components/schemas/").skip(1) {
+        let name = &piece[..piece.find('"').expect("closing quote")];
+        assert!(
+            doc.body["components"]["schemas"].get(name).is_some(),
+            "{name}"
+        );
+    }
     let paths = doc.body["paths"].as_object().expect("paths");
     let mut described = 0;
     for (path, ops) in paths {
         for method in ops.as_object().expect("operations").keys() {
             described += 1;
+            let op = &ops[method];
+            let responses = op["responses"].as_object().expect("responses");
+            assert!(responses.contains_key("429"), "{method} {path}");
+            assert!(
+                responses.contains_key("401") || !secured(path),
+                "{method} {path}"
+            );
             assert!(
                 ENDPOINTS.contains(&(method.as_str(), path.as_str())),
                 "{method} {path}"

@@ -1502,10 +1502,10 @@ async fn audit_chain(store: DynStore) {
     ];
     store.append_audit(&first).await.unwrap();
     store.append_audit(&[]).await.unwrap();
-    let second = [
-        entry(4, Some(&alice), "channel.create"),
-        entry(5, Some(&alice), "auth.login"),
-    ];
+    let audited_channel = ChannelId::new();
+    let mut created = entry(4, Some(&alice), "channel.create");
+    created.details["channelId"] = serde_json::json!(audited_channel);
+    let second = [created, entry(5, Some(&alice), "auth.login")];
     store.append_audit(&second).await.unwrap();
     let all: Vec<AuditRecord> = first.iter().chain(&second).cloned().collect();
 
@@ -1581,8 +1581,42 @@ async fn audit_chain(store: DynStore) {
                 action: login(),
                 after_seq: Some(2),
                 limit: 10,
+                ..Default::default()
             },
             vec![5],
+        ),
+        (
+            AuditFilter {
+                before_seq: Some(4),
+                limit: 2,
+                ..Default::default()
+            },
+            vec![3, 2],
+        ),
+        (
+            AuditFilter {
+                since: Some(T0 + 2),
+                until: Some(T0 + 5),
+                limit: 10,
+                ..Default::default()
+            },
+            vec![4, 3, 2],
+        ),
+        (
+            AuditFilter {
+                channel_id: Some(audited_channel),
+                limit: 10,
+                ..Default::default()
+            },
+            vec![4],
+        ),
+        (
+            AuditFilter {
+                channel_id: Some(ChannelId::new()),
+                limit: 10,
+                ..Default::default()
+            },
+            vec![],
         ),
     ] {
         let listed = store.list_audit(filter.clone()).await.unwrap();

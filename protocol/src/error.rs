@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 /// The `code` of an `error` frame or a REST error body.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// A request other than `authenticate` before authentication.

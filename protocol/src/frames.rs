@@ -944,6 +944,7 @@ pub struct History {
 /// A message as clients see it (`data` of `new_message`, `message_updated`,
 /// items of `history`).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = Message))]
 #[serde(rename_all = "camelCase")]
 pub struct MessageView {
     /// The message's id.

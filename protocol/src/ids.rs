@@ -34,6 +34,11 @@ macro_rules! uuid_id {
     ($(#[$doc:meta])* $name:ident, $ctor:ident) => {
         $(#[$doc])*
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        #[cfg_attr(
+            feature = "openapi",
+            derive(utoipa::ToSchema),
+            schema(value_type = String, format = Uuid)
+        )]
         pub struct $name(pub Uuid);
 
         impl Serialize for $name {

@@ -18,9 +18,11 @@ use courier_actors::telemetry::names;
 use courier_protocol::{SessionId, UserId};
 use serde::Deserialize;
 use serde_json::json;
+use utoipa::ToSchema;
 
 use super::error::{ApiError, ApiResult};
 use super::extract::{parse_json, Caller, Client, JsonBody, RawBody};
+use super::openapi::{ErrorBody, LoginAnswer, Tokens, UserBody};
 use super::{validate, views};
 use crate::auth::tokens::{hash_refresh_token, new_refresh_token};
 use crate::http::App;
@@ -31,7 +33,7 @@ const LOGIN_FAILED: &str = "invalid username or password, or the account is temp
 /// Refresh tokens longer than this are not ours.
 const MAX_REFRESH_TOKEN: usize = 256;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct RegisterBody {
     username: String,
@@ -41,6 +43,16 @@ pub(super) struct RegisterBody {
 }
 
 /// `POST /api/auth/register`: 201 `{user}`; 403 when registration is off.
+#[utoipa::path(
+    post,
+    path = "/api/auth/register",
+    operation_id = "auth.register",
+    tag = "auth",
+    summary = "Create an account (when registration is open)",
+    request_body = RegisterBody,
+    responses((status = 201, description = "Created", body = UserBody), (status = 400, description = "A field or parameter is missing or invalid (`field` names it)", body = ErrorBody), (status = 403, description = "Not allowed (audited as access.denied)", body = ErrorBody), (status = 409, description = "Conflicts with the current state", body = ErrorBody), (status = 413, description = "Body or text over the size limit", body = ErrorBody)),
+    security(())
+)]
 pub(super) async fn register(
     State(app): State<Arc<App>>,
     client: Client,
@@ -91,13 +103,23 @@ pub(super) async fn register(
         .into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub(super) struct LoginBody {
     username: String,
     password: String,
 }
 
 /// `POST /api/auth/login`: 200 `{token, refreshToken, expiresIn, user}`.
+#[utoipa::path(
+    post,
+    path = "/api/auth/login",
+    operation_id = "auth.login",
+    tag = "auth",
+    summary = "Log in: open a session",
+    request_body = LoginBody,
+    responses((status = 200, description = "A new session's tokens", body = LoginAnswer), (status = 400, description = "A field or parameter is missing or invalid (`field` names it)", body = ErrorBody), (status = 401, description = "Invalid username or password, or the account is temporarily locked (the same answer for each)", body = ErrorBody)),
+    security(())
+)]
 pub(super) async fn login(
     State(app): State<Arc<App>>,
     client: Client,
@@ -224,7 +246,7 @@ fn token_answer(
     Ok(json!({"token": token, "refreshToken": refresh, "expiresIn": app.tokens.ttl_secs}))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct RefreshBody {
     refresh_token: String,
@@ -232,6 +254,16 @@ pub(super) struct RefreshBody {
 
 /// `POST /api/auth/refresh-token`: rotates the refresh token. An old token
 /// of a live session revokes that session and closes its sockets (4003).
+#[utoipa::path(
+    post,
+    path = "/api/auth/refresh-token",
+    operation_id = "auth.refresh",
+    tag = "auth",
+    summary = "Rotate a refresh token; presenting a used one revokes the session",
+    request_body = RefreshBody,
+    responses((status = 200, description = "New tokens", body = Tokens), (status = 400, description = "A field or parameter is missing or invalid (`field` names it)", body = ErrorBody), (status = 401, description = "Unknown, expired or reused refresh token (reuse revokes the session and closes its sockets with 4003)", body = ErrorBody)),
+    security(())
+)]
 pub(super) async fn refresh(
     State(app): State<Arc<App>>,
     client: Client,
@@ -285,6 +317,15 @@ pub(super) async fn refresh(
 
 /// `POST /api/auth/logout`: 204; the session's tokens stop working and its
 /// sockets close with 4003.
+#[utoipa::path(
+    post,
+    path = "/api/auth/logout",
+    operation_id = "auth.logout",
+    tag = "auth",
+    summary = "End this session; its sockets close with 4003",
+    responses((status = 204, description = "Logged out")),
+    security(("bearer" = []))
+)]
 pub(super) async fn logout(State(app): State<Arc<App>>, caller: Caller) -> ApiResult<StatusCode> {
     let session = caller.identity.session_id;
     app.store.revoke_session(session).await?;
@@ -294,7 +335,7 @@ pub(super) async fn logout(State(app): State<Arc<App>>, caller: Caller) -> ApiRe
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct ChangePasswordBody {
     current_password: String,
@@ -304,6 +345,16 @@ pub(super) struct ChangePasswordBody {
 /// `POST /api/auth/change-password`: 204; every session of the user is
 /// revoked (this one too) and their sockets close with 4003. A wrong current
 /// password answers 403 and counts towards the lockout.
+#[utoipa::path(
+    post,
+    path = "/api/auth/change-password",
+    operation_id = "auth.change_password",
+    tag = "auth",
+    summary = "Change the password; every session of the user ends",
+    request_body = ChangePasswordBody,
+    responses((status = 204, description = "Changed; log in again"), (status = 400, description = "A field or parameter is missing or invalid (`field` names it)", body = ErrorBody), (status = 403, description = "Not allowed (audited as access.denied)", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub(super) async fn change_password(
     State(app): State<Arc<App>>,
     caller: Caller,

@@ -21,14 +21,25 @@ use courier_actors::realtime::AccessError;
 use courier_protocol::{ChannelId, UserId};
 use serde::{Deserialize, Deserializer};
 use serde_json::{json, Value};
+use utoipa::ToSchema;
 
 use super::error::{from_access, ApiError, ApiResult};
 use super::extract::{path_id, Caller, JsonBody, QueryParams};
+use super::openapi::{ChannelBody, ChannelList, ErrorBody, MemberBody, MemberList, MessagePage};
 use super::{validate, views};
 use crate::http::App;
 
 /// `GET /api/channels`: `{channels}`, the ones the caller can see: public
 /// and broadcast channels and those they are a member of.
+#[utoipa::path(
+    get,
+    path = "/api/channels",
+    operation_id = "channels.list",
+    tag = "channels",
+    summary = "The channels the caller can see",
+    responses((status = 200, description = "The channels", body = ChannelList)),
+    security(("bearer" = []))
+)]
 pub(super) async fn list(State(app): State<Arc<App>>, caller: Caller) -> ApiResult<Json<Value>> {
     let principal = caller.principal(&app);
     let mut channels = Vec::new();
@@ -51,7 +62,8 @@ pub(super) async fn list(State(app): State<Arc<App>>, caller: Caller) -> ApiResu
     Ok(Json(json!({"channels": channels})))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
+#[schema(as = CreateChannelBody)]
 pub(super) struct CreateBody {
     name: String,
     #[serde(default)]
@@ -60,6 +72,16 @@ pub(super) struct CreateBody {
 }
 
 /// `POST /api/channels`: 201 `{channel}`; the caller becomes its owner.
+#[utoipa::path(
+    post,
+    path = "/api/channels",
+    operation_id = "channels.create",
+    tag = "channels",
+    summary = "Create a channel; the caller becomes its owner",
+    request_body = CreateBody,
+    responses((status = 201, description = "Created", body = ChannelBody), (status = 400, description = "A field or parameter is missing or invalid (`field` names it)", body = ErrorBody), (status = 403, description = "Not allowed (audited as access.denied)", body = ErrorBody), (status = 413, description = "Body or text over the size limit", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub(super) async fn create(
     State(app): State<Arc<App>>,
     caller: Caller,
@@ -113,6 +135,16 @@ pub(super) async fn create(
 }
 
 /// `GET /api/channels/{id}`: `{channel}` with `lastSeq`.
+#[utoipa::path(
+    get,
+    path = "/api/channels/{id}",
+    operation_id = "channels.get",
+    tag = "channels",
+    summary = "One channel, with lastSeq",
+    params(("id" = String, Path, description = "The resource's id (a UUID)")),
+    responses((status = 200, description = "The channel", body = ChannelBody), (status = 400, description = "A field or parameter is missing or invalid (`field` names it)", body = ErrorBody), (status = 403, description = "Not allowed (audited as access.denied)", body = ErrorBody), (status = 404, description = "No such resource", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub(super) async fn get(
     State(app): State<Arc<App>>,
     caller: Caller,
@@ -120,17 +152,19 @@ pub(super) async fn get(
 ) -> ApiResult<Json<Value>> {
     let id: ChannelId = path_id("id", &id)?;
     let (channel, member) = read_access(&app, &caller, id, "channels.get").await?;
-    let mut view = views::channel(&channel, member.as_ref());
-    view["lastSeq"] = json!(app.store.last_seq(id).await?);
+    let last_seq = app.store.last_seq(id).await?;
+    let view = views::channel_at(&channel, member.as_ref(), Some(last_seq));
     Ok(Json(json!({"channel": view})))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
+#[schema(as = UpdateChannelBody)]
 pub(super) struct UpdateBody {
     #[serde(default)]
     name: Option<String>,
     /// Absent: unchanged; `null` or `""`: removed.
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
     description: Option<Option<String>>,
     #[serde(default)]
     kind: Option<ChannelKind>,
@@ -143,6 +177,17 @@ fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
 }
 
 /// `PUT /api/channels/{id}`: `{channel}`. The kind cannot change.
+#[utoipa::path(
+    put,
+    path = "/api/channels/{id}",
+    operation_id = "channels.update",
+    tag = "channels",
+    summary = "Rename or describe a channel (its owner or channels.manage)",
+    params(("id" = String, Path, description = "The resource's id (a UUID)")),
+    request_body = UpdateBody,
+    responses((status = 200, description = "The channel, changed", body = ChannelBody), (status = 400, description = "A field or parameter is missing or invalid (`field` names it)", body = ErrorBody), (status = 403, description = "Not allowed (audited as access.denied)", body = ErrorBody), (status = 404, description = "No such resource", body = ErrorBody), (status = 413, description = "Body or text over the size limit", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub(super) async fn update(
     State(app): State<Arc<App>>,
     caller: Caller,
@@ -175,6 +220,16 @@ pub(super) async fn update(
 
 /// `DELETE /api/channels/{id}`: 204; joined connections get
 /// `system_event` `channel_deleted`.
+#[utoipa::path(
+    delete,
+    path = "/api/channels/{id}",
+    operation_id = "channels.delete",
+    tag = "channels",
+    summary = "Delete a channel; joined connections get system_event channel_deleted",
+    params(("id" = String, Path, description = "The resource's id (a UUID)")),
+    responses((status = 204, description = "Deleted"), (status = 400, description = "A field or parameter is missing or invalid (`field` names it)", body = ErrorBody), (status = 403, description = "Not allowed (audited as access.denied)", body = ErrorBody), (status = 404, description = "No such resource", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub(super) async fn delete(
     State(app): State<Arc<App>>,
     caller: Caller,
@@ -193,6 +248,16 @@ pub(super) async fn delete(
 }
 
 /// `GET /api/channels/{id}/members`: `{members}`.
+#[utoipa::path(
+    get,
+    path = "/api/channels/{id}/members",
+    operation_id = "channels.members",
+    tag = "channels",
+    summary = "A channel's members",
+    params(("id" = String, Path, description = "The resource's id (a UUID)")),
+    responses((status = 200, description = "The members", body = MemberList), (status = 400, description = "A field or parameter is missing or invalid (`field` names it)", body = ErrorBody), (status = 403, description = "Not allowed (audited as access.denied)", body = ErrorBody), (status = 404, description = "No such resource", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub(super) async fn members(
     State(app): State<Arc<App>>,
     caller: Caller,
@@ -212,7 +277,7 @@ pub(super) async fn members(
     Ok(Json(json!({"members": members})))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct AddMemberBody {
     user_id: UserId,
@@ -221,6 +286,17 @@ pub(super) struct AddMemberBody {
 }
 
 /// `POST /api/channels/{id}/members`: 201 `{member}`; 409 when already one.
+#[utoipa::path(
+    post,
+    path = "/api/channels/{id}/members",
+    operation_id = "channels.add_member",
+    tag = "channels",
+    summary = "Add a member (the owner or channels.manage)",
+    params(("id" = String, Path, description = "The resource's id (a UUID)")),
+    request_body = AddMemberBody,
+    responses((status = 201, description = "Added", body = MemberBody), (status = 400, description = "A field or parameter is missing or invalid (`field` names it)", body = ErrorBody), (status = 403, description = "Not allowed (audited as access.denied)", body = ErrorBody), (status = 404, description = "No such resource", body = ErrorBody), (status = 409, description = "Conflicts with the current state", body = ErrorBody), (status = 413, description = "Body or text over the size limit", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub(super) async fn add_member(
     State(app): State<Arc<App>>,
     caller: Caller,
@@ -260,12 +336,23 @@ pub(super) async fn add_member(
         .into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub(super) struct RoleBody {
     role: ChannelRole,
 }
 
 /// `PUT /api/channels/{id}/members/{userId}`: `{member}` with its new role.
+#[utoipa::path(
+    put,
+    path = "/api/channels/{id}/members/{userId}",
+    operation_id = "channels.set_member_role",
+    tag = "channels",
+    summary = "Change a member's channel role",
+    params(("id" = String, Path, description = "The resource's id (a UUID)"), ("userId" = String, Path, description = "The member's user id (a UUID)")),
+    request_body = RoleBody,
+    responses((status = 200, description = "The member, changed", body = MemberBody), (status = 400, description = "A field or parameter is missing or invalid (`field` names it)", body = ErrorBody), (status = 403, description = "Not allowed (audited as access.denied)", body = ErrorBody), (status = 404, description = "No such resource", body = ErrorBody), (status = 409, description = "Conflicts with the current state", body = ErrorBody), (status = 413, description = "Body or text over the size limit", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub(super) async fn set_member_role(
     State(app): State<Arc<App>>,
     caller: Caller,
@@ -300,6 +387,16 @@ pub(super) async fn set_member_role(
 
 /// `DELETE /api/channels/{id}/members/{userId}`: 204; the member's joined
 /// connections leave and the others get `system_event` `member_removed`.
+#[utoipa::path(
+    delete,
+    path = "/api/channels/{id}/members/{userId}",
+    operation_id = "channels.remove_member",
+    tag = "channels",
+    summary = "Remove a member; their joined connections leave",
+    params(("id" = String, Path, description = "The resource's id (a UUID)"), ("userId" = String, Path, description = "The member's user id (a UUID)")),
+    responses((status = 204, description = "Removed"), (status = 400, description = "A field or parameter is missing or invalid (`field` names it)", body = ErrorBody), (status = 403, description = "Not allowed (audited as access.denied)", body = ErrorBody), (status = 404, description = "No such resource", body = ErrorBody), (status = 409, description = "Conflicts with the current state", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub(super) async fn remove_member(
     State(app): State<Arc<App>>,
     caller: Caller,
@@ -333,6 +430,16 @@ pub(super) async fn remove_member(
 
 /// `GET /api/channels/{id}/messages?beforeSeq=&limit=`: `{messages,
 /// hasMore}`, paged as `fetch_history` pages (ascending `seq`).
+#[utoipa::path(
+    get,
+    path = "/api/channels/{id}/messages",
+    operation_id = "channels.messages",
+    tag = "channels",
+    summary = "A page of history: the newest limit before beforeSeq, ascending",
+    params(("id" = String, Path, description = "The resource's id (a UUID)"), ("beforeSeq" = Option<u64>, Query, description = "Only messages with a smaller seq"), ("limit" = Option<u32>, Query, description = "Page size, 1 to 100 (50)")),
+    responses((status = 200, description = "The page", body = MessagePage), (status = 400, description = "A field or parameter is missing or invalid (`field` names it)", body = ErrorBody), (status = 403, description = "Not allowed (audited as access.denied)", body = ErrorBody), (status = 404, description = "No such resource", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub(super) async fn messages(
     State(app): State<Arc<App>>,
     caller: Caller,

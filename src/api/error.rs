@@ -3,7 +3,8 @@
 //! Validation errors add `field` (the JSON name of the offending field, also
 //! the first word of the message); rate-limit errors add `retryAfterMs` and
 //! the `Retry-After` header. Internal details never reach the body: they are
-//! logged.
+//! logged. The body is [`ErrorBody`], whose schema the OpenAPI document
+//! derives.
 
 use std::borrow::Cow;
 use std::time::Duration;
@@ -15,6 +16,7 @@ use courier_actors::realtime::channel::ChannelError;
 use courier_actors::realtime::AccessError;
 use courier_protocol::ErrorCode;
 
+use super::openapi::{ErrorBody, ErrorDetail};
 use crate::auth::passwords::PasswordError;
 use crate::rate_limit::retry_after_secs;
 
@@ -133,16 +135,15 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut error = serde_json::json!({"code": self.code, "message": self.message});
-        if let Some(field) = &self.field {
-            error["field"] = serde_json::json!(field);
-        }
-        if let Some(wait) = self.retry_after {
-            error["retryAfterMs"] =
-                serde_json::json!(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX));
-        }
-        let mut response =
-            (self.status, axum::Json(serde_json::json!({"error": error}))).into_response();
+        let error = ErrorDetail {
+            code: self.code,
+            message: self.message.into_owned(),
+            field: self.field.map(Cow::into_owned),
+            retry_after_ms: self
+                .retry_after
+                .map(|wait| u64::try_from(wait.as_millis()).unwrap_or(u64::MAX)),
+        };
+        let mut response = (self.status, axum::Json(ErrorBody { error })).into_response();
         if let Some(wait) = self.retry_after {
             response.headers_mut().insert(
                 header::RETRY_AFTER,

@@ -1,32 +1,40 @@
-//! `POST /api/messages`: server-side publishing through the same path as a
+//! `/api/messages`: server-side publishing through the same path as a
 //! WebSocket `send_message` (`Realtime::publish`): the same checks, the
 //! sender's send rate, PHI flagging, the channel actor's ordering,
-//! encryption, durable commit, audit and fan-out. The answer waits for the
-//! commit.
+//! encryption, durable commit, audit and fan-out; reading one message with
+//! the rule of history pages (`Realtime::read_message`); editing and
+//! deleting it through the path of `edit_message` and `delete_message`
+//! (`Realtime::change_message`): the same authorization, the channel
+//! actor's commit and audit, and `message_updated` / `message_deleted` to
+//! the joined connections. Every answer that changes something waits for
+//! the commit.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use courier_actors::realtime::channel::{Accepted, Reply, Sender};
-use courier_actors::realtime::{Publish, PublishError};
+use courier_actors::realtime::channel::{Accepted, ChannelError, Reply, Sender};
+use courier_actors::realtime::{Change, Publish, PublishError};
 use courier_protocol::{ChannelId, MessageId};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
+use utoipa::ToSchema;
 
 use super::error::{ApiError, ApiResult};
-use super::extract::{Caller, JsonBody};
+use super::extract::{path_id, Caller, JsonBody};
+use super::openapi::ErrorBody;
 use crate::http::App;
+use courier_protocol::frames::MessageView;
 
 /// How long a send may wait for its commit before the answer is 503 (the
 /// message may still be committed; a retry with the same `clientMsgId` is
 /// safe).
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(15);
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct SendBody {
     channel_id: ChannelId,
@@ -43,6 +51,16 @@ pub(super) struct SendBody {
 
 /// `POST /api/messages`: 201 with the message; 200 with the original for a
 /// resend of a `clientMsgId` (nothing new is delivered).
+#[utoipa::path(
+    post,
+    path = "/api/messages",
+    operation_id = "messages.send",
+    tag = "messages",
+    summary = "Publish a message through the WebSocket send path; answered after the durable commit",
+    request_body = SendBody,
+    responses((status = 201, description = "Sent (200 with the original for a repeated clientMsgId)", body = MessageView), (status = 400, description = "A field or parameter is missing or invalid (`field` names it)", body = ErrorBody), (status = 403, description = "Not allowed (audited as access.denied)", body = ErrorBody), (status = 404, description = "No such resource", body = ErrorBody), (status = 413, description = "Body or text over the size limit", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub(super) async fn send(
     State(app): State<Arc<App>>,
     caller: Caller,
@@ -95,11 +113,7 @@ pub(super) async fn send(
                 caller.access_error(&app, "messages.send", json!({"channelId": channel_id}), e)
             }
         })?;
-    let accepted = tokio::time::timeout(COMMIT_TIMEOUT, rx)
-        .await
-        .map_err(|_| ApiError::unavailable())?
-        .map_err(|_| ApiError::unavailable())??;
-    match accepted {
+    match committed(rx).await? {
         Accepted::Sent {
             message,
             duplicate: false,
@@ -122,4 +136,131 @@ pub(super) async fn send(
         }
         Accepted::Done => Err(ApiError::internal("a send was answered without a message")),
     }
+}
+
+/// The channel actor's answer, after the commit.
+async fn committed(rx: oneshot::Receiver<Result<Accepted, ChannelError>>) -> ApiResult<Accepted> {
+    let accepted = tokio::time::timeout(COMMIT_TIMEOUT, rx)
+        .await
+        .map_err(|_| ApiError::unavailable())?
+        .map_err(|_| ApiError::unavailable())??;
+    Ok(accepted)
+}
+
+/// `GET /api/messages/{id}`: the message, when the caller may read its
+/// channel (members; anyone for public and broadcast channels). A deleted
+/// or expired message is 404. Audited as `history.read`, like a page.
+#[utoipa::path(
+    get,
+    path = "/api/messages/{id}",
+    operation_id = "messages.get",
+    tag = "messages",
+    summary = "One message, when the caller may read its channel (as history)",
+    params(("id" = String, Path, description = "The resource's id (a UUID)")),
+    responses((status = 200, description = "The message", body = MessageView), (status = 400, description = "A field or parameter is missing or invalid (`field` names it)", body = ErrorBody), (status = 403, description = "Not allowed (audited as access.denied)", body = ErrorBody), (status = 404, description = "No such resource", body = ErrorBody)),
+    security(("bearer" = []))
+)]
+pub(super) async fn get(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let id: MessageId = path_id("id", &id)?;
+    let message = app
+        .realtime
+        .read_message(caller.principal(&app), id)
+        .await
+        .map_err(|e| caller.access_error(&app, "messages.get", json!({"messageId": id}), e))?;
+    caller.audit(
+        &app,
+        "history.read",
+        json!({"channelId": message.channel_id, "messageId": id, "count": 1}),
+    );
+    Ok(Json(json!(message)))
+}
+
+#[derive(Deserialize, ToSchema)]
+pub(super) struct EditBody {
+    text: String,
+}
+
+/// `PUT /api/messages/{id}` `{text}`: the edited message, once committed.
+/// Only its sender may edit it; joined connections get `message_updated`.
+#[utoipa::path(
+    put,
+    path = "/api/messages/{id}",
+    operation_id = "messages.edit",
+    tag = "messages",
+    summary = "Edit a message (its sender only), as edit_message: joined members get message_updated",
+    params(("id" = String, Path, description = "The resource's id (a UUID)")),
+    request_body = EditBody,
+    responses((status = 200, description = "The edited message, once committed", body = MessageView), (status = 400, description = "A field or parameter is missing or invalid (`field` names it)", body = ErrorBody), (status = 403, description = "Not allowed (audited as access.denied)", body = ErrorBody), (status = 404, description = "No such resource", body = ErrorBody), (status = 413, description = "Body or text over the size limit", body = ErrorBody)),
+    security(("bearer" = []))
+)]
+pub(super) async fn edit(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<EditBody>,
+) -> ApiResult<Json<Value>> {
+    let id: MessageId = path_id("id", &id)?;
+    if body.text.trim().is_empty() {
+        return Err(ApiError::invalid("text", "must not be empty"));
+    }
+    if body.text.len() > app.realtime.limits.max_text_bytes {
+        return Err(ApiError::too_large("text: is over the size limit"));
+    }
+    change(&app, &caller, id, Change::Edit(body.text), "messages.edit").await?;
+    let edited = app
+        .realtime
+        .read_message(caller.principal(&app), id)
+        .await
+        .map_err(super::error::from_access)?;
+    Ok(Json(json!(edited)))
+}
+
+/// `DELETE /api/messages/{id}`: 204 once the soft delete is committed. The
+/// sender, a channel owner or moderator, or an admin (`messages.moderate`,
+/// outside direct channels) may delete; joined connections get
+/// `message_deleted`.
+#[utoipa::path(
+    delete,
+    path = "/api/messages/{id}",
+    operation_id = "messages.delete",
+    tag = "messages",
+    summary = "Delete a message (soft), as delete_message: joined members get message_deleted",
+    params(("id" = String, Path, description = "The resource's id (a UUID)")),
+    responses((status = 204, description = "Deleted, once committed"), (status = 400, description = "A field or parameter is missing or invalid (`field` names it)", body = ErrorBody), (status = 403, description = "Not allowed (audited as access.denied)", body = ErrorBody), (status = 404, description = "No such resource", body = ErrorBody)),
+    security(("bearer" = []))
+)]
+pub(super) async fn delete(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let id: MessageId = path_id("id", &id)?;
+    change(&app, &caller, id, Change::Delete, "messages.delete").await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// An edit or delete through the channel actor, waiting for its commit.
+async fn change(
+    app: &App,
+    caller: &Caller,
+    id: MessageId,
+    change: Change,
+    op: &str,
+) -> ApiResult<()> {
+    let (tx, rx) = oneshot::channel();
+    app.realtime
+        .change_message(
+            caller.principal(app),
+            id,
+            change,
+            |_| None,
+            Reply::Oneshot(tx),
+        )
+        .await
+        .map_err(|e| caller.access_error(app, op, json!({"messageId": id}), e))?;
+    committed(rx).await.map(|_| ())
 }

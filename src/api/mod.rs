@@ -5,9 +5,11 @@
 //!   (rotation, reuse detection), logout, change-password.
 //! - [`users`]: `/api/users*`: user management, permissions, sessions.
 //! - [`channels`]: `/api/channels*`: channels, members, history pages.
-//! - [`messages`]: `POST /api/messages`, through the WebSocket send path.
-//! - [`audit`]: `/api/audit` and `/api/audit/verify`.
-//! - [`openapi`]: the OpenAPI description served at `/api/openapi.json`.
+//! - [`messages`]: `/api/messages*`: send, read, edit and delete, through
+//!   the WebSocket paths.
+//! - [`audit`]: `/api/audit*`: filtered pages, one entry, verification.
+//! - [`openapi`]: the OpenAPI description served at `/api/openapi.json`,
+//!   derived from the handlers' `#[utoipa::path]` and types.
 //! - [`error`], [`extract`], [`validate`], [`views`]: error bodies, request
 //!   extractors, field rules and answer shapes.
 //!
@@ -41,14 +43,17 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get, post};
+use axum::routing::any;
 use axum::{Extension, Router};
 use courier_actors::policy::identity::AuthRejected;
 use courier_actors::telemetry::names;
-use courier_protocol::UserId;
+use courier_protocol::{ErrorCode, UserId};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::http::App;
 use crate::rate_limit::{ip_key, KeyedLimit};
@@ -70,8 +75,20 @@ pub struct Gate {
     auth: KeyedLimit<String>,
 }
 
-/// Every REST route, with its middleware.
+/// Every REST route, with its middleware, and the OpenAPI document derived
+/// from the same registrations (served at `/api/openapi.json`).
 pub fn routes(app: Arc<App>) -> Router<Arc<App>> {
+    let (router, document) = documented_routes(app);
+    let document = Bytes::from(document.to_json().unwrap_or_else(|e| {
+        tracing::error!(error = %e, "the OpenAPI document does not serialize");
+        String::from("{}")
+    }));
+    router.layer(Extension(OpenApiJson(document)))
+}
+
+/// The router and its document, from one list of handlers: a route cannot
+/// be served undocumented, nor documented unserved.
+fn documented_routes(app: Arc<App>) -> (Router<Arc<App>>, utoipa::openapi::OpenApi) {
     let body_limit = (app.config.max_text_bytes.saturating_mul(6) + 4096).max(64 * 1024);
     let gate = Arc::new(Gate {
         rest: KeyedLimit::new("rest", app.config.rest_per_15min, WINDOW),
@@ -79,73 +96,99 @@ pub fn routes(app: Arc<App>) -> Router<Arc<App>> {
         app,
     });
 
-    let auth_session = Router::new()
-        .route("/api/auth/logout", post(auth::logout))
-        .route("/api/auth/change-password", post(auth::change_password))
+    let auth_session = OpenApiRouter::new()
+        .routes(routes!(auth::logout))
+        .routes(routes!(auth::change_password))
         .route_layer(middleware::from_fn_with_state(
             gate.clone(),
             authenticate_uncounted,
         ));
-    let auth = Router::new()
-        .route("/api/auth/register", post(auth::register))
-        .route("/api/auth/login", post(auth::login))
-        .route("/api/auth/refresh-token", post(auth::refresh))
+    let auth = OpenApiRouter::new()
+        .routes(routes!(auth::register))
+        .routes(routes!(auth::login))
+        .routes(routes!(auth::refresh))
         .merge(auth_session)
         .route_layer(middleware::from_fn_with_state(gate.clone(), limit_auth_ip));
 
-    let api = Router::new()
-        .route("/api/users", get(users::list).post(users::create))
-        .route(
-            "/api/users/{id}",
-            get(users::get).put(users::update).delete(users::delete),
-        )
-        .route("/api/users/{id}/permissions", get(users::permissions))
-        .route("/api/users/{id}/sessions", get(users::sessions))
-        .route(
-            "/api/users/{id}/terminate-sessions",
-            post(users::terminate_sessions),
-        )
-        .route("/api/channels", get(channels::list).post(channels::create))
-        .route(
-            "/api/channels/{id}",
-            get(channels::get)
-                .put(channels::update)
-                .delete(channels::delete),
-        )
-        .route(
-            "/api/channels/{id}/members",
-            get(channels::members).post(channels::add_member),
-        )
-        .route(
-            "/api/channels/{id}/members/{userId}",
-            axum::routing::put(channels::set_member_role).delete(channels::remove_member),
-        )
-        .route("/api/channels/{id}/messages", get(channels::messages))
-        .route("/api/messages", post(messages::send))
-        .route("/api/audit", get(audit::list))
-        .route("/api/audit/verify", get(audit::verify))
+    let api = OpenApiRouter::new()
+        .routes(routes!(users::list, users::create))
+        .routes(routes!(users::get, users::update, users::delete))
+        .routes(routes!(users::permissions))
+        .routes(routes!(users::sessions))
+        .routes(routes!(users::terminate_sessions))
+        .routes(routes!(channels::list, channels::create))
+        .routes(routes!(channels::get, channels::update, channels::delete))
+        .routes(routes!(channels::members, channels::add_member))
+        .routes(routes!(channels::set_member_role, channels::remove_member))
+        .routes(routes!(channels::messages))
+        .routes(routes!(messages::send))
+        .routes(routes!(messages::get, messages::edit, messages::delete))
+        .routes(routes!(audit::list))
+        .routes(routes!(audit::verify))
+        .routes(routes!(audit::get))
         .route_layer(middleware::from_fn_with_state(gate, authenticate_counted));
 
-    let document = Bytes::from(openapi::document().to_string());
-    Router::new()
+    let (router, document) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(auth)
         .merge(api)
-        .route(
-            "/api/openapi.json",
-            get(move || async move {
-                let mut response = document.into_response();
-                response.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                );
-                response
-            }),
-        )
-        .route(
-            "/api/{*rest}",
-            any(|| async { ApiError::not_found("no such endpoint") }),
-        )
-        .layer(Extension(BodyLimit(body_limit)))
+        .routes(routes!(openapi_json))
+        .split_for_parts();
+    let mut document = document;
+    openapi::Shared.modify(&mut document);
+    let router = router
+        .route("/api/{*rest}", any(no_such_endpoint))
+        .layer(Extension(BodyLimit(body_limit)));
+    (router, document)
+}
+
+/// The serialized document, put in every request by [`routes`].
+#[derive(Clone)]
+struct OpenApiJson(Bytes);
+
+/// `GET /api/openapi.json`: this document.
+#[utoipa::path(
+    get,
+    path = "/api/openapi.json",
+    operation_id = "meta.openapi",
+    tag = "meta",
+    summary = "This document (OpenAPI 3.1)",
+    responses((status = 200, description = "The document", content_type = "application/json")),
+    security(())
+)]
+async fn openapi_json(Extension(OpenApiJson(document)): Extension<OpenApiJson>) -> Response {
+    let mut response = document.into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// The answer to a path no route serves.
+pub async fn no_such_endpoint() -> ApiError {
+    ApiError::not_found("no such endpoint")
+}
+
+/// Gives the bare 405 of a route asked with a method it does not serve a
+/// JSON error body (`not_found`: there is no such endpoint for this
+/// method), keeping its `Allow` header.
+pub async fn method_not_allowed_as_json(response: Response) -> Response {
+    if response.status() != StatusCode::METHOD_NOT_ALLOWED
+        || response.headers().contains_key(header::CONTENT_TYPE)
+    {
+        return response;
+    }
+    let (parts, _) = response.into_parts();
+    let mut json = ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        ErrorCode::NotFound,
+        "this endpoint does not take this method; see Allow",
+    )
+    .into_response();
+    if let Some(allow) = parts.headers.get(header::ALLOW) {
+        json.headers_mut().insert(header::ALLOW, allow.clone());
+    }
+    json
 }
 
 /// The per-IP limit of `/api/auth/*`. Leaves the [`Client`] in the request.

@@ -17,13 +17,26 @@ use courier_actors::policy::authz::Action;
 use courier_protocol::UserId;
 use serde::{Deserialize, Deserializer};
 use serde_json::{json, Value};
+use utoipa::ToSchema;
 
 use super::error::{ApiError, ApiResult};
 use super::extract::{path_id, Caller, JsonBody, QueryParams};
+use super::openapi::{ErrorBody, Revoked, SessionList, UserBody, UserPage};
+use super::views::Permissions;
 use super::{validate, views};
 use crate::http::App;
 
 /// `GET /api/users?search=&limit=&offset=`: `{users, limit, offset, hasMore}`.
+#[utoipa::path(
+    get,
+    path = "/api/users",
+    operation_id = "users.list",
+    tag = "users",
+    summary = "List users (users.read or users.manage)",
+    params(("search" = Option<String>, Query, description = "Substring of the username or email (at most 64 characters)"), ("limit" = Option<u32>, Query, description = "Page size, 1 to 100 (50)"), ("offset" = Option<u32>, Query, description = "Users to skip (0)")),
+    responses((status = 200, description = "A page of users", body = UserPage), (status = 400, description = "A field or parameter is missing or invalid (`field` names it)", body = ErrorBody), (status = 403, description = "Not allowed (audited as access.denied)", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub(super) async fn list(
     State(app): State<Arc<App>>,
     caller: Caller,
@@ -47,7 +60,8 @@ pub(super) async fn list(
     })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
+#[schema(as = CreateUserBody)]
 pub(super) struct CreateBody {
     username: String,
     password: String,
@@ -58,6 +72,16 @@ pub(super) struct CreateBody {
 }
 
 /// `POST /api/users`: 201 `{user}`.
+#[utoipa::path(
+    post,
+    path = "/api/users",
+    operation_id = "users.create",
+    tag = "users",
+    summary = "Create a user (users.manage; granting a role needs the right to grant it)",
+    request_body = CreateBody,
+    responses((status = 201, description = "Created", body = UserBody), (status = 400, description = "A field or parameter is missing or invalid (`field` names it)", body = ErrorBody), (status = 403, description = "Not allowed (audited as access.denied)", body = ErrorBody), (status = 409, description = "Conflicts with the current state", body = ErrorBody), (status = 413, description = "Body or text over the size limit", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub(super) async fn create(
     State(app): State<Arc<App>>,
     caller: Caller,
@@ -111,6 +135,16 @@ pub(super) async fn create(
 }
 
 /// `GET /api/users/{id}`: `{user}`; anyone may read themselves.
+#[utoipa::path(
+    get,
+    path = "/api/users/{id}",
+    operation_id = "users.get",
+    tag = "users",
+    summary = "One user (yourself, or with users.read)",
+    params(("id" = String, Path, description = "The resource's id (a UUID)")),
+    responses((status = 200, description = "The user", body = UserBody), (status = 400, description = "A field or parameter is missing or invalid (`field` names it)", body = ErrorBody), (status = 403, description = "Not allowed (audited as access.denied)", body = ErrorBody), (status = 404, description = "No such resource", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub(super) async fn get(
     State(app): State<Arc<App>>,
     caller: Caller,
@@ -127,10 +161,12 @@ pub(super) async fn get(
     Ok(Json(json!({"user": views::user(&user)})))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
+#[schema(as = UpdateUserBody)]
 pub(super) struct UpdateBody {
     /// Absent: unchanged; `null` or `""`: removed.
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
     email: Option<Option<String>>,
     #[serde(default)]
     role: Option<Role>,
@@ -147,6 +183,17 @@ fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
 }
 
 /// `PUT /api/users/{id}`: `{user}`.
+#[utoipa::path(
+    put,
+    path = "/api/users/{id}",
+    operation_id = "users.update",
+    tag = "users",
+    summary = "Change a user's email, role or password (users.manage)",
+    params(("id" = String, Path, description = "The resource's id (a UUID)")),
+    request_body = UpdateBody,
+    responses((status = 200, description = "The user, changed", body = UserBody), (status = 400, description = "A field or parameter is missing or invalid (`field` names it)", body = ErrorBody), (status = 403, description = "Not allowed (audited as access.denied)", body = ErrorBody), (status = 404, description = "No such resource", body = ErrorBody), (status = 409, description = "Conflicts with the current state", body = ErrorBody), (status = 413, description = "Body or text over the size limit", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub(super) async fn update(
     State(app): State<Arc<App>>,
     caller: Caller,
@@ -218,6 +265,16 @@ pub(super) async fn update(
 }
 
 /// `DELETE /api/users/{id}`: 204; the account's sockets close with 4003.
+#[utoipa::path(
+    delete,
+    path = "/api/users/{id}",
+    operation_id = "users.delete",
+    tag = "users",
+    summary = "Delete a user (users.manage); their sessions end",
+    params(("id" = String, Path, description = "The resource's id (a UUID)")),
+    responses((status = 204, description = "Deleted"), (status = 400, description = "A field or parameter is missing or invalid (`field` names it)", body = ErrorBody), (status = 403, description = "Not allowed (audited as access.denied)", body = ErrorBody), (status = 404, description = "No such resource", body = ErrorBody), (status = 409, description = "Conflicts with the current state", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub(super) async fn delete(
     State(app): State<Arc<App>>,
     caller: Caller,
@@ -247,6 +304,16 @@ pub(super) async fn delete(
 }
 
 /// `GET /api/users/{id}/permissions`: `{userId, role, permissions}`.
+#[utoipa::path(
+    get,
+    path = "/api/users/{id}/permissions",
+    operation_id = "users.permissions",
+    tag = "users",
+    summary = "A user's role and permissions",
+    params(("id" = String, Path, description = "The resource's id (a UUID)")),
+    responses((status = 200, description = "The permissions", body = Permissions), (status = 400, description = "A field or parameter is missing or invalid (`field` names it)", body = ErrorBody), (status = 403, description = "Not allowed (audited as access.denied)", body = ErrorBody), (status = 404, description = "No such resource", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub(super) async fn permissions(
     State(app): State<Arc<App>>,
     caller: Caller,
@@ -269,6 +336,16 @@ pub(super) async fn permissions(
 
 /// `GET /api/users/{id}/sessions?all=`: `{sessions}`, the live ones unless
 /// `all=true`.
+#[utoipa::path(
+    get,
+    path = "/api/users/{id}/sessions",
+    operation_id = "users.sessions",
+    tag = "users",
+    summary = "A user's sessions (yourself, or with sessions.manage)",
+    params(("id" = String, Path, description = "The resource's id (a UUID)"), ("all" = Option<bool>, Query, description = "Include ended sessions")),
+    responses((status = 200, description = "The sessions", body = SessionList), (status = 400, description = "A field or parameter is missing or invalid (`field` names it)", body = ErrorBody), (status = 403, description = "Not allowed (audited as access.denied)", body = ErrorBody), (status = 404, description = "No such resource", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub(super) async fn sessions(
     State(app): State<Arc<App>>,
     caller: Caller,
@@ -300,6 +377,16 @@ pub(super) async fn sessions(
 
 /// `POST /api/users/{id}/terminate-sessions`: `{revoked}`; every session of
 /// the user ends and their sockets close with 4003.
+#[utoipa::path(
+    post,
+    path = "/api/users/{id}/terminate-sessions",
+    operation_id = "users.terminate_sessions",
+    tag = "users",
+    summary = "End every session of a user; their sockets close with 4003",
+    params(("id" = String, Path, description = "The resource's id (a UUID)")),
+    responses((status = 200, description = "How many sessions ended", body = Revoked), (status = 400, description = "A field or parameter is missing or invalid (`field` names it)", body = ErrorBody), (status = 403, description = "Not allowed (audited as access.denied)", body = ErrorBody), (status = 404, description = "No such resource", body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub(super) async fn terminate_sessions(
     State(app): State<Arc<App>>,
     caller: Caller,

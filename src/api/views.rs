@@ -1,68 +1,153 @@
 //! JSON shapes of the REST answers (camelCase, timestamps in ms). Nothing
 //! secret leaves through them: no password hashes, no refresh-token hashes.
+//! Each shape is a type whose OpenAPI schema is derived from it, so the
+//! document describes what the handlers serialize.
 
-use courier_actors::durable::store::{Channel, Member, Session, User};
-use courier_protocol::{SessionId, UserId};
+use courier_actors::durable::store::{
+    Channel, ChannelKind, ChannelRole, Member, Role, Session, User,
+};
+use courier_protocol::{ChannelId, SessionId, UserId};
+use serde::Serialize;
 use serde_json::{json, Value};
+use utoipa::ToSchema;
+
+/// A user account.
+#[derive(Serialize, ToSchema)]
+#[schema(as = User)]
+#[serde(rename_all = "camelCase")]
+pub struct UserView {
+    id: UserId,
+    username: String,
+    email: Option<String>,
+    role: Role,
+    /// ms since the Unix epoch.
+    created_at: i64,
+    updated_at: i64,
+    /// Set while failed logins keep the account locked.
+    locked_until: Option<i64>,
+}
 
 /// A user account.
 pub fn user(u: &User) -> Value {
     let locked_until = u.locked_until.filter(|t| *t > courier_actors::now_ms());
-    json!({
-        "id": u.id,
-        "username": u.username,
-        "email": u.email,
-        "role": u.role,
-        "createdAt": u.created_at,
-        "updatedAt": u.updated_at,
-        "lockedUntil": locked_until,
+    json!(UserView {
+        id: u.id,
+        username: u.username.clone(),
+        email: u.email.clone(),
+        role: u.role,
+        created_at: u.created_at,
+        updated_at: u.updated_at,
+        locked_until,
     })
 }
 
-/// A channel, with the caller's role in it when they are a member.
+/// A channel.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Channel)]
+#[serde(rename_all = "camelCase")]
+pub struct ChannelView {
+    id: ChannelId,
+    name: String,
+    description: Option<String>,
+    kind: ChannelKind,
+    created_by: UserId,
+    created_at: i64,
+    /// The caller's role in it, when a member.
+    role: Option<ChannelRole>,
+    /// The last `seq` (`GET /api/channels/{id}` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_seq: Option<u64>,
+}
+
+/// A channel, with the caller's role in it when they are a member, and
+/// `lastSeq` when given.
 pub fn channel(c: &Channel, member: Option<&Member>) -> Value {
-    json!({
-        "id": c.id,
-        "name": c.name,
-        "description": c.description,
-        "kind": c.kind,
-        "createdBy": c.created_by,
-        "createdAt": c.created_at,
-        "role": member.map(|m| m.role),
+    channel_at(c, member, None)
+}
+
+/// [`channel`] with its `lastSeq`.
+pub fn channel_at(c: &Channel, member: Option<&Member>, last_seq: Option<u64>) -> Value {
+    json!(ChannelView {
+        id: c.id,
+        name: c.name.clone(),
+        description: c.description.clone(),
+        kind: c.kind,
+        created_by: c.created_by,
+        created_at: c.created_at,
+        role: member.map(|m| m.role),
+        last_seq,
     })
+}
+
+/// A membership.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Member)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberView {
+    channel_id: ChannelId,
+    user_id: UserId,
+    username: Option<String>,
+    role: ChannelRole,
+    joined_at: i64,
+    last_read_seq: u64,
 }
 
 /// A membership, with the member's username when known.
 pub fn member(m: &Member, username: Option<&str>) -> Value {
-    json!({
-        "channelId": m.channel_id,
-        "userId": m.user_id,
-        "username": username,
-        "role": m.role,
-        "joinedAt": m.joined_at,
-        "lastReadSeq": m.last_read_seq,
+    json!(MemberView {
+        channel_id: m.channel_id,
+        user_id: m.user_id,
+        username: username.map(str::to_owned),
+        role: m.role,
+        joined_at: m.joined_at,
+        last_read_seq: m.last_read_seq,
     })
 }
 
-/// A session (never its token hash); `current` marks the caller's own.
+/// A session (never its token hash).
+#[derive(Serialize, ToSchema)]
+#[schema(as = Session)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionView {
+    id: SessionId,
+    user_id: UserId,
+    created_at: i64,
+    expires_at: i64,
+    ip: Option<String>,
+    user_agent: Option<String>,
+    valid: bool,
+    /// The session of this request.
+    current: bool,
+}
+
+/// A session; `current` marks the caller's own.
 pub fn session(s: &Session, current: SessionId) -> Value {
-    json!({
-        "id": s.id,
-        "userId": s.user_id,
-        "createdAt": s.created_at,
-        "expiresAt": s.expires_at,
-        "ip": s.ip,
-        "userAgent": s.user_agent,
-        "valid": s.valid && s.expires_at > courier_actors::now_ms(),
-        "current": s.id == current,
+    json!(SessionView {
+        id: s.id,
+        user_id: s.user_id,
+        created_at: s.created_at,
+        expires_at: s.expires_at,
+        ip: s.ip.clone(),
+        user_agent: s.user_agent.clone(),
+        valid: s.valid && s.expires_at > courier_actors::now_ms(),
+        current: s.id == current,
     })
 }
 
 /// The answer of `/api/users/{id}/permissions`.
-pub fn permissions(
-    user: UserId,
-    role: courier_actors::durable::store::Role,
-    names: Vec<String>,
-) -> Value {
-    json!({"userId": user, "role": role, "permissions": names})
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Permissions {
+    user_id: UserId,
+    role: Role,
+    permissions: Vec<String>,
+}
+
+/// The answer of `/api/users/{id}/permissions`.
+pub fn permissions(user: UserId, role: Role, names: Vec<String>) -> Value {
+    json!(Permissions {
+        user_id: user,
+        role,
+        permissions: names,
+    })
 }

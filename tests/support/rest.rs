@@ -191,6 +191,41 @@ impl Rest {
             .to_owned()
     }
 
+    /// Adds `user` to `channel` through `POST /api/channels/{id}/members`
+    /// (as `owner`).
+    pub async fn add_member(&self, owner: &Session, channel: &str, user: &Session) {
+        self.post(
+            &format!("/api/channels/{channel}/members"),
+            &owner.token,
+            json!({"userId": user.user_id}),
+        )
+        .await
+        .expect(201);
+    }
+
+    /// A WebSocket client of `session`, authenticated and joined to
+    /// `channel`.
+    pub async fn joined(
+        &self,
+        session: &Session,
+        channel: &str,
+    ) -> courier_protocol::client::Client {
+        let mut socket = courier_protocol::client::Client::connect(&self.server.ws_url())
+            .await
+            .expect("connect");
+        assert!(socket
+            .authenticate(&session.token)
+            .await
+            .expect("answer")
+            .result
+            .is_ok());
+        socket
+            .join(channel.parse().expect("id"), None)
+            .await
+            .expect("join");
+        socket
+    }
+
     /// Audit entries of `action`, once at least `min` exist (the audit
     /// actor appends asynchronously).
     pub async fn audit_entries(&self, action: &str, min: usize) -> Vec<AuditRecord> {

@@ -464,6 +464,7 @@ fn parse_checkpoint_lines(path: &Path, bytes: &[u8]) -> Result<Vec<Checkpoint>, 
 
 /// The outcome of a verification, as the API returns it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct VerifyReport {
     /// No tampering found.

@@ -90,7 +90,13 @@ pub enum Action<'a> {
         channel: &'a Channel,
         member: Option<&'a Member>,
     },
-    /// Edit or delete a message written by `author`.
+    /// Edit a message written by `author`: only its sender may.
+    EditMessage {
+        channel: &'a Channel,
+        member: Option<&'a Member>,
+        author: UserId,
+    },
+    /// Delete a message written by `author`.
     ModifyMessage {
         channel: &'a Channel,
         member: Option<&'a Member>,
@@ -142,6 +148,14 @@ pub fn decide(who: Principal<'_>, action: Action<'_>) -> Result<(), Denied> {
             (_, Some(_)) => Ok(()),
             (_, None) => Err(Denied("not a member of this channel")),
         },
+        EditMessage {
+            channel,
+            member,
+            author,
+        } => allow(
+            decide(who, ReadChannel { channel, member }).is_ok() && author == who.user_id,
+            "only the sender may edit this message",
+        ),
         ModifyMessage {
             channel,
             member,
@@ -308,6 +322,38 @@ mod tests {
             }
         )
         .is_ok());
+    }
+
+    #[test]
+    fn only_the_sender_edits() {
+        let p = perms();
+        let author = UserId::new();
+        let c = channel(ChannelKind::Private);
+        let admin = Principal {
+            user_id: UserId::new(),
+            role: Role::SuperAdmin,
+            permissions: &p,
+        };
+        let owner = member(&c, admin.user_id, ChannelRole::Owner);
+        let edit = |member| Action::EditMessage {
+            channel: &c,
+            member: Some(member),
+            author,
+        };
+        assert!(decide(admin, edit(&owner)).is_err());
+        let me = Principal {
+            user_id: author,
+            role: Role::User,
+            permissions: &p,
+        };
+        let mine = member(&c, author, ChannelRole::Member);
+        assert!(decide(me, edit(&mine)).is_ok());
+        let left = Action::EditMessage {
+            channel: &c,
+            member: None,
+            author,
+        };
+        assert!(decide(me, left).is_err());
     }
 
     #[test]

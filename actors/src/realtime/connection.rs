@@ -46,19 +46,15 @@ use crate::durable::history;
 use crate::durable::store::{Channel, Member};
 use crate::policy::authz::{Action, Principal};
 use crate::policy::identity::{AuthRejected, Identity};
-use crate::realtime::channel::{
-    Accepted, ChannelError, ChannelMsg, DeleteRequest, EditRequest, JoinRequest, Reply, Sender,
-};
+use crate::realtime::channel::{Accepted, ChannelError, ChannelMsg, JoinRequest, Reply, Sender};
 use crate::realtime::frames_out as out;
 use crate::realtime::outbound::{self, ConnId, Outbound, OutboundReceiver, WriterEnd};
 use crate::realtime::presence::{ForUser, PresenceMsg};
 pub use crate::realtime::reader::WsStream;
 use crate::realtime::reader::{read_loop, Deadline, ReaderEvent};
-use crate::realtime::{AccessError, Publish, PublishError, Realtime, ShutdownPhase};
+use crate::realtime::{AccessError, Change, Publish, PublishError, Realtime, ShutdownPhase};
 use crate::telemetry::names as m;
 
-/// The socket's read half as WebSocket messages, boxed so that plain TCP
-/// and TLS look the same.
 /// The socket's write half: finished frames are written to it as bytes.
 pub type WsWrite = Pin<Box<dyn AsyncWrite + Send>>;
 
@@ -574,28 +570,13 @@ impl ConnectionState {
                 if edit.text.len() > limits.max_text_bytes {
                     return Err(RequestError::TooLarge("text is over the size limit"));
                 }
-                let (actor, original) = self.modifiable(identity, edit.message_id).await?;
-                let request = EditRequest {
-                    editor: identity.user_id,
-                    original,
-                    text: edit.text,
-                    reply,
-                };
-                actor
-                    .cast(ChannelMsg::Edit(Box::new(request)))
-                    .map_err(|_| RequestError::Unavailable)?;
+                let change = Change::Edit(edit.text);
+                self.change_message(identity, edit.message_id, change, reply)
+                    .await?;
             }
             ClientRequest::DeleteMessage(delete) => {
-                let (actor, original) = self.modifiable(identity, delete.message_id).await?;
-                let request = DeleteRequest {
-                    deleter: identity.user_id,
-                    message_id: original.id,
-                    seq: original.seq,
-                    reply,
-                };
-                actor
-                    .cast(ChannelMsg::Delete(Box::new(request)))
-                    .map_err(|_| RequestError::Unavailable)?;
+                self.change_message(identity, delete.message_id, Change::Delete, reply)
+                    .await?;
             }
             ClientRequest::TypingIndicator(typing) => {
                 let joined = self
@@ -729,38 +710,28 @@ impl ConnectionState {
     }
 
     /// A message the caller may edit or delete, with its channel's actor.
-    async fn modifiable(
+    /// `edit_message` and `delete_message`, through [`Realtime::change_message`]
+    /// (the path REST shares); a refusal is audited.
+    async fn change_message(
         &self,
         identity: &Identity,
         message_id: MessageId,
-    ) -> Result<(ActorRef<ChannelMsg>, courier_protocol::frames::MessageView), RequestError> {
-        let row = self
-            .realtime
-            .store
-            .get_message(message_id)
-            .await?
-            .filter(|r| r.message.deleted_at.is_none())
-            .ok_or(RequestError::NotFound("no such message"))?;
-        let author = row.message.sender_id;
-        let channel_id = row.message.channel_id;
+        change: Change,
+        reply: Reply,
+    ) -> Result<(), RequestError> {
+        let joined = |channel_id| self.joined.get(&channel_id).map(|j| j.actor.clone());
         self.realtime
-            .channel_access(self.principal(identity), channel_id, |c, m| {
-                Action::ModifyMessage {
-                    channel: c,
-                    member: m,
-                    author,
+            .change_message(self.principal(identity), message_id, change, joined, reply)
+            .await
+            .inspect_err(|e| {
+                if matches!(e, AccessError::Denied(_)) {
+                    self.audit(
+                        "access.denied",
+                        serde_json::json!({"op": "modify_message", "messageId": message_id}),
+                    );
                 }
             })
-            .await
-            .inspect_err(|_| {
-                self.audit(
-                    "access.denied",
-                    serde_json::json!({"op": "modify_message", "messageId": message_id}),
-                );
-            })?;
-        let (actor, _, _) = self.channel_actor(identity, channel_id).await?;
-        let original = history::open_row(&self.realtime.cipher, row).map_err(RequestError::from)?;
-        Ok((actor, original))
+            .map_err(RequestError::from)
     }
 
     async fn react(

@@ -24,7 +24,8 @@ use tokio_tungstenite::tungstenite::{self, Message};
 
 use crate::realtime::ShutdownPhase;
 
-/// The read half of a WebSocket, as the reader takes it.
+/// The socket's read half as WebSocket messages, boxed so that plain TCP
+/// and TLS look the same.
 pub type WsStream = BoxStream<'static, Result<Message, tungstenite::Error>>;
 
 /// What the reader tells its connection actor. The reader names no actor's

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use courier_protocol::codec::Encoding;
 use courier_protocol::frames::MessageView;
-use courier_protocol::{ChannelId, UserId};
+use courier_protocol::{ChannelId, MessageId, UserId};
 use futures_util::StreamExt;
 use governor::{DefaultKeyedRateLimiter, RateLimiter};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
@@ -36,15 +36,15 @@ use crate::durable::persistence::{
 };
 use crate::durable::retention::{RetentionActor, RetentionConfig};
 use crate::durable::store::{
-    Channel, ChannelKind, ChannelRole, DynStore, Member, StoreError, WriteOp,
+    Channel, ChannelKind, ChannelRole, DynStore, Member, MessageRow, StoreError, WriteOp,
 };
 use crate::policy::authz::{self, Action, Denied, Principal, RolePermissions};
-use crate::policy::identity::{Authenticator, Identity};
 use crate::policy::phi::PhiDetector;
-use crate::realtime::channel::{ChannelMsg, ChannelServices, PublishRequest, Reply, Sender};
+use crate::realtime::channel::{
+    ChannelMsg, ChannelServices, DeleteRequest, EditRequest, PublishRequest, Reply, Sender,
+};
 use crate::realtime::channel_directory::{ChannelDirectory, DirectoryMsg};
 use crate::realtime::connection::{send_quota, ConnectionActor, ConnectionArgs, Peer, WsWrite};
-use crate::realtime::outbound::{self, ConnId, ControlWriter, QueueLimits, SocketWrite, TcpWrite};
 use crate::realtime::presence::{ForUser, PresenceDirectory, PresenceMsg};
 
 /// Per-connection limits (PROTOCOL.md section 1 and the heartbeat).
@@ -483,6 +483,100 @@ impl Realtime {
         Ok((messages, has_more))
     }
 
+    /// One live message (not deleted, not expired), opened, when the caller
+    /// may read its channel (the rule of history pages): `GET
+    /// /api/messages/{id}`.
+    pub async fn read_message(
+        &self,
+        who: Principal<'_>,
+        message_id: MessageId,
+    ) -> Result<MessageView, AccessError> {
+        let (_, row) = self
+            .live_message(who, message_id, |c, m, _| Action::ReadChannel {
+                channel: c,
+                member: m,
+            })
+            .await?;
+        Ok(history::open_row(&self.cipher, row)?)
+    }
+
+    /// An `edit_message` or `delete_message`, from a WebSocket or from REST:
+    /// the message must be live; an edit is its sender's alone
+    /// ([`Action::EditMessage`]), a delete its sender's, a channel
+    /// moderator's or an admin's ([`Action::ModifyMessage`]). Hands the
+    /// change to the channel's actor (`joined` names it when the caller holds
+    /// it already), which commits it, audits it (`message.edit`,
+    /// `message.delete`), answers through `reply` and pushes
+    /// `message_updated` / `message_deleted` to the joined connections.
+    pub async fn change_message(
+        &self,
+        who: Principal<'_>,
+        message_id: MessageId,
+        change: Change,
+        joined: impl FnOnce(ChannelId) -> Option<ActorRef<ChannelMsg>>,
+        reply: Reply,
+    ) -> Result<(), AccessError> {
+        let editing = matches!(change, Change::Edit(_));
+        let (channel, row) = self
+            .live_message(who, message_id, |c, m, author| {
+                if editing {
+                    Action::EditMessage {
+                        channel: c,
+                        member: m,
+                        author,
+                    }
+                } else {
+                    Action::ModifyMessage {
+                        channel: c,
+                        member: m,
+                        author,
+                    }
+                }
+            })
+            .await?;
+        let actor = match joined(channel.id) {
+            Some(actor) => actor,
+            None => self.channel_actor(channel).await?,
+        };
+        let msg = match change {
+            Change::Edit(text) => ChannelMsg::Edit(Box::new(EditRequest {
+                editor: who.user_id,
+                original: history::open_row(&self.cipher, row)?,
+                text,
+                reply,
+            })),
+            Change::Delete => ChannelMsg::Delete(Box::new(DeleteRequest {
+                deleter: who.user_id,
+                message_id,
+                seq: row.message.seq,
+                reply,
+            })),
+        };
+        actor.cast(msg).map_err(|_| AccessError::Unavailable)
+    }
+
+    /// A live message and its channel, when `action` on them is allowed.
+    async fn live_message(
+        &self,
+        who: Principal<'_>,
+        message_id: MessageId,
+        action: impl for<'a> FnOnce(&'a Channel, Option<&'a Member>, UserId) -> Action<'a>,
+    ) -> Result<(Channel, MessageRow), AccessError> {
+        let now = crate::now_ms();
+        let row = self
+            .store
+            .get_message(message_id)
+            .await?
+            .filter(|r| r.message.deleted_at.is_none())
+            .filter(|r| r.message.expires_at.is_none_or(|t| t > now))
+            .ok_or(AccessError::NotFound("no such message"))?;
+        let author = row.message.sender_id;
+        let (channel, _) = self
+            .channel_access(who, row.message.channel_id, |c, m| action(c, m, author))
+            .await?;
+        Ok((channel, row))
+    }
+
     /// A send, from a WebSocket or from REST: validates it, applies the
     /// sender's rate limit, flags PHI, and hands it to the channel's actor,
     /// which answers through `reply` after the durable commit.
@@ -614,6 +708,14 @@ pub struct Publish {
     pub received: Instant,
     /// The channel's actor when the caller already holds it (a joined channel).
     pub actor: Option<ActorRef<ChannelMsg>>,
+}
+
+/// What an `edit_message` or `delete_message` asks of a message.
+pub enum Change {
+    /// New text.
+    Edit(String),
+    /// A soft delete.
+    Delete,
 }
 
 /// Why a send was refused before reaching its channel.

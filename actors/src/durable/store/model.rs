@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 /// A global role. Permissions per role live in `role_permissions`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Everything, including managing admins.
@@ -106,6 +107,7 @@ pub enum RefreshOutcome {
 
 /// The kind of a channel (PROTOCOL.md section 4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ChannelKind {
     Public,
@@ -157,6 +159,7 @@ pub struct ChannelPatch {
 
 /// A role inside one channel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ChannelRole {
     Owner,
@@ -300,6 +303,7 @@ pub enum WriteOutcome {
 /// One entry of the audit hash chain. `prev_hash` and `hash` are lowercase hex
 /// SHA-256; `details` is a JSON object (never message text).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = AuditEntry))]
 #[serde(rename_all = "camelCase")]
 pub struct AuditRecord {
     pub seq: u64,
@@ -308,6 +312,7 @@ pub struct AuditRecord {
     pub ip: Option<String>,
     pub user_agent: Option<String>,
     pub action: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub details: serde_json::Value,
     pub prev_hash: String,
     pub hash: String,
@@ -320,6 +325,15 @@ pub struct AuditFilter {
     pub action: Option<String>,
     /// Only entries with `seq` greater than this.
     pub after_seq: Option<u64>,
+    /// Only entries with `seq` less than this (the next page of a listing:
+    /// the last `seq` of the previous one).
+    pub before_seq: Option<u64>,
+    /// Only entries whose `details.channelId` is this channel.
+    pub channel_id: Option<ChannelId>,
+    /// Only entries with `timestamp` at or after this (ms).
+    pub since: Option<i64>,
+    /// Only entries with `timestamp` before this (ms).
+    pub until: Option<i64>,
     pub limit: u32,
 }
 

@@ -838,13 +838,19 @@ impl Store for PgStore {
             "SELECT * FROM audit_logs
              WHERE ($1::uuid IS NULL OR actor_id = $1)
                AND ($2::text IS NULL OR action = $2)
-               AND seq > $3
+               AND seq > $3 AND seq < $5
+               AND timestamp >= $6 AND timestamp < $7
+               AND ($8::text IS NULL OR (details::jsonb ->> 'channelId') = $8)
              ORDER BY seq DESC LIMIT $4",
         )
         .bind(filter.actor_id.map(|a| a.0))
         .bind(filter.action)
         .bind(filter.after_seq.map_or(-1, bound))
         .bind(i64::from(filter.limit))
+        .bind(filter.before_seq.map_or(i64::MAX, bound))
+        .bind(filter.since.unwrap_or(i64::MIN))
+        .bind(filter.until.unwrap_or(i64::MAX))
+        .bind(filter.channel_id.map(|c| c.to_string()))
         .fetch_all(&self.pool)
         .await?;
         sql::all(&rows, sql::audit)

@@ -40,7 +40,7 @@ pub(super) async fn list(
             "limit": filter.limit,
             "returned": entries.len(),
         }),
-    );
+    ).await?;
     Ok(Json(json!({"entries": entries})))
 }
 
@@ -60,6 +60,6 @@ pub(super) async fn verify(State(app): State<Arc<App>>, caller: Caller) -> ApiRe
         &app,
         "audit.verify",
         json!({"ok": report.ok, "entries": report.entries, "firstBadSeq": report.first_bad_seq}),
-    );
+    ).await?;
     Ok(Json(json!(report)))
 }

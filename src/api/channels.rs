@@ -102,7 +102,7 @@ pub(super) async fn create(
         &app,
         "channel.create",
         json!({"channelId": channel.id, "kind": channel.kind}),
-    );
+    ).await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({"channel": views::channel(&channel, Some(&owner))})),
@@ -165,7 +165,7 @@ pub(super) async fn update(
         .store
         .update_channel(id, ChannelPatch { name, description })
         .await?;
-    caller.audit(&app, "channel.update", json!({"channelId": id}));
+    caller.audit(&app, "channel.update", json!({"channelId": id})).await?;
     Ok(Json(
         json!({"channel": views::channel(&updated, member.as_ref())}),
     ))
@@ -186,7 +186,7 @@ pub(super) async fn delete(
         &app,
         "channel.delete",
         json!({"channelId": id, "kind": channel.kind}),
-    );
+    ).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -250,7 +250,7 @@ pub(super) async fn add_member(
         &app,
         "channel.member_add",
         json!({"channelId": id, "userId": user.id, "role": role}),
-    );
+    ).await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({"member": views::member(&member, Some(&user.username))})),
@@ -289,7 +289,7 @@ pub(super) async fn set_member_role(
         &app,
         "channel.member_role",
         json!({"channelId": id, "userId": user_id, "role": body.role}),
-    );
+    ).await?;
     let username = app.store.get_user(user_id).await?.map(|u| u.username);
     Ok(Json(
         json!({"member": views::member(&member, username.as_deref())}),
@@ -325,7 +325,7 @@ pub(super) async fn remove_member(
         &app,
         "channel.member_remove",
         json!({"channelId": id, "userId": user_id}),
-    );
+    ).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -353,7 +353,7 @@ pub(super) async fn messages(
         &app,
         "history.read",
         json!({"channelId": id, "count": messages.len()}),
-    );
+    ).await?;
     Ok(Json(json!({"messages": messages, "hasMore": has_more})))
 }
 

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use courier_actors::audit::AuditError;
 use courier_actors::channel::ChannelError;
 use courier_actors::realtime::AccessError;
 use courier_actors::store::StoreError;
@@ -169,6 +170,15 @@ impl From<StoreError> for ApiError {
             }
             StoreError::Corrupt(_) | StoreError::Database(_) => ApiError::internal(e),
         }
+    }
+}
+
+/// An audit entry that is not durable: the request is not reported done
+/// (503 `unavailable`; docs/audit.md says what was committed meanwhile).
+/// The audit handle has logged why.
+impl From<AuditError> for ApiError {
+    fn from(_: AuditError) -> Self {
+        ApiError::unavailable()
     }
 }
 

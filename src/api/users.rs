@@ -102,7 +102,7 @@ pub(super) async fn create(
         &app,
         "user.create",
         json!({"userId": user.id, "username": user.username, "role": role}),
-    );
+    ).await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({"user": views::user(&user)})),
@@ -213,7 +213,7 @@ pub(super) async fn update(
             "passwordChanged": password_changed,
             "sessionsRevoked": revoked,
         }),
-    );
+    ).await?;
     Ok(Json(json!({"user": views::user(&user)})))
 }
 
@@ -242,7 +242,7 @@ pub(super) async fn delete(
         &app,
         "user.delete",
         json!({"userId": id, "username": target.username}),
-    );
+    ).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -319,7 +319,7 @@ pub(super) async fn terminate_sessions(
         &app,
         "sessions.terminate",
         json!({"userId": id, "sessionIds": revoked}),
-    );
+    ).await?;
     Ok(Json(json!({"revoked": revoked.len()})))
 }
 

@@ -138,7 +138,10 @@ pub fn parse_checkpoint_list(bytes: &[u8]) -> Result<Vec<Checkpoint>, String> {
                     continue;
                 }
                 let checkpoint = serde_json::from_slice(line).map_err(|e| {
-                    format!("not a list of checkpoints ({whole}), nor one per line (line {}: {e})", i + 1)
+                    format!(
+                        "not a list of checkpoints ({whole}), nor one per line (line {}: {e})",
+                        i + 1
+                    )
                 })?;
                 list.push(checkpoint);
             }

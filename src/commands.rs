@@ -184,7 +184,10 @@ pub fn audit_public_key(config: &Config) -> Result<(), CommandError> {
             .map_err(|e| CommandError::Invalid(e.to_string()))?;
         println!(
             "{}",
-            audit_chain::public_key_line(&Keyring::checkpoint_key_id(version), &key.verifying_key())
+            audit_chain::public_key_line(
+                &Keyring::checkpoint_key_id(version),
+                &key.verifying_key()
+            )
         );
     }
     Ok(())

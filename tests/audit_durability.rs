@@ -23,7 +23,10 @@ use sqlx::{Connection, Executor};
 use support::process::{Broker, BrokerSpec};
 use support::server::{eventually, Backend};
 
-both_backends!(answered_events_survive_sigkill, checkpoints_leave_the_machine);
+both_backends!(
+    answered_events_survive_sigkill,
+    checkpoints_leave_the_machine
+);
 
 const ADMIN: &str = "root";
 const PASSWORD: &str = "correct horse battery staple";
@@ -63,7 +66,12 @@ fn http() -> reqwest::Client {
 }
 
 /// `POST /api/auth/login`: the status and body.
-async fn login(http: &reqwest::Client, broker: &Broker, user: &str, password: &str) -> (u16, Value) {
+async fn login(
+    http: &reqwest::Client,
+    broker: &Broker,
+    user: &str,
+    password: &str,
+) -> (u16, Value) {
     let response = http
         .post(format!("{}/api/auth/login", broker.http_url()))
         .json(&json!({"username": user, "password": password}))
@@ -81,7 +89,12 @@ async fn admin_token(http: &reqwest::Client, broker: &Broker) -> String {
 }
 
 /// Creates `user<i>` for each `i`; returns their ids.
-async fn create_users(http: &reqwest::Client, broker: &Broker, token: &str, n: usize) -> Vec<String> {
+async fn create_users(
+    http: &reqwest::Client,
+    broker: &Broker,
+    token: &str,
+    n: usize,
+) -> Vec<String> {
     let mut ids = Vec::new();
     for i in 0..n {
         let response = http
@@ -101,7 +114,10 @@ async fn create_users(http: &reqwest::Client, broker: &Broker, token: &str, n: u
 /// The whole chain, read straight from the store.
 async fn chain(url: &str) -> Vec<AuditRecord> {
     let store = store::connect(url).await.expect("open the store");
-    store.audit_range(0, 1_000_000).await.expect("read the chain")
+    store
+        .audit_range(0, 1_000_000)
+        .await
+        .expect("read the chain")
 }
 
 /// What an answered request promises the chain holds.
@@ -121,8 +137,7 @@ impl Answered {
                     && r.details["role"] == json!("moderator")
             }
             Answered::Login { user_id } => {
-                r.action == "auth.login"
-                    && r.actor_id.is_some_and(|a| a.to_string() == *user_id)
+                r.action == "auth.login" && r.actor_id.is_some_and(|a| a.to_string() == *user_id)
             }
             Answered::LoginFailed { username } => {
                 r.action == "auth.login_failed" && r.details["username"] == json!(username)
@@ -180,10 +195,17 @@ async fn answered_events_survive_sigkill(backend: Backend) {
         answered.extend(request.await.expect("request task"));
     }
     broker.kill().await;
-    assert_eq!(answered.len(), USERS * 3, "every request answered as expected");
+    assert_eq!(
+        answered.len(),
+        USERS * 3,
+        "every request answered as expected"
+    );
 
     let (report, status) = spec.audit_verify().await;
-    assert!(report.ok && status.success(), "after SIGKILL: {report:?} ({status})");
+    assert!(
+        report.ok && status.success(),
+        "after SIGKILL: {report:?} ({status})"
+    );
     let entries = chain(&url).await;
     let missing: Vec<&Answered> = answered.iter().filter(|a| !a.found_in(&entries)).collect();
     assert!(
@@ -199,7 +221,10 @@ async fn answered_events_survive_sigkill(backend: Backend) {
     let (status, _) = broker.terminate(Duration::from_secs(30)).await;
     assert!(status.success(), "courier exits 0 on SIGTERM: {status}");
     let (after, status) = spec.audit_verify().await;
-    assert!(after.ok && status.success(), "after the restart: {after:?} ({status})");
+    assert!(
+        after.ok && status.success(),
+        "after the restart: {after:?} ({status})"
+    );
     assert!(after.entries > report.entries);
     release(backend, &url).await;
 }
@@ -218,7 +243,11 @@ struct Received {
 type Receiver = Arc<Mutex<Received>>;
 
 /// Keeps a checkpoint when the bearer token and the HMAC are right.
-async fn receive(State(kept): State<Receiver>, headers: HeaderMap, body: axum::body::Bytes) -> StatusCode {
+async fn receive(
+    State(kept): State<Receiver>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> StatusCode {
     let secret = courier::config::Secret::new(WEBHOOK_SECRET);
     let bearer = headers.get("authorization").and_then(|v| v.to_str().ok());
     let signature = headers
@@ -245,7 +274,9 @@ async fn list(State(kept): State<Receiver>) -> axum::Json<Value> {
 
 /// A checkpoint receiver on a port of its own; returns its URL.
 async fn start_receiver(kept: Receiver) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let app = axum::Router::new()
         .route("/checkpoints", post(receive).get(list))
@@ -270,11 +301,15 @@ async fn verify(spec: &BrokerSpec, args: &[&str]) -> (Option<VerifyReport>, Opti
 async fn tamper(backend: Backend, url: &str, sql: &str) {
     match backend {
         Backend::Sqlite => {
-            let mut conn = sqlx::SqliteConnection::connect(url).await.expect("open SQLite");
+            let mut conn = sqlx::SqliteConnection::connect(url)
+                .await
+                .expect("open SQLite");
             conn.execute(sql).await.expect("tamper");
         }
         Backend::Postgres => {
-            let mut conn = sqlx::PgConnection::connect(url).await.expect("open PostgreSQL");
+            let mut conn = sqlx::PgConnection::connect(url)
+                .await
+                .expect("open PostgreSQL");
             conn.execute(sql).await.expect("tamper");
         }
     }
@@ -304,10 +339,15 @@ async fn checkpoints_leave_the_machine(backend: Backend) {
     let head = chain(&url).await.last().map(|r| r.seq).expect("entries");
     let max_seq = |kept: &Receiver| {
         let kept = kept.lock().expect("lock");
-        kept.checkpoints.iter().filter_map(|c| c["seq"].as_u64()).max()
+        kept.checkpoints
+            .iter()
+            .filter_map(|c| c["seq"].as_u64())
+            .max()
     };
     assert!(
-        eventually(Duration::from_secs(5), async || max_seq(&kept) == Some(head)).await,
+        eventually(Duration::from_secs(5), async || max_seq(&kept)
+            == Some(head))
+        .await,
         "the receiver has the head checkpoint {head}: it has {:?}",
         max_seq(&kept)
     );
@@ -322,8 +362,14 @@ async fn checkpoints_leave_the_machine(backend: Backend) {
 
     // The public key alone: a data directory without any secret.
     let out = spec.cli(&["audit", "public-key"]).await;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let public_key = String::from_utf8_lossy(&out.stdout).trim().replace('\n', ",");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let public_key = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .replace('\n', ",");
     assert!(public_key.starts_with("mk1:"), "{public_key}");
     let auditor_dir = tempfile::tempdir().expect("tmp");
     let auditor = BrokerSpec::new(auditor_dir.path(), &url);
@@ -341,7 +387,12 @@ async fn checkpoints_leave_the_machine(backend: Backend) {
     // The database rolled back: its tail and its own checkpoints are gone,
     // and so is the local checkpoint file. Only the receiver remembers.
     let cut = head - 5;
-    tamper(backend, &url, &format!("DELETE FROM audit_logs WHERE seq > {cut}")).await;
+    tamper(
+        backend,
+        &url,
+        &format!("DELETE FROM audit_logs WHERE seq > {cut}"),
+    )
+    .await;
     tamper(backend, &url, "DELETE FROM audit_checkpoints").await;
     std::fs::remove_file(dir.path().join("audit-checkpoints.jsonl")).expect("remove the file");
     let (report, code, out) = verify(&spec, &["audit", "verify"]).await;
@@ -359,13 +410,21 @@ async fn checkpoints_leave_the_machine(backend: Backend) {
     let list = kept.lock().expect("lock").checkpoints.clone();
     std::fs::write(&exported, serde_json::to_vec(&list).expect("json")).expect("export");
     let exported = exported.display().to_string();
-    let (report, code, out) =
-        verify(&spec, &["audit", "verify", "--checkpoints-file", exported.as_str()]).await;
+    let (report, code, out) = verify(
+        &spec,
+        &["audit", "verify", "--checkpoints-file", exported.as_str()],
+    )
+    .await;
     assert_eq!(code, Some(2), "from the exported file: {out}");
     assert_eq!(report.expect("a report").first_bad_seq, Some(cut + 1));
 
     // An edited row is named by its own seq.
-    tamper(backend, &url, "UPDATE audit_logs SET action = 'nothing.to.see' WHERE seq = 3").await;
+    tamper(
+        backend,
+        &url,
+        "UPDATE audit_logs SET action = 'nothing.to.see' WHERE seq = 3",
+    )
+    .await;
     let (report, code, out) = verify(&spec, &with_url).await;
     assert_eq!(code, Some(2), "an edited row: {out}");
     assert_eq!(report.expect("a report").first_bad_seq, Some(3));

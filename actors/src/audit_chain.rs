@@ -1177,9 +1177,14 @@ mod tests {
             records,
             checkpoints: vec![in_db],
         };
-        let report = verify_source(&table, &CheckpointKeys::Keyring(&keyring), Some(&path), Vec::new())
-            .await
-            .expect("verify");
+        let report = verify_source(
+            &table,
+            &CheckpointKeys::Keyring(&keyring),
+            Some(&path),
+            Vec::new(),
+        )
+        .await
+        .expect("verify");
         assert_eq!(
             report,
             VerifyReport {
@@ -1194,21 +1199,36 @@ mod tests {
         // database, but the file remembers the head.
         let mut rolled_back = table;
         rolled_back.records.truncate(6_000);
-        let report = verify_source(&rolled_back, &CheckpointKeys::Keyring(&keyring), Some(&path), Vec::new())
-            .await
-            .expect("verify");
+        let report = verify_source(
+            &rolled_back,
+            &CheckpointKeys::Keyring(&keyring),
+            Some(&path),
+            Vec::new(),
+        )
+        .await
+        .expect("verify");
         assert_eq!(report.first_bad_seq, Some(6_001));
         assert_eq!(report.entries, 6_000);
-        let without_file = verify_source(&rolled_back, &CheckpointKeys::Keyring(&keyring), None, Vec::new())
-            .await
-            .expect("verify");
+        let without_file = verify_source(
+            &rolled_back,
+            &CheckpointKeys::Keyring(&keyring),
+            None,
+            Vec::new(),
+        )
+        .await
+        .expect("verify");
         assert!(without_file.ok);
         let missing = dir.path().join("none.jsonl");
         assert!(
-            verify_source(&rolled_back, &CheckpointKeys::Keyring(&keyring), Some(&missing), Vec::new())
-                .await
-                .expect("ok")
-                .ok
+            verify_source(
+                &rolled_back,
+                &CheckpointKeys::Keyring(&keyring),
+                Some(&missing),
+                Vec::new()
+            )
+            .await
+            .expect("ok")
+            .ok
         );
     }
 

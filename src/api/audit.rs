@@ -30,17 +30,19 @@ pub(super) async fn list(
         limit: query.int_in("limit", 1, 1000, 100)? as u32,
     };
     let entries = app.store.list_audit(filter.clone()).await?;
-    caller.audit(
-        &app,
-        "audit.read",
-        json!({
-            "userId": filter.actor_id,
-            "action": filter.action,
-            "after": filter.after_seq,
-            "limit": filter.limit,
-            "returned": entries.len(),
-        }),
-    ).await?;
+    caller
+        .audit(
+            &app,
+            "audit.read",
+            json!({
+                "userId": filter.actor_id,
+                "action": filter.action,
+                "after": filter.after_seq,
+                "limit": filter.limit,
+                "returned": entries.len(),
+            }),
+        )
+        .await?;
     Ok(Json(json!({"entries": entries})))
 }
 

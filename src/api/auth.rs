@@ -310,7 +310,9 @@ pub(super) async fn logout(State(app): State<Arc<App>>, caller: Caller) -> ApiRe
     app.store.revoke_session(session).await?;
     app.realtime
         .revoke_sessions(caller.identity.user_id, Some(vec![session]));
-    caller.audit(&app, "auth.logout", json!({"sessionId": session})).await?;
+    caller
+        .audit(&app, "auth.logout", json!({"sessionId": session}))
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -360,11 +362,13 @@ pub(super) async fn change_password(
             .store
             .record_login_failure(user.id, threshold, lock_until)
             .await?;
-        caller.audit(
-            &app,
-            "auth.password_change_failed",
-            json!({"reason": "bad_password", "failures": after.failed_logins}),
-        ).await?;
+        caller
+            .audit(
+                &app,
+                "auth.password_change_failed",
+                json!({"reason": "bad_password", "failures": after.failed_logins}),
+            )
+            .await?;
         if after.locked_until == Some(lock_until) {
             caller.audit(
                 &app,
@@ -390,11 +394,13 @@ pub(super) async fn change_password(
     }
     let revoked = app.store.revoke_user_sessions(user.id).await?;
     app.realtime.revoke_sessions(user.id, None);
-    caller.audit(
-        &app,
-        "auth.password_change",
-        json!({"userId": user.id, "sessionsRevoked": revoked.len()}),
-    ).await?;
+    caller
+        .audit(
+            &app,
+            "auth.password_change",
+            json!({"userId": user.id, "sessionsRevoked": revoked.len()}),
+        )
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -1,10 +1,13 @@
 //! The CLI's commands other than `serve`: `migrate`, `user create`,
-//! `audit verify`, `keys rotate` and `keys retire`. Each opens the store the
-//! configuration names, does one job and reports on stdout.
+//! `audit verify`, `audit public-key`, `keys rotate` and `keys retire`.
+//! Each opens the store the configuration names (or reads the keyring), does
+//! one job and reports on stdout.
 
 use std::io::{BufRead, IsTerminal, Write};
 
-use courier_actors::audit::chain::{self, VerifyReport};
+use std::path::PathBuf;
+
+use courier_actors::audit::chain::{self, CheckpointKeys, VerifyReport};
 use courier_actors::crypto::{Keyring, MessageCipher};
 use courier_actors::durable::store::{NewUser, Role};
 use courier_protocol::UserId;
@@ -100,20 +103,91 @@ fn read_password() -> Result<String, CommandError> {
     Ok(password)
 }
 
+/// Where `courier audit verify` finds checkpoints besides the store and the
+/// local checkpoint file, and which keys it checks them with.
+#[derive(Clone, Debug, Default)]
+pub struct VerifyOptions {
+    /// `--checkpoints-url`: a receiver of the checkpoint webhook (GET).
+    pub checkpoints_url: Option<String>,
+    /// `--checkpoints-file`: checkpoints exported elsewhere.
+    pub checkpoints_file: Option<PathBuf>,
+    /// `--public-key`: verify with these public keys alone (as `courier
+    /// audit public-key` prints them); the master keys are not read.
+    pub public_keys: Option<String>,
+}
+
 /// `courier audit verify`: recomputes the chain from genesis and checks
-/// every checkpoint, in the store and in the checkpoint file.
+/// every checkpoint: in the store, in the checkpoint file, and (with
+/// [`audit_verify_with`]) from the sinks its options name. Any signed checkpoint that disagrees with the
+/// chain is tampering (`ok: false`).
 pub async fn audit_verify(config: &Config) -> Result<VerifyReport, CommandError> {
-    let secrets = secrets::resolve(config)?;
+    audit_verify_with(config, &VerifyOptions::default()).await
+}
+
+/// `courier audit verify` with the sinks and keys of `options`.
+pub async fn audit_verify_with(
+    config: &Config,
+    options: &VerifyOptions,
+) -> Result<VerifyReport, CommandError> {
+    let invalid = |e: String| CommandError::Invalid(e);
+    let public = match &options.public_keys {
+        Some(text) => Some(chain::parse_public_keys(text).map_err(invalid)?),
+        None => None,
+    };
+    let keyring = match &public {
+        Some(_) => None,
+        None => Some(secrets::resolve(config)?.keyring),
+    };
+    let keys = match (&public, &keyring) {
+        (Some(public), _) => CheckpointKeys::Public(public),
+        (None, Some(keyring)) => CheckpointKeys::Keyring(keyring),
+        (None, None) => unreachable!("one of the two is read above"),
+    };
+    let mut more = Vec::new();
+    if let Some(url) = &options.checkpoints_url {
+        let fetched = crate::audit_webhook::fetch_checkpoints(
+            url,
+            config.audit_checkpoint_webhook_secret.as_ref(),
+        )
+        .await
+        .map_err(|e| invalid(e.to_string()))?;
+        more.extend(fetched);
+    }
+    if let Some(path) = &options.checkpoints_file {
+        let bytes = tokio::fs::read(path)
+            .await
+            .map_err(|e| invalid(format!("{}: {e}", path.display())))?;
+        let listed = crate::audit_webhook::parse_checkpoint_list(&bytes)
+            .map_err(|e| invalid(format!("{}: {e}", path.display())))?;
+        more.extend(listed);
+    }
     let store = open_store(config).await?;
     let file = config.checkpoint_file();
-    let report = chain::verify_store(&*store, &secrets.keyring, Some(&file))
+    let report = chain::verify_store_with(&*store, &keys, Some(&file), more)
         .await
-        .map_err(|e| CommandError::Invalid(e.to_string()))?;
+        .map_err(|e| invalid(e.to_string()))?;
     println!(
         "{}",
         serde_json::to_string(&report).map_err(|e| CommandError::Invalid(e.to_string()))?
     );
     Ok(report)
+}
+
+/// `courier audit public-key`: the public key of every keyring version's
+/// checkpoint signing key, one `<key id>:<hex>` line each, for auditors who
+/// verify checkpoints without any secret (`audit verify --public-key`).
+pub fn audit_public_key(config: &Config) -> Result<(), CommandError> {
+    let keyring = secrets::resolve(config)?.keyring;
+    for version in keyring.versions() {
+        let key = keyring
+            .checkpoint_signing_key(version)
+            .map_err(|e| CommandError::Invalid(e.to_string()))?;
+        println!(
+            "{}",
+            chain::public_key_line(&Keyring::checkpoint_key_id(version), &key.verifying_key())
+        );
+    }
+    Ok(())
 }
 
 /// `courier keys rotate`: adds a master key version, makes it active (a

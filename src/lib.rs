@@ -14,16 +14,19 @@
 //! - [`http`]: the router, health, readiness, metrics.
 //! - [`ws`]: the WebSocket upgrade.
 //! - [`api`]: REST handlers.
+//! - [`audit_webhook`]: signed audit checkpoints POSTed off the machine.
 //! - [`auth`]: passwords, tokens, session checks.
 //! - [`rate_limit`]: keyed request rate limits of the HTTP edge.
 //! - [`tls`]: native TLS (rustls) for `https://` and `wss://`.
-//! - [`commands`]: `migrate`, `user create`, `audit verify`, `keys rotate`.
+//! - [`commands`]: `migrate`, `user create`, `audit verify`, `audit
+//!   public-key`, `keys rotate`.
 
 #![forbid(unsafe_code)]
 #![warn(unreachable_pub)]
 
 pub mod accept;
 pub mod api;
+pub mod audit_webhook;
 pub mod auth;
 pub mod commands;
 pub mod config;

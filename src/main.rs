@@ -74,8 +74,24 @@ enum UserCommand {
 
 #[derive(Subcommand)]
 enum AuditCommand {
-    /// Recompute the chain from genesis and check every checkpoint.
-    Verify,
+    /// Recompute the chain from genesis and check every checkpoint; exit 2
+    /// when it was tampered with.
+    Verify {
+        /// Also check the checkpoints a webhook receiver kept (GET, JSON).
+        #[arg(long)]
+        checkpoints_url: Option<String>,
+        /// Also check checkpoints exported elsewhere (a JSON array, or one
+        /// checkpoint per line).
+        #[arg(long)]
+        checkpoints_file: Option<PathBuf>,
+        /// Verify signatures with these public keys alone (`<key id>:<hex>`,
+        /// comma-separated, as `courier audit public-key` prints them); the
+        /// master keys are not needed.
+        #[arg(long)]
+        public_key: Option<String>,
+    },
+    /// Print the public keys that verify checkpoint signatures.
+    PublicKey,
 }
 
 #[derive(Subcommand)]
@@ -154,13 +170,26 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             commands::create_user(&config, &username, &role, email).await?;
         }
         Command::Audit {
-            command: AuditCommand::Verify,
+            command:
+                AuditCommand::Verify {
+                    checkpoints_url,
+                    checkpoints_file,
+                    public_key,
+                },
         } => {
-            let report = commands::audit_verify(&config).await?;
+            let options = commands::VerifyOptions {
+                checkpoints_url,
+                checkpoints_file,
+                public_keys: public_key,
+            };
+            let report = commands::audit_verify_with(&config, &options).await?;
             if !report.ok {
                 return Ok(ExitCode::from(2));
             }
         }
+        Command::Audit {
+            command: AuditCommand::PublicKey,
+        } => commands::audit_public_key(&config)?,
         Command::Keys {
             command: KeysCommand::Rotate,
         } => {

@@ -50,6 +50,8 @@ pub enum ServerError {
     Passwords(#[from] PasswordError),
     #[error("cannot start the actors: {0}")]
     Actors(String),
+    #[error(transparent)]
+    Webhook(#[from] crate::audit_webhook::WebhookError),
     #[error("server: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -68,6 +70,8 @@ pub struct Started {
     keyring_file: Option<PathBuf>,
     /// Set when `tls_cert`/`tls_key` are: connections are TLS-terminated here.
     tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    /// Delivers checkpoints to `audit_checkpoint_webhook`, when set.
+    webhook: Option<crate::audit_webhook::WebhookTask>,
 }
 
 /// Opens the store named by the configuration (creating the data directory
@@ -132,6 +136,17 @@ pub async fn start(config: Config) -> Result<Started, ServerError> {
     let keyring = Arc::new(secrets.keyring.clone());
     let cipher = Arc::new(MessageCipher::new(secrets.keyring));
     let tokens = Arc::new(tokens(&config, &secrets.jwt_secret)?);
+    let (checkpoint_sink, webhook) = match &config.audit_checkpoint_webhook {
+        Some(url) => {
+            let (tx, task) = crate::audit_webhook::spawn(
+                url,
+                config.audit_checkpoint_webhook_secret.clone(),
+                config.audit_checkpoint_webhook_queue,
+            )?;
+            (Some(tx), Some(task))
+        }
+        None => (None, None),
+    };
     let deps = RealtimeDeps {
         store: store.clone(),
         cipher,
@@ -162,7 +177,9 @@ pub async fn start(config: Config) -> Result<Started, ServerError> {
             checkpoint_every: config.audit_checkpoint_every,
             batch_delay: Duration::from_micros(config.audit_batch_delay_us),
             checkpoint_interval: Duration::from_secs(config.audit_checkpoint_interval_secs.max(1)),
+            append_timeout: Duration::from_millis(config.audit_append_timeout_ms.max(1)),
             checkpoint_file: config.checkpoint_file(),
+            checkpoint_sink,
             keyring,
         },
         retention: RetentionConfig {
@@ -196,6 +213,7 @@ pub async fn start(config: Config) -> Result<Started, ServerError> {
         writer,
         keyring_file: secrets.keyring_file,
         tls,
+        webhook,
     })
 }
 
@@ -310,6 +328,10 @@ pub async fn serve(
         task.abort();
     }
     app.realtime.shutdown(Duration::from_secs(5)).await;
+    if let Some(webhook) = started.webhook {
+        // The drain signed a final checkpoint: let it leave the machine too.
+        webhook.finish(Duration::from_secs(5)).await;
+    }
     drop(started.writer);
     tracing::info!("shutdown complete");
     Ok(())
@@ -364,12 +386,19 @@ async fn watch_keyring(file: PathBuf, app: Arc<App>) {
                 let active = ring.active_version();
                 app.realtime.cipher.install(ring);
                 tracing::info!(active_version = active, "keyring reloaded");
-                app.realtime.audit.record(PendingAudit::new(
-                    None,
-                    None,
-                    "keys.reload",
-                    serde_json::json!({"activeVersion": active}),
-                ));
+                let appended = app
+                    .realtime
+                    .audit
+                    .append(PendingAudit::new(
+                        None,
+                        None,
+                        "keys.reload",
+                        serde_json::json!({"activeVersion": active}),
+                    ))
+                    .await;
+                if let Err(e) = appended {
+                    tracing::error!(error = %e, active_version = active, "the keys.reload audit entry is not durable yet");
+                }
             }
             Err(e) => {
                 tracing::error!(error = %e, "keyring file changed but cannot be read; keeping the old one")

@@ -64,22 +64,24 @@ pub(super) async fn list(
     let more = entries.len() > filter.limit as usize;
     entries.truncate(filter.limit as usize);
     let next_before = entries.last().filter(|_| more).map(|e| e.seq);
-    caller.audit(
-        &app,
-        "audit.read",
-        json!({
-            "userId": filter.actor_id,
-            "action": filter.action,
-            // Not `channelId`: a read is no event of that channel.
-            "channel": filter.channel_id,
-            "since": filter.since,
-            "until": filter.until,
-            "after": filter.after_seq,
-            "before": filter.before_seq,
-            "limit": filter.limit,
-            "returned": entries.len(),
-        }),
-    );
+    caller
+        .audit(
+            &app,
+            "audit.read",
+            json!({
+                "userId": filter.actor_id,
+                "action": filter.action,
+                // Not `channelId`: a read is no event of that channel.
+                "channel": filter.channel_id,
+                "since": filter.since,
+                "until": filter.until,
+                "after": filter.after_seq,
+                "before": filter.before_seq,
+                "limit": filter.limit,
+                "returned": entries.len(),
+            }),
+        )
+        .await?;
     Ok(Json(json!({"entries": entries, "nextBefore": next_before})))
 }
 
@@ -112,7 +114,9 @@ pub(super) async fn get(
         .into_iter()
         .find(|e| e.seq == seq)
         .ok_or_else(|| ApiError::not_found("no such audit entry"))?;
-    caller.audit(&app, "audit.read", json!({"seq": seq, "returned": 1}));
+    caller
+        .audit(&app, "audit.read", json!({"seq": seq, "returned": 1}))
+        .await?;
     Ok(Json(json!({"entry": entry})))
 }
 
@@ -141,6 +145,6 @@ pub(super) async fn verify(State(app): State<Arc<App>>, caller: Caller) -> ApiRe
         &app,
         "audit.verify",
         json!({"ok": report.ok, "entries": report.entries, "firstBadSeq": report.first_bad_seq}),
-    );
+    ).await?;
     Ok(Json(json!(report)))
 }

@@ -91,11 +91,14 @@ pub(super) async fn register(
             }
             e => e.into(),
         })?;
-    app.realtime.audit.record(client.event(
-        Some(user.id),
-        "auth.register",
-        json!({"userId": user.id, "username": user.username}),
-    ));
+    app.realtime
+        .audit
+        .append(client.event(
+            Some(user.id),
+            "auth.register",
+            json!({"userId": user.id, "username": user.username}),
+        ))
+        .await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({"user": views::user(&user)})),
@@ -128,17 +131,24 @@ pub(super) async fn login(
     validate::presented("username", &body.username)?;
     validate::presented("password", &body.password)?;
     let username: String = body.username.chars().take(64).collect();
-    let failed = |user: Option<UserId>, reason: &'static str, extra: serde_json::Value| {
+    // The failure is committed to the audit chain before the 401 goes out
+    // (a 503 instead when it cannot be).
+    let failed = async |user: Option<UserId>, reason: &'static str, extra: serde_json::Value| {
         metrics::counter!(names::AUTH_FAILURES, "reason" => if reason == "locked" { "locked" } else { "password" })
             .increment(1);
         let mut details = json!({"username": username, "reason": reason});
         if let (Some(map), Some(more)) = (details.as_object_mut(), extra.as_object()) {
             map.extend(more.clone());
         }
-        app.realtime
+        match app
+            .realtime
             .audit
-            .record(client.event(user, "auth.login_failed", details));
-        ApiError::auth_failed(LOGIN_FAILED)
+            .append(client.event(user, "auth.login_failed", details))
+            .await
+        {
+            Ok(()) => ApiError::auth_failed(LOGIN_FAILED),
+            Err(e) => e.into(),
+        }
     };
 
     // No username holds a NUL (registration allows letters, digits and
@@ -151,17 +161,13 @@ pub(super) async fn login(
     };
     let Some(mut user) = found else {
         app.passwords.burn().await;
-        return Err(failed(None, "unknown_user", json!({})));
+        return Err(failed(None, "unknown_user", json!({})).await);
     };
     let now = courier_actors::now_ms();
     if let Some(until) = user.locked_until {
         if until > now {
             app.passwords.burn().await;
-            return Err(failed(
-                Some(user.id),
-                "locked",
-                json!({"lockedUntil": until}),
-            ));
+            return Err(failed(Some(user.id), "locked", json!({"lockedUntil": until})).await);
         }
         // The lockout has run out: the count of failures starts again.
         app.store.record_login_success(user.id).await?;
@@ -186,13 +192,17 @@ pub(super) async fn login(
             Some(user.id),
             "bad_password",
             json!({"failures": after.failed_logins}),
-        );
+        )
+        .await;
         if after.locked_until == Some(lock_until) {
-            app.realtime.audit.record(client.event(
-                Some(user.id),
-                "auth.lockout",
-                json!({"userId": user.id, "failures": after.failed_logins, "lockedUntil": lock_until}),
-            ));
+            app.realtime
+                .audit
+                .append(client.event(
+                    Some(user.id),
+                    "auth.lockout",
+                    json!({"userId": user.id, "failures": after.failed_logins, "lockedUntil": lock_until}),
+                ))
+                .await?;
         }
         return Err(error);
     }
@@ -200,11 +210,14 @@ pub(super) async fn login(
         app.store.record_login_success(user.id).await?;
     }
     let (tokens, session_id) = open_session(&app, &user, &client).await?;
-    app.realtime.audit.record(client.event(
-        Some(user.id),
-        "auth.login",
-        json!({"sessionId": session_id}),
-    ));
+    app.realtime
+        .audit
+        .append(client.event(
+            Some(user.id),
+            "auth.login",
+            json!({"sessionId": session_id}),
+        ))
+        .await?;
     let mut answer = tokens;
     answer["user"] = views::user(&user);
     Ok(Json(answer))
@@ -285,11 +298,14 @@ pub(super) async fn refresh(
         .await?;
     match outcome {
         RefreshOutcome::Rotated(session) => {
-            app.realtime.audit.record(client.event(
-                Some(session.user_id),
-                "auth.refresh",
-                json!({"sessionId": session.id}),
-            ));
+            app.realtime
+                .audit
+                .append(client.event(
+                    Some(session.user_id),
+                    "auth.refresh",
+                    json!({"sessionId": session.id}),
+                ))
+                .await?;
             Ok(Json(token_answer(&app, session.user_id, session.id, next)?))
         }
         RefreshOutcome::Reused {
@@ -299,11 +315,14 @@ pub(super) async fn refresh(
             app.realtime
                 .revoke_sessions(user_id, Some(vec![session_id]));
             metrics::counter!(names::AUTH_FAILURES, "reason" => "refresh_reuse").increment(1);
-            app.realtime.audit.record(client.event(
-                Some(user_id),
-                "auth.refresh_reuse",
-                json!({"sessionId": session_id, "revoked": true}),
-            ));
+            app.realtime
+                .audit
+                .append(client.event(
+                    Some(user_id),
+                    "auth.refresh_reuse",
+                    json!({"sessionId": session_id, "revoked": true}),
+                ))
+                .await?;
             Err(ApiError::auth_failed(
                 "this refresh token was already used; the session is revoked",
             ))
@@ -331,7 +350,9 @@ pub(super) async fn logout(State(app): State<Arc<App>>, caller: Caller) -> ApiRe
     app.store.revoke_session(session).await?;
     app.realtime
         .revoke_sessions(caller.identity.user_id, Some(vec![session]));
-    caller.audit(&app, "auth.logout", json!({"sessionId": session}));
+    caller
+        .audit(&app, "auth.logout", json!({"sessionId": session}))
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -391,17 +412,19 @@ pub(super) async fn change_password(
             .store
             .record_login_failure(user.id, threshold, lock_until)
             .await?;
-        caller.audit(
-            &app,
-            "auth.password_change_failed",
-            json!({"reason": "bad_password", "failures": after.failed_logins}),
-        );
+        caller
+            .audit(
+                &app,
+                "auth.password_change_failed",
+                json!({"reason": "bad_password", "failures": after.failed_logins}),
+            )
+            .await?;
         if after.locked_until == Some(lock_until) {
             caller.audit(
                 &app,
                 "auth.lockout",
                 json!({"userId": user.id, "failures": after.failed_logins, "lockedUntil": lock_until}),
-            );
+            ).await?;
         }
         return Err(ApiError::forbidden("currentPassword: is incorrect"));
     }
@@ -421,11 +444,13 @@ pub(super) async fn change_password(
     }
     let revoked = app.store.revoke_user_sessions(user.id).await?;
     app.realtime.revoke_sessions(user.id, None);
-    caller.audit(
-        &app,
-        "auth.password_change",
-        json!({"userId": user.id, "sessionsRevoked": revoked.len()}),
-    );
+    caller
+        .audit(
+            &app,
+            "auth.password_change",
+            json!({"userId": user.id, "sessionsRevoked": revoked.len()}),
+        )
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

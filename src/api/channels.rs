@@ -122,11 +122,13 @@ pub(super) async fn create(
     app.store
         .create_channel(channel.clone(), owner.clone())
         .await?;
-    caller.audit(
-        &app,
-        "channel.create",
-        json!({"channelId": channel.id, "kind": channel.kind}),
-    );
+    caller
+        .audit(
+            &app,
+            "channel.create",
+            json!({"channelId": channel.id, "kind": channel.kind}),
+        )
+        .await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({"channel": views::channel(&channel, Some(&owner))})),
@@ -212,7 +214,9 @@ pub(super) async fn update(
         .store
         .update_channel(id, ChannelPatch { name, description })
         .await?;
-    caller.audit(&app, "channel.update", json!({"channelId": id}));
+    caller
+        .audit(&app, "channel.update", json!({"channelId": id}))
+        .await?;
     Ok(Json(
         json!({"channel": views::channel(&updated, member.as_ref())}),
     ))
@@ -239,11 +243,13 @@ pub(super) async fn delete(
     let (channel, _) = manage_access(&app, &caller, id, "channels.delete").await?;
     app.store.delete_channel(id).await?;
     app.realtime.notify_channel(id, ChannelMsg::Deleted);
-    caller.audit(
-        &app,
-        "channel.delete",
-        json!({"channelId": id, "kind": channel.kind}),
-    );
+    caller
+        .audit(
+            &app,
+            "channel.delete",
+            json!({"channelId": id, "kind": channel.kind}),
+        )
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -324,11 +330,13 @@ pub(super) async fn add_member(
         last_delivered_seq: 0,
     };
     write(&app, WriteOp::UpsertMember(member.clone())).await?;
-    caller.audit(
-        &app,
-        "channel.member_add",
-        json!({"channelId": id, "userId": user.id, "role": role}),
-    );
+    caller
+        .audit(
+            &app,
+            "channel.member_add",
+            json!({"channelId": id, "userId": user.id, "role": role}),
+        )
+        .await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({"member": views::member(&member, Some(&user.username))})),
@@ -374,11 +382,13 @@ pub(super) async fn set_member_role(
     write(&app, WriteOp::UpsertMember(member.clone())).await?;
     app.realtime
         .notify_channel(id, ChannelMsg::MemberChanged(Box::new(member.clone())));
-    caller.audit(
-        &app,
-        "channel.member_role",
-        json!({"channelId": id, "userId": user_id, "role": body.role}),
-    );
+    caller
+        .audit(
+            &app,
+            "channel.member_role",
+            json!({"channelId": id, "userId": user_id, "role": body.role}),
+        )
+        .await?;
     let username = app.store.get_user(user_id).await?.map(|u| u.username);
     Ok(Json(
         json!({"member": views::member(&member, username.as_deref())}),
@@ -420,11 +430,13 @@ pub(super) async fn remove_member(
     .await?;
     app.realtime
         .notify_channel(id, ChannelMsg::MemberRemoved { user_id });
-    caller.audit(
-        &app,
-        "channel.member_remove",
-        json!({"channelId": id, "userId": user_id}),
-    );
+    caller
+        .audit(
+            &app,
+            "channel.member_remove",
+            json!({"channelId": id, "userId": user_id}),
+        )
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -458,11 +470,13 @@ pub(super) async fn messages(
         .await
         .map_err(|e| caller.access_error(&app, "channels.messages", json!({"channelId": id}), e))?;
     // The same entry as a WebSocket `fetch_history`: decrypted messages left.
-    caller.audit(
-        &app,
-        "history.read",
-        json!({"channelId": id, "count": messages.len()}),
-    );
+    caller
+        .audit(
+            &app,
+            "history.read",
+            json!({"channelId": id, "count": messages.len()}),
+        )
+        .await?;
     Ok(Json(json!({"messages": messages, "hasMore": has_more})))
 }
 

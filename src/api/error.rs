@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use courier_actors::durable::store::StoreError;
+use courier_actors::audit::actor::AuditError;
 use courier_actors::realtime::channel::ChannelError;
 use courier_actors::realtime::AccessError;
 use courier_protocol::ErrorCode;
@@ -170,6 +170,15 @@ impl From<StoreError> for ApiError {
             }
             StoreError::Corrupt(_) | StoreError::Database(_) => ApiError::internal(e),
         }
+    }
+}
+
+/// An audit entry that is not durable: the request is not reported done
+/// (503 `unavailable`; docs/audit.md says what was committed meanwhile).
+/// The audit handle has logged why.
+impl From<AuditError> for ApiError {
+    fn from(_: AuditError) -> Self {
+        ApiError::unavailable()
     }
 }
 

@@ -92,12 +92,18 @@ impl Caller {
         }
     }
 
-    /// Appends an audit entry for something the caller did.
-    pub fn audit(&self, app: &App, action: &str, details: serde_json::Value) {
-        app.realtime.audit.record(
-            self.client
-                .event(Some(self.identity.user_id), action, details),
-        );
+    /// Appends an audit entry for something the caller did, and waits until
+    /// it is committed to the chain; `Err` (503 `unavailable`) when it is not.
+    pub async fn audit(
+        &self,
+        app: &App,
+        action: &str,
+        details: serde_json::Value,
+    ) -> Result<(), ApiError> {
+        let event = self
+            .client
+            .event(Some(self.identity.user_id), action, details);
+        Ok(app.realtime.audit.append(event).await?)
     }
 
     /// Asks the authorization module; a denial is audited
@@ -137,7 +143,13 @@ impl Caller {
         if let Some(map) = details.as_object_mut() {
             map.insert("op".into(), op.into());
         }
-        self.audit(app, "access.denied", details);
+        // Fire-and-forget (docs/audit.md): a refusal did nothing to report
+        // as done, and answering it must not wait on the store.
+        app.realtime.audit.record(self.client.event(
+            Some(self.identity.user_id),
+            "access.denied",
+            details,
+        ));
         ApiError::forbidden(why)
     }
 }

@@ -10,7 +10,7 @@
 //! (`tests/rest_api.rs`) checks that the served document names every
 //! route in [`ENDPOINTS`] and nothing else, and that each one is served.
 
-use courier_actors::store::AuditRecord;
+use courier_actors::durable::store::AuditRecord;
 use courier_protocol::frames::MessageView;
 use courier_protocol::ErrorCode;
 use serde::Serialize;

@@ -122,11 +122,13 @@ pub(super) async fn create(
             StoreError::Conflict(_) => ApiError::conflict("username: already taken"),
             e => e.into(),
         })?;
-    caller.audit(
-        &app,
-        "user.create",
-        json!({"userId": user.id, "username": user.username, "role": role}),
-    );
+    caller
+        .audit(
+            &app,
+            "user.create",
+            json!({"userId": user.id, "username": user.username, "role": role}),
+        )
+        .await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({"user": views::user(&user)})),
@@ -250,17 +252,19 @@ pub(super) async fn update(
     } else {
         0
     };
-    caller.audit(
-        &app,
-        "user.update",
-        json!({
-            "userId": id,
-            "emailChanged": body.email.is_some(),
-            "role": body.role,
-            "passwordChanged": password_changed,
-            "sessionsRevoked": revoked,
-        }),
-    );
+    caller
+        .audit(
+            &app,
+            "user.update",
+            json!({
+                "userId": id,
+                "emailChanged": body.email.is_some(),
+                "role": body.role,
+                "passwordChanged": password_changed,
+                "sessionsRevoked": revoked,
+            }),
+        )
+        .await?;
     Ok(Json(json!({"user": views::user(&user)})))
 }
 
@@ -295,11 +299,13 @@ pub(super) async fn delete(
     }
     app.store.delete_user(id).await?;
     app.realtime.revoke_sessions(id, None);
-    caller.audit(
-        &app,
-        "user.delete",
-        json!({"userId": id, "username": target.username}),
-    );
+    caller
+        .audit(
+            &app,
+            "user.delete",
+            json!({"userId": id, "username": target.username}),
+        )
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -402,11 +408,13 @@ pub(super) async fn terminate_sessions(
     find(&app, id).await?;
     let revoked = app.store.revoke_user_sessions(id).await?;
     app.realtime.revoke_sessions(id, None);
-    caller.audit(
-        &app,
-        "sessions.terminate",
-        json!({"userId": id, "sessionIds": revoked}),
-    );
+    caller
+        .audit(
+            &app,
+            "sessions.terminate",
+            json!({"userId": id, "sessionIds": revoked}),
+        )
+        .await?;
     Ok(Json(json!({"revoked": revoked.len()})))
 }
 

@@ -4,15 +4,18 @@
 //! schedule. Nobody else writes `audit_logs`.
 //!
 //! **Takes** events through an [`AuditHandle`] (a bounded queue):
-//! [`AuditHandle::record`] never blocks its caller. Its ractor mailbox takes
-//! only [`AuditMsg::Drain`].
+//! [`AuditHandle::append`] answers once the event is committed to the chain
+//! (security events on a request's path: the request answers after it);
+//! [`AuditHandle::record`] never blocks its caller (fire-and-forget, for the
+//! events `docs/audit.md` lists as such). Both ride the same batches. Its
+//! ractor mailbox takes only [`AuditMsg::Drain`].
 //!
 //! **Does**: a loop (on the [`store_thread`] on PostgreSQL) takes every
 //! queued event, lets more gather for `batch_delay` (one commit for a burst
 //! of connects rather than one each), chains the batch in memory
 //! ([`chain::chain`], so batched entries are linked exactly like
 //! single ones), appends it in one transaction, retrying while the store is
-//! down, and only then moves its head. Should the stored chain have moved
+//! down, and only then moves its head and answers the batch's waiters. Should the stored chain have moved
 //! past the head it read (a crashed broker's last append landing late), it
 //! links the batch after the stored head rather than refusing it forever.
 //! (On SQLite an append made while a message batch commits goes into that
@@ -20,13 +23,15 @@
 //! `store::audit_ride`.) Every `checkpoint_every` entries, or every
 //! `checkpoint_interval` when anything changed, it signs
 //! `{seq, head_hash, time}` with the keyring's Ed25519 checkpoint key and
-//! writes the checkpoint both to the store and to an append-only file outside
-//! the database.
+//! writes the checkpoint to the store, to an append-only file outside the
+//! database and, when one is configured, to the queue of a sink off the
+//! machine ([`AuditConfig::checkpoint_sink`]; never waited on).
 //!
 //! **Supervised by** the root supervisor. **A crash** loses the events queued
 //! but not yet appended (up to `batch_delay`'s worth more than without the
-//! delay; a drain appends them at once); the chain in the store stays
-//! consistent, because the head is re-read from the store on start.
+//! delay; a drain appends them at once), none of which was answered to an
+//! [`AuditHandle::append`] caller; the chain in the store stays consistent,
+//! because the head is re-read from the store on start.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,18 +40,20 @@ use std::time::{Duration, Instant};
 
 use metrics::{counter, histogram};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::audit::chain::{self, ChainHead, CheckpointFile, PendingAudit};
 use crate::crypto::Keyring;
-use crate::durable::store::{AuditRecord, DynStore, Store, StoreError};
+use crate::durable::store::{AuditRecord, Checkpoint, DynStore, Store, StoreError};
 use crate::durable::store_thread;
 use crate::telemetry::names as m;
 
-/// What travels on the queue: an event, or the nudge of a drain.
+/// What travels on the queue: an event, one whose caller waits for its
+/// commit, or the nudge of a drain.
 pub enum Queued {
     Event(PendingAudit),
+    Durable(PendingAudit, oneshot::Sender<()>),
     Wake,
 }
 
@@ -54,9 +61,38 @@ pub enum Queued {
 #[derive(Clone)]
 pub struct AuditHandle {
     tx: mpsc::Sender<Queued>,
+    /// How long [`AuditHandle::append`] waits for the commit.
+    append_timeout: Duration,
 }
 
 impl AuditHandle {
+    /// Queues an event and waits until its batch is committed to the chain.
+    /// `Err` when that does not happen within the configured append timeout
+    /// (the store is down: the event stays queued and is appended once the
+    /// store takes it, unless the broker stops first) or the actor is gone.
+    /// Callers waiting at once share one batch and one commit.
+    pub async fn append(&self, event: PendingAudit) -> Result<(), AuditError> {
+        let started = Instant::now();
+        let (done, committed) = oneshot::channel();
+        let wait = async {
+            self.tx
+                .send(Queued::Durable(event, done))
+                .await
+                .map_err(|_| AuditError::Stopped)?;
+            committed.await.map_err(|_| AuditError::Stopped)
+        };
+        let outcome = match tokio::time::timeout(self.append_timeout, wait).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(AuditError::NotDurable(self.append_timeout)),
+        };
+        histogram!(m::AUDIT_APPEND_WAIT_SECONDS).record(started.elapsed().as_secs_f64());
+        if let Err(e) = &outcome {
+            counter!(m::AUDIT_APPEND_FAILURES).increment(1);
+            tracing::error!(error = %e, "an audit entry is not durable; the request fails");
+        }
+        outcome
+    }
+
     /// Queues an event without waiting. When the queue is full the event
     /// waits on a task of its own rather than being dropped.
     pub fn record(&self, event: PendingAudit) {
@@ -87,8 +123,14 @@ pub struct AuditConfig {
     /// next one).
     pub batch_delay: Duration,
     pub checkpoint_interval: Duration,
+    /// How long [`AuditHandle::append`] waits for its commit before it
+    /// gives up (and its request answers `unavailable`).
+    pub append_timeout: Duration,
     /// The append-only file of signed checkpoints, outside the database.
     pub checkpoint_file: PathBuf,
+    /// A bounded queue to a sink off the machine (the checkpoint webhook);
+    /// a checkpoint that finds it full is dropped and counted, never waited for.
+    pub checkpoint_sink: Option<mpsc::Sender<Checkpoint>>,
     /// Signs checkpoints (the checkpoint key of the active master key).
     pub keyring: Arc<Keyring>,
 }
@@ -109,11 +151,17 @@ pub struct AuditState {
     task: Option<JoinHandle<()>>,
 }
 
-/// Why the audit actor could not start.
+/// Why the audit actor could not start, or an append did not become durable.
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
     #[error("cannot read the audit chain head: {0}")]
     Head(#[from] crate::durable::store::StoreError),
+    /// The batch was not committed in time (the store refuses or is slow).
+    #[error("the audit entry was not committed within {0:?}")]
+    NotDurable(Duration),
+    /// The audit actor has stopped (a shutdown under way).
+    #[error("the audit actor is not running")]
+    Stopped,
 }
 
 impl AuditActor {
@@ -124,7 +172,10 @@ impl AuditActor {
         config: AuditConfig,
     ) -> Result<(ActorRef<AuditMsg>, AuditHandle), ActorProcessingErr> {
         let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
-        let handle = AuditHandle { tx: tx.clone() };
+        let handle = AuditHandle {
+            tx: tx.clone(),
+            append_timeout: config.append_timeout,
+        };
         let (actor, _) =
             Actor::spawn_linked(None, AuditActor, (store, config, tx, rx), supervisor).await?;
         Ok((actor, handle))
@@ -220,18 +271,28 @@ async fn chain_loop(
         if received != usize::MAX {
             gather(&mut rx, &mut queued, config.batch_delay, &stop).await;
         }
-        let pending: Vec<PendingAudit> = queued
-            .drain(..)
-            .filter_map(|q| match q {
-                Queued::Event(e) => Some(e),
-                Queued::Wake => None,
-            })
-            .collect();
+        let mut pending = Vec::with_capacity(queued.len());
+        let mut waiters = Vec::new();
+        for q in queued.drain(..) {
+            match q {
+                Queued::Event(e) => pending.push(e),
+                Queued::Durable(e, done) => {
+                    pending.push(e);
+                    waiters.push(done);
+                }
+                Queued::Wake => {}
+            }
+        }
         if !pending.is_empty() {
             let (mut records, new_head) = chain::chain(&head, pending);
             head = append_with_retry(&*store, &mut records, new_head).await;
             counter!(m::AUDIT_ENTRIES).increment(records.len() as u64);
             histogram!(m::AUDIT_BATCH_SIZE).record(records.len() as f64);
+            // Committed: the callers that wait may answer now. (One that
+            // gave up meanwhile has dropped its receiver.)
+            for done in waiters {
+                let _ = done.send(());
+            }
         }
         let due = head.seq >= checkpointed_seq + config.checkpoint_every
             || (head.seq > checkpointed_seq
@@ -250,9 +311,10 @@ async fn chain_loop(
 /// Lets events join `queued` for up to `delay` after the first arrived, so
 /// that a burst (each connect writes `ws.connect` and `channel.join`)
 /// commits in one transaction rather than in one every event or two: each
-/// commit is an `fsync`. Nobody waits for an append, so the delay is added
-/// to no caller's latency. Stops early when the batch is full or a drain
-/// has begun.
+/// commit is an `fsync`. A caller of [`AuditHandle::append`] waits up to
+/// `delay` more for its answer, and in exchange shares the commit with
+/// every other caller of the burst. Stops early when the batch is full or a
+/// drain has begun.
 async fn gather(
     rx: &mut mpsc::Receiver<Queued>,
     queued: &mut Vec<Queued>,
@@ -341,6 +403,12 @@ async fn checkpoint(
     );
     if let Err(e) = file.append(&cp) {
         tracing::error!(error = %e, "cannot append to the checkpoint file");
+    }
+    if let Some(sink) = &config.checkpoint_sink {
+        if let Err(e) = sink.try_send(cp.clone()) {
+            counter!(m::AUDIT_CHECKPOINT_SINK_DROPPED).increment(1);
+            tracing::error!(seq = cp.seq, error = %e, "the checkpoint sink's queue refused a checkpoint; dropped");
+        }
     }
     if let Err(e) = store.insert_checkpoint(cp).await {
         tracing::error!(error = %e, "cannot store the audit checkpoint");

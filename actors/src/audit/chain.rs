@@ -632,7 +632,74 @@ pub async fn verify_store(
     keyring: &Keyring,
     checkpoint_file: Option<&Path>,
 ) -> Result<VerifyReport, AuditChainError> {
-    verify_source(store, keyring, checkpoint_file).await
+    verify_source(
+        store,
+        &CheckpointKeys::Keyring(keyring),
+        checkpoint_file,
+        Vec::new(),
+    )
+    .await
+}
+
+/// As [`verify_store`], with checkpoints kept elsewhere too (`more`: fetched
+/// from a sink off the machine, or a file exported elsewhere; any of them
+/// that disagrees with the chain is tampering), and the keys of `keys`.
+pub async fn verify_store_with(
+    store: &dyn Store,
+    keys: &CheckpointKeys<'_>,
+    checkpoint_file: Option<&Path>,
+    more: Vec<Checkpoint>,
+) -> Result<VerifyReport, AuditChainError> {
+    verify_source(store, keys, checkpoint_file, more).await
+}
+
+/// Where the keys that verify checkpoints come from.
+pub enum CheckpointKeys<'a> {
+    /// Derived from the master keys (the server's own view).
+    Keyring(&'a Keyring),
+    /// Public keys alone, by key id (an auditor's view: no secret needed;
+    /// see [`parse_public_keys`]).
+    Public(&'a HashMap<String, VerifyingKey>),
+}
+
+impl CheckpointKeys<'_> {
+    /// The key that verifies checkpoints carrying `key_id`, if known.
+    pub fn key_for(&self, key_id: &str) -> Option<VerifyingKey> {
+        match self {
+            CheckpointKeys::Keyring(keyring) => keyring.checkpoint_verifying_key(key_id).ok(),
+            CheckpointKeys::Public(keys) => keys.get(key_id).copied(),
+        }
+    }
+}
+
+/// A checkpoint public key as `courier audit public-key` prints it and
+/// `courier audit verify --public-key` takes it: `<key id>:<64 hex digits>`.
+pub fn public_key_line(key_id: &str, key: &VerifyingKey) -> String {
+    format!("{key_id}:{}", hex::encode(key.as_bytes()))
+}
+
+/// Parses public keys given as [`public_key_line`]s, separated by commas,
+/// white space or newlines.
+pub fn parse_public_keys(text: &str) -> Result<HashMap<String, VerifyingKey>, String> {
+    let mut keys = HashMap::new();
+    for item in text
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|i| !i.is_empty())
+    {
+        let (id, key_hex) = item
+            .split_once(':')
+            .ok_or_else(|| format!("{item:?}: expected <key id>:<hex public key>"))?;
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(key_hex, &mut bytes)
+            .map_err(|_| format!("{item:?}: the key is not 64 hex digits"))?;
+        let key = VerifyingKey::from_bytes(&bytes)
+            .map_err(|_| format!("{item:?}: not an Ed25519 public key"))?;
+        keys.insert(id.to_owned(), key);
+    }
+    if keys.is_empty() {
+        return Err("no public key given".into());
+    }
+    Ok(keys)
 }
 
 /// The part of [`Store`] that verification reads (a seam for tests).
@@ -655,10 +722,12 @@ impl<S: Store + ?Sized> AuditSource for S {
 
 async fn verify_source<S: AuditSource + ?Sized>(
     source: &S,
-    keyring: &Keyring,
+    keys: &CheckpointKeys<'_>,
     checkpoint_file: Option<&Path>,
+    more: Vec<Checkpoint>,
 ) -> Result<VerifyReport, AuditChainError> {
     let mut checkpoints = source.list_checkpoints().await?;
+    checkpoints.extend(more);
     if let Some(path) = checkpoint_file {
         let from_file = match tokio::fs::read(path).await {
             Ok(bytes) => parse_checkpoint_lines(path, &bytes)?,
@@ -672,9 +741,7 @@ async fn verify_source<S: AuditSource + ?Sized>(
         };
         checkpoints.extend(from_file);
     }
-    let mut verifier = ChainVerifier::with_checkpoints(&checkpoints, |id| {
-        keyring.checkpoint_verifying_key(id).ok()
-    });
+    let mut verifier = ChainVerifier::with_checkpoints(&checkpoints, |id| keys.key_for(id));
     let mut after = 0;
     loop {
         let page = source.audit_range(after, VERIFY_PAGE).await?;
@@ -1111,9 +1178,14 @@ mod tests {
             records,
             checkpoints: vec![in_db],
         };
-        let report = verify_source(&table, &keyring, Some(&path))
-            .await
-            .expect("verify");
+        let report = verify_source(
+            &table,
+            &CheckpointKeys::Keyring(&keyring),
+            Some(&path),
+            Vec::new(),
+        )
+        .await
+        .expect("verify");
         assert_eq!(
             report,
             VerifyReport {
@@ -1128,22 +1200,91 @@ mod tests {
         // database, but the file remembers the head.
         let mut rolled_back = table;
         rolled_back.records.truncate(6_000);
-        let report = verify_source(&rolled_back, &keyring, Some(&path))
-            .await
-            .expect("verify");
+        let report = verify_source(
+            &rolled_back,
+            &CheckpointKeys::Keyring(&keyring),
+            Some(&path),
+            Vec::new(),
+        )
+        .await
+        .expect("verify");
         assert_eq!(report.first_bad_seq, Some(6_001));
         assert_eq!(report.entries, 6_000);
-        let without_file = verify_source(&rolled_back, &keyring, None)
-            .await
-            .expect("verify");
+        let without_file = verify_source(
+            &rolled_back,
+            &CheckpointKeys::Keyring(&keyring),
+            None,
+            Vec::new(),
+        )
+        .await
+        .expect("verify");
         assert!(without_file.ok);
         let missing = dir.path().join("none.jsonl");
         assert!(
-            verify_source(&rolled_back, &keyring, Some(&missing))
-                .await
-                .expect("ok")
-                .ok
+            verify_source(
+                &rolled_back,
+                &CheckpointKeys::Keyring(&keyring),
+                Some(&missing),
+                Vec::new()
+            )
+            .await
+            .expect("ok")
+            .ok
         );
+    }
+
+    #[tokio::test]
+    async fn public_keys_alone_verify_and_outside_checkpoints_catch_a_rollback() {
+        let keyring = Keyring::generate();
+        let v = keyring.active_version();
+        let key = keyring.checkpoint_signing_key(v).expect("key");
+        let id = Keyring::checkpoint_key_id(v);
+        let (records, head) = chain(&ChainHead::genesis(), (1..=20).map(pending).collect());
+        let outside = sign_checkpoint(&key, &id, 20, &head.hash, 3);
+        let other = SigningKey::from_bytes(&[3u8; 32]).verifying_key();
+        let text = format!(
+            "{}, {}\n",
+            public_key_line(&id, &key.verifying_key()),
+            public_key_line("mk99", &other)
+        );
+        let public = parse_public_keys(&text).expect("two keys");
+        assert_eq!(public.len(), 2);
+        let keys = CheckpointKeys::Public(&public);
+
+        let whole = Table {
+            records: records.clone(),
+            checkpoints: Vec::new(),
+        };
+        let report = verify_source(&whole, &keys, None, vec![outside.clone()])
+            .await
+            .expect("verify");
+        assert!(report.ok, "{report:?}");
+
+        // The database lost its tail and its own checkpoints with it: only
+        // the checkpoint kept elsewhere tells.
+        let rolled_back = Table {
+            records: records[..12].to_vec(),
+            checkpoints: Vec::new(),
+        };
+        let alone = verify_source(&rolled_back, &keys, None, Vec::new())
+            .await
+            .expect("verify");
+        assert!(alone.ok);
+        let report = verify_source(&rolled_back, &keys, None, vec![outside.clone()])
+            .await
+            .expect("verify");
+        assert_eq!(report.first_bad_seq, Some(13));
+
+        // A public key that is not the signer's: the checkpoint is forged.
+        let wrong: HashMap<String, VerifyingKey> = [(id.clone(), other)].into();
+        let report = verify_source(&whole, &CheckpointKeys::Public(&wrong), None, vec![outside])
+            .await
+            .expect("verify");
+        assert!(!report.ok);
+
+        for bad in ["", "mk1", "mk1:abcd", &format!("mk1:{}", "zz".repeat(32))] {
+            assert!(parse_public_keys(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[derive(Clone, Debug)]

@@ -113,16 +113,25 @@ impl Actor for RetentionActor {
                 RetentionReport::default()
             }
         };
-        state.audit.record(PendingAudit::new(
-            None,
-            None,
-            "retention.run",
-            serde_json::json!({
-                "expired": report.expired,
-                "purgedDeleted": report.purged_deleted,
-                "purgedOld": report.purged_old,
-            }),
-        ));
+        // The purge is committed already; its entry is committed before the
+        // run answers (and before the next run starts). Should it not be,
+        // it stays queued and is appended when the store takes it.
+        let appended = state
+            .audit
+            .append(PendingAudit::new(
+                None,
+                None,
+                "retention.run",
+                serde_json::json!({
+                    "expired": report.expired,
+                    "purgedDeleted": report.purged_deleted,
+                    "purgedOld": report.purged_old,
+                }),
+            ))
+            .await;
+        if let Err(e) = appended {
+            tracing::error!(error = %e, "the retention run's audit entry is not durable yet");
+        }
         if let Some(reply) = reply {
             let _ = reply.send(report);
         }

@@ -7,7 +7,7 @@
 //! (under the [`channel_directory`]), one
 //! [`PresenceActor`](presence::PresenceActor) per online user, and the
 //! [`Realtime`] root supervisor that starts all of them and the
-//! [`durable`](crate::durable) and [`audit`](crate::audit) actors beside
+//! [`durable`](crate::durable) and [`audit`](crate::audit::actor) actors beside
 //! them.
 //!
 //! **Takes** sockets from the server's accept loop
@@ -16,7 +16,7 @@
 //!
 //! **Talks to** the [`durable`](crate::durable) subsystem (a channel actor
 //! hands each write to the persistence actor and continues when it answers)
-//! and the [`audit`](crate::audit) actor; decisions come from
+//! and the [`audit`](crate::audit::actor) actor; decisions come from
 //! [`policy`](crate::policy).
 //!
 //! **A crash** of a connection actor closes only its socket; of a channel

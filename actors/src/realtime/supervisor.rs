@@ -370,12 +370,17 @@ impl Realtime {
         self.persistence
             .write(WriteOp::UpsertMember(member.clone()))
             .await?;
-        self.audit.record(PendingAudit::new(
-            Some(user),
-            None,
-            "channel.member_add",
-            serde_json::json!({"channelId": channel.id, "userId": user, "role": "member", "via": "join"}),
-        ));
+        // Durable before the join answers: a membership change is a
+        // security event.
+        self.audit
+            .append(PendingAudit::new(
+                Some(user),
+                None,
+                "channel.member_add",
+                serde_json::json!({"channelId": channel.id, "userId": user, "role": "member", "via": "join"}),
+            ))
+            .await
+            .map_err(|_| AccessError::Unavailable)?;
         Ok(member)
     }
 
@@ -441,12 +446,15 @@ impl Realtime {
                         self.persistence
                             .write(WriteOp::UpsertMember(second))
                             .await?;
-                        self.audit.record(PendingAudit::new(
-                            Some(me.user_id),
-                            None,
-                            "channel.create",
-                            serde_json::json!({"channelId": channel.id, "kind": "direct"}),
-                        ));
+                        self.audit
+                            .append(PendingAudit::new(
+                                Some(me.user_id),
+                                None,
+                                "channel.create",
+                                serde_json::json!({"channelId": channel.id, "kind": "direct"}),
+                            ))
+                            .await
+                            .map_err(|_| AccessError::Unavailable)?;
                         channel
                     }
                     // Both users opened it at once: the other call won.

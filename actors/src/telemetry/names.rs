@@ -34,6 +34,18 @@ pub const PERSIST_RETRIES: &str = "courier_persist_retries_total";
 pub const AUDIT_ENTRIES: &str = "courier_audit_entries_total";
 /// Entries per audit append, each one transaction (histogram).
 pub const AUDIT_BATCH_SIZE: &str = "courier_audit_batch_size";
+/// How long a durable audit append waited for its commit (histogram).
+pub const AUDIT_APPEND_WAIT_SECONDS: &str = "courier_audit_append_wait_seconds";
+/// Durable audit appends that were not committed in time: their requests
+/// answered `unavailable` (counter).
+pub const AUDIT_APPEND_FAILURES: &str = "courier_audit_append_failures_total";
+/// Checkpoints dropped because the sink's queue was full (counter).
+pub const AUDIT_CHECKPOINT_SINK_DROPPED: &str = "courier_audit_checkpoint_sink_dropped_total";
+/// Checkpoints the webhook sink delivered (counter).
+pub const AUDIT_CHECKPOINT_WEBHOOK_SENT: &str = "courier_audit_checkpoint_webhook_sent_total";
+/// Failed deliveries to the checkpoint webhook, each retried (counter).
+pub const AUDIT_CHECKPOINT_WEBHOOK_FAILURES: &str =
+    "courier_audit_checkpoint_webhook_failures_total";
 /// Failed authentications (counter; label `reason`).
 pub const AUTH_FAILURES: &str = "courier_auth_failures_total";
 /// Requests refused by a rate limit (counter; label `limit`).
@@ -92,6 +104,27 @@ pub fn describe() {
     );
     describe_counter!(AUDIT_ENTRIES, "Audit entries chained");
     describe_histogram!(AUDIT_BATCH_SIZE, Unit::Count, "Entries per audit append");
+    describe_histogram!(
+        AUDIT_APPEND_WAIT_SECONDS,
+        Unit::Seconds,
+        "Wait of a durable audit append for its commit"
+    );
+    describe_counter!(
+        AUDIT_APPEND_FAILURES,
+        "Durable audit appends not committed in time (request answered unavailable)"
+    );
+    describe_counter!(
+        AUDIT_CHECKPOINT_SINK_DROPPED,
+        "Audit checkpoints dropped: the sink's queue was full"
+    );
+    describe_counter!(
+        AUDIT_CHECKPOINT_WEBHOOK_SENT,
+        "Audit checkpoints delivered to the webhook"
+    );
+    describe_counter!(
+        AUDIT_CHECKPOINT_WEBHOOK_FAILURES,
+        "Failed deliveries to the audit checkpoint webhook (retried)"
+    );
     describe_counter!(AUTH_FAILURES, "Failed authentications");
     describe_counter!(RATE_LIMITED, "Requests refused by a rate limit");
     describe_counter!(

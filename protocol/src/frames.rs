@@ -580,6 +580,9 @@ pub enum ServerFrame {
     SystemEvent(SystemEvent),
     /// `notification` push.
     Notification(Notification),
+    /// `recovered` push: the replay of a `join_channel` with `sinceSeq` is
+    /// complete; live pushes of the channel follow.
+    Recovered(Recovered),
 }
 
 impl ServerFrame {
@@ -600,6 +603,7 @@ impl ServerFrame {
             Self::Presence(_) => "presence",
             Self::SystemEvent(_) => "system_event",
             Self::Notification(_) => "notification",
+            Self::Recovered(_) => "recovered",
         }
     }
 
@@ -1121,6 +1125,17 @@ impl SystemEvent {
     pub const CHANNEL_DELETED: &'static str = "channel_deleted";
     /// The user was removed from a channel (`data: {channelId, userId}`).
     pub const MEMBER_REMOVED: &'static str = "member_removed";
+}
+
+/// `recovered {channelId, lastSeq}`: every message of the channel up to
+/// `lastSeq` that the client missed has been replayed; what follows is live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Recovered {
+    /// The channel.
+    pub channel_id: ChannelId,
+    /// The replay went up to this seq; live messages have higher ones.
+    pub last_seq: u64,
 }
 
 /// `notification {data}`.

@@ -97,6 +97,7 @@ fn server_examples_decode_and_round_trip() {
         "presence",
         "system_event",
         "notification",
+        "recovered",
     ];
     assert_eq!(
         types,

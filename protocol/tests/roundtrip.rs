@@ -370,6 +370,12 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
             SystemEvent { event_type, data }
         )),
         json_value().prop_map(|data| ServerFrame::Notification(Notification { data })),
+        (channel_id(), any::<u64>()).prop_map(|(channel_id, last_seq)| {
+            ServerFrame::Recovered(Recovered {
+                channel_id,
+                last_seq,
+            })
+        }),
     ]
 }
 
@@ -512,10 +518,11 @@ fn server_shape(frame: &ServerFrame) -> &'static str {
         ServerFrame::Presence(_) => "presence",
         ServerFrame::SystemEvent(_) => "system_event",
         ServerFrame::Notification(_) => "notification",
+        ServerFrame::Recovered(_) => "recovered",
     }
 }
 
-const SERVER_SHAPES: [&str; 17] = [
+const SERVER_SHAPES: [&str; 18] = [
     "ack/done",
     "ack/sent",
     "ack/channel",
@@ -533,6 +540,7 @@ const SERVER_SHAPES: [&str; 17] = [
     "presence",
     "system_event",
     "notification",
+    "recovered",
 ];
 
 /// Draws from `strategy` (deterministically) until every shape in `shapes`
@@ -581,7 +589,7 @@ fn cover<T: std::fmt::Debug>(
 }
 
 /// Pushes: they carry no `ref`.
-const NO_REF_SHAPES: [&str; 9] = [
+const NO_REF_SHAPES: [&str; 10] = [
     "new_message",
     "message_updated",
     "message_deleted",
@@ -591,6 +599,7 @@ const NO_REF_SHAPES: [&str; 9] = [
     "presence",
     "system_event",
     "notification",
+    "recovered",
 ];
 
 #[test]

@@ -659,11 +659,11 @@ pub fn document() -> Value {
             "text": {"type": "string", "description": "At most max_text_bytes bytes of UTF-8"},
             "clientMsgId": {"type": "string", "maxLength": 64, "description": "Makes the send idempotent"},
             "containsPHI": {"type": "boolean"},
-            "replyTo": {"type": "string", "format": "uuid"},
+            "replyTo": {"type": "string", "format": "uuid", "description": "A message of the same channel (deleted ones too); otherwise 404 not_found"},
             "ttlSeconds": {"type": "integer", "minimum": 1},
         }))),
         success: ("201", json_response("Sent (200 with the original for a repeated clientMsgId)", schema("Message"))),
-        errors: &[("400", "A field is missing or invalid"), ("403", "Not allowed to post here"), ("404", "No such channel"), ("413", "text is over the size limit")],
+        errors: &[("400", "A field is missing or invalid"), ("403", "Not allowed to post here"), ("404", "No such channel, or replyTo names no message of it"), ("413", "text is over the size limit")],
     });
     add(
         "get",

@@ -2,7 +2,7 @@
 //! on port 0, real WebSocket clients in both encodings, both stores where a
 //! store is involved. Before authentication only `authenticate` is answered;
 //! replies must name a message of their channel; recovery replays however
-//! much was missed.
+//! much was missed; senders see their messages delivered and read.
 
 #[macro_use]
 mod support;
@@ -24,6 +24,7 @@ const T: Duration = Duration::from_secs(10);
 both_backends!(
     replies_must_name_a_message_of_the_channel,
     recovery_replays_any_backlog_in_order,
+    delivery_status_goes_sent_delivered_read,
 );
 
 /// `value` as one frame of `encoding`, written by hand (so that it may be
@@ -413,5 +414,147 @@ async fn recovery_replays_any_backlog_in_order(backend: Backend) {
         ))
         .await
         .is_err());
+    server.stop().await;
+}
+
+/// The next `message_status` push on `c`, or `None` within `wait`.
+async fn status(c: &mut Client, wait: Duration) -> Option<MessageStatus> {
+    match c
+        .next_push_matching(wait, |f| matches!(f, ServerFrame::MessageStatus(_)))
+        .await
+    {
+        Ok(ServerFrame::MessageStatus(s)) => Some(s),
+        _ => None,
+    }
+}
+
+/// `GET /api/channels/:id/receipts` as `token`: the status and, on 200,
+/// `{userId: (deliveredSeq, readSeq)}`.
+async fn receipts(
+    server: &TestServer,
+    token: &str,
+    channel: ChannelId,
+) -> (u16, std::collections::HashMap<String, (u64, u64)>) {
+    let answer = reqwest::Client::new()
+        .get(format!(
+            "{}/api/channels/{channel}/receipts",
+            server.http_url()
+        ))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("GET");
+    let status = answer.status().as_u16();
+    let body: Value = answer.json().await.expect("json");
+    let positions = body["receipts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            let seq = |k: &str| r[k].as_u64().expect("a seq");
+            let user = r["userId"].as_str().expect("userId").to_owned();
+            (user, (seq("deliveredSeq"), seq("readSeq")))
+        })
+        .collect();
+    (status, positions)
+}
+
+async fn delivery_status_goes_sent_delivered_read(backend: Backend) {
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
+    let carol = server.user("carol", Role::User).await;
+    let pairs = [
+        (Encoding::MessagePack, Encoding::Json),
+        (Encoding::Json, Encoding::MessagePack),
+    ];
+    for (i, (ea, eb)) in pairs.into_iter().enumerate() {
+        let alice = server.user(&format!("alice{i}"), Role::User).await;
+        let bob = server.user(&format!("bob{i}"), Role::User).await;
+        let mut a = server.client(&alice, ea).await;
+        let ch = match a
+            .ack(ClientRequest::OpenDirect(OpenDirect { user_id: bob.id }))
+            .await
+            .expect("open_direct")
+            .result
+        {
+            AckResult::Channel(view) => view.id,
+            other => panic!("unexpected {other:?}"),
+        };
+        let mut b = server.client(&bob, eb).await;
+        b.join(ch, None).await.expect("join");
+
+        // sent (the ack), delivered (bob's connection has it), read.
+        let first = sent(
+            a.ack(ClientRequest::SendMessage(SendMessage::text(ch, "hi")))
+                .await,
+        );
+        let delivered = status(&mut a, T).await.expect("delivered");
+        assert_eq!(
+            (
+                delivered.channel_id,
+                delivered.user_id,
+                delivered.seq,
+                delivered.status
+            ),
+            (ch, bob.id, first.seq, DeliveryStatus::Delivered)
+        );
+        b.ack(ClientRequest::ReadReceipt(ReadReceipt {
+            channel_id: ch,
+            up_to: ReadPosition::Seq(first.seq),
+        }))
+        .await
+        .expect("read");
+        let read = status(&mut a, T).await.expect("read");
+        assert_eq!(
+            (read.user_id, read.seq, read.status),
+            (bob.id, first.seq, DeliveryStatus::Read)
+        );
+        assert!(
+            status(&mut b, Duration::from_millis(200)).await.is_none(),
+            "not to the reader"
+        );
+        let (code, positions) = receipts(&server, &alice.token, ch).await;
+        assert_eq!(code, 200);
+        assert_eq!(positions[&bob.id.to_string()], (1, 1));
+        assert_eq!(positions[&alice.id.to_string()], (1, 0));
+
+        // Bob leaves: his position is kept (and stored), nothing more is
+        // delivered until he recovers.
+        b.ack(ClientRequest::LeaveChannel(LeaveChannel { channel_id: ch }))
+            .await
+            .expect("leave");
+        let second = sent(
+            a.ack(ClientRequest::SendMessage(SendMessage::text(ch, "there?")))
+                .await,
+        );
+        assert!(status(&mut a, Duration::from_millis(300)).await.is_none());
+        assert_eq!(
+            receipts(&server, &alice.token, ch).await.1[&bob.id.to_string()],
+            (1, 1)
+        );
+        let stored = support::server::eventually(T, async || {
+            let member = server.app.store.get_member(ch, bob.id).await;
+            member
+                .ok()
+                .flatten()
+                .is_some_and(|m| m.last_delivered_seq == 1)
+        })
+        .await;
+        assert!(stored, "delivered position stored on leave");
+        let view = b.join(ch, Some(first.seq)).await.expect("rejoin");
+        assert!(view.recovered);
+        let delivered = status(&mut a, T).await.expect("delivered on recovery");
+        assert_eq!(
+            (delivered.user_id, delivered.seq, delivered.status),
+            (bob.id, second.seq, DeliveryStatus::Delivered)
+        );
+        assert_eq!(
+            receipts(&server, &bob.token, ch).await.1[&bob.id.to_string()],
+            (2, 1)
+        );
+        // Members only.
+        assert_eq!(receipts(&server, &carol.token, ch).await.0, 403);
+    }
     server.stop().await;
 }

@@ -42,7 +42,9 @@ use std::time::{Duration, Instant};
 
 use courier_protocol::codec::Encoding;
 use courier_protocol::error::close;
-use courier_protocol::frames::{ChannelView, MessageView, PresenceStatus, Ref, ServerFrame};
+use courier_protocol::frames::{
+    ChannelView, DeliveryStatus, MessageView, PresenceStatus, Ref, ServerFrame,
+};
 use courier_protocol::{ChannelId, ErrorCode, MessageId, UserId};
 use metrics::{counter, histogram};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -60,7 +62,8 @@ use crate::outbound::{ConnId, EncodedFrame, Outbound, Push};
 use crate::persistence::{PersistError, PersistReply, PersistenceHandle};
 use crate::realtime::ShutdownPhase;
 use crate::store::{
-    Channel, ClientMsgRef, DynStore, Member, Role, StoredMessage, WriteOp, WriteOutcome,
+    Channel, ChannelKind, ClientMsgRef, DynStore, Member, Role, StoredMessage, WriteOp,
+    WriteOutcome,
 };
 
 /// What the channel actors of one server share (read-only).
@@ -285,6 +288,9 @@ pub enum ChannelMsg {
         through: u64,
         next: oneshot::Sender<Option<u64>>,
     },
+    /// Members' delivered positions as this actor knows them (REST
+    /// receipts take the larger of these and the store's).
+    Receipts(oneshot::Sender<HashMap<UserId, u64>>),
     /// A join's replay could not read the store.
     ReplayFailed {
         conn_id: ConnId,
@@ -376,6 +382,19 @@ impl Subscribers {
 
     fn has_user(&self, user: UserId) -> bool {
         self.by_conn.values().any(|s| s.user_id == user)
+    }
+
+    fn has_live_user(&self, user: UserId) -> bool {
+        self.by_conn.values().any(|s| s.live && s.user_id == user)
+    }
+
+    /// Queues `frame` to the live connections of `user` only.
+    fn to_user(&self, frame: &ServerFrame, user: UserId) {
+        for sub in self.by_conn.values() {
+            if sub.live && sub.user_id == user {
+                sub.outbound.push_frame(frame, sub.outbound.encoding());
+            }
+        }
     }
 
     /// Encodes `frame` once per encoding in use and queues it to every
@@ -558,6 +577,8 @@ enum Pending {
         add: bool,
         reply: Reply,
     },
+    /// A member's delivered position; nobody waits for it.
+    Delivered,
 }
 
 /// Everything the actor owns.
@@ -586,6 +607,11 @@ pub struct ChannelState {
     idle_since: Instant,
     /// The last replay id handed out.
     last_replay: u64,
+    /// Delivered positions of users with no live connection here, kept
+    /// when their last one left or finished a replay. A user with a live
+    /// connection has everything committed (see `delivered_seq`): nothing
+    /// is counted per message.
+    delivered: HashMap<UserId, u64>,
 }
 
 impl Actor for ChannelActor {
@@ -637,6 +663,7 @@ impl Actor for ChannelActor {
             typing: HashMap::new(),
             idle_since: Instant::now(),
             last_replay: 0,
+            delivered: HashMap::new(),
         })
     }
 
@@ -662,8 +689,24 @@ impl Actor for ChannelActor {
                 if let Some(sub) = state.subscribers.remove(conn_id) {
                     if !state.subscribers.has_user(sub.user_id) {
                         state.stop_typing(sub.user_id);
+                        if sub.live {
+                            state.left(&myself, sub.user_id);
+                        }
                     }
                 }
+            }
+            ChannelMsg::Receipts(reply) => {
+                let users = state
+                    .members
+                    .keys()
+                    .chain(state.delivered.keys())
+                    .copied()
+                    .collect::<HashSet<_>>();
+                let positions = users
+                    .into_iter()
+                    .filter_map(|u| state.delivered_seq(u).map(|seq| (u, seq)))
+                    .collect();
+                let _ = reply.send(positions);
             }
             ChannelMsg::Publish(req) => state.publish(&myself, *req),
             ChannelMsg::Edit(req) => state.edit(&myself, *req),
@@ -968,8 +1011,43 @@ impl ChannelState {
         sub.live = true;
         sub.hold_messages = false;
         sub.replay = 0;
+        let user = sub.user_id;
         if !ok {
             self.subscribers.remove(conn_id);
+        } else if let Some(seq) = through {
+            self.delivered.remove(&user);
+            self.direct_status(user, seq, DeliveryStatus::Delivered);
+        }
+    }
+
+    /// How far `user` got: everything committed while a connection of theirs
+    /// is live here, else what was kept when the last one left.
+    fn delivered_seq(&self, user: UserId) -> Option<u64> {
+        if self.subscribers.has_live_user(user) {
+            return Some(self.last_committed);
+        }
+        self.delivered.get(&user).copied()
+    }
+
+    /// `user`'s last live connection left: keep and store how far they got
+    /// (one write per departure, none per message).
+    fn left(&mut self, myself: &ActorRef<ChannelMsg>, user: UserId) {
+        let seq = self.last_committed;
+        self.delivered.insert(user, seq);
+        let op = WriteOp::MarkDelivered {
+            channel_id: self.channel.id,
+            user_id: user,
+            seq,
+        };
+        self.submit(myself, op, Pending::Delivered);
+    }
+
+    /// In a direct channel, tells the other member's live connections that
+    /// `user` got (or read) their messages up to `seq`.
+    fn direct_status(&mut self, user: UserId, seq: u64, status: DeliveryStatus) {
+        if self.channel.kind == ChannelKind::Direct {
+            let frame = out::message_status(self.channel.id, user, seq, status);
+            self.subscribers.fan_out(&frame, Some(user));
         }
     }
 
@@ -1254,6 +1332,10 @@ impl ChannelState {
                 PendingAudit::new(Some(actor), ip, action, details)
             };
         match (pending, outcome) {
+            (Pending::Delivered, Ok(_)) => {}
+            (Pending::Delivered, Err(e)) => {
+                tracing::warn!(channel_id = %channel_id, error = %e, "delivered position not stored");
+            }
             (
                 Pending::Publish {
                     message,
@@ -1297,6 +1379,7 @@ impl ChannelState {
                         duplicate: true,
                     }));
                 }
+                let (sender, seq) = (message.sender_id, message.seq);
                 let frame = out::new_message(message.clone());
                 reply.send(Ok(Accepted::Sent {
                     message,
@@ -1304,6 +1387,19 @@ impl ChannelState {
                 }));
                 let delivered = self.subscribers.fan_out(&frame, None);
                 counter!(m::MESSAGES_DELIVERED).increment(delivered);
+                if self.channel.kind == ChannelKind::Direct {
+                    // The other member has it once a live connection of theirs does.
+                    let other = self
+                        .subscribers
+                        .by_conn
+                        .values()
+                        .find_map(|s| (s.live && s.user_id != sender).then_some(s.user_id));
+                    if let Some(other) = other {
+                        let frame =
+                            out::message_status(channel_id, other, seq, DeliveryStatus::Delivered);
+                        self.subscribers.to_user(&frame, sender);
+                    }
+                }
             }
             (
                 Pending::Publish {
@@ -1409,6 +1505,7 @@ impl ChannelState {
                 reply.send(Ok(Accepted::Done));
                 self.subscribers
                     .fan_out(&out::read_receipt(channel_id, user_id, seq), None);
+                self.direct_status(user_id, seq, DeliveryStatus::Read);
             }
             (
                 Pending::React {
@@ -1450,6 +1547,7 @@ impl Pending {
                     r.send(Err(err.clone()));
                 }
             }
+            Pending::Delivered => {}
             Pending::Edit { reply, .. }
             | Pending::Delete { reply, .. }
             | Pending::Read { reply, .. }

@@ -257,6 +257,12 @@ pub fn server_frames() -> Vec<ServerFrame> {
             channel_id: channel,
             last_seq: 1,
         }),
+        ServerFrame::MessageStatus(MessageStatus {
+            channel_id: channel,
+            user_id: user,
+            seq: 1,
+            status: DeliveryStatus::Read,
+        }),
     ]
 }
 

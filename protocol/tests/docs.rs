@@ -98,6 +98,7 @@ fn server_examples_decode_and_round_trip() {
         "system_event",
         "notification",
         "recovered",
+        "message_status",
     ];
     assert_eq!(
         types,

@@ -376,6 +376,20 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
                 last_seq,
             })
         }),
+        (channel_id(), user_id(), any::<u64>(), any::<bool>()).prop_map(
+            |(channel_id, user_id, seq, read)| {
+                ServerFrame::MessageStatus(MessageStatus {
+                    channel_id,
+                    user_id,
+                    seq,
+                    status: if read {
+                        DeliveryStatus::Read
+                    } else {
+                        DeliveryStatus::Delivered
+                    },
+                })
+            }
+        ),
     ]
 }
 
@@ -519,10 +533,11 @@ fn server_shape(frame: &ServerFrame) -> &'static str {
         ServerFrame::SystemEvent(_) => "system_event",
         ServerFrame::Notification(_) => "notification",
         ServerFrame::Recovered(_) => "recovered",
+        ServerFrame::MessageStatus(_) => "message_status",
     }
 }
 
-const SERVER_SHAPES: [&str; 18] = [
+const SERVER_SHAPES: [&str; 19] = [
     "ack/done",
     "ack/sent",
     "ack/channel",
@@ -541,6 +556,7 @@ const SERVER_SHAPES: [&str; 18] = [
     "system_event",
     "notification",
     "recovered",
+    "message_status",
 ];
 
 /// Draws from `strategy` (deterministically) until every shape in `shapes`
@@ -589,7 +605,7 @@ fn cover<T: std::fmt::Debug>(
 }
 
 /// Pushes: they carry no `ref`.
-const NO_REF_SHAPES: [&str; 10] = [
+const NO_REF_SHAPES: [&str; 11] = [
     "new_message",
     "message_updated",
     "message_deleted",
@@ -600,6 +616,7 @@ const NO_REF_SHAPES: [&str; 10] = [
     "system_event",
     "notification",
     "recovered",
+    "message_status",
 ];
 
 #[test]

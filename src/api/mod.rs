@@ -121,6 +121,7 @@ pub fn routes(app: Arc<App>) -> Router<Arc<App>> {
             axum::routing::put(channels::set_member_role).delete(channels::remove_member),
         )
         .route("/api/channels/{id}/messages", get(channels::messages))
+        .route("/api/channels/{id}/receipts", get(channels::receipts))
         .route("/api/messages", post(messages::send))
         .route("/api/audit", get(audit::list))
         .route("/api/audit/verify", get(audit::verify))

@@ -30,6 +30,7 @@ pub const ENDPOINTS: &[(&str, &str)] = &[
     ("put", "/api/channels/{id}/members/{userId}"),
     ("delete", "/api/channels/{id}/members/{userId}"),
     ("get", "/api/channels/{id}/messages"),
+    ("get", "/api/channels/{id}/receipts"),
     ("post", "/api/messages"),
     ("get", "/api/audit"),
     ("get", "/api/audit/verify"),
@@ -644,6 +645,38 @@ pub fn document() -> Value {
             ),
             errors: &[
                 ("400", "A query parameter is invalid"),
+                ("403", "Not a member"),
+                ("404", "No such channel"),
+            ],
+        },
+    );
+    add(
+        "get",
+        "/api/channels/{id}/receipts",
+        Op {
+            summary: "Each member's delivered and read positions (members only)",
+            tag: "channels",
+            secured: true,
+            params: vec![id()],
+            body: None,
+            success: (
+                "200",
+                json_response(
+                    "Positions",
+                    object(
+                        &["receipts"],
+                        json!({
+                            "receipts": {"type": "array", "items": object(&["userId", "deliveredSeq", "readSeq"], json!({
+                                "userId": {"type": "string", "format": "uuid"},
+                                "deliveredSeq": {"type": "integer", "minimum": 0, "description": "Every message up to it was queued to one of the member's connections"},
+                                "readSeq": {"type": "integer", "minimum": 0},
+                            }))},
+                        }),
+                    ),
+                ),
+            ),
+            errors: &[
+                ("400", "Invalid id"),
                 ("403", "Not a member"),
                 ("404", "No such channel"),
             ],

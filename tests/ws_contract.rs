@@ -191,15 +191,21 @@ fn refused(answer: Result<Ack, ClientError>) -> ErrorCode {
     }
 }
 
-async fn replies_must_name_a_message_of_the_channel(backend: Backend) {
-    let Some(server) = TestServer::start(backend).await else {
-        return;
-    };
+/// A server with alice and bob, members of the private channel `ward`.
+async fn ward(backend: Backend) -> Option<(TestServer, TestUser, TestUser, ChannelId)> {
+    let server = TestServer::start(backend).await?;
     let alice = server.user("alice", Role::User).await;
     let bob = server.user("bob", Role::User).await;
     let ward = server
         .channel("ward", ChannelKind::Private, &alice, &[&bob])
         .await;
+    Some((server, alice, bob, ward))
+}
+
+async fn replies_must_name_a_message_of_the_channel(backend: Backend) {
+    let Some((server, alice, bob, ward)) = ward(backend).await else {
+        return;
+    };
     let other = server
         .channel("other", ChannelKind::Private, &alice, &[])
         .await;
@@ -337,14 +343,9 @@ async fn recovery_replays_any_backlog_in_order(backend: Backend) {
     const SEEN: u64 = 5;
     const BEHIND: u64 = 50_000;
     const LIVE: u64 = 20;
-    let Some(server) = TestServer::start(backend).await else {
+    let Some((server, alice, bob, ward)) = ward(backend).await else {
         return;
     };
-    let alice = server.user("alice", Role::User).await;
-    let bob = server.user("bob", Role::User).await;
-    let ward = server
-        .channel("ward", ChannelKind::Private, &alice, &[&bob])
-        .await;
     let started = std::time::Instant::now();
     seed(&server, ward, &alice, 1..=SEEN + BEHIND).await;
     let seeded = started.elapsed();

@@ -439,6 +439,15 @@ async fn settle(c: &mut Client, first: Outcome) -> Outcome {
     }
 }
 
+/// Sends `message` on `c` and tells its first answer, without probing the
+/// connection afterwards.
+async fn attack_raw(c: &mut Client, message: Message) -> Outcome {
+    if let Err(e) = c.send_raw(message).await {
+        return Other(format!("cannot send: {e}"));
+    }
+    answer(c).await
+}
+
 /// Sends `message` on `c` and tells what it got.
 async fn attack(c: &mut Client, message: Message) -> Outcome {
     if let Err(e) = c.send_raw(message).await {
@@ -3037,67 +3046,17 @@ async fn connection_abuse() {
     table.row(row, 1, &timeout_close, &got);
     good_client.after(&mut table, row).await;
 
-    let row = "a socket that pings every 100 ms but never authenticates";
+    let row = "an `authenticate` with a wrong field type, then silence";
     let opened = Instant::now();
     let mut c = Client::connect(&url).await.expect("connect");
-    let mut pongs = 0;
-    let got = loop {
-        let answered = c.request(ClientRequest::Ping).await;
-        if let Ok(ServerFrame::Pong(_)) = answered {
-            pongs += 1;
-        } else {
-            // The auth_timeout error has no ref: it is kept as a push,
-            // before the close.
-            let closed = c.wait_closed(ANSWER).await;
-            let pushed = c.next_frame(Duration::ZERO).await;
-            break match (pushed, closed) {
-                (Ok(ServerFrame::Error(e)), Ok(Some(code)))
-                    if opened.elapsed() <= AUTH_DEADLINE + slack =>
-                {
-                    ErrorThenClose(e.code, code)
-                }
-                (pushed, closed) => Other(format!("{answered:?}, {pushed:?}, {closed:?}")),
-            };
-        }
-        if opened.elapsed() > AUTH_DEADLINE + slack {
-            break Other(format!("still open after {pongs} pongs"));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    // Still an `authenticate`: `invalid_frame`, which never closes; then
+    // the deadline closes it.
+    let first = attack_raw(&mut c, request(json!({"type": "authenticate", "token": 7}))).await;
+    let got = match first {
+        Error(ErrorCode::InvalidFrame, _) => closed_at_deadline(&mut c, opened, slack).await,
+        other => Other(format!("first answer {other}")),
     };
-    table.row_note(
-        row,
-        pongs + 1,
-        &timeout_close,
-        &got,
-        &format!("{pongs} pongs first"),
-    );
-    good_client.after(&mut table, row).await;
-
-    let row = "a socket that sends only invalid frames, never authenticates";
-    let opened = Instant::now();
-    let mut c = Client::connect(&url).await.expect("connect");
-    let mut sent = 0;
-    let got = loop {
-        let _ = c.send_raw(binary(vec![0xc1])).await;
-        sent += 1;
-        match answer(&mut c).await {
-            Error(ErrorCode::InvalidFrame, _) => {}
-            Error(code, _) => {
-                break match c.wait_closed(ANSWER).await {
-                    Ok(Some(close)) if opened.elapsed() <= AUTH_DEADLINE + slack => {
-                        ErrorThenClose(code, close)
-                    }
-                    other => Other(format!("{code:?}, {other:?}")),
-                };
-            }
-            other => break other,
-        }
-        if opened.elapsed() > AUTH_DEADLINE + slack {
-            break Other(format!("still open after {sent} frames"));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    table.row(row, sent, &timeout_close, &got);
+    table.row_note(row, 1, &timeout_close, &got, "invalid_frame first");
     good_client.after(&mut table, row).await;
 
     let row = "a raw upgraded socket that neither reads nor writes";
@@ -3142,9 +3101,35 @@ async fn connection_abuse() {
             "fetch_history before authenticate",
             json!({"type": "fetch_history", "channelId": ward}),
         ),
+        ("ping before authenticate", json!({"type": "ping"})),
+        (
+            "heartbeat before authenticate",
+            json!({"type": "heartbeat"}),
+        ),
     ] {
         let mut c = Client::connect(&url).await.expect("connect");
         let got = attack(&mut c, request(frame)).await;
+        table.row(row, 1, &unauthenticated, &got);
+        good_client.after(&mut table, row).await;
+    }
+    // Undecodable before authentication: the same, not `invalid_frame`.
+    for (row, frame) in [
+        (
+            "join_channel with a malformed channelId before authenticate",
+            request(json!({"type": "join_channel", "channelId": "not-a-uuid"})),
+        ),
+        (
+            "an unknown type before authenticate",
+            request(json!({"type": "subscribe_all"})),
+        ),
+        ("MessagePack 0xc1 before authenticate", binary(vec![0xc1])),
+        (
+            "JSON that is not an object before authenticate",
+            text("[1,2]"),
+        ),
+    ] {
+        let mut c = Client::connect(&url).await.expect("connect");
+        let got = attack(&mut c, frame).await;
         table.row(row, 1, &unauthenticated, &got);
         good_client.after(&mut table, row).await;
     }

@@ -263,14 +263,8 @@ async fn recovery_replays_exactly_what_was_missed(backend: Backend) {
         "nothing else"
     );
 
-    // More missing than the recovery limit: nothing replayed, recovered false.
-    let view = server
-        .client(&bob, Encoding::MessagePack)
-        .await
-        .join(ch, Some(0))
-        .await
-        .expect("join");
-    assert!(view.recovered, "10 missing is within the default limit");
+    // Recovery has no window: with pages of 2, all 4 missed messages come,
+    // then `recovered`.
     server.stop().await;
 
     let Some(server) = TestServer::start_with(backend, |c| c.recovery_limit = 2).await else {
@@ -286,14 +280,20 @@ async fn recovery_replays_exactly_what_was_missed(backend: Backend) {
     }
     let mut c = server.client(&alice, Encoding::MessagePack).await;
     let view = c.join(ch, Some(1)).await.expect("join");
-    assert!(!view.recovered);
-    assert!(c
-        .next_push_matching(Duration::from_millis(300), |f| matches!(
-            f,
-            ServerFrame::NewMessage(_)
-        ))
+    assert!(view.recovered);
+    let mut seqs = Vec::new();
+    for _ in 0..4 {
+        seqs.push(next_message(&mut c).await.seq);
+    }
+    assert_eq!(seqs, [2, 3, 4, 5]);
+    match c
+        .next_push_matching(T, |f| matches!(f, ServerFrame::Recovered(_)))
         .await
-        .is_err());
+        .expect("recovered")
+    {
+        ServerFrame::Recovered(r) => assert_eq!((r.channel_id, r.last_seq), (ch, 5)),
+        _ => unreachable!(),
+    }
     server.stop().await;
 }
 

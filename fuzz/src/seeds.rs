@@ -253,6 +253,16 @@ pub fn server_frames() -> Vec<ServerFrame> {
         ServerFrame::Notification(Notification {
             data: serde_json::json!({"a": [1, 2.5, null, {"b": "c"}]}),
         }),
+        ServerFrame::Recovered(Recovered {
+            channel_id: channel,
+            last_seq: 1,
+        }),
+        ServerFrame::MessageStatus(MessageStatus {
+            channel_id: channel,
+            user_id: user,
+            seq: 1,
+            status: DeliveryStatus::Read,
+        }),
     ]
 }
 

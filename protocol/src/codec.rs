@@ -175,6 +175,8 @@ pub fn decode_server(bytes: &[u8], encoding: Encoding) -> Result<ServerFrame, De
         "presence" => body.parse().map(ServerFrame::Presence),
         "system_event" => body.parse().map(ServerFrame::SystemEvent),
         "notification" => body.parse().map(ServerFrame::Notification),
+        "recovered" => body.parse().map(ServerFrame::Recovered),
+        "message_status" => body.parse().map(ServerFrame::MessageStatus),
         other => Err(unknown_type(other)),
     };
     frame.map_err(|e| body_error(reference, ty, e))

@@ -580,6 +580,12 @@ pub enum ServerFrame {
     SystemEvent(SystemEvent),
     /// `notification` push.
     Notification(Notification),
+    /// `recovered` push: the replay of a `join_channel` with `sinceSeq` is
+    /// complete; live pushes of the channel follow.
+    Recovered(Recovered),
+    /// `message_status` push: the caller's messages up to `seq` reached
+    /// another member (delivered) or were read by them.
+    MessageStatus(MessageStatus),
 }
 
 impl ServerFrame {
@@ -600,6 +606,8 @@ impl ServerFrame {
             Self::Presence(_) => "presence",
             Self::SystemEvent(_) => "system_event",
             Self::Notification(_) => "notification",
+            Self::Recovered(_) => "recovered",
+            Self::MessageStatus(_) => "message_status",
         }
     }
 
@@ -1122,6 +1130,43 @@ impl SystemEvent {
     pub const CHANNEL_DELETED: &'static str = "channel_deleted";
     /// The user was removed from a channel (`data: {channelId, userId}`).
     pub const MEMBER_REMOVED: &'static str = "member_removed";
+}
+
+/// `recovered {channelId, lastSeq}`: every message of the channel up to
+/// `lastSeq` that the client missed has been replayed; what follows is live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Recovered {
+    /// The channel.
+    pub channel_id: ChannelId,
+    /// The replay went up to this seq; live messages have higher ones.
+    pub last_seq: u64,
+}
+
+/// How far a member got with the messages of a channel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryStatus {
+    /// Queued to at least one of the member's connections.
+    Delivered,
+    /// Marked read by the member (`read_receipt`).
+    Read,
+}
+
+/// `message_status {channelId, userId, seq, status}`: to a sender, every
+/// message of the channel up to `seq` was delivered to, or read by,
+/// `userId`, the other member of a direct channel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MessageStatus {
+    /// The channel.
+    pub channel_id: ChannelId,
+    /// The member the messages reached.
+    pub user_id: UserId,
+    /// Up to and including this seq.
+    pub seq: u64,
+    /// Delivered or read.
+    pub status: DeliveryStatus,
 }
 
 /// `notification {data}`.

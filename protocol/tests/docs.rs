@@ -97,6 +97,8 @@ fn server_examples_decode_and_round_trip() {
         "presence",
         "system_event",
         "notification",
+        "recovered",
+        "message_status",
     ];
     assert_eq!(
         types,

@@ -370,6 +370,26 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
             SystemEvent { event_type, data }
         )),
         json_value().prop_map(|data| ServerFrame::Notification(Notification { data })),
+        (channel_id(), any::<u64>()).prop_map(|(channel_id, last_seq)| {
+            ServerFrame::Recovered(Recovered {
+                channel_id,
+                last_seq,
+            })
+        }),
+        (channel_id(), user_id(), any::<u64>(), any::<bool>()).prop_map(
+            |(channel_id, user_id, seq, read)| {
+                ServerFrame::MessageStatus(MessageStatus {
+                    channel_id,
+                    user_id,
+                    seq,
+                    status: if read {
+                        DeliveryStatus::Read
+                    } else {
+                        DeliveryStatus::Delivered
+                    },
+                })
+            }
+        ),
     ]
 }
 
@@ -512,10 +532,12 @@ fn server_shape(frame: &ServerFrame) -> &'static str {
         ServerFrame::Presence(_) => "presence",
         ServerFrame::SystemEvent(_) => "system_event",
         ServerFrame::Notification(_) => "notification",
+        ServerFrame::Recovered(_) => "recovered",
+        ServerFrame::MessageStatus(_) => "message_status",
     }
 }
 
-const SERVER_SHAPES: [&str; 17] = [
+const SERVER_SHAPES: [&str; 19] = [
     "ack/done",
     "ack/sent",
     "ack/channel",
@@ -533,6 +555,8 @@ const SERVER_SHAPES: [&str; 17] = [
     "presence",
     "system_event",
     "notification",
+    "recovered",
+    "message_status",
 ];
 
 /// Draws from `strategy` (deterministically) until every shape in `shapes`
@@ -581,7 +605,7 @@ fn cover<T: std::fmt::Debug>(
 }
 
 /// Pushes: they carry no `ref`.
-const NO_REF_SHAPES: [&str; 9] = [
+const NO_REF_SHAPES: [&str; 11] = [
     "new_message",
     "message_updated",
     "message_deleted",
@@ -591,6 +615,8 @@ const NO_REF_SHAPES: [&str; 9] = [
     "presence",
     "system_event",
     "notification",
+    "recovered",
+    "message_status",
 ];
 
 #[test]

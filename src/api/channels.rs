@@ -25,7 +25,9 @@ use utoipa::ToSchema;
 
 use super::error::{from_access, ApiError, ApiResult};
 use super::extract::{path_id, Caller, JsonBody, QueryParams};
-use super::openapi::{ChannelBody, ChannelList, ErrorBody, MemberBody, MemberList, MessagePage};
+use super::openapi::{
+    ChannelBody, ChannelList, ErrorBody, MemberBody, MemberList, MessagePage, ReceiptList,
+};
 use super::{validate, views};
 use crate::http::App;
 
@@ -478,6 +480,52 @@ pub(super) async fn messages(
         )
         .await?;
     Ok(Json(json!({"messages": messages, "hasMore": has_more})))
+}
+
+/// `GET /api/channels/{id}/receipts`: `{receipts: [{userId, deliveredSeq,
+/// readSeq}]}`, one per member; members only. `deliveredSeq` is the larger
+/// of the stored position and the one the channel's actor holds (a member
+/// with a live connection has everything committed), never below `readSeq`.
+#[utoipa::path(
+    get,
+    path = "/api/channels/{id}/receipts",
+    operation_id = "channels.receipts",
+    tag = "channels",
+    summary = "Each member's delivered and read positions (members only)",
+    params(("id" = String, Path, description = "The resource's id (a UUID)")),
+    responses((status = 200, description = "The positions", body = ReceiptList), (status = 400, description = "A field or parameter is missing or invalid (`field` names it)", body = ErrorBody), (status = 403, description = "Not a member (audited as access.denied when the channel is hidden)", body = ErrorBody), (status = 404, description = "No such resource", body = ErrorBody)),
+    security(("bearer" = []))
+)]
+pub(super) async fn receipts(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let id: ChannelId = path_id("id", &id)?;
+    let (_, member) = read_access(&app, &caller, id, "channels.receipts").await?;
+    if member.is_none() {
+        return Err(ApiError::forbidden("not a member of this channel"));
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    app.realtime.notify_channel(id, ChannelMsg::Receipts(tx));
+    // No running actor drops `tx` at once; a busy one gets a moment.
+    let live = tokio::time::timeout(std::time::Duration::from_secs(2), rx)
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    let receipts: Vec<Value> = app
+        .store
+        .list_members(id)
+        .await?
+        .into_iter()
+        .map(|m| {
+            let held = live.get(&m.user_id).copied().unwrap_or(0);
+            let delivered = m.last_delivered_seq.max(held).max(m.last_read_seq);
+            json!({"userId": m.user_id, "deliveredSeq": delivered, "readSeq": m.last_read_seq})
+        })
+        .collect();
+    Ok(Json(json!({"receipts": receipts})))
 }
 
 /// The channel and the caller's membership, when the caller may read it.

@@ -121,6 +121,7 @@ fn documented_routes(app: Arc<App>) -> (Router<Arc<App>>, utoipa::openapi::OpenA
         .routes(routes!(channels::members, channels::add_member))
         .routes(routes!(channels::set_member_role, channels::remove_member))
         .routes(routes!(channels::messages))
+        .routes(routes!(channels::receipts))
         .routes(routes!(messages::send))
         .routes(routes!(messages::get, messages::edit, messages::delete))
         .routes(routes!(audit::list))

@@ -12,7 +12,7 @@
 
 use courier_actors::durable::store::AuditRecord;
 use courier_protocol::frames::MessageView;
-use courier_protocol::ErrorCode;
+use courier_protocol::{ErrorCode, UserId};
 use serde::Serialize;
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
@@ -47,6 +47,7 @@ pub const ENDPOINTS: &[(&str, &str)] = &[
     ("put", "/api/channels/{id}/members/{userId}"),
     ("delete", "/api/channels/{id}/members/{userId}"),
     ("get", "/api/channels/{id}/messages"),
+    ("get", "/api/channels/{id}/receipts"),
     ("post", "/api/messages"),
     ("get", "/api/messages/{id}"),
     ("put", "/api/messages/{id}"),
@@ -215,6 +216,22 @@ pub struct Revoked {
 #[derive(Serialize, ToSchema)]
 pub struct ChannelBody {
     pub channel: ChannelView,
+}
+
+/// `{receipts}`: one member's positions each.
+#[derive(Serialize, ToSchema)]
+pub struct ReceiptList {
+    pub receipts: Vec<Receipt>,
+}
+
+/// A member's delivered and read positions in a channel.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Receipt {
+    pub user_id: UserId,
+    /// Every message up to it was queued to one of the member's connections.
+    pub delivered_seq: u64,
+    pub read_seq: u64,
 }
 
 /// `{channels}`.

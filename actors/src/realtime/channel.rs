@@ -23,9 +23,12 @@
 //! [`FlushLine`], whose task writes each idle connection's queue straight
 //! to its socket, one write for the whole batch, oldest fan-out first (see
 //! `Subscribers::flush` and [`flush_line`](crate::realtime::flush_line)). A join
-//! with `sinceSeq` replays what the connection missed from the store while
-//! live pushes for it are held back, then releases them: no gap, no
-//! duplicate at the seam.
+//! with `sinceSeq` replays what the connection missed, however much, from
+//! the store a page at a time, paced by the connection's queue (see
+//! [`Replay`]); live messages it skips meanwhile are in the store and the
+//! replay reads them too, until the rest fits in a page: from then on they
+//! are held back and released after the final `recovered` frame. No gap,
+//! no duplicate at the seam.
 //!
 //! **Supervised by** the [`ChannelDirectory`](crate::realtime::channel_directory),
 //! which starts it on first use; it stops itself when idle. **A crash** drops
@@ -33,13 +36,15 @@
 //! reconnects and recovers with `sinceSeq`; sends that were not acked are
 //! resent by their clients; the next start recovers `seq` from the store.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use courier_protocol::codec::Encoding;
 use courier_protocol::error::close;
-use courier_protocol::frames::{ChannelView, MessageView, PresenceStatus, Ref, ServerFrame};
+use courier_protocol::frames::{
+    ChannelView, DeliveryStatus, MessageView, PresenceStatus, Ref, ServerFrame,
+};
 use courier_protocol::{ChannelId, ErrorCode, MessageId, UserId};
 use metrics::{counter, histogram};
 use ractor::{Actor, ActorProcessingErr, ActorRef, DerivedActorRef};
@@ -51,7 +56,8 @@ use crate::crypto::MessageCipher;
 use crate::durable::history;
 use crate::durable::persistence::{Committed, PersistError, PersistReply, PersistenceHandle};
 use crate::durable::store::{
-    Channel, ClientMsgRef, DynStore, Member, Role, StoredMessage, WriteOp, WriteOutcome,
+    Channel, ChannelKind, ClientMsgRef, DynStore, Member, Role, StoredMessage, WriteOp,
+    WriteOutcome,
 };
 use crate::policy::authz::{self, Action, Principal, RolePermissions};
 use crate::realtime::flush_line::{FlushLine, FLUSH_CHUNK};
@@ -67,7 +73,8 @@ pub struct ChannelServices {
     pub persistence: PersistenceHandle,
     pub audit: AuditHandle,
     pub permissions: Arc<RolePermissions>,
-    /// At most this many messages are replayed on a join with `sinceSeq`.
+    /// A join with `sinceSeq` replays what was missed in pages of this many
+    /// messages read from the store (however many were missed).
     pub recovery_limit: u32,
     /// A typing indicator expires after this long without renewal.
     pub typing_expiry: Duration,
@@ -269,10 +276,26 @@ pub enum ChannelMsg {
     Deleted,
     /// Outcomes of this channel's writes, in submission order.
     Committed(Committed),
-    /// A join's replay was read from the store.
-    Replayed {
+    /// The store answered whether the `replyTo` of the oldest held send
+    /// names a message of this channel.
+    ReplyChecked(Result<bool, String>),
+    /// A join's replay queued every missed message up to `through` to the
+    /// connection; `next` is told the seq to go on to, or `None` when the
+    /// connection is live now (or gone).
+    ReplayedThrough {
         conn_id: ConnId,
-        messages: Result<Vec<MessageView>, String>,
+        replay: u64,
+        through: u64,
+        next: oneshot::Sender<Option<u64>>,
+    },
+    /// Members' delivered positions as this actor knows them (REST
+    /// receipts take the larger of these and the store's).
+    Receipts(oneshot::Sender<HashMap<UserId, u64>>),
+    /// A join's replay could not read the store.
+    ReplayFailed {
+        conn_id: ConnId,
+        replay: u64,
+        why: String,
     },
     /// Once a second: typing expiry and the idle check.
     Tick,
@@ -292,9 +315,14 @@ pub struct ChannelActor;
 struct Subscriber {
     outbound: Outbound,
     user_id: UserId,
-    /// False while a replay is being read: live pushes wait in `held`.
+    /// False while a replay runs: other pushes wait in `held`, and so do
+    /// `new_message`s once `hold_messages` is set; before that the replay
+    /// reads them from the store.
     live: bool,
+    hold_messages: bool,
     held: Vec<bytes::Bytes>,
+    /// Which replay of this connection is running (0: none).
+    replay: u64,
     /// A push found its queue empty and did not wake the writer: a flush
     /// is due.
     unflushed: bool,
@@ -358,6 +386,19 @@ impl Subscribers {
         self.by_conn.values().any(|s| s.user_id == user)
     }
 
+    fn has_live_user(&self, user: UserId) -> bool {
+        self.by_conn.values().any(|s| s.live && s.user_id == user)
+    }
+
+    /// Queues `frame` to the live connections of `user` only.
+    fn to_user(&self, frame: &ServerFrame, user: UserId) {
+        for sub in self.by_conn.values() {
+            if sub.live && sub.user_id == user {
+                sub.outbound.push_frame(frame, sub.outbound.encoding());
+            }
+        }
+    }
+
     /// Encodes `frame` once per encoding in use and queues it to every
     /// subscriber but those of `except`, then flushes unless `deferring`.
     /// Returns how many got it.
@@ -366,6 +407,7 @@ impl Subscribers {
             return 0;
         }
         let encoded = EncodedFrame::new(frame, self.msgpack > 0, self.json > 0);
+        let is_message = matches!(frame, ServerFrame::NewMessage(_));
         let mut delivered = 0;
         let mut gone = Vec::new();
         for sub in self.by_conn.values_mut() {
@@ -373,7 +415,16 @@ impl Subscribers {
                 continue;
             }
             if !sub.live {
-                if let Some(msg) = encoded.get(sub.outbound.encoding()) {
+                if is_message && !sub.hold_messages {
+                    // Committed, so the replay reads it from the store.
+                    continue;
+                }
+                if sub.held.len() >= HELD_MAX {
+                    if sub.outbound.close_now(close::SLOW_CONSUMER) {
+                        counter!(m::SLOW_CONSUMERS).increment(1);
+                    }
+                    gone.push(sub.outbound.conn_id());
+                } else if let Some(msg) = encoded.get(sub.outbound.encoding()) {
                     sub.held.push(msg);
                 }
                 continue;
@@ -451,6 +502,34 @@ enum Dedup {
 
 const CLIENT_IDS_KEPT: usize = 10_000;
 
+/// Pushes held for one connection while its replay runs; past this it is a
+/// slow consumer (closed with 4009, it reconnects and recovers).
+const HELD_MAX: usize = 4096;
+
+/// Ids of the messages this actor committed, newest kept: a `replyTo` naming
+/// one of them needs no store read.
+#[derive(Default)]
+struct RecentIds {
+    set: HashSet<MessageId>,
+    order: VecDeque<MessageId>,
+}
+
+/// How many [`RecentIds`] are kept.
+const RECENT_IDS_KEPT: usize = 10_000;
+
+impl RecentIds {
+    fn insert(&mut self, id: MessageId) {
+        if self.set.insert(id) {
+            self.order.push_back(id);
+            if self.order.len() > RECENT_IDS_KEPT {
+                if let Some(old) = self.order.pop_front() {
+                    self.set.remove(&old);
+                }
+            }
+        }
+    }
+}
+
 impl ClientIds {
     fn insert(&mut self, key: (UserId, String), value: Dedup) {
         if self.map.insert(key.clone(), value).is_none() {
@@ -500,6 +579,8 @@ enum Pending {
         add: bool,
         reply: Reply,
     },
+    /// A member's delivered position; nobody waits for it.
+    Delivered,
 }
 
 /// Everything the actor owns.
@@ -516,6 +597,12 @@ pub struct ChannelState {
     /// connection's sends are authorized against it without a store read.
     members: HashMap<UserId, Member>,
     client_ids: ClientIds,
+    /// Messages committed lately, for `replyTo` checks.
+    recent_ids: RecentIds,
+    /// Sends waiting, in arrival order, for the store to say whether the
+    /// first one's `replyTo` is a message of this channel; later sends wait
+    /// behind it so that seqs follow arrival order.
+    held_sends: VecDeque<PublishRequest>,
     pending: HashMap<u64, Pending>,
     next_token: u64,
     /// This actor, as the persistence actor answers it: one [`Committed`]
@@ -523,6 +610,13 @@ pub struct ChannelState {
     commits_to: DerivedActorRef<Committed>,
     typing: HashMap<UserId, Instant>,
     idle_since: Instant,
+    /// The last replay id handed out.
+    last_replay: u64,
+    /// Delivered positions of users with no live connection here, kept
+    /// when their last one left or finished a replay. A user with a live
+    /// connection has everything committed (see `delivered_seq`): nothing
+    /// is counted per message.
+    delivered: HashMap<UserId, u64>,
 }
 
 impl Actor for ChannelActor {
@@ -567,11 +661,15 @@ impl Actor for ChannelActor {
             },
             members: HashMap::new(),
             client_ids,
+            recent_ids: RecentIds::default(),
+            held_sends: VecDeque::new(),
             pending: HashMap::new(),
             next_token: 1,
             commits_to: myself.get_derived(),
             typing: HashMap::new(),
             idle_since: Instant::now(),
+            last_replay: 0,
+            delivered: HashMap::new(),
         })
     }
 
@@ -597,12 +695,28 @@ impl Actor for ChannelActor {
                 if let Some(sub) = state.subscribers.remove(conn_id) {
                     if !state.subscribers.has_user(sub.user_id) {
                         state.stop_typing(sub.user_id);
+                        if sub.live {
+                            state.left(&myself, sub.user_id);
+                        }
                     }
                 }
             }
-            ChannelMsg::Publish(req) => state.publish(*req),
-            ChannelMsg::Edit(req) => state.edit(*req),
-            ChannelMsg::Delete(req) => state.delete(*req),
+            ChannelMsg::Receipts(reply) => {
+                let users = state
+                    .members
+                    .keys()
+                    .chain(state.delivered.keys())
+                    .copied()
+                    .collect::<HashSet<_>>();
+                let positions = users
+                    .into_iter()
+                    .filter_map(|u| state.delivered_seq(u).map(|seq| (u, seq)))
+                    .collect();
+                let _ = reply.send(positions);
+            }
+            ChannelMsg::Publish(req) => state.publish(&myself, *req),
+            ChannelMsg::Edit(req) => state.edit(&myself, *req),
+            ChannelMsg::Delete(req) => state.delete(&myself, *req),
             ChannelMsg::Typing { user_id, is_typing } => {
                 if is_typing {
                     let deadline = Instant::now() + state.services.typing_expiry;
@@ -715,7 +829,30 @@ impl Actor for ChannelActor {
                 state.subscribers.deferring = false;
                 state.subscribers.flush();
             }
-            ChannelMsg::Replayed { conn_id, messages } => state.replayed(conn_id, messages),
+            ChannelMsg::ReplyChecked(found) => state.reply_checked(&myself, found),
+            ChannelMsg::ReplayedThrough {
+                conn_id,
+                replay,
+                through,
+                next,
+            } => state.replayed_through(conn_id, replay, through, next),
+            ChannelMsg::ReplayFailed {
+                conn_id,
+                replay,
+                why,
+            } => {
+                let replaying = state.subscriber_replaying(conn_id, replay);
+                if let Some(outbound) = replaying.map(|s| s.outbound.clone()) {
+                    tracing::error!(channel_id = %state.channel.id, error = %why, "replay failed");
+                    let frame = out::error(
+                        None,
+                        ErrorCode::Internal,
+                        "recovery failed; page with fetch_history",
+                    );
+                    outbound.push_frame(&frame, outbound.encoding());
+                    state.go_live(conn_id, None);
+                }
+            }
             ChannelMsg::Tick => {
                 let now = Instant::now();
                 let expired: Vec<UserId> = state
@@ -727,7 +864,10 @@ impl Actor for ChannelActor {
                 for user in expired {
                     state.stop_typing(user);
                 }
-                if state.subscribers.by_conn.is_empty() && state.pending.is_empty() {
+                if state.subscribers.by_conn.is_empty()
+                    && state.pending.is_empty()
+                    && state.held_sends.is_empty()
+                {
                     if state.idle_since.elapsed() >= state.services.idle_stop {
                         state.subscribers.clean = true;
                         myself.stop(Some("idle".into()));
@@ -759,11 +899,8 @@ impl ChannelState {
             reference,
         } = req;
         let last = self.last_committed;
-        let missing = since_seq.map(|s| last.saturating_sub(s));
-        let recovered = match missing {
-            Some(n) => n <= u64::from(self.services.recovery_limit),
-            None => false,
-        };
+        // However far behind: the replay pages through the store.
+        let recovered = since_seq.is_some();
         let arriving = !self.subscribers.has_user(user_id);
         let mut online = self.subscribers.online();
         if arriving {
@@ -787,52 +924,89 @@ impl ChannelState {
         }
         let conn_id = outbound.conn_id();
         self.members.insert(user_id, member);
-        let replay_from = since_seq.filter(|s| recovered && *s < last);
+        let replay = match since_seq {
+            Some(_) => {
+                self.last_replay += 1;
+                self.last_replay
+            }
+            None => 0,
+        };
+        let job = since_seq.map(|after| Replay {
+            services: self.services.clone(),
+            channel: self.channel.id,
+            outbound: outbound.clone(),
+            replay,
+            after,
+            target: last,
+            actor: myself.clone(),
+        });
         self.subscribers.insert(Subscriber {
             outbound,
             user_id,
-            live: replay_from.is_none(),
+            live: since_seq.is_none(),
+            hold_messages: false,
             held: Vec::new(),
+            replay,
             unflushed: false,
         });
-        if let Some(after) = replay_from {
-            let services = self.services.clone();
-            let channel = self.channel.id;
-            let limit = (last - after) as u32;
-            let myself = myself.clone();
-            tokio::spawn(async move {
-                let messages = read_replay(&services, channel, after, last, limit).await;
-                let _ = myself.cast(ChannelMsg::Replayed { conn_id, messages });
-            });
+        match job {
+            Some(job) if job.after < last => {
+                tokio::spawn(job.run());
+            }
+            Some(_) => self.go_live(conn_id, Some(last)),
+            None => {}
         }
     }
 
-    fn replayed(&mut self, conn_id: ConnId, messages: Result<Vec<MessageView>, String>) {
+    /// The connection's subscriber, while replay `replay` runs for it.
+    fn subscriber_replaying(&mut self, conn_id: ConnId, replay: u64) -> Option<&mut Subscriber> {
+        self.subscribers
+            .by_conn
+            .get_mut(&conn_id)
+            .filter(|s| !s.live && s.replay == replay)
+    }
+
+    /// A replay queued everything up to `through`. Messages committed since
+    /// were not held: the replay goes on to the newest committed seq. Once
+    /// what is left fits in a page, new messages are held from then on,
+    /// and the replay's next report ends it.
+    fn replayed_through(
+        &mut self,
+        conn_id: ConnId,
+        replay: u64,
+        through: u64,
+        next: oneshot::Sender<Option<u64>>,
+    ) {
+        let last = self.last_committed;
+        let page = u64::from(self.services.recovery_limit.max(1));
+        let Some(sub) = self.subscriber_replaying(conn_id, replay) else {
+            let _ = next.send(None);
+            return;
+        };
+        if !sub.hold_messages && last > through {
+            sub.hold_messages = last - through <= page;
+            if next.send(Some(last)).is_ok() {
+                return;
+            }
+        } else {
+            let _ = next.send(None);
+        }
+        self.go_live(conn_id, Some(through));
+    }
+
+    /// Ends a connection's replay: `recovered` (when it got through), the
+    /// pushes held meanwhile, and live pushes from now on.
+    fn go_live(&mut self, conn_id: ConnId, through: Option<u64>) {
         let Some(sub) = self.subscribers.by_conn.get_mut(&conn_id) else {
             return;
         };
-        let messages = match messages {
-            Ok(m) => m,
-            Err(why) => {
-                tracing::error!(channel_id = %self.channel.id, error = %why, "replay failed");
-                let frame = out::error(
-                    None,
-                    ErrorCode::Internal,
-                    "recovery failed; page with fetch_history",
-                );
-                sub.outbound.push_frame(&frame, sub.outbound.encoding());
-                Vec::new()
+        let mut ok = match through {
+            Some(seq) => {
+                let frame = out::recovered(self.channel.id, seq);
+                sub.outbound.push_frame(&frame, sub.outbound.encoding()) == Push::Queued
             }
+            None => true,
         };
-        let encoding = sub.outbound.encoding();
-        let mut ok = true;
-        for message in messages {
-            let frame = out::new_message(message);
-            if sub.outbound.push_frame(&frame, encoding) != Push::Queued {
-                ok = false;
-                break;
-            }
-        }
         for held in std::mem::take(&mut sub.held) {
             if !ok || sub.outbound.push(held) != Push::Queued {
                 ok = false;
@@ -840,8 +1014,45 @@ impl ChannelState {
             }
         }
         sub.live = true;
+        sub.hold_messages = false;
+        sub.replay = 0;
+        let user = sub.user_id;
         if !ok {
             self.subscribers.remove(conn_id);
+        } else if let Some(seq) = through {
+            self.delivered.remove(&user);
+            self.direct_status(user, seq, DeliveryStatus::Delivered);
+        }
+    }
+
+    /// How far `user` got: everything committed while a connection of theirs
+    /// is live here, else what was kept when the last one left.
+    fn delivered_seq(&self, user: UserId) -> Option<u64> {
+        if self.subscribers.has_live_user(user) {
+            return Some(self.last_committed);
+        }
+        self.delivered.get(&user).copied()
+    }
+
+    /// `user`'s last live connection left: keep and store how far they got
+    /// (one write per departure, none per message).
+    fn left(&mut self, myself: &ActorRef<ChannelMsg>, user: UserId) {
+        let seq = self.last_committed;
+        self.delivered.insert(user, seq);
+        let op = WriteOp::MarkDelivered {
+            channel_id: self.channel.id,
+            user_id: user,
+            seq,
+        };
+        self.submit(op, Pending::Delivered);
+    }
+
+    /// In a direct channel, tells the other member's live connections that
+    /// `user` got (or read) their messages up to `seq`.
+    fn direct_status(&mut self, user: UserId, seq: u64, status: DeliveryStatus) {
+        if self.channel.kind == ChannelKind::Direct {
+            let frame = out::message_status(self.channel.id, user, seq, status);
+            self.subscribers.fan_out(&frame, Some(user));
         }
     }
 
@@ -873,7 +1084,73 @@ impl ChannelState {
         }
     }
 
-    fn publish(&mut self, mut req: PublishRequest) {
+    /// A send: at once when its `replyTo` (if any) is a message this actor
+    /// knows, else held until the store says; sends behind a held one wait
+    /// their turn.
+    fn publish(&mut self, myself: &ActorRef<ChannelMsg>, req: PublishRequest) {
+        if self.held_sends.is_empty() {
+            let _held = self.publish_or_hold(myself, req);
+        } else {
+            self.held_sends.push_back(req);
+        }
+    }
+
+    /// Publishes `req`, or holds it (first in line) and asks the store
+    /// whether its `replyTo` is a message of this channel. Returns whether
+    /// it was held.
+    fn publish_or_hold(&mut self, myself: &ActorRef<ChannelMsg>, mut req: PublishRequest) -> bool {
+        let Some(reply_to) = req.reply_to.filter(|id| !self.recent_ids.set.contains(id)) else {
+            self.publish_checked(myself, req);
+            return false;
+        };
+        // Refused senders learn nothing about the channel's messages.
+        if !self.authorize(&mut req) {
+            return false;
+        }
+        self.held_sends.push_front(req);
+        let store = self.services.store.clone();
+        let channel = self.channel.id;
+        let myself = myself.clone();
+        tokio::spawn(async move {
+            let found = match store.get_message(reply_to).await {
+                Ok(row) => Ok(row.is_some_and(|r| r.message.channel_id == channel)),
+                Err(e) => Err(e.to_string()),
+            };
+            let _ = myself.cast(ChannelMsg::ReplyChecked(found));
+        });
+        true
+    }
+
+    /// The store answered for the first held send: publish or refuse it,
+    /// then the sends behind it until one needs the store again.
+    fn reply_checked(&mut self, myself: &ActorRef<ChannelMsg>, found: Result<bool, String>) {
+        let Some(req) = self.held_sends.pop_front() else {
+            return;
+        };
+        match found {
+            Ok(true) => {
+                if let Some(id) = req.reply_to {
+                    self.recent_ids.insert(id);
+                }
+                self.publish_checked(myself, req);
+            }
+            Ok(false) => req.reply.send(Err(ChannelError::NotFound(
+                "replyTo names no message of this channel",
+            ))),
+            Err(why) => {
+                tracing::warn!(channel_id = %self.channel.id, error = %why, "replyTo lookup failed");
+                req.reply.send(Err(ChannelError::Unavailable));
+            }
+        }
+        while let Some(next) = self.held_sends.pop_front() {
+            if self.publish_or_hold(myself, next) {
+                break;
+            }
+        }
+    }
+
+    /// Whether the sender may post here; a refusal is answered and audited.
+    fn authorize(&self, req: &mut PublishRequest) -> bool {
         if req.joined {
             req.sender.member = self.members.get(&req.sender.user_id).cloned();
         }
@@ -882,14 +1159,23 @@ impl ChannelState {
             channel: &self.channel,
             member: req.sender.member.as_ref(),
         };
-        if let Err(denied) = authz::decide(principal, action) {
-            self.services.audit.record(PendingAudit::new(
-                Some(req.sender.user_id),
-                req.sender.ip.clone(),
-                "access.denied",
-                serde_json::json!({"op": "send_message", "channelId": self.channel.id}),
-            ));
-            req.reply.send(Err(ChannelError::Forbidden(denied.0)));
+        let Err(denied) = authz::decide(principal, action) else {
+            return true;
+        };
+        self.services.audit.record(PendingAudit::new(
+            Some(req.sender.user_id),
+            req.sender.ip.clone(),
+            "access.denied",
+            serde_json::json!({"op": "send_message", "channelId": self.channel.id}),
+        ));
+        let reply = std::mem::replace(&mut req.reply, Reply::None);
+        reply.send(Err(ChannelError::Forbidden(denied.0)));
+        false
+    }
+
+    /// Publishes a send whose `replyTo` is known to be of this channel.
+    fn publish_checked(&mut self, myself: &ActorRef<ChannelMsg>, mut req: PublishRequest) {
+        if !self.authorize(&mut req) {
             return;
         }
         let dedup_key = req
@@ -994,7 +1280,7 @@ impl ChannelState {
         }
     }
 
-    fn edit(&mut self, req: EditRequest) {
+    fn edit(&mut self, myself: &ActorRef<ChannelMsg>, req: EditRequest) {
         let o = &req.original;
         let sealed =
             match self
@@ -1029,7 +1315,7 @@ impl ChannelState {
         self.submit(op, pending);
     }
 
-    fn delete(&mut self, req: DeleteRequest) {
+    fn delete(&mut self, myself: &ActorRef<ChannelMsg>, req: DeleteRequest) {
         let op = WriteOp::DeleteMessage {
             id: req.message_id,
             deleted_at: crate::now_ms(),
@@ -1051,6 +1337,10 @@ impl ChannelState {
                 PendingAudit::new(Some(actor), ip, action, details)
             };
         match (pending, outcome) {
+            (Pending::Delivered, Ok(_)) => {}
+            (Pending::Delivered, Err(e)) => {
+                tracing::warn!(channel_id = %channel_id, error = %e, "delivered position not stored");
+            }
             (
                 Pending::Publish {
                     message,
@@ -1064,6 +1354,7 @@ impl ChannelState {
                 Ok(WriteOutcome::Done),
             ) => {
                 self.last_committed = self.last_committed.max(message.seq);
+                self.recent_ids.insert(message.id);
                 if let Some(key) = client_key {
                     self.client_ids.map.insert(
                         key.clone(),
@@ -1093,6 +1384,7 @@ impl ChannelState {
                         duplicate: true,
                     }));
                 }
+                let (sender, seq) = (message.sender_id, message.seq);
                 let frame = out::new_message(message.clone());
                 reply.send(Ok(Accepted::Sent {
                     message,
@@ -1100,6 +1392,19 @@ impl ChannelState {
                 }));
                 let delivered = self.subscribers.fan_out(&frame, None);
                 counter!(m::MESSAGES_DELIVERED).increment(delivered);
+                if self.channel.kind == ChannelKind::Direct {
+                    // The other member has it once a live connection of theirs does.
+                    let other = self
+                        .subscribers
+                        .by_conn
+                        .values()
+                        .find_map(|s| (s.live && s.user_id != sender).then_some(s.user_id));
+                    if let Some(other) = other {
+                        let frame =
+                            out::message_status(channel_id, other, seq, DeliveryStatus::Delivered);
+                        self.subscribers.to_user(&frame, sender);
+                    }
+                }
             }
             (
                 Pending::Publish {
@@ -1205,6 +1510,7 @@ impl ChannelState {
                 reply.send(Ok(Accepted::Done));
                 self.subscribers
                     .fan_out(&out::read_receipt(channel_id, user_id, seq), None);
+                self.direct_status(user_id, seq, DeliveryStatus::Read);
             }
             (
                 Pending::React {
@@ -1246,6 +1552,7 @@ impl Pending {
                     r.send(Err(err.clone()));
                 }
             }
+            Pending::Delivered => {}
             Pending::Edit { reply, .. }
             | Pending::Delete { reply, .. }
             | Pending::Read { reply, .. }
@@ -1254,24 +1561,93 @@ impl Pending {
     }
 }
 
-/// Reads and decrypts the messages a joining connection missed.
-async fn read_replay(
-    services: &ChannelServices,
+/// A join's replay: reads what the connection missed from the store a page
+/// at a time, in seq order, and queues it as `new_message` frames, waiting
+/// for room in the connection's queue (memory stays at one page however far
+/// behind the client is). Each time it reaches its target it asks the
+/// channel actor how far to go on.
+struct Replay {
+    services: Arc<ChannelServices>,
     channel: ChannelId,
+    outbound: Outbound,
+    replay: u64,
+    /// Queued up to here.
     after: u64,
-    up_to: u64,
-    limit: u32,
-) -> Result<Vec<MessageView>, String> {
-    let rows = services
-        .store
-        .messages_after(channel, after, limit)
-        .await
-        .map_err(|e| e.to_string())?;
-    let rows: Vec<_> = rows
-        .into_iter()
-        .filter(|r| r.message.seq <= up_to)
-        .collect();
-    history::open_rows(services.cipher.clone(), rows)
-        .await
-        .map_err(|e| e.to_string())
+    /// Going up to here.
+    target: u64,
+    actor: ActorRef<ChannelMsg>,
+}
+
+impl Replay {
+    async fn run(mut self) {
+        let conn_id = self.outbound.conn_id();
+        loop {
+            match self.catch_up().await {
+                Ok(true) => {}
+                // The connection is closing; its actor makes it leave.
+                Ok(false) => return,
+                Err(why) => {
+                    let msg = ChannelMsg::ReplayFailed {
+                        conn_id,
+                        replay: self.replay,
+                        why,
+                    };
+                    let _ = self.actor.cast(msg);
+                    return;
+                }
+            }
+            let (next, told) = oneshot::channel();
+            let msg = ChannelMsg::ReplayedThrough {
+                conn_id,
+                replay: self.replay,
+                through: self.target,
+                next,
+            };
+            if self.actor.cast(msg).is_err() {
+                return;
+            }
+            match told.await {
+                Ok(Some(target)) => self.target = target,
+                _ => return,
+            }
+        }
+    }
+
+    /// Queues every message up to `target`; `Ok(false)` when the
+    /// connection closed first.
+    async fn catch_up(&mut self) -> Result<bool, String> {
+        let page = self.services.recovery_limit.max(1);
+        let encoding = self.outbound.encoding();
+        while self.after < self.target {
+            let rows = self
+                .services
+                .store
+                .messages_after(self.channel, self.after, page)
+                .await
+                .map_err(|e| e.to_string())?;
+            let full = rows.len() == page as usize;
+            self.after = match rows.last() {
+                Some(row) if full => row.message.seq.min(self.target),
+                _ => self.target,
+            };
+            let target = self.target;
+            let rows: Vec<_> = rows
+                .into_iter()
+                .filter(|r| r.message.seq <= target)
+                .collect();
+            let messages = history::open_rows(self.services.cipher.clone(), rows)
+                .await
+                .map_err(|e| e.to_string())?;
+            for message in messages {
+                if !self.outbound.has_room() && !self.outbound.room().await {
+                    return Ok(false);
+                }
+                let frame = out::new_message(message);
+                if self.outbound.push_frame(&frame, encoding) != Push::Queued {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
 }

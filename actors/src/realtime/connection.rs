@@ -15,7 +15,9 @@
 //! every request of PROTOCOL.md section 4 in the order the frames came. Reads
 //! (history, membership) it does itself; writes go to the channel actors,
 //! which answer straight into this connection's queue. Undecodable frames
-//! get `invalid_frame` and the connection goes on.
+//! get `invalid_frame` and the connection goes on; before authentication,
+//! any frame but `authenticate` (decodable or not) gets `unauthenticated`
+//! and close 4001.
 //!
 //! **Supervised by** the realtime root. **A crash** closes only this
 //! socket; its channels and presence actor drop it when they next fail to
@@ -350,9 +352,17 @@ impl ConnectionState {
         }
         let request = match codec::decode_client(bytes, encoding) {
             Ok(request) => request,
-            Err(e) => {
+            // Before authentication only `authenticate` is answered; one
+            // with bad fields is still an `authenticate`, and `invalid_frame`
+            // never closes (PROTOCOL.md section 2).
+            Err(e) if self.identity.is_some() || e.frame_type() == Some("authenticate") => {
                 counter!(m::INVALID_FRAMES).increment(1);
                 self.send(&e.to_error_frame(), encoding);
+                return;
+            }
+            Err(e) => {
+                counter!(m::INVALID_FRAMES).increment(1);
+                self.unauthenticated(e.reference().cloned(), encoding);
                 return;
             }
         };
@@ -361,17 +371,7 @@ impl ConnectionState {
             (_, ClientRequest::Authenticate(auth)) => {
                 self.authenticate(reference, &auth.token, encoding).await;
             }
-            (None, ClientRequest::Ping | ClientRequest::Heartbeat) => {
-                self.send(&pong(reference), encoding);
-            }
-            (None, _) => {
-                counter!(m::AUTH_FAILURES, "reason" => "unauthenticated").increment(1);
-                self.send(
-                    &out::error(reference, ErrorCode::Unauthenticated, "authenticate first"),
-                    encoding,
-                );
-                self.close_after_queued(close::AUTH_FAILED, "not authenticated");
-            }
+            (None, _) => self.unauthenticated(reference, encoding),
             (Some(identity), request) => {
                 let identity = identity.clone();
                 let reply = Reply::Frame {
@@ -386,6 +386,17 @@ impl ConnectionState {
                 }
             }
         }
+    }
+
+    /// Any frame but `authenticate` before authentication (PROTOCOL.md
+    /// section 3): `unauthenticated`, then close 4001.
+    fn unauthenticated(&mut self, reference: Option<Ref>, encoding: Encoding) {
+        counter!(m::AUTH_FAILURES, "reason" => "unauthenticated").increment(1);
+        self.send(
+            &out::error(reference, ErrorCode::Unauthenticated, "authenticate first"),
+            encoding,
+        );
+        self.close_after_queued(close::AUTH_FAILED, "not authenticated");
     }
 
     async fn authenticate(&mut self, reference: Option<Ref>, token: &str, encoding: Encoding) {

@@ -4,9 +4,9 @@
 use std::collections::BTreeMap;
 
 use courier_protocol::frames::{
-    Ack, AckResult, ChannelKindWire, ChannelView, ErrorFrame, MessageDeleted, MessageDeletedPush,
-    MessagePush, MessageView, Presence, PresenceStatus, ReactionUpdated, ReadReceiptPush, Ref,
-    SendResult, ServerFrame, SystemEvent, Typing,
+    Ack, AckResult, ChannelKindWire, ChannelView, DeliveryStatus, ErrorFrame, MessageDeleted,
+    MessageDeletedPush, MessagePush, MessageStatus, MessageView, Presence, PresenceStatus,
+    ReactionUpdated, ReadReceiptPush, Recovered, Ref, SendResult, ServerFrame, SystemEvent, Typing,
 };
 use courier_protocol::{ChannelId, ErrorCode, MessageId, UserId};
 
@@ -117,6 +117,29 @@ pub fn presence(user_id: UserId, status: PresenceStatus, last_seen: i64) -> Serv
         user_id,
         status,
         last_seen,
+    })
+}
+
+/// `recovered`: a join's replay is complete up to `last_seq`.
+pub fn recovered(channel_id: ChannelId, last_seq: u64) -> ServerFrame {
+    ServerFrame::Recovered(Recovered {
+        channel_id,
+        last_seq,
+    })
+}
+
+/// `message_status`: `user` got (or read) the channel's messages up to `seq`.
+pub fn message_status(
+    channel_id: ChannelId,
+    user_id: UserId,
+    seq: u64,
+    status: DeliveryStatus,
+) -> ServerFrame {
+    ServerFrame::MessageStatus(MessageStatus {
+        channel_id,
+        user_id,
+        seq,
+        status,
     })
 }
 

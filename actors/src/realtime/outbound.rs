@@ -107,6 +107,10 @@ struct Shared {
     handles: AtomicUsize,
     /// The writer has ended: pushes fail with [`Push::Gone`].
     writer_gone: AtomicBool,
+    /// Producers waiting in [`Outbound::room`], and how they are woken when
+    /// frames were written (nobody is told while none waits).
+    room_waiters: AtomicUsize,
+    drained: tokio::sync::Notify,
 }
 
 /// The frames waiting for the writer.
@@ -122,6 +126,13 @@ struct Queue {
 }
 
 impl Shared {
+    /// Frames were written, or the writer went: wakes [`Outbound::room`].
+    fn wrote(&self) {
+        if self.room_waiters.load(Ordering::SeqCst) > 0 {
+            self.drained.notify_waiters();
+        }
+    }
+
     fn queue(&self) -> MutexGuard<'_, Queue> {
         // A panic while holding the lock leaves a consistent deque.
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
@@ -303,6 +314,8 @@ pub fn outbound(
         max_frames: limits.frames.max(1),
         handles: AtomicUsize::new(1),
         writer_gone: AtomicBool::new(false),
+        room_waiters: AtomicUsize::new(0),
+        drained: tokio::sync::Notify::new(),
     });
     (
         Outbound {
@@ -343,6 +356,7 @@ impl Drop for OutboundReceiver {
         };
         let bytes: usize = dropped.iter().map(Bytes::len).sum();
         self.shared.unwritten.fetch_sub(bytes, Ordering::Relaxed);
+        self.shared.wrote();
     }
 }
 
@@ -402,7 +416,45 @@ impl Outbound {
         if left {
             self.shared.writer.wake();
         }
+        if written > 0 {
+            self.shared.wrote();
+        }
         written
+    }
+
+    /// Whether at most half of each bound is used: room for a producer that
+    /// paces itself (a recovery replay) while pushes from others still fit.
+    pub fn has_room(&self) -> bool {
+        let frames = self.shared.queue().frames.len();
+        frames * 2 <= self.shared.max_frames
+            && self.shared.unwritten.load(Ordering::Relaxed) * 2 <= self.shared.max_unwritten
+    }
+
+    /// Waits until [`has_room`](Self::has_room); `false` when the connection
+    /// is closing or gone instead. This is the back-pressure of a producer
+    /// that could otherwise overflow the queue by itself.
+    pub async fn room(&self) -> bool {
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        self.shared.room_waiters.fetch_add(1, Ordering::SeqCst);
+        let _waiting = Waiting(&self.shared.room_waiters);
+        loop {
+            if self.is_closed() || self.shared.close_now.load(Ordering::SeqCst) != 0 {
+                return false;
+            }
+            let notified = self.shared.drained.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.has_room() {
+                return true;
+            }
+            // A close asked for wakes nobody here: look again now and then.
+            let _ = tokio::time::timeout(ROOM_RECHECK, notified).await;
+        }
     }
 
     /// Wakes the writer for what deferred pushes queued (the writer writes
@@ -551,6 +603,9 @@ pub enum WriterEnd {
 pub const WRITE_SLICES: usize = 64;
 /// How long a close frame may take to go out before the socket is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// How often [`Outbound::room`] looks again without being woken.
+const ROOM_RECHECK: Duration = Duration::from_millis(100);
 /// How long a connection closed by the server (4009, say) may take to take
 /// the rest of a half-written frame and the close frame, after its actor
 /// has gone: the socket, and at most one frame, are held that long.
@@ -688,7 +743,9 @@ where
             Ok(Ok(0)) | Ok(Err(_)) => return (WriterEnd::Failed, None),
             Ok(Ok(n)) => n,
         };
-        if let Some(code) = consume(&mut batch, &mut offset, n, &rx.shared.unwritten).close {
+        let consumed = consume(&mut batch, &mut offset, n, &rx.shared.unwritten);
+        rx.shared.wrote();
+        if let Some(code) = consumed.close {
             // Boxed, like every rare path here: its timer would otherwise
             // be part of every idle connection's writer.
             let _ = Box::pin(tokio::time::timeout(CLOSE_GRACE, io.shutdown())).await;

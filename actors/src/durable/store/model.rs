@@ -258,6 +258,13 @@ pub enum WriteOp {
         user_id: UserId,
         seq: u64,
     },
+    /// Move `last_delivered_seq` forward (never backward): written when a
+    /// member's last connection leaves a channel, not per message.
+    MarkDelivered {
+        channel_id: ChannelId,
+        user_id: UserId,
+        seq: u64,
+    },
     /// Add a reaction (idempotent); the outcome carries the new counts.
     AddReaction {
         message_id: MessageId,

@@ -1092,6 +1092,20 @@ async fn apply_op(conn: &mut PgConnection, op: &WriteOp) -> Result<WriteOutcome,
         .execute(&mut *conn)
         .await?
         .rows_affected(),
+        WriteOp::MarkDelivered {
+            channel_id,
+            user_id,
+            seq,
+        } => sqlx::query(
+            "UPDATE channel_members SET last_delivered_seq = GREATEST(last_delivered_seq, $3)
+             WHERE channel_id = $1 AND user_id = $2",
+        )
+        .bind(channel_id.0)
+        .bind(user_id.0)
+        .bind(to_db(*seq, "seq")?)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected(),
         WriteOp::AddReaction {
             message_id,
             user_id,

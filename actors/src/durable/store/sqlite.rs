@@ -1082,6 +1082,20 @@ async fn apply_op(conn: &mut SqliteConnection, op: &WriteOp) -> Result<WriteOutc
         .execute(&mut *conn)
         .await?
         .rows_affected(),
+        WriteOp::MarkDelivered {
+            channel_id,
+            user_id,
+            seq,
+        } => sqlx::query(
+            "UPDATE channel_members SET last_delivered_seq = max(last_delivered_seq, $3)
+             WHERE channel_id = $1 AND user_id = $2",
+        )
+        .bind(id(channel_id.0))
+        .bind(id(user_id.0))
+        .bind(to_db(*seq, "seq")?)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected(),
         WriteOp::AddReaction {
             message_id,
             user_id,

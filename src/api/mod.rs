@@ -49,6 +49,7 @@ use axum::{Extension, Router};
 use courier_actors::identity::AuthRejected;
 use courier_actors::metric_names;
 use courier_protocol::UserId;
+use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::http::App;
 use crate::rate_limit::{ip_key, KeyedLimit};
@@ -146,6 +147,11 @@ pub fn routes(app: Arc<App>) -> Router<Arc<App>> {
             any(|| async { ApiError::not_found("no such endpoint") }),
         )
         .layer(Extension(BodyLimit(body_limit)))
+        // Answers carry tokens, messages and user data: never cached.
+        .layer(SetResponseHeaderLayer::overriding(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        ))
 }
 
 /// The per-IP limit of `/api/auth/*`. Leaves the [`Client`] in the request.

@@ -126,6 +126,10 @@ async fn slow_body_gets_408() {
         seen.answer
     );
     let closed = seen.closed_after.expect("the connection is closed");
+    eprintln!(
+        "trickler: closed after {closed:?}, answer {:?}",
+        seen.answer.lines().next().unwrap_or("(none: reset)")
+    );
     assert!(
         closed >= deadline,
         "closed after {closed:?}, before the deadline"
@@ -393,6 +397,7 @@ async fn ready_names_the_database() {
     let mut admin = Admin::connect().await;
     let blocked = ConnectionsBlocked::block(&mut admin, &db).await;
     admin.terminate(&db).await;
+    let cut = Instant::now();
     let mut last = Value::Null;
     let down = eventually(Duration::from_secs(20), async || {
         let (status, body) = get_json(url.clone()).await;
@@ -407,7 +412,9 @@ async fn ready_names_the_database() {
     assert_eq!(last["ready"], false, "{last}");
     assert_eq!(last["failing"], serde_json::json!(["database"]), "{last}");
     assert_eq!(last["store"], false, "{last}");
+    let to_503 = cut.elapsed();
     blocked.restore(&mut admin).await;
+    let restored = Instant::now();
     let up = eventually(Duration::from_secs(20), async || {
         let (status, body) = get_json(url.clone()).await;
         last = body;
@@ -416,5 +423,9 @@ async fn ready_names_the_database() {
     .await;
     assert!(up, "/ready did not come back: {last}");
     assert_eq!(last["failing"], serde_json::json!([]), "{last}");
+    eprintln!(
+        "/ready: 503 {to_503:?} after the cut, 200 {:?} after the restore",
+        restored.elapsed()
+    );
     server.stop().await;
 }

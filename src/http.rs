@@ -1,8 +1,15 @@
 //! The HTTP side: the router, the shared [`App`] handles, and the liveness,
 //! readiness and metrics endpoints. REST handlers live in [`crate::api`].
+//!
+//! Every answer carries `X-Content-Type-Options: nosniff` and
+//! `Referrer-Policy: no-referrer`, and `Strict-Transport-Security` when
+//! this server terminates TLS; every `/api` answer also carries
+//! `Cache-Control: no-store` (they carry tokens and messages). The headers
+//! are set once, by layers on the router.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::State;
@@ -12,6 +19,7 @@ use axum::Router;
 use courier_actors::durable::store::DynStore;
 use courier_actors::realtime::Realtime;
 use courier_protocol::ErrorCode;
+use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::auth::passwords::Passwords;
 use crate::auth::tokens::Tokens;
@@ -25,6 +33,10 @@ pub struct App {
     pub realtime: Arc<Realtime>,
     pub tokens: Arc<Tokens>,
     pub passwords: Passwords,
+    /// The per-address WebSocket caps.
+    pub admission: Arc<crate::admission::Admission>,
+    /// When the server started (`/health`'s uptime).
+    pub started_at: Instant,
 }
 
 impl App {
@@ -46,9 +58,14 @@ impl App {
     }
 }
 
+/// `Strict-Transport-Security` of a server with TLS: two years, this host
+/// and its subdomains.
+const HSTS: &str = "max-age=63072000; includeSubDomains";
+
 /// The whole HTTP surface.
 pub fn router(app: Arc<App>) -> Router {
-    Router::new()
+    let tls = app.config.tls_cert.is_some();
+    let router = Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
@@ -59,6 +76,22 @@ pub fn router(app: Arc<App>) -> Router {
             crate::api::method_not_allowed_as_json,
         ))
         .with_state(app)
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            header::HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::REFERRER_POLICY,
+            header::HeaderValue::from_static("no-referrer"),
+        ));
+    if tls {
+        router.layer(SetResponseHeaderLayer::overriding(
+            header::STRICT_TRANSPORT_SECURITY,
+            header::HeaderValue::from_static(HSTS),
+        ))
+    } else {
+        router
+    }
 }
 
 /// A JSON error body `{"error": {"code", "message"}}`.
@@ -73,23 +106,42 @@ pub fn json_error(status: StatusCode, code: ErrorCode, message: &str) -> Respons
     response
 }
 
-async fn health() -> Response<Body> {
-    json(StatusCode::OK, serde_json::json!({"status": "ok"}))
+/// Liveness: always 200 while the process serves, with what runs.
+async fn health(State(app): State<Arc<App>>) -> Response<Body> {
+    json(
+        StatusCode::OK,
+        serde_json::json!({
+            "status": "ok",
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptimeSeconds": app.started_at.elapsed().as_secs(),
+            "store": app.store.backend(),
+        }),
+    )
 }
 
+/// Readiness: 503 naming what is not ready (`database`, `actors`).
 async fn ready(State(app): State<Arc<App>>) -> Response<Body> {
     // The persistence actor's view (a ping every 250 ms, and whether its
     // batches commit): when this says 503, sends are refused `unavailable`.
     let store_ok = app.realtime.persistence.store_reachable();
     let actors_ok = app.realtime.healthy();
-    let status = if store_ok && actors_ok {
+    let failing: Vec<&str> = [(store_ok, "database"), (actors_ok, "actors")]
+        .into_iter()
+        .filter_map(|(ok, name)| (!ok).then_some(name))
+        .collect();
+    let status = if failing.is_empty() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
     json(
         status,
-        serde_json::json!({"ready": store_ok && actors_ok, "store": store_ok, "actors": actors_ok}),
+        serde_json::json!({
+            "ready": failing.is_empty(),
+            "failing": failing,
+            "store": store_ok,
+            "actors": actors_ok,
+        }),
     )
 }
 

@@ -10,7 +10,8 @@
 //! - [`secrets`]: the JWT secret and the master keyring (generated in development).
 //! - [`telemetry`]: logs and Prometheus metrics.
 //! - [`server`]: `run(listener, config, shutdown)`.
-//! - [`accept`]: the accept loop (HTTP/1 with a header deadline).
+//! - [`accept`]: the accept loop (HTTP/1 with header and body deadlines).
+//! - [`admission`]: per-address caps on WebSocket connections.
 //! - [`http`]: the router, health, readiness, metrics.
 //! - [`ws`]: the WebSocket upgrade.
 //! - [`api`]: REST handlers.
@@ -25,6 +26,7 @@
 #![warn(unreachable_pub)]
 
 pub mod accept;
+pub mod admission;
 pub mod api;
 pub mod audit_webhook;
 pub mod auth;

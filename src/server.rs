@@ -202,6 +202,11 @@ pub async fn start(config: Config) -> Result<Started, ServerError> {
         config.summary(),
     ));
     let app = Arc::new(App {
+        admission: crate::admission::Admission::new(
+            config.max_unauthenticated_per_ip,
+            config.max_connections_per_ip,
+        ),
+        started_at: std::time::Instant::now(),
         config: Arc::new(config),
         store,
         realtime,
@@ -285,7 +290,10 @@ pub async fn serve(
         .keyring_file
         .map(|file| tokio::spawn(watch_keyring(file, app.clone())));
     let router = http::router(app.clone());
-    let header_timeout = Duration::from_millis(app.config.http_header_timeout_ms);
+    let deadlines = crate::accept::Deadlines {
+        header: Duration::from_millis(app.config.http_header_timeout_ms),
+        body: Duration::from_millis(app.config.http_body_timeout_ms),
+    };
     // The accept loop runs as a task on the workers rather than on the
     // thread that called this (`main`'s, outside the workers): there every
     // accept and every finished connection woke that thread, and every
@@ -295,12 +303,7 @@ pub async fn serve(
     match started.tls {
         Some(tls) => {
             let listener = crate::tls::TlsListener::new(listener, tls)?;
-            accepting.spawn(crate::accept::serve(
-                listener,
-                router,
-                header_timeout,
-                shutdown,
-            ));
+            accepting.spawn(crate::accept::serve(listener, router, deadlines, shutdown));
         }
         None => {
             // Frames are small and latency matters: no Nagle delay (the TLS
@@ -310,12 +313,7 @@ pub async fn serve(
                     tracing::debug!(error = %e, "cannot set TCP_NODELAY");
                 }
             });
-            accepting.spawn(crate::accept::serve(
-                listener,
-                router,
-                header_timeout,
-                shutdown,
-            ));
+            accepting.spawn(crate::accept::serve(listener, router, deadlines, shutdown));
         }
     }
     if let Some(Err(e)) = accepting.join_next().await {

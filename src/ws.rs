@@ -1,7 +1,8 @@
 //! The WebSocket edge: `GET /ws`.
 //!
-//! Checks the upgrade request (Origin allow-list, no token in the URL), answers
-//! 101, and in a spawned task hands the upgraded connection to a new
+//! Checks the upgrade request (Origin allow-list, no token in the URL), takes
+//! a place among the client address's connections (429 when the address is at
+//! a cap, see [`crate::admission`]), answers 101, and in a spawned task hands the upgraded connection to a new
 //! connection actor (a plain TCP socket split into lock-free halves; a TLS
 //! stream split by tokio): tungstenite reads it with a small read buffer
 //! (its default would allocate 128 KiB per connection), and the
@@ -10,10 +11,12 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
+use axum::response::IntoResponse;
 use bytes::Bytes;
 use courier_actors::realtime::connection::Peer;
 use courier_actors::realtime::outbound::SocketWrite;
@@ -23,6 +26,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
+use crate::api::error::ApiError;
 use crate::http::{json_error, App};
 use courier_protocol::ErrorCode;
 
@@ -30,6 +34,9 @@ use courier_protocol::ErrorCode;
 /// message's frame or an `authenticate` with its token fits in one read. A
 /// larger frame gets a buffer of its own size, filled 1 KiB per read.
 const READ_BUFFER: usize = 1024;
+/// The `Retry-After` of an upgrade refused by a per-address cap: a place
+/// frees when one of the address's connections authenticates or closes.
+const CAPPED_RETRY_AFTER: Duration = Duration::from_secs(1);
 /// tungstenite writes only control replies (pong, close) here, and
 /// writes them through at once.
 const WRITE_BUFFER: usize = 0;
@@ -83,12 +90,26 @@ pub async fn upgrade(
         );
     };
     let accept = derive_accept_key(key.as_bytes());
+    let ip = app.client_ip(headers, addr);
+    let slot = match app.admission.admit(&ip) {
+        Ok(slot) => slot,
+        Err(refused) => {
+            let mut error = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::RateLimited,
+                refused.to_string(),
+            );
+            error.retry_after = Some(CAPPED_RETRY_AFTER);
+            return error.into_response();
+        }
+    };
     let peer = Peer {
-        ip: Some(app.client_ip(headers, addr)),
+        ip: Some(ip),
         user_agent: headers
             .get(header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
             .map(|s| s.chars().take(256).collect()),
+        slot: Some(Arc::new(slot)),
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
     let realtime = app.realtime.clone();

@@ -180,6 +180,40 @@ async fn https_and_wss_end_to_end() {
     api.stop().await;
 }
 
+/// `Strict-Transport-Security` on every answer of a TLS server, `/api` or
+/// not (`tests/edge_hardening.rs` checks its absence without TLS).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hsts_only_with_tls() {
+    let certs = tempfile::tempdir().expect("dir");
+    let ca_pem = make_certificates(certs.path());
+    let api = tls_server(certs.path()).await;
+    let https = https_client(&ca_pem, api.server.addr);
+    let base = format!("https://{HOST}:{}", api.server.addr.port());
+    for path in ["/health", "/metrics", "/api/channels", "/api/no-such-thing"] {
+        let answer = https
+            .get(format!("{base}{path}"))
+            .send()
+            .await
+            .expect("https request");
+        let hsts = answer.headers().get("strict-transport-security");
+        assert_eq!(
+            hsts.and_then(|v| v.to_str().ok()),
+            Some("max-age=63072000; includeSubDomains"),
+            "{path} {}",
+            answer.status()
+        );
+        assert_eq!(
+            answer
+                .headers()
+                .get("x-content-type-options")
+                .map(|v| v.as_bytes()),
+            Some(&b"nosniff"[..]),
+            "{path}"
+        );
+    }
+    api.stop().await;
+}
+
 #[tokio::test]
 async fn tls_configuration_is_checked_at_start() {
     let certs = tempfile::tempdir().expect("dir");

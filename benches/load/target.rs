@@ -174,6 +174,9 @@ pub async fn launch(l: &Launch<'_>) -> Result<(Server, String)> {
             .env("COURIER_SEND_PER_MINUTE", limit)
             .env("COURIER_REST_PER_15MIN", limit)
             .env("COURIER_AUTH_PER_15MIN", limit)
+            // Every load client connects from 127.0.0.1.
+            .env("COURIER_MAX_UNAUTHENTICATED_PER_IP", limit)
+            .env("COURIER_MAX_CONNECTIONS_PER_IP", limit)
             .env("COURIER_ALLOW_REGISTRATION", "true")
             .env("COURIER_INITIAL_ADMIN_USERNAME", ADMIN)
             .env("COURIER_INITIAL_ADMIN_PASSWORD", ADMIN_PASSWORD)

@@ -92,6 +92,15 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, message)
     }
 
+    /// 408: the request body did not arrive within `http_body_timeout_ms`.
+    pub fn request_timeout() -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            ErrorCode::InvalidFrame,
+            "the request body did not arrive in time",
+        )
+    }
+
     /// 409.
     pub fn conflict(message: impl Into<Cow<'static, str>>) -> Self {
         Self::new(StatusCode::CONFLICT, ErrorCode::Conflict, message)

@@ -223,7 +223,7 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
         }
         let mut body = BytesMut::with_capacity(declared.unwrap_or(0));
         while let Some(chunk) = chunks.next().await {
-            let chunk = chunk.map_err(|_| ApiError::bad_request("cannot read the request body"))?;
+            let chunk = chunk.map_err(|e| body_error(&e))?;
             if body.len() + chunk.len() > limit {
                 return Err(too_large(Some(chunks), body.len() + chunk.len(), declared).await);
             }
@@ -231,6 +231,17 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
         }
         Ok(RawBody(body.freeze()))
     }
+}
+
+/// A body that could not be read: 408 (and the connection closed) when it
+/// did not arrive within `http_body_timeout_ms`, else 400.
+fn body_error(e: &axum::Error) -> ApiError {
+    if crate::accept::is_body_timeout(e) {
+        let mut error = ApiError::request_timeout();
+        error.close_connection = true;
+        return error;
+    }
+    ApiError::bad_request("cannot read the request body")
 }
 
 /// The 413 for a body over the limit, after reading and dropping the rest

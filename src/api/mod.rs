@@ -51,6 +51,7 @@ use axum::{Extension, Router};
 use courier_actors::policy::identity::AuthRejected;
 use courier_actors::telemetry::names;
 use courier_protocol::{ErrorCode, UserId};
+use tower_http::set_header::SetResponseHeaderLayer;
 use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -138,7 +139,12 @@ fn documented_routes(app: Arc<App>) -> (Router<Arc<App>>, utoipa::openapi::OpenA
     openapi::Shared.modify(&mut document);
     let router = router
         .route("/api/{*rest}", any(no_such_endpoint))
-        .layer(Extension(BodyLimit(body_limit)));
+        .layer(Extension(BodyLimit(body_limit)))
+        // Answers carry tokens, messages and user data: never cached.
+        .layer(SetResponseHeaderLayer::overriding(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        ));
     (router, document)
 }
 

@@ -25,6 +25,7 @@ macro_rules! both_backends {
     )* };
 }
 
+pub mod outage;
 pub mod process;
 pub mod server;
 
@@ -150,7 +151,8 @@ pub async fn release_postgres_db(url: &str) {
     let _ = admin.close().await;
 }
 
-fn admin_url() -> String {
+/// The PostgreSQL URL tests administer databases through (`DATABASE_URL`).
+pub fn admin_url() -> String {
     std::env::var("DATABASE_URL").unwrap_or_else(|_| DEFAULT_DATABASE_URL.to_owned())
 }
 
@@ -233,7 +235,7 @@ fn with_database(url: &str, name: &str) -> String {
 }
 
 /// The database named in a PostgreSQL URL.
-fn database_name(url: &str) -> Option<&str> {
+pub fn database_name(url: &str) -> Option<&str> {
     let rest = &url[url.find("://")? + 3..];
     let path = &rest[rest.find('/')? + 1..];
     Some(path.split('?').next().unwrap_or(path))

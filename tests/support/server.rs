@@ -57,6 +57,9 @@ pub fn test_config(dir: &TempDir, database_url: String) -> Config {
         send_per_minute: 1_000_000,
         rest_per_15min: 1_000_000,
         auth_per_15min: 1_000_000,
+        // The load tests open thousands of sockets from 127.0.0.1.
+        max_unauthenticated_per_ip: 1_000_000,
+        max_connections_per_ip: 1_000_000,
         ..Config::default()
     }
 }

@@ -60,11 +60,23 @@ use crate::telemetry::names as m;
 /// The socket's write half: finished frames are written to it as bytes.
 pub type WsWrite = Pin<Box<dyn AsyncWrite + Send>>;
 
-/// Where the connection comes from (for the audit log).
+/// Where the connection comes from (for the audit log and the per-address
+/// connection caps).
 #[derive(Clone, Debug, Default)]
 pub struct Peer {
     pub ip: Option<String>,
     pub user_agent: Option<String>,
+    /// The edge's per-address count of this connection, if it keeps one:
+    /// told when the connection first authenticates, released when the
+    /// actor's state drops.
+    pub slot: Option<Arc<dyn AdmissionSlot>>,
+}
+
+/// A connection's place among its client address's connections (the
+/// server's connection caps).
+pub trait AdmissionSlot: Send + Sync + std::fmt::Debug {
+    /// The connection authenticated: it no longer counts as unauthenticated.
+    fn authenticated(&self);
 }
 
 /// What a connection actor starts with.
@@ -427,6 +439,9 @@ impl ConnectionState {
                     }),
                 });
                 if first {
+                    if let Some(slot) = &self.peer.slot {
+                        slot.authenticated();
+                    }
                     let msg = PresenceMsg::Connected {
                         conn_id: self.conn_id,
                         session_id: identity.session_id,

@@ -50,6 +50,13 @@ pub const AUDIT_CHECKPOINT_WEBHOOK_FAILURES: &str =
 pub const AUTH_FAILURES: &str = "courier_auth_failures_total";
 /// Requests refused by a rate limit (counter; label `limit`).
 pub const RATE_LIMITED: &str = "courier_rate_limited_total";
+/// WebSocket upgrades answered 429 because the client address was at a
+/// connection cap (counter; label `limit`: `unauthenticated_per_ip` or
+/// `connections_per_ip`).
+pub const CONNECTIONS_REFUSED: &str = "courier_connections_refused_total";
+/// HTTP requests whose body did not arrive within `http_body_timeout_ms`
+/// (counter).
+pub const HTTP_BODY_TIMEOUTS: &str = "courier_http_body_timeouts_total";
 /// Connections closed with 4009 because their queue overflowed (counter).
 pub const SLOW_CONSUMERS: &str = "courier_slow_consumer_disconnects_total";
 /// Channel actors running (gauge).
@@ -127,6 +134,14 @@ pub fn describe() {
     );
     describe_counter!(AUTH_FAILURES, "Failed authentications");
     describe_counter!(RATE_LIMITED, "Requests refused by a rate limit");
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        "WebSocket upgrades refused by a per-address connection cap"
+    );
+    describe_counter!(
+        HTTP_BODY_TIMEOUTS,
+        "HTTP request bodies not received within the body deadline"
+    );
     describe_counter!(
         SLOW_CONSUMERS,
         "Connections closed as slow consumers (4009)"

@@ -409,7 +409,10 @@ async fn require_against_a_server_without_tls_fails_clearly() {
     let why = tls_refusal(&cluster.url("127.0.0.1", "sslmode=require")).await;
     assert_eq!(why, "the server does not support TLS but sslmode=require");
     let why = tls_refusal(&cluster.url("127.0.0.1", "sslmode=verify-full")).await;
-    assert_eq!(why, "the server does not support TLS but sslmode=verify-full");
+    assert_eq!(
+        why,
+        "the server does not support TLS but sslmode=verify-full"
+    );
     // `prefer` (the default) and `disable` go on in the clear.
     for query in ["sslmode=prefer", "sslmode=disable", ""] {
         let store = store::connect(&cluster.url("127.0.0.1", query))

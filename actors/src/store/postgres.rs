@@ -186,7 +186,9 @@ impl TlsAsked {
         match &e {
             // sqlx's words when the server answers the TLS request with 'N'.
             sqlx::Error::Tls(why) if why.to_string().contains("does not support TLS") => {
-                StoreError::Tls(format!("the server does not support TLS but sslmode={mode}"))
+                StoreError::Tls(format!(
+                    "the server does not support TLS but sslmode={mode}"
+                ))
             }
             sqlx::Error::Tls(why) => StoreError::Tls(format!("sslmode={mode}: {why}")),
             // The handshake's own errors come back through the socket.

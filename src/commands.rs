@@ -23,7 +23,9 @@ pub enum CommandError {
     Server(#[from] ServerError),
     #[error(transparent)]
     Secrets(#[from] secrets::SecretsError),
-    #[error("store: {0}")]
+    // Transparent: the store's message says what failed, once (a prefix
+    // here and `#[from]`'s source made anyhow print it twice).
+    #[error(transparent)]
     Store(#[from] courier_actors::durable::store::StoreError),
     #[error("{0}")]
     Invalid(String),

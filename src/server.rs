@@ -37,7 +37,9 @@ use crate::secrets::{self, SecretsError};
 pub enum ServerError {
     #[error(transparent)]
     Secrets(#[from] SecretsError),
-    #[error("store: {0}")]
+    // Transparent: the store's message says what failed, once (a prefix
+    // here and `#[from]`'s source made anyhow print it twice).
+    #[error(transparent)]
     Store(#[from] StoreError),
     #[error("cannot create the data directory {0}: {1}")]
     DataDir(PathBuf, std::io::Error),

@@ -173,7 +173,7 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NotFound => ApiError::not_found("not found"),
             StoreError::Conflict(_) => ApiError::conflict("conflicts with an existing record"),
-            StoreError::Unavailable(why) => {
+            StoreError::Unavailable(why) | StoreError::Tls(why) => {
                 tracing::warn!(error = %why, "store unavailable");
                 ApiError::unavailable()
             }

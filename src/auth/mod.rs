@@ -28,7 +28,7 @@ impl Authenticator for SessionAuthenticator {
             .verify(token)
             .map_err(|_| AuthRejected::InvalidToken)?;
         let unavailable = |e: StoreError| match e {
-            StoreError::Unavailable(_) => AuthRejected::Unavailable,
+            StoreError::Unavailable(_) | StoreError::Tls(_) => AuthRejected::Unavailable,
             _ => AuthRejected::InvalidToken,
         };
         let (session, user) = self

@@ -106,7 +106,7 @@ impl From<StoreError> for AccessError {
         match e {
             StoreError::NotFound => AccessError::NotFound("not found"),
             StoreError::Conflict(_) => AccessError::Conflict("conflict"),
-            StoreError::Unavailable(_) => AccessError::Unavailable,
+            StoreError::Unavailable(_) | StoreError::Tls(_) => AccessError::Unavailable,
             StoreError::Corrupt(_) | StoreError::Database(_) => {
                 tracing::error!(error = %e, "store error");
                 AccessError::Internal

@@ -45,6 +45,11 @@ pub enum StoreError {
     /// Any other database error.
     #[error("database error: {0}")]
     Database(String),
+    /// The TLS connection the database URL asks for (`sslmode`,
+    /// `sslrootcert`) could not be made: the message names the cause. A
+    /// configuration problem, raised when the store is opened.
+    #[error("TLS to the database failed: {0}")]
+    Tls(String),
 }
 
 impl StoreError {

@@ -4,6 +4,9 @@
 //! outage surfaces quickly as [`StoreError::Unavailable`] instead of hanging
 //! the caller; `synchronous_commit` is forced on, so an acknowledged batch is
 //! on disk. Migrations come from `migrations/postgres`, embedded at build time.
+//! TLS is the URL's: `sslmode` and `sslrootcert` as libpq reads them (see
+//! [`TlsAsked`]), over rustls; a connection that fails for TLS's sake is
+//! [`StoreError::Tls`], naming the cause.
 //!
 //! [`Store::apply_batch`] runs one transaction per batch. Consecutive message
 //! inserts, the bulk of every batch under load, go to the database as one
@@ -18,7 +21,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use courier_protocol::{ChannelId, MessageId, SessionId, UserId};
 use sqlx::migrate::Migrator;
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgDatabaseError, PgPool, PgPoolOptions};
+use sqlx::postgres::{
+    PgConnectOptions, PgConnection, PgDatabaseError, PgPool, PgPoolOptions, PgSslMode,
+};
 use sqlx::Row;
 use uuid::Uuid;
 
@@ -67,18 +72,158 @@ pub struct PgStore {
 
 impl PgStore {
     /// Connects to `url` (`postgres://...`) and runs pending migrations.
+    /// `sslmode` and `sslrootcert` in the URL are honoured ([`TlsAsked`]).
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let options = PgConnectOptions::from_str(url)?
+        let options = PgConnectOptions::from_str(url)?;
+        let tls = TlsAsked::of(url, &options);
+        tls.check_root_cert().await?;
+        let options = options
+            .ssl_mode(tls.effective_mode())
             .application_name("courier")
             .options([("synchronous_commit", "on")]);
         let pool = PgPoolOptions::new()
             .max_connections(POOL_CONNECTIONS)
             .acquire_timeout(Duration::from_secs(3))
             .connect_with(options)
-            .await?;
+            .await
+            .map_err(|e| tls.explain(e))?;
         let store = PgStore { pool };
         store.migrate().await?;
         Ok(store)
+    }
+}
+
+/// The TLS a database URL asks for, as libpq reads it: `sslmode`
+/// (`disable`, `allow`, `prefer` (the default), `require`, `verify-ca`,
+/// `verify-full`) and `sslrootcert` (a PEM file of the CAs to trust; also
+/// `PGSSLROOTCERT`). Kept beside the connect options to name the cause when
+/// a connection fails for TLS's sake.
+#[derive(Debug)]
+struct TlsAsked {
+    /// `sslmode` as written.
+    mode: PgSslMode,
+    /// `sslrootcert` as written.
+    root_cert: Option<String>,
+    /// The host the certificate must name under `verify-full`.
+    host: String,
+}
+
+impl TlsAsked {
+    fn of(url: &str, options: &PgConnectOptions) -> Self {
+        // sqlx reads these keys, the last one written winning.
+        let root_cert = url::Url::parse(url)
+            .ok()
+            .and_then(|url| {
+                url.query_pairs()
+                    .filter(|(key, _)| matches!(&**key, "sslrootcert" | "ssl-root-cert" | "ssl-ca"))
+                    .map(|(_, value)| value.into_owned())
+                    .last()
+            })
+            .or_else(|| std::env::var("PGSSLROOTCERT").ok());
+        TlsAsked {
+            mode: options.get_ssl_mode(),
+            root_cert,
+            host: options.get_host().to_owned(),
+        }
+    }
+
+    /// The mode to connect with: as libpq does, `require` with a root
+    /// certificate checks the server's chain against it (`verify-ca`).
+    fn effective_mode(&self) -> PgSslMode {
+        match (self.mode, &self.root_cert) {
+            (PgSslMode::Require, Some(_)) => PgSslMode::VerifyCa,
+            (mode, _) => mode,
+        }
+    }
+
+    /// `sslmode` as it is spelled in a URL.
+    fn mode_name(&self) -> &'static str {
+        match self.mode {
+            PgSslMode::Disable => "disable",
+            PgSslMode::Allow => "allow",
+            PgSslMode::Prefer => "prefer",
+            PgSslMode::Require => "require",
+            PgSslMode::VerifyCa => "verify-ca",
+            PgSslMode::VerifyFull => "verify-full",
+        }
+    }
+
+    /// The `sslrootcert` file, when the mode verifies certificates with it
+    /// (an inline PEM is not a file).
+    fn root_cert_file(&self) -> Option<&str> {
+        let verifies = matches!(
+            self.effective_mode(),
+            PgSslMode::VerifyCa | PgSslMode::VerifyFull
+        );
+        self.root_cert
+            .as_deref()
+            .filter(|cert| verifies && !cert.trim_start().starts_with("-----BEGIN"))
+    }
+
+    /// Before connecting: a `sslrootcert` that cannot be read or holds no
+    /// certificate would otherwise surface as a bare i/o error.
+    async fn check_root_cert(&self) -> Result<(), StoreError> {
+        use rustls::pki_types::{pem::PemObject, CertificateDer};
+        let Some(path) = self.root_cert_file() else {
+            return Ok(());
+        };
+        let pem = tokio::fs::read(path)
+            .await
+            .map_err(|e| StoreError::Tls(format!("cannot read sslrootcert={path}: {e}")))?;
+        let mut certs = CertificateDer::pem_slice_iter(&pem).peekable();
+        if certs.peek().is_none() || certs.any(|cert| cert.is_err()) {
+            return Err(StoreError::Tls(format!(
+                "sslrootcert={path} holds no valid PEM certificate"
+            )));
+        }
+        Ok(())
+    }
+
+    /// A failed connect's error: [`StoreError::Tls`] naming the cause when
+    /// TLS failed, the usual mapping otherwise.
+    fn explain(&self, e: sqlx::Error) -> StoreError {
+        let mode = self.mode_name();
+        match &e {
+            // sqlx's words when the server answers the TLS request with 'N'.
+            sqlx::Error::Tls(why) if why.to_string().contains("does not support TLS") => {
+                StoreError::Tls(format!(
+                    "the server does not support TLS but sslmode={mode}"
+                ))
+            }
+            sqlx::Error::Tls(why) => StoreError::Tls(format!("sslmode={mode}: {why}")),
+            // The handshake's own errors come back through the socket.
+            sqlx::Error::Io(io) => match io
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            {
+                Some(tls) => StoreError::Tls(self.handshake_failure(tls)),
+                None => e.into(),
+            },
+            _ => e.into(),
+        }
+    }
+
+    fn handshake_failure(&self, e: &rustls::Error) -> String {
+        use rustls::CertificateError as Cert;
+        let mode = self.mode_name();
+        let rustls::Error::InvalidCertificate(cert) = e else {
+            return format!("the TLS handshake failed (sslmode={mode}): {e}");
+        };
+        match (cert, &self.root_cert) {
+            (Cert::UnknownIssuer, Some(root)) => format!(
+                "the server's certificate is not trusted by sslrootcert={root}: \
+                 no CA there issued it (sslmode={mode})"
+            ),
+            (Cert::UnknownIssuer, None) => format!(
+                "the server's certificate is not issued by a trusted CA (sslmode={mode}); \
+                 name its CA with sslrootcert=<PEM file>"
+            ),
+            (Cert::NotValidForName | Cert::NotValidForNameContext { .. }, _) => format!(
+                "the server's certificate is not issued for the host {} (sslmode={mode}): {e}",
+                self.host
+            ),
+            _ => format!("the server's certificate is refused (sslmode={mode}): {e}"),
+        }
     }
 }
 

@@ -90,6 +90,7 @@ pub struct Config {
     pub http_header_timeout_ms: u64,
     pub rest_per_15min: u32,
     pub auth_per_15min: u32,
+    pub register_per_hour: u32,
     #[serde(deserialize_with = "string_or_list")]
     pub allowed_origins: Vec<String>,
 
@@ -124,6 +125,8 @@ pub struct Config {
     pub password_min_length: usize,
     pub lockout_threshold: u32,
     pub lockout_minutes: u64,
+    pub lockout_account_threshold: u32,
+    pub lockout_backoff_secs: u64,
 
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -158,6 +161,7 @@ impl Default for Config {
             http_header_timeout_ms: 10_000,
             rest_per_15min: 100,
             auth_per_15min: 10,
+            register_per_hour: 5,
             allowed_origins: Vec::new(),
             outbound_queue_frames: 1024,
             outbound_queue_bytes: 4 * 1024 * 1024,
@@ -185,6 +189,8 @@ impl Default for Config {
             password_min_length: 12,
             lockout_threshold: 5,
             lockout_minutes: 15,
+            lockout_account_threshold: 20,
+            lockout_backoff_secs: 30,
             tls_cert: None,
             tls_key: None,
             behind_proxy: false,

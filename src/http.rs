@@ -13,6 +13,7 @@ use courier_actors::realtime::Realtime;
 use courier_actors::store::DynStore;
 use courier_protocol::ErrorCode;
 
+use crate::auth::lockout::LoginGuard;
 use crate::auth::passwords::Passwords;
 use crate::auth::tokens::Tokens;
 use crate::config::Config;
@@ -25,6 +26,8 @@ pub struct App {
     pub realtime: Arc<Realtime>,
     pub tokens: Arc<Tokens>,
     pub passwords: Passwords,
+    /// Failed-login counts per account and address, and per account.
+    pub login_guard: LoginGuard,
 }
 
 impl App {

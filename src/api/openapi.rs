@@ -185,7 +185,7 @@ pub fn document() -> Value {
             "username": {"type": "string"}, "password": {"type": "string"},
         }))),
         success: ("200", json_response("A new session's tokens", login_answer)),
-        errors: &[("400", "A field is missing or invalid"), ("401", "Invalid username or password, or the account is temporarily locked (the same answer for each)")],
+        errors: &[("400", "A field is missing or invalid"), ("401", "Invalid username or password, or this address is temporarily locked out of the account (the same answer for each)")],
     });
     add("post", "/api/auth/refresh-token", Op {
         summary: "Rotate a refresh token; presenting a used one revokes the session",

@@ -57,6 +57,7 @@ pub fn test_config(dir: &TempDir, database_url: String) -> Config {
         send_per_minute: 1_000_000,
         rest_per_15min: 1_000_000,
         auth_per_15min: 1_000_000,
+        register_per_hour: 1_000_000,
         ..Config::default()
     }
 }

@@ -68,7 +68,11 @@ async fn login_from(api: &Rest, client: &reqwest::Client, username: &str, passwo
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_weak_initial_admin_is_refused_naming_the_rule() {
     let cases = [
-        ("root", "short", "initial_admin_password: must be at least 12 characters"),
+        (
+            "root",
+            "short",
+            "initial_admin_password: must be at least 12 characters",
+        ),
         (
             "rootrootroot",
             "RootRootRoot",
@@ -93,7 +97,11 @@ async fn a_weak_initial_admin_is_refused_naming_the_rule() {
         assert!(error.starts_with(message), "{error:?}");
         assert!(!error.contains(password), "no password in {error:?}");
         let store = courier::server::open_store(&config).await.expect("store");
-        assert_eq!(store.count_users().await.expect("count"), 0, "no admin made");
+        assert_eq!(
+            store.count_users().await.expect("count"),
+            0,
+            "no admin made"
+        );
     }
 }
 
@@ -146,8 +154,16 @@ async fn nobody_acts_on_a_user_of_a_higher_role(backend: Backend) {
         (Method::GET, on(&root.user_id, "/sessions"), None),
         (Method::GET, on(&root.user_id, "/sessions?all=true"), None),
         (Method::POST, on(&root.user_id, "/terminate-sessions"), None),
-        (Method::PUT, on(&root.user_id, ""), Some(json!({"email": "x@example.org"}))),
-        (Method::PUT, on(&root.user_id, ""), Some(json!({"role": "user"}))),
+        (
+            Method::PUT,
+            on(&root.user_id, ""),
+            Some(json!({"email": "x@example.org"})),
+        ),
+        (
+            Method::PUT,
+            on(&root.user_id, ""),
+            Some(json!({"role": "user"})),
+        ),
         (
             Method::PUT,
             on(&root.user_id, ""),
@@ -167,7 +183,10 @@ async fn nobody_acts_on_a_user_of_a_higher_role(backend: Backend) {
         .get(&on(&root.user_id, "/sessions"), &root.token)
         .await
         .expect(200);
-    assert!(!sessions.body["sessions"].as_array().expect("list").is_empty());
+    assert!(!sessions.body["sessions"]
+        .as_array()
+        .expect("list")
+        .is_empty());
     api.login(ROOT, PASSWORD).await;
     // Every refusal is audited.
     let denied = api.audit_entries("access.denied", upward.len()).await;
@@ -195,7 +214,11 @@ async fn nobody_acts_on_a_user_of_a_higher_role(backend: Backend) {
         .await
         .expect(200);
     let ended = api
-        .post(&on(&nurse.user_id, "/terminate-sessions"), &admin.token, json!({}))
+        .post(
+            &on(&nurse.user_id, "/terminate-sessions"),
+            &admin.token,
+            json!({}),
+        )
         .await
         .expect(200);
     assert_eq!(ended.body["revoked"], 1);
@@ -277,7 +300,9 @@ async fn failures_from_other_addresses_do_not_lock_out_the_owner(backend: Backen
     assert_eq!(throttled.code(), "rate_limited");
     assert!(throttled.headers.contains_key("retry-after"));
     // Another account is not slowed at all.
-    login_from(&api, &stranger, ROOT, PASSWORD).await.expect(200);
+    login_from(&api, &stranger, ROOT, PASSWORD)
+        .await
+        .expect(200);
 
     // Audited: the failures with their reasons, and both kinds of lockout.
     let failures = api.audit_entries("auth.login_failed", 26).await;
@@ -334,10 +359,17 @@ async fn registration_is_rate_limited_per_address(backend: Backend) {
         .await
         .expect_error(429, "rate_limited");
     assert!(limited.headers.contains_key("retry-after"));
-    assert!(limited.body["error"]["retryAfterMs"].as_u64().expect("wait") > 0);
+    assert!(
+        limited.body["error"]["retryAfterMs"]
+            .as_u64()
+            .expect("wait")
+            > 0
+    );
     // Logins from that address are not counted against registration, and
     // another address registers as usual.
-    login_from(&api, &prober, "alice", PASSWORD).await.expect(200);
+    login_from(&api, &prober, "alice", PASSWORD)
+        .await
+        .expect(200);
     register(client_at(3), "carol").await.expect(201);
     api.stop().await;
 }

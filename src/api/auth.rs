@@ -146,10 +146,7 @@ pub(super) async fn login(
     };
     let account = account_key(found.as_ref(), &username);
     let now = courier_actors::now_ms();
-    match app
-        .login_guard
-        .admit(&account, &ip_key(&client.ip), now)
-    {
+    match app.login_guard.admit(&account, &ip_key(&client.ip), now) {
         Admission::AddressLocked { until } => {
             app.passwords.burn().await;
             return Err(failed(

@@ -283,7 +283,14 @@ pub(super) async fn terminate_sessions(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let id: UserId = path_id("id", &id)?;
-    target(&app, &caller, id, UserAct::Sessions, "users.terminate_sessions").await?;
+    target(
+        &app,
+        &caller,
+        id,
+        UserAct::Sessions,
+        "users.terminate_sessions",
+    )
+    .await?;
     let revoked = app.store.revoke_user_sessions(id).await?;
     app.realtime.revoke_sessions(id, None);
     caller.audit(
@@ -299,13 +306,7 @@ pub(super) async fn terminate_sessions(
 /// account is read (so a caller without it cannot tell which ids exist),
 /// then again with the account's role: nobody acts on a user of a higher
 /// role. A refusal is audited (`access.denied` with `op`) and answers 403.
-async fn target(
-    app: &App,
-    caller: &Caller,
-    id: UserId,
-    act: UserAct,
-    op: &str,
-) -> ApiResult<User> {
+async fn target(app: &App, caller: &Caller, id: UserId, act: UserAct, op: &str) -> ApiResult<User> {
     let ask = |role| Action::ActOnUser {
         target: id,
         role,

@@ -3,8 +3,8 @@
 use super::error::ApiError;
 use crate::config::Config;
 
-pub use crate::auth::policy::MAX_PASSWORD_BYTES;
 use crate::auth::policy;
+pub use crate::auth::policy::MAX_PASSWORD_BYTES;
 
 /// `username`: see [`policy::username`].
 pub fn username(field: &'static str, value: &str) -> Result<(), ApiError> {

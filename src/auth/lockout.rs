@@ -289,7 +289,9 @@ mod tests {
         assert_eq!(began, 1, "back-off begins once");
         assert_eq!(g.admit("acct", "10.0.0.9", 10), Admission::Backoff);
         assert_eq!(g.take_backoff_slot("acct", 10), Ok(()));
-        let wait = g.take_backoff_slot("acct", 11).expect_err("one per interval");
+        let wait = g
+            .take_backoff_slot("acct", 11)
+            .expect_err("one per interval");
         assert_eq!(wait, Duration::from_millis(29_999));
         assert_eq!(g.take_backoff_slot("acct", 10 + 30_000), Ok(()));
         // Other accounts are not slowed, and the back-off ends once the

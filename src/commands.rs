@@ -7,14 +7,14 @@ use std::io::{BufRead, IsTerminal, Write};
 
 use std::path::PathBuf;
 
-use courier_actors::audit::chain::{self, CheckpointKeys, VerifyReport};
+use courier_actors::audit::chain::{self, ChainHead, CheckpointKeys, PendingAudit, VerifyReport};
 use courier_actors::crypto::{Keyring, MessageCipher};
-use courier_actors::durable::store::{NewUser, Role};
+use courier_actors::durable::store::{NewUser, Role, Store, StoreError};
 use courier_protocol::UserId;
 
 use crate::config::Config;
 use crate::secrets;
-use crate::server::{open_store, passwords, ServerError};
+use crate::server::{check_new_account, open_store, passwords, user_created, ServerError};
 
 /// Why a command failed.
 #[derive(Debug, thiserror::Error)]
@@ -42,7 +42,8 @@ pub async fn migrate(config: &Config) -> Result<(), CommandError> {
 }
 
 /// `courier user create`: the password comes from stdin (piped) or a prompt,
-/// never from a flag.
+/// never from a flag. Held to the policy of every account and audited as
+/// `user.create`, like a user created through REST.
 pub async fn create_user(
     config: &Config,
     username: &str,
@@ -55,17 +56,7 @@ pub async fn create_user(
         ))
     })?;
     let password = read_password()?;
-    if password.chars().count() < config.password_min_length {
-        return Err(CommandError::Invalid(format!(
-            "password must be at least {} characters",
-            config.password_min_length
-        )));
-    }
-    if password.eq_ignore_ascii_case(username) {
-        return Err(CommandError::Invalid(
-            "password must not equal the username".into(),
-        ));
-    }
+    check_new_account(config, ("--username", username), ("password", &password))?;
     let store = open_store(config).await?;
     let hash = passwords(config)?
         .hash(password)
@@ -81,6 +72,12 @@ pub async fn create_user(
             created_at: courier_actors::now_ms(),
         })
         .await?;
+    // As `POST /api/users` records a creation; the actor is the system.
+    append_audit(
+        &*store,
+        PendingAudit::new(None, None, "user.create", user_created(&user)),
+    )
+    .await?;
     println!(
         "created user {} ({}) with role {}",
         user.username,
@@ -88,6 +85,29 @@ pub async fn create_user(
         role.as_str()
     );
     Ok(user.id)
+}
+
+/// How often [`append_audit`] links its entry anew after another writer.
+const AUDIT_APPEND_TRIES: usize = 20;
+
+/// Appends one entry to the audit chain, linked after the stored head. A
+/// running broker may append in between (the store then refuses the entry
+/// as a `Conflict`): it is linked again after the newer head. The broker's
+/// audit actor, in turn, links its next batch after this entry.
+async fn append_audit(store: &dyn Store, event: PendingAudit) -> Result<(), CommandError> {
+    for _ in 0..AUDIT_APPEND_TRIES {
+        let head = ChainHead::after(store.audit_head().await?.as_ref());
+        let (records, _) = chain::chain(&head, vec![event.clone()]);
+        match store.append_audit(&records).await {
+            Ok(()) => return Ok(()),
+            Err(StoreError::Conflict(_)) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(CommandError::Invalid(format!(
+        "the audit chain moved under {AUDIT_APPEND_TRIES} attempts to append {:?}",
+        event.action
+    )))
 }
 
 fn read_password() -> Result<String, CommandError> {

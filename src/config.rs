@@ -93,6 +93,7 @@ pub struct Config {
     pub max_connections_per_ip: usize,
     pub rest_per_15min: u32,
     pub auth_per_15min: u32,
+    pub register_per_hour: u32,
     #[serde(deserialize_with = "string_or_list")]
     pub allowed_origins: Vec<String>,
 
@@ -130,6 +131,8 @@ pub struct Config {
     pub password_min_length: usize,
     pub lockout_threshold: u32,
     pub lockout_minutes: u64,
+    pub lockout_account_threshold: u32,
+    pub lockout_backoff_secs: u64,
 
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -167,6 +170,7 @@ impl Default for Config {
             max_connections_per_ip: 1000,
             rest_per_15min: 100,
             auth_per_15min: 10,
+            register_per_hour: 5,
             allowed_origins: Vec::new(),
             outbound_queue_frames: 1024,
             outbound_queue_bytes: 4 * 1024 * 1024,
@@ -198,6 +202,8 @@ impl Default for Config {
             password_min_length: 12,
             lockout_threshold: 5,
             lockout_minutes: 15,
+            lockout_account_threshold: 20,
+            lockout_backoff_secs: 30,
             tls_cert: None,
             tls_key: None,
             behind_proxy: false,

@@ -21,6 +21,7 @@ use courier_actors::realtime::Realtime;
 use courier_protocol::ErrorCode;
 use tower_http::set_header::SetResponseHeaderLayer;
 
+use crate::auth::lockout::LoginGuard;
 use crate::auth::passwords::Passwords;
 use crate::auth::tokens::Tokens;
 use crate::config::Config;
@@ -37,6 +38,8 @@ pub struct App {
     pub admission: Arc<crate::admission::Admission>,
     /// When the server started (`/health`'s uptime).
     pub started_at: Instant,
+    /// Failed-login counts per account and address, and per account.
+    pub login_guard: LoginGuard,
 }
 
 impl App {

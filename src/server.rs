@@ -19,13 +19,15 @@ use courier_actors::crypto::{Keyring, MessageCipher};
 use courier_actors::durable::persistence::PersistenceConfig;
 use courier_actors::durable::private_files;
 use courier_actors::durable::retention::RetentionConfig;
-use courier_actors::durable::store::{self, DynStore, NewUser, Role, StoreError};
+use courier_actors::durable::store::{self, DynStore, NewUser, Role, StoreError, User};
 use courier_actors::policy::phi::{PhiDetector, PhiKind};
 use courier_actors::realtime::{Limits, Realtime, RealtimeDeps};
 use courier_protocol::UserId;
 use tokio::net::TcpListener;
 
+use crate::auth::lockout::LoginGuard;
 use crate::auth::passwords::{PasswordError, Passwords};
+use crate::auth::policy::{self, PolicyError};
 use crate::auth::tokens::Tokens;
 use crate::auth::SessionAuthenticator;
 use crate::config::Config;
@@ -48,6 +50,12 @@ pub enum ServerError {
     /// The configuration as a whole (every problem, production's needs too).
     #[error(transparent)]
     Refused(#[from] crate::config::ConfigError),
+    /// A setting breaks the rule every account is held to.
+    #[error("{setting}: {rule}")]
+    Policy {
+        setting: &'static str,
+        rule: PolicyError,
+    },
     #[error("password hashing: {0}")]
     Passwords(#[from] PasswordError),
     #[error("cannot start the actors: {0}")]
@@ -125,7 +133,7 @@ pub async fn start(config: Config) -> Result<Started, ServerError> {
     // Before anything reads a `seq` or the audit chain head from the store.
     let writer = store.lock_writer(WRITER_LOCK_WAIT).await?;
     let passwords = passwords(&config)?;
-    bootstrap_admin(&config, &*store, &passwords).await?;
+    let initial_admin = bootstrap_admin(&config, &*store, &passwords).await?;
 
     let phi_kinds = config
         .phi_detectors
@@ -197,6 +205,21 @@ pub async fn start(config: Config) -> Result<Started, ServerError> {
     let realtime = Realtime::start(deps)
         .await
         .map_err(|e| ServerError::Actors(e.to_string()))?;
+    if let Some(admin) = initial_admin {
+        // Recorded as `POST /api/users` records a creation, the actor being
+        // the system (no actor id, no address).
+        // Committed before the server serves anyone.
+        realtime
+            .audit
+            .append(PendingAudit::new(
+                None,
+                None,
+                "user.create",
+                user_created(&admin),
+            ))
+            .await
+            .map_err(|e| ServerError::Actors(e.to_string()))?;
+    }
     realtime.audit.record(PendingAudit::new(
         None,
         None,
@@ -209,6 +232,7 @@ pub async fn start(config: Config) -> Result<Started, ServerError> {
             config.max_connections_per_ip,
         ),
         started_at: std::time::Instant::now(),
+        login_guard: LoginGuard::new(&config),
         config: Arc::new(config),
         store,
         realtime,
@@ -337,24 +361,54 @@ pub async fn serve(
     Ok(())
 }
 
+/// The `details` of a `user.create` audit entry, wherever the user was made.
+pub fn user_created(user: &User) -> serde_json::Value {
+    serde_json::json!({"userId": user.id, "username": user.username, "role": user.role})
+}
+
+/// Holds a new account's username and password to the policy of every
+/// account ([`policy`]); a refusal names the setting and the rule.
+pub fn check_new_account(
+    config: &Config,
+    username: (&'static str, &str),
+    password: (&'static str, &str),
+) -> Result<(), ServerError> {
+    policy::username(username.1).map_err(|rule| ServerError::Policy {
+        setting: username.0,
+        rule,
+    })?;
+    policy::password(config.password_min_length, password.1, username.1).map_err(|rule| {
+        ServerError::Policy {
+            setting: password.0,
+            rule,
+        }
+    })
+}
+
 /// Creates the initial super admin from configuration on a store with no
-/// users.
+/// users, held to the password policy of every account; returns it when
+/// it was created.
 async fn bootstrap_admin(
     config: &Config,
     store: &dyn store::Store,
     passwords: &Passwords,
-) -> Result<(), ServerError> {
+) -> Result<Option<User>, ServerError> {
     let (Some(username), Some(password)) = (
         &config.initial_admin_username,
         &config.initial_admin_password,
     ) else {
-        return Ok(());
+        return Ok(None);
     };
     if store.count_users().await? > 0 {
-        return Ok(());
+        return Ok(None);
     }
+    check_new_account(
+        config,
+        ("initial_admin_username", username),
+        ("initial_admin_password", password.expose()),
+    )?;
     let hash = passwords.hash(password.expose().to_owned()).await?;
-    store
+    let user = store
         .create_user(NewUser {
             id: UserId::new(),
             username: username.clone(),
@@ -365,7 +419,7 @@ async fn bootstrap_admin(
         })
         .await?;
     tracing::info!(username = %username, "created the initial super admin");
-    Ok(())
+    Ok(Some(user))
 }
 
 /// Reloads the keyring file when it changes (after `courier keys rotate`),

@@ -2,15 +2,21 @@
 //! with reuse detection, logout and password change.
 //!
 //! Every answer to a failed login is the same 401 (unknown user, wrong
-//! password, locked account), and each costs one argon2 hash, so neither the
-//! answer nor its timing tells whether an account exists or is locked. The
-//! audit log tells operators which it was (`auth.login_failed` with a
-//! `reason`, and `auth.lockout` when a failure locks the account).
+//! password, an address locked out of the account), and each costs one
+//! argon2 hash, so neither the answer nor its timing tells whether an
+//! account exists or is locked. Lockout is per account *and* client address,
+//! with a slower back-off per account across addresses that never shuts
+//! out an address the account knows ([`crate::auth::lockout`]): failures
+//! from elsewhere cannot lock the owner out. The audit log tells operators
+//! which it was (`auth.login_failed` with a `reason`, and `auth.lockout`
+//! with its `scope` when a failure locks an address or starts a back-off).
+//! Registration has a per-address limit of its own (`register_per_hour`),
+//! since its 409 tells whether a username is taken.
 
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use courier_actors::durable::store::{NewUser, RefreshOutcome, Role, Session, User, UserPatch};
@@ -24,8 +30,10 @@ use super::error::{ApiError, ApiResult};
 use super::extract::{parse_json, Caller, Client, JsonBody, RawBody};
 use super::openapi::{ErrorBody, LoginAnswer, Tokens, UserBody};
 use super::{validate, views};
+use crate::auth::lockout::{Admission, Failure};
 use crate::auth::tokens::{hash_refresh_token, new_refresh_token};
 use crate::http::App;
+use crate::rate_limit::ip_key;
 
 /// The one answer to every failed login.
 const LOGIN_FAILED: &str = "invalid username or password, or the account is temporarily locked";
@@ -113,6 +121,11 @@ pub(super) struct LoginBody {
 }
 
 /// `POST /api/auth/login`: 200 `{token, refreshToken, expiresIn, user}`.
+///
+/// The [`LoginGuard`] decides first: an address locked out of this account
+/// answers the one 401; an account under back-off answers 429 to an
+/// address it does not know once that address's turn is taken (see
+/// [`crate::auth::lockout`]).
 #[utoipa::path(
     post,
     path = "/api/auth/login",
@@ -126,16 +139,20 @@ pub(super) struct LoginBody {
 pub(super) async fn login(
     State(app): State<Arc<App>>,
     client: Client,
+    headers: HeaderMap,
     JsonBody(body): JsonBody<LoginBody>,
 ) -> ApiResult<Json<serde_json::Value>> {
     validate::presented("username", &body.username)?;
     validate::presented("password", &body.password)?;
     let username: String = body.username.chars().take(64).collect();
-    // The failure is committed to the audit chain before the 401 goes out
+    // The failure is committed to the audit chain before the answer goes out
     // (a 503 instead when it cannot be).
     let failed = async |user: Option<UserId>, reason: &'static str, extra: serde_json::Value| {
-        metrics::counter!(names::AUTH_FAILURES, "reason" => if reason == "locked" { "locked" } else { "password" })
-            .increment(1);
+        let label = match reason {
+            "locked" | "throttled" => reason,
+            _ => "password",
+        };
+        metrics::counter!(names::AUTH_FAILURES, "reason" => label).increment(1);
         let mut details = json!({"username": username, "reason": reason});
         if let (Some(map), Some(more)) = (details.as_object_mut(), extra.as_object()) {
             map.extend(more.clone());
@@ -159,56 +176,68 @@ pub(super) async fn login(
     } else {
         app.store.get_user_by_username(&body.username).await?
     };
-    let Some(mut user) = found else {
-        app.passwords.burn().await;
-        return Err(failed(None, "unknown_user", json!({})).await);
-    };
+    let account = account_key(found.as_ref(), &username);
     let now = courier_actors::now_ms();
-    if let Some(until) = user.locked_until {
-        if until > now {
+    match app.login_guard.admit(&account, &ip_key(&client.ip), now) {
+        Admission::AddressLocked { until } => {
             app.passwords.burn().await;
-            return Err(failed(Some(user.id), "locked", json!({"lockedUntil": until})).await);
+            return Err(failed(
+                found.as_ref().map(|u| u.id),
+                "locked",
+                json!({"lockedUntil": until}),
+            )
+            .await);
         }
-        // The lockout has run out: the count of failures starts again.
-        app.store.record_login_success(user.id).await?;
-        user.failed_logins = 0;
-        user.locked_until = None;
+        Admission::Backoff if !known_client(&app, found.as_ref(), &client, &headers).await? => {
+            if let Err(wait) = app.login_guard.take_backoff_slot(&account, now) {
+                let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+                // Refused either way: an audit that cannot be committed
+                // answers 503 rather than 429.
+                let audited = failed(
+                    found.as_ref().map(|u| u.id),
+                    "throttled",
+                    json!({"retryAfterMs": wait_ms}),
+                )
+                .await;
+                if audited.status == StatusCode::SERVICE_UNAVAILABLE {
+                    return Err(audited);
+                }
+                return Err(ApiError::rate_limited(wait));
+            }
+        }
+        Admission::Backoff | Admission::Open => {}
     }
+    let Some(user) = found else {
+        app.passwords.burn().await;
+        let failure = app.login_guard.failed(&account, &ip_key(&client.ip), now);
+        let error = failed(
+            None,
+            "unknown_user",
+            json!({"failures": failure.address_failures}),
+        )
+        .await;
+        audit_lockout(&app, &client, None, &username, &failure).await?;
+        return Err(error);
+    };
     if !app
         .passwords
         .verify(body.password, user.password_hash.clone())
         .await?
     {
-        let lock_until = now.saturating_add(minutes_ms(app.config.lockout_minutes));
-        let threshold = match app.config.lockout_threshold {
-            0 => u32::MAX,
-            n => n,
-        };
-        let after = app
-            .store
-            .record_login_failure(user.id, threshold, lock_until)
-            .await?;
+        let failure = app.login_guard.failed(&account, &ip_key(&client.ip), now);
         let error = failed(
             Some(user.id),
             "bad_password",
-            json!({"failures": after.failed_logins}),
+            json!({
+                "failures": failure.address_failures,
+                "accountFailures": failure.account_failures,
+            }),
         )
         .await;
-        if after.locked_until == Some(lock_until) {
-            app.realtime
-                .audit
-                .append(client.event(
-                    Some(user.id),
-                    "auth.lockout",
-                    json!({"userId": user.id, "failures": after.failed_logins, "lockedUntil": lock_until}),
-                ))
-                .await?;
-        }
+        audit_lockout(&app, &client, Some(user.id), &username, &failure).await?;
         return Err(error);
     }
-    if user.failed_logins > 0 {
-        app.store.record_login_success(user.id).await?;
-    }
+    app.login_guard.succeeded(&account, &ip_key(&client.ip));
     let (tokens, session_id) = open_session(&app, &user, &client).await?;
     app.realtime
         .audit
@@ -221,6 +250,82 @@ pub(super) async fn login(
     let mut answer = tokens;
     answer["user"] = views::user(&user);
     Ok(Json(answer))
+}
+
+/// The key an account's failures are counted under: its id, or, for a name
+/// no account has, the name in lowercase (names match ignoring case).
+fn account_key(user: Option<&User>, username: &str) -> String {
+    match user {
+        Some(user) => user.id.to_string(),
+        None => format!("unknown:{}", username.to_lowercase()),
+    }
+}
+
+/// Whether the account knows this client: it presents a live session of
+/// the account (`Authorization: Bearer`), or the account has logged in from
+/// its address before (a session of the account, live or not, holds it).
+async fn known_client(
+    app: &App,
+    user: Option<&User>,
+    client: &Client,
+    headers: &HeaderMap,
+) -> ApiResult<bool> {
+    let Some(user) = user else {
+        return Ok(false);
+    };
+    if let Ok(token) = super::bearer(headers) {
+        let presented = app.realtime.authenticator.authenticate(token).await;
+        if presented.is_ok_and(|identity| identity.user_id == user.id) {
+            return Ok(true);
+        }
+    }
+    let address = ip_key(&client.ip);
+    Ok(app
+        .store
+        .list_sessions(user.id)
+        .await?
+        .iter()
+        .any(|s| s.ip.as_deref().is_some_and(|ip| ip_key(ip) == address)))
+}
+
+/// Audits what a failure locked (`auth.lockout`): the client's address out
+/// of the account (`scope: "address"`), or the account into back-off
+/// (`scope: "account"`), committed to the chain before the caller answers.
+async fn audit_lockout(
+    app: &App,
+    client: &Client,
+    user: Option<UserId>,
+    username: &str,
+    failure: &Failure,
+) -> ApiResult<()> {
+    if let Some(until) = failure.locked_until {
+        app.realtime
+            .audit
+            .append(client.event(
+                user,
+                "auth.lockout",
+                json!({
+                    "userId": user, "username": username, "scope": "address",
+                    "failures": failure.address_failures, "lockedUntil": until,
+                }),
+            ))
+            .await?;
+    }
+    if failure.backoff_began {
+        app.realtime
+            .audit
+            .append(client.event(
+                user,
+                "auth.lockout",
+                json!({
+                    "userId": user, "username": username, "scope": "account",
+                    "failures": failure.account_failures,
+                    "backoffSecs": app.config.lockout_backoff_secs,
+                }),
+            ))
+            .await?;
+    }
+    Ok(())
 }
 
 /// Creates a session for `user` and returns `{token, refreshToken, expiresIn}`.
@@ -394,7 +499,9 @@ pub(super) async fn change_password(
         .await?
         .ok_or_else(|| ApiError::auth_failed("session is no longer valid"))?;
     let now = courier_actors::now_ms();
-    if user.locked_until.is_some_and(|t| t > now) {
+    let account = user.id.to_string();
+    let address = ip_key(&caller.client.ip);
+    if let Admission::AddressLocked { .. } = app.login_guard.admit(&account, &address, now) {
         app.passwords.burn().await;
         return Err(ApiError::forbidden("the account is temporarily locked"));
     }
@@ -403,29 +510,22 @@ pub(super) async fn change_password(
         .verify(body.current_password, user.password_hash.clone())
         .await?
     {
-        let lock_until = now.saturating_add(minutes_ms(app.config.lockout_minutes));
-        let threshold = match app.config.lockout_threshold {
-            0 => u32::MAX,
-            n => n,
-        };
-        let after = app
-            .store
-            .record_login_failure(user.id, threshold, lock_until)
-            .await?;
+        let failure = app.login_guard.failed(&account, &address, now);
         caller
             .audit(
                 &app,
                 "auth.password_change_failed",
-                json!({"reason": "bad_password", "failures": after.failed_logins}),
+                json!({"reason": "bad_password", "failures": failure.address_failures}),
             )
             .await?;
-        if after.locked_until == Some(lock_until) {
-            caller.audit(
-                &app,
-                "auth.lockout",
-                json!({"userId": user.id, "failures": after.failed_logins, "lockedUntil": lock_until}),
-            ).await?;
-        }
+        audit_lockout(
+            &app,
+            &caller.client,
+            Some(user.id),
+            &user.username,
+            &failure,
+        )
+        .await?;
         return Err(ApiError::forbidden("currentPassword: is incorrect"));
     }
     let hash = app.passwords.hash(body.new_password).await?;
@@ -439,9 +539,7 @@ pub(super) async fn change_password(
             },
         )
         .await?;
-    if user.failed_logins > 0 {
-        app.store.record_login_success(user.id).await?;
-    }
+    app.login_guard.succeeded(&account, &address);
     let revoked = app.store.revoke_user_sessions(user.id).await?;
     app.realtime.revoke_sessions(user.id, None);
     caller
@@ -452,10 +550,6 @@ pub(super) async fn change_password(
         )
         .await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-fn minutes_ms(minutes: u64) -> i64 {
-    i64::try_from(minutes.saturating_mul(60_000)).unwrap_or(i64::MAX)
 }
 
 fn secs_ms(secs: u64) -> i64 {

@@ -14,7 +14,8 @@
 //!   extractors, field rules and answer shapes.
 //!
 //! # Request path
-//! `/api/auth/*` first passes the per-IP limit (`auth_per_15min`). Routes
+//! `/api/auth/*` first passes the per-IP limit (`auth_per_15min`), and
+//! `/api/auth/register` then one of its own (`register_per_hour`). Routes
 //! that need a session then pass [`authenticate`]: the bearer token is
 //! checked by the same authenticator as the WebSocket's (signature,
 //! algorithm, `exp`/`iss`/`aud`/`sub`, and a live session of an existing
@@ -53,7 +54,7 @@ use courier_actors::telemetry::names;
 use courier_protocol::{ErrorCode, UserId};
 use tower_http::set_header::SetResponseHeaderLayer;
 use utoipa::{Modify, OpenApi};
-use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
 use utoipa_axum::routes;
 
 use crate::http::App;
@@ -74,6 +75,9 @@ pub struct Gate {
     rest: KeyedLimit<UserId>,
     /// `auth_per_15min`, per client address, on `/api/auth/*`.
     auth: KeyedLimit<String>,
+    /// `register_per_hour`, per client address, on `/api/auth/register`
+    /// (its 409 tells whether a username is taken).
+    register: KeyedLimit<String>,
 }
 
 /// Every REST route, with its middleware, and the OpenAPI document derived
@@ -94,6 +98,11 @@ fn documented_routes(app: Arc<App>) -> (Router<Arc<App>>, utoipa::openapi::OpenA
     let gate = Arc::new(Gate {
         rest: KeyedLimit::new("rest", app.config.rest_per_15min, WINDOW),
         auth: KeyedLimit::new("auth", app.config.auth_per_15min, WINDOW),
+        register: KeyedLimit::new(
+            "register",
+            app.config.register_per_hour,
+            Duration::from_secs(3600),
+        ),
         app,
     });
 
@@ -105,7 +114,12 @@ fn documented_routes(app: Arc<App>) -> (Router<Arc<App>>, utoipa::openapi::OpenA
             authenticate_uncounted,
         ));
     let auth = OpenApiRouter::new()
-        .routes(routes!(auth::register))
+        .routes(
+            routes!(auth::register).layer(middleware::from_fn_with_state(
+                gate.clone(),
+                limit_register_ip,
+            )),
+        )
         .routes(routes!(auth::login))
         .routes(routes!(auth::refresh))
         .merge(auth_session)
@@ -205,6 +219,15 @@ async fn limit_auth_ip(State(gate): State<Arc<Gate>>, mut req: Request, next: Ne
         return ApiError::rate_limited(wait).into_response();
     }
     req.extensions_mut().insert(client);
+    next.run(req).await
+}
+
+/// The per-IP limit of `/api/auth/register`, inside the `/api/auth/*` one.
+async fn limit_register_ip(State(gate): State<Arc<Gate>>, req: Request, next: Next) -> Response {
+    let client = client_of(&gate.app, &req);
+    if let Err(wait) = gate.register.check(&ip_key(&client.ip)) {
+        return ApiError::rate_limited(wait).into_response();
+    }
     next.run(req).await
 }
 

@@ -1,10 +1,13 @@
 //! `/api/users`: user management (admins), a user's permissions, sessions
 //! and session termination.
 //!
-//! Changing or deleting an account of role R needs the right to grant R
-//! (`Action::GrantRole`): an admin cannot touch a super admin. Any change of
-//! role or password, and deletion, revokes the account's sessions and closes
-//! its sockets (4003).
+//! Every route that acts on one account (change, password reset, role,
+//! delete, list or end its sessions) passes [`target`], the one check of
+//! `Action::ActOnUser`: nobody acts on a user of a higher role than their
+//! own, so an admin can neither end a super admin's sessions nor read their
+//! addresses. A new role also needs the right to grant it
+//! (`Action::GrantRole`). Any change of role or password, and deletion,
+//! revokes the account's sessions and closes its sockets (4003).
 
 use std::sync::Arc;
 
@@ -13,7 +16,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use courier_actors::durable::store::{NewUser, Role, StoreError, User, UserPatch};
-use courier_actors::policy::authz::Action;
+use courier_actors::policy::authz::{Action, UserAct};
 use courier_protocol::UserId;
 use serde::{Deserialize, Deserializer};
 use serde_json::{json, Value};
@@ -123,11 +126,7 @@ pub(super) async fn create(
             e => e.into(),
         })?;
     caller
-        .audit(
-            &app,
-            "user.create",
-            json!({"userId": user.id, "username": user.username, "role": role}),
-        )
+        .audit(&app, "user.create", crate::server::user_created(&user))
         .await?;
     Ok((
         StatusCode::CREATED,
@@ -203,15 +202,7 @@ pub(super) async fn update(
     JsonBody(body): JsonBody<UpdateBody>,
 ) -> ApiResult<Json<Value>> {
     let id: UserId = path_id("id", &id)?;
-    let details = json!({"userId": id});
-    caller.authorize(&app, Action::ManageUsers, "users.update", details.clone())?;
-    let target = find(&app, id).await?;
-    caller.authorize(
-        &app,
-        Action::GrantRole { role: target.role },
-        "users.update",
-        details.clone(),
-    )?;
+    let target = target(&app, &caller, id, UserAct::Manage, "users.update").await?;
     if let Some(role) = body.role {
         caller.authorize(
             &app,
@@ -285,15 +276,7 @@ pub(super) async fn delete(
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     let id: UserId = path_id("id", &id)?;
-    let details = json!({"userId": id});
-    caller.authorize(&app, Action::ManageUsers, "users.delete", details.clone())?;
-    let target = find(&app, id).await?;
-    caller.authorize(
-        &app,
-        Action::GrantRole { role: target.role },
-        "users.delete",
-        details,
-    )?;
+    let target = target(&app, &caller, id, UserAct::Manage, "users.delete").await?;
     if id == caller.identity.user_id {
         return Err(ApiError::conflict("cannot delete your own account"));
     }
@@ -359,16 +342,10 @@ pub(super) async fn sessions(
     query: QueryParams,
 ) -> ApiResult<Json<Value>> {
     let id: UserId = path_id("id", &id)?;
-    caller.authorize(
-        &app,
-        Action::ManageSessions { target: id },
-        "users.sessions",
-        json!({"userId": id}),
-    )?;
     let all = query
         .parse::<bool>("all", "true or false")?
         .unwrap_or(false);
-    find(&app, id).await?;
+    target(&app, &caller, id, UserAct::Sessions, "users.sessions").await?;
     let now = courier_actors::now_ms();
     let sessions: Vec<Value> = app
         .store
@@ -399,13 +376,14 @@ pub(super) async fn terminate_sessions(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let id: UserId = path_id("id", &id)?;
-    caller.authorize(
+    target(
         &app,
-        Action::ManageSessions { target: id },
+        &caller,
+        id,
+        UserAct::Sessions,
         "users.terminate_sessions",
-        json!({"userId": id}),
-    )?;
-    find(&app, id).await?;
+    )
+    .await?;
     let revoked = app.store.revoke_user_sessions(id).await?;
     app.realtime.revoke_sessions(id, None);
     caller
@@ -416,6 +394,29 @@ pub(super) async fn terminate_sessions(
         )
         .await?;
     Ok(Json(json!({"revoked": revoked.len()})))
+}
+
+/// The account `id` names, once `caller` may `act` on it: the check of
+/// every route that acts on one user. The permission is asked before the
+/// account is read (so a caller without it cannot tell which ids exist),
+/// then again with the account's role: nobody acts on a user of a higher
+/// role. A refusal is audited (`access.denied` with `op`) and answers 403.
+async fn target(app: &App, caller: &Caller, id: UserId, act: UserAct, op: &str) -> ApiResult<User> {
+    let ask = |role| Action::ActOnUser {
+        target: id,
+        role,
+        act,
+    };
+    // `Role::User` is the lowest role: the permission alone.
+    caller.authorize(app, ask(Role::User), op, json!({"userId": id}))?;
+    let user = find(app, id).await?;
+    caller.authorize(
+        app,
+        ask(user.role),
+        op,
+        json!({"userId": id, "role": user.role}),
+    )?;
+    Ok(user)
 }
 
 async fn find(app: &App, id: UserId) -> ApiResult<User> {

@@ -3,57 +3,23 @@
 use super::error::ApiError;
 use crate::config::Config;
 
-/// Passwords longer than this (bytes) are refused: argon2 would take them,
-/// but nobody types them and they only cost hashing time.
-pub const MAX_PASSWORD_BYTES: usize = 1024;
+use crate::auth::policy;
+pub use crate::auth::policy::MAX_PASSWORD_BYTES;
 
-/// `username`: 3 to 32 characters of letters, digits, `.`, `_` and `-`,
-/// starting with a letter or digit.
+/// `username`: see [`policy::username`].
 pub fn username(field: &'static str, value: &str) -> Result<(), ApiError> {
-    let len = value.chars().count();
-    let well_formed = (3..=32).contains(&len)
-        && value
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric())
-        && value
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if well_formed {
-        Ok(())
-    } else {
-        Err(ApiError::invalid(
-            field,
-            "must be 3 to 32 characters: letters, digits, '.', '_' or '-', starting with a letter or digit",
-        ))
-    }
+    policy::username(value).map_err(|rule| ApiError::invalid(field, rule))
 }
 
-/// The password policy: at least `password_min_length` characters, at most
-/// [`MAX_PASSWORD_BYTES`] bytes, and not the username (ignoring case).
+/// The password policy ([`policy::password`]) with `password_min_length`.
 pub fn password(
     config: &Config,
     field: &'static str,
     value: &str,
     username: &str,
 ) -> Result<(), ApiError> {
-    let min = config.password_min_length;
-    if value.chars().count() < min {
-        return Err(ApiError::invalid(
-            field,
-            format!("must be at least {min} characters"),
-        ));
-    }
-    if value.len() > MAX_PASSWORD_BYTES {
-        return Err(ApiError::invalid(
-            field,
-            format!("must be at most {MAX_PASSWORD_BYTES} bytes"),
-        ));
-    }
-    if value.to_lowercase() == username.to_lowercase() {
-        return Err(ApiError::invalid(field, "must not be the username"));
-    }
-    Ok(())
+    policy::password(config.password_min_length, value, username)
+        .map_err(|rule| ApiError::invalid(field, rule))
 }
 
 /// A credential presented at login (not checked against the policy, which

@@ -1,7 +1,9 @@
 //! Authentication: passwords, tokens, and the verifier the WebSocket edge
 //! uses ([`SessionAuthenticator`]).
 
+pub mod lockout;
 pub mod passwords;
+pub mod policy;
 pub mod tokens;
 
 use std::sync::Arc;

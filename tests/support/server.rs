@@ -60,6 +60,7 @@ pub fn test_config(dir: &TempDir, database_url: String) -> Config {
         // The load tests open thousands of sockets from 127.0.0.1.
         max_unauthenticated_per_ip: 1_000_000,
         max_connections_per_ip: 1_000_000,
+        register_per_hour: 1_000_000,
         ..Config::default()
     }
 }

@@ -117,12 +117,35 @@ pub enum Action<'a> {
     ManageUsers,
     /// Grant this global role to someone.
     GrantRole { role: Role },
-    /// List or end someone's sessions.
-    ManageSessions { target: UserId },
+    /// Act on one user account, `target`, whose role is `role`: change or
+    /// delete it (`UserAct::Manage`), or list or end its sessions
+    /// (`UserAct::Sessions`). Nobody acts on a user of a higher role than
+    /// their own (see [`outranks`]).
+    ActOnUser {
+        target: UserId,
+        role: Role,
+        act: UserAct,
+    },
     /// Read or verify the audit log.
     ReadAudit,
     /// Rotate or retire master keys.
     ManageKeys,
+}
+
+/// What [`Action::ActOnUser`] does to the account.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UserAct {
+    /// Change (email, role, password) or delete it: needs `users.manage`.
+    Manage,
+    /// List its sessions (with their addresses) or end them: one's own, or
+    /// with `sessions.manage`.
+    Sessions,
+}
+
+/// Whether `role` stands above `other` (`Role::ALL` is most powerful first).
+pub fn outranks(role: Role, other: Role) -> bool {
+    let rank = |r: Role| Role::ALL.iter().position(|x| *x == r).unwrap_or(usize::MAX);
+    rank(role) < rank(other)
 }
 
 /// A refusal, with a reason a user may read (no internal detail).
@@ -199,10 +222,21 @@ pub fn decide(who: Principal<'_>, action: Action<'_>) -> Result<(), Denied> {
                 && (role != Role::SuperAdmin || who.role == Role::SuperAdmin),
             "not allowed to grant this role",
         ),
-        ManageSessions { target } => allow(
-            target == who.user_id || who.can(perm::SESSIONS_MANAGE),
-            "not allowed to manage these sessions",
-        ),
+        ActOnUser { target, role, act } => {
+            let own = target == who.user_id;
+            if !own && outranks(role, who.role) {
+                return Err(Denied("not allowed to act on a user of a higher role"));
+            }
+            match act {
+                UserAct::Manage => {
+                    allow(who.can(perm::USERS_MANAGE), "not allowed to manage users")
+                }
+                UserAct::Sessions => allow(
+                    own || who.can(perm::SESSIONS_MANAGE),
+                    "not allowed to manage these sessions",
+                ),
+            }
+        }
         ReadAudit => allow(
             who.can(perm::AUDIT_READ),
             "not allowed to read the audit log",
@@ -413,5 +447,45 @@ mod tests {
             }
         )
         .is_ok());
+    }
+
+    #[test]
+    fn nobody_acts_on_a_user_of_a_higher_role() {
+        let mut map = HashMap::new();
+        map.insert(
+            Role::Admin,
+            [perm::USERS_MANAGE, perm::SESSIONS_MANAGE]
+                .map(String::from)
+                .into(),
+        );
+        let p = RolePermissions(map);
+        let admin = Principal {
+            user_id: UserId::new(),
+            role: Role::Admin,
+            permissions: &p,
+        };
+        for act in [UserAct::Manage, UserAct::Sessions] {
+            let on = |role| Action::ActOnUser {
+                target: UserId::new(),
+                role,
+                act,
+            };
+            assert!(decide(admin, on(Role::SuperAdmin)).is_err(), "{act:?}");
+            assert!(decide(admin, on(Role::Admin)).is_ok(), "{act:?}");
+            assert!(decide(admin, on(Role::User)).is_ok(), "{act:?}");
+        }
+        let user = Principal {
+            user_id: UserId::new(),
+            role: Role::User,
+            permissions: &p,
+        };
+        let own_sessions = Action::ActOnUser {
+            target: user.user_id,
+            role: Role::User,
+            act: UserAct::Sessions,
+        };
+        assert!(decide(user, own_sessions).is_ok());
+        assert!(outranks(Role::SuperAdmin, Role::Admin));
+        assert!(!outranks(Role::Admin, Role::Admin));
     }
 }

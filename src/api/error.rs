@@ -12,6 +12,7 @@ use std::time::Duration;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use courier_actors::audit::actor::AuditError;
+use courier_actors::durable::store::StoreError;
 use courier_actors::realtime::channel::ChannelError;
 use courier_actors::realtime::AccessError;
 use courier_protocol::ErrorCode;

@@ -171,11 +171,13 @@ pub(super) async fn get(
         .read_message(caller.principal(&app), id)
         .await
         .map_err(|e| caller.access_error(&app, "messages.get", json!({"messageId": id}), e))?;
-    caller.audit(
-        &app,
-        "history.read",
-        json!({"channelId": message.channel_id, "messageId": id, "count": 1}),
-    );
+    caller
+        .audit(
+            &app,
+            "history.read",
+            json!({"channelId": message.channel_id, "messageId": id, "count": 1}),
+        )
+        .await?;
     Ok(Json(json!(message)))
 }
 

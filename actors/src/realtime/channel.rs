@@ -696,7 +696,7 @@ impl Actor for ChannelActor {
                     if !state.subscribers.has_user(sub.user_id) {
                         state.stop_typing(sub.user_id);
                         if sub.live {
-                            state.left(&myself, sub.user_id);
+                            state.left(sub.user_id);
                         }
                     }
                 }
@@ -715,8 +715,8 @@ impl Actor for ChannelActor {
                 let _ = reply.send(positions);
             }
             ChannelMsg::Publish(req) => state.publish(&myself, *req),
-            ChannelMsg::Edit(req) => state.edit(&myself, *req),
-            ChannelMsg::Delete(req) => state.delete(&myself, *req),
+            ChannelMsg::Edit(req) => state.edit(*req),
+            ChannelMsg::Delete(req) => state.delete(*req),
             ChannelMsg::Typing { user_id, is_typing } => {
                 if is_typing {
                     let deadline = Instant::now() + state.services.typing_expiry;
@@ -1036,7 +1036,7 @@ impl ChannelState {
 
     /// `user`'s last live connection left: keep and store how far they got
     /// (one write per departure, none per message).
-    fn left(&mut self, myself: &ActorRef<ChannelMsg>, user: UserId) {
+    fn left(&mut self, user: UserId) {
         let seq = self.last_committed;
         self.delivered.insert(user, seq);
         let op = WriteOp::MarkDelivered {
@@ -1100,7 +1100,7 @@ impl ChannelState {
     /// it was held.
     fn publish_or_hold(&mut self, myself: &ActorRef<ChannelMsg>, mut req: PublishRequest) -> bool {
         let Some(reply_to) = req.reply_to.filter(|id| !self.recent_ids.set.contains(id)) else {
-            self.publish_checked(myself, req);
+            self.publish_checked(req);
             return false;
         };
         // Refused senders learn nothing about the channel's messages.
@@ -1132,7 +1132,7 @@ impl ChannelState {
                 if let Some(id) = req.reply_to {
                     self.recent_ids.insert(id);
                 }
-                self.publish_checked(myself, req);
+                self.publish_checked(req);
             }
             Ok(false) => req.reply.send(Err(ChannelError::NotFound(
                 "replyTo names no message of this channel",
@@ -1174,7 +1174,7 @@ impl ChannelState {
     }
 
     /// Publishes a send whose `replyTo` is known to be of this channel.
-    fn publish_checked(&mut self, myself: &ActorRef<ChannelMsg>, mut req: PublishRequest) {
+    fn publish_checked(&mut self, mut req: PublishRequest) {
         if !self.authorize(&mut req) {
             return;
         }
@@ -1280,7 +1280,7 @@ impl ChannelState {
         }
     }
 
-    fn edit(&mut self, myself: &ActorRef<ChannelMsg>, req: EditRequest) {
+    fn edit(&mut self, req: EditRequest) {
         let o = &req.original;
         let sealed =
             match self
@@ -1315,7 +1315,7 @@ impl ChannelState {
         self.submit(op, pending);
     }
 
-    fn delete(&mut self, myself: &ActorRef<ChannelMsg>, req: DeleteRequest) {
+    fn delete(&mut self, req: DeleteRequest) {
         let op = WriteOp::DeleteMessage {
             id: req.message_id,
             deleted_at: crate::now_ms(),

@@ -52,6 +52,6 @@ mod supervisor;
 pub mod wire;
 
 pub use supervisor::{
-    direct_key, AccessError, ConnectionGuard, Limits, Publish, PublishError, Realtime,
+    direct_key, AccessError, Change, ConnectionGuard, Limits, Publish, PublishError, Realtime,
     RealtimeDeps, RootMsg, ShutdownPhase,
 };

@@ -39,12 +39,14 @@ use crate::durable::store::{
     Channel, ChannelKind, ChannelRole, DynStore, Member, MessageRow, StoreError, WriteOp,
 };
 use crate::policy::authz::{self, Action, Denied, Principal, RolePermissions};
+use crate::policy::identity::{Authenticator, Identity};
 use crate::policy::phi::PhiDetector;
 use crate::realtime::channel::{
     ChannelMsg, ChannelServices, DeleteRequest, EditRequest, PublishRequest, Reply, Sender,
 };
 use crate::realtime::channel_directory::{ChannelDirectory, DirectoryMsg};
 use crate::realtime::connection::{send_quota, ConnectionActor, ConnectionArgs, Peer, WsWrite};
+use crate::realtime::outbound::{self, ConnId, ControlWriter, QueueLimits, SocketWrite, TcpWrite};
 use crate::realtime::presence::{ForUser, PresenceDirectory, PresenceMsg};
 
 /// Per-connection limits (PROTOCOL.md section 1 and the heartbeat).

@@ -476,17 +476,9 @@ impl Config {
                 (c.name)("initial_admin_username"),
                 (c.name)("initial_admin_password")
             )),
-            (Some(_), Some(password))
-                if password.expose().chars().count() < self.password_min_length =>
-            {
-                c.invalid(
-                    "initial_admin_password",
-                    format!(
-                        "must be at least password_min_length ({}) characters",
-                        self.password_min_length
-                    ),
-                )
-            }
+            // The account rules (length, not the username, ...) are checked
+            // where the admin is made, with every other account's: see
+            // `auth::policy`.
             _ => {}
         }
 

@@ -163,6 +163,10 @@ struct Cli {
     /// size on the wire (see benches/README.md, fanout 5,000).
     #[arg(long, default_value_t = stats::TEXT_BYTES)]
     text_bytes: usize,
+    /// Courier: ask for compact `new_message` frames at `authenticate`
+    /// (docs/protocol.md, "Compact frames").
+    #[arg(long)]
+    compact: bool,
     /// Seconds measured per step.
     #[arg(long, default_value_t = 5.0)]
     duration: f64,
@@ -319,7 +323,9 @@ async fn run(cli: &Cli) -> Result<()> {
         conns,
         users
     );
-    let env = Arc::new(Env::new(cli.target, &base, users).await?);
+    let mut env = Env::new(cli.target, &base, users).await?;
+    env.compact = cli.compact;
+    let env = Arc::new(env);
     let pid = server.as_ref().map(|s| s.pid);
     let ctx = Ctx {
         cli,
@@ -993,6 +999,7 @@ fn params(ctx: &Ctx<'_>, conns: usize, limit_ms: f64) -> Value {
         "p99_limit_ms": limit_ms,
         "text_bytes": cli.text_bytes,
         "pinned": cli.pin,
+        "compact": cli.compact,
         "threads": cli.threads,
         "database": database(cli),
     })

@@ -13,7 +13,7 @@ use courier_protocol::client::{Client, ClientError};
 use courier_protocol::codec::Encoding;
 use courier_protocol::error::close;
 use courier_protocol::frames::*;
-use courier_protocol::{ErrorCode, MessageId};
+use courier_protocol::{encode_server, ErrorCode, MessageId};
 use support::server::{Backend, TestServer};
 
 const T: Duration = Duration::from_secs(10);
@@ -32,6 +32,7 @@ both_backends!(
     two_connections_of_one_user,
     a_connection_is_audited_from_connect_to_disconnect,
     full_batches_commit_side_by_side_in_seq_order,
+    compact_frames_carry_the_same_messages_live_and_replayed,
 );
 
 async fn start(backend: Backend) -> Option<TestServer> {
@@ -1551,6 +1552,125 @@ async fn full_batches_commit_side_by_side_in_seq_order(backend: Backend) {
             most > 1.0,
             "full batches committed side by side: at most {most} in flight"
         );
+    }
+    server.stop().await;
+}
+
+/// A client authenticated as `user` that asked for `frames` (over `encoding`),
+/// and the form the server granted.
+async fn client_with_frames(
+    server: &TestServer,
+    user: &support::server::TestUser,
+    encoding: Encoding,
+    frames: courier_protocol::compact::FrameStyle,
+) -> (Client, courier_protocol::compact::FrameStyle) {
+    let mut client = Client::builder(server.ws_url())
+        .encoding(encoding)
+        .timeout(T)
+        .connect()
+        .await
+        .expect("connect");
+    let mut request = Authenticate::new(user.token.as_str());
+    request.frames = frames;
+    let response = client
+        .authenticate_with(request)
+        .await
+        .expect("authenticate");
+    let granted = response.result.expect("authenticated").frames;
+    (client, granted)
+}
+
+/// The next `m` push.
+async fn next_compact(client: &mut Client) -> courier_protocol::compact::CompactMessage {
+    match client
+        .next_push_matching(T, |f| {
+            matches!(f, ServerFrame::CompactMessage(_) | ServerFrame::NewMessage(_))
+        })
+        .await
+        .expect("a message push")
+    {
+        ServerFrame::CompactMessage(m) => m,
+        other => panic!("expected a compact `m`, got {other:?}"),
+    }
+}
+
+/// A MessagePack client that asks for compact frames gets every
+/// `new_message`, live and replayed by `sinceSeq`, as `m` with the same
+/// fields (PHI flag, reply, expiry included) but the username, while a
+/// standard client in the same channel and a JSON client that asked for
+/// compact frames get standard `new_message`s of the same messages; other
+/// frames stay standard on the compact connection.
+async fn compact_frames_carry_the_same_messages_live_and_replayed(backend: Backend) {
+    use courier_protocol::compact::FrameStyle;
+    let Some(server) = start(backend).await else {
+        return;
+    };
+    let alice = server.user("alice", Role::User).await;
+    let bob = server.user("bob", Role::User).await;
+    let ch = server
+        .channel("ward-9", ChannelKind::Private, &alice, &[&bob])
+        .await;
+    let (mut compact, granted) =
+        client_with_frames(&server, &bob, Encoding::MessagePack, FrameStyle::Compact).await;
+    assert_eq!(granted, FrameStyle::Compact);
+    let (mut json, granted) =
+        client_with_frames(&server, &bob, Encoding::Json, FrameStyle::Compact).await;
+    assert_eq!(granted, FrameStyle::Standard, "JSON stays standard");
+    let mut a = server.client(&alice, Encoding::MessagePack).await;
+    for client in [&mut a, &mut compact, &mut json] {
+        client.join(ch, None).await.expect("join");
+    }
+
+    let first = send_message_ex_text(&mut a, ch, "bed 4: fluids").await;
+    let mut request = SendMessage::text(ch, "BP 120/80 for MRN 12345678");
+    request.contains_phi = true;
+    request.reply_to = Some(first.message_id);
+    request.ttl_seconds = Some(3600);
+    let second = send_message_ex_ok(&mut a, request).await;
+
+    let mut standard = Vec::new();
+    for _ in 0..2 {
+        let m = next_message(&mut json).await;
+        assert_eq!(next_message(&mut a).await, m, "JSON and MessagePack agree");
+        standard.push(m);
+    }
+    for m in &standard {
+        let c = next_compact(&mut compact).await;
+        assert_eq!(c.clone().into_view(m.sender.clone()), *m, "same message");
+        let frame = ServerFrame::CompactMessage(c);
+        let len = encode_server(&frame, Encoding::MessagePack).len();
+        let full = encode_server(&ServerFrame::NewMessage(MessagePush { data: m.clone() }), Encoding::MessagePack).len();
+        assert!(len * 3 < full * 2, "compact {len} bytes against {full}");
+    }
+    assert_eq!((standard[0].seq, standard[1].seq), (first.seq, second.seq));
+    assert!(standard[1].contains_phi && standard[1].expires_at.is_some());
+    assert_eq!(standard[1].reply_to, Some(first.message_id));
+
+    // Other pushes stay standard on the compact connection.
+    a.ack(ClientRequest::ReadReceipt(ReadReceipt {
+        channel_id: ch,
+        up_to: ReadPosition::Seq(second.seq),
+    }))
+    .await
+    .expect("read receipt");
+    match compact
+        .next_push_matching(T, |f| matches!(f, ServerFrame::ReadReceipt(_)))
+        .await
+        .expect("a read_receipt push")
+    {
+        ServerFrame::ReadReceipt(r) => assert_eq!((r.user_id, r.seq), (alice.id, second.seq)),
+        _ => unreachable!(),
+    }
+
+    // A compact connection that recovers gets the replay compact too.
+    drop(compact);
+    let (mut again, _) =
+        client_with_frames(&server, &bob, Encoding::MessagePack, FrameStyle::Compact).await;
+    let view = again.join(ch, Some(0)).await.expect("join with sinceSeq");
+    assert!(view.recovered);
+    for m in &standard {
+        let c = next_compact(&mut again).await;
+        assert_eq!((c.seq, c.id, c.text.as_str()), (m.seq, m.id, m.text.as_str()));
     }
     server.stop().await;
 }

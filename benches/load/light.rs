@@ -8,7 +8,8 @@
 //! through this same reader, so their costs on the tester are alike.
 //!
 //! The frames are MessagePack maps: Courier's (`type`, `ref`, `code`,
-//! `data.text`, see docs/protocol.md) and the peers' (`type`, `text`).
+//! `data.text`, or `x` of a compact `m`, see docs/protocol.md) and the
+//! peers' (`type`, `text`).
 
 use rmp::Marker;
 
@@ -37,7 +38,8 @@ pub fn read(bytes: &[u8]) -> Option<Light<'_>> {
                 c.skip()?;
                 light.code = Some(&start[..start.len() - c.0.len()]);
             }
-            b"text" => light.text = Some(c.str()?),
+            // `text`: the peers' frames; `x`: Courier's compact `m`.
+            b"text" | b"x" => light.text = Some(c.str()?),
             b"data" if c.peek_map() => {
                 for _ in 0..c.map_len()? {
                     match c.str()? {

@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::{Bytes, BytesMut};
 use courier_protocol::client::{Client, ClientSender, Ws as ClientWs};
-use courier_protocol::frames::{ClientRequest, SendMessage};
+use courier_protocol::compact::FrameStyle;
+use courier_protocol::frames::{Authenticate, ClientRequest, SendMessage};
 use courier_protocol::{ChannelId, ErrorCode, Ref, ServerFrame};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
@@ -253,6 +254,8 @@ pub struct Env {
     pub http_url: String,
     admin_token: String,
     pub tokens: Vec<String>,
+    /// Courier only: ask for compact `new_message` frames at `authenticate`.
+    pub compact: bool,
     rest: reqwest::Client,
 }
 
@@ -344,6 +347,7 @@ impl Env {
             http_url: String::new(),
             admin_token: String::new(),
             tokens: Vec::new(),
+            compact: false,
             rest,
         };
         if kind != Kind::Courier {
@@ -465,7 +469,11 @@ impl Env {
                     .read_buffer(READ_BUFFER)
                     .connect()
                     .await?;
-                let auth = client.authenticate(token).await?;
+                let mut request = Authenticate::new(token.as_str());
+                if self.compact {
+                    request.frames = FrameStyle::Compact;
+                }
+                let auth = client.authenticate_with(request).await?;
                 if let Err(e) = auth.result {
                     bail!("authentication refused: {}", e.message);
                 }
@@ -779,7 +787,7 @@ fn courier_event(bytes: &[u8]) -> Event {
         return Event::Undecodable;
     };
     match (frame.kind, frame.reference) {
-        (b"new_message", _) => message_event(frame.text),
+        (b"new_message" | b"m", _) => message_event(frame.text),
         (b"ack", Some(n)) => Event::Ack(n),
         (b"error", Some(n)) => match frame.code.map(rmp_serde::from_slice::<ErrorCode>) {
             Some(Ok(code)) => Event::Nack(n, code.as_str()),

@@ -21,9 +21,7 @@ pub fn client_frames() -> Vec<(&'static str, ClientFrame)> {
     let requests = vec![
         (
             "authenticate",
-            ClientRequest::Authenticate(Authenticate {
-                token: "not.a.token".into(),
-            }),
+            ClientRequest::Authenticate(Authenticate::new("not.a.token")),
         ),
         (
             "join_channel",
@@ -201,6 +199,7 @@ pub fn server_frames() -> Vec<ServerFrame> {
                 session_id: SessionId(ids::MESSAGE_PLACEHOLDER),
                 server_time: 1,
                 heartbeat_ms: 30_000,
+                frames: courier_protocol::compact::FrameStyle::Standard,
             }),
         }),
         ServerFrame::AuthenticationResponse(AuthenticationResponse {

@@ -240,9 +240,16 @@ impl Client {
         &mut self,
         token: &str,
     ) -> Result<AuthenticationResponse, ClientError> {
-        let request = ClientRequest::Authenticate(Authenticate {
-            token: token.to_owned(),
-        });
+        self.authenticate_with(Authenticate::new(token)).await
+    }
+
+    /// Sends this `authenticate` (e.g. one asking for compact frames, see
+    /// [`crate::compact`]) and returns the `authentication_response`.
+    pub async fn authenticate_with(
+        &mut self,
+        authenticate: Authenticate,
+    ) -> Result<AuthenticationResponse, ClientError> {
+        let request = ClientRequest::Authenticate(authenticate);
         match self.request(request).await? {
             ServerFrame::AuthenticationResponse(r) => Ok(r),
             ServerFrame::Error(e) => Err(ClientError::Server(e)),

@@ -167,6 +167,7 @@ pub fn decode_server(bytes: &[u8], encoding: Encoding) -> Result<ServerFrame, De
         "pong" => body.parse().map(ServerFrame::Pong),
         "history" => body.parse().map(ServerFrame::History),
         "new_message" => body.parse().map(ServerFrame::NewMessage),
+        "m" => body.parse().map(ServerFrame::CompactMessage),
         "message_updated" => body.parse().map(ServerFrame::MessageUpdated),
         "message_deleted" => body.parse().map(ServerFrame::MessageDeleted),
         "typing" => body.parse().map(ServerFrame::Typing),

@@ -20,6 +20,7 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::ser::Serializer;
 use serde::{Deserialize, Serialize};
 
+use crate::compact::{CompactMessage, FrameStyle};
 use crate::error::ErrorCode;
 use crate::ids::{ChannelId, MessageId, SessionId, UserId};
 
@@ -36,7 +37,7 @@ pub const HISTORY_LIMIT_DEFAULT: u32 = 50;
 pub const HISTORY_LIMIT_MAX: u32 = 100;
 
 /// Prints a secret or PHI field as its length only.
-struct Redacted(usize);
+pub(crate) struct Redacted(pub(crate) usize);
 
 impl fmt::Debug for Redacted {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -264,12 +265,27 @@ impl ClientRequest {
 pub struct Authenticate {
     /// The JWT from `/api/auth/login`.
     pub token: String,
+    /// The form of `new_message` pushes the client wants (a Courier
+    /// extension; see [`crate::compact`]).
+    #[serde(default, skip_serializing_if = "FrameStyle::is_standard")]
+    pub frames: FrameStyle,
+}
+
+impl Authenticate {
+    /// An `authenticate` with `token`, asking for the standard frames.
+    pub fn new(token: impl Into<String>) -> Self {
+        Self {
+            token: token.into(),
+            frames: FrameStyle::Standard,
+        }
+    }
 }
 
 impl fmt::Debug for Authenticate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Authenticate")
             .field("token", &Redacted(self.token.len()))
+            .field("frames", &self.frames)
             .finish()
     }
 }
@@ -564,6 +580,10 @@ pub enum ServerFrame {
     History(History),
     /// `new_message` push.
     NewMessage(MessagePush),
+    /// `m`: a `new_message` push in the compact form, to connections that
+    /// asked for it at `authenticate` (see [`crate::compact`]).
+    #[serde(rename = "m")]
+    CompactMessage(CompactMessage),
     /// `message_updated` push.
     MessageUpdated(MessagePush),
     /// `message_deleted` push.
@@ -598,6 +618,7 @@ impl ServerFrame {
             Self::Pong(_) => "pong",
             Self::History(_) => "history",
             Self::NewMessage(_) => "new_message",
+            Self::CompactMessage(_) => "m",
             Self::MessageUpdated(_) => "message_updated",
             Self::MessageDeleted(_) => "message_deleted",
             Self::Typing(_) => "typing",
@@ -826,6 +847,8 @@ pub struct AuthSuccess {
     pub server_time: i64,
     /// How often the client should send `ping` (ms).
     pub heartbeat_ms: u64,
+    /// The form the connection's `new_message` pushes take.
+    pub frames: FrameStyle,
 }
 
 /// The `user` of an `authentication_response`.
@@ -854,6 +877,8 @@ struct AuthOut<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     heartbeat_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    frames: Option<FrameStyle>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<&'a ErrorBody>,
 }
 
@@ -868,6 +893,7 @@ impl Serialize for AuthenticationResponse {
                 session_id: Some(ok.session_id),
                 server_time: Some(ok.server_time),
                 heartbeat_ms: Some(ok.heartbeat_ms),
+                frames: (!ok.frames.is_standard()).then_some(ok.frames),
                 error: None,
             },
             Err(e) => AuthOut {
@@ -877,6 +903,7 @@ impl Serialize for AuthenticationResponse {
                 session_id: None,
                 server_time: None,
                 heartbeat_ms: None,
+                frames: None,
                 error: Some(e),
             },
         };
@@ -899,6 +926,8 @@ struct AuthIn {
     #[serde(default)]
     heartbeat_ms: Option<u64>,
     #[serde(default)]
+    frames: FrameStyle,
+    #[serde(default)]
     error: Option<ErrorBody>,
 }
 
@@ -912,6 +941,7 @@ impl TryFrom<AuthIn> for AuthenticationResponse {
                 session_id: a.session_id.ok_or("missing field `sessionId`")?,
                 server_time: a.server_time.ok_or("missing field `serverTime`")?,
                 heartbeat_ms: a.heartbeat_ms.ok_or("missing field `heartbeatMs`")?,
+                frames: a.frames,
             })
         } else {
             Err(a.error.ok_or("missing field `error`")?)

@@ -9,6 +9,7 @@
 //! - [`error`]: error codes and close codes.
 //! - [`frames`]: `ClientFrame` (requests) and `ServerFrame` (answers, pushes).
 //! - [`codec`]: the only calls to MessagePack and JSON; decoding is bounded.
+//! - [`compact`]: the short `new_message` form a client may ask for.
 //! - `client` (feature `client`): an async WebSocket client for tests, the
 //!   load tester and Rust applications. It is the only part that needs a
 //!   runtime (tokio, tokio-tungstenite).
@@ -32,6 +33,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod codec;
+pub mod compact;
 pub mod error;
 pub mod frames;
 pub mod ids;

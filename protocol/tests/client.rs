@@ -73,6 +73,7 @@ async fn scripted_peer() -> String {
                                 session_id: SessionId::new(),
                                 server_time: 1,
                                 heartbeat_ms: 30_000,
+                                frames: courier_protocol::compact::FrameStyle::Standard,
                             })
                         } else {
                             Err(ErrorBody {

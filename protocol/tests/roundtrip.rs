@@ -85,7 +85,7 @@ fn client_request() -> impl Strategy<Value = ClientRequest> {
         message_id().prop_map(ReadPosition::Message),
     ];
     prop_oneof![
-        text().prop_map(|token| ClientRequest::Authenticate(Authenticate { token })),
+        text().prop_map(|token| ClientRequest::Authenticate(Authenticate::new(token))),
         (channel_id(), proptest::option::of(any::<u64>())).prop_map(|(channel_id, since_seq)| {
             ClientRequest::JoinChannel(JoinChannel {
                 channel_id,
@@ -265,6 +265,7 @@ fn auth_response() -> impl Strategy<Value = AuthenticationResponse> {
                 session_id: SessionId(session),
                 server_time,
                 heartbeat_ms,
+                frames: courier_protocol::compact::FrameStyle::Standard,
             })
         });
     let failure =

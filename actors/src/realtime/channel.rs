@@ -40,7 +40,6 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use courier_protocol::codec::Encoding;
 use courier_protocol::error::close;
 use courier_protocol::frames::{
     ChannelView, DeliveryStatus, MessageView, PresenceStatus, Ref, ServerFrame,
@@ -62,7 +61,7 @@ use crate::durable::store::{
 use crate::policy::authz::{self, Action, Principal, RolePermissions};
 use crate::realtime::flush_line::{FlushLine, FLUSH_CHUNK};
 use crate::realtime::frames_out as out;
-use crate::realtime::outbound::{ConnId, EncodedFrame, Outbound, Push};
+use crate::realtime::outbound::{ConnId, EncodedFrame, Forms, Outbound, Push, PushForm};
 use crate::realtime::ShutdownPhase;
 use crate::telemetry::names as m;
 
@@ -165,7 +164,7 @@ impl Reply {
                     Ok(Accepted::Done) => out::ack(reference),
                     Err(e) => out::error(reference, e.code(), &e.to_string()),
                 };
-                outbound.push_frame(&frame, outbound.encoding());
+                outbound.deliver(&frame);
             }
             Reply::Oneshot(tx) => {
                 let _ = tx.send(result);
@@ -335,6 +334,7 @@ struct Subscribers {
     by_conn: HashMap<ConnId, Subscriber>,
     msgpack: usize,
     json: usize,
+    compact: usize,
     clean: bool,
     /// The server's shutdown phase (see [`ChannelServices::shutdown`]).
     shutdown: Option<watch::Receiver<ShutdownPhase>>,
@@ -347,9 +347,10 @@ struct Subscribers {
 
 impl Subscribers {
     fn insert(&mut self, sub: Subscriber) {
-        match sub.outbound.encoding() {
-            Encoding::MessagePack => self.msgpack += 1,
-            Encoding::Json => self.json += 1,
+        match sub.outbound.form() {
+            PushForm::MessagePack => self.msgpack += 1,
+            PushForm::Json => self.json += 1,
+            PushForm::Compact => self.compact += 1,
         }
         if let Some(old) = self.by_conn.insert(sub.outbound.conn_id(), sub) {
             if old.unflushed {
@@ -369,9 +370,10 @@ impl Subscribers {
     }
 
     fn uncount(&mut self, sub: &Subscriber) {
-        match sub.outbound.encoding() {
-            Encoding::MessagePack => self.msgpack -= 1,
-            Encoding::Json => self.json -= 1,
+        match sub.outbound.form() {
+            PushForm::MessagePack => self.msgpack -= 1,
+            PushForm::Json => self.json -= 1,
+            PushForm::Compact => self.compact -= 1,
         }
     }
 
@@ -394,7 +396,7 @@ impl Subscribers {
     fn to_user(&self, frame: &ServerFrame, user: UserId) {
         for sub in self.by_conn.values() {
             if sub.live && sub.user_id == user {
-                sub.outbound.push_frame(frame, sub.outbound.encoding());
+                sub.outbound.deliver(frame);
             }
         }
     }
@@ -406,7 +408,12 @@ impl Subscribers {
         if self.by_conn.is_empty() {
             return 0;
         }
-        let encoded = EncodedFrame::new(frame, self.msgpack > 0, self.json > 0);
+        let forms = Forms {
+            msgpack: self.msgpack > 0,
+            json: self.json > 0,
+            compact: self.compact > 0,
+        };
+        let encoded = EncodedFrame::new(frame, forms);
         let is_message = matches!(frame, ServerFrame::NewMessage(_));
         let mut delivered = 0;
         let mut gone = Vec::new();
@@ -424,7 +431,7 @@ impl Subscribers {
                         counter!(m::SLOW_CONSUMERS).increment(1);
                     }
                     gone.push(sub.outbound.conn_id());
-                } else if let Some(msg) = encoded.get(sub.outbound.encoding()) {
+                } else if let Some(msg) = encoded.get(sub.outbound.form()) {
                     sub.held.push(msg);
                 }
                 continue;
@@ -654,6 +661,7 @@ impl Actor for ChannelActor {
                 by_conn: HashMap::new(),
                 msgpack: 0,
                 json: 0,
+                compact: 0,
                 clean: false,
                 shutdown: Some(shutdown),
                 deferring: false,
@@ -849,7 +857,7 @@ impl Actor for ChannelActor {
                         ErrorCode::Internal,
                         "recovery failed; page with fetch_history",
                     );
-                    outbound.push_frame(&frame, outbound.encoding());
+                    outbound.deliver(&frame);
                     state.go_live(conn_id, None);
                 }
             }
@@ -917,7 +925,7 @@ impl ChannelState {
             online,
         };
         let ack = out::ack_channel(reference, view);
-        outbound.push_frame(&ack, outbound.encoding());
+        outbound.deliver(&ack);
         if arriving {
             let frame = out::presence(user_id, PresenceStatus::Online, crate::now_ms());
             self.subscribers.fan_out(&frame, Some(user_id));
@@ -1003,7 +1011,7 @@ impl ChannelState {
         let mut ok = match through {
             Some(seq) => {
                 let frame = out::recovered(self.channel.id, seq);
-                sub.outbound.push_frame(&frame, sub.outbound.encoding()) == Push::Queued
+                sub.outbound.deliver(&frame) == Push::Queued
             }
             None => true,
         };
@@ -1617,7 +1625,6 @@ impl Replay {
     /// connection closed first.
     async fn catch_up(&mut self) -> Result<bool, String> {
         let page = self.services.recovery_limit.max(1);
-        let encoding = self.outbound.encoding();
         while self.after < self.target {
             let rows = self
                 .services
@@ -1643,7 +1650,7 @@ impl Replay {
                     return Ok(false);
                 }
                 let frame = out::new_message(message);
-                if self.outbound.push_frame(&frame, encoding) != Push::Queued {
+                if self.outbound.deliver(&frame) != Push::Queued {
                     return Ok(false);
                 }
             }

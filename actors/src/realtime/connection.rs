@@ -30,9 +30,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use courier_protocol::codec::{self, Encoding};
+use courier_protocol::compact::FrameStyle;
 use courier_protocol::error::close;
 use courier_protocol::frames::{
-    AuthSuccess, AuthUser, AuthenticationResponse, ClientFrame, ClientRequest, ErrorBody,
+    AuthSuccess, AuthUser, Authenticate, AuthenticationResponse, ClientFrame, ClientRequest, ErrorBody,
     FetchHistory, History, Pong, ReadPosition, Ref, ServerFrame, UserStatus,
 };
 use courier_protocol::{ChannelId, ErrorCode, MessageId};
@@ -50,7 +51,7 @@ use crate::policy::authz::{Action, Principal};
 use crate::policy::identity::{AuthRejected, Identity};
 use crate::realtime::channel::{Accepted, ChannelError, ChannelMsg, JoinRequest, Reply, Sender};
 use crate::realtime::frames_out as out;
-use crate::realtime::outbound::{self, ConnId, Outbound, OutboundReceiver, WriterEnd};
+use crate::realtime::outbound::{self, ConnId, Outbound, OutboundReceiver, PushForm, WriterEnd};
 use crate::realtime::presence::{ForUser, PresenceMsg};
 pub use crate::realtime::reader::WsStream;
 use crate::realtime::reader::{read_loop, Deadline, ReaderEvent};
@@ -381,7 +382,7 @@ impl ConnectionState {
         let ClientFrame { reference, request } = request;
         match (&self.identity, request) {
             (_, ClientRequest::Authenticate(auth)) => {
-                self.authenticate(reference, &auth.token, encoding).await;
+                self.authenticate(reference, &auth, encoding).await;
             }
             (None, _) => self.unauthenticated(reference, encoding),
             (Some(identity), request) => {
@@ -411,8 +412,8 @@ impl ConnectionState {
         self.close_after_queued(close::AUTH_FAILED, "not authenticated");
     }
 
-    async fn authenticate(&mut self, reference: Option<Ref>, token: &str, encoding: Encoding) {
-        let result = self.realtime.authenticator.authenticate(token).await;
+    async fn authenticate(&mut self, reference: Option<Ref>, auth: &Authenticate, encoding: Encoding) {
+        let result = self.realtime.authenticator.authenticate(&auth.token).await;
         let identity = match (result, &self.identity) {
             (Ok(new), Some(current)) if new.user_id != current.user_id => {
                 Err(AuthRejected::InvalidToken)
@@ -422,6 +423,17 @@ impl ConnectionState {
         match identity {
             Ok(identity) => {
                 let first = self.identity.is_none();
+                if first
+                    && auth.frames == FrameStyle::Compact
+                    && self.outbound.form() == PushForm::MessagePack
+                {
+                    // Before anything holds this handle: presence, joins.
+                    self.outbound = self.outbound.with_form(PushForm::Compact);
+                }
+                let frames = match self.outbound.form() {
+                    PushForm::Compact => FrameStyle::Compact,
+                    PushForm::MessagePack | PushForm::Json => FrameStyle::Standard,
+                };
                 self.span
                     .record("user_id", tracing::field::display(identity.user_id));
                 self.deadline.set(identity.expires_at);
@@ -436,6 +448,7 @@ impl ConnectionState {
                         session_id: identity.session_id,
                         server_time: crate::now_ms(),
                         heartbeat_ms: self.realtime.limits.heartbeat.as_millis() as u64,
+                        frames,
                     }),
                 });
                 if first {

@@ -36,6 +36,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use courier_protocol::codec::Encoding;
+use courier_protocol::compact::CompactMessage;
 use courier_protocol::error::close;
 use courier_protocol::frames::ServerFrame;
 use futures_util::task::AtomicWaker;
@@ -285,7 +286,7 @@ impl QueueLimits {
 /// The handle to a connection's outbound queue. Cheap to clone.
 pub struct Outbound {
     shared: Arc<Shared>,
-    encoding: Encoding,
+    form: PushForm,
 }
 
 /// The writer's end, given to [`run_writer`].
@@ -320,7 +321,7 @@ pub fn outbound(
     (
         Outbound {
             shared: shared.clone(),
-            encoding,
+            form: PushForm::standard(encoding),
         },
         OutboundReceiver { shared },
     )
@@ -331,7 +332,7 @@ impl Clone for Outbound {
         self.shared.handles.fetch_add(1, Ordering::Relaxed);
         Outbound {
             shared: self.shared.clone(),
-            encoding: self.encoding,
+            form: self.form,
         }
     }
 }
@@ -368,13 +369,24 @@ impl Outbound {
 
     /// The encoding the connection's pushes use.
     pub fn encoding(&self) -> Encoding {
-        self.encoding
+        self.form.encoding()
+    }
+
+    /// The form the connection's pushes take.
+    pub fn form(&self) -> PushForm {
+        self.form
     }
 
     /// The same queue with another push encoding (fixed by the first frame).
     pub fn with_encoding(&self, encoding: Encoding) -> Outbound {
+        self.with_form(PushForm::standard(encoding))
+    }
+
+    /// The same queue with another push form (compact frames are asked
+    /// for at `authenticate`).
+    pub fn with_form(&self, form: PushForm) -> Outbound {
         let mut handle = self.clone();
-        handle.encoding = encoding;
+        handle.form = form;
         handle
     }
 
@@ -497,16 +509,25 @@ impl Outbound {
     /// Encodes `frame` in `encoding` and queues it (an answer goes out in
     /// the encoding of its request, whatever the push encoding is).
     pub fn push_frame(&self, frame: &ServerFrame, encoding: Encoding) -> Push {
-        match EncodedFrame::single(frame, encoding).get(encoding) {
+        self.push_in(frame, PushForm::standard(encoding))
+    }
+
+    /// Encodes `frame` in this connection's push form and queues it.
+    pub fn deliver(&self, frame: &ServerFrame) -> Push {
+        self.push_in(frame, self.form)
+    }
+
+    fn push_in(&self, frame: &ServerFrame, form: PushForm) -> Push {
+        match EncodedFrame::single(frame, form).get(form) {
             Some(bytes) => self.push(bytes),
             None => Push::Gone,
         }
     }
 
-    /// Queues an encoded frame in this connection's encoding, deferred
+    /// Queues an encoded frame in this connection's push form, deferred
     /// (see [`push_deferred`](Self::push_deferred)).
     pub fn push_encoded_deferred(&self, frame: &EncodedFrame) -> Push {
-        match frame.get(self.encoding) {
+        match frame.get(self.form) {
             Some(bytes) => self.push_deferred(bytes),
             None => Push::Gone,
         }
@@ -550,40 +571,108 @@ impl Outbound {
     }
 }
 
-/// One server frame encoded and framed at most once per encoding, shared
-/// by every recipient of a fan-out.
-pub struct EncodedFrame {
-    msgpack: Option<Bytes>,
-    json: Option<Bytes>,
+/// The form a connection's pushes take: its push encoding, and for
+/// MessagePack whether it asked for compact frames at `authenticate`
+/// (see [`courier_protocol::compact`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PushForm {
+    /// Standard MessagePack frames.
+    MessagePack,
+    /// Standard JSON frames.
+    Json,
+    /// MessagePack, with `new_message` as the compact `m`.
+    Compact,
 }
 
-impl EncodedFrame {
-    /// Encodes `frame` in each encoding for which `needs` is true.
-    pub fn new(frame: &ServerFrame, msgpack: bool, json: bool) -> Self {
-        let build = |encoding, opcode| {
-            let payload = courier_protocol::codec::encode_server(frame, encoding);
-            wire::frame(opcode, &payload)
-        };
-        Self {
-            msgpack: msgpack.then(|| build(Encoding::MessagePack, Opcode::Binary)),
-            json: json.then(|| build(Encoding::Json, Opcode::Text)),
+impl PushForm {
+    /// The codec of the form's frames.
+    pub fn encoding(self) -> Encoding {
+        match self {
+            PushForm::MessagePack | PushForm::Compact => Encoding::MessagePack,
+            PushForm::Json => Encoding::Json,
         }
     }
 
-    /// Encodes `frame` in one encoding.
-    pub fn single(frame: &ServerFrame, encoding: Encoding) -> Self {
-        Self::new(
-            frame,
-            encoding == Encoding::MessagePack,
-            encoding == Encoding::Json,
-        )
+    /// The standard form of `encoding`.
+    pub fn standard(encoding: Encoding) -> Self {
+        match encoding {
+            Encoding::MessagePack => PushForm::MessagePack,
+            Encoding::Json => PushForm::Json,
+        }
+    }
+}
+
+/// Which forms a fan-out needs.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Forms {
+    pub msgpack: bool,
+    pub json: bool,
+    pub compact: bool,
+}
+
+impl Forms {
+    /// Just `form`.
+    pub fn only(form: PushForm) -> Self {
+        let mut forms = Forms::default();
+        match form {
+            PushForm::MessagePack => forms.msgpack = true,
+            PushForm::Json => forms.json = true,
+            PushForm::Compact => forms.compact = true,
+        }
+        forms
+    }
+}
+
+/// One server frame encoded and framed at most once per push form, shared
+/// by every recipient of a fan-out. Only `new_message` has a compact form
+/// of its own; for every other frame the compact form is the MessagePack
+/// one, the same bytes.
+pub struct EncodedFrame {
+    msgpack: Option<Bytes>,
+    json: Option<Bytes>,
+    compact: Option<Bytes>,
+}
+
+impl EncodedFrame {
+    /// Encodes `frame` in each form `forms` asks for.
+    pub fn new(frame: &ServerFrame, forms: Forms) -> Self {
+        let build = |frame: &ServerFrame, encoding, opcode| {
+            let payload = courier_protocol::codec::encode_server(frame, encoding);
+            wire::frame(opcode, &payload)
+        };
+        let compact_message = match frame {
+            ServerFrame::NewMessage(push) if forms.compact => Some(build(
+                &ServerFrame::CompactMessage(CompactMessage::from(&push.data)),
+                Encoding::MessagePack,
+                Opcode::Binary,
+            )),
+            _ => None,
+        };
+        let msgpack = (forms.msgpack || (forms.compact && compact_message.is_none()))
+            .then(|| build(frame, Encoding::MessagePack, Opcode::Binary));
+        let compact = match compact_message {
+            Some(bytes) => Some(bytes),
+            None if forms.compact => msgpack.clone(),
+            None => None,
+        };
+        Self {
+            msgpack,
+            json: forms.json.then(|| build(frame, Encoding::Json, Opcode::Text)),
+            compact,
+        }
     }
 
-    /// The frame's bytes in `encoding` (a cheap clone of shared bytes).
-    pub fn get(&self, encoding: Encoding) -> Option<Bytes> {
-        match encoding {
-            Encoding::MessagePack => self.msgpack.clone(),
-            Encoding::Json => self.json.clone(),
+    /// Encodes `frame` in one form.
+    pub fn single(frame: &ServerFrame, form: PushForm) -> Self {
+        Self::new(frame, Forms::only(form))
+    }
+
+    /// The frame's bytes in `form` (a cheap clone of shared bytes).
+    pub fn get(&self, form: PushForm) -> Option<Bytes> {
+        match form {
+            PushForm::MessagePack => self.msgpack.clone(),
+            PushForm::Json => self.json.clone(),
+            PushForm::Compact => self.compact.clone(),
         }
     }
 }

@@ -175,6 +175,7 @@ pub async fn launch(l: &Launch<'_>) -> Result<(Server, String)> {
             .env("COURIER_SEND_PER_MINUTE", limit)
             .env("COURIER_REST_PER_15MIN", limit)
             .env("COURIER_AUTH_PER_15MIN", limit)
+            .env("COURIER_REGISTER_PER_HOUR", limit)
             // Every load client connects from 127.0.0.1.
             .env("COURIER_MAX_UNAUTHENTICATED_PER_IP", limit)
             .env("COURIER_MAX_CONNECTIONS_PER_IP", limit)

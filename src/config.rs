@@ -103,6 +103,7 @@ pub struct Config {
     pub idle_timeout_ms: u64,
     pub recovery_limit: u32,
     pub typing_expiry_ms: u64,
+    pub fanout_coalesce_us: u64,
 
     pub persist_batch_max: Option<usize>,
     pub persist_batch_delay_us: u64,
@@ -178,6 +179,7 @@ impl Default for Config {
             idle_timeout_ms: 60_000,
             recovery_limit: 1000,
             typing_expiry_ms: 6_000,
+            fanout_coalesce_us: 2_000,
             persist_batch_max: None,
             persist_batch_delay_us: 0,
             persist_commits_in_flight: 4,
@@ -550,6 +552,7 @@ impl Config {
             );
         }
         c.within("typing_expiry_ms", self.typing_expiry_ms, 1, HOUR_MS);
+        c.within("fanout_coalesce_us", self.fanout_coalesce_us, 0, 100_000);
 
         if let Some(max) = self.persist_batch_max {
             c.within("persist_batch_max", max as u64, 1, 1_000_000);

@@ -201,6 +201,7 @@ pub async fn start(config: Config) -> Result<Started, ServerError> {
         },
         recovery_limit: config.recovery_limit,
         typing_expiry: Duration::from_millis(config.typing_expiry_ms),
+        fanout_coalesce: Duration::from_micros(config.fanout_coalesce_us),
     };
     let realtime = Realtime::start(deps)
         .await

@@ -1584,7 +1584,10 @@ async fn client_with_frames(
 async fn next_compact(client: &mut Client) -> courier_protocol::compact::CompactMessage {
     match client
         .next_push_matching(T, |f| {
-            matches!(f, ServerFrame::CompactMessage(_) | ServerFrame::NewMessage(_))
+            matches!(
+                f,
+                ServerFrame::CompactMessage(_) | ServerFrame::NewMessage(_)
+            )
         })
         .await
         .expect("a message push")
@@ -1639,7 +1642,11 @@ async fn compact_frames_carry_the_same_messages_live_and_replayed(backend: Backe
         assert_eq!(c.clone().into_view(m.sender.clone()), *m, "same message");
         let frame = ServerFrame::CompactMessage(c);
         let len = encode_server(&frame, Encoding::MessagePack).len();
-        let full = encode_server(&ServerFrame::NewMessage(MessagePush { data: m.clone() }), Encoding::MessagePack).len();
+        let full = encode_server(
+            &ServerFrame::NewMessage(MessagePush { data: m.clone() }),
+            Encoding::MessagePack,
+        )
+        .len();
         assert!(len * 3 < full * 2, "compact {len} bytes against {full}");
     }
     assert_eq!((standard[0].seq, standard[1].seq), (first.seq, second.seq));
@@ -1670,7 +1677,10 @@ async fn compact_frames_carry_the_same_messages_live_and_replayed(backend: Backe
     assert!(view.recovered);
     for m in &standard {
         let c = next_compact(&mut again).await;
-        assert_eq!((c.seq, c.id, c.text.as_str()), (m.seq, m.id, m.text.as_str()));
+        assert_eq!(
+            (c.seq, c.id, c.text.as_str()),
+            (m.seq, m.id, m.text.as_str())
+        );
     }
     server.stop().await;
 }

@@ -2,15 +2,16 @@
 //! ask for at `authenticate`.
 //!
 //! A standard `new_message` repeats every field name in full, carries each
-//! id as a 36-character UUID string and the sender's username: about 340
-//! bytes for a 100-byte text. A fan-out to thousands of connections writes
-//! those bytes once per recipient. A client that sends
+//! id as a 36-character UUID string and the sender's username: about 320
+//! bytes of MessagePack for a 100-byte text and a short name, written once
+//! per recipient of a fan-out. A client that sends
 //! `{"type": "authenticate", "token": …, "frames": "compact"}` over a binary
 //! frame gets its `new_message` pushes as [`CompactMessage`] instead
-//! (`type` `"m"`, one-letter keys, ids as 16-byte binaries, no username:
-//! about 190 bytes for the same text); every other frame stays as it is.
-//! The `authentication_response` says which form the connection got
-//! (`frames`); a JSON connection always gets the standard one.
+//! (`type` `"m"`, one- or two-letter keys, ids as 16-byte binaries, no
+//! username: about 190 bytes for the same message); every other frame
+//! stays as it is. The `authentication_response` says which form the
+//! connection got (`frames`); a JSON connection always gets the standard
+//! one.
 //!
 //! | key | field | MessagePack type |
 //! |---|---|---|
@@ -189,7 +190,7 @@ mod bin16 {
 
     struct Bin16;
 
-    impl Visitor<'_> for Bin16 {
+    impl<'de> Visitor<'de> for Bin16 {
         type Value = Uuid;
 
         fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -199,6 +200,20 @@ mod bin16 {
         fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Uuid, E> {
             Uuid::from_slice(v).map_err(|_| E::invalid_length(v.len(), &self))
         }
+
+        /// JSON has no binaries: the bytes come as an array of numbers.
+        fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Uuid, A::Error> {
+            let mut bytes = [0u8; 16];
+            for (i, byte) in bytes.iter_mut().enumerate() {
+                *byte = seq
+                    .next_element()?
+                    .ok_or_else(|| de::Error::invalid_length(i, &self))?;
+            }
+            if seq.next_element::<u8>()?.is_some() {
+                return Err(de::Error::invalid_length(17, &self));
+            }
+            Ok(Uuid::from_bytes(bytes))
+        }
     }
 }
 
@@ -206,7 +221,10 @@ mod bin16 {
 mod bin16_opt {
     use super::*;
 
-    pub(super) fn serialize<S: Serializer, T: Raw>(id: &Option<T>, s: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: Serializer, T: Raw>(
+        id: &Option<T>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         match id {
             Some(id) => s.serialize_bytes(id.raw().as_bytes()),
             None => s.serialize_none(),
@@ -268,13 +286,21 @@ mod tests {
         let bytes = encode_server(&compact, Encoding::MessagePack);
         let id = full.channel_id.0.as_bytes();
         let needle: Vec<u8> = [&[0xc4, 16][..], &id[..]].concat();
-        assert!(bytes.windows(18).any(|w| w == needle), "channel id as bin 16");
+        assert!(
+            bytes.windows(18).any(|w| w == needle),
+            "channel id as bin 16"
+        );
         assert_eq!(decode_server(&bytes, Encoding::MessagePack), Ok(compact));
         let standard = encode_server(
             &ServerFrame::NewMessage(MessagePush { data: full.clone() }),
             Encoding::MessagePack,
         );
-        assert!(bytes.len() <= 195 && standard.len() >= 330, "{} vs {}", bytes.len(), standard.len());
+        assert!(
+            bytes.len() <= 190 && standard.len() >= 310,
+            "{} vs {}",
+            bytes.len(),
+            standard.len()
+        );
 
         full.contains_phi = true;
         full.reply_to = Some(MessageId::new());
@@ -301,7 +327,10 @@ mod tests {
             Encoding::MessagePack,
         )
         .to_vec();
-        let at = bytes.windows(2).position(|w| w == [0xc4, 16]).expect("an id");
+        let at = bytes
+            .windows(2)
+            .position(|w| w == [0xc4, 16])
+            .expect("an id");
         bytes[at + 1] = 15;
         bytes.remove(at + 2);
         assert!(decode_server(&bytes, Encoding::MessagePack).is_err());

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use courier_protocol::codec::{
     decode_client, decode_server, encode_client, encode_server, Encoding,
 };
+use courier_protocol::compact::{CompactMessage, FrameStyle};
 use courier_protocol::frames::*;
 use courier_protocol::{ChannelId, ErrorCode, MessageId, SessionId, UserId};
 use proptest::prelude::*;
@@ -85,7 +86,9 @@ fn client_request() -> impl Strategy<Value = ClientRequest> {
         message_id().prop_map(ReadPosition::Message),
     ];
     prop_oneof![
-        text().prop_map(|token| ClientRequest::Authenticate(Authenticate::new(token))),
+        (text(), frame_style()).prop_map(|(token, frames)| {
+            ClientRequest::Authenticate(Authenticate { token, frames })
+        }),
         (channel_id(), proptest::option::of(any::<u64>())).prop_map(|(channel_id, since_seq)| {
             ClientRequest::JoinChannel(JoinChannel {
                 channel_id,
@@ -144,6 +147,10 @@ fn client_request() -> impl Strategy<Value = ClientRequest> {
 fn client_frame() -> impl Strategy<Value = ClientFrame> {
     (proptest::option::of(reference()), client_request())
         .prop_map(|(reference, request)| ClientFrame { reference, request })
+}
+
+fn frame_style() -> impl Strategy<Value = FrameStyle> {
+    prop_oneof![Just(FrameStyle::Standard), Just(FrameStyle::Compact)]
 }
 
 fn message_view() -> impl Strategy<Value = MessageView> {
@@ -258,16 +265,19 @@ fn auth_response() -> impl Strategy<Value = AuthenticationResponse> {
         uuid(),
         any::<i64>(),
         any::<u64>(),
+        frame_style(),
     )
-        .prop_map(|(id, username, role, session, server_time, heartbeat_ms)| {
-            Ok(AuthSuccess {
-                user: AuthUser { id, username, role },
-                session_id: SessionId(session),
-                server_time,
-                heartbeat_ms,
-                frames: courier_protocol::compact::FrameStyle::Standard,
-            })
-        });
+        .prop_map(
+            |(id, username, role, session, server_time, heartbeat_ms, frames)| {
+                Ok(AuthSuccess {
+                    user: AuthUser { id, username, role },
+                    session_id: SessionId(session),
+                    server_time,
+                    heartbeat_ms,
+                    frames,
+                })
+            },
+        );
     let failure =
         (error_code(), text()).prop_map(|(code, message)| Err(ErrorBody { code, message }));
     (
@@ -322,6 +332,7 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
                 })
             ),
         message_view().prop_map(|data| ServerFrame::NewMessage(MessagePush { data })),
+        message_view().prop_map(|data| ServerFrame::CompactMessage(CompactMessage::from(&data))),
         message_view().prop_map(|data| ServerFrame::MessageUpdated(MessagePush { data })),
         (message_id(), channel_id(), any::<u64>()).prop_map(|(message_id, channel_id, seq)| {
             ServerFrame::MessageDeleted(MessageDeletedPush {
@@ -525,6 +536,7 @@ fn server_shape(frame: &ServerFrame) -> &'static str {
         ServerFrame::Pong(_) => "pong",
         ServerFrame::History(_) => "history",
         ServerFrame::NewMessage(_) => "new_message",
+        ServerFrame::CompactMessage(_) => "m",
         ServerFrame::MessageUpdated(_) => "message_updated",
         ServerFrame::MessageDeleted(_) => "message_deleted",
         ServerFrame::Typing(_) => "typing",
@@ -538,7 +550,7 @@ fn server_shape(frame: &ServerFrame) -> &'static str {
     }
 }
 
-const SERVER_SHAPES: [&str; 19] = [
+const SERVER_SHAPES: [&str; 20] = [
     "ack/done",
     "ack/sent",
     "ack/channel",
@@ -548,6 +560,7 @@ const SERVER_SHAPES: [&str; 19] = [
     "pong",
     "history",
     "new_message",
+    "m",
     "message_updated",
     "message_deleted",
     "typing",
@@ -606,8 +619,9 @@ fn cover<T: std::fmt::Debug>(
 }
 
 /// Pushes: they carry no `ref`.
-const NO_REF_SHAPES: [&str; 11] = [
+const NO_REF_SHAPES: [&str; 12] = [
     "new_message",
+    "m",
     "message_updated",
     "message_deleted",
     "typing",

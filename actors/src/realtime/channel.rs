@@ -77,6 +77,9 @@ pub struct ChannelServices {
     pub recovery_limit: u32,
     /// A typing indicator expires after this long without renewal.
     pub typing_expiry: Duration,
+    /// How long a wide channel's flush line lets a connection's first
+    /// unwritten push wait for more (see [`FlushLine`]).
+    pub fanout_coalesce: Duration,
     /// A channel with no connections and no pending writes stops after this.
     pub idle_stop: Duration,
     /// The server's shutdown phase: an actor that dies once the server is
@@ -332,6 +335,9 @@ struct Subscriber {
 #[derive(Default)]
 struct Subscribers {
     by_conn: HashMap<ConnId, Subscriber>,
+    /// Joined connections per user: who is online here, without a scan of
+    /// every connection on each join.
+    users: HashMap<UserId, usize>,
     msgpack: usize,
     json: usize,
     compact: usize,
@@ -352,6 +358,7 @@ impl Subscribers {
             PushForm::Json => self.json += 1,
             PushForm::Compact => self.compact += 1,
         }
+        *self.users.entry(sub.user_id).or_default() += 1;
         if let Some(old) = self.by_conn.insert(sub.outbound.conn_id(), sub) {
             if old.unflushed {
                 old.outbound.flush();
@@ -370,6 +377,12 @@ impl Subscribers {
     }
 
     fn uncount(&mut self, sub: &Subscriber) {
+        if let Some(count) = self.users.get_mut(&sub.user_id) {
+            *count -= 1;
+            if *count == 0 {
+                self.users.remove(&sub.user_id);
+            }
+        }
         match sub.outbound.form() {
             PushForm::MessagePack => self.msgpack -= 1,
             PushForm::Json => self.json -= 1,
@@ -378,14 +391,13 @@ impl Subscribers {
     }
 
     fn online(&self) -> Vec<UserId> {
-        let mut users: Vec<UserId> = self.by_conn.values().map(|s| s.user_id).collect();
-        users.sort();
-        users.dedup();
+        let mut users: Vec<UserId> = self.users.keys().copied().collect();
+        users.sort_unstable();
         users
     }
 
     fn has_user(&self, user: UserId) -> bool {
-        self.by_conn.values().any(|s| s.user_id == user)
+        self.users.contains_key(&user)
     }
 
     fn has_live_user(&self, user: UserId) -> bool {
@@ -652,6 +664,7 @@ impl Actor for ChannelActor {
         myself.send_interval(Duration::from_secs(1), || ChannelMsg::Tick);
         metrics::gauge!(m::CHANNELS_ACTIVE).increment(1.0);
         let shutdown = args.services.shutdown.clone();
+        let coalesce = args.services.fanout_coalesce;
         Ok(ChannelState {
             services: args.services,
             channel: args.channel,
@@ -659,13 +672,14 @@ impl Actor for ChannelActor {
             last_committed: last,
             subscribers: Subscribers {
                 by_conn: HashMap::new(),
+                users: HashMap::new(),
                 msgpack: 0,
                 json: 0,
                 compact: 0,
                 clean: false,
                 shutdown: Some(shutdown),
                 deferring: false,
-                line: FlushLine::default(),
+                line: FlushLine::new(coalesce),
             },
             members: HashMap::new(),
             client_ids,

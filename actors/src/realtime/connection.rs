@@ -33,8 +33,8 @@ use courier_protocol::codec::{self, Encoding};
 use courier_protocol::compact::FrameStyle;
 use courier_protocol::error::close;
 use courier_protocol::frames::{
-    AuthSuccess, AuthUser, Authenticate, AuthenticationResponse, ClientFrame, ClientRequest, ErrorBody,
-    FetchHistory, History, Pong, ReadPosition, Ref, ServerFrame, UserStatus,
+    AuthSuccess, AuthUser, Authenticate, AuthenticationResponse, ClientFrame, ClientRequest,
+    ErrorBody, FetchHistory, History, Pong, ReadPosition, Ref, ServerFrame, UserStatus,
 };
 use courier_protocol::{ChannelId, ErrorCode, MessageId};
 use metrics::counter;
@@ -412,7 +412,12 @@ impl ConnectionState {
         self.close_after_queued(close::AUTH_FAILED, "not authenticated");
     }
 
-    async fn authenticate(&mut self, reference: Option<Ref>, auth: &Authenticate, encoding: Encoding) {
+    async fn authenticate(
+        &mut self,
+        reference: Option<Ref>,
+        auth: &Authenticate,
+        encoding: Encoding,
+    ) {
         let result = self.realtime.authenticator.authenticate(&auth.token).await;
         let identity = match (result, &self.identity) {
             (Ok(new), Some(current)) if new.user_id != current.user_id => {

@@ -124,6 +124,9 @@ struct Queue {
     writer_busy: bool,
     /// The socket, for flushes while the writer is idle (plain TCP only).
     direct: Option<TcpWrite>,
+    /// The frames queued were pushed deferred and wait for a flush (a
+    /// wide channel's flush line may hold them for its window).
+    deferred: bool,
 }
 
 impl Shared {
@@ -141,9 +144,11 @@ impl Shared {
 
     /// Appends `frame` unless the writer is gone or, with `bounded`, the
     /// frame bound is reached. With `wake`, wakes the writer when the deque
-    /// was empty; without, says so with [`Push::Deferred`].
+    /// was empty or held only deferred frames (an answer does not wait for
+    /// a flush line's window, and takes those frames with it); without,
+    /// says so with [`Push::Deferred`] when the deque was empty.
     fn enqueue(&self, frame: Bytes, bounded: bool, wake: bool) -> Push {
-        let was_empty = {
+        let (was_empty, was_deferred) = {
             let mut queue = self.queue();
             if self.writer_gone.load(Ordering::Acquire) {
                 return Push::Gone;
@@ -152,12 +157,18 @@ impl Shared {
                 return Push::SlowConsumer;
             }
             queue.frames.push_back(frame);
-            queue.frames.len() == 1
+            let was_empty = queue.frames.len() == 1;
+            let was_deferred = queue.deferred && !was_empty;
+            // A waking push hands the deque to the writer; a deferred one
+            // into an empty deque owes it a flush.
+            queue.deferred = !wake && (was_empty || queue.deferred);
+            (was_empty, was_deferred)
         };
-        match (was_empty, wake) {
-            (true, true) => self.writer.wake(),
-            (true, false) => return Push::Deferred,
-            (false, _) => {}
+        if !wake && was_empty {
+            return Push::Deferred;
+        }
+        if wake && (was_empty || was_deferred) {
+            self.writer.wake();
         }
         Push::Queued
     }
@@ -307,6 +318,7 @@ pub fn outbound(
             head_written: 0,
             writer_busy: false,
             direct: None,
+            deferred: false,
         }),
         writer: AtomicWaker::new(),
         close_now: AtomicU16::new(0),
@@ -419,6 +431,7 @@ impl Outbound {
         if queue.frames.is_empty() {
             return 0;
         }
+        queue.deferred = false;
         let mut written = 0;
         if !queue.writer_busy && self.shared.close_now.load(Ordering::SeqCst) == 0 {
             written = queue.write_direct(&self.shared.unwritten);
@@ -657,7 +670,9 @@ impl EncodedFrame {
         };
         Self {
             msgpack,
-            json: forms.json.then(|| build(frame, Encoding::Json, Opcode::Text)),
+            json: forms
+                .json
+                .then(|| build(frame, Encoding::Json, Opcode::Text)),
             compact,
         }
     }
@@ -766,6 +781,7 @@ impl OutboundReceiver {
             return Poll::Ready(Take::Close(code, rest));
         }
         if !queue.frames.is_empty() {
+            queue.deferred = false;
             std::mem::swap(&mut queue.frames, batch);
             *offset = std::mem::take(&mut queue.head_written);
             queue.writer_busy = true;

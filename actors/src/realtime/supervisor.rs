@@ -84,6 +84,9 @@ pub struct RealtimeDeps {
     pub retention: RetentionConfig,
     pub recovery_limit: u32,
     pub typing_expiry: Duration,
+    /// How long a wide channel's write to a connection may wait for the
+    /// channel's next messages (see [`FlushLine`](crate::realtime::flush_line)).
+    pub fanout_coalesce: Duration,
 }
 
 /// Why a channel action was refused; mapped to codes at each edge.
@@ -226,6 +229,7 @@ impl Realtime {
             permissions: permissions.clone(),
             recovery_limit: deps.recovery_limit,
             typing_expiry: deps.typing_expiry,
+            fanout_coalesce: deps.fanout_coalesce,
             idle_stop: Duration::from_secs(60),
             shutdown: shutdown.clone(),
         });

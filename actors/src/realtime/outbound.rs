@@ -1218,6 +1218,30 @@ mod tests {
         assert_eq!(writer.await.expect("writer").0, WriterEnd::Dropped);
     }
 
+    /// An answer (a waking push) behind deferred frames that wait for a
+    /// flush (a flush line's window) wakes the writer, which takes them all
+    /// in order: answers never wait for a window.
+    #[tokio::test]
+    async fn an_answer_behind_deferred_frames_goes_out_without_a_flush() {
+        let (tx, writer, mut client, _read) = direct_writer(16).await;
+        let pushed = wire::frame(Opcode::Binary, &[1; 100]);
+        let answer = wire::frame(Opcode::Binary, &[2; 50]);
+        assert_eq!(tx.push_deferred(pushed.clone()), Push::Deferred);
+        assert_eq!(tx.push(answer.clone()), Push::Queued);
+        let mut got = vec![0u8; pushed.len() + answer.len()];
+        tokio::time::timeout(Duration::from_secs(5), client.read_exact(&mut got))
+            .await
+            .expect("the writer wrote both without a flush")
+            .expect("read");
+        assert_eq!(got, [pushed, answer].concat());
+        // The next deferred push is owed a flush again.
+        let later = wire::frame(Opcode::Binary, &[3; 10]);
+        tokio::task::yield_now().await;
+        assert_eq!(tx.push_deferred(later), Push::Deferred);
+        drop(tx);
+        assert_eq!(writer.await.expect("writer").0, WriterEnd::Dropped);
+    }
+
     /// A flush writes what the socket takes; the writer goes on from the
     /// byte where it stopped, and frames pushed meanwhile (deferred or not)
     /// follow in order; the close frame is the writer's to send.

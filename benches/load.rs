@@ -21,12 +21,15 @@
 //! - `load/stats.rs`: histograms and counters per step, `/proc` readings.
 //! - `load/target.rs`: starting the servers, provisioning Courier over REST,
 //!   one adapter per kind of server.
+//! - `load/perf.rs`: the server's system calls over a step (`perf stat`).
 //! - `peers/tungstenite.rs`: the bare tokio-tungstenite broadcast server,
 //!   run by this same binary as `peer-tungstenite --port N`.
 //! - This file: the command line, the scenarios and the step controller.
 
 #[path = "load/light.rs"]
 mod light;
+#[path = "load/perf.rs"]
+mod perf;
 #[path = "load/stats.rs"]
 mod stats;
 #[path = "load/target.rs"]
@@ -664,6 +667,12 @@ struct Step {
     client_cpu: Option<f64>,
     rss: Option<u64>,
     churn: Option<ChurnFigures>,
+    /// The server's system calls from the step's start to the end of its
+    /// drain (`perf stat`; `None` without perf).
+    syscalls: Option<u64>,
+    /// Bytes of WebSocket frames (headers included) every connection of the
+    /// tester received over the same window: pushes, acks, presence.
+    wire_bytes: u64,
     /// Courier only: its persistence batches during the step (from `/metrics`).
     batches: Option<target::PersistBatches>,
 }
@@ -823,6 +832,8 @@ async fn traffic(ctx: &Ctx<'_>, n: usize) -> Result<Vec<Value>> {
         let cpu_before = ctx.pid.and_then(|p| cpu_secs(&p.to_string()));
         let batches_before = ctx.env.persist_batches().await;
         let client_before = cpu_secs("self");
+        let wire_before = target::RX_BYTES.load(Ordering::Relaxed);
+        let syscalls = perf::SyscallCount::start(ctx.pid);
         let churn_before = (
             churn.done.load(Ordering::Relaxed),
             churn.failed.load(Ordering::Relaxed),
@@ -872,6 +883,8 @@ async fn traffic(ctx: &Ctx<'_>, n: usize) -> Result<Vec<Value>> {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        let syscalls = syscalls.stop();
+        let wire_bytes = target::RX_BYTES.load(Ordering::Relaxed) - wire_before;
         let sent = ctx.rec.sent[idx].load(Ordering::Relaxed);
         let expected = sent * recipients;
         let (deliver, ack) = ctx.rec.take(measured);
@@ -896,6 +909,8 @@ async fn traffic(ctx: &Ctx<'_>, n: usize) -> Result<Vec<Value>> {
             client_cpu: cpu_secs("self").zip(client_before).map(|(a, b)| a - b),
             rss: ctx.pid.and_then(rss_kib),
             churn: churn_figures,
+            syscalls,
+            wire_bytes,
             batches: ctx
                 .env
                 .persist_batches()
@@ -1038,6 +1053,10 @@ fn step_row(ctx: &Ctx<'_>, s: &Step, conns: usize, passed: bool, limit_ms: f64) 
         "server_cpu_s_per_million_deliveries": cpu_per_million,
         "server_cpu_pct": s.server_cpu.map(|c| round2(100.0 * c / s.wall)),
         "client_cpu_pct": s.client_cpu.map(|c| round2(100.0 * c / s.wall)),
+        "server_syscalls": s.syscalls,
+        "server_syscalls_per_delivery": perf::per_delivery(s.syscalls, s.delivered),
+        "wire_bytes": s.wire_bytes,
+        "wire_bytes_per_delivery": perf::per_delivery(Some(s.wire_bytes), s.delivered),
         "churn": s.churn.map(|c| json!({
             "offered_per_s": c.offered_per_s,
             "connects": c.connects,
@@ -1066,7 +1085,7 @@ fn print_header(scenario: Scenario) {
         String::new()
     };
     eprintln!(
-        "{:<11} {:>10} {:>12} {:>9} {:>22} {:>22} {:>8} {:>10} {:>9} {:>7} {:>5}{extra}",
+        "{:<11} {:>10} {:>12} {:>9} {:>22} {:>22} {:>8} {:>10} {:>9} {:>9} {:>7} {:>7} {:>5}{extra}",
         "target",
         "rate",
         "deliveries/s",
@@ -1076,6 +1095,8 @@ fn print_header(scenario: Scenario) {
         "srv CPU%",
         "CPU-s/M",
         "cli CPU%",
+        "sys/deliv",
+        "B/deliv",
         "errors",
         "ok"
     );
@@ -1096,7 +1117,7 @@ fn print_row(scenario: Scenario, target: Kind, s: &Step, passed: bool) {
         _ => String::new(),
     };
     eprintln!(
-        "{:<11} {:>10.1} {:>12.0} {:>9.3} {:>22} {:>22} {:>8} {:>10} {:>9} {:>7} {:>5}{extra}",
+        "{:<11} {:>10.1} {:>12.0} {:>9.3} {:>22} {:>22} {:>8} {:>10} {:>9} {:>9} {:>7} {:>7} {:>5}{extra}",
         target.name(),
         s.rate,
         s.delivered as f64 / s.secs,
@@ -1115,6 +1136,9 @@ fn print_row(scenario: Scenario, target: Kind, s: &Step, passed: bool) {
                 c / s.delivered as f64 * 1e6
             )),
         pct(s.client_cpu),
+        perf::per_delivery(s.syscalls, s.delivered).map_or("n/a".to_owned(), |v| format!("{v:.2}")),
+        perf::per_delivery(Some(s.wire_bytes), s.delivered)
+            .map_or("-".to_owned(), |v| format!("{v:.1}")),
         s.errors.total(),
         if passed { "yes" } else { "no" }
     );

@@ -18,6 +18,7 @@ use std::collections::VecDeque;
 use std::net::TcpListener as StdListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -175,6 +176,7 @@ pub async fn launch(l: &Launch<'_>) -> Result<(Server, String)> {
             .env("COURIER_SEND_PER_MINUTE", limit)
             .env("COURIER_REST_PER_15MIN", limit)
             .env("COURIER_AUTH_PER_15MIN", limit)
+            // Every bench user registers from 127.0.0.1.
             .env("COURIER_REGISTER_PER_HOUR", limit)
             // Every load client connects from 127.0.0.1.
             .env("COURIER_MAX_UNAUTHENTICATED_PER_IP", limit)
@@ -431,32 +433,34 @@ impl Env {
         let mut rooms = Vec::with_capacity(n);
         let indices: Vec<usize> = (0..n).collect();
         for chunk in indices.chunks(16) {
-            let creates = chunk.iter().map(|i| async move {
-                let response = self
-                    .rest
-                    .post(format!("{}/api/channels", self.http_url))
-                    .bearer_auth(&self.admin_token)
-                    .json(
-                        &serde_json::json!({"name": format!("bench-{run}-{i}"), "kind": "public"}),
-                    )
-                    .send()
-                    .await?;
-                if !response.status().is_success() {
-                    bail!(
-                        "create channel: HTTP {}: {}",
-                        response.status(),
-                        response.text().await.unwrap_or_default()
-                    );
-                }
-                Ok(Room::Channel(
-                    response.json::<ChannelAnswer>().await?.channel.id,
-                ))
-            });
+            let creates = chunk
+                .iter()
+                .map(|i| async move { self.create_channel(&format!("bench-{run}-{i}")).await });
             for room in futures_util::future::join_all(creates).await {
-                rooms.push(room?);
+                rooms.push(Room::Channel(room?));
             }
         }
         Ok(rooms)
+    }
+
+    /// Courier: one public channel named `name`, created by the admin over
+    /// REST.
+    pub async fn create_channel(&self, name: &str) -> Result<ChannelId> {
+        let response = self
+            .rest
+            .post(format!("{}/api/channels", self.http_url))
+            .bearer_auth(&self.admin_token)
+            .json(&serde_json::json!({"name": name, "kind": "public"}))
+            .send()
+            .await?;
+        if !response.status().is_success() {
+            bail!(
+                "create channel: HTTP {}: {}",
+                response.status(),
+                response.text().await.unwrap_or_default()
+            );
+        }
+        Ok(response.json::<ChannelAnswer>().await?.channel.id)
     }
 
     /// One connection, authenticated (as user `user`, modulo the user
@@ -699,6 +703,26 @@ impl Tx {
     }
 }
 
+/// Bytes on the wire of every data frame (binary or text) the tester's
+/// receivers have read so far, WebSocket headers included: one relaxed add
+/// per frame (the tester runs on one core, so the line does not bounce).
+pub static RX_BYTES: AtomicU64 = AtomicU64::new(0);
+
+/// The size on the wire of a server-to-client (unmasked) WebSocket frame
+/// with `payload` bytes: 2 header bytes, plus 2 or 8 of extended length.
+pub fn frame_wire_bytes(payload: usize) -> u64 {
+    let extended = match payload {
+        0..=125 => 0,
+        126..=65535 => 2,
+        _ => 8,
+    };
+    (2 + extended + payload) as u64
+}
+
+fn count_rx(payload: usize) {
+    RX_BYTES.fetch_add(frame_wire_bytes(payload), Ordering::Relaxed);
+}
+
 /// The receiving half.
 pub enum Rx {
     /// Courier's frames are not decoded into typed frames: at hundreds of
@@ -732,7 +756,10 @@ impl Rx {
                 }
                 loop {
                     return match stream.next().await {
-                        Some(Ok(Message::Binary(b))) => courier_event(&b),
+                        Some(Ok(Message::Binary(b))) => {
+                            count_rx(b.len());
+                            courier_event(&b)
+                        }
                         Some(Ok(Message::Close(frame))) => {
                             Event::Closed(frame.map(|f| u16::from(f.code)))
                         }
@@ -748,8 +775,14 @@ impl Rx {
                     }
                 }
                 let bytes = match stream.next().await {
-                    Some(Ok(Message::Binary(b))) => b,
-                    Some(Ok(Message::Text(t))) => Bytes::copy_from_slice(t.as_bytes()),
+                    Some(Ok(Message::Binary(b))) => {
+                        count_rx(b.len());
+                        b
+                    }
+                    Some(Ok(Message::Text(t))) => {
+                        count_rx(t.len());
+                        Bytes::copy_from_slice(t.as_bytes())
+                    }
                     Some(Ok(Message::Close(frame))) => {
                         return Event::Closed(frame.map(|f| u16::from(f.code)))
                     }

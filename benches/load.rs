@@ -215,26 +215,8 @@ fn main() -> ExitCode {
     if cli.scenario == Scenario::PeerTungstenite {
         return serve_peer(cli.port);
     }
-    if cli.pin {
-        // Before the runtime exists: its threads inherit the mask.
-        let pinned = std::process::Command::new("taskset")
-            .args(["-p", "-c", "1", &std::process::id().to_string()])
-            .stdout(std::process::Stdio::null())
-            .status();
-        if !pinned.is_ok_and(|s| s.success()) {
-            eprintln!("load: taskset failed; running unpinned");
-        }
-    }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(cli.threads.max(1))
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("load: cannot start tokio: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = stats::tester_runtime("load", cli.pin, cli.threads) else {
+        return ExitCode::FAILURE;
     };
     let bound = Duration::from_secs_f64(cli.max_secs);
     let result = runtime.block_on(async {

@@ -83,7 +83,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use stats::{cpu_secs, now_ns, rss_kib, Percentiles, Recorder};
-use target::{frame_wire_bytes, Env, Kind, Launch};
+use target::{frame_wire_bytes, Env, Kind, Launch, PeerFrame};
 
 const DEFAULT_RATES: [f64; 16] = [
     25.0, 50.0, 75.0, 100.0, 150.0, 200.0, 300.0, 400.0, 500.0, 600.0, 700.0, 800.0, 1000.0,
@@ -178,26 +178,8 @@ fn main() -> ExitCode {
         return serve_peer(&args[2..]);
     }
     let cli = Cli::parse_from(args);
-    if cli.pin {
-        // Before the runtime exists: its threads inherit the mask.
-        let pinned = std::process::Command::new("taskset")
-            .args(["-p", "-c", "1", &std::process::id().to_string()])
-            .stdout(std::process::Stdio::null())
-            .status();
-        if !pinned.is_ok_and(|s| s.success()) {
-            eprintln!("ticks: taskset failed; running unpinned");
-        }
-    }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(cli.threads.max(1))
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("ticks: cannot start tokio: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = stats::tester_runtime("ticks", cli.pin, cli.threads) else {
+        return ExitCode::FAILURE;
     };
     let shared = Arc::new(Shared::new());
     let bound = Duration::from_secs_f64(cli.max_secs);
@@ -405,15 +387,6 @@ struct CourierFrame {
 #[derive(Deserialize)]
 struct CourierData {
     #[serde(default)]
-    text: Option<String>,
-}
-
-/// The peers' frames, both ways (and the NATS payload).
-#[derive(Serialize, Deserialize)]
-struct PeerFrame {
-    #[serde(rename = "type")]
-    kind: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     text: Option<String>,
 }
 

@@ -1822,9 +1822,7 @@ impl SlowSocket {
             .await
             .expect("raw connect");
         let frames = [
-            ClientFrame::new(ClientRequest::Authenticate(Authenticate {
-                token: token.to_owned(),
-            })),
+            ClientFrame::new(ClientRequest::Authenticate(Authenticate::new(token))),
             ClientFrame::new(ClientRequest::JoinChannel(JoinChannel {
                 channel_id: channel,
                 since_seq: None,

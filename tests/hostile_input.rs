@@ -659,9 +659,7 @@ impl RawWs {
     /// Upgrades and authenticates with `token`.
     async fn authenticated(addr: SocketAddr, token: &str) -> RawWs {
         let mut raw = Self::upgrade(addr).await;
-        let auth = ClientFrame::new(ClientRequest::Authenticate(Authenticate {
-            token: token.to_owned(),
-        }));
+        let auth = ClientFrame::new(ClientRequest::Authenticate(Authenticate::new(token)));
         let bytes = encode_client(&auth, Encoding::MessagePack);
         raw.send(&ws_frame(FIN | OP_BINARY, &bytes, true)).await;
         match raw

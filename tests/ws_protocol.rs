@@ -1154,9 +1154,9 @@ async fn slow_consumer_is_closed_4009_and_others_keep_receiving() {
         .await
         .expect("raw connect");
     use futures_util::SinkExt;
-    let auth = ClientFrame::new(ClientRequest::Authenticate(Authenticate {
-        token: slow.token.clone(),
-    }));
+    let auth = ClientFrame::new(ClientRequest::Authenticate(Authenticate::new(
+        slow.token.clone(),
+    )));
     raw.send(tokio_tungstenite::tungstenite::Message::Binary(
         courier_protocol::codec::encode_client(&auth, Encoding::MessagePack),
     ))
@@ -1379,9 +1379,9 @@ async fn a_connection_that_never_answers_pings_is_closed_4002() {
         server.addr
     );
     tcp.write_all(upgrade.as_bytes()).await.expect("upgrade");
-    let auth = ClientFrame::new(ClientRequest::Authenticate(Authenticate {
-        token: u.token.clone(),
-    }));
+    let auth = ClientFrame::new(ClientRequest::Authenticate(Authenticate::new(
+        u.token.clone(),
+    )));
     let payload = courier_protocol::codec::encode_client(&auth, Encoding::MessagePack);
     let mask = [0x11u8, 0x22, 0x33, 0x44];
     let mut frame = vec![0x82, 0x80 | 126];

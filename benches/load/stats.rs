@@ -342,3 +342,30 @@ pub fn kernel_kib() -> Option<u64> {
         .unwrap_or(0);
     Some(slab + pages * 4)
 }
+
+/// The tester's tokio runtime with `threads` workers, on core 1 with `pin`
+/// (the server has core 0): pinned before the runtime exists, so that its
+/// threads inherit the mask. `None` (said on stderr) when tokio cannot
+/// start; a failed `taskset` only runs unpinned.
+pub fn tester_runtime(name: &str, pin: bool, threads: usize) -> Option<tokio::runtime::Runtime> {
+    if pin {
+        let pinned = std::process::Command::new("taskset")
+            .args(["-p", "-c", "1", &std::process::id().to_string()])
+            .stdout(std::process::Stdio::null())
+            .status();
+        if !pinned.is_ok_and(|s| s.success()) {
+            eprintln!("{name}: taskset failed; running unpinned");
+        }
+    }
+    match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => Some(runtime),
+        Err(e) => {
+            eprintln!("{name}: cannot start tokio: {e}");
+            None
+        }
+    }
+}

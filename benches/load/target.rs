@@ -576,13 +576,14 @@ fn ws_config() -> WebSocketConfig {
     WebSocketConfig::default().read_buffer_size(READ_BUFFER)
 }
 
-/// A peer frame (`join`, `send`, `ack`, `new_message`).
+/// A peer frame (`join`, `send`, `ack`, `new_message`), both ways, and the
+/// NATS payload.
 #[derive(Serialize, Deserialize)]
-struct PeerFrame {
+pub struct PeerFrame {
     #[serde(rename = "type")]
-    kind: String,
+    pub kind: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    text: Option<String>,
+    pub text: Option<String>,
 }
 
 fn peer_frame(kind: &str, text: Option<String>) -> Bytes {

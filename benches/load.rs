@@ -213,7 +213,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse_from(args);
     stats::start_clock();
     if cli.scenario == Scenario::PeerTungstenite {
-        return serve_peer(cli.port);
+        return tungstenite_peer::run(cli.port);
     }
     let Some(runtime) = stats::tester_runtime("load", cli.pin, cli.threads) else {
         return ExitCode::FAILURE;
@@ -231,28 +231,6 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("load: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn serve_peer(port: u16) -> ExitCode {
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("peer-tungstenite: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
-        eprintln!("tungstenite peer listening on 127.0.0.1:{port}");
-        tungstenite_peer::serve(listener).await
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("peer-tungstenite: {e}");
             ExitCode::FAILURE
         }
     }

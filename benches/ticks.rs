@@ -83,7 +83,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use stats::{cpu_secs, now_ns, rss_kib, Percentiles, Recorder};
-use target::{frame_wire_bytes, Env, Kind, Launch, PeerFrame};
+use target::{frame_wire_bytes, peer_frame, Env, Kind, Launch, PeerFrame};
 
 const DEFAULT_RATES: [f64; 16] = [
     25.0, 50.0, 75.0, 100.0, 150.0, 200.0, 300.0, 400.0, 500.0, 600.0, 700.0, 800.0, 1000.0,
@@ -209,25 +209,7 @@ fn serve_peer(args: &[String]) -> ExitCode {
         .and_then(|i| args.get(i + 1))
         .and_then(|p| p.parse().ok())
         .unwrap_or(9001);
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("peer-tungstenite: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
-        eprintln!("tungstenite peer listening on 127.0.0.1:{port}");
-        tungstenite_peer::serve(listener).await
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("peer-tungstenite: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    tungstenite_peer::run(port)
 }
 
 // ---------------------------------------------------------------------------
@@ -393,13 +375,6 @@ struct CourierData {
 fn msgpack<T: Serialize>(value: &T) -> Bytes {
     // Maps of strings and integers always encode.
     Bytes::from(rmp_serde::to_vec_named(value).unwrap_or_default())
-}
-
-fn peer_frame(kind: &str, text: Option<String>) -> Bytes {
-    msgpack(&PeerFrame {
-        kind: kind.to_owned(),
-        text,
-    })
 }
 
 /// The text of a message: the send instant in ns, a space, padding to `len`.

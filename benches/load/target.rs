@@ -586,7 +586,8 @@ pub struct PeerFrame {
     pub text: Option<String>,
 }
 
-fn peer_frame(kind: &str, text: Option<String>) -> Bytes {
+/// A peer frame in MessagePack.
+pub fn peer_frame(kind: &str, text: Option<String>) -> Bytes {
     let frame = PeerFrame {
         kind: kind.to_owned(),
         text,

@@ -144,3 +144,28 @@ async fn connection(stream: TcpStream, hub: Arc<Hub>, ack: Bytes) {
     drop(tx);
     let _ = writer.await;
 }
+
+/// Serves on 127.0.0.1:`port` until killed: the `peer-tungstenite`
+/// subcommand of both testers.
+pub fn run(port: u16) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("peer-tungstenite: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+        eprintln!("tungstenite peer listening on 127.0.0.1:{port}");
+        serve(listener).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("peer-tungstenite: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

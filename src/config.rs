@@ -138,6 +138,13 @@ pub struct Config {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub behind_proxy: bool,
+
+    /// Cluster mode when set (`nats://...`); absent: a single node.
+    pub cluster_nats_url: Option<String>,
+    /// `None`: generated at start and logged.
+    pub node_id: Option<String>,
+    pub cluster_lease_ms: u64,
+    pub cluster_forward_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -180,6 +187,10 @@ impl Default for Config {
             recovery_limit: 1000,
             typing_expiry_ms: 6_000,
             fanout_coalesce_us: 2_000,
+            cluster_nats_url: None,
+            node_id: None,
+            cluster_lease_ms: 3_000,
+            cluster_forward_timeout_ms: 5_000,
             persist_batch_max: None,
             persist_batch_delay_us: 0,
             persist_commits_in_flight: 4,
@@ -415,6 +426,42 @@ impl Config {
                 );
             }
         }
+        if let Some(url) = &self.cluster_nats_url {
+            if !["nats://", "tls://"].iter().any(|s| url.starts_with(s)) {
+                c.invalid(
+                    "cluster_nats_url",
+                    "must start with nats:// or tls:// (the value is not shown)".into(),
+                );
+            }
+            if !self.database_url().starts_with("postgres") {
+                c.invalid(
+                    "cluster_nats_url",
+                    "cluster mode needs PostgreSQL: every node shares one database, \
+                     which the embedded SQLite file cannot be (set COURIER_DATABASE_URL=postgres://...)"
+                        .into(),
+                );
+            }
+        }
+        if let Some(node) = &self.node_id {
+            let valid = !node.is_empty()
+                && node.len() <= 64
+                && node
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_');
+            if !valid {
+                c.invalid(
+                    "node_id",
+                    "must be 1 to 64 letters, digits, '-' or '_'".into(),
+                );
+            }
+        }
+        c.within("cluster_lease_ms", self.cluster_lease_ms, 500, 60_000);
+        c.within(
+            "cluster_forward_timeout_ms",
+            self.cluster_forward_timeout_ms,
+            100,
+            60_000,
+        );
         if self
             .jwt_secret
             .as_ref()
@@ -682,6 +729,23 @@ impl Config {
             Some(url) => url.clone(),
             None => format!("sqlite://{}", self.data_dir.join("courier.db").display()),
         }
+    }
+
+    /// How this node joins its cluster; `None` for a single node. A node
+    /// without `node_id` gets a generated one.
+    pub fn cluster(&self) -> Option<courier_actors::cluster::ClusterConfig> {
+        let nats_url = self.cluster_nats_url.clone()?;
+        let node_id = self.node_id.clone().unwrap_or_else(|| {
+            let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+            tracing::info!(node_id = %id, "COURIER_NODE_ID not set; generated");
+            id
+        });
+        Some(courier_actors::cluster::ClusterConfig {
+            nats_url,
+            node_id,
+            lease_ttl: std::time::Duration::from_millis(self.cluster_lease_ms),
+            forward_timeout: std::time::Duration::from_millis(self.cluster_forward_timeout_ms),
+        })
     }
 
     /// Whether `/api/auth/register` is open.

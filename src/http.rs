@@ -109,26 +109,43 @@ pub fn json_error(status: StatusCode, code: ErrorCode, message: &str) -> Respons
     response
 }
 
-/// Liveness: always 200 while the process serves, with what runs.
+/// Liveness: always 200 while the process serves, with what runs (and, in
+/// a cluster, this node's part in it).
 async fn health(State(app): State<Arc<App>>) -> Response<Body> {
-    json(
-        StatusCode::OK,
-        serde_json::json!({
-            "status": "ok",
-            "version": env!("CARGO_PKG_VERSION"),
-            "uptimeSeconds": app.started_at.elapsed().as_secs(),
-            "store": app.store.backend(),
-        }),
-    )
+    let mut body = serde_json::json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptimeSeconds": app.started_at.elapsed().as_secs(),
+        "store": app.store.backend(),
+    });
+    if let Some(cluster) = &app.realtime.cluster {
+        body["cluster"] = serde_json::json!({
+            "nodeId": cluster.node_id(),
+            "nats": if cluster.nats_connected() { "connected" } else { "disconnected" },
+            "leaseHeld": cluster.lease_held(),
+            "channelsOwned": cluster.channels_owned(),
+        });
+    }
+    json(StatusCode::OK, body)
 }
 
-/// Readiness: 503 naming what is not ready (`database`, `actors`).
+/// Readiness: 503 naming what is not ready (`database`, `actors`, and in a
+/// cluster `cluster` while NATS is unreachable or the node lease not held).
 async fn ready(State(app): State<Arc<App>>) -> Response<Body> {
     // The persistence actor's view (a ping every 250 ms, and whether its
     // batches commit): when this says 503, sends are refused `unavailable`.
     let store_ok = app.realtime.persistence.store_reachable();
     let actors_ok = app.realtime.healthy();
-    let failing: Vec<&str> = [(store_ok, "database"), (actors_ok, "actors")]
+    let cluster_ok = app
+        .realtime
+        .cluster
+        .as_ref()
+        .is_none_or(|c| c.nats_connected() && c.lease_held());
+    let failing: Vec<&str> = [
+        (store_ok, "database"),
+        (actors_ok, "actors"),
+        (cluster_ok, "cluster"),
+    ]
         .into_iter()
         .filter_map(|(ok, name)| (!ok).then_some(name))
         .collect();

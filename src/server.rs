@@ -15,6 +15,7 @@ use std::time::{Duration, SystemTime};
 
 use courier_actors::audit::actor::AuditConfig;
 use courier_actors::audit::chain::PendingAudit;
+use courier_actors::cluster::{Cluster, ClusterError};
 use courier_actors::crypto::{Keyring, MessageCipher};
 use courier_actors::durable::persistence::PersistenceConfig;
 use courier_actors::durable::private_files;
@@ -61,6 +62,8 @@ pub enum ServerError {
     #[error("cannot start the actors: {0}")]
     Actors(String),
     #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error(transparent)]
     Webhook(#[from] crate::audit_webhook::WebhookError),
     #[error("server: {0}")]
     Io(#[from] std::io::Error),
@@ -75,8 +78,9 @@ const WRITER_LOCK_WAIT: Duration = Duration::from_secs(15);
 pub struct Started {
     pub app: Arc<App>,
     /// This process is the store's only writer while this lives (until
-    /// `serve` returns).
-    writer: store::WriterLock,
+    /// `serve` returns); `None` in a cluster, whose nodes all write (each
+    /// channel's `seq` by its owner, the audit chain one append at a time).
+    writer: Option<store::WriterLock>,
     keyring_file: Option<PathBuf>,
     /// Set when `tls_cert`/`tls_key` are: connections are TLS-terminated here.
     tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
@@ -131,7 +135,10 @@ pub async fn start(config: Config) -> Result<Started, ServerError> {
     let secrets = secrets::resolve(&config)?;
     let store = open_store(&config).await?;
     // Before anything reads a `seq` or the audit chain head from the store.
-    let writer = store.lock_writer(WRITER_LOCK_WAIT).await?;
+    let (writer, cluster) = match config.cluster() {
+        None => (Some(store.lock_writer(WRITER_LOCK_WAIT).await?), None),
+        Some(cluster) => (None, Some(Cluster::connect(cluster).await?)),
+    };
     let passwords = passwords(&config)?;
     let initial_admin = bootstrap_admin(&config, &*store, &passwords).await?;
 
@@ -191,6 +198,7 @@ pub async fn start(config: Config) -> Result<Started, ServerError> {
             checkpoint_file: config.checkpoint_file(),
             checkpoint_sink,
             keyring,
+            linked: cluster.is_some(),
         },
         retention: RetentionConfig {
             interval: Duration::from_secs(config.retention_interval_secs.max(1)),
@@ -202,6 +210,7 @@ pub async fn start(config: Config) -> Result<Started, ServerError> {
         recovery_limit: config.recovery_limit,
         typing_expiry: Duration::from_millis(config.typing_expiry_ms),
         fanout_coalesce: Duration::from_micros(config.fanout_coalesce_us),
+        cluster,
     };
     let realtime = Realtime::start(deps)
         .await

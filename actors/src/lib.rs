@@ -67,11 +67,20 @@ macro_rules! variant_message {
 }
 
 pub mod audit;
+pub mod cluster;
 pub mod crypto;
 pub mod durable;
 pub mod policy;
 pub mod realtime;
 pub mod telemetry;
+
+/// Microseconds since the Unix epoch (cross-node latencies).
+pub fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
 
 /// Milliseconds since the Unix epoch, the unit of every timestamp.
 pub fn now_ms() -> i64 {

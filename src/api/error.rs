@@ -205,6 +205,19 @@ impl From<ChannelError> for ApiError {
             ChannelError::NotFound(why) => ApiError::not_found(why),
             ChannelError::Unavailable => ApiError::unavailable(),
             ChannelError::Internal(why) => ApiError::internal(why),
+            // The owner node's answer: the same code its own REST would give.
+            ChannelError::Relayed { code, message } => {
+                let status = match code {
+                    ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+                    ErrorCode::NotFound => StatusCode::NOT_FOUND,
+                    ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+                    ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+                    ErrorCode::Conflict => StatusCode::CONFLICT,
+                    ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+                    _ => StatusCode::INTERNAL_SERVER_ERROR,
+                };
+                ApiError::new(status, code, message)
+            }
         }
     }
 }

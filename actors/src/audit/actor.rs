@@ -18,6 +18,10 @@
 //! down, and only then moves its head and answers the batch's waiters. Should the stored chain have moved
 //! past the head it read (a crashed broker's last append landing late), it
 //! links the batch after the stored head rather than refusing it forever.
+//! In a cluster ([`AuditConfig::linked`]) every node appends to the one
+//! chain: each batch is linked after the stored head inside its own
+//! transaction, which holds the database's append lock, so the chain has
+//! one writer at a time and every node's events in it.
 //! (On SQLite an append made while a message batch commits goes into that
 //! batch's transaction instead of a commit of its own: see
 //! `store::audit_ride`.) Every `checkpoint_every` entries, or every
@@ -133,6 +137,10 @@ pub struct AuditConfig {
     pub checkpoint_sink: Option<mpsc::Sender<Checkpoint>>,
     /// Signs checkpoints (the checkpoint key of the active master key).
     pub keyring: Arc<Keyring>,
+    /// In a cluster: other nodes append to the same chain, so each batch is
+    /// linked after the stored head inside its transaction
+    /// ([`Store::append_audit_linked`]).
+    pub linked: bool,
 }
 
 /// The actor. Stateless itself; see [`AuditState`].
@@ -285,7 +293,11 @@ async fn chain_loop(
         }
         if !pending.is_empty() {
             let (mut records, new_head) = chain::chain(&head, pending);
-            head = append_with_retry(&*store, &mut records, new_head).await;
+            head = if config.linked {
+                append_linked_with_retry(&*store, &mut records).await
+            } else {
+                append_with_retry(&*store, &mut records, new_head).await
+            };
             counter!(m::AUDIT_ENTRIES).increment(records.len() as u64);
             histogram!(m::AUDIT_BATCH_SIZE).record(records.len() as f64);
             // Committed: the callers that wait may answer now. (One that
@@ -377,6 +389,22 @@ async fn append_with_retry(
         tracing::warn!(error = %error, entries = records.len(), "audit append failed; retrying");
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// Appends `records` after the stored head (re-linked there), retrying
+/// while the store refuses, and returns the head after them.
+async fn append_linked_with_retry(store: &dyn Store, records: &mut [AuditRecord]) -> ChainHead {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match store.append_audit_linked(records).await {
+            Ok(()) => return ChainHead::after(records.last()),
+            Err(e) => {
+                tracing::warn!(error = %e, entries = records.len(), "audit append failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
     }
 }
 

@@ -50,6 +50,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, DerivedActorRef};
 use tokio::sync::{oneshot, watch};
 
 use crate::audit::actor::AuditHandle;
+use crate::cluster::Cluster;
 use crate::audit::chain::PendingAudit;
 use crate::crypto::MessageCipher;
 use crate::durable::history;
@@ -64,6 +65,11 @@ use crate::realtime::frames_out as out;
 use crate::realtime::outbound::{ConnId, EncodedFrame, Forms, Outbound, Push, PushForm};
 use crate::realtime::ShutdownPhase;
 use crate::telemetry::names as m;
+
+mod cluster_role;
+pub(crate) use cluster_role::notice_of;
+pub use cluster_role::{forwarded, RemoteEvent};
+use cluster_role::{Mode, RemoteFeed};
 
 /// What the channel actors of one server share (read-only).
 pub struct ChannelServices {
@@ -85,6 +91,8 @@ pub struct ChannelServices {
     /// The server's shutdown phase: an actor that dies once the server is
     /// closing closes its connections with 1001, not as a crash.
     pub shutdown: watch::Receiver<ShutdownPhase>,
+    /// The cluster this node is part of, if any (see `cluster_role`).
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 /// Why a request to a channel failed. Mapped to an error code at the edge.
@@ -98,12 +106,16 @@ pub enum ChannelError {
     Unavailable,
     #[error("{0}")]
     Internal(String),
+    /// The owner node's answer to a forwarded request, relayed unchanged.
+    #[error("{message}")]
+    Relayed { code: ErrorCode, message: String },
 }
 
 impl ChannelError {
     /// The protocol error code.
     pub fn code(&self) -> ErrorCode {
         match self {
+            ChannelError::Relayed { code, .. } => *code,
             ChannelError::Forbidden(_) => ErrorCode::Forbidden,
             ChannelError::NotFound(_) => ErrorCode::NotFound,
             ChannelError::Unavailable => ErrorCode::Unavailable,
@@ -144,6 +156,11 @@ pub enum Reply {
     },
     /// A REST handler waiting for the result.
     Oneshot(oneshot::Sender<Result<Accepted, ChannelError>>),
+    /// Another node, which forwarded the request, waits on this subject.
+    Remote {
+        cluster: Arc<Cluster>,
+        subject: String,
+    },
     /// Nobody is waiting.
     None,
 }
@@ -171,6 +188,18 @@ impl Reply {
             }
             Reply::Oneshot(tx) => {
                 let _ = tx.send(result);
+            }
+            Reply::Remote { cluster, subject } => {
+                use crate::cluster::wire::Answer;
+                let answer = match result {
+                    Ok(Accepted::Sent { message, duplicate }) => Answer::Sent { message, duplicate },
+                    Ok(Accepted::Done) => Answer::Done,
+                    Err(e) => Answer::Failed {
+                        code: e.code(),
+                        message: e.to_string(),
+                    },
+                };
+                cluster.answer(subject, &answer);
             }
             Reply::None => {}
         }
@@ -301,6 +330,12 @@ pub enum ChannelMsg {
     },
     /// Once a second: typing expiry and the idle check.
     Tick,
+    /// A push of this channel from another node of the cluster.
+    Remote(Box<RemoteEvent>),
+    /// NATS came back: read what the owner committed meanwhile.
+    Resync,
+    /// The node a request was forwarded to does not own the channel.
+    OwnerUnknown,
 }
 
 variant_message!(ChannelMsg::Committed(Committed));
@@ -636,6 +671,10 @@ pub struct ChannelState {
     /// connection has everything committed (see `delivered_seq`): nothing
     /// is counted per message.
     delivered: HashMap<UserId, u64>,
+    /// Owner or follower in a cluster; `Single` without one.
+    mode: Mode,
+    /// The other nodes' events of this channel, in a cluster.
+    _feed: Option<RemoteFeed>,
 }
 
 impl Actor for ChannelActor {
@@ -648,6 +687,14 @@ impl Actor for ChannelActor {
         myself: ActorRef<Self::Msg>,
         args: ChannelArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
+        let feed = match &args.services.cluster {
+            Some(cluster) => Some(cluster_role::feed(cluster, args.channel.id, myself.clone()).await?),
+            None => None,
+        };
+        let mode = match feed {
+            Some(_) => Mode::Follower { owner: None },
+            None => Mode::Single,
+        };
         let store = &args.services.store;
         let last = store.last_seq(args.channel.id).await?;
         let mut client_ids = ClientIds {
@@ -692,6 +739,8 @@ impl Actor for ChannelActor {
             idle_since: Instant::now(),
             last_replay: 0,
             delivered: HashMap::new(),
+            mode,
+            _feed: feed,
         })
     }
 
@@ -702,6 +751,9 @@ impl Actor for ChannelActor {
     ) -> Result<(), ActorProcessingErr> {
         state.subscribers.clean = true;
         metrics::gauge!(m::CHANNELS_ACTIVE).decrement(1.0);
+        if let Some(cluster) = &state.services.cluster {
+            cluster.release(state.channel.id);
+        }
         Ok(())
     }
 
@@ -711,7 +763,13 @@ impl Actor for ChannelActor {
         msg: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        let Some(msg) = state.route(&myself, msg).await else {
+            return Ok(());
+        };
         match msg {
+            ChannelMsg::Remote(event) => state.remote(*event).await,
+            ChannelMsg::Resync => state.resync().await,
+            ChannelMsg::OwnerUnknown => state.owner_unknown(),
             ChannelMsg::Join(req) => state.join(&myself, *req),
             ChannelMsg::Leave { conn_id } => {
                 if let Some(sub) = state.subscribers.remove(conn_id) {
@@ -744,7 +802,7 @@ impl Actor for ChannelActor {
                     let deadline = Instant::now() + state.services.typing_expiry;
                     state.typing.insert(user_id, deadline);
                     let frame = out::typing(state.channel.id, user_id, true);
-                    state.subscribers.fan_out(&frame, Some(user_id));
+                    state.broadcast(&frame, Some(user_id));
                 } else {
                     state.stop_typing(user_id);
                 }
@@ -805,7 +863,7 @@ impl Actor for ChannelActor {
                 last_seen,
             } => {
                 let frame = out::presence(user_id, status, last_seen);
-                state.subscribers.fan_out(&frame, Some(user_id));
+                state.broadcast(&frame, Some(user_id));
             }
             ChannelMsg::Expired { message_id, seq } => {
                 let frame = out::message_deleted(message_id, state.channel.id, seq);
@@ -942,7 +1000,7 @@ impl ChannelState {
         outbound.deliver(&ack);
         if arriving {
             let frame = out::presence(user_id, PresenceStatus::Online, crate::now_ms());
-            self.subscribers.fan_out(&frame, Some(user_id));
+            self.broadcast(&frame, Some(user_id));
         }
         let conn_id = outbound.conn_id();
         self.members.insert(user_id, member);
@@ -1074,14 +1132,14 @@ impl ChannelState {
     fn direct_status(&mut self, user: UserId, seq: u64, status: DeliveryStatus) {
         if self.channel.kind == ChannelKind::Direct {
             let frame = out::message_status(self.channel.id, user, seq, status);
-            self.subscribers.fan_out(&frame, Some(user));
+            self.broadcast(&frame, Some(user));
         }
     }
 
     fn stop_typing(&mut self, user: UserId) {
         if self.typing.remove(&user).is_some() {
             let frame = out::typing(self.channel.id, user, false);
-            self.subscribers.fan_out(&frame, Some(user));
+            self.broadcast(&frame, Some(user));
         }
     }
 
@@ -1412,21 +1470,10 @@ impl ChannelState {
                     message,
                     duplicate: false,
                 }));
-                let delivered = self.subscribers.fan_out(&frame, None);
-                counter!(m::MESSAGES_DELIVERED).increment(delivered);
-                if self.channel.kind == ChannelKind::Direct {
-                    // The other member has it once a live connection of theirs does.
-                    let other = self
-                        .subscribers
-                        .by_conn
-                        .values()
-                        .find_map(|s| (s.live && s.user_id != sender).then_some(s.user_id));
-                    if let Some(other) = other {
-                        let frame =
-                            out::message_status(channel_id, other, seq, DeliveryStatus::Delivered);
-                        self.subscribers.to_user(&frame, sender);
-                    }
-                }
+                self.publish_push(&frame, None, None);
+                // The other member of a direct channel has it once a live
+                // connection of theirs does (here, or on another node).
+                self.take_message(&frame, sender, seq);
             }
             (
                 Pending::Publish {
@@ -1493,8 +1540,7 @@ impl ChannelState {
                     serde_json::json!({"channelId": channel_id, "messageId": message.id, "seq": message.seq}),
                 ));
                 reply.send(Ok(Accepted::Done));
-                self.subscribers
-                    .fan_out(&out::message_updated(message), None);
+                self.broadcast(&out::message_updated(message), None);
             }
             (
                 Pending::Delete {
@@ -1512,8 +1558,7 @@ impl ChannelState {
                     serde_json::json!({"channelId": channel_id, "messageId": message_id, "seq": seq}),
                 ));
                 reply.send(Ok(Accepted::Done));
-                self.subscribers
-                    .fan_out(&out::message_deleted(message_id, channel_id, seq), None);
+                self.broadcast(&out::message_deleted(message_id, channel_id, seq), None);
             }
             (
                 Pending::Read {
@@ -1530,8 +1575,7 @@ impl ChannelState {
                     serde_json::json!({"channelId": channel_id, "seq": seq}),
                 ));
                 reply.send(Ok(Accepted::Done));
-                self.subscribers
-                    .fan_out(&out::read_receipt(channel_id, user_id, seq), None);
+                self.broadcast(&out::read_receipt(channel_id, user_id, seq), None);
                 self.direct_status(user_id, seq, DeliveryStatus::Read);
             }
             (
@@ -1551,8 +1595,7 @@ impl ChannelState {
                     serde_json::json!({"channelId": channel_id, "messageId": message_id, "reaction": reaction}),
                 ));
                 reply.send(Ok(Accepted::Done));
-                self.subscribers
-                    .fan_out(&out::reaction_updated(channel_id, message_id, counts), None);
+                self.broadcast(&out::reaction_updated(channel_id, message_id, counts), None);
             }
             (pending, Ok(WriteOutcome::NotFound)) => {
                 pending.fail(ChannelError::NotFound("no such message"))

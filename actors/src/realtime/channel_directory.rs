@@ -2,13 +2,17 @@
 //!
 //! **Owns** the map from channel id to its running [`ChannelActor`], and
 //! supervises those actors (one per channel with traffic, started on first
-//! use, gone when idle). It is the one place that routes to a channel: a
-//! cluster of brokers would put the "which node owns this channel" decision
-//! here, with nothing else changing.
+//! use, gone when idle). It is the one place that routes to a channel's
+//! actor on this node. In a cluster every node runs the actors of the
+//! channels its connections use; which of them owns a channel (assigns
+//! `seq`) is the actor's own business (`channel::cluster_role`), decided by
+//! a claim in NATS.
 //!
 //! **Takes** [`DirectoryMsg`]: `Get` (start if needed) from connection
 //! actors and REST handlers; `Notify` (deliver only if running) from REST
-//! handlers and the retention actor.
+//! handlers and the retention actor, and in a cluster published to the
+//! other nodes too; `Forwarded` requests from other nodes (the channel's
+//! actor is started for them if needed); `Resync` after NATS came back.
 //!
 //! **Supervised by** the root supervisor. **A crash** of a channel actor
 //! removes it from the map (its connections were closed with 1011 by the
@@ -22,9 +26,10 @@ use std::sync::Arc;
 use courier_protocol::ChannelId;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
+use crate::cluster::wire::{Answer, ChannelEvent, Forward};
 use crate::durable::retention::Expired;
 use crate::durable::store::Channel;
-use crate::realtime::channel::{ChannelActor, ChannelArgs, ChannelMsg, ChannelServices};
+use crate::realtime::channel::{self, ChannelActor, ChannelArgs, ChannelMsg, ChannelServices};
 
 /// Messages of the directory.
 pub enum DirectoryMsg {
@@ -32,8 +37,13 @@ pub enum DirectoryMsg {
     /// channel row, and authorized what it is about to do).
     Get(Channel, RpcReplyPort<Result<ActorRef<ChannelMsg>, String>>),
     /// Delivers a message to a channel's actor if one is running; a channel
-    /// nobody has joined has nobody to tell.
+    /// nobody has joined has nobody to tell. In a cluster, the other nodes
+    /// are told too.
     Notify(ChannelId, ChannelMsg),
+    /// A request another node forwarded here, answered on the reply subject.
+    Forwarded(Box<Forward>, String),
+    /// Every running channel re-reads what it may have missed.
+    Resync,
 }
 
 /// A message's expiry, from the retention actor, goes to its channel.
@@ -98,29 +108,28 @@ impl Actor for ChannelDirectory {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             DirectoryMsg::Get(channel, reply) => {
-                if let Some(actor) = state.channels.get(&channel.id) {
-                    let _ = reply.send(Ok(actor.clone()));
-                    return Ok(());
-                }
-                let id = channel.id;
-                let args = ChannelArgs {
-                    channel,
-                    services: self.services.clone(),
-                };
-                match Actor::spawn_linked(None, ChannelActor, args, myself.get_cell()).await {
-                    Ok((actor, _)) => {
-                        state.channels.insert(id, actor.clone());
-                        let _ = reply.send(Ok(actor));
-                    }
-                    Err(e) => {
-                        tracing::error!(channel_id = %id, error = %e, "cannot start channel actor");
-                        let _ = reply.send(Err(e.to_string()));
-                    }
-                }
+                let _ = reply.send(self.get(&myself, state, channel).await);
             }
             DirectoryMsg::Notify(id, msg) => {
+                if let (Some(cluster), Some(notice)) =
+                    (&self.services.cluster, channel::notice_of(&msg))
+                {
+                    let event = ChannelEvent::Notice {
+                        origin: cluster.node_id().to_owned(),
+                        notice,
+                    };
+                    cluster.publish_channel(id, &event);
+                }
                 if let Some(actor) = state.channels.get(&id) {
                     let _ = actor.cast(msg);
+                }
+            }
+            DirectoryMsg::Forwarded(forward, reply) => {
+                self.forwarded(&myself, state, *forward, reply).await;
+            }
+            DirectoryMsg::Resync => {
+                for actor in state.channels.values() {
+                    let _ = actor.cast(ChannelMsg::Resync);
                 }
             }
         }
@@ -144,5 +153,76 @@ impl Actor for ChannelDirectory {
             _ => {}
         }
         Ok(())
+    }
+}
+
+impl ChannelDirectory {
+    /// The channel's actor, started if needed.
+    async fn get(
+        &self,
+        myself: &ActorRef<DirectoryMsg>,
+        state: &mut DirectoryState,
+        channel: Channel,
+    ) -> Result<ActorRef<ChannelMsg>, String> {
+        if let Some(actor) = state.channels.get(&channel.id) {
+            return Ok(actor.clone());
+        }
+        let id = channel.id;
+        let args = ChannelArgs {
+            channel,
+            services: self.services.clone(),
+        };
+        match Actor::spawn_linked(None, ChannelActor, args, myself.get_cell()).await {
+            Ok((actor, _)) => {
+                state.channels.insert(id, actor.clone());
+                Ok(actor)
+            }
+            Err(e) => {
+                tracing::error!(channel_id = %id, error = %e, "cannot start channel actor");
+                Err(e.to_string())
+            }
+        }
+    }
+
+    /// Hands a forwarded request to its channel's actor, started for it if
+    /// needed (the actor answers `NotOwner` when this node does not own the
+    /// channel).
+    async fn forwarded(
+        &self,
+        myself: &ActorRef<DirectoryMsg>,
+        state: &mut DirectoryState,
+        forward: Forward,
+        reply: String,
+    ) {
+        let Some(cluster) = self.services.cluster.clone() else {
+            return;
+        };
+        let actor = match state.channels.get(&forward.channel) {
+            Some(actor) => Ok(actor.clone()),
+            None => match self.services.store.get_channel(forward.channel).await {
+                Ok(Some(channel)) => self.get(myself, state, channel).await,
+                Ok(None) => {
+                    let answer = Answer::Failed {
+                        code: courier_protocol::ErrorCode::NotFound,
+                        message: "no such channel".into(),
+                    };
+                    cluster.answer(reply, &answer);
+                    return;
+                }
+                Err(e) => Err(e.to_string()),
+            },
+        };
+        match actor {
+            Ok(actor) => {
+                let msg = channel::forwarded(cluster.clone(), forward.op, reply.clone());
+                if actor.cast(msg).is_err() {
+                    cluster.answer(reply, &Answer::NotOwner);
+                }
+            }
+            Err(why) => {
+                tracing::warn!(channel_id = %forward.channel, error = %why, "a forwarded request found no channel actor");
+                cluster.answer(reply, &Answer::NotOwner);
+            }
+        }
     }
 }

@@ -220,6 +220,7 @@ impl Actor for ConnectionActor {
         if let Some(identity) = &state.identity {
             let msg = PresenceMsg::Disconnected {
                 conn_id: state.conn_id,
+                online_elsewhere: false,
             };
             let _ = state.realtime.presence.cast(ForUser(identity.user_id, msg));
             // The session's end, beside its `ws.connect`.
@@ -860,6 +861,9 @@ pub enum RequestError {
     Unavailable,
     #[error("internal error")]
     Internal,
+    /// The channel owner node's answer, relayed unchanged.
+    #[error("{message}")]
+    Relayed { code: ErrorCode, message: String },
 }
 
 impl RequestError {
@@ -873,6 +877,7 @@ impl RequestError {
             RequestError::Conflict(_) => ErrorCode::Conflict,
             RequestError::Unavailable => ErrorCode::Unavailable,
             RequestError::Internal => ErrorCode::Internal,
+            RequestError::Relayed { code, .. } => *code,
         }
     }
 }
@@ -909,6 +914,7 @@ impl From<ChannelError> for RequestError {
             ChannelError::NotFound(w) => RequestError::NotFound(w),
             ChannelError::Unavailable => RequestError::Unavailable,
             ChannelError::Internal(_) => RequestError::Internal,
+            ChannelError::Relayed { code, message } => RequestError::Relayed { code, message },
         }
     }
 }

@@ -12,7 +12,9 @@
 //!
 //! **Does**: a status change is pushed as `presence` to every channel the
 //! user has joined, whose channel actor passes it to everyone else there. A
-//! user is `offline` only when their last connection closes.
+//! user is `offline` only when their last connection closes; in a cluster,
+//! their last connection on any node (the directory asks the
+//! [`cluster`](crate::cluster::presence) before it lets the actor say so).
 //!
 //! **Supervised by** the [`PresenceDirectory`]. **A crash** loses the status
 //! (`away` reverts to `online` on the next connection) and the directory
@@ -20,11 +22,13 @@
 //! connection of that user starts a new actor.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use courier_protocol::frames::PresenceStatus;
 use courier_protocol::{ChannelId, SessionId, UserId};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 
+use crate::cluster::Cluster;
 use crate::realtime::channel::ChannelMsg;
 use crate::realtime::outbound::{ConnId, Outbound};
 use crate::telemetry::names as m;
@@ -39,6 +43,9 @@ pub enum PresenceMsg {
     },
     Disconnected {
         conn_id: ConnId,
+        /// Set by the directory: the user has a connection on another node,
+        /// so their last one here closing is not `offline`.
+        online_elsewhere: bool,
     },
     Joined {
         channel_id: ChannelId,
@@ -110,9 +117,12 @@ impl Actor for PresenceActor {
             } => {
                 state.connections.insert(conn_id, (session_id, outbound));
             }
-            PresenceMsg::Disconnected { conn_id } => {
+            PresenceMsg::Disconnected {
+                conn_id,
+                online_elsewhere,
+            } => {
                 state.connections.remove(&conn_id);
-                if state.connections.is_empty() {
+                if state.connections.is_empty() && !online_elsewhere {
                     state.status = PresenceStatus::Offline;
                     state.announce();
                 }
@@ -150,8 +160,12 @@ impl Actor for PresenceActor {
     }
 }
 
-/// Routes presence messages to each user's actor, starting and retiring them.
-pub struct PresenceDirectory;
+/// Routes presence messages to each user's actor, starting and retiring
+/// them; in a cluster, tells the other nodes when a user's first connection
+/// here opens and their last closes.
+pub struct PresenceDirectory {
+    pub cluster: Option<Arc<Cluster>>,
+}
 
 /// Messages of the directory: a presence message for a user.
 pub struct ForUser(pub UserId, pub PresenceMsg);
@@ -188,6 +202,9 @@ impl Actor for PresenceDirectory {
                     Actor::spawn_linked(None, PresenceActor, user, myself.get_cell()).await?;
                 entry.insert((actor, 0));
                 metrics::gauge!(m::USERS_ONLINE).set(state.users.len() as f64);
+                if let Some(cluster) = &self.cluster {
+                    cluster.user_online(user);
+                }
             }
         }
         let Some((actor, count)) = state.users.get_mut(&user) else {
@@ -203,6 +220,17 @@ impl Actor for PresenceDirectory {
                 *count == 0
             }
             _ => false,
+        };
+        let actor = actor.clone();
+        let msg = match (msg, &self.cluster) {
+            (PresenceMsg::Disconnected { conn_id, .. }, Some(cluster)) if retire => {
+                cluster.user_offline(user);
+                PresenceMsg::Disconnected {
+                    conn_id,
+                    online_elsewhere: cluster.online_elsewhere(user).await,
+                }
+            }
+            (msg, _) => msg,
         };
         let _ = actor.cast(msg);
         if retire {

@@ -29,6 +29,8 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::audit::actor::{AuditActor, AuditConfig, AuditHandle, AuditMsg};
 use crate::audit::chain::PendingAudit;
+use crate::cluster::wire::NodeEvent;
+use crate::cluster::{Cluster, Inbound};
 use crate::crypto::MessageCipher;
 use crate::durable::history;
 use crate::durable::persistence::{
@@ -87,6 +89,8 @@ pub struct RealtimeDeps {
     /// How long a wide channel's write to a connection may wait for the
     /// channel's next messages (see [`FlushLine`](crate::realtime::flush_line)).
     pub fanout_coalesce: Duration,
+    /// The cluster link, in cluster mode, with what it receives for this node.
+    pub cluster: Option<(Arc<Cluster>, Inbound)>,
 }
 
 /// Why a channel action was refused; mapped to codes at each edge.
@@ -149,6 +153,8 @@ pub struct Realtime {
     pub permissions: Arc<RolePermissions>,
     pub authenticator: Arc<dyn Authenticator>,
     pub limits: Limits,
+    /// The cluster link, in cluster mode.
+    pub cluster: Option<Arc<Cluster>>,
     /// Connections see shutdown phases here.
     pub shutdown: watch::Receiver<ShutdownPhase>,
     shutdown_tx: watch::Sender<ShutdownPhase>,
@@ -221,6 +227,10 @@ impl Realtime {
         let (audit_actor, audit) =
             AuditActor::spawn_linked(root.get_cell(), deps.store.clone(), deps.audit).await?;
         let (shutdown_tx, shutdown) = watch::channel(ShutdownPhase::Running);
+        let (cluster, inbound) = match deps.cluster {
+            Some((cluster, inbound)) => (Some(cluster), Some(inbound)),
+            None => (None, None),
+        };
         let services = Arc::new(ChannelServices {
             store: deps.store.clone(),
             cipher: deps.cipher.clone(),
@@ -232,6 +242,7 @@ impl Realtime {
             fanout_coalesce: deps.fanout_coalesce,
             idle_stop: Duration::from_secs(60),
             shutdown: shutdown.clone(),
+            cluster: cluster.clone(),
         });
         let (channels, _) = Actor::spawn_linked(
             Some(core_name("channels")),
@@ -242,7 +253,9 @@ impl Realtime {
         .await?;
         let (presence, _) = Actor::spawn_linked(
             Some(core_name("presence")),
-            PresenceDirectory,
+            PresenceDirectory {
+                cluster: cluster.clone(),
+            },
             (),
             root.get_cell(),
         )
@@ -260,7 +273,11 @@ impl Realtime {
             root.get_cell(),
         )
         .await?;
+        if let (Some(cluster), Some(inbound)) = (&cluster, inbound) {
+            route_inbound(cluster.clone(), inbound, channels.clone(), presence.clone());
+        }
         Ok(Arc::new(Realtime {
+            cluster,
             send_limiter: RateLimiter::keyed(send_quota(deps.limits.send_per_minute)),
             store: deps.store,
             cipher: deps.cipher,
@@ -679,6 +696,9 @@ impl Realtime {
         user: UserId,
         sessions: Option<Vec<courier_protocol::SessionId>>,
     ) {
+        if let Some(cluster) = &self.cluster {
+            cluster.revoke_elsewhere(user, sessions.clone());
+        }
         let _ = self
             .presence
             .cast(ForUser(user, PresenceMsg::Revoke(sessions)));
@@ -707,6 +727,55 @@ impl Realtime {
         }
         self.root.stop(None);
     }
+}
+
+/// Routes what the cluster receives for this node to its actors: forwarded
+/// requests to the channel directory (in arrival order), revocations to the
+/// presence directory, hellos answered, and after a reconnection every
+/// channel re-reads what it may have missed. The tasks end with the
+/// cluster's channels (when the node stops).
+fn route_inbound(
+    cluster: Arc<Cluster>,
+    inbound: Inbound,
+    channels: ActorRef<DirectoryMsg>,
+    presence: ActorRef<ForUser>,
+) {
+    let Inbound {
+        mut forwards,
+        mut node_events,
+        mut reconnected,
+    } = inbound;
+    let to_channels = channels.clone();
+    tokio::spawn(async move {
+        while let Some((forward, reply)) = forwards.recv().await {
+            if to_channels
+                .cast(DirectoryMsg::Forwarded(Box::new(forward), reply))
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    tokio::spawn(async move {
+        while let Some(event) = node_events.recv().await {
+            match event {
+                NodeEvent::Hello { .. } => cluster.introduce(),
+                NodeEvent::Revoke { user, sessions, .. } => {
+                    let _ = presence.cast(ForUser(user, PresenceMsg::Revoke(sessions)));
+                }
+                NodeEvent::Online { .. } | NodeEvent::Offline { .. } => {}
+            }
+        }
+    });
+    tokio::spawn(async move {
+        // The first "connected" is the initial connection.
+        let mut first = true;
+        while reconnected.recv().await.is_some() {
+            if !std::mem::take(&mut first) && channels.cast(DirectoryMsg::Resync).is_err() {
+                return;
+            }
+        }
+    });
 }
 
 /// A send as the edge received it.

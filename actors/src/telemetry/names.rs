@@ -73,6 +73,19 @@ pub const PROCESS_RSS: &str = "courier_process_resident_memory_bytes";
 pub const PROCESS_CPU: &str = "courier_process_cpu_seconds";
 /// Open file descriptors of the process (gauge).
 pub const PROCESS_FDS: &str = "courier_process_open_fds";
+/// Requests forwarded to their channel's owner node, by `op` (counter).
+pub const CLUSTER_FORWARDED: &str = "courier_cluster_forwarded_total";
+/// Publish on the owner to receipt on another node, per push (histogram).
+pub const CLUSTER_PUSH_LATENCY: &str = "courier_cluster_push_latency_seconds";
+/// Channels this node owns (gauge).
+pub const CLUSTER_LEASES_HELD: &str = "courier_cluster_leases_held";
+/// Channel ownership changes, by `change`: acquired, renewed (after a
+/// lapse), taken_over (from a dead node), lost (counter).
+pub const CLUSTER_LEASE_CHANGES: &str = "courier_cluster_lease_changes_total";
+/// Pushes not published: the cluster publish queue was full (counter).
+pub const CLUSTER_PUSHES_DROPPED: &str = "courier_cluster_pushes_dropped_total";
+/// Missed `new_message` pushes a follower read back from the store (counter).
+pub const CLUSTER_GAP_FILLS: &str = "courier_cluster_gap_fills_total";
 
 /// Registers descriptions and units with the installed recorder.
 pub fn describe() {
@@ -153,4 +166,23 @@ pub fn describe() {
     describe_gauge!(PROCESS_RSS, Unit::Bytes, "Resident memory of the process");
     describe_gauge!(PROCESS_CPU, Unit::Seconds, "CPU time used by the process");
     describe_gauge!(PROCESS_FDS, "Open file descriptors");
+    describe_counter!(
+        CLUSTER_FORWARDED,
+        "Requests forwarded to the owner node of their channel"
+    );
+    describe_histogram!(
+        CLUSTER_PUSH_LATENCY,
+        Unit::Seconds,
+        "Push published by a node to its receipt on this node"
+    );
+    describe_gauge!(CLUSTER_LEASES_HELD, "Channels this node owns");
+    describe_counter!(CLUSTER_LEASE_CHANGES, "Channel ownership changes");
+    describe_counter!(
+        CLUSTER_PUSHES_DROPPED,
+        "Pushes dropped: the cluster publish queue was full"
+    );
+    describe_counter!(
+        CLUSTER_GAP_FILLS,
+        "Missed pushes a follower read back from the store"
+    );
 }

@@ -331,6 +331,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Appends chained entries in one transaction. Seqs must continue the chain.
     async fn append_audit(&self, entries: &[AuditRecord]) -> Result<(), StoreError>;
+    /// Appends entries after whatever the stored head is, re-linking them
+    /// (seqs, hashes) when another writer appended since they were chained:
+    /// the cluster's one chain, written by every node, one append at a time.
+    /// A backend that never hosts a cluster appends as [`Store::append_audit`].
+    async fn append_audit_linked(&self, entries: &mut [AuditRecord]) -> Result<(), StoreError> {
+        self.append_audit(entries).await
+    }
     /// The last entry of the chain, if any.
     async fn audit_head(&self) -> Result<Option<AuditRecord>, StoreError>;
     /// Entries with `seq > after`, ascending, at most `limit` (for verification).

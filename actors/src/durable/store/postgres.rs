@@ -28,6 +28,7 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use super::sql::{self, bound, to_db, SqlRow};
+use crate::audit::chain::{self, ChainHead};
 use super::{
     AuditFilter, AuditRecord, Channel, ChannelPatch, Checkpoint, ClientMsgRef, Member, MessageRow,
     NewUser, Reencrypted, RefreshOutcome, Role, Session, Store, StoreError, StoredMessage, Turn,
@@ -60,6 +61,10 @@ const BEGIN_FENCED: &str = concat!(
     write_fence_key!(),
     ")"
 );
+
+/// The advisory-lock key that orders the cluster's audit appends
+/// ("Courier#").
+const AUDIT_APPEND_KEY: i64 = 0x436f_7572_6965_7223;
 
 /// Connections in the pool.
 const POOL_CONNECTIONS: u32 = 16;
@@ -932,32 +937,34 @@ impl Store for PgStore {
             .fetch_optional(&mut *tx)
             .await?;
         sql::check_audit_continuity(sql::chain_head(head.as_ref())?, entries)?;
-        let seqs: Vec<i64> = entries
-            .iter()
-            .map(|e| to_db(e.seq, "audit seq"))
-            .collect::<Result<_, _>>()?;
-        let details: Vec<String> = entries
-            .iter()
-            .map(|e| sql::details_json(&e.details))
-            .collect::<Result<_, _>>()?;
-        // The primary key refuses a concurrent writer that read the same head.
-        sqlx::query(
-            "INSERT INTO audit_logs
-                 (seq, timestamp, actor_id, ip, user_agent, action, details, prev_hash, hash)
-             SELECT * FROM UNNEST($1::int8[], $2::int8[], $3::uuid[], $4::text[], $5::text[],
-                                  $6::text[], $7::text[], $8::text[], $9::text[])",
-        )
-        .bind(seqs)
-        .bind(column(entries, |e| e.timestamp))
-        .bind(column(entries, |e| e.actor_id.map(|a| a.0)))
-        .bind(column(entries, |e| e.ip.as_deref()))
-        .bind(column(entries, |e| e.user_agent.as_deref()))
-        .bind(column(entries, |e| e.action.as_str()))
-        .bind(details)
-        .bind(column(entries, |e| e.prev_hash.as_str()))
-        .bind(column(entries, |e| e.hash.as_str()))
-        .execute(&mut *tx)
-        .await?;
+        insert_audit(&mut tx, entries).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// One writer at a time for the whole cluster: the transaction takes an
+    /// exclusive advisory lock before it reads the head, so appends of
+    /// several nodes queue in the database and each links after the last.
+    async fn append_audit_linked(&self, entries: &mut [AuditRecord]) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin_with(BEGIN_FENCED).await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(AUDIT_APPEND_KEY)
+            .execute(&mut *tx)
+            .await?;
+        let head = sqlx::query(sql::AUDIT_CHAIN_HEAD)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let stored = match sql::chain_head(head.as_ref())? {
+            Some((seq, hash)) => ChainHead { seq, hash },
+            None => ChainHead::genesis(),
+        };
+        if entries[0].seq != stored.seq + 1 || entries[0].prev_hash != stored.hash {
+            chain::rechain(&stored, entries);
+        }
+        insert_audit(&mut tx, entries).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -1354,4 +1361,39 @@ async fn reaction_counts(
     .fetch_all(&mut *conn)
     .await?;
     sql::reaction_counts(&rows)
+}
+
+/// Inserts chained audit entries in `tx`; the primary key refuses a
+/// concurrent writer that read the same head.
+async fn insert_audit(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    entries: &[AuditRecord],
+) -> Result<(), StoreError> {
+    let seqs: Vec<i64> = entries
+        .iter()
+        .map(|e| to_db(e.seq, "audit seq"))
+        .collect::<Result<_, _>>()?;
+    let details: Vec<String> = entries
+        .iter()
+        .map(|e| sql::details_json(&e.details))
+        .collect::<Result<_, _>>()?;
+    // The primary key refuses a concurrent writer that read the same head.
+    sqlx::query(
+        "INSERT INTO audit_logs
+             (seq, timestamp, actor_id, ip, user_agent, action, details, prev_hash, hash)
+         SELECT * FROM UNNEST($1::int8[], $2::int8[], $3::uuid[], $4::text[], $5::text[],
+                              $6::text[], $7::text[], $8::text[], $9::text[])",
+    )
+    .bind(seqs)
+    .bind(column(entries, |e| e.timestamp))
+    .bind(column(entries, |e| e.actor_id.map(|a| a.0)))
+    .bind(column(entries, |e| e.ip.as_deref()))
+    .bind(column(entries, |e| e.user_agent.as_deref()))
+    .bind(column(entries, |e| e.action.as_str()))
+    .bind(details)
+    .bind(column(entries, |e| e.prev_hash.as_str()))
+    .bind(column(entries, |e| e.hash.as_str()))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }

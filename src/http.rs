@@ -146,9 +146,9 @@ async fn ready(State(app): State<Arc<App>>) -> Response<Body> {
         (actors_ok, "actors"),
         (cluster_ok, "cluster"),
     ]
-        .into_iter()
-        .filter_map(|(ok, name)| (!ok).then_some(name))
-        .collect();
+    .into_iter()
+    .filter_map(|(ok, name)| (!ok).then_some(name))
+    .collect();
     let status = if failing.is_empty() {
         StatusCode::OK
     } else {

@@ -367,9 +367,10 @@ impl Cluster {
         for node in self.presence.nodes_of(user) {
             // Unanswered (NATS away): the node counts as live, as it was
             // when last heard of.
-            let alive = tokio::time::timeout(Duration::from_millis(500), self.leases.node_alive(&node))
-                .await
-                .unwrap_or(true);
+            let alive =
+                tokio::time::timeout(Duration::from_millis(500), self.leases.node_alive(&node))
+                    .await
+                    .unwrap_or(true);
             if alive {
                 return true;
             }
@@ -389,7 +390,11 @@ impl Cluster {
     }
 
     /// Revokes sessions on every other node.
-    pub fn revoke_elsewhere(&self, user: UserId, sessions: Option<Vec<courier_protocol::SessionId>>) {
+    pub fn revoke_elsewhere(
+        &self,
+        user: UserId,
+        sessions: Option<Vec<courier_protocol::SessionId>>,
+    ) {
         self.send_node_event(&NodeEvent::Revoke {
             origin: self.config.node_id.clone(),
             user,
@@ -419,7 +424,11 @@ impl Pending {
 async fn publisher(client: async_nats::Client, mut rx: mpsc::Receiver<Outgoing>) {
     while let Some(out) = rx.recv().await {
         let sent = match out.reply {
-            Some(reply) => client.publish_with_reply(out.subject, reply, out.payload).await,
+            Some(reply) => {
+                client
+                    .publish_with_reply(out.subject, reply, out.payload)
+                    .await
+            }
             None => client.publish(out.subject, out.payload).await,
         };
         if let Err(e) = sent {

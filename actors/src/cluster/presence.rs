@@ -34,7 +34,11 @@ impl RemotePresence {
     pub(super) fn set_remote(&self, node: &str, user: UserId, online: bool) {
         let mut inner = self.lock();
         if online {
-            inner.remote.entry(user).or_default().insert(node.to_owned());
+            inner
+                .remote
+                .entry(user)
+                .or_default()
+                .insert(node.to_owned());
         } else if let Some(nodes) = inner.remote.get_mut(&user) {
             nodes.remove(node);
             if nodes.is_empty() {

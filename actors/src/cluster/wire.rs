@@ -264,6 +264,12 @@ mod tests {
             message: "no".into(),
         }))
         .unwrap();
-        assert!(matches!(answer, Answer::Failed { code: ErrorCode::Forbidden, .. }));
+        assert!(matches!(
+            answer,
+            Answer::Failed {
+                code: ErrorCode::Forbidden,
+                ..
+            }
+        ));
     }
 }

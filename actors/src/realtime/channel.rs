@@ -50,8 +50,8 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, DerivedActorRef};
 use tokio::sync::{oneshot, watch};
 
 use crate::audit::actor::AuditHandle;
-use crate::cluster::Cluster;
 use crate::audit::chain::PendingAudit;
+use crate::cluster::Cluster;
 use crate::crypto::MessageCipher;
 use crate::durable::history;
 use crate::durable::persistence::{Committed, PersistError, PersistReply, PersistenceHandle};
@@ -192,7 +192,9 @@ impl Reply {
             Reply::Remote { cluster, subject } => {
                 use crate::cluster::wire::Answer;
                 let answer = match result {
-                    Ok(Accepted::Sent { message, duplicate }) => Answer::Sent { message, duplicate },
+                    Ok(Accepted::Sent { message, duplicate }) => {
+                        Answer::Sent { message, duplicate }
+                    }
                     Ok(Accepted::Done) => Answer::Done,
                     Err(e) => Answer::Failed {
                         code: e.code(),
@@ -688,7 +690,9 @@ impl Actor for ChannelActor {
         args: ChannelArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
         let feed = match &args.services.cluster {
-            Some(cluster) => Some(cluster_role::feed(cluster, args.channel.id, myself.clone()).await?),
+            Some(cluster) => {
+                Some(cluster_role::feed(cluster, args.channel.id, myself.clone()).await?)
+            }
             None => None,
         };
         let mode = match feed {

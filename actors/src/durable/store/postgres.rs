@@ -28,12 +28,12 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use super::sql::{self, bound, to_db, SqlRow};
-use crate::audit::chain::{self, ChainHead};
 use super::{
     AuditFilter, AuditRecord, Channel, ChannelPatch, Checkpoint, ClientMsgRef, Member, MessageRow,
     NewUser, Reencrypted, RefreshOutcome, Role, Session, Store, StoreError, StoredMessage, Turn,
     User, UserPatch, WriteOp, WriteOutcome, WriterLock,
 };
+use crate::audit::chain::{self, ChainHead};
 
 static MIGRATOR: Migrator = sqlx::migrate!("../migrations/postgres");
 

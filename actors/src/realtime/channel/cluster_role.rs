@@ -450,7 +450,12 @@ impl ChannelState {
         self.publish_push(frame, None, Some(user));
     }
 
-    pub(super) fn publish_push(&self, frame: &ServerFrame, except: Option<UserId>, to_user: Option<UserId>) {
+    pub(super) fn publish_push(
+        &self,
+        frame: &ServerFrame,
+        except: Option<UserId>,
+        to_user: Option<UserId>,
+    ) {
         let Some(cluster) = &self.services.cluster else {
             return;
         };

@@ -19,7 +19,7 @@
 //! survives it. The store stays the last fence: `(channel_id, seq)` is
 //! unique, and a new owner reads the last `seq` from it.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, kv};
@@ -59,6 +59,8 @@ pub struct Leases {
     revision: Mutex<Option<u64>>,
     /// Channels claimed, with the epoch of the claim.
     owned: DashMap<ChannelId, u64>,
+    /// Set by [`Leases::leave`]: the lease is not taken again.
+    leaving: AtomicBool,
 }
 
 impl Leases {
@@ -82,6 +84,7 @@ impl Leases {
             epoch: AtomicU64::new(0),
             revision: Mutex::new(None),
             owned: DashMap::new(),
+            leaving: AtomicBool::new(false),
         };
         let deadline = Instant::now() + config.lease_ttl * 2 + Duration::from_secs(1);
         while !leases.renew().await && Instant::now() < deadline {
@@ -176,7 +179,7 @@ impl Leases {
     /// not for two thirds of it.
     pub(super) async fn run(self: std::sync::Arc<Self>) {
         let every = self.ttl / 3;
-        loop {
+        while !self.leaving.load(Ordering::SeqCst) {
             let started = Instant::now();
             let held = self.renew().await;
             if !held && self.revision.lock().await.is_some() {
@@ -184,6 +187,21 @@ impl Leases {
             }
             let pause = every.saturating_sub(started.elapsed());
             tokio::time::sleep(pause.max(Duration::from_millis(10))).await;
+        }
+    }
+
+    /// A graceful stop: this node owns nothing from now on (its writes in
+    /// flight still commit), and once `drained` resolves its lease entry is
+    /// deleted, so that the other nodes take its channels over at once
+    /// instead of after the TTL.
+    pub async fn leave(&self, drained: impl std::future::Future<Output = ()>) {
+        self.leaving.store(true, Ordering::SeqCst);
+        self.lapse("this node is stopping").await;
+        drained.await;
+        let delete = self.nodes.delete(self.key());
+        match tokio::time::timeout(Duration::from_secs(1), delete).await {
+            Ok(Ok(())) => tracing::info!(node = %self.node, "node lease given up"),
+            _ => tracing::warn!(node = %self.node, "node lease not deleted; it expires by itself"),
         }
     }
 

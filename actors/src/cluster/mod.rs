@@ -232,6 +232,11 @@ impl Cluster {
         self.leases.valid() && self.leases.epoch() == epoch
     }
 
+    /// A graceful stop: see [`Leases::leave`].
+    pub async fn leave(&self, drained: impl std::future::Future<Output = ()>) {
+        self.leases.leave(drained).await;
+    }
+
     /// Takes or finds the owner of `channel` (see [`Leases::claim`]).
     pub async fn claim(&self, channel: ChannelId) -> Claim {
         if !self.nats_connected() {

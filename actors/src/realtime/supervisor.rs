@@ -714,8 +714,17 @@ impl Realtime {
             "server.stop",
             serde_json::json!({}),
         ));
-        if let Err(e) = ractor::call_t!(self.persistence_actor, PersistenceMsg::Drain, 60_000) {
-            tracing::error!(error = %e, "persistence did not drain");
+        let drain = async {
+            if let Err(e) = ractor::call_t!(self.persistence_actor, PersistenceMsg::Drain, 60_000)
+            {
+                tracing::error!(error = %e, "persistence did not drain");
+            }
+        };
+        match &self.cluster {
+            // Stop owning channels before the last writes commit; then let
+            // the other nodes take them at once.
+            Some(cluster) => cluster.leave(drain).await,
+            None => drain.await,
         }
         let _ = self.shutdown_tx.send(ShutdownPhase::Closing);
         let deadline = Instant::now() + grace;

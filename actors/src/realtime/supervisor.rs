@@ -715,8 +715,7 @@ impl Realtime {
             serde_json::json!({}),
         ));
         let drain = async {
-            if let Err(e) = ractor::call_t!(self.persistence_actor, PersistenceMsg::Drain, 60_000)
-            {
+            if let Err(e) = ractor::call_t!(self.persistence_actor, PersistenceMsg::Drain, 60_000) {
                 tracing::error!(error = %e, "persistence did not drain");
             }
         };

@@ -62,13 +62,25 @@ pub struct Push {
     pub frame: Bytes,
 }
 
-/// Channel changes made by REST or retention on one node.
+/// Channel changes made by REST or retention on one node, and who is
+/// joined to the channel there.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Notice {
     MemberChanged(WireMember),
     MemberRemoved(UserId),
     Deleted,
-    Expired { message_id: MessageId, seq: u64 },
+    Expired {
+        message_id: MessageId,
+        seq: u64,
+    },
+    /// `user`'s first connection on the origin node joined the channel.
+    Joined(UserId),
+    /// `user`'s last connection on the origin node left it.
+    Left(UserId),
+    /// The origin node's actor started: who is joined on yours?
+    Sync,
+    /// Everyone joined on the origin node (the answer to `Sync`).
+    Present(Vec<UserId>),
 }
 
 /// A request forwarded to the owner of its channel.

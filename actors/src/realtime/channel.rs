@@ -51,6 +51,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::audit::actor::AuditHandle;
 use crate::audit::chain::PendingAudit;
+use crate::cluster::wire::Notice;
 use crate::cluster::Cluster;
 use crate::crypto::MessageCipher;
 use crate::durable::history;
@@ -338,6 +339,11 @@ pub enum ChannelMsg {
     Resync,
     /// The node a request was forwarded to does not own the channel.
     OwnerUnknown,
+    /// Who is joined to this channel on another node.
+    Roster {
+        node: String,
+        change: crate::cluster::wire::Notice,
+    },
 }
 
 variant_message!(ChannelMsg::Committed(Committed));
@@ -677,6 +683,9 @@ pub struct ChannelState {
     mode: Mode,
     /// The other nodes' events of this channel, in a cluster.
     _feed: Option<RemoteFeed>,
+    /// Users joined to this channel on other nodes, with those nodes: a
+    /// join's `online` names them too.
+    remote_users: HashMap<UserId, HashSet<String>>,
 }
 
 impl Actor for ChannelActor {
@@ -745,6 +754,7 @@ impl Actor for ChannelActor {
             delivered: HashMap::new(),
             mode,
             _feed: feed,
+            remote_users: HashMap::new(),
         })
     }
 
@@ -774,10 +784,12 @@ impl Actor for ChannelActor {
             ChannelMsg::Remote(event) => state.remote(*event).await,
             ChannelMsg::Resync => state.resync().await,
             ChannelMsg::OwnerUnknown => state.owner_unknown(),
+            ChannelMsg::Roster { node, change } => state.roster(node, change),
             ChannelMsg::Join(req) => state.join(&myself, *req),
             ChannelMsg::Leave { conn_id } => {
                 if let Some(sub) = state.subscribers.remove(conn_id) {
                     if !state.subscribers.has_user(sub.user_id) {
+                        state.announce_roster(Notice::Left(sub.user_id));
                         state.stop_typing(sub.user_id);
                         if sub.live {
                             state.left(sub.user_id);
@@ -878,6 +890,7 @@ impl Actor for ChannelActor {
             }
             ChannelMsg::MemberRemoved { user_id } => {
                 state.members.remove(&user_id);
+                state.remote_users.remove(&user_id);
                 let frame = out::system_event(
                     "member_removed",
                     serde_json::json!({"channelId": state.channel.id, "userId": user_id}),
@@ -989,7 +1002,14 @@ impl ChannelState {
         let mut online = self.subscribers.online();
         if arriving {
             online.push(user_id);
+            self.announce_roster(Notice::Joined(user_id));
         }
+        online.extend(
+            self.remote_users
+                .keys()
+                .filter(|u| !self.subscribers.has_user(**u) && **u != user_id),
+        );
+        online.sort_unstable();
         let view = ChannelView {
             id: self.channel.id,
             name: self.channel.name.clone(),

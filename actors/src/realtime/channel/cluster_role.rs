@@ -103,7 +103,9 @@ pub(super) async fn feed(
                         }
                     }
                 }
-                Ok(ChannelEvent::Notice { origin, notice }) if origin != me => from_notice(notice),
+                Ok(ChannelEvent::Notice { origin, notice }) if origin != me => {
+                    from_notice(origin, notice)
+                }
                 Ok(_) => continue,
                 Err(e) => {
                     tracing::warn!(error = %e, "an undecodable channel event from another node");
@@ -115,6 +117,14 @@ pub(super) async fn feed(
             }
         }
     });
+    // Who is joined on the other nodes already.
+    cluster.publish_channel(
+        channel,
+        &ChannelEvent::Notice {
+            origin: cluster.node_id().to_owned(),
+            notice: Notice::Sync,
+        },
+    );
     Ok(RemoteFeed(task))
 }
 
@@ -132,8 +142,14 @@ pub(crate) fn notice_of(msg: &ChannelMsg) -> Option<Notice> {
     }
 }
 
-fn from_notice(notice: Notice) -> ChannelMsg {
+fn from_notice(origin: String, notice: Notice) -> ChannelMsg {
     match notice {
+        change @ (Notice::Joined(_) | Notice::Left(_) | Notice::Sync | Notice::Present(_)) => {
+            ChannelMsg::Roster {
+                node: origin,
+                change,
+            }
+        }
         Notice::MemberChanged(member) => ChannelMsg::MemberChanged(Box::new(member.into())),
         Notice::MemberRemoved(user_id) => ChannelMsg::MemberRemoved { user_id },
         Notice::Deleted => ChannelMsg::Deleted,
@@ -485,6 +501,13 @@ impl ChannelState {
             seq,
         } = event;
         if seq == 0 {
+            if let ServerFrame::Presence(p) = &frame {
+                // Offline everywhere: joined nowhere either (also when the
+                // node that had them died without saying `Left`).
+                if p.status == courier_protocol::frames::PresenceStatus::Offline {
+                    self.remote_users.remove(&p.user_id);
+                }
+            }
             match to_user {
                 Some(user) => self.subscribers.to_user(&frame, user),
                 None => {
@@ -590,6 +613,51 @@ impl ChannelState {
         for conn in conns {
             if let Some(sub) = self.subscribers.remove(conn) {
                 sub.outbound.close_now(1011);
+            }
+        }
+    }
+
+    /// Tells the other nodes who joined or left here.
+    pub(super) fn announce_roster(&self, notice: Notice) {
+        if let Some(cluster) = &self.services.cluster {
+            let event = ChannelEvent::Notice {
+                origin: cluster.node_id().to_owned(),
+                notice,
+            };
+            cluster.publish_channel(self.channel.id, &event);
+        }
+    }
+
+    /// Who is joined on another node.
+    pub(super) fn roster(&mut self, node: String, change: Notice) {
+        match change {
+            Notice::Joined(user) => {
+                self.remote_users.entry(user).or_default().insert(node);
+            }
+            Notice::Left(user) => self.remote_left(user, &node),
+            Notice::Present(users) => {
+                for user in users {
+                    self.remote_users
+                        .entry(user)
+                        .or_default()
+                        .insert(node.clone());
+                }
+            }
+            Notice::Sync => {
+                let users = self.subscribers.online();
+                if !users.is_empty() {
+                    self.announce_roster(Notice::Present(users));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn remote_left(&mut self, user: UserId, node: &str) {
+        if let Some(nodes) = self.remote_users.get_mut(&user) {
+            nodes.remove(node);
+            if nodes.is_empty() {
+                self.remote_users.remove(&user);
             }
         }
     }

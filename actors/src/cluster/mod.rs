@@ -80,6 +80,9 @@ pub struct Inbound {
     pub node_events: mpsc::Receiver<NodeEvent>,
     /// NATS came back: followers re-read what they may have missed.
     pub reconnected: mpsc::Receiver<()>,
+    /// A node died without saying goodbye (its lease is gone): its users'
+    /// connections went with it.
+    pub nodes_gone: mpsc::Receiver<String>,
 }
 
 /// Capacity of the ordered publish queue; past it a push is dropped (its
@@ -151,11 +154,18 @@ impl Cluster {
         let (forwards_tx, forwards) = mpsc::channel(4096);
         let (events_tx, node_events) = mpsc::channel(4096);
         let (publish, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
+        let (gone_tx, nodes_gone) = mpsc::channel(64);
         let waiting = Arc::new(DashMap::new());
         let presence = RemotePresence::default();
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(publisher(client.clone(), publish_rx)));
         tasks.push(tokio::spawn(leases.clone().run()));
+        tasks.push(tokio::spawn(sweep_dead_nodes(
+            leases.clone(),
+            presence.clone(),
+            config.lease_ttl / 2,
+            gone_tx,
+        )));
         let answers = client
             .subscribe(format!("{}.*", wire::answer_prefix(&config.node_id)))
             .await
@@ -196,6 +206,7 @@ impl Cluster {
                 forwards,
                 node_events,
                 reconnected,
+                nodes_gone,
             },
         ))
     }
@@ -384,6 +395,11 @@ impl Cluster {
         false
     }
 
+    /// Whether `user` has a connection on this node or on a live one.
+    pub fn online_anywhere(&self, user: UserId) -> bool {
+        self.presence.online_anywhere(user)
+    }
+
     /// Answers another node's hello: who is online here.
     pub fn introduce(&self) {
         for user in self.presence.local_users() {
@@ -422,6 +438,32 @@ impl Pending {
         let answer = tokio::time::timeout(self.timeout, self.rx).await;
         self.waiting.remove(&self.token);
         answer.ok().and_then(Result::ok)
+    }
+}
+
+/// Every `every`, reads the lease of each node some user is on; a node
+/// whose lease is gone died (a graceful stop says `Offline` for each user
+/// first): its entries are dropped and `gone` is told.
+async fn sweep_dead_nodes(
+    leases: Arc<Leases>,
+    presence: RemotePresence,
+    every: Duration,
+    gone: mpsc::Sender<String>,
+) {
+    loop {
+        tokio::time::sleep(every).await;
+        for node in presence.nodes() {
+            let alive = tokio::time::timeout(every, leases.node_alive(&node))
+                .await
+                .unwrap_or(true);
+            if !alive {
+                tracing::warn!(node = %node, "a node's lease is gone; its users are offline unless connected elsewhere");
+                presence.forget_node(&node);
+                if gone.send(node).await.is_err() {
+                    return;
+                }
+            }
+        }
     }
 }
 

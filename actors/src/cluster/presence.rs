@@ -6,8 +6,12 @@
 //! it. A node keeps that as user → nodes; before it announces a user
 //! `offline` it checks that none of those nodes is still live (a node that
 //! died without saying so holds no lease, and its entries are dropped).
-//! Two nodes closing a user's last connections within the same instant may
-//! each still see the other: both then skip the `offline`.
+//! A node that dies without saying so is found by a sweep (every half lease
+//! TTL, each listed node's lease is read): its entries are dropped and the
+//! realtime side is told, so that every channel says `offline` for its
+//! users who have no connection left anywhere. Two nodes closing a user's
+//! last connections within the same instant may each still see the other:
+//! both then skip the `offline`.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -66,6 +70,17 @@ impl RemotePresence {
 
     pub(super) fn local_users(&self) -> Vec<UserId> {
         self.lock().local.iter().copied().collect()
+    }
+
+    /// Every node some user is known to be on.
+    pub(super) fn nodes(&self) -> HashSet<String> {
+        self.lock().remote.values().flatten().cloned().collect()
+    }
+
+    /// Whether `user` has a connection here or on a node still listed.
+    pub(super) fn online_anywhere(&self, user: UserId) -> bool {
+        let inner = self.lock();
+        inner.local.contains(&user) || inner.remote.contains_key(&user)
     }
 
     /// Drops every entry of a node that holds no lease.

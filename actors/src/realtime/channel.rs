@@ -339,6 +339,9 @@ pub enum ChannelMsg {
     Resync,
     /// The node a request was forwarded to does not own the channel.
     OwnerUnknown,
+    /// A node died: its users leave this channel's roster, and those with
+    /// no connection anywhere are `offline`.
+    NodeGone(String),
     /// Who is joined to this channel on another node.
     Roster {
         node: String,
@@ -785,6 +788,14 @@ impl Actor for ChannelActor {
             ChannelMsg::Resync => state.resync().await,
             ChannelMsg::OwnerUnknown => state.owner_unknown(),
             ChannelMsg::Roster { node, change } => state.roster(node, change),
+            ChannelMsg::NodeGone(node) => state.node_gone(&node),
+            ChannelMsg::Join(req) if state.lags(&req) => {
+                // A follower behind the client (pushes lost with a dead
+                // owner or a NATS outage): catch up from the store first,
+                // or the client would see seqs it has again.
+                state.resync().await;
+                state.join(&myself, *req);
+            }
             ChannelMsg::Join(req) => state.join(&myself, *req),
             ChannelMsg::Leave { conn_id } => {
                 if let Some(sub) = state.subscribers.remove(conn_id) {

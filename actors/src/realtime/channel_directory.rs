@@ -44,6 +44,8 @@ pub enum DirectoryMsg {
     Forwarded(Box<Forward>, String),
     /// Every running channel re-reads what it may have missed.
     Resync,
+    /// A node died: every running channel forgets who was joined there.
+    NodeGone(String),
 }
 
 /// A message's expiry, from the retention actor, goes to its channel.
@@ -130,6 +132,11 @@ impl Actor for ChannelDirectory {
             DirectoryMsg::Resync => {
                 for actor in state.channels.values() {
                     let _ = actor.cast(ChannelMsg::Resync);
+                }
+            }
+            DirectoryMsg::NodeGone(node) => {
+                for actor in state.channels.values() {
+                    let _ = actor.cast(ChannelMsg::NodeGone(node.clone()));
                 }
             }
         }

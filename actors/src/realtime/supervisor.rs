@@ -740,7 +740,8 @@ impl Realtime {
 /// Routes what the cluster receives for this node to its actors: forwarded
 /// requests to the channel directory (in arrival order), revocations to the
 /// presence directory, hellos answered, and after a reconnection every
-/// channel re-reads what it may have missed. The tasks end with the
+/// channel re-reads what it may have missed, and a dead node's users leave
+/// every channel. The tasks end with the
 /// cluster's channels (when the node stops).
 fn route_inbound(
     cluster: Arc<Cluster>,
@@ -752,6 +753,7 @@ fn route_inbound(
         mut forwards,
         mut node_events,
         mut reconnected,
+        mut nodes_gone,
     } = inbound;
     let to_channels = channels.clone();
     tokio::spawn(async move {
@@ -772,6 +774,14 @@ fn route_inbound(
                     let _ = presence.cast(ForUser(user, PresenceMsg::Revoke(sessions)));
                 }
                 NodeEvent::Online { .. } | NodeEvent::Offline { .. } => {}
+            }
+        }
+    });
+    let gone_to = channels.clone();
+    tokio::spawn(async move {
+        while let Some(node) = nodes_gone.recv().await {
+            if gone_to.cast(DirectoryMsg::NodeGone(node)).is_err() {
+                return;
             }
         }
     });

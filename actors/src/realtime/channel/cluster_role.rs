@@ -586,7 +586,8 @@ impl ChannelState {
         Ok(())
     }
 
-    /// After NATS came back: what the owner committed meanwhile.
+    /// After NATS came back (or before a join that asks for more than this
+    /// follower has seen): what the owner committed meanwhile.
     pub(super) async fn resync(&mut self) {
         if matches!(self.mode, Mode::Single | Mode::Owner { .. }) {
             return;
@@ -650,6 +651,41 @@ impl ChannelState {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Whether a join asks for more than this follower has seen.
+    pub(super) fn lags(&self, req: &JoinRequest) -> bool {
+        !matches!(self.mode, Mode::Single) && req.since_seq.is_some_and(|s| s > self.last_committed)
+    }
+
+    /// A node died: who was joined only there left, and is `offline` unless
+    /// connected somewhere else.
+    pub(super) fn node_gone(&mut self, node: &str) {
+        let users: Vec<UserId> = self
+            .remote_users
+            .iter()
+            .filter(|(_, nodes)| nodes.contains(node))
+            .map(|(user, _)| *user)
+            .collect();
+        for user in users {
+            self.remote_left(user, node);
+            let elsewhere = self.remote_users.contains_key(&user)
+                || self.subscribers.has_user(user)
+                || self
+                    .services
+                    .cluster
+                    .as_ref()
+                    .is_some_and(|c| c.online_anywhere(user));
+            if !elsewhere {
+                let frame = out::presence(
+                    user,
+                    courier_protocol::frames::PresenceStatus::Offline,
+                    crate::now_ms(),
+                );
+                // Every live node says it to its own connections.
+                self.subscribers.fan_out(&frame, Some(user));
+            }
         }
     }
 

@@ -25,8 +25,10 @@ macro_rules! both_backends {
     )* };
 }
 
+pub mod nats;
 pub mod outage;
 pub mod process;
+pub mod proxy;
 pub mod server;
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -8,6 +8,10 @@
 //! ([`Broker::kill`]) or SIGTERM ([`Broker::terminate`]); its resident
 //! memory comes from `/proc/<pid>/status`. [`BrokerSpec::audit_verify`] runs
 //! `courier audit verify` against the same data directory and database.
+//! [`Broker::ready`], [`Broker::health`] and [`Broker::metrics`] read its
+//! HTTP endpoints; [`BrokerSpec::cluster_node`] and
+//! [`BrokerSpec::master_keys`] make it a node of a cluster
+//! (`tests/cluster.rs`).
 //!
 //! The child inherits no `COURIER_*` variable from the test's environment:
 //! only what the spec sets, so that a developer's shell cannot change what a
@@ -81,6 +85,27 @@ impl BrokerSpec {
         self.env.retain(|(k, _)| k != key);
         self.env.push((key.to_owned(), value.to_string()));
         self
+    }
+
+    /// A node of a cluster: `COURIER_NODE_ID` and `COURIER_CLUSTER_NATS_URL`
+    /// (the cluster tests, `tests/cluster.rs`).
+    pub fn cluster_node(self, node_id: &str, nats_url: &str) -> Self {
+        self.with("COURIER_NODE_ID", node_id)
+            .with("COURIER_CLUSTER_NATS_URL", nats_url)
+    }
+
+    /// `COURIER_MASTER_KEYS`: the master keyring (`1:<base64>`), shared by
+    /// every node of a cluster, so that ciphertexts cross nodes.
+    pub fn master_keys(self, spec: &str) -> Self {
+        self.with("COURIER_MASTER_KEYS", spec)
+    }
+
+    /// The value this spec gives an environment variable of the child.
+    pub fn env_value(&self, key: &str) -> Option<&str> {
+        self.env
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     /// The `courier` command with this spec's global flags and environment.
@@ -243,6 +268,31 @@ impl Broker {
         }
     }
 
+    /// `GET /ready`: its status and JSON body, `None` when nothing answered
+    /// in 3 s.
+    pub async fn ready(&self) -> Option<(u16, serde_json::Value)> {
+        self.get_json("/ready").await
+    }
+
+    /// `GET /health`'s JSON body, `None` when nothing answered in 3 s.
+    pub async fn health(&self) -> Option<serde_json::Value> {
+        self.get_json("/health").await.map(|(_, body)| body)
+    }
+
+    /// The Prometheus exposition of `GET /metrics`.
+    pub async fn metrics(&self) -> Option<String> {
+        let url = format!("{}/metrics", self.http_url());
+        self.http.get(url).send().await.ok()?.text().await.ok()
+    }
+
+    async fn get_json(&self, path: &str) -> Option<(u16, serde_json::Value)> {
+        let url = format!("{}{path}", self.http_url());
+        let response = self.http.get(url).send().await.ok()?;
+        let status = response.status().as_u16();
+        let body = response.json().await.unwrap_or(serde_json::Value::Null);
+        Some((status, body))
+    }
+
     /// Resident memory of the child in bytes (`VmRSS` of
     /// `/proc/<pid>/status`); `None` when it is gone or not on Linux.
     pub fn rss_bytes(&self) -> Option<u64> {
@@ -385,6 +435,30 @@ pub fn memory_report(pid: u32) -> String {
             .map(|(kib, map)| format!("{kib} kB {map}")),
     );
     report.join("\n")
+}
+
+/// The sum of every series of metric `name` (any labels) in a Prometheus
+/// exposition; `None` when there is none.
+pub fn metric_sum(exposition: &str, name: &str) -> Option<f64> {
+    let mut found = None;
+    for line in exposition.lines() {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        let value = match rest.chars().next() {
+            Some(' ') => rest.trim(),
+            Some('{') => match rest.rfind('}') {
+                Some(end) => rest[end + 1..].trim(),
+                None => continue,
+            },
+            _ => continue,
+        };
+        let value = value.split_whitespace().next().unwrap_or("");
+        if let Ok(v) = value.parse::<f64>() {
+            *found.get_or_insert(0.0) += v;
+        }
+    }
+    found
 }
 
 /// A port that was free a moment ago.

@@ -1716,27 +1716,10 @@ impl Replay {
     /// Queues every message up to `target`; `Ok(false)` when the
     /// connection closed first.
     async fn catch_up(&mut self) -> Result<bool, String> {
-        let page = self.services.recovery_limit.max(1);
         while self.after < self.target {
-            let rows = self
-                .services
-                .store
-                .messages_after(self.channel, self.after, page)
-                .await
-                .map_err(|e| e.to_string())?;
-            let full = rows.len() == page as usize;
-            self.after = match rows.last() {
-                Some(row) if full => row.message.seq.min(self.target),
-                _ => self.target,
-            };
-            let target = self.target;
-            let rows: Vec<_> = rows
-                .into_iter()
-                .filter(|r| r.message.seq <= target)
-                .collect();
-            let messages = history::open_rows(self.services.cipher.clone(), rows)
-                .await
-                .map_err(|e| e.to_string())?;
+            let (messages, next) =
+                page_after(&self.services, self.channel, self.after, self.target).await?;
+            self.after = next;
             for message in messages {
                 if !self.outbound.has_room() && !self.outbound.room().await {
                     return Ok(false);
@@ -1749,4 +1732,33 @@ impl Replay {
         }
         Ok(true)
     }
+}
+
+/// One page of the channel's stored messages after `after` (at most
+/// `recovery_limit`), those up to `through` opened, and where the next page
+/// starts: `through` once the store has nothing more.
+async fn page_after(
+    services: &ChannelServices,
+    channel: ChannelId,
+    after: u64,
+    through: u64,
+) -> Result<(Vec<MessageView>, u64), String> {
+    let page = services.recovery_limit.max(1);
+    let rows = services
+        .store
+        .messages_after(channel, after, page)
+        .await
+        .map_err(|e| e.to_string())?;
+    let next = match rows.last() {
+        Some(row) if rows.len() == page as usize => row.message.seq.min(through),
+        _ => through,
+    };
+    let rows: Vec<_> = rows
+        .into_iter()
+        .filter(|r| r.message.seq <= through)
+        .collect();
+    let messages = history::open_rows(services.cipher.clone(), rows)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((messages, next))
 }

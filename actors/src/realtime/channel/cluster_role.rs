@@ -554,34 +554,22 @@ impl ChannelState {
     /// Reads the messages after `last_committed` up to `through` from the
     /// store and fans them out, in order.
     pub(super) async fn fill_gap(&mut self, through: u64) -> Result<(), String> {
-        let page = self.services.recovery_limit.max(1);
         while self.last_committed < through {
-            let rows = self
-                .services
-                .store
-                .messages_after(self.channel.id, self.last_committed, page)
-                .await
-                .map_err(|e| e.to_string())?;
-            let full = rows.len() == page as usize;
-            let rows: Vec<_> = rows
-                .into_iter()
-                .filter(|r| r.message.seq <= through)
-                .collect();
-            let messages = history::open_rows(self.services.cipher.clone(), rows)
-                .await
-                .map_err(|e| e.to_string())?;
-            let mut last = self.last_committed;
+            let (messages, next) = page_after(
+                &self.services,
+                self.channel.id,
+                self.last_committed,
+                through,
+            )
+            .await?;
             for message in messages {
                 let (sender, seq) = (message.sender_id, message.seq);
-                last = seq;
                 counter!(m::CLUSTER_GAP_FILLS).increment(1);
                 self.take_message(&out::new_message(message), sender, seq);
             }
-            if !full || last == self.last_committed {
-                // The rest are seqs never committed (refused writes).
-                self.last_committed = self.last_committed.max(through);
-                self.last_assigned = self.last_assigned.max(through);
-            }
+            // Seqs the store does not have were never committed (refused writes).
+            self.last_committed = self.last_committed.max(next);
+            self.last_assigned = self.last_assigned.max(next);
         }
         Ok(())
     }

@@ -22,10 +22,14 @@
 //! - `load/target.rs`: starting the servers, provisioning Courier over REST,
 //!   one adapter per kind of server.
 //! - `load/perf.rs`: the server's system calls over a step (`perf stat`).
+//! - `load/cluster.rs`: the `cluster` scenario (nodes over NATS beside one
+//!   node, each configuration with its own PostgreSQL database).
 //! - `peers/tungstenite.rs`: the bare tokio-tungstenite broadcast server,
 //!   run by this same binary as `peer-tungstenite --port N`.
 //! - This file: the command line, the scenarios and the step controller.
 
+#[path = "load/cluster.rs"]
+mod cluster;
 #[path = "load/light.rs"]
 mod light;
 #[path = "load/perf.rs"]
@@ -73,6 +77,11 @@ enum Scenario {
     /// The rooms load plus `--churn-rate` connects (with authentication and
     /// join) and disconnects per second.
     Churn,
+    /// The fanout load over `--nodes` Courier nodes joined over NATS
+    /// (subscribers round robin over the nodes, one channel), beside the
+    /// same load on one node (`--baseline`), on PostgreSQL
+    /// (benches/load/cluster.rs).
+    Cluster,
     /// Run the bare tokio-tungstenite peer on `--port` (what
     /// `--target tungstenite` starts).
     PeerTungstenite,
@@ -86,6 +95,7 @@ impl Scenario {
             Scenario::Rooms => "rooms",
             Scenario::Persist => "persist",
             Scenario::Churn => "churn",
+            Scenario::Cluster => "cluster",
             Scenario::PeerTungstenite => "peer-tungstenite",
         }
     }
@@ -128,18 +138,18 @@ struct Cli {
     /// [defaults: idle 2000, rooms 1000, churn 1000, persist 20].
     #[arg(long)]
     conns: Option<usize>,
-    /// fanout: subscribers [default: 1000].
+    /// fanout, cluster: subscribers [default: 1000].
     #[arg(long)]
     subs: Option<usize>,
     /// Distinct users the connections authenticate as, round robin
-    /// [default: fanout 100, others one per connection up to 1000].
+    /// [default: fanout and cluster 100, others one per connection up to 1000].
     #[arg(long)]
     users: Option<usize>,
     /// Connections per room (idle, rooms, churn).
     #[arg(long, default_value_t = 10)]
     room_size: usize,
     /// Publish rate, open-loop: msgs/s in total (fanout, persist) or per
-    /// connection (rooms, churn) [defaults: fanout 100, persist 1000,
+    /// connection (rooms, churn) [defaults: fanout 100, cluster 200, persist 1000,
     /// rooms 1].
     #[arg(long)]
     rate: Option<f64>,
@@ -195,6 +205,24 @@ struct Cli {
     /// Also append the JSON lines to this file.
     #[arg(long)]
     json_out: Option<PathBuf>,
+    /// cluster: Courier nodes in the cluster.
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// cluster: what runs beside the cluster, with the same load.
+    #[arg(long, value_enum, default_value_t = cluster::Baseline::Both)]
+    baseline: cluster::Baseline,
+    /// cluster: the node (0-based) the publisher connects to.
+    #[arg(long, default_value_t = 0)]
+    publisher_node: usize,
+    /// cluster: the node (0-based) that claims the channel with one send
+    /// before the steps [default: the publisher's, whose first send claims
+    /// it]; another node makes every publish a forwarded send.
+    #[arg(long)]
+    owner_node: Option<usize>,
+    /// cluster: the nats-server binary (started with JetStream on a free
+    /// port).
+    #[arg(long, default_value = "/usr/sbin/nats-server")]
+    nats_server: PathBuf,
     /// Hard bound on the whole run, in seconds.
     #[arg(long, default_value_t = 900.0)]
     max_secs: f64,
@@ -258,6 +286,11 @@ async fn run(cli: &Cli) -> Result<()> {
             bail!("--url must be a loopback address (127.0.0.0/8, localhost, [::1])");
         }
     }
+    if cli.scenario == Scenario::Cluster {
+        let rows = cluster::run(cli).await?;
+        STOPPING.store(true, Ordering::SeqCst);
+        return write_json(cli, &rows);
+    }
     let default_bin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/courier");
     let courier_bin = cli.server.clone().unwrap_or(default_bin);
     let (server, base): (Option<Server>, String) = match &cli.url {
@@ -302,27 +335,33 @@ async fn run(cli: &Cli) -> Result<()> {
         Scenario::Fanout | Scenario::Rooms | Scenario::Persist | Scenario::Churn => {
             traffic(&ctx, conns).await?
         }
-        Scenario::PeerTungstenite => Vec::new(),
+        Scenario::PeerTungstenite | Scenario::Cluster => Vec::new(),
     };
     STOPPING.store(true, Ordering::SeqCst);
+    write_json(cli, &rows)?;
+    drop(server);
+    Ok(())
+}
+
+/// Appends the rows to `--json-out`, when given.
+fn write_json(cli: &Cli, rows: &[Value]) -> Result<()> {
     if let Some(path) = &cli.json_out {
         use std::io::Write;
         let mut file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)?;
-        for row in &rows {
+        for row in rows {
             writeln!(file, "{row}")?;
         }
     }
-    drop(server);
     Ok(())
 }
 
 fn connections(cli: &Cli) -> usize {
     match cli.scenario {
         Scenario::Idle => cli.conns.unwrap_or(2000),
-        Scenario::Fanout => cli.subs.or(cli.conns).unwrap_or(1000),
+        Scenario::Fanout | Scenario::Cluster => cli.subs.or(cli.conns).unwrap_or(1000),
         Scenario::Rooms | Scenario::Churn => cli.conns.unwrap_or(1000),
         Scenario::Persist => cli.conns.unwrap_or(20),
         Scenario::PeerTungstenite => 0,

@@ -96,12 +96,15 @@ pub struct Config {
     pub register_per_hour: u32,
     #[serde(deserialize_with = "string_or_list")]
     pub allowed_origins: Vec<String>,
+    #[serde(deserialize_with = "string_or_list")]
+    pub cors_origins: Vec<String>,
 
     pub outbound_queue_frames: usize,
     pub outbound_queue_bytes: usize,
     pub heartbeat_ms: u64,
     pub idle_timeout_ms: u64,
     pub recovery_limit: u32,
+    pub recovery_max_replay: u64,
     pub typing_expiry_ms: u64,
     pub fanout_coalesce_us: u64,
 
@@ -180,11 +183,13 @@ impl Default for Config {
             auth_per_15min: 10,
             register_per_hour: 5,
             allowed_origins: Vec::new(),
+            cors_origins: Vec::new(),
             outbound_queue_frames: 1024,
             outbound_queue_bytes: 4 * 1024 * 1024,
             heartbeat_ms: 30_000,
             idle_timeout_ms: 60_000,
             recovery_limit: 1000,
+            recovery_max_replay: 0,
             typing_expiry_ms: 6_000,
             fanout_coalesce_us: 2_000,
             cluster_nats_url: None,
@@ -564,6 +569,14 @@ impl Config {
                 c.invalid(
                     "allowed_origins",
                     format!("{origin:?} is not an origin (scheme://host[:port], no path) or \"*\""),
+                );
+            }
+        }
+        for origin in &self.cors_origins {
+            if origin == "*" || !is_origin(origin) {
+                c.invalid(
+                    "cors_origins",
+                    format!("{origin:?} is not an origin (scheme://host[:port], no path); list each one, \"*\" is refused"),
                 );
             }
         }
@@ -1035,6 +1048,22 @@ mod tests {
             assert!(text.contains(piece), "{text}");
         }
         assert_eq!(err.problems.len(), 3, "{text}");
+    }
+
+    #[test]
+    fn cors_origins_are_listed_one_by_one() {
+        let c = Config {
+            cors_origins: vec![
+                "https://app.example".into(),
+                "*".into(),
+                "https://a/b".into(),
+            ],
+            ..Config::default()
+        };
+        let text = c.check(false).expect_err("refused").to_string();
+        assert!(text.contains("\"*\" is not an origin"), "{text}");
+        assert!(text.contains("\"https://a/b\" is not an origin"), "{text}");
+        assert!(!text.contains("app.example"), "{text}");
     }
 
     #[test]

@@ -5,20 +5,22 @@
 //! `Referrer-Policy: no-referrer`, and `Strict-Transport-Security` when
 //! this server terminates TLS; every `/api` answer also carries
 //! `Cache-Control: no-store` (they carry tokens and messages). The headers
-//! are set once, by layers on the router.
+//! are set once, by layers on the router, and so is CORS for the origins of
+//! `COURIER_CORS_ORIGINS` (none by default).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, Response, StatusCode};
+use axum::http::{header, HeaderMap, Method, Response, StatusCode};
 use axum::routing::get;
 use axum::Router;
 use courier_actors::durable::store::DynStore;
 use courier_actors::realtime::Realtime;
 use courier_protocol::ErrorCode;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::auth::lockout::LoginGuard;
@@ -68,6 +70,8 @@ const HSTS: &str = "max-age=63072000; includeSubDomains";
 /// The whole HTTP surface.
 pub fn router(app: Arc<App>) -> Router {
     let tls = app.config.tls_cert.is_some();
+    // Only when origins are listed: the layer answers every OPTIONS itself.
+    let cors = (!app.config.cors_origins.is_empty()).then(|| cors(&app.config.cors_origins));
     let router = Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
@@ -87,6 +91,10 @@ pub fn router(app: Arc<App>) -> Router {
             header::REFERRER_POLICY,
             header::HeaderValue::from_static("no-referrer"),
         ));
+    let router = match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    };
     if tls {
         router.layer(SetResponseHeaderLayer::overriding(
             header::STRICT_TRANSPORT_SECURITY,
@@ -95,6 +103,29 @@ pub fn router(app: Arc<App>) -> Router {
     } else {
         router
     }
+}
+
+/// CORS for the origins of `COURIER_CORS_ORIGINS`: their pages may call the
+/// REST API with a bearer token (no cookies are involved, so no credentials
+/// mode). No origin listed: no layer, no CORS headers at all, and a browser
+/// on another origin is refused by its own same-origin policy.
+fn cors(origins: &[String]) -> CorsLayer {
+    let origins: Vec<header::HeaderValue> = origins
+        .iter()
+        .filter_map(|origin| header::HeaderValue::from_str(origin).ok())
+        .collect();
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins))
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+        ])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+        .expose_headers([header::RETRY_AFTER])
+        .max_age(Duration::from_secs(600))
 }
 
 /// A JSON error body `{"error": {"code", "message"}}`.

@@ -208,6 +208,7 @@ pub async fn start(config: Config) -> Result<Started, ServerError> {
                 .map(|d| Duration::from_secs(d * 86_400)),
         },
         recovery_limit: config.recovery_limit,
+        recovery_max_replay: config.recovery_max_replay,
         typing_expiry: Duration::from_millis(config.typing_expiry_ms),
         fanout_coalesce: Duration::from_micros(config.fanout_coalesce_us),
         cluster,

@@ -1284,3 +1284,79 @@ async fn every_endpoint_answers_401_and_429() {
     }
     api.stop().await;
 }
+
+/// `COURIER_CORS_ORIGINS`: a listed origin's preflight is answered and its
+/// requests carry `Access-Control-Allow-Origin`; any other origin gets no
+/// CORS header (its browser then refuses to show the answer), and with no
+/// origins listed nobody does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_answers_only_listed_origins() {
+    const APP: &str = "https://app.clinic.example";
+    let api = Rest::start_with(Backend::Sqlite, |c| c.cors_origins = vec![APP.into()])
+        .await
+        .expect("server");
+    let root = api.root().await;
+    let preflight = |origin: &'static str| {
+        api.http
+            .request(Method::OPTIONS, format!("{}/api/channels", api.base))
+            .header("Origin", origin)
+            .header("Access-Control-Request-Method", "POST")
+            .header(
+                "Access-Control-Request-Headers",
+                "authorization, content-type",
+            )
+            .send()
+    };
+    let allowed = preflight(APP).await.expect("preflight");
+    assert!(allowed.status().is_success(), "{}", allowed.status());
+    let h = allowed.headers();
+    assert_eq!(h["access-control-allow-origin"], APP);
+    let methods = h["access-control-allow-methods"].to_str().expect("ascii");
+    assert!(
+        methods.contains("POST") && methods.contains("DELETE"),
+        "{methods}"
+    );
+    let headers = h["access-control-allow-headers"]
+        .to_str()
+        .expect("ascii")
+        .to_ascii_lowercase();
+    assert!(headers.contains("authorization") && headers.contains("content-type"));
+    let other = preflight("https://evil.example").await.expect("preflight");
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+
+    let get = |origin: &'static str| {
+        api.http
+            .get(format!("{}/api/channels", api.base))
+            .bearer_auth(&root.token)
+            .header("Origin", origin)
+            .send()
+    };
+    let listed = get(APP).await.expect("get");
+    assert_eq!(listed.status(), 200);
+    assert_eq!(listed.headers()["access-control-allow-origin"], APP);
+    let expose = listed.headers()["access-control-expose-headers"]
+        .to_str()
+        .expect("ascii")
+        .to_ascii_lowercase();
+    assert!(expose.contains("retry-after"), "{expose}");
+    let unlisted = get("https://evil.example").await.expect("get");
+    assert!(unlisted
+        .headers()
+        .get("access-control-allow-origin")
+        .is_none());
+    api.stop().await;
+
+    let api = Rest::start(Backend::Sqlite).await.expect("server");
+    let root = api.root().await;
+    let plain = api
+        .http
+        .get(format!("{}/api/channels", api.base))
+        .bearer_auth(&root.token)
+        .header("Origin", APP)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(plain.status(), 200);
+    assert!(plain.headers().get("access-control-allow-origin").is_none());
+    api.stop().await;
+}

@@ -296,6 +296,47 @@ async fn recovery_replays_exactly_what_was_missed(backend: Backend) {
         _ => unreachable!(),
     }
     server.stop().await;
+
+    // An operator's cap on the replay: a join 4 behind with a cap of 3 is
+    // answered `recovered: false`, nothing is replayed, and live messages
+    // follow at once (the client pages fetch_history for the gap); 3 behind
+    // is still replayed.
+    let Some(server) = TestServer::start_with(backend, |c| c.recovery_max_replay = 3).await else {
+        return;
+    };
+    let alice = server.user("alice", Role::User).await;
+    let ch = server
+        .channel("icu", ChannelKind::Private, &alice, &[])
+        .await;
+    let mut a = server.client(&alice, Encoding::MessagePack).await;
+    for i in 0..5 {
+        send_message_ex_text(&mut a, ch, &format!("x{i}")).await;
+    }
+    let mut far = server.client(&alice, Encoding::MessagePack).await;
+    let view = far.join(ch, Some(1)).await.expect("join");
+    assert!(!view.recovered, "4 missed, cap 3");
+    assert_eq!(view.last_seq, 5);
+    let mut near = server.client(&alice, Encoding::MessagePack).await;
+    let view = near.join(ch, Some(2)).await.expect("join");
+    assert!(view.recovered, "3 missed, cap 3");
+    let mut seqs = Vec::new();
+    for _ in 0..3 {
+        seqs.push(next_message(&mut near).await.seq);
+    }
+    assert_eq!(seqs, [3, 4, 5]);
+    send_message_ex_text(&mut a, ch, "live").await;
+    assert_eq!(
+        next_message(&mut far).await.seq,
+        6,
+        "live at once, no replay"
+    );
+    let page = history(&mut far, ch, Some(6), 100).await;
+    assert_eq!(
+        page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5],
+        "the gap is there to page"
+    );
+    server.stop().await;
 }
 
 async fn client_msg_id_makes_sends_idempotent(backend: Backend) {

@@ -82,6 +82,10 @@ pub struct ChannelServices {
     /// A join with `sinceSeq` replays what was missed in pages of this many
     /// messages read from the store (however many were missed).
     pub recovery_limit: u32,
+    /// A join with `sinceSeq` more than this many behind is answered
+    /// `recovered: false` and replays nothing: the client pages
+    /// `fetch_history` itself (0: every gap is replayed).
+    pub recovery_max_replay: u64,
     /// A typing indicator expires after this long without renewal.
     pub typing_expiry: Duration,
     /// How long a wide channel's flush line lets a connection's first
@@ -1007,7 +1011,11 @@ impl ChannelState {
             reference,
         } = req;
         let last = self.last_committed;
-        // However far behind: the replay pages through the store.
+        // However far behind, the replay pages through the store, unless the
+        // operator capped it: then a join further behind than the cap gets
+        // `recovered: false`, nothing replayed, and goes live at once.
+        let max = self.services.recovery_max_replay;
+        let since_seq = since_seq.filter(|after| max == 0 || last.saturating_sub(*after) <= max);
         let recovered = since_seq.is_some();
         let arriving = !self.subscribers.has_user(user_id);
         let mut online = self.subscribers.online();

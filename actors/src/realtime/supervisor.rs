@@ -85,6 +85,9 @@ pub struct RealtimeDeps {
     pub audit: AuditConfig,
     pub retention: RetentionConfig,
     pub recovery_limit: u32,
+    /// The most missed messages a rejoin replays; past it the join answers
+    /// `recovered: false` and replays nothing (0: no limit).
+    pub recovery_max_replay: u64,
     pub typing_expiry: Duration,
     /// How long a wide channel's write to a connection may wait for the
     /// channel's next messages (see [`FlushLine`](crate::realtime::flush_line)).
@@ -238,6 +241,7 @@ impl Realtime {
             audit: audit.clone(),
             permissions: permissions.clone(),
             recovery_limit: deps.recovery_limit,
+            recovery_max_replay: deps.recovery_max_replay,
             typing_expiry: deps.typing_expiry,
             fanout_coalesce: deps.fanout_coalesce,
             idle_stop: Duration::from_secs(60),

@@ -931,11 +931,13 @@ impl Driver {
                 AckResult::Sent(sent) => Answer::Sent(sent),
                 AckResult::Channel(view) => {
                     // `open_direct` joins the caller: follow the channel.
-                    if !self.channels.contains_key(&view.id) {
+                    if let std::collections::btree_map::Entry::Vacant(slot) =
+                        self.channels.entry(view.id)
+                    {
                         let mut state = ChannelState::new(view.id, None);
                         state.join_sent();
                         state.joined(view.clone(), &mut Vec::new());
-                        self.channels.insert(view.id, state);
+                        slot.insert(state);
                     }
                     Answer::Channel(view)
                 }

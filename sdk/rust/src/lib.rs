@@ -54,9 +54,9 @@
 //!   or paging), pure.
 //! - [`event`]: [`Event`], what the app is told, and [`ConnectionState`].
 //! - [`session`]: [`Session`], [`login`], and the REST refresh.
-//! - [`config`]: [`ClientConfig`].
+//! - [`config`](config): [`ClientConfig`].
 //! - [`backoff`]: [`Backoff`], reconnect delays.
-//! - [`error`]: [`Error`].
+//! - [`error`](error): [`Error`].
 //!
 //! Frames and ids are [`courier_protocol`]'s; the socket is its typed
 //! client ([`courier_protocol::client`]).

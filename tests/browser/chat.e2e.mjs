@@ -16,6 +16,8 @@
 // inline script; then the server is SIGKILLed and restarted, both pages show
 // reconnecting then connected, and the conversation goes on with every
 // message shown once (counted by seq), a send made during the outage included.
+// Last, more than a page of history: a reloaded tab resumes its session,
+// shows the newest page and loads the older ones.
 
 import { spawn } from 'node:child_process';
 import { mkdtempSync, openSync, rmSync, writeFileSync } from 'node:fs';
@@ -410,6 +412,40 @@ async function main() {
     }
     check(JSON.stringify(a) === JSON.stringify(b), 'alice and bob show the same conversation');
     log(`after the restart both show the ${a.length} messages once each, in seq order`);
+
+    // History: more than a page is posted (over REST), alice reloads the tab
+    // (the session comes back from sessionStorage), opens the channel, sees
+    // the newest page with the newest message at the bottom, and loads the
+    // older ones: every message once, in seq order.
+    const ward = (await rest('GET', '/api/channels', admin.token)).channels.find((c) => c.name === 'ward-7');
+    const filler = 55;
+    for (let i = 1; i <= filler; i += 1) {
+      await rest('POST', '/api/messages', admin.token, { channelId: ward.id, text: `filler ${i}`, clientMsgId: `filler-${i}` });
+    }
+    const total = expected.length + filler;
+    await sees(bob, `filler ${filler}`);
+    await alice.page.reload();
+    await until('alice to be connected after a reload', async () => (await state(alice)) === 'connected');
+    await openChannel(alice, 'ward-7');
+    const firstPage = await until('the newest page', async () => {
+      const list = await shown(alice);
+      return list.length === 50 && list;
+    });
+    check(firstPage.at(-1).text === `filler ${filler}` && firstPage.at(-1).seq === total, 'the newest message is at the bottom');
+    check(await alice.page.isVisible('#load-older'), 'there are older messages to load');
+    await alice.page.click('#load-older');
+    const all = await until('the older messages', async () => {
+      const list = await shown(alice);
+      return list.length === total && list;
+    });
+    check(
+      all.every((m, i) => m.seq === i + 1),
+      `after load older alice shows seqs ${all.map((m) => m.seq)}`,
+    );
+    check(!(await alice.page.isVisible('#load-older')), 'nothing older is left');
+    const bobs = await shown(bob);
+    check(bobs.length === total && bobs.every((m, i) => m.seq === i + 1), `bob shows ${bobs.length} messages once each`);
+    log(`history: a reloaded tab shows the newest page, then all ${total} messages after load older`);
 
     for (const p of [alice, bob]) {
       const csp = await p.page.evaluate(() => window.__csp);

@@ -219,7 +219,12 @@ async function signIn(event, registerFirst) {
     saveSession(session);
     await start(session);
   } catch (err) {
-    ui.loginError.textContent = errorText(err);
+    if (client) {
+      stop();
+      sessionStorage.removeItem(SESSION_KEY);
+      setStatus('idle', 'Not signed in');
+    }
+    showLogin(errorText(err));
   } finally {
     ui.loginButton.disabled = false;
     ui.registerButton.disabled = false;
@@ -272,6 +277,8 @@ async function start(session) {
     setStatus('connected', 'Connected');
     presence.set(me.id, 'online');
     renderMembers();
+    // Channels made while this page was away show up.
+    void refreshChannels();
   });
   on('disconnected', () => setStatus('disconnected', 'Disconnected'));
   on('reconnecting', (attempt, delayMs) => showReconnecting(attempt, delayMs));
@@ -293,7 +300,6 @@ async function start(session) {
   showChat();
   setStatus('connecting', 'Connecting…');
   await client.connect();
-  await refreshChannels();
 }
 
 function roomOf(channelId) {

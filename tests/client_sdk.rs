@@ -234,7 +234,9 @@ impl Harness {
 
     /// A public channel (made by the super admin), which any user joins.
     async fn channel(&self, name: &str) -> ChannelId {
-        let root = login(&self.direct(), ROOT, PASSWORD).await.expect("root logs in");
+        let root = login(&self.direct(), ROOT, PASSWORD)
+            .await
+            .expect("root logs in");
         let token = root.session.access_token();
         let body = json!({"name": name, "kind": "public"});
         let (status, answer) = self.post("/api/channels", Some(token), body).await;
@@ -396,14 +398,17 @@ fn sending(
 // The tests
 // ---------------------------------------------------------------------------
 
-/// Two clients sending to one channel; the broker is SIGKILLed while sends
-/// are in flight and restarted on the same data. Each send returns once,
-/// with an ack; each app gets every acked message once, in seq order; and
-/// the store holds each message once (the resends were deduplicated by
-/// `clientMsgId`, not stored again).
+/// Two clients sending to one channel, four sends in flight each; the
+/// broker is SIGKILLed mid-conversation and restarted on the same data.
+/// Each send returns once, with an ack; each app gets every acked message
+/// once, in seq order; and the store holds each message once (a send that
+/// was committed but whose ack was lost is resent, and answered
+/// `duplicate`, not stored again).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_conversation_loses_and_doubles_nothing() {
-    const EACH: usize = 40;
+    const SENDERS: usize = 4;
+    const EACH: usize = 20;
+    const TOTAL: usize = 2 * SENDERS * EACH;
     let mut h = Harness::start(&[]).await;
     let (alice, bob) = (h.user("alice").await, h.user("bob").await);
     let channel = h.channel("ward-7").await;
@@ -413,13 +418,17 @@ async fn sigkill_mid_conversation_loses_and_doubles_nothing() {
     a.join(channel).await.expect("alice joins");
     b.join(channel).await.expect("bob joins");
 
-    let every = Duration::from_millis(15);
-    let a_sends = sending(a.clone(), channel, "alice", EACH, every);
-    let b_sends = sending(b.clone(), channel, "bob", EACH, every);
+    let every = Duration::from_millis(5);
+    let mut senders = Vec::new();
+    for (client, who) in [(&a, "alice"), (&b, "bob")] {
+        for _ in 0..SENDERS {
+            senders.push(sending(client.clone(), channel, who, EACH, every));
+        }
+    }
     // Mid-conversation: a third of the messages through, sends in flight.
     a_log
         .wait(Duration::from_secs(20), "traffic flows", |_| {
-            a_log.messages(channel).len() >= 2 * EACH / 3
+            a_log.messages(channel).len() >= TOTAL / 3
         })
         .await;
     h.kill().await;
@@ -427,21 +436,15 @@ async fn sigkill_mid_conversation_loses_and_doubles_nothing() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     h.restart().await;
 
-    let a_results = a_sends.await.expect("alice's sender");
-    let b_results = b_sends.await.expect("bob's sender");
-    assert_eq!(
-        a_results.len() + b_results.len(),
-        2 * EACH,
-        "every send returned"
-    );
-    let mut acked = acked_seqs(&a_results);
-    let b_acked = acked_seqs(&b_results);
-    assert!(acked.is_disjoint(&b_acked), "two sends acked with one seq");
-    acked.extend(b_acked);
-    assert_eq!(acked.len(), 2 * EACH, "each send has its own seq");
-    let duplicates = a_results
+    let mut results = Vec::new();
+    for sender in senders {
+        results.extend(sender.await.expect("a sender"));
+    }
+    assert_eq!(results.len(), TOTAL, "every send returned");
+    let acked = acked_seqs(&results);
+    assert_eq!(acked.len(), TOTAL, "each send has its own seq");
+    let duplicates = results
         .iter()
-        .chain(&b_results)
         .filter(|r| r.as_ref().is_ok_and(|s| s.duplicate))
         .count();
 
@@ -460,11 +463,8 @@ async fn sigkill_mid_conversation_loses_and_doubles_nothing() {
         );
     }
     let stored = h.stored(&alice, channel).await;
-    assert_eq!(stored.len(), 2 * EACH, "stored once each: {stored:?}");
-    println!(
-        "sdk sigkill: {} sends acked, {duplicates} answered duplicate after a resend",
-        acked.len()
-    );
+    assert_eq!(stored.len(), TOTAL, "stored once each: {stored:?}");
+    println!("sdk sigkill: {TOTAL} sends acked, {duplicates} answered duplicate after a resend");
     a.close().await;
     b.close().await;
 }

@@ -1,5 +1,5 @@
 //! [`CourierClient`]: the app's handle. Every call is a message to the
-//! background task that owns the socket ([`crate::driver`]), answered on a
+//! background task that owns the socket (the private `driver`), answered on a
 //! oneshot channel, so the handle is cheap to clone and every method takes
 //! `&self`.
 

@@ -42,8 +42,9 @@ const READ_SLICE: Duration = Duration::from_secs(3600);
 /// How long an app's close waits to write the close frame.
 const CLOSE_WRITE: Duration = Duration::from_secs(1);
 
-/// What a connection attempt gives.
-type Attempt = Result<(Client, AuthSuccess), Ended>;
+/// What a connection attempt gives: the socket, its authentication and
+/// the token it authenticated with.
+type Attempt = Result<(Client, AuthSuccess, String), Ended>;
 
 /// Why a socket (or an attempt at one) ended.
 #[derive(Debug)]
@@ -81,6 +82,10 @@ struct Conn {
     next_ping: Instant,
     /// The last app call written: a close 1009 (frame too large) fails it.
     last_written: Option<u64>,
+    /// The access token the server holds for this socket.
+    token: String,
+    /// The token of a re-authentication not answered yet.
+    reauth: Option<String>,
 }
 
 /// What a `ref` on the socket stands for.
@@ -269,7 +274,7 @@ impl Driver {
     async fn on_attempt(&mut self, attempt: Result<Attempt, tokio::task::JoinError>) {
         self.phase = Phase::Idle;
         match attempt {
-            Ok(Ok((client, auth))) => self.on_connected(client, auth).await,
+            Ok(Ok((client, auth, token))) => self.on_connected(client, auth, token).await,
             Ok(Err(ended)) => {
                 tracing::debug!(code = ?ended.code, reason = %ended.reason, "connection attempt failed");
                 self.after_loss(ended);
@@ -301,7 +306,7 @@ impl Driver {
         }
     }
 
-    async fn on_connected(&mut self, client: Client, auth: AuthSuccess) {
+    async fn on_connected(&mut self, client: Client, auth: AuthSuccess, token: String) {
         let (sender, receiver) = client.split();
         let now = Instant::now();
         let heartbeat = Duration::from_millis(auth.heartbeat_ms.max(100));
@@ -317,6 +322,8 @@ impl Driver {
             last_heard: now,
             next_ping: now + heartbeat,
             last_written: None,
+            token,
+            reauth: None,
         }));
         self.set_state(ConnectionState::Connected);
         self.emit(Event::Connected {
@@ -497,7 +504,17 @@ impl Driver {
     /// The socket ended (or was given up on): tear down, then reconnect,
     /// refresh or stop as the close code says.
     async fn lost(&mut self, ended: Ended) {
+        let replaced = matches!(
+            &self.phase,
+            Phase::Live(conn) if conn.token != self.session.access_token()
+        );
         self.teardown(&ended);
+        if replaced && ended.code == Some(close::AUTH_FAILED) {
+            // The socket's token ran out before the refreshed one reached
+            // the server; that one is still good: connect with it now.
+            self.start_connecting();
+            return;
+        }
         self.after_loss(ended);
     }
 
@@ -711,6 +728,9 @@ impl Driver {
 
     async fn reauthenticate(&mut self) {
         let token = self.session.access_token().to_owned();
+        if let Phase::Live(conn) = &mut self.phase {
+            conn.reauth = Some(token.clone());
+        }
         let request = ClientRequest::Authenticate(Authenticate::new(token));
         self.write(request, Pending::Reauth).await;
     }
@@ -910,6 +930,11 @@ impl Driver {
             Pending::Heartbeat => {}
             Pending::Reauth => match frame {
                 ServerFrame::AuthenticationResponse(r) if r.result.is_ok() => {
+                    if let Phase::Live(conn) = &mut self.phase {
+                        if let Some(token) = conn.reauth.take() {
+                            conn.token = token;
+                        }
+                    }
                     tracing::debug!("re-authenticated with the refreshed token");
                 }
                 other => {
@@ -1133,7 +1158,7 @@ async fn attempt(config: Arc<ClientConfig>, token: String) -> Attempt {
     let mut client = builder.connect().await.map_err(ended)?;
     let response = client.authenticate(&token).await.map_err(ended)?;
     match response.result {
-        Ok(auth) => Ok((client, auth)),
+        Ok(auth) => Ok((client, auth, token)),
         // A refused token is answered, then closed with 4001.
         Err(body) => Err(Ended {
             code: Some(close::AUTH_FAILED),

@@ -22,7 +22,7 @@
 //!   session, except that a 4001 once the token is due for refresh is
 //!   answered by one refresh and a new attempt.
 //! - **Refreshes the token** over REST before it expires
-//!   ([`session::refresh_delay`]: 75 % of `expiresIn`), keeps the rotated
+//!   ([`session::refresh_delay`]: at 80 % of `expiresIn`), keeps the rotated
 //!   refresh token, never runs two refreshes at once, and authenticates the
 //!   open socket again with the new token.
 //! - **Finds dead sockets**: `ping` every `heartbeatMs`; a socket silent
@@ -54,9 +54,9 @@
 //!   or paging), pure.
 //! - [`event`]: [`Event`], what the app is told, and [`ConnectionState`].
 //! - [`session`]: [`Session`], [`login`], and the REST refresh.
-//! - [`config`](config): [`ClientConfig`].
+//! - [`config`]: [`ClientConfig`], where the server is and how patient to be.
 //! - [`backoff`]: [`Backoff`], reconnect delays.
-//! - [`error`](error): [`Error`].
+//! - [`error`]: [`Error`], what a call fails with.
 //!
 //! Frames and ids are [`courier_protocol`]'s; the socket is its typed
 //! client ([`courier_protocol::client`]).

@@ -91,7 +91,7 @@ impl fmt::Debug for Session {
     }
 }
 
-/// How long after obtaining a token the client refreshes it: at 75 % of
+/// How long after obtaining a token the client refreshes it: at 80 % of
 /// its lifetime, and at least 1.5 s before its end, since the token's `exp`
 /// is in whole seconds and so may come up to a second before `expiresIn`
 /// says; never sooner than a quarter of the lifetime.
@@ -100,14 +100,14 @@ impl fmt::Debug for Session {
 /// use std::time::Duration;
 /// use courier_client::session::refresh_delay;
 ///
-/// assert_eq!(refresh_delay(Duration::from_secs(900)), Duration::from_secs(675));
+/// assert_eq!(refresh_delay(Duration::from_secs(900)), Duration::from_secs(720));
 /// assert_eq!(refresh_delay(Duration::from_secs(3)), Duration::from_millis(1500));
 /// assert_eq!(refresh_delay(Duration::from_secs(1)), Duration::from_millis(250));
 /// ```
 pub fn refresh_delay(expires_in: Duration) -> Duration {
-    let three_quarters = expires_in.mul_f64(0.75);
+    let four_fifths = expires_in.mul_f64(0.8);
     let before_end = expires_in.saturating_sub(Duration::from_millis(1500));
-    three_quarters.min(before_end).max(expires_in / 4)
+    four_fifths.min(before_end).max(expires_in / 4)
 }
 
 /// The answer of [`login`]: the session and who it is.

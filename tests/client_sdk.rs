@@ -8,6 +8,7 @@
 //! | an outage past the server's replay limit (`COURIER_RECOVERY_MAX_REPLAY=5`, 250 missed): paged with `fetch_history`, all once and in order, then the live ones | `an_outage_past_the_replay_limit_is_paged` |
 //! | access tokens of 3 s: refreshed before expiry with the refresh token rotated, the open socket re-authenticated, never disconnected, still receiving | `the_token_is_refreshed_on_the_open_socket` |
 //! | logout revokes the session: close 4003, `Stopped`, no further connection attempt, calls fail with `Stopped` | `a_revoked_session_stops_reconnecting` |
+//! | a socket that goes silent without closing is found dead by the heartbeat (no pong for `heartbeatMs` + margin) and replaced; nothing missed | `a_silent_socket_is_found_dead_and_replaced` |
 //!
 //! Each client reaches the broker through a [`Relay`]: a TCP forwarder on a
 //! port of its own that the test can cut (the client's network goes away,
@@ -46,8 +47,10 @@ const ROOT: &str = "root";
 // ---------------------------------------------------------------------------
 
 /// A TCP forwarder on a fixed loopback port whose target can change (a
-/// restarted broker listens on a new port) and which can be cut: every
-/// live connection closed, every new one closed at once, until healed.
+/// restarted broker listens on a new port) and which can be cut (every
+/// live connection closed, every new one closed at once, until healed) or
+/// frozen (connections stay open but no byte gets through, until thawed:
+/// a peer that went silent without closing).
 struct Relay {
     addr: SocketAddr,
     shared: Arc<RelayShared>,
@@ -57,6 +60,7 @@ struct Relay {
 struct RelayShared {
     target: Mutex<SocketAddr>,
     cut: AtomicBool,
+    frozen: AtomicBool,
     /// Connections accepted, cut or not: one per connection attempt.
     accepted: AtomicU64,
     live: Mutex<Vec<AbortHandle>>,
@@ -71,6 +75,7 @@ impl Relay {
         let shared = Arc::new(RelayShared {
             target: Mutex::new(target),
             cut: AtomicBool::new(false),
+            frozen: AtomicBool::new(false),
             accepted: AtomicU64::new(0),
             live: Mutex::new(Vec::new()),
         });
@@ -101,6 +106,14 @@ impl Relay {
         self.shared.cut.store(false, Ordering::SeqCst);
     }
 
+    fn freeze(&self) {
+        self.shared.frozen.store(true, Ordering::SeqCst);
+    }
+
+    fn thaw(&self) {
+        self.shared.frozen.store(false, Ordering::SeqCst);
+    }
+
     fn accepted(&self) -> u64 {
         self.shared.accepted.load(Ordering::SeqCst)
     }
@@ -115,7 +128,7 @@ impl Drop for Relay {
 
 async fn relay_loop(listener: TcpListener, shared: Arc<RelayShared>) {
     loop {
-        let Ok((mut inbound, _)) = listener.accept().await else {
+        let Ok((inbound, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
@@ -124,13 +137,19 @@ async fn relay_loop(listener: TcpListener, shared: Arc<RelayShared>) {
             continue; // dropped: closed at once
         }
         let target = *shared.target.lock().expect("target");
+        let forwarding = shared.clone();
         let task = tokio::spawn(async move {
-            let Ok(mut outbound) = TcpStream::connect(target).await else {
+            let Ok(outbound) = TcpStream::connect(target).await else {
                 return;
             };
             let _ = inbound.set_nodelay(true);
             let _ = outbound.set_nodelay(true);
-            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            let (in_read, in_write) = inbound.into_split();
+            let (out_read, out_write) = outbound.into_split();
+            tokio::join!(
+                pipe(in_read, out_write, forwarding.clone()),
+                pipe(out_read, in_write, forwarding),
+            );
         });
         let mut live = shared.live.lock().expect("live");
         live.retain(|t| !t.is_finished());
@@ -140,6 +159,30 @@ async fn relay_loop(listener: TcpListener, shared: Arc<RelayShared>) {
             live.push(task.abort_handle());
         }
     }
+}
+
+/// Copies one direction until either side ends; while the relay is
+/// frozen, what was read is held back.
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    shared: Arc<RelayShared>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        while shared.frozen.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
 }
 
 // ---------------------------------------------------------------------------
@@ -665,4 +708,62 @@ async fn a_revoked_session_stops_reconnecting() {
     }
     b.close().await;
     drop(alice);
+}
+
+/// Bob's socket goes silent without closing (the relay holds every byte):
+/// with no pong for `heartbeatMs` plus the margin, the SDK takes it for
+/// dead, reconnects once the path is back, and recovers what Alice sent
+/// meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_socket_is_found_dead_and_replaced() {
+    let h = Harness::start(&[("COURIER_HEARTBEAT_MS", "500")]).await;
+    let (alice, bob) = (h.user("alice").await, h.user("bob").await);
+    let channel = h.channel("ward-7").await;
+    let (a, _a_events) = CourierClient::connect(ClientConfig::new(&h.direct()), alice.session);
+    let config = h
+        .config()
+        .heartbeat_margin(Duration::from_millis(500))
+        .connect_timeout(Duration::from_secs(1));
+    let (b, b_events) = CourierClient::connect(config, bob.session);
+    let b_log = Log::collect(b_events);
+    a.join(channel).await.expect("alice joins");
+    b.join(channel).await.expect("bob joins");
+    let mut results = vec![a.send(channel, "before").await];
+
+    h.relay.freeze();
+    let frozen = Instant::now();
+    for i in 0..5 {
+        results.push(a.send(channel, &format!("while silent {i}")).await);
+    }
+    b_log
+        .wait(
+            Duration::from_secs(10),
+            "bob finds his socket dead",
+            |events| {
+                events.iter().any(|e| {
+                matches!(e, Event::Disconnected { code: None, reason } if reason.contains("dead"))
+            })
+            },
+        )
+        .await;
+    let noticed = frozen.elapsed();
+    assert!(
+        noticed < Duration::from_secs(5),
+        "a silent socket was noticed after {noticed:?}"
+    );
+    h.relay.thaw();
+    let acked = acked_seqs(&results);
+    b_log
+        .wait(Duration::from_secs(20), "bob recovers", |_| {
+            b_log.messages(channel).len() >= acked.len()
+        })
+        .await;
+    assert_once_in_order("bob", &b_log.messages(channel), &acked);
+    assert_eq!(
+        b.wait_for_state(ConnectionState::Connected, Duration::from_secs(5))
+            .await,
+        ConnectionState::Connected
+    );
+    a.close().await;
+    b.close().await;
 }

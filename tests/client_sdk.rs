@@ -8,7 +8,7 @@
 //! | an outage past the server's replay limit (`COURIER_RECOVERY_MAX_REPLAY=5`, 250 missed): paged with `fetch_history`, all once and in order, then the live ones | `an_outage_past_the_replay_limit_is_paged` |
 //! | access tokens of 3 s: refreshed before expiry with the refresh token rotated, the open socket re-authenticated, never disconnected, still receiving | `the_token_is_refreshed_on_the_open_socket` |
 //! | logout revokes the session: close 4003, `Stopped`, no further connection attempt, calls fail with `Stopped` | `a_revoked_session_stops_reconnecting` |
-//! | a socket that goes silent without closing is found dead by the heartbeat (no pong for `heartbeatMs` + margin) and replaced; nothing missed | `a_silent_socket_is_found_dead_and_replaced` |
+//! | the server goes silent without the socket closing, just after a send was committed: the heartbeat (no pong for `heartbeatMs` + margin) finds the socket dead; after the reconnect nothing is missed and the resend is answered `duplicate`, stored once | `a_silent_socket_is_found_dead_and_a_lost_ack_resent` |
 //!
 //! Each client reaches the broker through a [`Relay`]: a TCP forwarder on a
 //! port of its own that the test can cut (the client's network goes away,
@@ -49,8 +49,9 @@ const ROOT: &str = "root";
 /// A TCP forwarder on a fixed loopback port whose target can change (a
 /// restarted broker listens on a new port) and which can be cut (every
 /// live connection closed, every new one closed at once, until healed) or
-/// frozen (connections stay open but no byte gets through, until thawed:
-/// a peer that went silent without closing).
+/// muted (connections stay open but nothing from the server gets through
+/// until unmuted: to the client, a server gone silent without closing,
+/// while what the client writes still arrives).
 struct Relay {
     addr: SocketAddr,
     shared: Arc<RelayShared>,
@@ -60,7 +61,7 @@ struct Relay {
 struct RelayShared {
     target: Mutex<SocketAddr>,
     cut: AtomicBool,
-    frozen: AtomicBool,
+    muted: AtomicBool,
     /// Connections accepted, cut or not: one per connection attempt.
     accepted: AtomicU64,
     live: Mutex<Vec<AbortHandle>>,
@@ -75,7 +76,7 @@ impl Relay {
         let shared = Arc::new(RelayShared {
             target: Mutex::new(target),
             cut: AtomicBool::new(false),
-            frozen: AtomicBool::new(false),
+            muted: AtomicBool::new(false),
             accepted: AtomicU64::new(0),
             live: Mutex::new(Vec::new()),
         });
@@ -106,12 +107,12 @@ impl Relay {
         self.shared.cut.store(false, Ordering::SeqCst);
     }
 
-    fn freeze(&self) {
-        self.shared.frozen.store(true, Ordering::SeqCst);
+    fn mute(&self) {
+        self.shared.muted.store(true, Ordering::SeqCst);
     }
 
-    fn thaw(&self) {
-        self.shared.frozen.store(false, Ordering::SeqCst);
+    fn unmute(&self) {
+        self.shared.muted.store(false, Ordering::SeqCst);
     }
 
     fn accepted(&self) -> u64 {
@@ -147,8 +148,8 @@ async fn relay_loop(listener: TcpListener, shared: Arc<RelayShared>) {
             let (in_read, in_write) = inbound.into_split();
             let (out_read, out_write) = outbound.into_split();
             tokio::join!(
-                pipe(in_read, out_write, forwarding.clone()),
-                pipe(out_read, in_write, forwarding),
+                pipe(in_read, out_write, None),
+                pipe(out_read, in_write, Some(forwarding)),
             );
         });
         let mut live = shared.live.lock().expect("live");
@@ -161,12 +162,12 @@ async fn relay_loop(listener: TcpListener, shared: Arc<RelayShared>) {
     }
 }
 
-/// Copies one direction until either side ends; while the relay is
-/// frozen, what was read is held back.
+/// Copies one direction until either side ends; with `muting`, what was
+/// read is held back while the relay is muted.
 async fn pipe(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
-    shared: Arc<RelayShared>,
+    muting: Option<Arc<RelayShared>>,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut buf = vec![0u8; 64 * 1024];
@@ -175,7 +176,10 @@ async fn pipe(
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        while shared.frozen.load(Ordering::SeqCst) {
+        while muting
+            .as_ref()
+            .is_some_and(|shared| shared.muted.load(Ordering::SeqCst))
+        {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         if to.write_all(&buf[..n]).await.is_err() {
@@ -461,7 +465,7 @@ async fn sigkill_mid_conversation_loses_and_doubles_nothing() {
     a.join(channel).await.expect("alice joins");
     b.join(channel).await.expect("bob joins");
 
-    let every = Duration::from_millis(5);
+    let every = Duration::from_millis(20);
     let mut senders = Vec::new();
     for (client, who) in [(&a, "alice"), (&b, "bob")] {
         for _ in 0..SENDERS {
@@ -475,6 +479,11 @@ async fn sigkill_mid_conversation_loses_and_doubles_nothing() {
         })
         .await;
     h.kill().await;
+    let before_kill = a_log.messages(channel).len();
+    assert!(
+        before_kill < TOTAL,
+        "the conversation was over before the kill"
+    );
     // The clients' sends pile up while nothing listens.
     tokio::time::sleep(Duration::from_millis(300)).await;
     h.restart().await;
@@ -507,7 +516,10 @@ async fn sigkill_mid_conversation_loses_and_doubles_nothing() {
     }
     let stored = h.stored(&alice, channel).await;
     assert_eq!(stored.len(), TOTAL, "stored once each: {stored:?}");
-    println!("sdk sigkill: {TOTAL} sends acked, {duplicates} answered duplicate after a resend");
+    println!(
+        "sdk sigkill: {TOTAL} sends acked, {before_kill} delivered before the kill, \
+         {duplicates} answered duplicate after a resend"
+    );
     a.close().await;
     b.close().await;
 }
@@ -710,16 +722,20 @@ async fn a_revoked_session_stops_reconnecting() {
     drop(alice);
 }
 
-/// Bob's socket goes silent without closing (the relay holds every byte):
-/// with no pong for `heartbeatMs` plus the margin, the SDK takes it for
-/// dead, reconnects once the path is back, and recovers what Alice sent
-/// meanwhile.
+/// Bob stops hearing from the server without his socket closing (the
+/// relay holds back everything the server sends), just after sending a
+/// message: the server commits it, but the ack never reaches him. With no
+/// pong for `heartbeatMs` plus the margin, the SDK takes the socket for
+/// dead and, once the path is back, reconnects, recovers what Alice sent
+/// meanwhile, and resends his message: answered `duplicate: true` with the
+/// original seq, his send returns once, and the message exists once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_silent_socket_is_found_dead_and_replaced() {
+async fn a_silent_socket_is_found_dead_and_a_lost_ack_resent() {
     let h = Harness::start(&[("COURIER_HEARTBEAT_MS", "500")]).await;
     let (alice, bob) = (h.user("alice").await, h.user("bob").await);
     let channel = h.channel("ward-7").await;
-    let (a, _a_events) = CourierClient::connect(ClientConfig::new(&h.direct()), alice.session);
+    let (a, _a_events) =
+        CourierClient::connect(ClientConfig::new(&h.direct()), alice.session.clone());
     let config = h
         .config()
         .heartbeat_margin(Duration::from_millis(500))
@@ -730,10 +746,17 @@ async fn a_silent_socket_is_found_dead_and_replaced() {
     b.join(channel).await.expect("bob joins");
     let mut results = vec![a.send(channel, "before").await];
 
-    h.relay.freeze();
-    let frozen = Instant::now();
+    h.relay.mute();
+    let muted = Instant::now();
+    let lost_ack = tokio::spawn({
+        let b = b.clone();
+        async move { b.send(channel, "my ack is lost").await }
+    });
     for i in 0..5 {
-        results.push(a.send(channel, &format!("while silent {i}")).await);
+        results.push(
+            a.send(channel, &format!("while bob hears nothing {i}"))
+                .await,
+        );
     }
     b_log
         .wait(
@@ -746,12 +769,18 @@ async fn a_silent_socket_is_found_dead_and_replaced() {
             },
         )
         .await;
-    let noticed = frozen.elapsed();
+    let noticed = muted.elapsed();
     assert!(
         noticed < Duration::from_secs(5),
         "a silent socket was noticed after {noticed:?}"
     );
-    h.relay.thaw();
+    let stored_before = h.stored(&alice, channel).await.len();
+    assert_eq!(stored_before, 7, "bob's send was committed while muted");
+    h.relay.unmute();
+    let resent = lost_ack.await.expect("bob's sender");
+    let resent = resent.expect("bob's send is acknowledged");
+    assert!(resent.duplicate, "the resend found the committed message");
+    results.push(Ok(resent));
     let acked = acked_seqs(&results);
     b_log
         .wait(Duration::from_secs(20), "bob recovers", |_| {
@@ -759,6 +788,7 @@ async fn a_silent_socket_is_found_dead_and_replaced() {
         })
         .await;
     assert_once_in_order("bob", &b_log.messages(channel), &acked);
+    assert_eq!(h.stored(&alice, channel).await.len(), 7, "stored once");
     assert_eq!(
         b.wait_for_state(ConnectionState::Connected, Duration::from_secs(5))
             .await,

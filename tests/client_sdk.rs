@@ -7,6 +7,7 @@
 //! | the server SIGKILLed mid-conversation and restarted: each app gets every acknowledged message once, in seq order; every send returns once, with its ack; nothing is stored twice | `sigkill_mid_conversation_loses_and_doubles_nothing` |
 //! | an outage past the server's replay limit (`COURIER_RECOVERY_MAX_REPLAY=5`, 250 missed): paged with `fetch_history`, all once and in order, then the live ones | `an_outage_past_the_replay_limit_is_paged` |
 //! | access tokens of 3 s: refreshed before expiry with the refresh token rotated, the open socket re-authenticated, never disconnected, still receiving | `the_token_is_refreshed_on_the_open_socket` |
+//! | the refresh cannot reach the server until the 3 s token has expired on the socket (close 4001): refreshed once reachable, reconnected with the new token, not stopped, nothing missed | `a_4001_for_an_expired_token_is_answered_by_a_refresh` |
 //! | logout revokes the session: close 4003, `Stopped`, no further connection attempt, calls fail with `Stopped` | `a_revoked_session_stops_reconnecting` |
 //! | the server goes silent without the socket closing, just after a send was committed: the heartbeat (no pong for `heartbeatMs` + margin) finds the socket dead; after the reconnect nothing is missed and the resend is answered `duplicate`, stored once | `a_silent_socket_is_found_dead_and_a_lost_ack_resent` |
 //!
@@ -793,6 +794,93 @@ async fn a_silent_socket_is_found_dead_and_a_lost_ack_resent() {
         b.wait_for_state(ConnectionState::Connected, Duration::from_secs(5))
             .await,
         ConnectionState::Connected
+    );
+    a.close().await;
+    b.close().await;
+}
+
+/// The refresh cannot reach the server (the REST path is cut), so the
+/// 3-second token runs out on the open socket and the server closes it
+/// with 4001. That 4001 is not the end: the token was due for refresh, so
+/// the SDK refreshes (once the REST path is back) and reconnects with the
+/// new token, recovering what was sent meanwhile, instead of stopping.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_4001_for_an_expired_token_is_answered_by_a_refresh() {
+    let h = Harness::start(&[("COURIER_ACCESS_TOKEN_TTL_SECS", "3")]).await;
+    let (alice, bob) = (h.user("alice").await, h.user("bob").await);
+    let channel = h.channel("ward-7").await;
+    let (a, _a_events) = CourierClient::connect(ClientConfig::new(&h.direct()), alice.session);
+    let rest = Relay::start(h.broker().addr).await;
+    rest.cut();
+    let config = h.config().with_http_url(rest.url());
+    let (b, b_events) = CourierClient::connect(config, bob.session);
+    let b_log = Log::collect(b_events);
+    a.join(channel).await.expect("alice joins");
+    b.join(channel).await.expect("bob joins");
+
+    b_log
+        .wait(
+            Duration::from_secs(10),
+            "the server closes 4001",
+            |events| {
+                events.iter().any(|e| {
+                    matches!(
+                        e,
+                        Event::Disconnected {
+                            code: Some(4001),
+                            ..
+                        }
+                    )
+                })
+            },
+        )
+        .await;
+    // Alice's client refreshes straight from the broker.
+    let mut results = Vec::new();
+    for i in 0..3 {
+        results.push(a.send(channel, &format!("while bob is out {i}")).await);
+    }
+    assert_ne!(
+        b.state(),
+        ConnectionState::Stopped,
+        "stopped on a 4001 of an expired token"
+    );
+    rest.heal();
+    let acked = acked_seqs(&results);
+    b_log
+        .wait(
+            Duration::from_secs(20),
+            "bob refreshes, reconnects and recovers",
+            |_| b_log.messages(channel).len() >= acked.len(),
+        )
+        .await;
+    assert_once_in_order("bob", &b_log.messages(channel), &acked);
+    let events = b_log.events();
+    let closed = events
+        .iter()
+        .position(|e| {
+            matches!(
+                e,
+                Event::Disconnected {
+                    code: Some(4001),
+                    ..
+                }
+            )
+        })
+        .expect("the 4001");
+    let refreshed = events[closed..]
+        .iter()
+        .position(|e| matches!(e, Event::SessionRefreshed(_)))
+        .expect("a refresh after the 4001");
+    assert!(
+        events[closed + refreshed..]
+            .iter()
+            .any(|e| matches!(e, Event::Connected { .. })),
+        "connected again after the refresh"
+    );
+    assert!(
+        !events.iter().any(|e| matches!(e, Event::Stopped { .. })),
+        "stopped: {events:?}"
     );
     a.close().await;
     b.close().await;

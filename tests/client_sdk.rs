@@ -11,11 +11,11 @@
 //! | logout revokes the session: close 4003, `Stopped`, no further connection attempt, calls fail with `Stopped` | `a_revoked_session_stops_reconnecting` |
 //! | the server goes silent without the socket closing, just after a send was committed: the heartbeat (no pong for `heartbeatMs` + margin) finds the socket dead; after the reconnect nothing is missed and the resend is answered `duplicate`, stored once | `a_silent_socket_is_found_dead_and_a_lost_ack_resent` |
 //!
-//! Each client reaches the broker through a [`Relay`]: a TCP forwarder on a
+//! A client reaches the broker through a [`Relay`]: a TCP forwarder on a
 //! port of its own that the test can cut (the client's network goes away,
 //! the server stays) and point at a restarted broker (which listens on a new
 //! port), so the client keeps one URL, as an app behind a fixed address
-//! does. The SDK's backoff is shortened (100 ms doubling to 1 s) so that
+//! does; the relay can also mute the server's side (a silent socket). The SDK's backoff is shortened (100 ms doubling to 1 s) so that
 //! the tests are quick; the behaviour is the default's.
 
 #[macro_use]
@@ -663,7 +663,7 @@ async fn the_token_is_refreshed_on_the_open_socket() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_session_stops_reconnecting() {
     let h = Harness::start(&[]).await;
-    let (alice, bob) = (h.user("alice").await, h.user("bob").await);
+    let bob = h.user("bob").await;
     let channel = h.channel("ward-7").await;
     let (b, b_events) = CourierClient::connect(h.config(), bob.session.clone());
     let b_log = Log::collect(b_events);
@@ -720,7 +720,6 @@ async fn a_revoked_session_stops_reconnecting() {
         other => panic!("a send after revocation: {other:?}"),
     }
     b.close().await;
-    drop(alice);
 }
 
 /// Bob stops hearing from the server without his socket closing (the

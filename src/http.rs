@@ -77,6 +77,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .route("/ws", get(crate::ws::upgrade))
+        .merge(crate::web::routes(&app.config))
         .merge(crate::api::routes(app.clone()))
         .fallback(crate::api::no_such_endpoint)
         .layer(axum::middleware::map_response(

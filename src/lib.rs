@@ -19,6 +19,7 @@
 //! - [`auth`]: passwords, tokens, session checks.
 //! - [`rate_limit`]: keyed request rate limits of the HTTP edge.
 //! - [`tls`]: native TLS (rustls) for `https://` and `wss://`.
+//! - [`web`]: the chat page at `/` and `/chat`, its assets embedded.
 //! - [`commands`]: `migrate`, `user create`, `audit verify`, `audit
 //!   public-key`, `keys rotate`.
 
@@ -38,6 +39,7 @@ pub mod secrets;
 pub mod server;
 pub mod telemetry;
 pub mod tls;
+pub mod web;
 pub mod ws;
 
 pub use server::run;

@@ -58,8 +58,14 @@ export interface ClientOptions {
   session: Session;
   /** Default 'msgpack' (binary frames); 'json' uses text frames. */
   encoding?: Encoding;
-  /** Default globalThis.WebSocket. */
-  WebSocket?: WebSocketConstructor;
+  /**
+   * The WebSocket constructor: default globalThis.WebSocket (browsers; Node 20
+   * with --experimental-websocket, Node 22+). Anything shaped like
+   * WebSocketLike works (e.g. the `ws` package).
+   */
+  // `any`: the DOM's, undici's and ws's constructors differ in their handler types.
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  WebSocket?: WebSocketConstructor | (new (url: string) => any);
   /** Default globalThis.fetch. */
   fetch?: FetchLike;
   /** How long a call waits for its answer (ms). Default 10000. A send's clock runs only while it is on a socket. */
@@ -186,6 +192,8 @@ const DEFAULT_TIMEOUT_MS = 10_000;
 const PAGE = 100;
 /** Refresh at least this long before the access token expires. */
 const REFRESH_LEAD_MS = 1_500;
+/** A token this close to its expiry counts as expired when connecting. */
+const EXPIRED_MARGIN_MS = 250;
 /** Retry a failed (network) refresh after this long. */
 const REFRESH_RETRY_MS = 2_000;
 
@@ -260,11 +268,11 @@ export class CourierClient {
   #connectWaiters: { resolve(): void; reject(e: CourierError): void }[] = [];
 
   constructor(options: ClientOptions) {
-    const WS = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
+    const WS = options.WebSocket ?? (globalThis as { WebSocket?: unknown }).WebSocket;
     if (WS === undefined) {
       throw new TypeError('no WebSocket: pass the `WebSocket` option (Node 20: run with --experimental-websocket)');
     }
-    this.#WebSocket = WS;
+    this.#WebSocket = WS as WebSocketConstructor;
     this.#fetch = options.fetch ?? globalThis.fetch.bind(globalThis);
     this.#opts = {
       baseUrl: options.baseUrl,
@@ -413,6 +421,7 @@ export class CourierClient {
    */
   send(channelId: string, text: string, options: SendOptions = {}): Promise<SendResult> {
     this.#usable();
+    if (this.#state === 'stopped') return Promise.reject(new CourierError('closed', 'the client is stopped (setSession restarts it)'));
     const clientMsgId = options.clientMsgId ?? randomId();
     return new Promise<SendResult>((resolve, reject) => {
       const existing = this.#sends.get(clientMsgId);
@@ -513,9 +522,9 @@ export class CourierClient {
     if (this.#state === 'closed') return;
     this.#state = 'connecting';
     this.#emit('connecting');
-    // A token that is (nearly) expired is refreshed first: authenticating with
-    // it would only earn a 4001.
-    if (Date.now() >= this.#expiresAt - REFRESH_LEAD_MS) {
+    // An expired token is refreshed first: authenticating with it would only
+    // earn a 4001. (One about to expire is refreshed on the open socket.)
+    if (Date.now() >= this.#expiresAt - EXPIRED_MARGIN_MS) {
       try {
         await this.#refresh();
       } catch (e) {

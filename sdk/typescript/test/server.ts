@@ -8,7 +8,7 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { CourierClient, login, type ClientOptions, type Session } from '../src/index.js';
+import { CourierClient, login, type ClientOptions, type Message, type Session, type WebSocketConstructor, type WebSocketLike } from '../src/index.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 /** dist/test -> sdk/typescript -> repo root */
@@ -182,5 +182,97 @@ export class Server {
 
   client(session: Session, opts: Partial<ClientOptions> = {}): CourierClient {
     return new CourierClient({ baseUrl: this.baseUrl, session, reconnect: { initialDelayMs: 50, maxDelayMs: 500 }, ...opts });
+  }
+}
+
+/**
+ * A switchable network between one client and the server: `blocked` refuses
+ * new connections (they go to a closed port), `cut()` drops the open ones,
+ * `muted` swallows everything the server sends (a socket gone silent
+ * without closing). `connects` counts the sockets the client opened.
+ */
+export class Network {
+  blocked = false;
+  muted = false;
+  connects = 0;
+  readonly sockets = new Set<WebSocket>();
+  readonly WebSocket: WebSocketConstructor;
+
+  constructor() {
+    // eslint-disable-next-line @typescript-eslint/no-this-alias
+    const net = this;
+    this.WebSocket = class implements WebSocketLike {
+      onopen: ((ev: unknown) => void) | null = null;
+      onmessage: ((ev: { data: unknown }) => void) | null = null;
+      onclose: ((ev: { code: number; reason: string }) => void) | null = null;
+      onerror: ((ev: unknown) => void) | null = null;
+      readonly ws: WebSocket;
+      constructor(url: string) {
+        net.connects += 1;
+        this.ws = new WebSocket(net.blocked ? 'ws://127.0.0.1:9/ws' : url);
+        net.sockets.add(this.ws);
+        this.ws.onopen = (e) => this.onopen?.(e);
+        this.ws.onmessage = (e) => {
+          if (!net.muted) this.onmessage?.(e);
+        };
+        this.ws.onclose = (e) => {
+          net.sockets.delete(this.ws);
+          this.onclose?.(e);
+        };
+        this.ws.onerror = (e) => this.onerror?.(e);
+      }
+      get binaryType(): string {
+        return this.ws.binaryType;
+      }
+      set binaryType(v: string) {
+        this.ws.binaryType = v as BinaryType;
+      }
+      get readyState(): number {
+        return this.ws.readyState;
+      }
+      send(data: string | Uint8Array): void {
+        this.ws.send(data as string | ArrayBufferView<ArrayBuffer>);
+      }
+      close(code?: number, reason?: string): void {
+        this.ws.close(code, reason);
+      }
+    };
+  }
+
+  /** Drops every open socket (the client sees a close, as on a network failure). */
+  cut(): void {
+    for (const ws of this.sockets) ws.close(4000, 'network cut');
+  }
+}
+
+/** Records what a client emits, for assertions. */
+export class Recorder {
+  readonly messages: Message[] = [];
+  readonly events: { name: string; args: unknown[]; at: number }[] = [];
+
+  constructor(readonly client: CourierClient) {
+    client.on('message', (m) => this.messages.push(m));
+    for (const name of ['connecting', 'connected', 'disconnected', 'reconnecting', 'stopped', 'session', 'recovered', 'channelLost', 'error'] as const) {
+      client.on(name, (...args: unknown[]) => this.events.push({ name, args, at: Date.now() }));
+    }
+  }
+
+  count(name: string): number {
+    return this.events.filter((e) => e.name === name).length;
+  }
+
+  seqs(channelId: string): number[] {
+    return this.messages.filter((m) => m.channelId === channelId).map((m) => m.seq);
+  }
+
+  texts(channelId: string): string[] {
+    return this.messages.filter((m) => m.channelId === channelId).map((m) => m.text);
+  }
+}
+
+/** Fails unless `seqs` is strictly increasing (each message once, in order). */
+export function assertStrictlyIncreasing(seqs: number[], who: string): void {
+  for (let i = 1; i < seqs.length; i++) {
+    if (!(seqs[i]! > seqs[i - 1]!)) throw new Error(`${who}: seq ${seqs[i]} after ${seqs[i - 1]} at #${i}`);
   }
 }

@@ -1774,6 +1774,7 @@ function jwtExpiry(token) {
 var DEFAULT_TIMEOUT_MS = 1e4;
 var PAGE = 100;
 var REFRESH_LEAD_MS = 1500;
+var EXPIRED_MARGIN_MS = 250;
 var REFRESH_RETRY_MS = 2e3;
 function randomId() {
   const c = globalThis.crypto;
@@ -1971,6 +1972,7 @@ var CourierClient = class {
    */
   send(channelId, text, options = {}) {
     this.#usable();
+    if (this.#state === "stopped") return Promise.reject(new CourierError("closed", "the client is stopped (setSession restarts it)"));
     const clientMsgId = options.clientMsgId ?? randomId();
     return new Promise((resolve, reject) => {
       const existing = this.#sends.get(clientMsgId);
@@ -2057,7 +2059,7 @@ var CourierClient = class {
     if (this.#state === "closed") return;
     this.#state = "connecting";
     this.#emit("connecting");
-    if (Date.now() >= this.#expiresAt - REFRESH_LEAD_MS) {
+    if (Date.now() >= this.#expiresAt - EXPIRED_MARGIN_MS) {
       try {
         await this.#refresh();
       } catch (e) {

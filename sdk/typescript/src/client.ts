@@ -145,6 +145,11 @@ interface Socket {
   authTimer?: ReturnType<typeof setTimeout>;
   /** The auth failure answered on it, if any (a 4001 follows). */
   authError?: string;
+  /**
+   * The largest send or call written on it: a close 1009 (frame too large)
+   * fails that one with `too_large` instead of sending it again forever.
+   */
+  largest?: { bytes: number; fail(err: CourierError): void };
 }
 
 /** A request waiting for its answer on the current socket. */
@@ -368,7 +373,7 @@ export class CourierClient {
   /** New tokens (a fresh login, or tokens refreshed elsewhere); restarts a stopped client. */
   setSession(session: Session): void {
     const sameUser = this.#session.user.id === session.user.id;
-    this.#adoptSession(session, true);
+    this.#adoptSession(session, false);
     if (this.#state === 'stopped') {
       this.#attempt = 0;
       void this.#open();
@@ -586,10 +591,13 @@ export class CourierClient {
     return r;
   }
 
-  #write(sock: Socket, frame: ClientFrame): boolean {
+  #write(sock: Socket, frame: ClientFrame, fail?: (err: CourierError) => void): boolean {
     if (sock.ended || sock.ws.readyState !== 1) return false;
     try {
-      sock.ws.send(encodeClient(frame, this.#opts.encoding));
+      const data = encodeClient(frame, this.#opts.encoding);
+      const bytes = typeof data === 'string' ? data.length * 3 : data.byteLength;
+      if (fail !== undefined && bytes > (sock.largest?.bytes ?? 0)) sock.largest = { bytes, fail };
+      sock.ws.send(data);
       return true;
     } catch {
       return false;
@@ -623,6 +631,9 @@ export class CourierClient {
     if (sock.ended) return;
     const wasAuthenticated = sock.authenticated;
     this.#detach(sock);
+    if (code === 1009 && sock.largest !== undefined) {
+      sock.largest.fail(new CourierError('too_large', 'the frame is over the server\'s frame limit (close 1009)'));
+    }
     const pending = [...this.#pending.values()];
     this.#pending.clear();
     for (const p of pending) p.onLost();
@@ -898,7 +909,12 @@ export class CourierClient {
         call.ref = undefined;
       },
     });
-    this.#write(sock, { ...call.frame, ref } as ClientFrame);
+    this.#write(sock, { ...call.frame, ref } as ClientFrame, (err) => {
+      this.#pending.delete(ref);
+      clearTimeout(call.timer);
+      this.#calls.delete(call);
+      call.reject(err);
+    });
   }
 
   #sendJoin(sock: Socket, ch: ChannelState): void {
@@ -1020,6 +1036,11 @@ export class CourierClient {
       },
     });
     const { clientMsgId, channelId, text, opts } = s;
+    const fail = (err: CourierError) => {
+      clearTimeout(s.timer);
+      this.#sends.delete(s.clientMsgId);
+      this.#settleSend(s, undefined, err);
+    };
     this.#write(sock, {
       type: 'send_message',
       ref,
@@ -1029,7 +1050,7 @@ export class CourierClient {
       containsPHI: opts.containsPHI,
       replyTo: opts.replyTo,
       ttlSeconds: opts.ttlSeconds,
-    });
+    }, fail);
   }
 
   #settleSend(s: OutgoingSend, result: SendResult | undefined, err?: CourierError): void {

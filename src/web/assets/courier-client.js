@@ -1923,7 +1923,7 @@ var CourierClient = class {
   /** New tokens (a fresh login, or tokens refreshed elsewhere); restarts a stopped client. */
   setSession(session) {
     const sameUser = this.#session.user.id === session.user.id;
-    this.#adoptSession(session, true);
+    this.#adoptSession(session, false);
     if (this.#state === "stopped") {
       this.#attempt = 0;
       void this.#open();
@@ -2117,10 +2117,13 @@ var CourierClient = class {
     this.#nextRef = r >= Number.MAX_SAFE_INTEGER ? 1 : r + 1;
     return r;
   }
-  #write(sock, frame) {
+  #write(sock, frame, fail) {
     if (sock.ended || sock.ws.readyState !== 1) return false;
     try {
-      sock.ws.send(encodeClient(frame, this.#opts.encoding));
+      const data = encodeClient(frame, this.#opts.encoding);
+      const bytes = typeof data === "string" ? data.length * 3 : data.byteLength;
+      if (fail !== void 0 && bytes > (sock.largest?.bytes ?? 0)) sock.largest = { bytes, fail };
+      sock.ws.send(data);
       return true;
     } catch {
       return false;
@@ -2149,6 +2152,9 @@ var CourierClient = class {
     if (sock.ended) return;
     const wasAuthenticated = sock.authenticated;
     this.#detach(sock);
+    if (code === 1009 && sock.largest !== void 0) {
+      sock.largest.fail(new CourierError("too_large", "the frame is over the server's frame limit (close 1009)"));
+    }
     const pending = [...this.#pending.values()];
     this.#pending.clear();
     for (const p of pending) p.onLost();
@@ -2397,7 +2403,12 @@ var CourierClient = class {
         call.ref = void 0;
       }
     });
-    this.#write(sock, { ...call.frame, ref: ref2 });
+    this.#write(sock, { ...call.frame, ref: ref2 }, (err) => {
+      this.#pending.delete(ref2);
+      clearTimeout(call.timer);
+      this.#calls.delete(call);
+      call.reject(err);
+    });
   }
   #sendJoin(sock, ch) {
     const ref2 = this.#ref();
@@ -2511,6 +2522,11 @@ var CourierClient = class {
       }
     });
     const { clientMsgId, channelId, text, opts } = s;
+    const fail = (err) => {
+      clearTimeout(s.timer);
+      this.#sends.delete(s.clientMsgId);
+      this.#settleSend(s, void 0, err);
+    };
     this.#write(sock, {
       type: "send_message",
       ref: ref2,
@@ -2520,7 +2536,7 @@ var CourierClient = class {
       containsPHI: opts.containsPHI,
       replyTo: opts.replyTo,
       ttlSeconds: opts.ttlSeconds
-    });
+    }, fail);
   }
   #settleSend(s, result, err) {
     if (s.settled) return;

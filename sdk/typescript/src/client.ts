@@ -577,7 +577,10 @@ export class CourierClient {
       this.#onData(sock, ev.data);
     };
     ws.onerror = () => {
-      /* onclose follows and says what happened */
+      // A socket that is not open after an error is gone: Node 20's WebSocket
+      // fires no close event after a failed connection. An open one gets its
+      // close event next (and the heartbeat is the backstop).
+      if (!sock.ended && ws.readyState !== 1) this.#drop(sock, 1006, 'connection failed');
     };
     ws.onclose = (ev) => {
       if (sock.ended) return;
@@ -617,13 +620,15 @@ export class CourierClient {
   /** Gives up a socket from this side (dead, too slow to authenticate) and handles it as lost. */
   #drop(sock: Socket, code: number, reason: string): void {
     if (sock.ended) return;
+    // Detached first: Node 20's WebSocket fires `error` again, synchronously,
+    // when a socket that failed to connect is closed. And no waiting for the
+    // closing handshake of a dead socket.
+    this.#lost(sock, code === 4000 ? 1006 : code, reason);
     try {
-      sock.ws.close(code >= 4000 && code < 5000 ? code : 1000, reason);
+      sock.ws.close(code >= 4000 && code < 5000 ? code : 1000, reason.slice(0, 60));
     } catch {
       /* already closing */
     }
-    // Do not wait for the closing handshake of a dead socket.
-    this.#lost(sock, code === 4000 ? 1006 : code, reason);
   }
 
   /** A socket ended: settle what depended on it, then reconnect or stop. */

@@ -30,7 +30,6 @@ async function converse(client: CourierClient, channelId: string, who: string, o
         },
         (e) => o.errors.push(e),
       );
-      await sleep(5);
     }
   };
   await Promise.all(Array.from({ length: IN_FLIGHT }, lane));
@@ -55,18 +54,23 @@ test('SIGKILL and restart mid-conversation: nothing lost, nothing doubled, every
   const outcomes: Outcome[] = [];
   let acks = 0;
   let inFlightAtKill = -1;
-  const killed = (async () => {
-    await until('20 acks before the kill', () => acks >= 20);
-    inFlightAtKill = outcomes.filter((o) => o.results.length === 0 && o.errors.length === 0).length;
+  let kill!: () => void;
+  const killNow = new Promise<void>((r) => (kill = r));
+  const acked = () => {
+    // The 20th ack: the other lanes' sends are on the wire right now.
+    if (++acks === 20) {
+      inFlightAtKill = outcomes.filter((o) => o.results.length === 0 && o.errors.length === 0).length;
+      server.child?.kill('SIGKILL');
+      kill();
+    }
+  };
+  const restarted = (async () => {
+    await killNow;
     await server.kill();
     await sleep(300); // sends queue up meanwhile
     await server.spawn();
   })();
-  await Promise.all([
-    converse(a, channelId, 'alice', outcomes, () => acks++),
-    converse(b, channelId, 'bob', outcomes, () => acks++),
-    killed,
-  ]);
+  await Promise.all([converse(a, channelId, 'alice', outcomes, acked), converse(b, channelId, 'bob', outcomes, acked), restarted]);
 
   assert.ok(inFlightAtKill > 0, `sends were in flight at the kill (${inFlightAtKill})`);
   assert.ok(ra.count('disconnected') >= 1 && rb.count('disconnected') >= 1, 'both clients saw the socket go');

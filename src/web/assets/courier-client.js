@@ -2106,6 +2106,7 @@ var CourierClient = class {
       this.#onData(sock, ev.data);
     };
     ws.onerror = () => {
+      if (!sock.ended && ws.readyState !== 1) this.#drop(sock, 1006, "connection failed");
     };
     ws.onclose = (ev) => {
       if (sock.ended) return;
@@ -2141,11 +2142,11 @@ var CourierClient = class {
   /** Gives up a socket from this side (dead, too slow to authenticate) and handles it as lost. */
   #drop(sock, code, reason) {
     if (sock.ended) return;
+    this.#lost(sock, code === 4e3 ? 1006 : code, reason);
     try {
-      sock.ws.close(code >= 4e3 && code < 5e3 ? code : 1e3, reason);
+      sock.ws.close(code >= 4e3 && code < 5e3 ? code : 1e3, reason.slice(0, 60));
     } catch {
     }
-    this.#lost(sock, code === 4e3 ? 1006 : code, reason);
   }
   /** A socket ended: settle what depended on it, then reconnect or stop. */
   #lost(sock, code, reason) {

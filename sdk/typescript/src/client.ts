@@ -392,7 +392,7 @@ export class CourierClient {
    * again from the last delivered seq. Resolves with the channel.
    */
   join(channelId: string, options: JoinOptions = {}): Promise<ChannelView> {
-    this.#usable();
+    if (this.#state === 'closed') return Promise.reject(new CourierError('closed', 'the client is closed'));
     let ch = this.#channels.get(channelId);
     if (ch !== undefined && ch.view !== undefined && ch.phase !== 'unjoined' && ch.phase !== 'joining') {
       return Promise.resolve(ch.view);
@@ -403,7 +403,25 @@ export class CourierClient {
       this.#channels.set(channelId, ch);
     }
     const channel = ch;
-    const p = new Promise<ChannelView>((resolve, reject) => channel.waiters.push({ resolve, reject }));
+    const p = new Promise<ChannelView>((resolve, reject) => {
+      // The channel stays remembered (joined once a socket allows); only this call gives up.
+      const waiter = {
+        resolve: (v: ChannelView) => {
+          clearTimeout(timer);
+          resolve(v);
+        },
+        reject: (e: CourierError) => {
+          clearTimeout(timer);
+          reject(e);
+        },
+      };
+      const timer = setTimeout(() => {
+        const i = channel.waiters.indexOf(waiter);
+        if (i >= 0) channel.waiters.splice(i, 1);
+        reject(new CourierError('timeout', `no answer to join_channel within ${this.#opts.requestTimeoutMs} ms`));
+      }, this.#opts.requestTimeoutMs);
+      channel.waiters.push(waiter);
+    });
     if (this.#sock?.authenticated && channel.phase === 'unjoined') this.#sendJoin(this.#sock, channel);
     return p;
   }
@@ -425,7 +443,7 @@ export class CourierClient {
    * requestTimeoutMs without an answer: it is still resent until answered).
    */
   send(channelId: string, text: string, options: SendOptions = {}): Promise<SendResult> {
-    this.#usable();
+    if (this.#state === 'closed') return Promise.reject(new CourierError('closed', 'the client is closed'));
     if (this.#state === 'stopped') return Promise.reject(new CourierError('closed', 'the client is stopped (setSession restarts it)'));
     const clientMsgId = options.clientMsgId ?? randomId();
     return new Promise<SendResult>((resolve, reject) => {

@@ -1940,7 +1940,7 @@ var CourierClient = class {
    * again from the last delivered seq. Resolves with the channel.
    */
   join(channelId, options = {}) {
-    this.#usable();
+    if (this.#state === "closed") return Promise.reject(new CourierError("closed", "the client is closed"));
     let ch = this.#channels.get(channelId);
     if (ch !== void 0 && ch.view !== void 0 && ch.phase !== "unjoined" && ch.phase !== "joining") {
       return Promise.resolve(ch.view);
@@ -1951,7 +1951,24 @@ var CourierClient = class {
       this.#channels.set(channelId, ch);
     }
     const channel = ch;
-    const p = new Promise((resolve, reject) => channel.waiters.push({ resolve, reject }));
+    const p = new Promise((resolve, reject) => {
+      const waiter = {
+        resolve: (v) => {
+          clearTimeout(timer);
+          resolve(v);
+        },
+        reject: (e) => {
+          clearTimeout(timer);
+          reject(e);
+        }
+      };
+      const timer = setTimeout(() => {
+        const i = channel.waiters.indexOf(waiter);
+        if (i >= 0) channel.waiters.splice(i, 1);
+        reject(new CourierError("timeout", `no answer to join_channel within ${this.#opts.requestTimeoutMs} ms`));
+      }, this.#opts.requestTimeoutMs);
+      channel.waiters.push(waiter);
+    });
     if (this.#sock?.authenticated && channel.phase === "unjoined") this.#sendJoin(this.#sock, channel);
     return p;
   }
@@ -1971,7 +1988,7 @@ var CourierClient = class {
    * requestTimeoutMs without an answer: it is still resent until answered).
    */
   send(channelId, text, options = {}) {
-    this.#usable();
+    if (this.#state === "closed") return Promise.reject(new CourierError("closed", "the client is closed"));
     if (this.#state === "stopped") return Promise.reject(new CourierError("closed", "the client is stopped (setSession restarts it)"));
     const clientMsgId = options.clientMsgId ?? randomId();
     return new Promise((resolve, reject) => {

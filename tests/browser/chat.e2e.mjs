@@ -447,12 +447,31 @@ async function main() {
     check(bobs.length === total && bobs.every((m, i) => m.seq === i + 1), `bob shows ${bobs.length} messages once each`);
     log(`history: a reloaded tab shows the newest page, then all ${total} messages after load older`);
 
-    for (const p of [alice, bob]) {
+    // Presence across a restart: bob's tab closes while the server is down,
+    // so no `offline` push can tell alice; her page learns it from the
+    // rejoin's answer (the SDK's `joined` event) and shows bob offline.
+    const status = (p, name) =>
+      p.page.$$eval(
+        '#member-list li[data-testid="member"]',
+        (items, name) => items.find((li) => li.textContent.startsWith(name))?.dataset.status,
+        name,
+      );
+    check((await status(alice, 'bob')) === 'online', 'alice sees bob online before the restart');
+    const clean = async (p) => {
       const csp = await p.page.evaluate(() => window.__csp);
       check(csp.length === 0, `${p.who}'s page had CSP violations: ${csp}`);
       const errors = p.errors.filter((e) => !/WebSocket|ERR_CONNECTION_REFUSED|Failed to load resource/.test(e));
       check(errors.length === 0, `${p.who}'s page had errors: ${errors.join('\n')}`);
-    }
+    };
+    await clean(bob);
+    await killServer();
+    await bob.page.close();
+    await startServer();
+    await until('alice to be connected after the second restart', async () => (await state(alice)) === 'connected', 45_000);
+    await until('alice to see bob offline', async () => (await status(alice, 'bob')) === 'offline');
+    log('presence after a restart: the rejoin tells alice that bob is gone');
+
+    await clean(alice);
   } finally {
     await browser.close();
   }

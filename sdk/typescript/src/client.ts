@@ -120,6 +120,8 @@ export interface ClientEvents {
   messageStatus: [data: Omit<MessageStatusFrame, 'type'>];
   /** (addition) A rejoin's gap is filled: every message up to lastSeq was delivered; paged = filled with fetch_history. */
   recovered: [data: { channelId: string; lastSeq: number; paged: boolean }];
+  /** (addition) Every join's answer, the first one and each rejoin after a reconnect: who is online now, lastSeq, unread. */
+  joined: [view: ChannelView];
   /** (addition) A remembered channel could not be joined again (e.g. forbidden): it is forgotten. */
   channelLost: [data: { channelId: string; error: CourierError }];
 }
@@ -977,6 +979,7 @@ export class CourierClient {
       void this.#page(sock, ch, view.lastSeq);
     }
     for (const w of ch.waiters.splice(0)) w.resolve(view);
+    this.#emit('joined', view);
   }
 
   /** Fills a rejoin's gap past the replay limit: fetch_history forward from the delivered seq to `target`. */

@@ -295,6 +295,7 @@ async function start(session) {
   on('typing', onTyping);
   on('readReceipt', onReadReceipt);
   on('presence', onPresence);
+  on('joined', onJoined);
   on('system', onSystem);
   on('error', (err) => showChatError(err));
   showChat();
@@ -380,6 +381,20 @@ function onReadReceipt({ channelId, userId, seq }) {
   const room = roomOf(channelId);
   if ((room.reads.get(userId) ?? 0) < seq) room.reads.set(userId, seq);
   if (channelId === openId) renderReceipts();
+}
+
+/** Every join's answer, rejoins after a reconnect included: who is online now. */
+function onJoined(view) {
+  const room = roomOf(view.id);
+  const online = new Set(view.online ?? []);
+  for (const userId of room.members) {
+    if (userId !== me.id && !online.has(userId)) presence.set(userId, 'offline');
+  }
+  for (const userId of online) {
+    if (presence.get(userId) !== 'away') presence.set(userId, 'online');
+    room.members.add(userId);
+  }
+  if (view.id === openId) renderMembers();
 }
 
 function onPresence({ userId, status }) {

@@ -2465,6 +2465,7 @@ var CourierClient = class {
       void this.#page(sock, ch, view.lastSeq);
     }
     for (const w of ch.waiters.splice(0)) w.resolve(view);
+    this.#emit("joined", view);
   }
   /** Fills a rejoin's gap past the replay limit: fetch_history forward from the delivered seq to `target`. */
   async #page(sock, ch, target) {

@@ -197,10 +197,7 @@ fn the_committed_browser_bundle_is_what_npm_run_bundle_builds() {
             .lines()
             .zip(fresh.lines())
             .position(|(a, b)| a != b)
-            .map_or_else(
-                || committed.lines().count().min(fresh.lines().count()),
-                |i| i,
-            )
+            .unwrap_or_else(|| committed.lines().count().min(fresh.lines().count()))
             + 1;
         panic!(
             "{} is not what `npm run bundle` builds from sdk/typescript/src now (first difference at line {line}); \

@@ -33,11 +33,22 @@ pub enum LogFormat {
     Json,
 }
 
-/// A secret string. Its `Debug` and `Display` never show the value, so it
-/// cannot leak through logs or error messages by accident.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A secret string. Its `Debug` and its serialization never show the
+/// value (a set secret serializes as `"[redacted]"`), so it cannot leak
+/// through logs, error messages or the admin console's settings page by
+/// accident.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(transparent)]
 pub struct Secret(String);
+
+/// What a set secret serializes as.
+pub const REDACTED: &str = "[redacted]";
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(REDACTED)
+    }
+}
 
 impl Secret {
     /// Wraps a value.
@@ -105,6 +116,11 @@ pub struct Config {
     pub idle_timeout_ms: u64,
     pub recovery_limit: u32,
     pub recovery_max_replay: u64,
+    /// The admin console: a session unused this long ends (minutes).
+    pub admin_idle_minutes: u64,
+    /// The admin console: a session ends this long after sign-in, used or
+    /// not (hours).
+    pub admin_session_hours: u64,
     pub typing_expiry_ms: u64,
     pub fanout_coalesce_us: u64,
 
@@ -190,6 +206,8 @@ impl Default for Config {
             idle_timeout_ms: 60_000,
             recovery_limit: 1000,
             recovery_max_replay: 0,
+            admin_idle_minutes: 15,
+            admin_session_hours: 8,
             typing_expiry_ms: 6_000,
             fanout_coalesce_us: 2_000,
             cluster_nats_url: None,
@@ -564,6 +582,8 @@ impl Config {
             1,
             HOUR_MS,
         );
+        c.within("admin_idle_minutes", self.admin_idle_minutes, 1, 24 * 60);
+        c.within("admin_session_hours", self.admin_session_hours, 1, 24 * 7);
         for origin in &self.allowed_origins {
             if !is_origin(origin) {
                 c.invalid(
@@ -772,6 +792,27 @@ impl Config {
         self.data_dir.join("audit-checkpoints.jsonl")
     }
 
+    /// The effective configuration as the admin console shows it: every
+    /// key, every secret `"[redacted]"` (see [`Secret`]), and the
+    /// credentials and query of every URL (the database's, NATS's, the
+    /// checkpoint webhook's) replaced by `[redacted]` too.
+    pub fn effective(&self) -> serde_json::Value {
+        let mut value = serde_json::to_value(self).unwrap_or_default();
+        for key in [
+            "database_url",
+            "cluster_nats_url",
+            "audit_checkpoint_webhook",
+        ] {
+            if let Some(slot) = value.get_mut(key) {
+                if let Some(url) = slot.as_str() {
+                    *slot = serde_json::Value::String(redact_url(url));
+                }
+            }
+        }
+        value["database_url"] = serde_json::Value::String(redact_url(&self.database_url()));
+        value
+    }
+
     /// A one-line summary for the `server_start` audit entry and the start
     /// log line: no secrets, no credentials in the database URL.
     pub fn summary(&self) -> serde_json::Value {
@@ -786,6 +827,23 @@ impl Config {
             "registration": self.registration_open(),
         })
     }
+}
+
+/// `url` with its user, password and query replaced by `[redacted]`:
+/// what may be shown of a URL that may carry credentials.
+fn redact_url(url: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, _)) => (base, format!("?{REDACTED}")),
+        None => (url, String::new()),
+    };
+    let base = match base.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((_, host)) => format!("{scheme}://{REDACTED}@{host}"),
+            None => base.to_owned(),
+        },
+        None => base.to_owned(),
+    };
+    format!("{base}{query}")
 }
 
 /// The prefix of the environment variables: key `foo` is `COURIER_FOO`.
@@ -1048,6 +1106,38 @@ mod tests {
             assert!(text.contains(piece), "{text}");
         }
         assert_eq!(err.problems.len(), 3, "{text}");
+    }
+
+    #[test]
+    fn the_effective_configuration_shows_no_secret() {
+        let c = Config {
+            jwt_secret: Some(Secret::new("hunter2-hunter2-hunter2-hunter2-x")),
+            master_keys: Some(Secret::new("1:c2VjcmV0")),
+            initial_admin_password: Some(Secret::new("pw-pw-pw-pw")),
+            audit_checkpoint_webhook: Some("https://u:tok@hooks.example/x?key=abc".into()),
+            audit_checkpoint_webhook_secret: Some(Secret::new("whsec")),
+            database_url: Some("postgres://courier:dbpass@db/courier?sslpassword=x".into()),
+            ..Config::default()
+        };
+        let shown = c.effective().to_string();
+        for secret in [
+            "hunter2",
+            "c2VjcmV0",
+            "pw-pw",
+            "tok",
+            "abc",
+            "whsec",
+            "dbpass",
+            "sslpassword",
+        ] {
+            assert!(!shown.contains(secret), "{secret} shown in {shown}");
+        }
+        assert_eq!(c.effective()["jwt_secret"], REDACTED);
+        assert_eq!(
+            c.effective()["database_url"],
+            "postgres://[redacted]@db/courier?[redacted]"
+        );
+        assert_eq!(c.effective()["max_text_bytes"], 16_384);
     }
 
     #[test]

@@ -42,6 +42,9 @@ pub struct App {
     pub started_at: Instant,
     /// Failed-login counts per account and address, and per account.
     pub login_guard: LoginGuard,
+    /// The REST limiters and the figures of every rate limit, changed at
+    /// run time through `/api/settings/rate-limits`.
+    pub rate_limits: crate::runtime_settings::RateLimits,
 }
 
 impl App {
@@ -78,6 +81,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/metrics", get(metrics))
         .route("/ws", get(crate::ws::upgrade))
         .merge(crate::web::routes(&app.config))
+        .merge(crate::admin::routes())
         .merge(crate::api::routes(app.clone()))
         .fallback(crate::api::no_such_endpoint)
         .layer(axum::middleware::map_response(

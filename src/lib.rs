@@ -20,6 +20,8 @@
 //! - [`rate_limit`]: keyed request rate limits of the HTTP edge.
 //! - [`tls`]: native TLS (rustls) for `https://` and `wss://`.
 //! - [`web`]: the chat page at `/` and `/chat`, its assets embedded.
+//! - [`admin`]: the admin console at `/admin` and its cookie sessions.
+//! - [`runtime_settings`]: the rate limits an admin changes at run time.
 //! - [`commands`]: `migrate`, `user create`, `audit verify`, `audit
 //!   public-key`, `keys rotate`.
 
@@ -27,6 +29,7 @@
 #![warn(unreachable_pub)]
 
 pub mod accept;
+pub mod admin;
 pub mod admission;
 pub mod api;
 pub mod audit_webhook;
@@ -35,6 +38,7 @@ pub mod commands;
 pub mod config;
 pub mod http;
 pub mod rate_limit;
+pub mod runtime_settings;
 pub mod secrets;
 pub mod server;
 pub mod telemetry;

@@ -9,13 +9,19 @@
 //!
 //! Keys of clients that went quiet are dropped now and then, so that a
 //! stream of new keys (addresses) cannot grow the map without bound.
+//!
+//! An admin may change a limit at run time ([`KeyedLimit::set`]): the
+//! limiter is replaced whole, so every key starts the new limit with a full
+//! bucket.
 
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use courier_actors::telemetry::names;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -27,7 +33,9 @@ const RETAIN_EVERY: u64 = 4096;
 pub struct KeyedLimit<K: Hash + Eq + Clone> {
     /// The metric label of refusals (`rest`, `auth`, ...).
     label: &'static str,
-    limiter: Option<DefaultKeyedRateLimiter<K>>,
+    window: Duration,
+    /// `None` while the limit is off.
+    limiter: ArcSwapOption<DefaultKeyedRateLimiter<K>>,
     checks: AtomicU64,
 }
 
@@ -35,24 +43,24 @@ impl<K: Hash + Eq + Clone> KeyedLimit<K> {
     /// `per_window` requests per `window` for each key, refusals counted
     /// under `label`.
     pub fn new(label: &'static str, per_window: u32, window: Duration) -> Self {
-        let limiter = NonZeroU32::new(per_window).map(|n| {
-            let period = (window / n.get()).max(Duration::from_nanos(1));
-            let quota = Quota::with_period(period)
-                .unwrap_or_else(|| Quota::per_second(n))
-                .allow_burst(n);
-            RateLimiter::keyed(quota)
-        });
         Self {
             label,
-            limiter,
+            window,
+            limiter: ArcSwapOption::new(limiter(per_window, window)),
             checks: AtomicU64::new(0),
         }
+    }
+
+    /// Replaces the limit with `per_window` requests per window (0: off).
+    pub fn set(&self, per_window: u32) {
+        self.limiter.store(limiter(per_window, self.window));
     }
 
     /// Counts one request of `key`; `Err` carries how long to wait before
     /// the next one is allowed.
     pub fn check(&self, key: &K) -> Result<(), Duration> {
-        let Some(limiter) = &self.limiter else {
+        let guard = self.limiter.load();
+        let Some(limiter) = guard.as_deref() else {
             return Ok(());
         };
         if self.checks.fetch_add(1, Ordering::Relaxed) % RETAIN_EVERY == RETAIN_EVERY - 1 {
@@ -64,6 +72,21 @@ impl<K: Hash + Eq + Clone> KeyedLimit<K> {
             not_until.wait_time_from(DefaultClock::default().now())
         })
     }
+}
+
+/// A limiter of `per_window` requests per `window` with a burst of as many;
+/// `None` for 0.
+fn limiter<K: Hash + Eq + Clone>(
+    per_window: u32,
+    window: Duration,
+) -> Option<Arc<DefaultKeyedRateLimiter<K>>> {
+    NonZeroU32::new(per_window).map(|n| {
+        let period = (window / n.get()).max(Duration::from_nanos(1));
+        let quota = Quota::with_period(period)
+            .unwrap_or_else(|| Quota::per_second(n))
+            .allow_burst(n);
+        Arc::new(RateLimiter::keyed(quota))
+    })
 }
 
 /// The key of a client address for per-IP limits: an IPv6 client is keyed
@@ -103,6 +126,17 @@ mod tests {
             "{wait:?}"
         );
         assert!(limit.check(&"b").is_ok(), "keys are independent");
+    }
+
+    #[test]
+    fn a_new_limit_applies_at_once() {
+        let limit = KeyedLimit::new("test", 100, Duration::from_secs(900));
+        limit.set(2);
+        assert!(limit.check(&"a").is_ok());
+        assert!(limit.check(&"a").is_ok());
+        assert!(limit.check(&"a").is_err(), "the new limit of 2 holds");
+        limit.set(0);
+        assert!(limit.check(&"a").is_ok(), "0 switches it off");
     }
 
     #[test]

@@ -237,7 +237,10 @@ pub async fn start(config: Config) -> Result<Started, ServerError> {
         "server.start",
         config.summary(),
     ));
+    let rate_limits = crate::runtime_settings::RateLimits::new(&config);
+    rate_limits.load(&store, &realtime).await?;
     let app = Arc::new(App {
+        rate_limits,
         admission: crate::admission::Admission::new(
             config.max_unauthenticated_per_ip,
             config.max_connections_per_ip,

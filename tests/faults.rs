@@ -849,6 +849,8 @@ impl Fixture {
                 ip: None,
                 user_agent: None,
                 valid: true,
+                kind: courier_actors::durable::store::SessionKind::Api,
+                last_seen_at: None,
             };
             let session_id = session.id;
             store.create_session(session).await.expect("a session");
@@ -866,6 +868,7 @@ impl Fixture {
                 created_by: auditor_id,
                 created_at: now,
                 direct_key: None,
+                archived_at: None,
             };
             channel_ids.push(channel.id);
             store

@@ -852,6 +852,7 @@ async fn direct_channel(api: &Rest, a: &Session, b: &Session) -> String {
         role: Role::User,
         session_id: SessionId::new(),
         expires_at: i64::MAX,
+        must_change_password: false,
     };
     let view = api
         .server

@@ -13,8 +13,8 @@ use std::collections::BTreeMap;
 use courier_actors::durable::store::sqlite::SqliteStore;
 use courier_actors::durable::store::{
     AuditFilter, AuditRecord, Channel, ChannelKind, ChannelPatch, ChannelRole, Checkpoint,
-    ClientMsgRef, DynStore, Member, NewUser, Reencrypted, RefreshOutcome, Role, Session,
-    StoreError, StoredMessage, Turn, User, UserPatch, WriteOp, WriteOutcome,
+    ClientMsgRef, DynStore, Flag, Member, NewUser, Reencrypted, RefreshOutcome, Role, Session,
+    SessionKind, Setting, StoreError, StoredMessage, Turn, User, UserPatch, WriteOp, WriteOutcome,
 };
 use courier_protocol::{ChannelId, MessageId, SessionId, UserId};
 
@@ -81,6 +81,8 @@ conformance!(
     deleting_a_user_keeps_their_messages,
     audit_chain,
     audit_appends_beside_batches,
+    accounts_console_sessions_and_settings,
+    flags_archives_and_channel_pages,
 );
 
 /// A batch beside the one before it commits only once that one has: before
@@ -213,6 +215,7 @@ fn new_channel(owner: &User, name: &str, kind: ChannelKind) -> Channel {
         created_by: owner.id,
         created_at: T0,
         direct_key: None,
+        archived_at: None,
     }
 }
 
@@ -283,6 +286,241 @@ fn client_ref(m: &StoredMessage) -> ClientMsgRef {
 }
 
 // ---- stories ----------------------------------------------------------------
+
+/// The admin console's columns: an account's lock, disabled state,
+/// temporary password and last login; console sessions (never rotated as
+/// refresh tokens, touched for their idle timeout); runtime settings.
+async fn accounts_console_sessions_and_settings(store: DynStore) {
+    let carol = user(&store, "carol").await;
+    assert_eq!(
+        (
+            carol.disabled_at,
+            carol.must_change_password,
+            carol.last_login_at
+        ),
+        (None, false, None)
+    );
+    let changed = store
+        .update_user(
+            carol.id,
+            UserPatch {
+                locked_until: Some(Some(i64::MAX)),
+                disabled_at: Some(Some(T0 + 1)),
+                must_change_password: Some(true),
+                last_login_at: Some(T0 + 2),
+                updated_at: T0 + 3,
+                ..UserPatch::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(changed.locked_until, Some(i64::MAX));
+    assert_eq!(changed.disabled_at, Some(T0 + 1));
+    assert!(changed.must_change_password);
+    assert_eq!(changed.last_login_at, Some(T0 + 2));
+    assert_eq!(
+        store.get_user(carol.id).await.unwrap(),
+        Some(changed.clone())
+    );
+    // An empty patch leaves them; `Some(None)` clears.
+    let cleared = store
+        .update_user(
+            carol.id,
+            UserPatch {
+                locked_until: Some(None),
+                disabled_at: Some(None),
+                must_change_password: Some(false),
+                updated_at: T0 + 4,
+                ..UserPatch::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            cleared.locked_until,
+            cleared.disabled_at,
+            cleared.must_change_password
+        ),
+        (None, None, false)
+    );
+    assert_eq!(cleared.last_login_at, Some(T0 + 2), "untouched");
+
+    let console = Session {
+        id: SessionId::new(),
+        user_id: carol.id,
+        token_hash: "console-hash".into(),
+        created_at: T0,
+        expires_at: i64::MAX,
+        ip: None,
+        user_agent: None,
+        valid: true,
+        kind: SessionKind::Console,
+        last_seen_at: Some(T0),
+    };
+    store.create_session(console.clone()).await.unwrap();
+    let (session, owner) = store
+        .get_session_user(console.id)
+        .await
+        .unwrap()
+        .expect("session");
+    assert_eq!(session, console);
+    assert_eq!(owner.id, carol.id);
+    assert_eq!(owner.last_login_at, Some(T0 + 2));
+    // Its hash is never a refresh token.
+    assert_eq!(
+        store
+            .rotate_refresh("console-hash", "new", T0 + 1, i64::MAX)
+            .await
+            .unwrap(),
+        RefreshOutcome::Unknown
+    );
+    store.touch_session(console.id, T0 + 9).await.unwrap();
+    let touched = store.get_session(console.id).await.unwrap().expect("row");
+    assert_eq!(touched.last_seen_at, Some(T0 + 9));
+    assert_eq!(touched.token_hash, "console-hash");
+    assert!(matches!(
+        store.touch_session(SessionId::new(), T0).await,
+        Err(StoreError::NotFound)
+    ));
+
+    assert!(store.list_settings().await.unwrap().is_empty());
+    let setting = |value: &str, at: i64| Setting {
+        key: "rate_limits.send_per_minute".into(),
+        value: value.into(),
+        updated_at: at,
+        updated_by: Some(carol.id),
+    };
+    store.put_setting(setting("2", T0)).await.unwrap();
+    store.put_setting(setting("5", T0 + 1)).await.unwrap();
+    store
+        .put_setting(Setting {
+            key: "a.first".into(),
+            updated_by: None,
+            ..setting("1", T0)
+        })
+        .await
+        .unwrap();
+    let settings = store.list_settings().await.unwrap();
+    assert_eq!(settings.len(), 2, "one row per key");
+    assert_eq!(settings[0].key, "a.first");
+    assert_eq!(settings[1], setting("5", T0 + 1));
+}
+
+/// Moderation flags and the queue, archived channels, channel pages.
+async fn flags_archives_and_channel_pages(store: DynStore) {
+    let dana = user(&store, "dana").await;
+    let ward = channel(&store, &dana, "Ward 7", ChannelKind::Public).await;
+    let other = channel(&store, &dana, "pharmacy", ChannelKind::Private).await;
+    let (a, b, c) = (
+        msg(&ward, &dana, 1, None),
+        msg(&ward, &dana, 2, None),
+        msg(&other, &dana, 1, None),
+    );
+    insert(&store, [a.clone(), b.clone(), c.clone()]).await;
+
+    let flag = |at: i64, reason: &str| Flag {
+        at,
+        by: dana.id,
+        reason: reason.into(),
+    };
+    let row = store
+        .set_message_flag(a.id, Some(flag(T0 + 10, "rude")))
+        .await
+        .unwrap();
+    assert_eq!(row.flag, Some(flag(T0 + 10, "rude")));
+    assert_eq!(row.message, a);
+    store
+        .set_message_flag(c.id, Some(flag(T0 + 20, "phi")))
+        .await
+        .unwrap();
+    let queue = store.list_flagged(10, 0).await.unwrap();
+    assert_eq!(
+        queue.iter().map(|r| r.message.id).collect::<Vec<_>>(),
+        [c.id, a.id],
+        "newest flag first"
+    );
+    assert_eq!(queue[0].sender_username, "dana");
+    assert_eq!(store.list_flagged(1, 1).await.unwrap()[0].message.id, a.id);
+    // History reads carry the flag too.
+    let page = store.messages_after(ward.id, 0, 10).await.unwrap();
+    assert_eq!(page[0].flag, Some(flag(T0 + 10, "rude")));
+    assert_eq!(page[1].flag, None);
+    // Unflagged, it leaves the queue; a deleted message leaves it as well.
+    let row = store.set_message_flag(a.id, None).await.unwrap();
+    assert_eq!(row.flag, None);
+    store
+        .apply_batch(&[WriteOp::DeleteMessage {
+            id: c.id,
+            deleted_at: T0 + 30,
+        }])
+        .await
+        .unwrap();
+    assert!(store.list_flagged(10, 0).await.unwrap().is_empty());
+    assert!(matches!(
+        store.set_message_flag(c.id, Some(flag(T0, "x"))).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        store.set_message_flag(MessageId::new(), None).await,
+        Err(StoreError::NotFound)
+    ));
+
+    let archived = store
+        .update_channel(
+            ward.id,
+            ChannelPatch {
+                archived_at: Some(Some(T0 + 40)),
+                ..ChannelPatch::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(archived.archived_at, Some(T0 + 40));
+    assert_eq!(archived.name, "Ward 7");
+    assert_eq!(
+        store
+            .get_channel(ward.id)
+            .await
+            .unwrap()
+            .expect("ward")
+            .archived_at,
+        Some(T0 + 40)
+    );
+    let back = store
+        .update_channel(
+            ward.id,
+            ChannelPatch {
+                archived_at: Some(None),
+                ..ChannelPatch::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(back.archived_at, None);
+
+    let names = |channels: Vec<Channel>| channels.into_iter().map(|c| c.name).collect::<Vec<_>>();
+    assert_eq!(
+        names(store.list_channels_page(None, 10, 0).await.unwrap()),
+        ["pharmacy", "Ward 7"]
+    );
+    assert_eq!(
+        names(store.list_channels_page(Some("WARD"), 10, 0).await.unwrap()),
+        ["Ward 7"]
+    );
+    assert_eq!(
+        names(store.list_channels_page(None, 1, 1).await.unwrap()),
+        ["Ward 7"]
+    );
+    assert!(
+        store
+            .list_channels_page(Some("%"), 10, 0)
+            .await
+            .unwrap()
+            .is_empty(),
+        "LIKE wildcards are literal"
+    );
+}
 
 async fn basics(store: DynStore) {
     store.ping().await.expect("ping");
@@ -370,6 +608,7 @@ async fn users(store: DynStore) {
                 role: Some(Role::Admin),
                 password_hash: Some("new-hash".into()),
                 updated_at: T0 + 5,
+                ..UserPatch::default()
             },
         )
         .await
@@ -439,6 +678,7 @@ async fn role_permissions_are_seeded(store: DynStore) {
         "keys.manage",
         "messages.moderate",
         "sessions.manage",
+        "settings.manage",
         "users.manage",
         "users.read",
     ];
@@ -452,6 +692,7 @@ async fn role_permissions_are_seeded(store: DynStore) {
     assert_eq!(
         store.role_permissions(Role::Moderator).await.unwrap(),
         [
+            "audit.read",
             "channels.create_private",
             "channels.create_public",
             "messages.moderate",
@@ -476,6 +717,8 @@ async fn sessions(store: DynStore) {
         ip: Some("10.0.0.7".into()),
         user_agent: Some("courier-test/1".into()),
         valid: true,
+        kind: courier_actors::durable::store::SessionKind::Api,
+        last_seen_at: None,
     };
 
     let s1 = session(&alice, "h1", T0 + 1_000);
@@ -610,6 +853,7 @@ async fn channels(store: DynStore) {
     };
     let direct = Channel {
         direct_key: Some(direct_key.clone()),
+        archived_at: None,
         ..new_channel(&alice, "alice-bob", ChannelKind::Direct)
     };
     store
@@ -649,6 +893,7 @@ async fn channels(store: DynStore) {
     // One direct channel per pair; the failed attempt leaves nothing behind.
     let again = Channel {
         direct_key: Some(direct_key.clone()),
+        archived_at: None,
         ..new_channel(&bob, "bob-alice", ChannelKind::Direct)
     };
     let clash = store
@@ -709,6 +954,7 @@ async fn channels(store: DynStore) {
             ChannelPatch {
                 name: Some("lobby".into()),
                 description: Some(Some("hi".into())),
+                ..ChannelPatch::default()
             },
         )
         .await
@@ -727,6 +973,7 @@ async fn channels(store: DynStore) {
             ChannelPatch {
                 name: None,
                 description: Some(None),
+                ..ChannelPatch::default()
             },
         )
         .await
@@ -1459,6 +1706,8 @@ async fn deleting_a_user_keeps_their_messages(store: DynStore) {
             ip: None,
             user_agent: None,
             valid: true,
+            kind: courier_actors::durable::store::SessionKind::Api,
+            last_seen_at: None,
         })
         .await
         .unwrap();

@@ -148,6 +148,8 @@ impl Harness {
                     ip: None,
                     user_agent: None,
                     valid: true,
+                    kind: courier_actors::durable::store::SessionKind::Api,
+                    last_seen_at: None,
                 };
                 let session_id = session.id;
                 app.store.create_session(session).await.expect("session");
@@ -179,6 +181,7 @@ impl Harness {
                             created_by: UserId(ids::HEALTHY),
                             created_at: now,
                             direct_key: None,
+                            archived_at: None,
                         },
                         member(ids::HEALTHY, ChannelRole::Owner),
                     )

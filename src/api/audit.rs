@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 use super::error::{ApiError, ApiResult};
 use super::extract::{Caller, QueryParams};
-use super::openapi::{AuditEntryBody, AuditPage, ErrorBody};
+use super::openapi::{AuditEntryBody, AuditPage, CheckpointList, ErrorBody};
 use crate::http::App;
 use courier_actors::audit::chain::VerifyReport;
 
@@ -147,4 +147,36 @@ pub(super) async fn verify(State(app): State<Arc<App>>, caller: Caller) -> ApiRe
         json!({"ok": report.ok, "entries": report.entries, "firstBadSeq": report.first_bad_seq}),
     ).await?;
     Ok(Json(json!(report)))
+}
+
+/// `GET /api/audit/checkpoints?limit=`: `{checkpoints}`, the newest `limit`
+/// signed checkpoints (100 by default), ascending by seq; "verify" checks
+/// each against the chain.
+#[utoipa::path(
+    get,
+    path = "/api/audit/checkpoints",
+    operation_id = "audit.checkpoints",
+    tag = "audit",
+    summary = "The signed checkpoints of the audit chain (audit.read)",
+    params(("limit" = Option<u32>, Query, description = "The newest this many, 1 to 1000 (100)")),
+    responses((status = 200, description = "The checkpoints, ascending by seq", body = CheckpointList), (status = 403, description = "Not allowed (audited as access.denied)", body = ErrorBody)),
+    security(("bearer" = []))
+)]
+pub(super) async fn checkpoints(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    query: QueryParams,
+) -> ApiResult<Json<Value>> {
+    caller.authorize(&app, Action::ReadAudit, "audit.checkpoints", json!({}))?;
+    let limit = query.int_in("limit", 1, 1000, 100)? as usize;
+    let all = app.store.list_checkpoints().await?;
+    let newest = &all[all.len().saturating_sub(limit)..];
+    caller
+        .audit(
+            &app,
+            "audit.read",
+            json!({"op": "audit.checkpoints", "returned": newest.len()}),
+        )
+        .await?;
+    Ok(Json(json!({"checkpoints": newest})))
 }

@@ -19,7 +19,9 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use courier_actors::durable::store::{NewUser, RefreshOutcome, Role, Session, User, UserPatch};
+use courier_actors::durable::store::{
+    NewUser, RefreshOutcome, Role, Session, SessionKind, User, UserPatch,
+};
 use courier_actors::telemetry::names;
 use courier_protocol::{SessionId, UserId};
 use serde::Deserialize;
@@ -142,14 +144,44 @@ pub(super) async fn login(
     headers: HeaderMap,
     JsonBody(body): JsonBody<LoginBody>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    validate::presented("username", &body.username)?;
-    validate::presented("password", &body.password)?;
-    let username: String = body.username.chars().take(64).collect();
+    let user = check_credentials(&app, &client, &headers, &body.username, body.password).await?;
+    let (tokens, session_id) = open_session(&app, &user, &client).await?;
+    app.realtime
+        .audit
+        .append(client.event(
+            Some(user.id),
+            "auth.login",
+            json!({"sessionId": session_id}),
+        ))
+        .await?;
+    let mut answer = tokens;
+    answer["user"] = views::user(&user);
+    Ok(Json(answer))
+}
+
+/// The account `username` and `password` name, once they are right and
+/// the account may log in: the one check of REST login and the admin
+/// console's sign-in. The [`LoginGuard`] decides first (see [`login`]);
+/// then the password, then the account's state: locked by an admin or
+/// disabled answers the same 401 as a wrong password (audited with its
+/// reason), after the same argon2 work. Records `last_login_at`.
+pub(crate) async fn check_credentials(
+    app: &App,
+    client: &Client,
+    headers: &HeaderMap,
+    username: &str,
+    password: String,
+) -> ApiResult<User> {
+    validate::presented("username", username)?;
+    validate::presented("password", &password)?;
+    let presented_name = username;
+    let username: String = username.chars().take(64).collect();
     // The failure is committed to the audit chain before the answer goes out
     // (a 503 instead when it cannot be).
     let failed = async |user: Option<UserId>, reason: &'static str, extra: serde_json::Value| {
         let label = match reason {
             "locked" | "throttled" => reason,
+            "locked_by_admin" | "disabled" => "account",
             _ => "password",
         };
         metrics::counter!(names::AUTH_FAILURES, "reason" => label).increment(1);
@@ -171,10 +203,10 @@ pub(super) async fn login(
     // No username holds a NUL (registration allows letters, digits and
     // `._-`), and PostgreSQL refuses one in a query parameter: answer it as
     // the unknown user it is, not with a 500.
-    let found = if body.username.contains('\0') {
+    let found = if presented_name.contains('\0') {
         None
     } else {
-        app.store.get_user_by_username(&body.username).await?
+        app.store.get_user_by_username(presented_name).await?
     };
     let account = account_key(found.as_ref(), &username);
     let now = courier_actors::now_ms();
@@ -188,7 +220,7 @@ pub(super) async fn login(
             )
             .await);
         }
-        Admission::Backoff if !known_client(&app, found.as_ref(), &client, &headers).await? => {
+        Admission::Backoff if !known_client(app, found.as_ref(), client, headers).await? => {
             if let Err(wait) = app.login_guard.take_backoff_slot(&account, now) {
                 let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
                 // Refused either way: an audit that cannot be committed
@@ -216,12 +248,12 @@ pub(super) async fn login(
             json!({"failures": failure.address_failures}),
         )
         .await;
-        audit_lockout(&app, &client, None, &username, &failure).await?;
+        audit_lockout(app, client, None, &username, &failure).await?;
         return Err(error);
     };
     if !app
         .passwords
-        .verify(body.password, user.password_hash.clone())
+        .verify(password, user.password_hash.clone())
         .await?
     {
         let failure = app.login_guard.failed(&account, &ip_key(&client.ip), now);
@@ -234,22 +266,28 @@ pub(super) async fn login(
             }),
         )
         .await;
-        audit_lockout(&app, &client, Some(user.id), &username, &failure).await?;
+        audit_lockout(app, client, Some(user.id), &username, &failure).await?;
         return Err(error);
     }
+    if user.disabled_at.is_some() {
+        return Err(failed(Some(user.id), "disabled", json!({})).await);
+    }
+    if user.locked_until.is_some_and(|until| until > now) {
+        return Err(failed(Some(user.id), "locked_by_admin", json!({})).await);
+    }
     app.login_guard.succeeded(&account, &ip_key(&client.ip));
-    let (tokens, session_id) = open_session(&app, &user, &client).await?;
-    app.realtime
-        .audit
-        .append(client.event(
-            Some(user.id),
-            "auth.login",
-            json!({"sessionId": session_id}),
-        ))
+    let user = app
+        .store
+        .update_user(
+            user.id,
+            UserPatch {
+                last_login_at: Some(now),
+                updated_at: user.updated_at,
+                ..UserPatch::default()
+            },
+        )
         .await?;
-    let mut answer = tokens;
-    answer["user"] = views::user(&user);
-    Ok(Json(answer))
+    Ok(user)
 }
 
 /// The key an account's failures are counted under: its id, or, for a name
@@ -345,6 +383,8 @@ async fn open_session(
         ip: Some(client.ip.clone()),
         user_agent: client.user_agent.clone(),
         valid: true,
+        kind: SessionKind::Api,
+        last_seen_at: None,
     };
     let id = session.id;
     app.store.create_session(session).await?;
@@ -505,6 +545,7 @@ pub(super) async fn change_password(
         app.passwords.burn().await;
         return Err(ApiError::forbidden("the account is temporarily locked"));
     }
+    let reused = body.new_password == body.current_password;
     if !app
         .passwords
         .verify(body.current_password, user.password_hash.clone())
@@ -528,12 +569,19 @@ pub(super) async fn change_password(
         .await?;
         return Err(ApiError::forbidden("currentPassword: is incorrect"));
     }
+    if user.must_change_password && reused {
+        return Err(ApiError::invalid(
+            "newPassword",
+            "must differ from the temporary password",
+        ));
+    }
     let hash = app.passwords.hash(body.new_password).await?;
     app.store
         .update_user(
             user.id,
             UserPatch {
                 password_hash: Some(hash),
+                must_change_password: Some(false),
                 updated_at: now,
                 ..UserPatch::default()
             },

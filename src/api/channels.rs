@@ -112,6 +112,7 @@ pub(super) async fn create(
         created_by: caller.identity.user_id,
         created_at: now,
         direct_key: None,
+        archived_at: None,
     };
     let owner = Member {
         channel_id: channel.id,
@@ -214,7 +215,14 @@ pub(super) async fn update(
     };
     let updated = app
         .store
-        .update_channel(id, ChannelPatch { name, description })
+        .update_channel(
+            id,
+            ChannelPatch {
+                name,
+                description,
+                ..ChannelPatch::default()
+            },
+        )
         .await?;
     caller
         .audit(&app, "channel.update", json!({"channelId": id}))

@@ -7,7 +7,10 @@
 //! - [`channels`]: `/api/channels*`: channels, members, history pages.
 //! - [`messages`]: `/api/messages*`: send, read, edit and delete, through
 //!   the WebSocket paths.
-//! - [`audit`]: `/api/audit*`: filtered pages, one entry, verification.
+//! - [`audit`]: `/api/audit*`: filtered pages, one entry, verification,
+//!   signed checkpoints.
+//! - [`settings`]: `/api/settings*`: the effective configuration (secrets
+//!   redacted) and the rate limits an admin changes at run time.
 //! - [`openapi`]: the OpenAPI description served at `/api/openapi.json`,
 //!   derived from the handlers' `#[utoipa::path]` and types.
 //! - [`error`], [`extract`], [`validate`], [`views`]: error bodies, request
@@ -18,14 +21,19 @@
 //! `/api/auth/register` then one of its own (`register_per_hour`). Routes
 //! that need a session then pass [`authenticate`]: the bearer token is
 //! checked by the same authenticator as the WebSocket's (signature,
-//! algorithm, `exp`/`iss`/`aud`/`sub`, and a live session of an existing
-//! user), and, outside `/api/auth/*`, the per-user limit
-//! (`rest_per_15min`) applies. The [`Caller`](extract::Caller) it leaves in
+//! algorithm, `exp`/`iss`/`aud`/`sub`, and a live session of an existing,
+//! enabled user), and, outside `/api/auth/*`, the per-user limit
+//! (`rest_per_15min`) applies, and an account with a temporary password
+//! is refused (403) until it changes it. A request without `Authorization`
+//! may instead carry the admin console's cookie ([`crate::admin::session`]):
+//! the same checks follow, and a state-changing method also needs the
+//! session's CSRF token. The [`Caller`](extract::Caller) it leaves in
 //! the request is what handlers authorize with: every decision is
 //! `courier_actors::policy::authz::decide`, and every denial is audited
-//! (`access.denied`) and answers 403. The limiters live in the [`Gate`]
-//! the router's middleware holds, so two servers in one process never share
-//! counts.
+//! (`access.denied`) and answers 403. The limiters live in the app's
+//! [`RateLimits`](crate::runtime_settings::RateLimits) (one per server, so
+//! two servers in one process never share counts), where an admin may
+//! change them at run time.
 
 pub mod audit;
 pub mod auth;
@@ -34,13 +42,13 @@ pub mod error;
 pub mod extract;
 pub mod messages;
 pub mod openapi;
+pub mod settings;
 pub mod users;
 pub mod validate;
 pub mod views;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Request, State};
@@ -51,33 +59,24 @@ use axum::routing::any;
 use axum::{Extension, Router};
 use courier_actors::policy::identity::AuthRejected;
 use courier_actors::telemetry::names;
-use courier_protocol::{ErrorCode, UserId};
+use courier_protocol::ErrorCode;
 use tower_http::set_header::SetResponseHeaderLayer;
 use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
 use utoipa_axum::routes;
 
 use crate::http::App;
-use crate::rate_limit::{ip_key, KeyedLimit};
+use crate::rate_limit::ip_key;
 use error::ApiError;
 use extract::{BodyLimit, Caller, Client};
-
-/// The window of both REST rate limits.
-const WINDOW: Duration = Duration::from_secs(15 * 60);
 
 /// Bearer tokens longer than this are refused unread.
 const MAX_TOKEN_BYTES: usize = 4096;
 
-/// What the API's middleware holds: the app and the rate limiters.
+/// What the API's middleware holds: the app, whose
+/// [`RateLimits`](crate::runtime_settings::RateLimits) are the limiters.
 pub struct Gate {
     app: Arc<App>,
-    /// `rest_per_15min`, per user, outside `/api/auth/*`.
-    rest: KeyedLimit<UserId>,
-    /// `auth_per_15min`, per client address, on `/api/auth/*`.
-    auth: KeyedLimit<String>,
-    /// `register_per_hour`, per client address, on `/api/auth/register`
-    /// (its 409 tells whether a username is taken).
-    register: KeyedLimit<String>,
 }
 
 /// Every REST route, with its middleware, and the OpenAPI document derived
@@ -95,16 +94,7 @@ pub fn routes(app: Arc<App>) -> Router<Arc<App>> {
 /// be served undocumented, nor documented unserved.
 fn documented_routes(app: Arc<App>) -> (Router<Arc<App>>, utoipa::openapi::OpenApi) {
     let body_limit = (app.config.max_text_bytes.saturating_mul(6) + 4096).max(64 * 1024);
-    let gate = Arc::new(Gate {
-        rest: KeyedLimit::new("rest", app.config.rest_per_15min, WINDOW),
-        auth: KeyedLimit::new("auth", app.config.auth_per_15min, WINDOW),
-        register: KeyedLimit::new(
-            "register",
-            app.config.register_per_hour,
-            Duration::from_secs(3600),
-        ),
-        app,
-    });
+    let gate = Arc::new(Gate { app });
 
     let auth_session = OpenApiRouter::new()
         .routes(routes!(auth::logout))
@@ -131,6 +121,14 @@ fn documented_routes(app: Arc<App>) -> (Router<Arc<App>>, utoipa::openapi::OpenA
         .routes(routes!(users::permissions))
         .routes(routes!(users::sessions))
         .routes(routes!(users::terminate_sessions))
+        .routes(routes!(users::lock))
+        .routes(routes!(users::unlock))
+        .routes(routes!(users::disable))
+        .routes(routes!(users::enable))
+        .routes(routes!(users::reset_password))
+        .routes(routes!(users::security_events))
+        .routes(routes!(settings::get, settings::update_rate_limits))
+        .routes(routes!(audit::checkpoints))
         .routes(routes!(channels::list, channels::create))
         .routes(routes!(channels::get, channels::update, channels::delete))
         .routes(routes!(channels::members, channels::add_member))
@@ -215,7 +213,7 @@ pub async fn method_not_allowed_as_json(response: Response) -> Response {
 /// The per-IP limit of `/api/auth/*`. Leaves the [`Client`] in the request.
 async fn limit_auth_ip(State(gate): State<Arc<Gate>>, mut req: Request, next: Next) -> Response {
     let client = client_of(&gate.app, &req);
-    if let Err(wait) = gate.auth.check(&ip_key(&client.ip)) {
+    if let Err(wait) = gate.app.rate_limits.auth.check(&ip_key(&client.ip)) {
         return ApiError::rate_limited(wait).into_response();
     }
     req.extensions_mut().insert(client);
@@ -225,7 +223,7 @@ async fn limit_auth_ip(State(gate): State<Arc<Gate>>, mut req: Request, next: Ne
 /// The per-IP limit of `/api/auth/register`, inside the `/api/auth/*` one.
 async fn limit_register_ip(State(gate): State<Arc<Gate>>, req: Request, next: Next) -> Response {
     let client = client_of(&gate.app, &req);
-    if let Err(wait) = gate.register.check(&ip_key(&client.ip)) {
+    if let Err(wait) = gate.app.rate_limits.register.check(&ip_key(&client.ip)) {
         return ApiError::rate_limited(wait).into_response();
     }
     next.run(req).await
@@ -243,32 +241,60 @@ async fn authenticate_uncounted(
     authenticate(&gate, false, req, next).await
 }
 
-/// Checks the bearer token and its session, applies the per-user limit
-/// when `counted`, and leaves the [`Caller`] in the request.
-async fn authenticate(gate: &Gate, counted: bool, mut req: Request, next: Next) -> Response {
-    let token = match bearer(req.headers()) {
-        Ok(token) => token,
+/// Checks the bearer token and its session (or, with no `Authorization`
+/// header, the admin console's cookie and, for a state-changing method, its
+/// CSRF token), applies the per-user limit and the rule of a temporary
+/// password when `counted` (every route but `logout` and
+/// `change-password`), and leaves the [`Caller`] in the request.
+async fn authenticate(gate: &Gate, counted: bool, req: Request, next: Next) -> Response {
+    // The parts alone are held across the checks (a body is not `Sync`).
+    let (mut parts, body) = req.into_parts();
+    let caller = match caller_of(&gate.app, &parts).await {
+        Ok(caller) => caller,
         Err(e) => return e.into_response(),
     };
-    let identity = match gate.app.realtime.authenticator.authenticate(token).await {
-        Ok(identity) => identity,
-        Err(rejected) => {
-            metrics::counter!(names::AUTH_FAILURES, "reason" => "token").increment(1);
-            return match rejected {
-                AuthRejected::Unavailable => ApiError::unavailable(),
-                other => ApiError::auth_failed(other.to_string()),
-            }
-            .into_response();
-        }
-    };
     if counted {
-        if let Err(wait) = gate.rest.check(&identity.user_id) {
+        if caller.identity.must_change_password {
+            return ApiError::forbidden(AuthRejected::PasswordChangeRequired.to_string())
+                .into_response();
+        }
+        if let Err(wait) = gate.app.rate_limits.rest.check(&caller.identity.user_id) {
             return ApiError::rate_limited(wait).into_response();
         }
     }
-    let client = client_of(&gate.app, &req);
-    req.extensions_mut().insert(Caller { identity, client });
-    next.run(req).await
+    parts.extensions.insert(caller);
+    next.run(Request::from_parts(parts, body)).await
+}
+
+/// Who sends a request: the bearer token's session, or the console
+/// cookie's.
+async fn caller_of(app: &App, parts: &axum::http::request::Parts) -> Result<Caller, ApiError> {
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    let client = match parts.extensions.get::<Client>() {
+        Some(client) => client.clone(),
+        None => Client::from_parts(app, &parts.headers, peer),
+    };
+    if !parts.headers.contains_key(header::AUTHORIZATION) {
+        let checked =
+            crate::admin::session::check(app, &parts.headers, &parts.method, client).await?;
+        return checked
+            .map(|checked| checked.caller)
+            .ok_or_else(ApiError::unauthenticated);
+    }
+    let token = bearer(&parts.headers)?;
+    match app.realtime.authenticator.authenticate(token).await {
+        Ok(identity) => Ok(Caller { identity, client }),
+        Err(rejected) => {
+            metrics::counter!(names::AUTH_FAILURES, "reason" => "token").increment(1);
+            Err(match rejected {
+                AuthRejected::Unavailable => ApiError::unavailable(),
+                other => ApiError::auth_failed(other.to_string()),
+            })
+        }
+    }
 }
 
 /// The token of `Authorization: Bearer <token>`.

@@ -37,6 +37,15 @@ pub const ENDPOINTS: &[(&str, &str)] = &[
     ("get", "/api/users/{id}/permissions"),
     ("get", "/api/users/{id}/sessions"),
     ("post", "/api/users/{id}/terminate-sessions"),
+    ("post", "/api/users/{id}/lock"),
+    ("post", "/api/users/{id}/unlock"),
+    ("post", "/api/users/{id}/disable"),
+    ("post", "/api/users/{id}/enable"),
+    ("post", "/api/users/{id}/reset-password"),
+    ("get", "/api/users/{id}/security-events"),
+    ("get", "/api/settings"),
+    ("put", "/api/settings/rate-limits"),
+    ("get", "/api/audit/checkpoints"),
     ("get", "/api/channels"),
     ("post", "/api/channels"),
     ("get", "/api/channels/{id}"),
@@ -198,6 +207,56 @@ pub struct LoginAnswer {
     pub refresh_token: String,
     pub expires_in: u64,
     pub user: UserView,
+}
+
+/// A password reset's answer: the user and the temporary password, shown
+/// this once.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TemporaryPassword {
+    pub user: UserView,
+    pub temporary_password: String,
+}
+
+/// The rate limits in force.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimitFigures {
+    /// WebSocket sends per user per minute.
+    pub send_per_minute: u32,
+    /// REST requests per user per 15 minutes (0: off).
+    #[serde(rename = "restPer15Min")]
+    pub rest_per_15min: u32,
+    /// `/api/auth/*` requests per address per 15 minutes (0: off).
+    #[serde(rename = "authPer15Min")]
+    pub auth_per_15min: u32,
+    /// Registrations per address per hour (0: off).
+    pub register_per_hour: u32,
+}
+
+/// `{rateLimits}`.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimitsBody {
+    pub rate_limits: RateLimitFigures,
+}
+
+/// The effective configuration and the rate limits.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SettingsBody {
+    /// Every configuration key with its value in force; secrets, and the
+    /// credentials and query of URLs, are `"[redacted]"`.
+    #[schema(value_type = Object)]
+    pub config: serde_json::Value,
+    pub rate_limits: RateLimitFigures,
+}
+
+/// `{checkpoints}`, ascending by seq.
+#[derive(Serialize, ToSchema)]
+pub struct CheckpointList {
+    #[schema(value_type = Vec<Object>)]
+    pub checkpoints: Vec<serde_json::Value>,
 }
 
 /// `{sessions}`.

@@ -7,7 +7,10 @@
 //! own, so an admin can neither end a super admin's sessions nor read their
 //! addresses. A new role also needs the right to grant it
 //! (`Action::GrantRole`). Any change of role or password, and deletion,
-//! revokes the account's sessions and closes its sockets (4003).
+//! revokes the account's sessions and closes its sockets (4003), and so do
+//! locking, disabling and a password reset. A reset sets a temporary
+//! password the user must change before anything else
+//! (`mustChangePassword`).
 
 use std::sync::Arc;
 
@@ -15,7 +18,9 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use courier_actors::durable::store::{NewUser, Role, StoreError, User, UserPatch};
+use courier_actors::durable::store::{
+    AuditFilter, AuditRecord, NewUser, Role, StoreError, User, UserPatch,
+};
 use courier_actors::policy::authz::{Action, UserAct};
 use courier_protocol::UserId;
 use serde::{Deserialize, Deserializer};
@@ -24,7 +29,9 @@ use utoipa::ToSchema;
 
 use super::error::{ApiError, ApiResult};
 use super::extract::{path_id, Caller, JsonBody, QueryParams};
-use super::openapi::{ErrorBody, Revoked, SessionList, UserBody, UserPage};
+use super::openapi::{
+    AuditPage, ErrorBody, Revoked, SessionList, TemporaryPassword, UserBody, UserPage,
+};
 use super::views::Permissions;
 use super::{validate, views};
 use crate::http::App;
@@ -233,6 +240,7 @@ pub(super) async fn update(
                 role: body.role,
                 password_hash,
                 updated_at: courier_actors::now_ms(),
+                ..UserPatch::default()
             },
         )
         .await?;
@@ -424,4 +432,314 @@ async fn find(app: &App, id: UserId) -> ApiResult<User> {
         .get_user(id)
         .await?
         .ok_or_else(|| ApiError::not_found("no such user"))
+}
+
+/// What [`set_state`] changes about an account.
+#[derive(Clone, Copy)]
+enum AccountChange {
+    Lock,
+    Unlock,
+    Disable,
+    Enable,
+}
+
+impl AccountChange {
+    fn op(self) -> &'static str {
+        match self {
+            AccountChange::Lock => "user.lock",
+            AccountChange::Unlock => "user.unlock",
+            AccountChange::Disable => "user.disable",
+            AccountChange::Enable => "user.enable",
+        }
+    }
+}
+
+/// Locks, unlocks, disables or enables an account (`users.manage`, on a
+/// user of no higher role, never oneself). Locking and disabling end every
+/// session of the account and close its sockets (4003). Audited with the
+/// acting user.
+async fn set_state(
+    app: &App,
+    caller: &Caller,
+    id: &str,
+    change: AccountChange,
+) -> ApiResult<Json<Value>> {
+    let id: UserId = path_id("id", id)?;
+    target(app, caller, id, UserAct::Manage, change.op()).await?;
+    if id == caller.identity.user_id {
+        return Err(ApiError::conflict(
+            "cannot change the state of your own account",
+        ));
+    }
+    let now = courier_actors::now_ms();
+    let mut patch = UserPatch {
+        updated_at: now,
+        ..UserPatch::default()
+    };
+    match change {
+        // An admin's lock has no end of its own: until unlocked.
+        AccountChange::Lock => patch.locked_until = Some(Some(i64::MAX)),
+        AccountChange::Unlock => patch.locked_until = Some(None),
+        AccountChange::Disable => patch.disabled_at = Some(Some(now)),
+        AccountChange::Enable => patch.disabled_at = Some(None),
+    }
+    let user = app.store.update_user(id, patch).await?;
+    let revoked = match change {
+        AccountChange::Lock | AccountChange::Disable => {
+            let revoked = app.store.revoke_user_sessions(id).await?;
+            app.realtime.revoke_sessions(id, None);
+            revoked.len()
+        }
+        AccountChange::Unlock | AccountChange::Enable => 0,
+    };
+    if let AccountChange::Unlock = change {
+        // The address lockouts of failed logins go too.
+        app.login_guard.forget_account(&id.to_string());
+    }
+    caller
+        .audit(
+            app,
+            change.op(),
+            json!({"userId": id, "username": user.username, "sessionsRevoked": revoked}),
+        )
+        .await?;
+    Ok(Json(json!({"user": views::user(&user)})))
+}
+
+/// `POST /api/users/{id}/lock`: `{user}`; logins are refused until unlocked.
+#[utoipa::path(
+    post,
+    path = "/api/users/{id}/lock",
+    operation_id = "users.lock",
+    tag = "users",
+    summary = "Lock an account (users.manage): logins refused until unlocked; its sessions end",
+    params(("id" = String, Path, description = "The resource's id (a UUID)")),
+    responses((status = 200, description = "The user, locked", body = UserBody), (status = 403, description = "Not allowed (audited as access.denied)", body = ErrorBody), (status = 404, description = "No such resource", body = ErrorBody), (status = 409, description = "Your own account", body = ErrorBody)),
+    security(("bearer" = []))
+)]
+pub(super) async fn lock(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    set_state(&app, &caller, &id, AccountChange::Lock).await
+}
+
+/// `POST /api/users/{id}/unlock`: `{user}`; also clears failed-login lockouts.
+#[utoipa::path(
+    post,
+    path = "/api/users/{id}/unlock",
+    operation_id = "users.unlock",
+    tag = "users",
+    summary = "Unlock an account (users.manage), and clear its failed-login lockouts",
+    params(("id" = String, Path, description = "The resource's id (a UUID)")),
+    responses((status = 200, description = "The user, unlocked", body = UserBody), (status = 403, description = "Not allowed (audited as access.denied)", body = ErrorBody), (status = 404, description = "No such resource", body = ErrorBody), (status = 409, description = "Your own account", body = ErrorBody)),
+    security(("bearer" = []))
+)]
+pub(super) async fn unlock(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    set_state(&app, &caller, &id, AccountChange::Unlock).await
+}
+
+/// `POST /api/users/{id}/disable`: `{user}`; no login, no session.
+#[utoipa::path(
+    post,
+    path = "/api/users/{id}/disable",
+    operation_id = "users.disable",
+    tag = "users",
+    summary = "Disable an account (users.manage): no login, its sessions end, its sockets close 4003",
+    params(("id" = String, Path, description = "The resource's id (a UUID)")),
+    responses((status = 200, description = "The user, disabled", body = UserBody), (status = 403, description = "Not allowed (audited as access.denied)", body = ErrorBody), (status = 404, description = "No such resource", body = ErrorBody), (status = 409, description = "Your own account", body = ErrorBody)),
+    security(("bearer" = []))
+)]
+pub(super) async fn disable(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    set_state(&app, &caller, &id, AccountChange::Disable).await
+}
+
+/// `POST /api/users/{id}/enable`: `{user}`.
+#[utoipa::path(
+    post,
+    path = "/api/users/{id}/enable",
+    operation_id = "users.enable",
+    tag = "users",
+    summary = "Enable a disabled account (users.manage)",
+    params(("id" = String, Path, description = "The resource's id (a UUID)")),
+    responses((status = 200, description = "The user, enabled", body = UserBody), (status = 403, description = "Not allowed (audited as access.denied)", body = ErrorBody), (status = 404, description = "No such resource", body = ErrorBody), (status = 409, description = "Your own account", body = ErrorBody)),
+    security(("bearer" = []))
+)]
+pub(super) async fn enable(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    set_state(&app, &caller, &id, AccountChange::Enable).await
+}
+
+/// The temporary password of a reset: random, URL-safe, at least 24
+/// characters (more when the policy asks).
+fn temporary_password(min_length: usize) -> String {
+    use base64::Engine;
+    use rand::RngExt;
+    let mut password = String::new();
+    while password.chars().count() < min_length.max(24) {
+        password.push_str(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(rand::rng().random::<[u8; 18]>()),
+        );
+    }
+    password
+}
+
+/// `POST /api/users/{id}/reset-password`: `{user, temporaryPassword}`.
+#[utoipa::path(
+    post,
+    path = "/api/users/{id}/reset-password",
+    operation_id = "users.reset_password",
+    tag = "users",
+    summary = "Set a one-time temporary password (users.manage); the user must change it at next login, and their sessions end",
+    params(("id" = String, Path, description = "The resource's id (a UUID)")),
+    responses((status = 200, description = "The temporary password, shown once", body = TemporaryPassword), (status = 403, description = "Not allowed (audited as access.denied)", body = ErrorBody), (status = 404, description = "No such resource", body = ErrorBody), (status = 409, description = "Your own account", body = ErrorBody)),
+    security(("bearer" = []))
+)]
+pub(super) async fn reset_password(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let id: UserId = path_id("id", &id)?;
+    target(&app, &caller, id, UserAct::Manage, "user.reset_password").await?;
+    if id == caller.identity.user_id {
+        return Err(ApiError::conflict(
+            "change your own password with /api/auth/change-password",
+        ));
+    }
+    let password = temporary_password(app.config.password_min_length);
+    let hash = app.passwords.hash(password.clone()).await?;
+    let user = app
+        .store
+        .update_user(
+            id,
+            UserPatch {
+                password_hash: Some(hash),
+                must_change_password: Some(true),
+                updated_at: courier_actors::now_ms(),
+                ..UserPatch::default()
+            },
+        )
+        .await?;
+    let revoked = app.store.revoke_user_sessions(id).await?;
+    app.realtime.revoke_sessions(id, None);
+    caller
+        .audit(
+            &app,
+            "user.reset_password",
+            json!({"userId": id, "username": user.username, "sessionsRevoked": revoked.len()}),
+        )
+        .await?;
+    Ok(Json(
+        json!({"user": views::user(&user), "temporaryPassword": password}),
+    ))
+}
+
+/// The actions of security events: logins, lockouts, sessions, account
+/// changes, refusals.
+const SECURITY_ACTIONS: &[&str] = &[
+    "auth.login",
+    "auth.login_failed",
+    "auth.lockout",
+    "auth.logout",
+    "auth.password_change",
+    "auth.password_change_failed",
+    "auth.refresh_reused",
+    "admin.sign_in",
+    "admin.sign_out",
+    "access.denied",
+    "sessions.terminate",
+    "user.create",
+    "user.update",
+    "user.delete",
+    "user.lock",
+    "user.unlock",
+    "user.disable",
+    "user.enable",
+    "user.reset_password",
+];
+
+/// `GET /api/users/{id}/security-events?limit=`: `{entries}`, newest first:
+/// what the account did (logins, refusals) and what was done to it.
+#[utoipa::path(
+    get,
+    path = "/api/users/{id}/security-events",
+    operation_id = "users.security_events",
+    tag = "users",
+    summary = "A user's recent security events, from the audit chain (sessions.manage and audit.read)",
+    params(("id" = String, Path, description = "The resource's id (a UUID)"), ("limit" = Option<u32>, Query, description = "At most this many, 1 to 200 (50)")),
+    responses((status = 200, description = "The entries, newest first", body = AuditPage), (status = 403, description = "Not allowed (audited as access.denied)", body = ErrorBody), (status = 404, description = "No such resource", body = ErrorBody)),
+    security(("bearer" = []))
+)]
+pub(super) async fn security_events(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    query: QueryParams,
+) -> ApiResult<Json<Value>> {
+    let id: UserId = path_id("id", &id)?;
+    let limit = query.int_in("limit", 1, 200, 50)? as usize;
+    target(
+        &app,
+        &caller,
+        id,
+        UserAct::Sessions,
+        "users.security_events",
+    )
+    .await?;
+    caller.authorize(
+        &app,
+        Action::ReadAudit,
+        "users.security_events",
+        json!({"userId": id}),
+    )?;
+    let needle = id.to_string();
+    let about_user = |e: &AuditRecord| {
+        SECURITY_ACTIONS.contains(&e.action.as_str())
+            && (e.actor_id == Some(id)
+                || e.details.get("userId").and_then(Value::as_str) == Some(&needle))
+    };
+    // The chain is read newest first, a page at a time, until enough
+    // entries about the user are found or 20 pages were looked at.
+    let mut entries = Vec::new();
+    let mut before = None;
+    for _ in 0..20 {
+        let page = app
+            .store
+            .list_audit(AuditFilter {
+                before_seq: before,
+                limit: 500,
+                ..AuditFilter::default()
+            })
+            .await?;
+        let Some(last) = page.last() else { break };
+        before = Some(last.seq);
+        let more = page.len() == 500;
+        entries.extend(page.into_iter().filter(about_user));
+        if entries.len() >= limit || !more {
+            break;
+        }
+    }
+    entries.truncate(limit);
+    caller
+        .audit(
+            &app,
+            "audit.read",
+            json!({"userId": id, "op": "users.security_events"}),
+        )
+        .await?;
+    Ok(Json(json!({"entries": entries, "nextBefore": null})))
 }

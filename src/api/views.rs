@@ -23,8 +23,18 @@ pub struct UserView {
     /// ms since the Unix epoch.
     created_at: i64,
     updated_at: i64,
-    /// Set while failed logins keep the account locked.
+    /// Logins are refused: an admin locked the account (until unlocked).
+    locked: bool,
+    /// While `locked`: until when (`null`: until an admin unlocks it).
     locked_until: Option<i64>,
+    /// The account is off: no login, no session.
+    disabled: bool,
+    disabled_at: Option<i64>,
+    /// The password was set by an admin (a temporary one): every call but
+    /// `change-password` and `logout` is refused until it is changed.
+    must_change_password: bool,
+    /// The last successful login or console sign-in.
+    last_login_at: Option<i64>,
 }
 
 /// A user account.
@@ -37,7 +47,13 @@ pub fn user(u: &User) -> Value {
         role: u.role,
         created_at: u.created_at,
         updated_at: u.updated_at,
-        locked_until,
+        locked: locked_until.is_some(),
+        // An admin's lock has no end.
+        locked_until: locked_until.filter(|t| *t != i64::MAX),
+        disabled: u.disabled_at.is_some(),
+        disabled_at: u.disabled_at,
+        must_change_password: u.must_change_password,
+        last_login_at: u.last_login_at,
     })
 }
 

@@ -210,6 +210,14 @@ impl LoginGuard {
             .remove(&(account.to_owned(), address.to_owned()));
     }
 
+    /// An admin unlocked `account`: every count of it goes, the address
+    /// lockouts and the back-off alike.
+    pub fn forget_account(&self, account: &str) {
+        let mut counts = self.counts();
+        counts.addresses.retain(|(a, _), _| a != account);
+        counts.accounts.remove(account);
+    }
+
     fn prune(&self, counts: &mut Counts, now: i64) {
         let idle = |last: i64| now.saturating_sub(last) >= self.lock_ms;
         counts

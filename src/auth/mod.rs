@@ -9,14 +9,15 @@ pub mod tokens;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use courier_actors::durable::store::{DynStore, StoreError};
+use courier_actors::durable::store::{DynStore, SessionKind, StoreError};
 use courier_actors::policy::identity::{AuthRejected, Authenticator, Identity};
 
 use tokens::Tokens;
 
-/// Verifies an access token and that its session is still valid and its
-/// user still exists (one read of both): a revoked session's tokens stop
-/// working at once.
+/// Verifies an access token and that its session is still valid, is an
+/// API session (a console session's id in a token is refused), and that
+/// its user still exists and is not disabled (one read of both): a revoked
+/// session's tokens stop working at once.
 pub struct SessionAuthenticator {
     pub tokens: Arc<Tokens>,
     pub store: DynStore,
@@ -38,8 +39,12 @@ impl Authenticator for SessionAuthenticator {
             .get_session_user(verified.session_id)
             .await
             .map_err(unavailable)?
-            .filter(|(s, _)| {
-                s.valid && s.user_id == verified.user_id && s.expires_at > courier_actors::now_ms()
+            .filter(|(s, u)| {
+                s.valid
+                    && s.kind == SessionKind::Api
+                    && s.user_id == verified.user_id
+                    && s.expires_at > courier_actors::now_ms()
+                    && u.disabled_at.is_none()
             })
             .ok_or(AuthRejected::SessionRevoked)?;
         Ok(Identity {
@@ -48,6 +53,7 @@ impl Authenticator for SessionAuthenticator {
             role: user.role,
             session_id: session.id,
             expires_at: verified.expires_at,
+            must_change_password: user.must_change_password,
         })
     }
 }

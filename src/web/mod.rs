@@ -168,7 +168,7 @@ async fn serve_asset(Path(file): Path<String>, headers: HeaderMap) -> Response<B
 
 /// 200 with the body, or 304 when the client's `If-None-Match` names the
 /// current tag; both with the CSP, the tag and the cache rule.
-fn respond(
+pub(crate) fn respond(
     request: &HeaderMap,
     content_type: &'static str,
     tag: &HeaderValue,
@@ -206,7 +206,7 @@ fn respond(
 }
 
 /// A strong `ETag`: the first 16 bytes of the body's SHA-256, in hex.
-fn etag(body: &[u8]) -> HeaderValue {
+pub(crate) fn etag(body: &[u8]) -> HeaderValue {
     let digest = Sha256::digest(body);
     let tag = format!("\"{}\"", hex::encode(&digest[..16]));
     HeaderValue::from_str(&tag).unwrap_or_else(|_| HeaderValue::from_static("\"0\""))

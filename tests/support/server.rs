@@ -171,6 +171,8 @@ impl TestServer {
             ip: None,
             user_agent: None,
             valid: true,
+            kind: courier_actors::durable::store::SessionKind::Api,
+            last_seen_at: None,
         };
         let id = session.id;
         self.app
@@ -198,6 +200,7 @@ impl TestServer {
             created_by: owner.id,
             created_at: now,
             direct_key: None,
+            archived_at: None,
         };
         let id = channel.id;
         let member = |user: UserId, role| Member {
@@ -241,6 +244,16 @@ impl TestServer {
             "authentication refused: {response:?}"
         );
         client
+    }
+
+    /// Shuts down gracefully and starts again on the same database and data
+    /// directory, with the same configuration (a restart).
+    pub async fn restart(mut self) -> TestServer {
+        let pg_url = self.pg_url.take();
+        self.stop_in_place().await;
+        let config = (*self.app.config).clone();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("dir"));
+        Self::start_config(config, dir, pg_url).await
     }
 
     /// Shuts down gracefully and waits for it.

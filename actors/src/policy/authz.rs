@@ -26,6 +26,7 @@ pub mod perm {
     pub const AUDIT_READ: &str = "audit.read";
     pub const KEYS_MANAGE: &str = "keys.manage";
     pub const SESSIONS_MANAGE: &str = "sessions.manage";
+    pub const SETTINGS_MANAGE: &str = "settings.manage";
 }
 
 /// The permissions of every role, as stored.
@@ -130,6 +131,14 @@ pub enum Action<'a> {
     ReadAudit,
     /// Rotate or retire master keys.
     ManageKeys,
+    /// See the server's live figures (the admin console's overview).
+    ReadServerStatus,
+    /// Read the effective configuration and change runtime settings
+    /// (rate limits).
+    ManageSettings,
+    /// Sign in to the admin console: only those who may see one of its
+    /// sections (users, moderation or audit).
+    UseConsole,
 }
 
 /// What [`Action::ActOnUser`] does to the account.
@@ -242,6 +251,20 @@ pub fn decide(who: Principal<'_>, action: Action<'_>) -> Result<(), Denied> {
             "not allowed to read the audit log",
         ),
         ManageKeys => allow(who.can(perm::KEYS_MANAGE), "not allowed to manage keys"),
+        ReadServerStatus => allow(
+            who.can(perm::USERS_MANAGE),
+            "not allowed to see the server's status",
+        ),
+        ManageSettings => allow(
+            who.can(perm::SETTINGS_MANAGE),
+            "not allowed to manage settings",
+        ),
+        UseConsole => allow(
+            who.can(perm::USERS_MANAGE)
+                || who.can(perm::MESSAGES_MODERATE)
+                || who.can(perm::AUDIT_READ),
+            "the admin console is for administrators and moderators",
+        ),
     }
 }
 
@@ -278,6 +301,7 @@ mod tests {
             created_by: UserId::new(),
             created_at: 0,
             direct_key: None,
+            archived_at: None,
         }
     }
 

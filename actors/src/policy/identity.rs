@@ -16,6 +16,9 @@ pub struct Identity {
     pub session_id: SessionId,
     /// When the access token stops being valid (ms since the epoch).
     pub expires_at: i64,
+    /// The account's password was set by an admin: until it is changed,
+    /// every request but changing it (and logging out) is refused.
+    pub must_change_password: bool,
 }
 
 /// Why a token was refused; the text is safe to show the client.
@@ -27,6 +30,10 @@ pub enum AuthRejected {
     /// The session was revoked or the user no longer exists.
     #[error("session is no longer valid")]
     SessionRevoked,
+    /// The account's password must be changed first (a temporary one set
+    /// by an admin): only REST `change-password` and `logout` take it.
+    #[error("password change required")]
+    PasswordChangeRequired,
     /// The check could not be made (store down).
     #[error("authentication is unavailable; retry")]
     Unavailable,

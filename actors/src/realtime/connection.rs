@@ -424,6 +424,7 @@ impl ConnectionState {
             (Ok(new), Some(current)) if new.user_id != current.user_id => {
                 Err(AuthRejected::InvalidToken)
             }
+            (Ok(new), _) if new.must_change_password => Err(AuthRejected::PasswordChangeRequired),
             (other, _) => other,
         };
         match identity {

@@ -161,7 +161,8 @@ pub struct Realtime {
     /// Connections see shutdown phases here.
     pub shutdown: watch::Receiver<ShutdownPhase>,
     shutdown_tx: watch::Sender<ShutdownPhase>,
-    send_limiter: DefaultKeyedRateLimiter<UserId>,
+    /// The per-user send limit; replaced whole by [`Realtime::set_send_per_minute`].
+    send_limiter: arc_swap::ArcSwap<DefaultKeyedRateLimiter<UserId>>,
     root: ActorRef<RootMsg>,
     persistence_actor: ActorRef<PersistenceMsg>,
     audit_actor: ActorRef<AuditMsg>,
@@ -282,7 +283,9 @@ impl Realtime {
         }
         Ok(Arc::new(Realtime {
             cluster,
-            send_limiter: RateLimiter::keyed(send_quota(deps.limits.send_per_minute)),
+            send_limiter: arc_swap::ArcSwap::from_pointee(RateLimiter::keyed(send_quota(
+                deps.limits.send_per_minute,
+            ))),
             store: deps.store,
             cipher: deps.cipher,
             phi: deps.phi,
@@ -451,6 +454,7 @@ impl Realtime {
                     created_by: me.user_id,
                     created_at: now,
                     direct_key: Some(key.clone()),
+                    archived_at: None,
                 };
                 let owner = Member {
                     channel_id: channel.id,
@@ -689,8 +693,16 @@ impl Realtime {
     pub fn check_send_rate(&self, user: UserId) -> Result<(), Duration> {
         use governor::clock::{Clock, DefaultClock};
         self.send_limiter
+            .load()
             .check_key(&user)
             .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+    }
+
+    /// Replaces the per-user send limit (an admin's runtime setting). The
+    /// new limit starts with every user's bucket full.
+    pub fn set_send_per_minute(&self, per_minute: u32) {
+        self.send_limiter
+            .store(Arc::new(RateLimiter::keyed(send_quota(per_minute))));
     }
 
     /// Closes the live sockets of these sessions (all of the user's when

@@ -218,6 +218,9 @@ pub trait Store: Send + Sync + 'static {
         now: i64,
         new_expires_at: i64,
     ) -> Result<RefreshOutcome, StoreError>;
+    /// Records a console session's last request (`last_seen_at`).
+    /// `NotFound` when there is no such session.
+    async fn touch_session(&self, id: SessionId, now: i64) -> Result<(), StoreError>;
     /// Marks one session invalid. Returns whether it was valid before.
     async fn revoke_session(&self, id: SessionId) -> Result<bool, StoreError>;
     /// Marks every valid session of a user invalid; returns their ids.
@@ -235,6 +238,14 @@ pub trait Store: Send + Sync + 'static {
     async fn list_channels_for(&self, user: UserId) -> Result<Vec<Channel>, StoreError>;
     /// Every channel (admins).
     async fn list_all_channels(&self) -> Result<Vec<Channel>, StoreError>;
+    /// Every channel whose name contains `search` (case-insensitive), by
+    /// name, a page at a time (admins).
+    async fn list_channels_page(
+        &self,
+        search: Option<&str>,
+        limit: u32,
+        offset: u32,
+    ) -> Result<Vec<Channel>, StoreError>;
     async fn update_channel(
         &self,
         id: ChannelId,
@@ -301,6 +312,16 @@ pub trait Store: Send + Sync + 'static {
         before: Option<u64>,
         limit: u32,
     ) -> Result<(Vec<MessageRow>, bool), StoreError>;
+    /// Sets (`Some`) or clears (`None`) a message's moderation flag and
+    /// returns the row after. `NotFound` when there is no such message or
+    /// it is deleted.
+    async fn set_message_flag(
+        &self,
+        id: MessageId,
+        flag: Option<Flag>,
+    ) -> Result<MessageRow, StoreError>;
+    /// Flagged messages that are not deleted, newest flag first.
+    async fn list_flagged(&self, limit: u32, offset: u32) -> Result<Vec<MessageRow>, StoreError>;
     /// Reaction counts of a message, `{reaction: count}`.
     async fn reaction_counts(
         &self,
@@ -326,6 +347,13 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<StoredMessage>, StoreError>;
     /// Replaces ciphertexts after re-encryption, in one transaction.
     async fn store_reencrypted(&self, rows: &[Reencrypted]) -> Result<(), StoreError>;
+
+    // ---- runtime settings --------------------------------------------------
+
+    /// Every stored setting, by key.
+    async fn list_settings(&self) -> Result<Vec<Setting>, StoreError>;
+    /// Stores a setting, replacing any of the same key.
+    async fn put_setting(&self, setting: Setting) -> Result<(), StoreError>;
 
     // ---- audit -------------------------------------------------------------
 

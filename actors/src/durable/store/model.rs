@@ -53,8 +53,16 @@ pub struct User {
     pub updated_at: i64,
     /// Consecutive failed logins since the last success.
     pub failed_logins: u32,
-    /// While in the future, logins are refused (lockout).
+    /// While in the future, logins are refused: an admin's lock is
+    /// `i64::MAX` (until unlocked).
     pub locked_until: Option<i64>,
+    /// Set while the account is disabled: no login, no session.
+    pub disabled_at: Option<i64>,
+    /// The password is a temporary one an admin set: it must be changed
+    /// before anything else.
+    pub must_change_password: bool,
+    /// The last successful login (REST or the admin console).
+    pub last_login_at: Option<i64>,
 }
 
 /// What `Store::create_user` needs.
@@ -74,7 +82,41 @@ pub struct UserPatch {
     pub email: Option<Option<String>>,
     pub role: Option<Role>,
     pub password_hash: Option<String>,
+    /// `Some(None)` unlocks.
+    pub locked_until: Option<Option<i64>>,
+    /// `Some(None)` enables.
+    pub disabled_at: Option<Option<i64>>,
+    pub must_change_password: Option<bool>,
+    pub last_login_at: Option<i64>,
     pub updated_at: i64,
+}
+
+/// What a session is for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum SessionKind {
+    /// A refresh-token family of the API (login).
+    #[default]
+    Api,
+    /// An admin console session (a cookie); never rotated as a refresh
+    /// token, never behind an access token.
+    Console,
+}
+
+impl SessionKind {
+    /// The stored spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionKind::Api => "api",
+            SessionKind::Console => "console",
+        }
+    }
+
+    /// Parses the stored spelling.
+    pub fn parse(s: &str) -> Option<SessionKind> {
+        [Self::Api, Self::Console]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+    }
 }
 
 /// A login session: one refresh-token family.
@@ -89,6 +131,9 @@ pub struct Session {
     pub ip: Option<String>,
     pub user_agent: Option<String>,
     pub valid: bool,
+    pub kind: SessionKind,
+    /// The last request of a console session (its idle timeout).
+    pub last_seen_at: Option<i64>,
 }
 
 /// What presenting a refresh token did.
@@ -148,6 +193,8 @@ pub struct Channel {
     /// For `direct` channels: the two user ids, sorted and joined by `:`.
     /// Unique, so a pair of users has one direct channel.
     pub direct_key: Option<String>,
+    /// Set while archived: no new messages, history kept.
+    pub archived_at: Option<i64>,
 }
 
 /// A partial update of a channel; `None` leaves a field alone.
@@ -155,6 +202,8 @@ pub struct Channel {
 pub struct ChannelPatch {
     pub name: Option<String>,
     pub description: Option<Option<String>>,
+    /// `Some(None)` unarchives.
+    pub archived_at: Option<Option<i64>>,
 }
 
 /// A role inside one channel.
@@ -216,11 +265,30 @@ pub struct StoredMessage {
     pub deleted_at: Option<i64>,
 }
 
-/// A stored message with its sender's username, as reads return it.
+/// A stored message with its sender's username and its moderation flag,
+/// as reads return it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MessageRow {
     pub message: StoredMessage,
     pub sender_username: String,
+    pub flag: Option<Flag>,
+}
+
+/// A moderator's flag on a message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Flag {
+    pub at: i64,
+    pub by: UserId,
+    pub reason: String,
+}
+
+/// A runtime setting (table `settings`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Setting {
+    pub key: String,
+    pub value: String,
+    pub updated_at: i64,
+    pub updated_by: Option<UserId>,
 }
 
 /// The original of a message whose `clientMsgId` was sent again.

@@ -29,9 +29,9 @@ use uuid::Uuid;
 
 use super::sql::{self, bound, to_db, SqlRow};
 use super::{
-    AuditFilter, AuditRecord, Channel, ChannelPatch, Checkpoint, ClientMsgRef, Member, MessageRow,
-    NewUser, Reencrypted, RefreshOutcome, Role, Session, Store, StoreError, StoredMessage, Turn,
-    User, UserPatch, WriteOp, WriteOutcome, WriterLock,
+    AuditFilter, AuditRecord, Channel, ChannelPatch, Checkpoint, ClientMsgRef, Flag, Member,
+    MessageRow, NewUser, Reencrypted, RefreshOutcome, Role, Session, Setting, Store, StoreError,
+    StoredMessage, Turn, User, UserPatch, WriteOp, WriteOutcome, WriterLock,
 };
 use crate::audit::chain::{self, ChainHead};
 
@@ -414,7 +414,11 @@ impl Store for PgStore {
                  email = CASE WHEN $2 THEN $3 ELSE email END,
                  role = COALESCE($4, role),
                  password_hash = COALESCE($5, password_hash),
-                 updated_at = $6
+                 updated_at = $6,
+                 locked_until = CASE WHEN $7 THEN $8 ELSE locked_until END,
+                 disabled_at = CASE WHEN $9 THEN $10 ELSE disabled_at END,
+                 must_change_password = COALESCE($11, must_change_password),
+                 last_login_at = COALESCE($12, last_login_at)
              WHERE id = $1
              RETURNING *",
         )
@@ -424,6 +428,12 @@ impl Store for PgStore {
         .bind(patch.role.map(Role::as_str))
         .bind(patch.password_hash)
         .bind(patch.updated_at)
+        .bind(patch.locked_until.is_some())
+        .bind(patch.locked_until.flatten())
+        .bind(patch.disabled_at.is_some())
+        .bind(patch.disabled_at.flatten())
+        .bind(patch.must_change_password)
+        .bind(patch.last_login_at)
         .fetch_optional(&self.pool)
         .await?;
         sql::user(&row.ok_or(StoreError::NotFound)?)
@@ -481,8 +491,9 @@ impl Store for PgStore {
 
     async fn create_session(&self, session: Session) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO sessions (id, user_id, token_hash, created_at, expires_at, ip, user_agent, valid)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "INSERT INTO sessions
+                 (id, user_id, token_hash, created_at, expires_at, ip, user_agent, valid, kind, last_seen_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(session.id.0)
         .bind(session.user_id.0)
@@ -492,6 +503,8 @@ impl Store for PgStore {
         .bind(&session.ip)
         .bind(&session.user_agent)
         .bind(session.valid)
+        .bind(session.kind.as_str())
+        .bind(session.last_seen_at)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -533,7 +546,7 @@ impl Store for PgStore {
         // the same token wait, then find it retired: it counts as reuse.
         let rotated = sqlx::query(
             "UPDATE sessions SET token_hash = $2, expires_at = $4
-             WHERE token_hash = $1 AND valid AND expires_at > $3
+             WHERE token_hash = $1 AND valid AND expires_at > $3 AND kind = 'api'
              RETURNING *",
         )
         .bind(presented_hash)
@@ -674,7 +687,8 @@ impl Store for PgStore {
         let row = sqlx::query(
             "UPDATE channels SET
                  name = COALESCE($2, name),
-                 description = CASE WHEN $3 THEN $4 ELSE description END
+                 description = CASE WHEN $3 THEN $4 ELSE description END,
+                 archived_at = CASE WHEN $5 THEN $6 ELSE archived_at END
              WHERE id = $1
              RETURNING *",
         )
@@ -682,6 +696,8 @@ impl Store for PgStore {
         .bind(patch.name)
         .bind(patch.description.is_some())
         .bind(patch.description.flatten())
+        .bind(patch.archived_at.is_some())
+        .bind(patch.archived_at.flatten())
         .fetch_optional(&self.pool)
         .await?;
         sql::channel(&row.ok_or(StoreError::NotFound)?)
@@ -1028,6 +1044,92 @@ impl Store for PgStore {
             .fetch_all(&self.pool)
             .await?;
         sql::all(&rows, sql::checkpoint)
+    }
+
+    async fn touch_session(&self, session: SessionId, now: i64) -> Result<(), StoreError> {
+        let done = sqlx::query("UPDATE sessions SET last_seen_at = $2 WHERE id = $1")
+            .bind(session.0)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        sql::found(done.rows_affected())
+    }
+
+    async fn set_message_flag(
+        &self,
+        message: MessageId,
+        flag: Option<Flag>,
+    ) -> Result<MessageRow, StoreError> {
+        let done = sqlx::query(
+            "UPDATE messages SET flagged_at = $2, flagged_by = $3, flag_reason = $4
+             WHERE id = $1 AND deleted_at IS NULL",
+        )
+        .bind(message.0)
+        .bind(flag.as_ref().map(|f| f.at))
+        .bind(flag.as_ref().map(|f| f.by.0))
+        .bind(flag.as_ref().map(|f| f.reason.clone()))
+        .execute(&self.pool)
+        .await?;
+        sql::found(done.rows_affected())?;
+        self.get_message(message).await?.ok_or(StoreError::NotFound)
+    }
+
+    async fn list_flagged(&self, limit: u32, offset: u32) -> Result<Vec<MessageRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT m.*, u.username AS sender_username
+             FROM messages m LEFT JOIN users u ON u.id = m.sender_id
+             WHERE m.flagged_at IS NOT NULL AND m.deleted_at IS NULL
+             ORDER BY m.flagged_at DESC, m.id
+             LIMIT $1 OFFSET $2",
+        )
+        .bind(i64::from(limit))
+        .bind(i64::from(offset))
+        .fetch_all(&self.pool)
+        .await?;
+        sql::all(&rows, sql::message_row)
+    }
+
+    async fn list_channels_page(
+        &self,
+        search: Option<&str>,
+        limit: u32,
+        offset: u32,
+    ) -> Result<Vec<Channel>, StoreError> {
+        let rows = sqlx::query(
+            r#"SELECT * FROM channels
+               WHERE $1::text IS NULL OR lower(name) LIKE $1 ESCAPE '\'
+               ORDER BY lower(name) COLLATE "C", id
+               LIMIT $2 OFFSET $3"#,
+        )
+        .bind(search.map(sql::contains_pattern))
+        .bind(i64::from(limit))
+        .bind(i64::from(offset))
+        .fetch_all(&self.pool)
+        .await?;
+        sql::all(&rows, sql::channel)
+    }
+
+    async fn list_settings(&self) -> Result<Vec<Setting>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM settings ORDER BY key")
+            .fetch_all(&self.pool)
+            .await?;
+        sql::all(&rows, sql::setting)
+    }
+
+    async fn put_setting(&self, setting: Setting) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO settings (key, value, updated_at, updated_by) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (key) DO UPDATE SET
+                 value = excluded.value, updated_at = excluded.updated_at,
+                 updated_by = excluded.updated_by",
+        )
+        .bind(&setting.key)
+        .bind(&setting.value)
+        .bind(setting.updated_at)
+        .bind(setting.updated_by.map(|u| u.0))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 }
 

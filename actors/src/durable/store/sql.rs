@@ -13,8 +13,8 @@ use uuid::fmt::Hyphenated;
 use uuid::Uuid;
 
 use super::{
-    AuditRecord, Channel, ChannelKind, ChannelRole, Checkpoint, ClientMsgRef, Member, MessageRow,
-    Role, Session, StoreError, StoredMessage, User, WriteOp,
+    AuditRecord, Channel, ChannelKind, ChannelRole, Checkpoint, ClientMsgRef, Flag, Member,
+    MessageRow, Role, Session, SessionKind, Setting, StoreError, StoredMessage, User, WriteOp,
 };
 
 /// A stretch of a write batch: consecutive message inserts (one multi-row
@@ -182,6 +182,9 @@ pub(super) fn user(r: &impl SqlRow) -> Result<User, StoreError> {
         updated_at: r.int("updated_at")?,
         failed_logins: r.u32("failed_logins")?,
         locked_until: r.opt_int("locked_until")?,
+        disabled_at: r.opt_int("disabled_at")?,
+        must_change_password: r.flag("must_change_password")?,
+        last_login_at: r.opt_int("last_login_at")?,
     })
 }
 
@@ -195,6 +198,9 @@ pub(super) fn session(r: &impl SqlRow) -> Result<Session, StoreError> {
         ip: r.opt_text("ip")?,
         user_agent: r.opt_text("user_agent")?,
         valid: r.flag("valid")?,
+        kind: SessionKind::parse(&r.text("kind")?)
+            .ok_or_else(|| StoreError::Corrupt("sessions.kind: unknown kind".into()))?,
+        last_seen_at: r.opt_int("last_seen_at")?,
     })
 }
 
@@ -208,6 +214,7 @@ pub(super) fn channel(r: &impl SqlRow) -> Result<Channel, StoreError> {
         created_by: UserId(r.uuid("created_by")?),
         created_at: r.int("created_at")?,
         direct_key: r.opt_text("direct_key")?,
+        archived_at: r.opt_int("archived_at")?,
     })
 }
 
@@ -248,6 +255,23 @@ pub(super) fn message_row(r: &impl SqlRow) -> Result<MessageRow, StoreError> {
     Ok(MessageRow {
         message: message(r)?,
         sender_username: r.opt_text("sender_username")?.unwrap_or_default(),
+        flag: match r.opt_int("flagged_at")? {
+            Some(at) => Some(Flag {
+                at,
+                by: UserId(r.opt_uuid("flagged_by")?.unwrap_or_default()),
+                reason: r.opt_text("flag_reason")?.unwrap_or_default(),
+            }),
+            None => None,
+        },
+    })
+}
+
+pub(super) fn setting(r: &impl SqlRow) -> Result<Setting, StoreError> {
+    Ok(Setting {
+        key: r.text("key")?,
+        value: r.text("value")?,
+        updated_at: r.int("updated_at")?,
+        updated_by: r.opt_uuid("updated_by")?.map(UserId),
     })
 }
 
@@ -334,7 +358,9 @@ pub(super) const SESSION_USER: &str = "SELECT s.*,
         u.id AS u_id, u.username AS u_username, u.email AS u_email,
         u.password_hash AS u_password_hash, u.role AS u_role,
         u.created_at AS u_created_at, u.updated_at AS u_updated_at,
-        u.failed_logins AS u_failed_logins, u.locked_until AS u_locked_until
+        u.failed_logins AS u_failed_logins, u.locked_until AS u_locked_until,
+        u.disabled_at AS u_disabled_at, u.must_change_password AS u_must_change_password,
+        u.last_login_at AS u_last_login_at
      FROM sessions s JOIN users u ON u.id = s.user_id
      WHERE s.id = $1";
 

@@ -5,7 +5,7 @@
 // own `/admin/session` and `/admin/overview`, signed in with the console
 // cookie; every request that changes state carries `X-CSRF-Token`. The page
 // is built with one DOM builder, `h`, that turns strings into text nodes: no
-// markup is ever parsed from data (no innerHTML), and no inline style is
+// markup is ever parsed from data (no HTML-string sinks), and no inline style is
 // written (the CSP forbids it).
 
 'use strict';
@@ -220,13 +220,19 @@ function route() {
     forbid(`The ${found.title} section needs the permission “${found.perm}”, which your role does not have.`);
     return;
   }
-  renderShell(found.key, (main) => found.render(main, id));
+  renderShell(found.key, (main) => {
+    Promise.resolve()
+      .then(() => found.render(main, id))
+      .catch((err) => failed(main, err));
+  });
 }
 
 /** Shows the 403 page. */
 function forbid(reason) {
   forbiddenReason = reason;
-  go('#/forbidden');
+  // Replaced, not pushed: Back returns to where the reader came from.
+  if (location.hash === '#/forbidden') route();
+  else location.replace('#/forbidden');
 }
 
 /** A page's loading error: a 403 shows the 403 page, anything else a message in place. */

@@ -1,0 +1,224 @@
+//! The admin console end to end in headless Chromium.
+//!
+//! | test | what it checks |
+//! |---|---|
+//! | `admin_console_in_chromium` | `tests/browser/admin.e2e.mjs`, with Debian's `/usr/bin/chromium` driven by `playwright-core`, against the real `courier` binary on SQLite: the super admin signs in; creates a user, locks them (their REST login is refused) and unlocks them; terminates a live user's sessions and sees that user's WebSocket close 4003; a message and a channel name holding `<img src=x onerror=...>` show as text and run nothing, the message is flagged and deleted with a reason; `sendPerMinute` set to 2 in Settings refuses a third WebSocket send `rate_limited`; the audit log filtered by action, the chain verified ok; then this test changes one audit row in the SQLite file and the console's verify reports that row's seq as the first bad one; a state change without the CSRF token is refused; a moderator gets the 403 page for `#/users` and a 403 from `POST /api/users`; sign-out. Screenshots of every page go to `target/admin-screenshots/` |
+//!
+//! This test starts the server (so that it can reach into its database while
+//! the script waits), gives the script its address, and answers the
+//! script's `TAMPER` line on stdout by changing the `details` of the first
+//! `users.create` audit entry with sqlx, then writes `done <seq>` to the
+//! script's stdin. Without Node 20 or Chromium it prints why and passes,
+//! except under `CI=true`, where it fails.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::ConnectOptions;
+use support::process::BrokerSpec;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::Command;
+
+/// The whole browser run.
+const RUN_TIMEOUT: Duration = Duration::from_secs(240);
+const ADMIN_USERNAME: &str = "root";
+const ADMIN_PASSWORD: &str = "root-password-0123456789";
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+/// Prints why the test cannot run; under CI that is a failure.
+fn cannot_run(why: &str) {
+    assert!(
+        !in_ci(),
+        "the admin console browser test cannot run under CI=true: {why}"
+    );
+    eprintln!("skipping the admin console browser test: {why}");
+}
+
+fn browser_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
+}
+
+/// Node's major version, `None` when there is no `node`.
+fn node_major() -> Option<u32> {
+    let out = std::process::Command::new("node")
+        .arg("--version")
+        .output()
+        .ok()?;
+    let version = String::from_utf8_lossy(&out.stdout);
+    version
+        .trim()
+        .trim_start_matches('v')
+        .split('.')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// `npm ci` unless the installed packages match the lock file.
+fn install_packages(dir: &Path) -> Result<(), String> {
+    let lock = dir.join("package-lock.json");
+    let installed = dir.join("node_modules/.package-lock.json");
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let fresh = dir
+        .join("node_modules/playwright-core/package.json")
+        .exists()
+        && matches!((modified(&installed), modified(&lock)), (Some(i), Some(l)) if i >= l);
+    if fresh {
+        return Ok(());
+    }
+    let out = std::process::Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund"])
+        .current_dir(dir)
+        .output()
+        .map_err(|e| format!("npm could not run: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "npm ci failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// Changes the `details` of the first `users.create` audit entry in the
+/// SQLite file behind the server's back; returns its seq.
+async fn tamper(db: &Path) -> i64 {
+    let mut conn = SqliteConnectOptions::new()
+        .filename(db)
+        .busy_timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .expect("open the server's SQLite file");
+    let seq: i64 = sqlx::query_scalar(
+        "SELECT seq FROM audit_logs WHERE action = 'users.create' ORDER BY seq LIMIT 1",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .expect("a users.create audit entry");
+    let changed = sqlx::query("UPDATE audit_logs SET details = ? WHERE seq = ?")
+        .bind(r#"{"tampered":true}"#)
+        .bind(seq)
+        .execute(&mut conn)
+        .await
+        .expect("change the audit row")
+        .rows_affected();
+    assert_eq!(changed, 1, "one audit row changed");
+    seq
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_console_in_chromium() {
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    match node_major() {
+        None => return cannot_run("`node` is not installed (Node 20 or later is needed)"),
+        Some(major) if major < 20 => {
+            return cannot_run(&format!("Node {major} is too old (20 or later is needed)"))
+        }
+        Some(_) => {}
+    }
+    if !Path::new(&chromium).exists() {
+        return cannot_run(&format!(
+            "{chromium} is not there (Debian: apt-get install chromium)"
+        ));
+    }
+    let dir = browser_dir();
+    if let Err(why) = install_packages(&dir) {
+        return cannot_run(&why);
+    }
+
+    let data = tempfile::tempdir().expect("a temporary data directory");
+    let db = data.path().join("courier.db");
+    let spec = BrokerSpec::new(data.path(), &format!("sqlite://{}", db.display()))
+        .with("COURIER_INITIAL_ADMIN_USERNAME", ADMIN_USERNAME)
+        .with("COURIER_INITIAL_ADMIN_PASSWORD", ADMIN_PASSWORD);
+    let started = Instant::now();
+    let broker = spec.start().await;
+    let screenshots = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/admin-screenshots");
+    std::fs::create_dir_all(&screenshots).expect("the screenshot directory");
+
+    let mut child = Command::new("node")
+        .arg("--experimental-websocket")
+        .arg("admin.e2e.mjs")
+        .current_dir(&dir)
+        .env("ADMIN_E2E_BASE", broker.http_url())
+        .env("ADMIN_E2E_USERNAME", ADMIN_USERNAME)
+        .env("ADMIN_E2E_PASSWORD", ADMIN_PASSWORD)
+        .env("ADMIN_E2E_SCREENSHOTS", &screenshots)
+        .env("CHROMIUM", &chromium)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run node");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut stderr = child.stderr.take().expect("stderr");
+    let stderr = tokio::spawn(async move {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text).await;
+        text
+    });
+
+    let run = async {
+        let mut tampered = None;
+        while let Some(line) = lines.next_line().await.expect("read the script's output") {
+            println!("{line}");
+            if line.trim() == "TAMPER" {
+                let seq = tamper(&db).await;
+                println!("[admin_browser] changed the details of audit entry {seq}");
+                tampered = Some(seq);
+                stdin
+                    .write_all(format!("done {seq}\n").as_bytes())
+                    .await
+                    .expect("answer the script");
+                stdin.flush().await.expect("flush");
+            }
+        }
+        (child.wait().await.expect("wait for node"), tampered)
+    };
+    let outcome = tokio::time::timeout(RUN_TIMEOUT, run).await;
+    let stderr = stderr.await.unwrap_or_default();
+    eprintln!("{stderr}");
+    let log = std::fs::read_to_string(spec.log_path()).unwrap_or_default();
+    let tail = |n: usize| {
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    };
+    match outcome {
+        Err(_) => panic!(
+            "the browser test did not finish within {RUN_TIMEOUT:?}; the server's log ends:\n{}",
+            tail(40)
+        ),
+        Ok((status, tampered)) => {
+            assert!(
+                status.success(),
+                "the browser test failed ({status}); the server's log ends:\n{}",
+                tail(40)
+            );
+            assert!(tampered.is_some(), "the script never asked to tamper");
+        }
+    }
+    let panics: Vec<&str> = log.lines().filter(|l| l.contains("panicked")).collect();
+    assert!(
+        panics.is_empty(),
+        "the server panicked:\n{}",
+        panics.join("\n")
+    );
+    drop(broker);
+    println!(
+        "the admin console browser test took {:?}; screenshots in {}",
+        started.elapsed(),
+        screenshots.display()
+    );
+}

@@ -7,7 +7,7 @@
 //! This test starts the server (so that it can reach into its database while
 //! the script waits), gives the script its address, and answers the
 //! script's `TAMPER` line on stdout by changing the `details` of the first
-//! `users.create` audit entry with sqlx, then writes `done <seq>` to the
+//! `user.lock` audit entry with sqlx, then writes `done <seq>` to the
 //! script's stdin. Without Node 20 or Chromium it prints why and passes,
 //! except under `CI=true`, where it fails.
 
@@ -90,7 +90,7 @@ fn install_packages(dir: &Path) -> Result<(), String> {
     }
 }
 
-/// Changes the `details` of the first `users.create` audit entry in the
+/// Changes the `details` of the first `user.lock` audit entry in the
 /// SQLite file behind the server's back; returns its seq.
 async fn tamper(db: &Path) -> i64 {
     let mut conn = SqliteConnectOptions::new()
@@ -100,11 +100,11 @@ async fn tamper(db: &Path) -> i64 {
         .await
         .expect("open the server's SQLite file");
     let seq: i64 = sqlx::query_scalar(
-        "SELECT seq FROM audit_logs WHERE action = 'users.create' ORDER BY seq LIMIT 1",
+        "SELECT seq FROM audit_logs WHERE action = 'user.lock' ORDER BY seq LIMIT 1",
     )
     .fetch_one(&mut conn)
     .await
-    .expect("a users.create audit entry");
+    .expect("a user.lock audit entry");
     let changed = sqlx::query("UPDATE audit_logs SET details = ? WHERE seq = ?")
         .bind(r#"{"tampered":true}"#)
         .bind(seq)

@@ -18,10 +18,10 @@ const PAGE = 20;
 // ---- the DOM builder ----------------------------------------------------------
 
 /** Appends children: strings and numbers become text nodes; arrays are flattened; null, undefined and false are skipped. */
-function append(el, children) {
+function append(el, ...children) {
   for (const child of children) {
     if (child === null || child === undefined || child === false) continue;
-    if (Array.isArray(child)) append(el, child);
+    if (Array.isArray(child)) append(el, ...child);
     else if (child instanceof Node) el.appendChild(child);
     else el.appendChild(document.createTextNode(String(child)));
   }
@@ -114,6 +114,8 @@ const state = {
   route: null,
   timer: null,
   notice: null,
+  // A temporary password to show once: {userId, password}.
+  secret: null,
 };
 
 /**
@@ -364,7 +366,7 @@ const CHANNEL_ROLES = [
 function showSignIn(message, kind = 'error') {
   stopPolling();
   const root = clear(app());
-  const username = h('input', { name: 'username', autocomplete: 'username', required: true, autofocus: true });
+  const username = h('input', { name: 'username', autocomplete: 'username', required: true });
   const password = h('input', { name: 'password', type: 'password', autocomplete: 'current-password', required: true });
   const status = h('div', { class: 'form-status', 'aria-live': 'polite' }, message ? h('div', { class: `alert alert-${kind}`, role: 'alert' }, message) : null);
   const submit = h('button', { type: 'submit', class: 'btn btn-primary btn-block' }, 'Sign in');
@@ -538,7 +540,7 @@ function drawChart(svg, points) {
   for (const frac of [0, 0.5, 1]) {
     const gy = y(top * frac);
     append(svg, s('line', { x1: pad.l, x2: W - pad.r, y1: gy, y2: gy, class: 'grid' }));
-    append(svg, s('text', { x: pad.l - 4, y: gy + 3, class: 'axis', 'text-anchor': 'end' }, fmtNumber(top * frac, top < 10 ? 1 : 0)));
+    append(svg, s('text', { x: pad.l - 4, y: gy + 3, class: 'axis', 'text-anchor': 'end' }, fmtNumber(top * frac, top < 1 ? 2 : top < 10 ? 1 : 0)));
   }
   append(svg, s('text', { x: pad.l, y: H - 4, class: 'axis' }, `${CHART_POINTS * (POLL_MS / 1000)} s ago`));
   append(svg, s('text', { x: W - pad.r, y: H - 4, class: 'axis', 'text-anchor': 'end' }, 'now'));
@@ -803,17 +805,9 @@ async function renderUser(main, id) {
             onclick: () =>
               act('Resetting the password', async () => {
                 const answer = await api('POST', `/api/users/${user.id}/reset-password`);
-                clear(secret);
-                append(
-                  secret,
-                  h(
-                    'div',
-                    { class: 'alert alert-info', role: 'status' },
-                    h('strong', {}, 'Temporary password (shown once): '),
-                    h('code', { id: 'temporary-password', class: 'secret' }, answer.temporaryPassword),
-                    h('div', { class: 'hint' }, `Give it to ${user.username} through a trusted channel. They must change it at their next sign-in; their sessions have ended.`),
-                  ),
-                );
+                // Shown once: kept only until the page is drawn again.
+                state.secret = { userId: user.id, password: answer.temporaryPassword };
+                reload();
               }),
           },
           'Reset password',
@@ -832,6 +826,20 @@ async function renderUser(main, id) {
       secret,
     ),
   );
+  if (state.secret && state.secret.userId === user.id) {
+    const password = state.secret.password;
+    state.secret = null;
+    append(
+      secret,
+      h(
+        'div',
+        { class: 'alert alert-info', role: 'status' },
+        h('strong', {}, 'Temporary password (shown once): '),
+        h('code', { id: 'temporary-password', class: 'secret' }, password),
+        h('div', { class: 'hint' }, `Give it to ${user.username} through a trusted channel. They must change it at their next sign-in; their sessions have ended.`),
+      ),
+    );
+  }
   const sessionsBox = h('div', { id: 'user-sessions' }, h('p', { class: 'muted' }, 'Loading…'));
   const eventsBox = h('div', { id: 'user-events' }, h('p', { class: 'muted' }, 'Loading…'));
   append(main, card('Sessions', sessionsBox), card('Recent security events', eventsBox));

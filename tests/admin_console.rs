@@ -256,7 +256,7 @@ async fn console_sessions_end_when_idle_when_old_and_at_sign_out(backend: Backen
     // Older than admin_session_hours, however busy: over.
     let old = sign_in(&api, ROOT).await;
     let url = api.server.app.config.database_url();
-    let sql = "UPDATE sessions SET expires_at = $1 WHERE id = $2";
+    let sql = "UPDATE sessions SET expires_at = $1 WHERE CAST(id AS TEXT) = $2";
     let expired_at = now - 1;
     let id = session_of(&old).to_string();
     if url.starts_with("postgres") {

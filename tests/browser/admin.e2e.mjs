@@ -412,15 +412,35 @@ async function main() {
     check(noTokenOut.status === 403, `sign-out without the CSRF token: ${noTokenOut.status}`);
     log('state changes without the CSRF token are refused');
 
-    // ---- a moderator: no user management
+    // ---- a moderator: a temporary password to change first, then no user management
+    const moderId = (await rest('GET', '/api/users?search=moder', admin.token)).body.users.find((u) => u.username === 'moder').id;
+    await page.goto(`${BASE}/admin#/users/${moderId}`);
+    await until('the moderator page', async () => (await page.locator('#user-name').textContent({ timeout: 500 })) === 'moder');
+    await page.locator('#reset-password').click();
+    await page.locator('#temporary-password').waitFor();
+    const moderTemporary = await page.locator('#temporary-password').textContent();
+    check((await page.locator('#user-status').textContent()).includes('must change password'), 'the status shows the pending change');
     const mod = await newPage(browser, 'moderator');
+    await mod.goto(`${BASE}/admin`);
+    await mod.locator('#sign-in').waitFor();
+    await mod.getByLabel('Username').fill('moder');
+    await mod.getByLabel('Password').fill(moderTemporary);
+    await mod.getByRole('button', { name: 'Sign in' }).click();
+    await mod.locator('#change-password').waitFor();
+    await shot(mod, '11-change-password');
+    await mod.getByLabel('Temporary password').fill(moderTemporary);
+    await mod.getByLabel('New password', { exact: true }).fill(PASSWORD);
+    await mod.getByLabel('New password again').fill(PASSWORD);
+    await mod.getByRole('button', { name: 'Change password' }).click();
+    await mod.locator('#sign-in').waitFor();
+    check((await mod.locator('.signin .alert').textContent()).includes('Password changed'), 'the password change is confirmed');
     await signIn(mod, 'moder', PASSWORD);
     const modSections = await mod.locator('nav a[data-section]').evaluateAll((as) => as.map((a) => a.dataset.section));
     check(modSections.join(',') === 'moderation,audit', `the moderator's nav: ${modSections}`);
     await mod.goto(`${BASE}/admin#/users`);
     await mod.locator('#forbidden').waitFor();
     check((await mod.locator('#forbidden').textContent()).includes('403'), 'the 403 page');
-    await shot(mod, '11-moderator-forbidden');
+    await shot(mod, '12-moderator-forbidden');
     const { csrf } = JSON.parse((await pageFetch(mod, 'GET', '/admin/session')).text);
     const modCreate = await pageFetch(mod, 'POST', '/api/users', { csrf, body: { username: 'mod-made', password: PASSWORD } });
     check(modCreate.status === 403, `the moderator's POST /api/users: ${modCreate.status} ${modCreate.text}`);
@@ -429,14 +449,14 @@ async function main() {
     await mod.goto(`${BASE}/admin#/moderation`);
     await mod.locator('#flag-queue table, #flag-queue .empty').first().waitFor();
     check(mod.errors.length === 0, `moderator page errors: ${mod.errors.join(' | ')}`);
-    log('a moderator gets the 403 page for #/users and a 403 from POST /api/users');
+    log('a moderator changes a temporary password, then gets the 403 page for #/users and a 403 from POST /api/users');
 
     // ---- sign-out
     await page.locator('#sign-out').click();
     await page.locator('#sign-in').waitFor();
     const after = await pageFetch(page, 'GET', '/admin/session');
     check(after.status === 401, `the session after sign-out: ${after.status}`);
-    await shot(page, '12-signed-out');
+    await shot(page, '13-signed-out');
     check(page.errors.length === 0, `admin page errors: ${page.errors.join(' | ')}`);
     log('signed out: the session answers 401');
   } catch (err) {

@@ -1114,7 +1114,9 @@ mod tests {
             jwt_secret: Some(Secret::new("hunter2-hunter2-hunter2-hunter2-x")),
             master_keys: Some(Secret::new("1:c2VjcmV0")),
             initial_admin_password: Some(Secret::new("pw-pw-pw-pw")),
-            audit_checkpoint_webhook: Some("https://u:tok@hooks.example/x?key=abc".into()),
+            audit_checkpoint_webhook: Some(
+                "https://u:w3bh00kt0k@hooks.example/x?key=q9q9q9".into(),
+            ),
             audit_checkpoint_webhook_secret: Some(Secret::new("whsec")),
             database_url: Some("postgres://courier:dbpass@db/courier?sslpassword=x".into()),
             ..Config::default()
@@ -1124,8 +1126,8 @@ mod tests {
             "hunter2",
             "c2VjcmV0",
             "pw-pw",
-            "tok",
-            "abc",
+            "w3bh00kt0k",
+            "q9q9q9",
             "whsec",
             "dbpass",
             "sslpassword",

@@ -310,7 +310,8 @@ async function main() {
     await page.locator('#member-role').selectOption('member');
     await page.locator('#add-member').getByRole('button', { name: 'Add member' }).click();
     await page.locator('#channel-members tr[data-member="poster"]').waitFor();
-    const posted = await rest('POST', '/api/messages', (await login('poster')).token, { channelId, text: XSS_MESSAGE });
+    const posterToken = (await login('poster')).token;
+    const posted = await rest('POST', '/api/messages', posterToken, { channelId, text: XSS_MESSAGE });
     check(posted.status === 201, `poster's message: ${posted.status} ${JSON.stringify(posted.body)}`);
     const messageId = posted.body.id;
     await page.reload();
@@ -322,12 +323,21 @@ async function main() {
     await notice(page, 'flagged');
     await until('the flag badge', async () => ((await row.locator('td.message-text').textContent({ timeout: 500 })) ?? '').includes('flagged'));
     await shot(page, '06-channel');
+    // Archived: no new messages, history kept; then open again.
+    await page.locator('#archive-channel').click();
+    await notice(page, 'archived');
+    check((await page.locator('#channel-badges').textContent()).includes('archived'), 'the archived badge');
+    const archivedSend = await rest('POST', '/api/messages', posterToken, { channelId, text: 'into the archive' });
+    check(archivedSend.status === 403, `a send to the archived channel: ${archivedSend.status} ${JSON.stringify(archivedSend.body)}`);
+    check((await page.locator(`#channel-messages tr[data-message="${messageId}"]`).count()) === 1, 'the history stays readable');
+    await page.locator('#unarchive-channel').click();
+    await notice(page, 'unarchived');
     await nav(page, 'channels');
     const link = page.locator('#channel-list a.channel-link').filter({ hasText: 'onerror' });
     await link.waitFor();
     check((await link.textContent()) === XSS_CHANNEL, 'the channel name shows as text in the list');
     await shot(page, '05-channels');
-    log('a channel and a message with markup, shown as text; the message flagged');
+    log('a channel and a message with markup, shown as text; the message flagged; the channel archived (sends refused) and unarchived');
 
     // ---- moderation: the queue, delete with a reason
     await nav(page, 'moderation');

@@ -333,12 +333,12 @@ function table(headers, rows, empty = 'Nothing to show.') {
   );
 }
 
-function pager(offset, hasMore, onPage) {
+function pager(offset, hasMore, onPage, count = PAGE) {
   return h(
     'div',
     { class: 'pager' },
     h('button', { type: 'button', class: 'btn', disabled: offset <= 0, onclick: () => onPage(Math.max(0, offset - PAGE)) }, '← Previous'),
-    h('span', { class: 'pager-pos' }, `${offset + 1}–${offset + PAGE}`),
+    count ? h('span', { class: 'pager-pos' }, `${offset + 1}–${offset + count}`) : null,
     h('button', { type: 'button', class: 'btn', disabled: !hasMore, onclick: () => onPage(offset + PAGE) }, 'Next →'),
   );
 }
@@ -670,10 +670,15 @@ function renderUsers(main, id) {
           ),
           search ? `No user matches “${search}”.` : 'No users yet.',
         ),
-        pager(offset, page.hasMore, (o) => {
-          offset = o;
-          load();
-        }),
+        pager(
+          offset,
+          page.hasMore,
+          (o) => {
+            offset = o;
+            load();
+          },
+          (page.users || page.channels || page.messages || []).length,
+        ),
       );
     } catch (err) {
       failed(main, err);
@@ -902,10 +907,15 @@ function renderChannels(main, id) {
           ),
           search ? `No channel matches “${search}”.` : 'No channels yet.',
         ),
-        pager(offset, page.hasMore, (o) => {
-          offset = o;
-          load();
-        }),
+        pager(
+          offset,
+          page.hasMore,
+          (o) => {
+            offset = o;
+            load();
+          },
+          (page.users || page.channels || page.messages || []).length,
+        ),
       );
     } catch (err) {
       failed(main, err);
@@ -1239,10 +1249,15 @@ function renderModeration(main) {
           page.messages.map((m) => flagRow(m, load)),
           'No flagged messages. The queue is clear.',
         ),
-        pager(offset, page.hasMore, (o) => {
-          offset = o;
-          load();
-        }),
+        pager(
+          offset,
+          page.hasMore,
+          (o) => {
+            offset = o;
+            load();
+          },
+          (page.users || page.channels || page.messages || []).length,
+        ),
       );
     } catch (err) {
       failed(main, err);

@@ -43,6 +43,10 @@ fn frames() -> (ClientFrame, ServerFrame) {
         reply_to: None,
         edited_at: None,
         expires_at: None,
+        flagged: None,
+        flag_reason: None,
+        flagged_by: None,
+        flagged_at: None,
     });
     (send, push)
 }

@@ -25,11 +25,11 @@ use courier_protocol::{
     frames::{
         Ack, AckResult, AuthSuccess, AuthUser, Authenticate, AuthenticationResponse,
         ChannelKindWire, ChannelView, DeleteMessage, DeliveryStatus, EditMessage, ErrorBody,
-        ErrorFrame, FetchHistory, History, JoinChannel, LeaveChannel, MessageDeleted,
-        MessageDeletedPush, MessagePush, MessageStatus, MessageView, Notification, OpenDirect,
-        Pong, Presence, PresenceStatus, Reaction, ReactionUpdated, ReadPosition, ReadReceipt,
-        ReadReceiptPush, Recovered, SendMessage, SendResult, SetStatus, SystemEvent, Typing,
-        TypingIndicator, UserStatus,
+        ErrorFrame, FetchHistory, FlagMessage, History, JoinChannel, LeaveChannel, MessageDeleted,
+        MessageDeletedPush, MessageFlagged, MessagePush, MessageStatus, MessageView, Notification,
+        OpenDirect, Pong, Presence, PresenceStatus, Reaction, ReactionUpdated, ReadPosition,
+        ReadReceipt, ReadReceiptPush, Recovered, SendMessage, SendResult, SetStatus, SystemEvent,
+        Typing, TypingIndicator, UnflagMessage, UserStatus,
     },
     ChannelId, ClientFrame, ClientRequest, ErrorCode, MessageId, Ref, ServerFrame, SessionId,
     UserId,
@@ -215,6 +215,21 @@ fn client_frames() -> Vec<(&'static str, ClientFrame)> {
             }))
             .with_ref(14u32),
         ),
+        (
+            "flag_message",
+            f(ClientRequest::FlagMessage(FlagMessage {
+                message_id: msg,
+                reason: "Patient name in a public channel".into(),
+            }))
+            .with_ref(16u32),
+        ),
+        (
+            "unflag_message",
+            f(ClientRequest::UnflagMessage(UnflagMessage {
+                message_id: msg,
+            }))
+            .with_ref(17u32),
+        ),
         ("ping", f(ClientRequest::Ping).with_ref(15u32)),
         ("heartbeat", f(ClientRequest::Heartbeat)),
     ]
@@ -233,6 +248,10 @@ fn message(seq: u64) -> MessageView {
         reply_to: None,
         edited_at: None,
         expires_at: None,
+        flagged: None,
+        flag_reason: None,
+        flagged_by: None,
+        flagged_at: None,
     }
 }
 
@@ -257,6 +276,7 @@ fn channel(recovered: bool) -> ChannelView {
         unread: 2,
         recovered,
         online: vec![id(ALICE), id(BOB)],
+        archived: false,
     }
 }
 
@@ -300,12 +320,23 @@ fn server_frames() -> Vec<(&'static str, ServerFrame)> {
             }),
         ),
         (
+            "ack join_channel archived",
+            ServerFrame::Ack(Ack {
+                reference: Some(Ref::Int(2)),
+                result: AckResult::Channel(ChannelView {
+                    archived: true,
+                    ..channel(false)
+                }),
+            }),
+        ),
+        (
             "ack open_direct",
             ServerFrame::Ack(Ack {
                 reference: Some(Ref::Int(13)),
                 result: AckResult::Channel(ChannelView {
                     kind: ChannelKindWire::Direct,
                     online: vec![],
+                    archived: false,
                     recovered: false,
                     ..channel(false)
                 }),
@@ -404,6 +435,27 @@ fn server_frames() -> Vec<(&'static str, ServerFrame)> {
             }),
         ),
         (
+            "history with flags",
+            ServerFrame::History(History {
+                reference: Some(Ref::Int(10)),
+                channel_id: ward,
+                messages: vec![
+                    MessageView {
+                        flagged: Some(false),
+                        ..message(40)
+                    },
+                    MessageView {
+                        flagged: Some(true),
+                        flag_reason: Some("Patient name in a public channel".into()),
+                        flagged_by: Some(id(BOB)),
+                        flagged_at: Some(1_760_000_200_000),
+                        ..message(41)
+                    },
+                ],
+                has_more: false,
+            }),
+        ),
+        (
             "history empty",
             ServerFrame::History(History {
                 reference: Some(Ref::Int(10)),
@@ -416,6 +468,30 @@ fn server_frames() -> Vec<(&'static str, ServerFrame)> {
         (
             "new_message every field",
             ServerFrame::new_message(full_message()),
+        ),
+        (
+            "message_flagged",
+            ServerFrame::MessageFlagged(MessageFlagged {
+                channel_id: ward,
+                message_id: msg,
+                seq: 42,
+                flagged: true,
+                flag_reason: Some("Patient name <b>here</b>".into()),
+                flagged_by: Some(id(BOB)),
+                flagged_at: Some(1_760_000_200_000),
+            }),
+        ),
+        (
+            "message_flagged cleared",
+            ServerFrame::MessageFlagged(MessageFlagged {
+                channel_id: ward,
+                message_id: msg,
+                seq: 42,
+                flagged: false,
+                flag_reason: None,
+                flagged_by: None,
+                flagged_at: None,
+            }),
         ),
         (
             "message_updated",
@@ -570,10 +646,11 @@ fn server_type(frame: &ServerFrame) -> Option<&'static str> {
         ServerFrame::Notification(_) => "notification",
         ServerFrame::Recovered(_) => "recovered",
         ServerFrame::MessageStatus(_) => "message_status",
+        ServerFrame::MessageFlagged(_) => "message_flagged",
     })
 }
 
-const SERVER_TYPES: [&str; 16] = [
+const SERVER_TYPES: [&str; 17] = [
     "ack",
     "error",
     "authentication_response",
@@ -590,9 +667,10 @@ const SERVER_TYPES: [&str; 16] = [
     "notification",
     "recovered",
     "message_status",
+    "message_flagged",
 ];
 
-const CLIENT_TYPES: [&str; 15] = [
+const CLIENT_TYPES: [&str; 17] = [
     "authenticate",
     "join_channel",
     "leave_channel",
@@ -606,6 +684,8 @@ const CLIENT_TYPES: [&str; 15] = [
     "remove_reaction",
     "open_direct",
     "set_status",
+    "flag_message",
+    "unflag_message",
     "ping",
     "heartbeat",
 ];

@@ -162,6 +162,10 @@ pub fn server_frames() -> Vec<ServerFrame> {
         reply_to: None,
         edited_at: Some(2),
         expires_at: None,
+        flagged: None,
+        flag_reason: None,
+        flagged_by: None,
+        flagged_at: None,
     };
     vec![
         ServerFrame::ack(Some(Ref::Int(1))),
@@ -185,6 +189,7 @@ pub fn server_frames() -> Vec<ServerFrame> {
                 unread: 1,
                 recovered: true,
                 online: vec![user],
+                archived: false,
             }),
         }),
         ServerFrame::error(Some(Ref::Int(3)), ErrorCode::RateLimited, "slow down"),

@@ -146,6 +146,8 @@ pub fn decode_client(bytes: &[u8], encoding: Encoding) -> Result<ClientFrame, De
         "remove_reaction" => body.parse().map(ClientRequest::RemoveReaction),
         "open_direct" => body.parse().map(ClientRequest::OpenDirect),
         "set_status" => body.parse().map(ClientRequest::SetStatus),
+        "flag_message" => body.parse().map(ClientRequest::FlagMessage),
+        "unflag_message" => body.parse().map(ClientRequest::UnflagMessage),
         "ping" => Ok(ClientRequest::Ping),
         "heartbeat" => Ok(ClientRequest::Heartbeat),
         other => Err(unknown_type(other)),
@@ -178,6 +180,7 @@ pub fn decode_server(bytes: &[u8], encoding: Encoding) -> Result<ServerFrame, De
         "notification" => body.parse().map(ServerFrame::Notification),
         "recovered" => body.parse().map(ServerFrame::Recovered),
         "message_status" => body.parse().map(ServerFrame::MessageStatus),
+        "message_flagged" => body.parse().map(ServerFrame::MessageFlagged),
         other => Err(unknown_type(other)),
     };
     frame.map_err(|e| body_error(reference, ty, e))

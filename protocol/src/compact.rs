@@ -152,6 +152,10 @@ impl CompactMessage {
             reply_to: self.reply_to,
             edited_at: self.edited_at,
             expires_at: self.expires_at,
+            flagged: None,
+            flag_reason: None,
+            flagged_by: None,
+            flagged_at: None,
         }
     }
 }
@@ -273,6 +277,10 @@ mod tests {
             reply_to: None,
             edited_at: None,
             expires_at: None,
+            flagged: None,
+            flag_reason: None,
+            flagged_by: None,
+            flagged_at: None,
         }
     }
 

@@ -225,6 +225,10 @@ pub enum ClientRequest {
     OpenDirect(OpenDirect),
     /// `set_status`: answered by `ack`.
     SetStatus(SetStatus),
+    /// `flag_message`: answered by `ack` (a moderator's flag).
+    FlagMessage(FlagMessage),
+    /// `unflag_message`: answered by `ack`.
+    UnflagMessage(UnflagMessage),
     /// `ping`: answered by `pong`.
     Ping,
     /// `heartbeat`: same as `ping`.
@@ -248,6 +252,8 @@ impl ClientRequest {
             Self::RemoveReaction(_) => "remove_reaction",
             Self::OpenDirect(_) => "open_direct",
             Self::SetStatus(_) => "set_status",
+            Self::FlagMessage(_) => "flag_message",
+            Self::UnflagMessage(_) => "unflag_message",
             Self::Ping => "ping",
             Self::Heartbeat => "heartbeat",
         }
@@ -387,6 +393,37 @@ impl fmt::Debug for EditMessage {
 #[serde(rename_all = "camelCase")]
 pub struct DeleteMessage {
     /// The message to delete.
+    pub message_id: MessageId,
+}
+
+/// Longest flag `reason`, in bytes of UTF-8.
+pub const MAX_FLAG_REASON_BYTES: usize = 500;
+
+/// `flag_message {messageId, reason}`: a channel owner or moderator (or an
+/// admin with `messages.moderate`, outside direct channels) flags a message.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FlagMessage {
+    /// The message to flag.
+    pub message_id: MessageId,
+    /// Why (1 to [`MAX_FLAG_REASON_BYTES`] bytes).
+    pub reason: String,
+}
+
+impl fmt::Debug for FlagMessage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FlagMessage")
+            .field("message_id", &self.message_id)
+            .field("reason", &Redacted(self.reason.len()))
+            .finish()
+    }
+}
+
+/// `unflag_message {messageId}`: clears a message's flag.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UnflagMessage {
+    /// The message whose flag goes.
     pub message_id: MessageId,
 }
 
@@ -606,6 +643,9 @@ pub enum ServerFrame {
     /// `message_status` push: the caller's messages up to `seq` reached
     /// another member (delivered) or were read by them.
     MessageStatus(MessageStatus),
+    /// `message_flagged` push: a message was flagged or unflagged; only to
+    /// the channel's members who may see flags.
+    MessageFlagged(MessageFlagged),
 }
 
 impl ServerFrame {
@@ -629,6 +669,7 @@ impl ServerFrame {
             Self::Notification(_) => "notification",
             Self::Recovered(_) => "recovered",
             Self::MessageStatus(_) => "message_status",
+            Self::MessageFlagged(_) => "message_flagged",
         }
     }
 
@@ -1011,6 +1052,21 @@ pub struct MessageView {
     /// When it expires (ms since the epoch).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<i64>,
+    /// Whether a moderator flagged it: present only for a recipient who may
+    /// see flags (the channel's owners and moderators, admins with
+    /// `messages.moderate` outside direct channels), absent for everyone
+    /// else and in `new_message` and `message_updated` pushes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flagged: Option<bool>,
+    /// The flag's reason, while `flagged`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flag_reason: Option<String>,
+    /// Who flagged it, while `flagged`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flagged_by: Option<UserId>,
+    /// When it was flagged (ms since the epoch), while `flagged`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flagged_at: Option<i64>,
 }
 
 impl fmt::Debug for MessageView {
@@ -1027,6 +1083,13 @@ impl fmt::Debug for MessageView {
             .field("reply_to", &self.reply_to)
             .field("edited_at", &self.edited_at)
             .field("expires_at", &self.expires_at)
+            .field("flagged", &self.flagged)
+            .field(
+                "flag_reason",
+                &self.flag_reason.as_ref().map(|r| Redacted(r.len())),
+            )
+            .field("flagged_by", &self.flagged_by)
+            .field("flagged_at", &self.flagged_at)
             .finish()
     }
 }
@@ -1052,6 +1115,14 @@ pub struct ChannelView {
     pub recovered: bool,
     /// Users with a connection joined to the channel.
     pub online: Vec<UserId>,
+    /// The channel is archived: its history is readable, nothing new is
+    /// posted (present only when `true`).
+    #[serde(
+        default,
+        deserialize_with = "null_is_false",
+        skip_serializing_if = "is_false"
+    )]
+    pub archived: bool,
 }
 
 /// A channel's kind on the wire.
@@ -1092,6 +1163,48 @@ pub struct MessageDeleted {
     pub channel_id: ChannelId,
     /// Its seq.
     pub seq: u64,
+}
+
+/// `message_flagged {channelId, messageId, seq, flagged, flagReason?,
+/// flaggedBy?, flaggedAt?}`: the flag's details are present while
+/// `flagged`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MessageFlagged {
+    /// The channel.
+    pub channel_id: ChannelId,
+    /// The message.
+    pub message_id: MessageId,
+    /// Its seq.
+    pub seq: u64,
+    /// Flagged now (`false`: the flag was cleared).
+    pub flagged: bool,
+    /// Why, while flagged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flag_reason: Option<String>,
+    /// Who flagged it, while flagged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flagged_by: Option<UserId>,
+    /// When (ms since the epoch), while flagged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flagged_at: Option<i64>,
+}
+
+impl fmt::Debug for MessageFlagged {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MessageFlagged")
+            .field("channel_id", &self.channel_id)
+            .field("message_id", &self.message_id)
+            .field("seq", &self.seq)
+            .field("flagged", &self.flagged)
+            .field(
+                "flag_reason",
+                &self.flag_reason.as_ref().map(|r| Redacted(r.len())),
+            )
+            .field("flagged_by", &self.flagged_by)
+            .field("flagged_at", &self.flagged_at)
+            .finish()
+    }
 }
 
 /// `typing {channelId, userId, isTyping}`.

@@ -113,6 +113,10 @@ async fn scripted_peer() -> String {
                             reply_to: None,
                             edited_at: None,
                             expires_at: None,
+                            flagged: None,
+                            flag_reason: None,
+                            flagged_by: None,
+                            flagged_at: None,
                         }));
                         out.push(ServerFrame::Ack(Ack {
                             reference: frame.reference,

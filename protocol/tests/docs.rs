@@ -55,6 +55,8 @@ fn request_examples_decode_and_round_trip() {
         "remove_reaction",
         "open_direct",
         "set_status",
+        "flag_message",
+        "unflag_message",
         "ping",
         "heartbeat",
     ];
@@ -99,6 +101,7 @@ fn server_examples_decode_and_round_trip() {
         "notification",
         "recovered",
         "message_status",
+        "message_flagged",
     ];
     assert_eq!(
         types,

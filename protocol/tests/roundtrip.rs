@@ -139,6 +139,11 @@ fn client_request() -> impl Strategy<Value = ClientRequest> {
         user_id().prop_map(|user_id| ClientRequest::OpenDirect(OpenDirect { user_id })),
         prop_oneof![Just(UserStatus::Online), Just(UserStatus::Away)]
             .prop_map(|status| ClientRequest::SetStatus(SetStatus { status })),
+        (message_id(), text()).prop_map(|(message_id, reason)| ClientRequest::FlagMessage(
+            FlagMessage { message_id, reason }
+        )),
+        message_id()
+            .prop_map(|message_id| ClientRequest::UnflagMessage(UnflagMessage { message_id })),
         Just(ClientRequest::Ping),
         Just(ClientRequest::Heartbeat),
     ]
@@ -170,11 +175,18 @@ fn message_view() -> impl Strategy<Value = MessageView> {
             proptest::option::of(any::<i64>()),
             proptest::option::of(any::<i64>()),
         ),
+        (
+            proptest::option::of(any::<bool>()),
+            proptest::option::of(text()),
+            proptest::option::of(user_id()),
+            proptest::option::of(any::<i64>()),
+        ),
     )
         .prop_map(
             |(
                 (id, channel_id, seq, sender_id, sender, text),
                 (timestamp, contains_phi, reply_to, edited_at, expires_at),
+                (flagged, flag_reason, flagged_by, flagged_at),
             )| {
                 MessageView {
                     id,
@@ -188,6 +200,10 @@ fn message_view() -> impl Strategy<Value = MessageView> {
                     reply_to,
                     edited_at,
                     expires_at,
+                    flagged,
+                    flag_reason,
+                    flagged_by,
+                    flagged_at,
                 }
             },
         )
@@ -206,17 +222,21 @@ fn channel_view() -> impl Strategy<Value = ChannelView> {
         kind,
         (any::<u64>(), any::<u64>(), any::<u64>(), any::<bool>()),
         proptest::collection::vec(user_id(), 0..4),
+        any::<bool>(),
     )
         .prop_map(
-            |(id, name, kind, (last_seq, last_read_seq, unread, recovered), online)| ChannelView {
-                id,
-                name,
-                kind,
-                last_seq,
-                last_read_seq,
-                unread,
-                recovered,
-                online,
+            |(id, name, kind, (last_seq, last_read_seq, unread, recovered), online, archived)| {
+                ChannelView {
+                    id,
+                    name,
+                    kind,
+                    last_seq,
+                    last_read_seq,
+                    unread,
+                    recovered,
+                    online,
+                    archived,
+                }
             },
         )
 }
@@ -402,6 +422,30 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
                 })
             }
         ),
+        (
+            (channel_id(), message_id(), any::<u64>(), any::<bool>()),
+            (
+                proptest::option::of(text()),
+                proptest::option::of(user_id()),
+                proptest::option::of(any::<i64>())
+            )
+        )
+            .prop_map(
+                |(
+                    (channel_id, message_id, seq, flagged),
+                    (flag_reason, flagged_by, flagged_at),
+                )| {
+                    ServerFrame::MessageFlagged(MessageFlagged {
+                        channel_id,
+                        message_id,
+                        seq,
+                        flagged,
+                        flag_reason,
+                        flagged_by,
+                        flagged_at,
+                    })
+                }
+            ),
     ]
 }
 
@@ -486,12 +530,14 @@ fn client_shape(request: &ClientRequest) -> &'static str {
         ClientRequest::RemoveReaction(_) => "remove_reaction",
         ClientRequest::OpenDirect(_) => "open_direct",
         ClientRequest::SetStatus(_) => "set_status",
+        ClientRequest::FlagMessage(_) => "flag_message",
+        ClientRequest::UnflagMessage(_) => "unflag_message",
         ClientRequest::Ping => "ping",
         ClientRequest::Heartbeat => "heartbeat",
     }
 }
 
-const CLIENT_SHAPES: [&str; 16] = [
+const CLIENT_SHAPES: [&str; 18] = [
     "authenticate",
     "join_channel",
     "leave_channel",
@@ -506,6 +552,8 @@ const CLIENT_SHAPES: [&str; 16] = [
     "remove_reaction",
     "open_direct",
     "set_status",
+    "flag_message",
+    "unflag_message",
     "ping",
     "heartbeat",
 ];
@@ -547,10 +595,11 @@ fn server_shape(frame: &ServerFrame) -> &'static str {
         ServerFrame::Notification(_) => "notification",
         ServerFrame::Recovered(_) => "recovered",
         ServerFrame::MessageStatus(_) => "message_status",
+        ServerFrame::MessageFlagged(_) => "message_flagged",
     }
 }
 
-const SERVER_SHAPES: [&str; 20] = [
+const SERVER_SHAPES: [&str; 21] = [
     "ack/done",
     "ack/sent",
     "ack/channel",
@@ -571,6 +620,7 @@ const SERVER_SHAPES: [&str; 20] = [
     "notification",
     "recovered",
     "message_status",
+    "message_flagged",
 ];
 
 /// Draws from `strategy` (deterministically) until every shape in `shapes`
@@ -619,7 +669,7 @@ fn cover<T: std::fmt::Debug>(
 }
 
 /// Pushes: they carry no `ref`.
-const NO_REF_SHAPES: [&str; 12] = [
+const NO_REF_SHAPES: [&str; 13] = [
     "new_message",
     "m",
     "message_updated",
@@ -632,6 +682,7 @@ const NO_REF_SHAPES: [&str; 12] = [
     "notification",
     "recovered",
     "message_status",
+    "message_flagged",
 ];
 
 #[test]

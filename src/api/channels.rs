@@ -4,7 +4,9 @@
 //! which uses it), the same check the WebSocket path makes, so a private or
 //! direct channel stays closed to non-members here as there. Membership
 //! writes go through the persistence actor; removals and deletions are told
-//! to the channel's actor, which updates its joined connections.
+//! to the channel's actor, which updates its joined connections. An archive
+//! (`Realtime::archive_channel`) is told to it too: it refuses sends from
+//! then on. `?all=true` lists every channel, for `channels.manage`.
 
 use std::sync::Arc;
 
@@ -32,17 +34,27 @@ use super::{validate, views};
 use crate::http::App;
 
 /// `GET /api/channels`: `{channels}`, the ones the caller can see: public
-/// and broadcast channels and those they are a member of.
+/// and broadcast channels and those they are a member of. With
+/// `?all=true&search=&limit=&offset=` (`channels.manage`): `{channels,
+/// limit, offset, hasMore}`, a page of every channel by name.
 #[utoipa::path(
     get,
     path = "/api/channels",
     operation_id = "channels.list",
     tag = "channels",
-    summary = "The channels the caller can see",
-    responses((status = 200, description = "The channels", body = ChannelList)),
+    summary = "The channels the caller can see; with all=true (channels.manage) a page of every channel",
+    params(("all" = Option<bool>, Query, description = "Every channel, paged (channels.manage)"), ("search" = Option<String>, Query, description = "With all=true: part of the name, any case"), ("limit" = Option<u32>, Query, description = "With all=true: page size, 1 to 100 (50)"), ("offset" = Option<u32>, Query, description = "With all=true: channels to skip (0)")),
+    responses((status = 200, description = "The channels (a ChannelPage with all=true)", body = ChannelList), (status = 400, description = "A field or parameter is missing or invalid (`field` names it)", body = ErrorBody), (status = 403, description = "Not allowed (audited as access.denied)", body = ErrorBody)),
     security(("bearer" = []))
 )]
-pub(super) async fn list(State(app): State<Arc<App>>, caller: Caller) -> ApiResult<Json<Value>> {
+pub(super) async fn list(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    query: QueryParams,
+) -> ApiResult<Json<Value>> {
+    if query.parse::<bool>("all", "true or false")? == Some(true) {
+        return list_all(&app, &caller, &query).await;
+    }
     let principal = caller.principal(&app);
     let mut channels = Vec::new();
     for channel in app.store.list_channels_for(caller.identity.user_id).await? {
@@ -62,6 +74,34 @@ pub(super) async fn list(State(app): State<Arc<App>>, caller: Caller) -> ApiResu
         }
     }
     Ok(Json(json!({"channels": channels})))
+}
+
+/// Every channel, a page at a time, by name (`channels.manage`).
+async fn list_all(app: &App, caller: &Caller, query: &QueryParams) -> ApiResult<Json<Value>> {
+    let search = query.text("search", 64)?;
+    let limit = query.int_in("limit", 1, 100, 50)? as u32;
+    let offset = query.int_in("offset", 0, 1_000_000, 0)? as u32;
+    caller.authorize(app, Action::ListAllChannels, "channels.list_all", json!({}))?;
+    let mut page = app
+        .store
+        .list_channels_page(search.as_deref(), limit + 1, offset)
+        .await?;
+    let has_more = page.len() > limit as usize;
+    page.truncate(limit as usize);
+    let mut channels = Vec::with_capacity(page.len());
+    for channel in &page {
+        let member = app
+            .store
+            .get_member(channel.id, caller.identity.user_id)
+            .await?;
+        channels.push(views::channel(channel, member.as_ref()));
+    }
+    Ok(Json(json!({
+        "channels": channels,
+        "limit": limit,
+        "offset": offset,
+        "hasMore": has_more,
+    })))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -261,6 +301,74 @@ pub(super) async fn delete(
         )
         .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /api/channels/{id}/archive`: `{channel}`, archived: no new
+/// messages, edits or reactions; history stays readable.
+#[utoipa::path(
+    post,
+    path = "/api/channels/{id}/archive",
+    operation_id = "channels.archive",
+    tag = "channels",
+    summary = "Archive a channel (its owner or channels.manage): sends, edits and reactions are refused, history stays",
+    params(("id" = String, Path, description = "The resource's id (a UUID)")),
+    responses((status = 200, description = "The channel, archived", body = ChannelBody), (status = 400, description = "A field or parameter is missing or invalid (`field` names it)", body = ErrorBody), (status = 403, description = "Not allowed (audited as access.denied)", body = ErrorBody), (status = 404, description = "No such resource", body = ErrorBody)),
+    security(("bearer" = []))
+)]
+pub(super) async fn archive(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    set_archived(&app, &caller, &id, true).await
+}
+
+/// `POST /api/channels/{id}/unarchive`: `{channel}`, open again.
+#[utoipa::path(
+    post,
+    path = "/api/channels/{id}/unarchive",
+    operation_id = "channels.unarchive",
+    tag = "channels",
+    summary = "Unarchive a channel (its owner or channels.manage)",
+    params(("id" = String, Path, description = "The resource's id (a UUID)")),
+    responses((status = 200, description = "The channel, unarchived", body = ChannelBody), (status = 400, description = "A field or parameter is missing or invalid (`field` names it)", body = ErrorBody), (status = 403, description = "Not allowed (audited as access.denied)", body = ErrorBody), (status = 404, description = "No such resource", body = ErrorBody)),
+    security(("bearer" = []))
+)]
+pub(super) async fn unarchive(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    set_archived(&app, &caller, &id, false).await
+}
+
+async fn set_archived(
+    app: &App,
+    caller: &Caller,
+    id: &str,
+    archive: bool,
+) -> ApiResult<Json<Value>> {
+    let id: ChannelId = path_id("id", id)?;
+    let (op, action) = if archive {
+        ("channels.archive", "channel.archive")
+    } else {
+        ("channels.unarchive", "channel.unarchive")
+    };
+    let (channel, member) = app
+        .realtime
+        .archive_channel(caller.principal(app), id, archive)
+        .await
+        .map_err(|e| caller.access_error(app, op, json!({"channelId": id}), e))?;
+    caller
+        .audit(
+            app,
+            action,
+            json!({"channelId": id, "archivedAt": channel.archived_at}),
+        )
+        .await?;
+    Ok(Json(
+        json!({"channel": views::channel(&channel, member.as_ref())}),
+    ))
 }
 
 /// `GET /api/channels/{id}/members`: `{members}`.

@@ -6,8 +6,10 @@
 //! deleting it through the path of `edit_message` and `delete_message`
 //! (`Realtime::change_message`): the same authorization, the channel
 //! actor's commit and audit, and `message_updated` / `message_deleted` to
-//! the joined connections. Every answer that changes something waits for
-//! the commit.
+//! the joined connections; deleting with a moderator's `reason`, kept in
+//! the `message.delete` audit entry; flagging and unflagging through the
+//! path of `flag_message` / `unflag_message` (`Realtime::flag_message`).
+//! Every answer that changes something waits for the commit.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,8 +26,8 @@ use tokio::sync::oneshot;
 use utoipa::ToSchema;
 
 use super::error::{ApiError, ApiResult};
-use super::extract::{path_id, Caller, JsonBody};
-use super::openapi::ErrorBody;
+use super::extract::{parse_json, path_id, Caller, JsonBody, RawBody};
+use super::openapi::{ErrorBody, MessageBody};
 use crate::http::App;
 use courier_protocol::frames::MessageView;
 
@@ -221,28 +223,137 @@ pub(super) async fn edit(
     Ok(Json(json!(edited)))
 }
 
-/// `DELETE /api/messages/{id}`: 204 once the soft delete is committed. The
-/// sender, a channel owner or moderator, or an admin (`messages.moderate`,
-/// outside direct channels) may delete; joined connections get
-/// `message_deleted`.
+/// The optional body of `DELETE /api/messages/{id}`.
+#[derive(Deserialize, ToSchema)]
+pub(super) struct DeleteBody {
+    /// Why (a moderator's note, at most 500 bytes), kept in the
+    /// `message.delete` audit entry.
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// `DELETE /api/messages/{id}` with an optional body `{reason}`: 204 once
+/// the soft delete is committed. The sender, a channel owner or moderator,
+/// or an admin (`messages.moderate`, outside direct channels) may delete;
+/// joined connections get `message_deleted`.
 #[utoipa::path(
     delete,
     path = "/api/messages/{id}",
     operation_id = "messages.delete",
     tag = "messages",
-    summary = "Delete a message (soft), as delete_message: joined members get message_deleted",
+    summary = "Delete a message (soft), as delete_message: joined members get message_deleted; an optional reason goes into the audit entry",
     params(("id" = String, Path, description = "The resource's id (a UUID)")),
-    responses((status = 204, description = "Deleted, once committed"), (status = 400, description = "A field or parameter is missing or invalid (`field` names it)", body = ErrorBody), (status = 403, description = "Not allowed (audited as access.denied)", body = ErrorBody), (status = 404, description = "No such resource", body = ErrorBody)),
+    request_body(content = Option<DeleteBody>, description = "Optional: `{reason}`"),
+    responses((status = 204, description = "Deleted, once committed"), (status = 400, description = "A field or parameter is missing or invalid (`field` names it)", body = ErrorBody), (status = 403, description = "Not allowed (audited as access.denied)", body = ErrorBody), (status = 404, description = "No such resource", body = ErrorBody), (status = 413, description = "Body or text over the size limit", body = ErrorBody)),
     security(("bearer" = []))
 )]
 pub(super) async fn delete(
     State(app): State<Arc<App>>,
     caller: Caller,
     Path(id): Path<String>,
+    RawBody(body): RawBody,
 ) -> ApiResult<StatusCode> {
     let id: MessageId = path_id("id", &id)?;
-    change(&app, &caller, id, Change::Delete, "messages.delete").await?;
+    let reason = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        parse_json::<DeleteBody>(&body)?
+            .reason
+            .filter(|r| !r.trim().is_empty())
+            .map(|r| reason("reason", &r))
+            .transpose()?
+    };
+    change(
+        &app,
+        &caller,
+        id,
+        Change::Delete { reason },
+        "messages.delete",
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize, ToSchema)]
+pub(super) struct FlagBody {
+    /// Why (1 to 500 bytes).
+    reason: String,
+}
+
+/// `POST /api/messages/{id}/flag` `{reason}`: `{message}` with its flag, as
+/// `flag_message`: the channel's moderators (and `messages.moderate`
+/// outside direct channels) may flag; audited `message.flag`; joined
+/// connections that may see flags get `message_flagged`.
+#[utoipa::path(
+    post,
+    path = "/api/messages/{id}/flag",
+    operation_id = "messages.flag",
+    tag = "moderation",
+    summary = "Flag a message with a reason (a channel moderator or messages.moderate), as flag_message",
+    params(("id" = String, Path, description = "The resource's id (a UUID)")),
+    request_body = FlagBody,
+    responses((status = 200, description = "The message, with its flag", body = MessageBody), (status = 400, description = "A field or parameter is missing or invalid (`field` names it)", body = ErrorBody), (status = 403, description = "Not allowed (audited as access.denied)", body = ErrorBody), (status = 404, description = "No such resource", body = ErrorBody), (status = 413, description = "Body or text over the size limit", body = ErrorBody)),
+    security(("bearer" = []))
+)]
+pub(super) async fn flag(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<FlagBody>,
+) -> ApiResult<Json<Value>> {
+    let id: MessageId = path_id("id", &id)?;
+    let reason = reason("reason", &body.reason)?;
+    set_flag(&app, &caller, id, Some(reason), "messages.flag").await
+}
+
+/// `DELETE /api/messages/{id}/flag`: `{message}` without its flag, as
+/// `unflag_message`; audited `message.unflag`.
+#[utoipa::path(
+    delete,
+    path = "/api/messages/{id}/flag",
+    operation_id = "messages.unflag",
+    tag = "moderation",
+    summary = "Clear a message's flag, as unflag_message",
+    params(("id" = String, Path, description = "The resource's id (a UUID)")),
+    responses((status = 200, description = "The message, unflagged", body = MessageBody), (status = 400, description = "A field or parameter is missing or invalid (`field` names it)", body = ErrorBody), (status = 403, description = "Not allowed (audited as access.denied)", body = ErrorBody), (status = 404, description = "No such resource", body = ErrorBody)),
+    security(("bearer" = []))
+)]
+pub(super) async fn unflag(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let id: MessageId = path_id("id", &id)?;
+    set_flag(&app, &caller, id, None, "messages.unflag").await
+}
+
+async fn set_flag(
+    app: &App,
+    caller: &Caller,
+    id: MessageId,
+    reason: Option<String>,
+    op: &str,
+) -> ApiResult<Json<Value>> {
+    let message = app
+        .realtime
+        .flag_message(
+            caller.principal(app),
+            Some(caller.client.ip.clone()),
+            id,
+            reason,
+        )
+        .await
+        .map_err(|e| caller.access_error(app, op, json!({"messageId": id}), e))?;
+    Ok(Json(json!({"message": message})))
+}
+
+/// A moderator's reason, checked as `flag_message` checks it.
+fn reason(field: &'static str, raw: &str) -> ApiResult<String> {
+    use courier_actors::realtime::connection::{flag_reason, RequestError};
+    flag_reason(raw).map_err(|e| match e {
+        RequestError::TooLarge(_) => ApiError::too_large(format!("{field}: is over 500 bytes")),
+        other => ApiError::invalid(field, other.to_string().trim_start_matches("reason ")),
+    })
 }
 
 /// An edit or delete through the channel actor, waiting for its commit.

@@ -7,6 +7,8 @@
 //! - [`channels`]: `/api/channels*`: channels, members, history pages.
 //! - [`messages`]: `/api/messages*`: send, read, edit and delete, through
 //!   the WebSocket paths.
+//! - [`moderation`]: `/api/moderation/flags`: the queue of flagged messages
+//!   (flags are set under `/api/messages/{id}/flag`).
 //! - [`audit`]: `/api/audit*`: filtered pages, one entry, verification,
 //!   signed checkpoints.
 //! - [`settings`]: `/api/settings*`: the effective configuration (secrets
@@ -41,6 +43,7 @@ pub mod channels;
 pub mod error;
 pub mod extract;
 pub mod messages;
+pub mod moderation;
 pub mod openapi;
 pub mod settings;
 pub mod users;
@@ -131,12 +134,16 @@ fn documented_routes(app: Arc<App>) -> (Router<Arc<App>>, utoipa::openapi::OpenA
         .routes(routes!(audit::checkpoints))
         .routes(routes!(channels::list, channels::create))
         .routes(routes!(channels::get, channels::update, channels::delete))
+        .routes(routes!(channels::archive))
+        .routes(routes!(channels::unarchive))
         .routes(routes!(channels::members, channels::add_member))
         .routes(routes!(channels::set_member_role, channels::remove_member))
         .routes(routes!(channels::messages))
         .routes(routes!(channels::receipts))
         .routes(routes!(messages::send))
         .routes(routes!(messages::get, messages::edit, messages::delete))
+        .routes(routes!(messages::flag, messages::unflag))
+        .routes(routes!(moderation::flags))
         .routes(routes!(audit::list))
         .routes(routes!(audit::verify))
         .routes(routes!(audit::get))

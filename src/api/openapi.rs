@@ -51,6 +51,8 @@ pub const ENDPOINTS: &[(&str, &str)] = &[
     ("get", "/api/channels/{id}"),
     ("put", "/api/channels/{id}"),
     ("delete", "/api/channels/{id}"),
+    ("post", "/api/channels/{id}/archive"),
+    ("post", "/api/channels/{id}/unarchive"),
     ("get", "/api/channels/{id}/members"),
     ("post", "/api/channels/{id}/members"),
     ("put", "/api/channels/{id}/members/{userId}"),
@@ -61,6 +63,9 @@ pub const ENDPOINTS: &[(&str, &str)] = &[
     ("get", "/api/messages/{id}"),
     ("put", "/api/messages/{id}"),
     ("delete", "/api/messages/{id}"),
+    ("post", "/api/messages/{id}/flag"),
+    ("delete", "/api/messages/{id}/flag"),
+    ("get", "/api/moderation/flags"),
     ("get", "/api/audit"),
     ("get", "/api/audit/verify"),
     ("get", "/api/audit/{id}"),
@@ -78,7 +83,7 @@ pub const ENDPOINTS: &[(&str, &str)] = &[
             header. /api/auth/* is limited per client address (auth_per_15min), everything else \
             per user (rest_per_15min)."
     ),
-    components(schemas(ErrorBody))
+    components(schemas(ErrorBody, ChannelPage))
 )]
 pub struct ApiDoc;
 
@@ -297,6 +302,42 @@ pub struct Receipt {
 #[derive(Serialize, ToSchema)]
 pub struct ChannelList {
     pub channels: Vec<ChannelView>,
+}
+
+/// A page of every channel (`GET /api/channels?all=true`), by name.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ChannelPage {
+    pub channels: Vec<ChannelView>,
+    pub limit: u32,
+    pub offset: u32,
+    pub has_more: bool,
+}
+
+/// `{message}`.
+#[derive(Serialize, ToSchema)]
+pub struct MessageBody {
+    pub message: MessageView,
+}
+
+/// A flagged message in the moderation queue: the message, with its flag
+/// fields, and its channel's name.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FlaggedMessage {
+    #[serde(flatten)]
+    pub message: MessageView,
+    pub channel_name: String,
+}
+
+/// A page of the moderation queue, newest flag first.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FlaggedPage {
+    pub messages: Vec<FlaggedMessage>,
+    pub limit: u32,
+    pub offset: u32,
+    pub has_more: bool,
 }
 
 /// `{member}`.

@@ -70,6 +70,10 @@ pub struct ChannelView {
     created_at: i64,
     /// The caller's role in it, when a member.
     role: Option<ChannelRole>,
+    /// Archived: history readable, nothing new posted.
+    archived: bool,
+    /// When it was archived (ms), while `archived`.
+    archived_at: Option<i64>,
     /// The last `seq` (`GET /api/channels/{id}` only).
     #[serde(skip_serializing_if = "Option::is_none")]
     last_seq: Option<u64>,
@@ -91,6 +95,8 @@ pub fn channel_at(c: &Channel, member: Option<&Member>, last_seq: Option<u64>) -
         created_by: c.created_by,
         created_at: c.created_at,
         role: member.map(|m| m.role),
+        archived: c.archived_at.is_some(),
+        archived_at: c.archived_at,
         last_seq,
     })
 }

@@ -12,7 +12,7 @@
 //! | `courier.node` | [`NodeEvent`] | every node → every node |
 
 use bytes::Bytes;
-use courier_protocol::frames::MessageView;
+use courier_protocol::frames::{MessageFlagged, MessageView};
 use courier_protocol::{ChannelId, ErrorCode, MessageId, SessionId, UserId};
 use serde::{Deserialize, Serialize};
 
@@ -73,6 +73,13 @@ pub enum Notice {
         message_id: MessageId,
         seq: u64,
     },
+    /// A message was flagged or unflagged: every node pushes it to its own
+    /// joined users who may see flags.
+    Flagged(MessageFlagged),
+    /// The channel was archived (`Some`) or unarchived.
+    Archived {
+        archived_at: Option<i64>,
+    },
     /// `user`'s first connection on the origin node joined the channel.
     Joined(UserId),
     /// `user`'s last connection on the origin node left it.
@@ -114,6 +121,9 @@ pub enum ForwardOp {
         deleter: UserId,
         message_id: MessageId,
         seq: u64,
+        /// A moderator's reason (absent from older nodes).
+        #[serde(default)]
+        reason: Option<String>,
     },
     MarkRead {
         user_id: UserId,

@@ -1,6 +1,9 @@
 //! Turning stored rows back into messages: decryption of history pages and
 //! replays, shared by the channel actor, the connection actor and REST.
 //!
+//! A message's moderation flag is left out unless the reader may see flags
+//! ([`Flags::Shown`]; the caller decides with `authz`).
+//!
 //! A ciphertext that fails authentication (changed, or moved to another row
 //! or channel) is never returned as text: the read fails loudly, is logged
 //! with the message id, and is counted.
@@ -12,7 +15,7 @@ use courier_protocol::MessageId;
 use metrics::counter;
 
 use crate::crypto::MessageCipher;
-use crate::durable::store::MessageRow;
+use crate::durable::store::{Flag, MessageRow};
 use crate::telemetry::names as m;
 
 /// Pages larger than this are decrypted on the blocking pool.
@@ -29,8 +32,39 @@ pub enum HistoryError {
     Task,
 }
 
-/// Decrypts one row.
+/// Whether opened messages carry their moderation flag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flags {
+    /// No flag fields (everyone who may not see flags).
+    Hidden,
+    /// `flagged` on every message, with the flag's details when set.
+    Shown,
+}
+
+/// Sets the flag fields of `view` from `flag` (for a reader who may see
+/// flags).
+pub fn show_flag(view: &mut MessageView, flag: Option<&Flag>) {
+    view.flagged = Some(flag.is_some());
+    view.flag_reason = flag.map(|f| f.reason.clone());
+    view.flagged_by = flag.map(|f| f.by);
+    view.flagged_at = flag.map(|f| f.at);
+}
+
+/// Decrypts one row, without its flag.
 pub fn open_row(cipher: &MessageCipher, row: MessageRow) -> Result<MessageView, HistoryError> {
+    open_row_with(cipher, row, Flags::Hidden)
+}
+
+/// Decrypts one row, with its flag when `flags` says so.
+pub fn open_row_with(
+    cipher: &MessageCipher,
+    row: MessageRow,
+    flags: Flags,
+) -> Result<MessageView, HistoryError> {
+    let flag = match flags {
+        Flags::Shown => Some(row.flag),
+        Flags::Hidden => None,
+    };
     let m = row.message;
     let plain = cipher
         .open(
@@ -48,7 +82,7 @@ pub fn open_row(cipher: &MessageCipher, row: MessageRow) -> Result<MessageView, 
             HistoryError::Integrity(m.id)
         })?;
     let text = String::from_utf8(plain).map_err(|_| HistoryError::Integrity(m.id))?;
-    Ok(MessageView {
+    let mut view = MessageView {
         id: m.id,
         channel_id: m.channel_id,
         seq: m.seq,
@@ -60,22 +94,44 @@ pub fn open_row(cipher: &MessageCipher, row: MessageRow) -> Result<MessageView, 
         reply_to: m.reply_to,
         edited_at: m.edited_at,
         expires_at: m.expires_at,
-    })
+        flagged: None,
+        flag_reason: None,
+        flagged_by: None,
+        flagged_at: None,
+    };
+    if let Some(flag) = flag {
+        show_flag(&mut view, flag.as_ref());
+    }
+    Ok(view)
 }
 
-/// Decrypts a page of rows, off the reactor when the page is large.
-/// Messages whose `ttlSeconds` has passed are left out even before the
-/// retention actor deletes them.
+/// Decrypts a page of rows, off the reactor when the page is large, without
+/// their flags. Messages whose `ttlSeconds` has passed are left out even
+/// before the retention actor deletes them.
 pub async fn open_rows(
     cipher: Arc<MessageCipher>,
+    rows: Vec<MessageRow>,
+) -> Result<Vec<MessageView>, HistoryError> {
+    open_rows_with(cipher, rows, Flags::Hidden).await
+}
+
+/// [`open_rows`], with the flags when `flags` says so.
+pub async fn open_rows_with(
+    cipher: Arc<MessageCipher>,
     mut rows: Vec<MessageRow>,
+    flags: Flags,
 ) -> Result<Vec<MessageView>, HistoryError> {
     let now = crate::now_ms();
     rows.retain(|r| r.message.expires_at.is_none_or(|t| t > now));
+    let open = move |rows: Vec<MessageRow>| {
+        rows.into_iter()
+            .map(|r| open_row_with(&cipher, r, flags))
+            .collect()
+    };
     if rows.len() <= INLINE_ROWS {
-        return rows.into_iter().map(|r| open_row(&cipher, r)).collect();
+        return open(rows);
     }
-    tokio::task::spawn_blocking(move || rows.into_iter().map(|r| open_row(&cipher, r)).collect())
+    tokio::task::spawn_blocking(move || open(rows))
         .await
         .map_err(|_| HistoryError::Task)?
 }

@@ -8,6 +8,13 @@
 //! invisible to non-members through every path; admins with
 //! `channels.manage` may manage any channel but do not read private
 //! conversations through that permission.
+//!
+//! An archived channel is read-only: posts, edits and reactions are
+//! refused there (after the rule that hides it, so a non-member of a
+//! private channel learns nothing); reading, receipts, deletes and flags go
+//! on. Flags are seen (and set) by those who moderate the channel: its
+//! owners and moderators, and `messages.moderate` outside direct channels,
+//! in channels the caller can read.
 
 use std::collections::{HashMap, HashSet};
 
@@ -86,12 +93,13 @@ pub enum Action<'a> {
         channel: &'a Channel,
         member: Option<&'a Member>,
     },
-    /// Post a message.
+    /// Post a message (refused in an archived channel).
     Post {
         channel: &'a Channel,
         member: Option<&'a Member>,
     },
-    /// Edit a message written by `author`: only its sender may.
+    /// Edit a message written by `author`: only its sender may, and not
+    /// in an archived channel.
     EditMessage {
         channel: &'a Channel,
         member: Option<&'a Member>,
@@ -103,7 +111,29 @@ pub enum Action<'a> {
         member: Option<&'a Member>,
         author: UserId,
     },
-    /// Rename or delete a channel; add, remove or re-role members.
+    /// Add or remove a reaction: members, outside archived channels.
+    React {
+        channel: &'a Channel,
+        member: Option<&'a Member>,
+    },
+    /// Flag or unflag a message of this channel.
+    FlagMessage {
+        channel: &'a Channel,
+        member: Option<&'a Member>,
+    },
+    /// See messages' flags in this channel (their `flagged` fields and the
+    /// `message_flagged` pushes).
+    SeeFlags {
+        channel: &'a Channel,
+        member: Option<&'a Member>,
+    },
+    /// Read the queue of flagged messages (each entry still needs
+    /// [`Action::SeeFlags`] on its channel).
+    ReadFlagQueue,
+    /// List every channel, private and direct ones included (names and
+    /// metadata, not messages).
+    ListAllChannels,
+    /// Rename, archive or delete a channel; add, remove or re-role members.
     ManageChannel {
         channel: &'a Channel,
         member: Option<&'a Member>,
@@ -162,6 +192,26 @@ pub fn outranks(role: Role, other: Role) -> bool {
 #[error("{0}")]
 pub struct Denied(pub &'static str);
 
+/// The refusal of anything new in an archived channel.
+const ARCHIVED: Denied = Denied("this channel is archived");
+
+/// Refuses writes into an archived channel once `decided` allowed them.
+fn writable(channel: &Channel, decided: Result<(), Denied>) -> Result<(), Denied> {
+    match decided {
+        Ok(()) if channel.archived_at.is_some() => Err(ARCHIVED),
+        other => other,
+    }
+}
+
+/// Whether `who` moderates `channel`: one of its owners or moderators, or
+/// `messages.moderate` outside direct channels, when they can read it.
+fn moderates(who: Principal<'_>, channel: &Channel, member: Option<&Member>) -> bool {
+    let visible = decide(who, Action::ReadChannel { channel, member }).is_ok();
+    let channel_mod = member.is_some_and(|m| m.role != ChannelRole::Member);
+    let global_mod = who.can(perm::MESSAGES_MODERATE) && channel.kind != ChannelKind::Direct;
+    visible && (channel_mod || global_mod)
+}
+
 /// Decides one action.
 pub fn decide(who: Principal<'_>, action: Action<'_>) -> Result<(), Denied> {
     use Action::*;
@@ -173,20 +223,47 @@ pub fn decide(who: Principal<'_>, action: Action<'_>) -> Result<(), Denied> {
                 || member.is_some(),
             "not a member of this channel",
         ),
-        Post { channel, member } => match (channel.kind, member) {
-            (ChannelKind::Public, _) => Ok(()),
-            (ChannelKind::Broadcast, Some(m)) if m.role != ChannelRole::Member => Ok(()),
-            (ChannelKind::Broadcast, _) => Err(Denied("only owners and moderators post here")),
-            (_, Some(_)) => Ok(()),
-            (_, None) => Err(Denied("not a member of this channel")),
-        },
+        Post { channel, member } => writable(
+            channel,
+            match (channel.kind, member) {
+                (ChannelKind::Public, _) => Ok(()),
+                (ChannelKind::Broadcast, Some(m)) if m.role != ChannelRole::Member => Ok(()),
+                (ChannelKind::Broadcast, _) => Err(Denied("only owners and moderators post here")),
+                (_, Some(_)) => Ok(()),
+                (_, None) => Err(Denied("not a member of this channel")),
+            },
+        ),
         EditMessage {
             channel,
             member,
             author,
-        } => allow(
-            decide(who, ReadChannel { channel, member }).is_ok() && author == who.user_id,
-            "only the sender may edit this message",
+        } => writable(
+            channel,
+            allow(
+                decide(who, ReadChannel { channel, member }).is_ok() && author == who.user_id,
+                "only the sender may edit this message",
+            ),
+        ),
+        React { channel, member } => writable(
+            channel,
+            decide(who, ReadChannel { channel, member })
+                .and_then(|()| allow(member.is_some(), "not a member of this channel")),
+        ),
+        FlagMessage { channel, member } => allow(
+            moderates(who, channel, member),
+            "only a channel moderator or an admin may flag messages here",
+        ),
+        SeeFlags { channel, member } => allow(
+            moderates(who, channel, member),
+            "only a channel moderator or an admin may see flags here",
+        ),
+        ReadFlagQueue => allow(
+            who.can(perm::MESSAGES_MODERATE),
+            "not allowed to read the moderation queue",
+        ),
+        ListAllChannels => allow(
+            who.can(perm::CHANNELS_MANAGE),
+            "not allowed to list every channel",
         ),
         ModifyMessage {
             channel,
@@ -471,6 +548,100 @@ mod tests {
             }
         )
         .is_ok());
+    }
+
+    #[test]
+    fn an_archived_channel_is_read_only() {
+        let p = perms();
+        let user = Principal {
+            user_id: UserId::new(),
+            role: Role::User,
+            permissions: &p,
+        };
+        let mut c = channel(ChannelKind::Public);
+        c.archived_at = Some(1);
+        let mine = member(&c, user.user_id, ChannelRole::Owner);
+        let m = Some(&mine);
+        let post = Action::Post {
+            channel: &c,
+            member: m,
+        };
+        assert_eq!(decide(user, post), Err(Denied("this channel is archived")));
+        let edit = Action::EditMessage {
+            channel: &c,
+            member: m,
+            author: user.user_id,
+        };
+        assert_eq!(decide(user, edit), Err(Denied("this channel is archived")));
+        let react = Action::React {
+            channel: &c,
+            member: m,
+        };
+        assert_eq!(decide(user, react), Err(Denied("this channel is archived")));
+        for ok in [
+            Action::ReadChannel {
+                channel: &c,
+                member: m,
+            },
+            Action::ModifyMessage {
+                channel: &c,
+                member: m,
+                author: user.user_id,
+            },
+            Action::FlagMessage {
+                channel: &c,
+                member: m,
+            },
+        ] {
+            assert!(decide(user, ok).is_ok(), "{ok:?}");
+        }
+        // A private archived channel still hides itself from non-members.
+        let mut private = channel(ChannelKind::Private);
+        private.archived_at = Some(1);
+        let post = Action::Post {
+            channel: &private,
+            member: None,
+        };
+        assert_eq!(
+            decide(user, post),
+            Err(Denied("not a member of this channel"))
+        );
+    }
+
+    #[test]
+    fn flags_are_for_those_who_moderate_the_channel() {
+        let p = perms();
+        let user = Principal {
+            user_id: UserId::new(),
+            role: Role::User,
+            permissions: &p,
+        };
+        let admin = Principal {
+            user_id: UserId::new(),
+            role: Role::Admin,
+            permissions: &p,
+        };
+        let public = channel(ChannelKind::Public);
+        let plain = member(&public, user.user_id, ChannelRole::Member);
+        let chan_mod = member(&public, user.user_id, ChannelRole::Moderator);
+        let see = |c, m| Action::SeeFlags {
+            channel: c,
+            member: m,
+        };
+        assert!(decide(user, see(&public, Some(&plain))).is_err());
+        assert!(decide(user, see(&public, Some(&chan_mod))).is_ok());
+        assert!(decide(admin, see(&public, None)).is_ok());
+        // Not in a private channel the admin is not a member of, nor in a
+        // direct channel even as a member.
+        let private = channel(ChannelKind::Private);
+        assert!(decide(admin, see(&private, None)).is_err());
+        let direct = channel(ChannelKind::Direct);
+        let admin_in = member(&direct, admin.user_id, ChannelRole::Member);
+        assert!(decide(admin, see(&direct, Some(&admin_in))).is_err());
+        assert!(decide(admin, Action::ReadFlagQueue).is_ok());
+        assert!(decide(user, Action::ReadFlagQueue).is_err());
+        assert!(decide(admin, Action::ListAllChannels).is_ok());
+        assert!(decide(user, Action::ListAllChannels).is_err());
     }
 
     #[test]

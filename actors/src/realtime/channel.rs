@@ -30,6 +30,15 @@
 //! are held back and released after the final `recovered` frame. No gap,
 //! no duplicate at the seam.
 //!
+//! Moderation: a flag is stored by the caller (`Realtime::flag_message`)
+//! and told to this actor ([`ChannelMsg::Flagged`]), which pushes
+//! `message_flagged` only to the joined connections whose user may see
+//! flags (`authz`'s `SeeFlags`, against the global role each connection
+//! joined with and the membership kept here): the one push that is decided
+//! per recipient, so `new_message` fan-out stays as it is. An archive
+//! ([`ChannelMsg::Archived`]) updates the channel this actor authorizes
+//! sends against.
+//!
 //! **Supervised by** the [`ChannelDirectory`](crate::realtime::channel_directory),
 //! which starts it on first use; it stops itself when idle. **A crash** drops
 //! its state: every joined connection is closed with 1011 so that it
@@ -42,7 +51,7 @@ use std::time::{Duration, Instant};
 
 use courier_protocol::error::close;
 use courier_protocol::frames::{
-    ChannelView, DeliveryStatus, MessageView, PresenceStatus, Ref, ServerFrame,
+    ChannelView, DeliveryStatus, MessageFlagged, MessageView, PresenceStatus, Ref, ServerFrame,
 };
 use courier_protocol::{ChannelId, ErrorCode, MessageId, UserId};
 use metrics::{counter, histogram};
@@ -141,6 +150,9 @@ impl From<PersistError> for ChannelError {
 }
 
 /// The successful answer to a request.
+// Built once per request and moved to its reply; boxing the message would
+// cost an allocation per send for nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum Accepted {
     /// A send: the message as committed (or the original, for a duplicate).
@@ -228,6 +240,8 @@ pub struct Sender {
 pub struct JoinRequest {
     pub outbound: Outbound,
     pub user_id: UserId,
+    /// The user's global role (who may see flags).
+    pub role: Role,
     pub member: Member,
     pub since_seq: Option<u64>,
     pub reference: Option<Ref>,
@@ -265,6 +279,8 @@ pub struct DeleteRequest {
     pub deleter: UserId,
     pub message_id: MessageId,
     pub seq: u64,
+    /// A moderator's reason, kept in the audit entry.
+    pub reason: Option<String>,
     pub reply: Reply,
 }
 
@@ -312,6 +328,13 @@ pub enum ChannelMsg {
     },
     /// The channel was deleted (REST): tell everyone and stop.
     Deleted,
+    /// A message was flagged or unflagged (already stored and audited):
+    /// push `message_flagged` to the joined users who may see flags.
+    Flagged(Box<MessageFlagged>),
+    /// The channel was archived (`Some`) or unarchived (REST).
+    Archived {
+        archived_at: Option<i64>,
+    },
     /// Outcomes of this channel's writes, in submission order.
     Committed(Committed),
     /// The store answered whether the `replyTo` of the oldest held send
@@ -367,6 +390,8 @@ pub struct ChannelActor;
 struct Subscriber {
     outbound: Outbound,
     user_id: UserId,
+    /// The user's global role when the connection joined.
+    role: Role,
     /// False while a replay runs: other pushes wait in `held`, and so do
     /// `new_message`s once `hold_messages` is set; before that the replay
     /// reads them from the store.
@@ -516,6 +541,63 @@ impl Subscribers {
         delivered
     }
 
+    /// Queues `frame` (never a `new_message`) to the subscribers `to`
+    /// picks, holding it for those in a replay, and flushes unless
+    /// `deferring`. For the rare push decided per recipient; [`fan_out`]
+    /// stays free of per-recipient decisions.
+    ///
+    /// [`fan_out`]: Subscribers::fan_out
+    fn fan_out_to(&mut self, frame: &ServerFrame, to: impl Fn(&Subscriber) -> bool) -> u64 {
+        let picked: Vec<ConnId> = self
+            .by_conn
+            .values()
+            .filter(|s| to(s))
+            .map(|s| s.outbound.conn_id())
+            .collect();
+        if picked.is_empty() {
+            return 0;
+        }
+        let forms = Forms {
+            msgpack: self.msgpack > 0,
+            json: self.json > 0,
+            compact: self.compact > 0,
+        };
+        let encoded = EncodedFrame::new(frame, forms);
+        let mut delivered = 0;
+        let mut gone = Vec::new();
+        for conn in picked {
+            let Some(sub) = self.by_conn.get_mut(&conn) else {
+                continue;
+            };
+            if !sub.live {
+                if sub.held.len() >= HELD_MAX {
+                    if sub.outbound.close_now(close::SLOW_CONSUMER) {
+                        counter!(m::SLOW_CONSUMERS).increment(1);
+                    }
+                    gone.push(conn);
+                } else if let Some(msg) = encoded.get(sub.outbound.form()) {
+                    sub.held.push(msg);
+                }
+                continue;
+            }
+            match sub.outbound.push_encoded_deferred(&encoded) {
+                Push::Queued => delivered += 1,
+                Push::Deferred => {
+                    delivered += 1;
+                    sub.unflushed = true;
+                }
+                Push::SlowConsumer | Push::Gone => gone.push(conn),
+            }
+        }
+        for conn in gone {
+            self.remove(conn);
+        }
+        if !self.deferring {
+            self.flush();
+        }
+        delivered
+    }
+
     /// Sends every connection's unflushed pushes on their way. In a channel
     /// of at most [`FLUSH_CHUNK`] connections that wakes their writers, as a
     /// push does: when the server falls behind, writers that run late find
@@ -634,6 +716,7 @@ enum Pending {
         deleter: UserId,
         message_id: MessageId,
         seq: u64,
+        reason: Option<String>,
         reply: Reply,
     },
     Read {
@@ -828,6 +911,10 @@ impl Actor for ChannelActor {
             ChannelMsg::Publish(req) => state.publish(&myself, *req),
             ChannelMsg::Edit(req) => state.edit(*req),
             ChannelMsg::Delete(req) => state.delete(*req),
+            // Nothing new happens in an archived channel.
+            ChannelMsg::Typing {
+                is_typing: true, ..
+            } if state.channel.archived_at.is_some() => {}
             ChannelMsg::Typing { user_id, is_typing } => {
                 if is_typing {
                     let deadline = Instant::now() + state.services.typing_expiry;
@@ -922,6 +1009,8 @@ impl Actor for ChannelActor {
                     state.subscribers.remove(conn);
                 }
             }
+            ChannelMsg::Flagged(flagged) => state.flagged(*flagged),
+            ChannelMsg::Archived { archived_at } => state.channel.archived_at = archived_at,
             ChannelMsg::Deleted => {
                 let frame = out::system_event(
                     "channel_deleted",
@@ -1002,10 +1091,27 @@ impl ChannelState {
         }
     }
 
+    /// `message_flagged`, to the joined users who may see flags here.
+    fn flagged(&mut self, flagged: MessageFlagged) {
+        let frame = ServerFrame::MessageFlagged(flagged);
+        let (channel, members, permissions) =
+            (&self.channel, &self.members, &self.services.permissions);
+        self.subscribers.fan_out_to(&frame, |sub| {
+            let who = Principal {
+                user_id: sub.user_id,
+                role: sub.role,
+                permissions,
+            };
+            let member = members.get(&sub.user_id);
+            authz::decide(who, Action::SeeFlags { channel, member }).is_ok()
+        });
+    }
+
     fn join(&mut self, myself: &ActorRef<ChannelMsg>, req: JoinRequest) {
         let JoinRequest {
             outbound,
             user_id,
+            role,
             member,
             since_seq,
             reference,
@@ -1038,6 +1144,7 @@ impl ChannelState {
             unread: last.saturating_sub(member.last_read_seq),
             recovered,
             online,
+            archived: self.channel.archived_at.is_some(),
         };
         let ack = out::ack_channel(reference, view);
         outbound.deliver(&ack);
@@ -1066,6 +1173,7 @@ impl ChannelState {
         self.subscribers.insert(Subscriber {
             outbound,
             user_id,
+            role,
             live: since_seq.is_none(),
             hold_messages: false,
             held: Vec::new(),
@@ -1320,6 +1428,10 @@ impl ChannelState {
                         reply_to: None,
                         edited_at: None,
                         expires_at: None,
+                        flagged: None,
+                        flag_reason: None,
+                        flagged_by: None,
+                        flagged_at: None,
                     };
                     req.reply.send(Ok(Accepted::Sent {
                         message,
@@ -1384,6 +1496,10 @@ impl ChannelState {
             reply_to: req.reply_to,
             edited_at: None,
             expires_at,
+            flagged: None,
+            flag_reason: None,
+            flagged_by: None,
+            flagged_at: None,
         };
         let token = self.next_token;
         let pending = Pending::Publish {
@@ -1447,6 +1563,7 @@ impl ChannelState {
             deleter: req.deleter,
             message_id: req.message_id,
             seq: req.seq,
+            reason: req.reason,
             reply: req.reply,
         };
         self.submit(op, pending);
@@ -1590,16 +1707,18 @@ impl ChannelState {
                     deleter,
                     message_id,
                     seq,
+                    reason,
                     reply,
                 },
                 Ok(WriteOutcome::Done),
             ) => {
-                self.services.audit.record(audit(
-                    deleter,
-                    None,
-                    "message.delete",
-                    serde_json::json!({"channelId": channel_id, "messageId": message_id, "seq": seq}),
-                ));
+                let mut details = serde_json::json!({"channelId": channel_id, "messageId": message_id, "seq": seq});
+                if let Some(reason) = reason {
+                    details["reason"] = reason.into();
+                }
+                self.services
+                    .audit
+                    .record(audit(deleter, None, "message.delete", details));
                 reply.send(Ok(Accepted::Done));
                 self.broadcast(&out::message_deleted(message_id, channel_id, seq), None);
             }

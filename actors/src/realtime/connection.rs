@@ -35,6 +35,7 @@ use courier_protocol::error::close;
 use courier_protocol::frames::{
     AuthSuccess, AuthUser, Authenticate, AuthenticationResponse, ClientFrame, ClientRequest,
     ErrorBody, FetchHistory, History, Pong, ReadPosition, Ref, ServerFrame, UserStatus,
+    MAX_FLAG_REASON_BYTES,
 };
 use courier_protocol::{ChannelId, ErrorCode, MessageId};
 use metrics::counter;
@@ -621,8 +622,17 @@ impl ConnectionState {
                     .await?;
             }
             ClientRequest::DeleteMessage(delete) => {
-                self.change_message(identity, delete.message_id, Change::Delete, reply)
+                let change = Change::Delete { reason: None };
+                self.change_message(identity, delete.message_id, change, reply)
                     .await?;
+            }
+            ClientRequest::FlagMessage(flag) => {
+                let reason = flag_reason(&flag.reason)?;
+                self.flag(identity, flag.message_id, Some(reason), reply)
+                    .await?;
+            }
+            ClientRequest::UnflagMessage(unflag) => {
+                self.flag(identity, unflag.message_id, None, reply).await?;
             }
             ClientRequest::TypingIndicator(typing) => {
                 let joined = self
@@ -728,6 +738,7 @@ impl ConnectionState {
         let request = JoinRequest {
             outbound: self.outbound.clone(),
             user_id: identity.user_id,
+            role: identity.role,
             member,
             since_seq,
             reference,
@@ -795,10 +806,19 @@ impl ConnectionState {
             .await?
             .filter(|r| r.message.deleted_at.is_none())
             .ok_or(RequestError::NotFound("no such message"))?;
-        let (actor, _, member) = self.channel_actor(identity, row.message.channel_id).await?;
-        if member.is_none() {
-            return Err(RequestError::Forbidden("not a member of this channel"));
-        }
+        let (channel, _) = self
+            .realtime
+            .channel_access(self.principal(identity), row.message.channel_id, |c, m| {
+                Action::React {
+                    channel: c,
+                    member: m,
+                }
+            })
+            .await?;
+        let actor = match self.joined.get(&channel.id) {
+            Some(j) => j.actor.clone(),
+            None => self.realtime.channel_actor(channel).await?,
+        };
         actor
             .cast(ChannelMsg::React {
                 message_id,
@@ -808,6 +828,36 @@ impl ConnectionState {
                 reply,
             })
             .map_err(|_| RequestError::Unavailable)
+    }
+
+    /// `flag_message` (`reason` given) or `unflag_message`, through
+    /// [`Realtime::flag_message`] (the path REST shares); a refusal is
+    /// audited.
+    async fn flag(
+        &self,
+        identity: &Identity,
+        message_id: MessageId,
+        reason: Option<String>,
+        reply: Reply,
+    ) -> Result<(), RequestError> {
+        self.realtime
+            .flag_message(
+                self.principal(identity),
+                self.peer.ip.clone(),
+                message_id,
+                reason,
+            )
+            .await
+            .inspect_err(|e| {
+                if matches!(e, AccessError::Denied(_)) {
+                    self.audit(
+                        "access.denied",
+                        serde_json::json!({"op": "flag_message", "messageId": message_id}),
+                    );
+                }
+            })?;
+        reply.send(Ok(Accepted::Done));
+        Ok(())
     }
 
     async fn history(
@@ -836,6 +886,22 @@ impl ConnectionState {
             has_more,
         }))
     }
+}
+
+/// A flag's reason, checked: 1 to 500 bytes of text, without U+0000 (the
+/// stores keep it as text).
+pub fn flag_reason(reason: &str) -> Result<String, RequestError> {
+    let reason = reason.trim();
+    if reason.is_empty() {
+        return Err(RequestError::Invalid("reason must not be empty"));
+    }
+    if reason.len() > MAX_FLAG_REASON_BYTES {
+        return Err(RequestError::TooLarge("reason is over 500 bytes"));
+    }
+    if reason.contains('\0') {
+        return Err(RequestError::Invalid("reason must not contain U+0000"));
+    }
+    Ok(reason.to_owned())
 }
 
 fn pong(reference: Option<Ref>) -> ServerFrame {

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use courier_protocol::codec::Encoding;
-use courier_protocol::frames::MessageView;
+use courier_protocol::frames::{MessageFlagged, MessageView};
 use courier_protocol::{ChannelId, MessageId, UserId};
 use futures_util::StreamExt;
 use governor::{DefaultKeyedRateLimiter, RateLimiter};
@@ -33,12 +33,13 @@ use crate::cluster::wire::NodeEvent;
 use crate::cluster::{Cluster, Inbound};
 use crate::crypto::MessageCipher;
 use crate::durable::history;
+use crate::durable::history::Flags;
 use crate::durable::persistence::{
     PersistError, PersistenceActor, PersistenceConfig, PersistenceHandle, PersistenceMsg,
 };
 use crate::durable::retention::{RetentionActor, RetentionConfig};
 use crate::durable::store::{
-    Channel, ChannelKind, ChannelRole, DynStore, Member, MessageRow, StoreError, WriteOp,
+    Channel, ChannelKind, ChannelRole, DynStore, Flag, Member, MessageRow, StoreError, WriteOp,
 };
 use crate::policy::authz::{self, Action, Denied, Principal, RolePermissions};
 use crate::policy::identity::{Authenticator, Identity};
@@ -501,7 +502,8 @@ impl Realtime {
         Ok(channel)
     }
 
-    /// A page of history: the newest `limit` before `before`, ascending.
+    /// A page of history: the newest `limit` before `before`, ascending;
+    /// with the messages' flags when the caller may see them.
     pub async fn read_history(
         &self,
         who: Principal<'_>,
@@ -509,34 +511,126 @@ impl Realtime {
         before: Option<u64>,
         limit: u32,
     ) -> Result<(Vec<MessageView>, bool), AccessError> {
-        self.channel_access(who, channel_id, |c, m| Action::ReadChannel {
-            channel: c,
-            member: m,
-        })
-        .await?;
+        let (channel, member) = self
+            .channel_access(who, channel_id, |c, m| Action::ReadChannel {
+                channel: c,
+                member: m,
+            })
+            .await?;
+        let flags = flags_for(who, &channel, member.as_ref());
         let (rows, has_more) = self
             .store
             .messages_before(channel_id, before, limit.clamp(1, 100))
             .await?;
-        let messages = history::open_rows(self.cipher.clone(), rows).await?;
+        let messages = history::open_rows_with(self.cipher.clone(), rows, flags).await?;
         Ok((messages, has_more))
     }
 
     /// One live message (not deleted, not expired), opened, when the caller
     /// may read its channel (the rule of history pages): `GET
-    /// /api/messages/{id}`.
+    /// /api/messages/{id}`. With its flag when the caller may see flags.
     pub async fn read_message(
         &self,
         who: Principal<'_>,
         message_id: MessageId,
     ) -> Result<MessageView, AccessError> {
-        let (_, row) = self
-            .live_message(who, message_id, |c, m, _| Action::ReadChannel {
+        let (channel, member, row) = self
+            .live_message_of(who, message_id, |c, m, _| Action::ReadChannel {
                 channel: c,
                 member: m,
             })
             .await?;
-        Ok(history::open_row(&self.cipher, row)?)
+        let flags = flags_for(who, &channel, member.as_ref());
+        Ok(history::open_row_with(&self.cipher, row, flags)?)
+    }
+
+    /// `flag_message` / `unflag_message`, from a WebSocket or from REST:
+    /// sets (`reason` given) or clears the flag of a live message whose
+    /// channel the caller moderates ([`Action::FlagMessage`]), appends
+    /// `message.flag` / `message.unflag` to the audit chain (durably, before
+    /// answering), and tells the channel's actors, which push
+    /// `message_flagged` to the joined users who may see flags. Answers the
+    /// message with its flag.
+    pub async fn flag_message(
+        &self,
+        who: Principal<'_>,
+        ip: Option<String>,
+        message_id: MessageId,
+        reason: Option<String>,
+    ) -> Result<MessageView, AccessError> {
+        let (channel, _, row) = self
+            .live_message_of(who, message_id, |c, m, _| Action::FlagMessage {
+                channel: c,
+                member: m,
+            })
+            .await?;
+        let flag = reason.map(|reason| Flag {
+            at: crate::now_ms(),
+            by: who.user_id,
+            reason,
+        });
+        let row = match (&flag, &row.flag) {
+            // Clearing a flag that is not there changes nothing.
+            (None, None) => row,
+            _ => {
+                self.store
+                    .set_message_flag(message_id, flag.clone())
+                    .await?
+            }
+        };
+        let (action, mut details) = match &flag {
+            Some(f) => ("message.flag", serde_json::json!({"reason": f.reason})),
+            None => ("message.unflag", serde_json::json!({})),
+        };
+        details["channelId"] = serde_json::json!(channel.id);
+        details["messageId"] = serde_json::json!(message_id);
+        details["seq"] = serde_json::json!(row.message.seq);
+        self.audit
+            .append(PendingAudit::new(Some(who.user_id), ip, action, details))
+            .await
+            .map_err(|_| AccessError::Unavailable)?;
+        let pushed = MessageFlagged {
+            channel_id: channel.id,
+            message_id,
+            seq: row.message.seq,
+            flagged: row.flag.is_some(),
+            flag_reason: row.flag.as_ref().map(|f| f.reason.clone()),
+            flagged_by: row.flag.as_ref().map(|f| f.by),
+            flagged_at: row.flag.as_ref().map(|f| f.at),
+        };
+        self.notify_channel(channel.id, ChannelMsg::Flagged(Box::new(pushed)));
+        Ok(history::open_row_with(&self.cipher, row, Flags::Shown)?)
+    }
+
+    /// Archives (`true`) or unarchives a channel the caller may manage
+    /// ([`Action::ManageChannel`]): stored, then told to the channel's
+    /// actors, which refuse sends from then on. Archiving an archived
+    /// channel keeps its first `archivedAt`. Answers the channel as stored
+    /// and the caller's membership; the caller audits it.
+    pub async fn archive_channel(
+        &self,
+        who: Principal<'_>,
+        channel_id: ChannelId,
+        archive: bool,
+    ) -> Result<(Channel, Option<Member>), AccessError> {
+        let (channel, member) = self
+            .channel_access(who, channel_id, |c, m| Action::ManageChannel {
+                channel: c,
+                member: m,
+            })
+            .await?;
+        let archived_at = match (archive, channel.archived_at) {
+            (true, Some(at)) => Some(at),
+            (true, None) => Some(crate::now_ms()),
+            (false, _) => None,
+        };
+        let patch = crate::durable::store::ChannelPatch {
+            archived_at: Some(archived_at),
+            ..Default::default()
+        };
+        let channel = self.store.update_channel(channel_id, patch).await?;
+        self.notify_channel(channel_id, ChannelMsg::Archived { archived_at });
+        Ok((channel, member))
     }
 
     /// An `edit_message` or `delete_message`, from a WebSocket or from REST:
@@ -584,10 +678,11 @@ impl Realtime {
                 text,
                 reply,
             })),
-            Change::Delete => ChannelMsg::Delete(Box::new(DeleteRequest {
+            Change::Delete { reason } => ChannelMsg::Delete(Box::new(DeleteRequest {
                 deleter: who.user_id,
                 message_id,
                 seq: row.message.seq,
+                reason,
                 reply,
             })),
         };
@@ -601,6 +696,17 @@ impl Realtime {
         message_id: MessageId,
         action: impl for<'a> FnOnce(&'a Channel, Option<&'a Member>, UserId) -> Action<'a>,
     ) -> Result<(Channel, MessageRow), AccessError> {
+        let (channel, _, row) = self.live_message_of(who, message_id, action).await?;
+        Ok((channel, row))
+    }
+
+    /// [`Realtime::live_message`], with the caller's membership.
+    async fn live_message_of(
+        &self,
+        who: Principal<'_>,
+        message_id: MessageId,
+        action: impl for<'a> FnOnce(&'a Channel, Option<&'a Member>, UserId) -> Action<'a>,
+    ) -> Result<(Channel, Option<Member>, MessageRow), AccessError> {
         let now = crate::now_ms();
         let row = self
             .store
@@ -610,10 +716,10 @@ impl Realtime {
             .filter(|r| r.message.expires_at.is_none_or(|t| t > now))
             .ok_or(AccessError::NotFound("no such message"))?;
         let author = row.message.sender_id;
-        let (channel, _) = self
+        let (channel, member) = self
             .channel_access(who, row.message.channel_id, |c, m| action(c, m, author))
             .await?;
-        Ok((channel, row))
+        Ok((channel, member, row))
     }
 
     /// A send, from a WebSocket or from REST: validates it, applies the
@@ -831,8 +937,16 @@ pub struct Publish {
 pub enum Change {
     /// New text.
     Edit(String),
-    /// A soft delete.
-    Delete,
+    /// A soft delete, with a moderator's reason for the audit entry.
+    Delete { reason: Option<String> },
+}
+
+/// Whether `who` reads the flags of `channel`'s messages.
+fn flags_for(who: Principal<'_>, channel: &Channel, member: Option<&Member>) -> Flags {
+    match authz::decide(who, Action::SeeFlags { channel, member }) {
+        Ok(()) => Flags::Shown,
+        Err(_) => Flags::Hidden,
+    }
 }
 
 /// Why a send was refused before reaching its channel.

@@ -263,6 +263,10 @@ mod tests {
             reply_to: None,
             edited_at: None,
             expires_at: None,
+            flagged: None,
+            flag_reason: None,
+            flagged_by: None,
+            flagged_at: None,
         }
     }
 
@@ -280,6 +284,7 @@ mod tests {
             unread: 0,
             recovered,
             online: Vec::new(),
+            archived: false,
         }
     }
 

@@ -25,6 +25,7 @@ import type {
   Message,
   MessageDeletedData,
   MessageStatusFrame,
+  MessageFlaggedFrame,
   PresenceStatus,
   Ref,
   SendResult,
@@ -118,6 +119,8 @@ export interface ClientEvents {
   error: [err: CourierError];
   /** (addition) Direct channels: the other member got (`delivered`) or read (`read`) everything up to seq. */
   messageStatus: [data: Omit<MessageStatusFrame, 'type'>];
+  /** (addition) Moderators only: a message was flagged (with its reason) or unflagged. */
+  messageFlagged: [data: Omit<MessageFlaggedFrame, 'type'>];
   /** (addition) A rejoin's gap is filled: every message up to lastSeq was delivered; paged = filled with fetch_history. */
   recovered: [data: { channelId: string; lastSeq: number; paged: boolean }];
   /** (addition) Every join's answer, the first one and each rejoin after a reconnect: who is online now, lastSeq, unread. */
@@ -235,6 +238,7 @@ function channelOf(frame: ServerFrame): string | undefined {
     case 'read_receipt':
     case 'reaction_updated':
     case 'message_status':
+    case 'message_flagged':
       return frame.channelId;
     default:
       return undefined;
@@ -827,6 +831,11 @@ export class CourierClient {
       case 'message_status': {
         const { type: _type, ...rest } = frame;
         this.#emit('messageStatus', rest);
+        return;
+      }
+      case 'message_flagged': {
+        const { type: _type, ...rest } = frame;
+        this.#emit('messageFlagged', rest);
         return;
       }
       default:

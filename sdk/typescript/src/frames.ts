@@ -38,6 +38,11 @@ export interface Message {
   replyTo?: string;
   editedAt?: number;
   expiresAt?: number;
+  /** (addition) Only for users who may see flags, in `history` pages: whether a moderator flagged it. */
+  flagged?: boolean;
+  flagReason?: string;
+  flaggedBy?: string;
+  flaggedAt?: number;
 }
 
 /** The `channel` object of a `join_channel` or `open_direct` ack. */
@@ -50,6 +55,8 @@ export interface ChannelView {
   unread: number;
   recovered: boolean;
   online: string[];
+  /** (addition) Present and `true` when the channel is archived: readable, nothing new is posted. */
+  archived?: boolean;
 }
 
 /** The ack of `send_message`. */
@@ -107,6 +114,8 @@ export interface AddReactionFrame { type: 'add_reaction'; ref?: Ref; messageId: 
 export interface RemoveReactionFrame { type: 'remove_reaction'; ref?: Ref; messageId: string; reaction: string }
 export interface OpenDirectFrame { type: 'open_direct'; ref?: Ref; userId: string }
 export interface SetStatusFrame { type: 'set_status'; ref?: Ref; status: UserStatus }
+export interface FlagMessageFrame { type: 'flag_message'; ref?: Ref; messageId: string; reason: string }
+export interface UnflagMessageFrame { type: 'unflag_message'; ref?: Ref; messageId: string }
 export interface PingFrame { type: 'ping'; ref?: Ref }
 export interface HeartbeatFrame { type: 'heartbeat'; ref?: Ref }
 
@@ -125,6 +134,8 @@ export type ClientFrame =
   | RemoveReactionFrame
   | OpenDirectFrame
   | SetStatusFrame
+  | FlagMessageFrame
+  | UnflagMessageFrame
   | PingFrame
   | HeartbeatFrame;
 
@@ -154,6 +165,17 @@ export interface PresenceFrame { type: 'presence'; userId: string; status: Prese
 export interface SystemEventFrame { type: 'system_event'; eventType: string; data?: unknown }
 export interface NotificationFrame { type: 'notification'; data: unknown }
 export interface RecoveredFrame { type: 'recovered'; channelId: string; lastSeq: number }
+/** (addition) A message was flagged or unflagged; only to users who may see flags. */
+export interface MessageFlaggedFrame {
+  type: 'message_flagged';
+  channelId: string;
+  messageId: string;
+  seq: number;
+  flagged: boolean;
+  flagReason?: string;
+  flaggedBy?: string;
+  flaggedAt?: number;
+}
 export interface MessageStatusFrame { type: 'message_status'; channelId: string; userId: string; seq: number; status: 'delivered' | 'read' | (string & {}) }
 
 /** Every answer and push of docs/protocol.md section 6 but the compact `m` (never requested). */
@@ -173,7 +195,8 @@ export type ServerFrame =
   | SystemEventFrame
   | NotificationFrame
   | RecoveredFrame
-  | MessageStatusFrame;
+  | MessageStatusFrame
+  | MessageFlaggedFrame;
 
 // ---------------------------------------------------------------------------
 // Decoding server frames
@@ -277,6 +300,11 @@ export function decodeMessage(v: unknown): Message {
   put(m, 'replyTo', optStr(o, 'replyTo'));
   put(m, 'editedAt', optInt(o, 'editedAt'));
   put(m, 'expiresAt', optInt(o, 'expiresAt'));
+  const flagged = o.flagged === undefined || o.flagged === null ? undefined : bool(o, 'flagged');
+  put(m, 'flagged', flagged);
+  put(m, 'flagReason', optStr(o, 'flagReason'));
+  put(m, 'flaggedBy', optStr(o, 'flaggedBy'));
+  put(m, 'flaggedAt', optInt(o, 'flaggedAt'));
   return m;
 }
 
@@ -284,7 +312,7 @@ export function decodeChannel(v: unknown): ChannelView {
   const o = obj(v, 'channel');
   const online = o.online ?? [];
   if (!Array.isArray(online) || online.some((u) => typeof u !== 'string')) bad('field `online`: expected a list of ids');
-  return {
+  const view = {
     id: str(o, 'id'),
     name: str(o, 'name'),
     kind: str(o, 'kind'),
@@ -293,7 +321,9 @@ export function decodeChannel(v: unknown): ChannelView {
     unread: int(o, 'unread'),
     recovered: optBool(o, 'recovered', false),
     online: online as string[],
-  };
+  } as ChannelView;
+  if (optBool(o, 'archived', false)) view.archived = true;
+  return view;
 }
 
 function decodeMessages(v: unknown): Message[] {
@@ -389,6 +419,19 @@ export function decodeServerFrame(value: unknown): ServerFrame {
       return { type: 'recovered', channelId: str(o, 'channelId'), lastSeq: int(o, 'lastSeq') };
     case 'message_status':
       return { type: 'message_status', channelId: str(o, 'channelId'), userId: str(o, 'userId'), seq: int(o, 'seq'), status: str(o, 'status') };
+    case 'message_flagged': {
+      const f: MessageFlaggedFrame = {
+        type: 'message_flagged',
+        channelId: str(o, 'channelId'),
+        messageId: str(o, 'messageId'),
+        seq: int(o, 'seq'),
+        flagged: bool(o, 'flagged'),
+      };
+      put(f, 'flagReason', optStr(o, 'flagReason'));
+      put(f, 'flaggedBy', optStr(o, 'flaggedBy'));
+      put(f, 'flaggedAt', optInt(o, 'flaggedAt'));
+      return f;
+    }
     default:
       bad(`unknown frame type \`${type}\``);
   }

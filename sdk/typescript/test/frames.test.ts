@@ -97,6 +97,8 @@ const clientFrames: Record<string, ClientFrame> = {
   open_direct: { type: 'open_direct', ref: 13, userId: BOB },
   'set_status away': { type: 'set_status', ref: 14, status: 'away' },
   'set_status online': { type: 'set_status', ref: 14, status: 'online' },
+  flag_message: { type: 'flag_message', ref: 16, messageId: MSG, reason: 'Patient name in a public channel' },
+  unflag_message: { type: 'unflag_message', ref: 17, messageId: MSG },
   ping: { type: 'ping', ref: 15 },
   heartbeat: { type: 'heartbeat' },
 };
@@ -119,7 +121,7 @@ test('every server frame of the Rust protocol decodes into its typed form, from 
   }
   assert.deepStrictEqual(
     [...types].sort(),
-    ['ack', 'authentication_response', 'error', 'history', 'message_deleted', 'message_status', 'message_updated', 'new_message', 'notification', 'pong', 'presence', 'reaction_updated', 'read_receipt', 'recovered', 'system_event', 'typing'],
+    ['ack', 'authentication_response', 'error', 'history', 'message_deleted', 'message_flagged', 'message_status', 'message_updated', 'new_message', 'notification', 'pong', 'presence', 'reaction_updated', 'read_receipt', 'recovered', 'system_event', 'typing'],
   );
 });
 
@@ -141,6 +143,20 @@ test('typed forms: ack results, defaults and 2^53 - 1', () => {
   assert.ok(full?.type === 'new_message');
   assert.equal(full.data.seq, MAX_SAFE);
   assert.equal(full.data.text, 'Bed 4 <script>alert(1)</script> \u{1F489}');
+  const flags = byName.get('history with flags');
+  assert.ok(flags?.type === 'history');
+  assert.equal(flags.messages[0]!.flagged, false);
+  assert.equal('flagReason' in flags.messages[0]!, false);
+  assert.equal(flags.messages[1]!.flagReason, 'Patient name in a public channel');
+  assert.equal('flagged' in plain.data, false);
+  const archived = byName.get('ack join_channel archived');
+  assert.ok(archived?.type === 'ack' && archived.result === 'channel');
+  assert.equal(archived.channel.archived, true);
+  assert.equal('archived' in join.channel, false);
+  const cleared = byName.get('message_flagged cleared');
+  assert.ok(cleared?.type === 'message_flagged');
+  assert.equal(cleared.flagged, false);
+  assert.equal('flagReason' in cleared, false);
   const rl = byName.get('error rate_limited');
   assert.ok(rl?.type === 'error');
   assert.equal(rl.retryAfterMs, 2400);

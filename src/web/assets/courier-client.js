@@ -1555,13 +1555,18 @@ function decodeMessage(v) {
   put(m, "replyTo", optStr(o, "replyTo"));
   put(m, "editedAt", optInt(o, "editedAt"));
   put(m, "expiresAt", optInt(o, "expiresAt"));
+  const flagged = o.flagged === void 0 || o.flagged === null ? void 0 : bool(o, "flagged");
+  put(m, "flagged", flagged);
+  put(m, "flagReason", optStr(o, "flagReason"));
+  put(m, "flaggedBy", optStr(o, "flaggedBy"));
+  put(m, "flaggedAt", optInt(o, "flaggedAt"));
   return m;
 }
 function decodeChannel(v) {
   const o = obj(v, "channel");
   const online = o.online ?? [];
   if (!Array.isArray(online) || online.some((u) => typeof u !== "string")) bad("field `online`: expected a list of ids");
-  return {
+  const view = {
     id: str(o, "id"),
     name: str(o, "name"),
     kind: str(o, "kind"),
@@ -1571,6 +1576,8 @@ function decodeChannel(v) {
     recovered: optBool(o, "recovered", false),
     online
   };
+  if (optBool(o, "archived", false)) view.archived = true;
+  return view;
 }
 function decodeMessages(v) {
   if (!Array.isArray(v)) bad("field `messages`: expected a list");
@@ -1663,6 +1670,19 @@ function decodeServerFrame(value) {
       return { type: "recovered", channelId: str(o, "channelId"), lastSeq: int(o, "lastSeq") };
     case "message_status":
       return { type: "message_status", channelId: str(o, "channelId"), userId: str(o, "userId"), seq: int(o, "seq"), status: str(o, "status") };
+    case "message_flagged": {
+      const f = {
+        type: "message_flagged",
+        channelId: str(o, "channelId"),
+        messageId: str(o, "messageId"),
+        seq: int(o, "seq"),
+        flagged: bool(o, "flagged")
+      };
+      put(f, "flagReason", optStr(o, "flagReason"));
+      put(f, "flaggedBy", optStr(o, "flaggedBy"));
+      put(f, "flaggedAt", optInt(o, "flaggedAt"));
+      return f;
+    }
     default:
       bad(`unknown frame type \`${type}\``);
   }
@@ -1804,6 +1824,7 @@ function channelOf(frame) {
     case "read_receipt":
     case "reaction_updated":
     case "message_status":
+    case "message_flagged":
       return frame.channelId;
     default:
       return void 0;
@@ -2328,6 +2349,11 @@ var CourierClient = class {
       case "message_status": {
         const { type: _type, ...rest } = frame;
         this.#emit("messageStatus", rest);
+        return;
+      }
+      case "message_flagged": {
+        const { type: _type, ...rest } = frame;
+        this.#emit("messageFlagged", rest);
         return;
       }
       default:

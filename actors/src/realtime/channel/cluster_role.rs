@@ -138,6 +138,10 @@ pub(crate) fn notice_of(msg: &ChannelMsg) -> Option<Notice> {
             message_id: *message_id,
             seq: *seq,
         }),
+        ChannelMsg::Flagged(flagged) => Some(Notice::Flagged((**flagged).clone())),
+        ChannelMsg::Archived { archived_at } => Some(Notice::Archived {
+            archived_at: *archived_at,
+        }),
         _ => None,
     }
 }
@@ -154,6 +158,8 @@ fn from_notice(origin: String, notice: Notice) -> ChannelMsg {
         Notice::MemberRemoved(user_id) => ChannelMsg::MemberRemoved { user_id },
         Notice::Deleted => ChannelMsg::Deleted,
         Notice::Expired { message_id, seq } => ChannelMsg::Expired { message_id, seq },
+        Notice::Flagged(flagged) => ChannelMsg::Flagged(Box::new(flagged)),
+        Notice::Archived { archived_at } => ChannelMsg::Archived { archived_at },
     }
 }
 
@@ -205,10 +211,12 @@ pub fn forwarded(cluster: Arc<Cluster>, op: ForwardOp, reply: String) -> Channel
             deleter,
             message_id,
             seq,
+            reason,
         } => ChannelMsg::Delete(Box::new(DeleteRequest {
             deleter,
             message_id,
             seq,
+            reason,
             reply,
         })),
         ForwardOp::MarkRead { user_id, seq } => ChannelMsg::MarkRead {
@@ -418,6 +426,7 @@ impl ChannelState {
                     deleter,
                     message_id,
                     seq,
+                    reason,
                     reply,
                 } = *req;
                 (
@@ -425,6 +434,7 @@ impl ChannelState {
                         deleter,
                         message_id,
                         seq,
+                        reason,
                     }),
                     reply,
                 )

@@ -33,6 +33,8 @@ both_backends!(
     a_connection_is_audited_from_connect_to_disconnect,
     full_batches_commit_side_by_side_in_seq_order,
     compact_frames_carry_the_same_messages_live_and_replayed,
+    flags_reach_those_who_moderate_and_nobody_else,
+    an_archived_channel_refuses_new_messages_and_keeps_its_history,
 );
 
 async fn start(backend: Backend) -> Option<TestServer> {
@@ -1724,4 +1726,249 @@ async fn compact_frames_carry_the_same_messages_live_and_replayed(backend: Backe
         );
     }
     server.stop().await;
+}
+
+fn refusal(result: Result<Ack, ClientError>) -> (ErrorCode, String) {
+    match result {
+        Err(ClientError::Server(e)) => (e.code, e.message),
+        other => panic!("expected an error answer, got {other:?}"),
+    }
+}
+
+fn flag_request(message_id: MessageId, reason: &str) -> ClientRequest {
+    ClientRequest::FlagMessage(FlagMessage {
+        message_id,
+        reason: reason.into(),
+    })
+}
+
+async fn next_flagged(client: &mut Client) -> MessageFlagged {
+    match client
+        .next_push_matching(T, |f| matches!(f, ServerFrame::MessageFlagged(_)))
+        .await
+        .expect("a message_flagged push")
+    {
+        ServerFrame::MessageFlagged(f) => f,
+        _ => unreachable!(),
+    }
+}
+
+/// A channel owner flags, a global moderator unflags; both get
+/// `message_flagged` and see the flag in history; a plain member may not
+/// flag, gets no push (the next push after the flag is the next message)
+/// and sees no flag field in history.
+async fn flags_reach_those_who_moderate_and_nobody_else(backend: Backend) {
+    let Some(server) = start(backend).await else {
+        return;
+    };
+    let alice = server.user("alice", Role::User).await;
+    let bob = server.user("bob", Role::User).await;
+    let carol = server.user("carol", Role::Moderator).await;
+    let ch = server
+        .channel("ward-2", ChannelKind::Public, &alice, &[&bob, &carol])
+        .await;
+    let mut a = server.client(&alice, Encoding::MessagePack).await;
+    let mut b = server.client(&bob, Encoding::Json).await;
+    let mut c = server.client(&carol, Encoding::Json).await;
+    for client in [&mut a, &mut b, &mut c] {
+        client.join(ch, None).await.expect("join");
+    }
+    let msg = send_message_ex_text(&mut b, ch, "Mr Smith, bed 4").await;
+
+    assert_eq!(
+        refusal(b.ack(flag_request(msg.message_id, "mine")).await).0,
+        ErrorCode::Forbidden,
+        "a plain member may not flag"
+    );
+    assert_eq!(
+        refusal(a.ack(flag_request(msg.message_id, "  ")).await).0,
+        ErrorCode::InvalidFrame,
+        "a reason is required"
+    );
+    assert_eq!(
+        refusal(a.ack(flag_request(msg.message_id, &"x".repeat(501))).await).0,
+        ErrorCode::TooLarge
+    );
+    assert_eq!(
+        refusal(a.ack(flag_request(MessageId::new(), "why")).await).0,
+        ErrorCode::NotFound
+    );
+    a.ack(flag_request(msg.message_id, "a patient's name"))
+        .await
+        .expect("the channel owner flags");
+    for client in [&mut a, &mut c] {
+        let f = next_flagged(client).await;
+        assert_eq!((f.channel_id, f.message_id, f.seq), (ch, msg.message_id, 1));
+        assert!(f.flagged);
+        assert_eq!(f.flag_reason.as_deref(), Some("a patient's name"));
+        assert_eq!(f.flagged_by, Some(alice.id));
+        assert!(f.flagged_at.is_some());
+    }
+    // Bob's next push of either kind is the next message: no flag reached him.
+    send_message_ex_text(&mut a, ch, "noted").await;
+    let next = b
+        .next_push_matching(T, |f| {
+            matches!(f, ServerFrame::MessageFlagged(_))
+                || matches!(f, ServerFrame::NewMessage(m) if m.data.seq == 2)
+        })
+        .await
+        .expect("a push");
+    assert!(
+        matches!(&next, ServerFrame::NewMessage(m) if m.data.seq == 2 && m.data.flagged.is_none()),
+        "{next:?}"
+    );
+
+    let flagged = &history(&mut a, ch, None, 10).await.messages[0];
+    assert_eq!(flagged.flagged, Some(true));
+    assert_eq!(flagged.flag_reason.as_deref(), Some("a patient's name"));
+    assert_eq!(flagged.flagged_by, Some(alice.id));
+    let page = history(&mut a, ch, None, 10).await;
+    assert_eq!(
+        page.messages[1].flagged,
+        Some(false),
+        "moderators see unflagged ones too"
+    );
+    let seen_by_carol = &history(&mut c, ch, None, 10).await.messages[0];
+    assert_eq!(seen_by_carol.flagged, Some(true));
+    for m in history(&mut b, ch, None, 10).await.messages {
+        assert_eq!(
+            (m.flagged, m.flag_reason, m.flagged_by, m.flagged_at),
+            (None, None, None, None),
+            "no flag fields for a plain member"
+        );
+    }
+
+    c.ack(ClientRequest::UnflagMessage(UnflagMessage {
+        message_id: msg.message_id,
+    }))
+    .await
+    .expect("a global moderator unflags");
+    for client in [&mut a, &mut c] {
+        let f = next_flagged(client).await;
+        assert!(!f.flagged);
+        assert_eq!(
+            (f.flag_reason, f.flagged_by, f.flagged_at),
+            (None, None, None)
+        );
+    }
+    assert_eq!(
+        history(&mut a, ch, None, 10).await.messages[0].flagged,
+        Some(false)
+    );
+    // Both were in the chain before their acks.
+    for (action, by) in [("message.flag", alice.id), ("message.unflag", carol.id)] {
+        let filter = courier_actors::durable::store::AuditFilter {
+            action: Some(action.into()),
+            channel_id: Some(ch),
+            limit: 10,
+            ..Default::default()
+        };
+        let entries = server.app.store.list_audit(filter).await.expect("audit");
+        assert_eq!(entries.len(), 1, "{action}");
+        assert_eq!(entries[0].actor_id, Some(by), "{action}");
+        assert_eq!(
+            entries[0].details["messageId"],
+            serde_json::json!(msg.message_id)
+        );
+    }
+    assert_eq!(
+        entries_reason(&server, ch).await.as_deref(),
+        Some("a patient's name")
+    );
+    server.stop().await;
+}
+
+/// Archived: sends, edits and reactions are refused with `forbidden`
+/// "this channel is archived", for joined and new connections alike;
+/// history, receipts and deletes go on; a join says `archived`; unarchived,
+/// sends work again.
+async fn an_archived_channel_refuses_new_messages_and_keeps_its_history(backend: Backend) {
+    use courier_actors::policy::authz::Principal;
+    let Some(server) = start(backend).await else {
+        return;
+    };
+    let alice = server.user("alice", Role::User).await;
+    let bob = server.user("bob", Role::User).await;
+    let ch = server
+        .channel("ward-3", ChannelKind::Private, &alice, &[&bob])
+        .await;
+    let mut b = server.client(&bob, Encoding::MessagePack).await;
+    b.join(ch, None).await.expect("join");
+    let kept = send_message_ex_text(&mut b, ch, "before the archive").await;
+    let owner = Principal {
+        user_id: alice.id,
+        role: Role::User,
+        permissions: &server.app.realtime.permissions,
+    };
+    let (archived, _) = server
+        .app
+        .realtime
+        .archive_channel(owner, ch, true)
+        .await
+        .expect("archive");
+    assert!(archived.archived_at.is_some());
+
+    let archived_refusal = (ErrorCode::Forbidden, "this channel is archived".to_owned());
+    assert_eq!(
+        refusal(send_message_ex(&mut b, SendMessage::text(ch, "after")).await),
+        archived_refusal,
+        "a joined connection's send"
+    );
+    let mut a = server.client(&alice, Encoding::Json).await;
+    assert_eq!(
+        refusal(send_message_ex(&mut a, SendMessage::text(ch, "owner too")).await),
+        archived_refusal,
+        "a send from a connection that has not joined"
+    );
+    let edit = ClientRequest::EditMessage(EditMessage {
+        message_id: kept.message_id,
+        text: "changed".into(),
+    });
+    assert_eq!(refusal(b.ack(edit).await), archived_refusal);
+    let react = ClientRequest::AddReaction(Reaction {
+        message_id: kept.message_id,
+        reaction: "👍".into(),
+    });
+    assert_eq!(refusal(b.ack(react).await), archived_refusal);
+
+    let view = a.join(ch, None).await.expect("join an archived channel");
+    assert!(view.archived);
+    assert_eq!(view.last_seq, 1);
+    let page = history(&mut a, ch, None, 10).await;
+    assert_eq!(page.messages.len(), 1);
+    assert_eq!(page.messages[0].text, "before the archive");
+    b.ack(ClientRequest::ReadReceipt(ReadReceipt {
+        channel_id: ch,
+        up_to: ReadPosition::Seq(1),
+    }))
+    .await
+    .expect("receipts go on");
+    a.ack(flag_request(kept.message_id, "kept for the record"))
+        .await
+        .expect("flags go on");
+
+    server
+        .app
+        .realtime
+        .archive_channel(owner, ch, false)
+        .await
+        .expect("unarchive");
+    let again = send_message_ex_text(&mut b, ch, "open again").await;
+    assert_eq!(again.seq, 2);
+    let view = b.join(ch, None).await.expect("rejoin");
+    assert!(!view.archived);
+    server.stop().await;
+}
+
+async fn entries_reason(server: &TestServer, ch: courier_protocol::ChannelId) -> Option<String> {
+    let filter = courier_actors::durable::store::AuditFilter {
+        action: Some("message.flag".into()),
+        channel_id: Some(ch),
+        limit: 1,
+        ..Default::default()
+    };
+    let entries = server.app.store.list_audit(filter).await.ok()?;
+    entries.first()?.details["reason"]
+        .as_str()
+        .map(str::to_owned)
 }

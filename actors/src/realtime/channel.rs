@@ -331,9 +331,11 @@ pub enum ChannelMsg {
     /// A message was flagged or unflagged (already stored and audited):
     /// push `message_flagged` to the joined users who may see flags.
     Flagged(Box<MessageFlagged>),
-    /// The channel was archived (`Some`) or unarchived (REST).
+    /// The channel was archived (`Some`) or unarchived (REST); `done` is
+    /// dropped once the actor refuses (or takes) sends accordingly.
     Archived {
         archived_at: Option<i64>,
+        done: Option<oneshot::Sender<()>>,
     },
     /// Outcomes of this channel's writes, in submission order.
     Committed(Committed),
@@ -1010,7 +1012,10 @@ impl Actor for ChannelActor {
                 }
             }
             ChannelMsg::Flagged(flagged) => state.flagged(*flagged),
-            ChannelMsg::Archived { archived_at } => state.channel.archived_at = archived_at,
+            ChannelMsg::Archived { archived_at, done } => {
+                state.channel.archived_at = archived_at;
+                drop(done);
+            }
             ChannelMsg::Deleted => {
                 let frame = out::system_event(
                     "channel_deleted",

@@ -604,7 +604,8 @@ impl Realtime {
 
     /// Archives (`true`) or unarchives a channel the caller may manage
     /// ([`Action::ManageChannel`]): stored, then told to the channel's
-    /// actors, which refuse sends from then on. Archiving an archived
+    /// actors, which refuse sends from then on (this node's before the
+    /// answer). Archiving an archived
     /// channel keeps its first `archivedAt`. Answers the channel as stored
     /// and the caller's membership; the caller audits it.
     pub async fn archive_channel(
@@ -629,7 +630,16 @@ impl Realtime {
             ..Default::default()
         };
         let channel = self.store.update_channel(channel_id, patch).await?;
-        self.notify_channel(channel_id, ChannelMsg::Archived { archived_at });
+        // Answered once this node's actor (if one runs) has it, so that a
+        // send after the answer is refused here; other nodes take it from
+        // the cluster's notice moments later.
+        let (done, applied) = tokio::sync::oneshot::channel();
+        let msg = ChannelMsg::Archived {
+            archived_at,
+            done: Some(done),
+        };
+        self.notify_channel(channel_id, msg);
+        let _ = tokio::time::timeout(Duration::from_secs(5), applied).await;
         Ok((channel, member))
     }
 

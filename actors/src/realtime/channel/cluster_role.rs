@@ -139,7 +139,7 @@ pub(crate) fn notice_of(msg: &ChannelMsg) -> Option<Notice> {
             seq: *seq,
         }),
         ChannelMsg::Flagged(flagged) => Some(Notice::Flagged((**flagged).clone())),
-        ChannelMsg::Archived { archived_at } => Some(Notice::Archived {
+        ChannelMsg::Archived { archived_at, .. } => Some(Notice::Archived {
             archived_at: *archived_at,
         }),
         _ => None,
@@ -159,7 +159,10 @@ fn from_notice(origin: String, notice: Notice) -> ChannelMsg {
         Notice::Deleted => ChannelMsg::Deleted,
         Notice::Expired { message_id, seq } => ChannelMsg::Expired { message_id, seq },
         Notice::Flagged(flagged) => ChannelMsg::Flagged(Box::new(flagged)),
-        Notice::Archived { archived_at } => ChannelMsg::Archived { archived_at },
+        Notice::Archived { archived_at } => ChannelMsg::Archived {
+            archived_at,
+            done: None,
+        },
     }
 }
 

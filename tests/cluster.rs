@@ -20,6 +20,7 @@
 //! | the owner of a busy channel SIGKILLed mid-traffic, for several seeds: the channel moves within about a lease, publishers resend unacked sends to a live node until acked; nothing acked lost, nothing stored twice, `seq` gap-free, the killed node's clients reconnect to a live node and recover with `sinceSeq` without a gap; `courier audit verify` ok | `owner_killed_mid_traffic` |
 //! | NATS stopped, then started again, mid-traffic: sends answer `unavailable` (only the owner of the channel may still commit), every node's `/ready` goes 503 (`cluster` failing) then 200 without a restart, service resumes; nothing acked lost, `seq` gap-free, the same order everywhere | `nats_outage_mid_traffic` |
 //! | one node's NATS link cut (through [`support::proxy`]) while the others keep NATS: its `/ready` 503 while the others stay 200, the others take over the channel it owned, no split order, nothing acked lost; healed, it serves again and its clients see every message sent meanwhile, once each, in order, also a client that moved to it during the cut with a `sinceSeq` above what it had seen | `one_node_partitioned_from_nats` |
+//! | a flag made over REST on one node reaches, as `message_flagged`, the channel owner's socket on another node and not a plain member's on a third; an archive made on one node refuses sends forwarded from another with `forbidden` "this channel is archived" | `flags_and_archive_across_nodes` |
 //! | a logout, then a password change, on one node closes the user's sockets on every node with 4003 within 1 s (and only that session's for a logout); presence: a member on a third node sees the user online (pushed, and in a join's `online`), and `offline` only once the user's last connection, on any node, closes; a user whose only connection was on a SIGKILLed node goes `offline` within the lease (plus 5 s) and leaves `online` | `revocation_and_presence_across_nodes` |
 //!
 //! The tests run one at a time (a lock): each starts five processes, and CI
@@ -678,6 +679,104 @@ async fn one_node_partitioned_from_nats() {
 
 /// Revocation on one node reaches the sockets on the others; presence
 /// counts connections across nodes.
+/// Flags reach the moderators' sockets on every node, and nobody else's;
+/// an archive reaches the channel's owner, wherever it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flags_and_archive_across_nodes() {
+    let _serial = SERIAL.lock().await;
+    let Some(cluster) = Cluster::start(None).await else {
+        return;
+    };
+    let owner = cluster.user("fowner", 0).await;
+    let member = cluster.user("fmember", 1).await;
+    let room = cluster.channel(&owner, "flagged", &[&member], 0).await;
+    let mut watching = cluster.client(2, &owner).await;
+    watching
+        .join(room, None)
+        .await
+        .expect("the owner joins on n2");
+    let mut plain = cluster.client(1, &member).await;
+    plain
+        .join(room, None)
+        .await
+        .expect("the member joins on n1");
+    let sent = plain
+        .send_text(room, "Mr Smith, bed 4")
+        .await
+        .expect("the member sends on n1");
+
+    let (status, body) = cluster
+        .rest(
+            0,
+            Method::POST,
+            &format!("/api/messages/{}/flag", sent.message_id),
+            Some(&owner.token),
+            Some(json!({"reason": "a patient's name"})),
+        )
+        .await;
+    assert_eq!(status, 200, "flag on n0: {body}");
+    let pushed = watching
+        .next_push_matching(Duration::from_secs(5), |f| {
+            matches!(f, ServerFrame::MessageFlagged(_))
+        })
+        .await;
+    match pushed {
+        Ok(ServerFrame::MessageFlagged(f)) => {
+            assert_eq!((f.message_id, f.flagged), (sent.message_id, true));
+            assert_eq!(f.flag_reason.as_deref(), Some("a patient's name"));
+        }
+        other => panic!("the owner on n2 did not get message_flagged: {other:?}"),
+    }
+    watching
+        .send_text(room, "noted")
+        .await
+        .expect("the owner sends on n2");
+    let next = plain
+        .next_push_matching(Duration::from_secs(5), |f| {
+            matches!(f, ServerFrame::MessageFlagged(_))
+                || matches!(f, ServerFrame::NewMessage(m) if m.data.seq == 2)
+        })
+        .await;
+    assert!(
+        matches!(&next, Ok(ServerFrame::NewMessage(_))),
+        "the member on n1: {next:?}"
+    );
+    let late = plain
+        .next_push_matching(Duration::from_millis(500), |f| {
+            matches!(f, ServerFrame::MessageFlagged(_))
+        })
+        .await;
+    assert!(
+        matches!(late, Err(ClientError::Timeout(_))),
+        "a plain member got a flag: {late:?}"
+    );
+
+    let (status, body) = cluster
+        .rest(
+            1,
+            Method::POST,
+            &format!("/api/channels/{room}/archive"),
+            Some(&owner.token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "archive on n1: {body}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match plain.send_text(room, "after the archive").await {
+            Err(ClientError::Server(e)) if e.message == "this channel is archived" => {
+                assert_eq!(e.code, ErrorCode::Forbidden);
+                break;
+            }
+            other if Instant::now() > deadline => {
+                panic!("sends on n1 still accepted 5 s after the archive: {other:?}")
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    cluster.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revocation_and_presence_across_nodes() {
     const WITHIN: Duration = Duration::from_secs(1);

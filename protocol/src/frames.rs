@@ -734,7 +734,7 @@ pub struct Ack {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AckResult {
     /// No result fields (leave, edit, delete, read_receipt, reactions,
-    /// set_status).
+    /// set_status, flag_message, unflag_message).
     Done,
     /// `send_message`: `{messageId, seq, timestamp, duplicate}`.
     Sent(SendResult),

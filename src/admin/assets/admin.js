@@ -631,6 +631,55 @@ function stat(label, value, id) {
   return h('div', { class: 'stat', id: id || null }, h('div', { class: 'stat-label' }, label), h('div', { class: 'stat-value' }, value));
 }
 
+// ---- searchable pages -----------------------------------------------------------
+
+// A searchable, paged table of `what`s: its search form, the list it fills,
+// and the loader. `fetchPage(search, offset)` answers `{items, hasMore}`;
+// `row(item)` makes one table row.
+function pagedSearch({ main, what, searchId, listId, placeholder, fetchPage, columns, row }) {
+  let search = '';
+  let offset = 0;
+  const searchInput = h('input', { type: 'search', id: searchId, placeholder });
+  const list = h('div', { id: listId });
+  const load = async () => {
+    try {
+      const { items, hasMore } = await fetchPage(search, offset);
+      clear(list);
+      append(
+        list,
+        table(columns, items.map(row), search ? `No ${what} matches “${search}”.` : `No ${what}s yet.`),
+        pager(
+          offset,
+          hasMore,
+          (o) => {
+            offset = o;
+            load();
+          },
+          items.length,
+        ),
+      );
+    } catch (err) {
+      failed(main, err);
+    }
+  };
+  const toolbar = h(
+    'form',
+    {
+      class: 'toolbar',
+      role: 'search',
+      onsubmit: (ev) => {
+        ev.preventDefault();
+        search = searchInput.value.trim();
+        offset = 0;
+        load();
+      },
+    },
+    field(`Search ${what}s`, searchInput),
+    h('button', { type: 'submit', class: 'btn' }, 'Search'),
+  );
+  return { toolbar, list, load };
+}
+
 // ---- users --------------------------------------------------------------------
 
 function userStatus(u) {
@@ -644,46 +693,29 @@ function userStatus(u) {
 
 function renderUsers(main, id) {
   if (id) return renderUser(main, id);
-  let search = '';
-  let offset = 0;
-  const searchInput = h('input', { type: 'search', id: 'user-search', placeholder: 'username or email', value: search });
-  const list = h('div', { id: 'user-list' });
-  const load = async () => {
-    try {
+  const users = pagedSearch({
+    main,
+    what: 'user',
+    searchId: 'user-search',
+    listId: 'user-list',
+    placeholder: 'username or email',
+    fetchPage: async (search, offset) => {
       const page = await api('GET', `/api/users${qs({ search, limit: PAGE, offset })}`);
-      clear(list);
-      append(
-        list,
-        table(
-          ['Username', 'Role', 'Status', 'Email', 'Created', 'Last sign-in'],
-          page.users.map((u) =>
-            h(
-              'tr',
-              { class: 'clickable', 'data-user': u.username, onclick: () => go(`#/users/${u.id}`) },
-              h('td', {}, h('a', { href: `#/users/${u.id}` }, u.username)),
-              h('td', {}, badge(u.role.replace('_', ' '), 'role')),
-              h('td', {}, userStatus(u)),
-              h('td', {}, u.email || '—'),
-              h('td', {}, fmtTime(u.createdAt)),
-              h('td', {}, fmtTime(u.lastLoginAt)),
-            ),
-          ),
-          search ? `No user matches “${search}”.` : 'No users yet.',
-        ),
-        pager(
-          offset,
-          page.hasMore,
-          (o) => {
-            offset = o;
-            load();
-          },
-          (page.users || page.channels || page.messages || []).length,
-        ),
-      );
-    } catch (err) {
-      failed(main, err);
-    }
-  };
+      return { items: page.users, hasMore: page.hasMore };
+    },
+    columns: ['Username', 'Role', 'Status', 'Email', 'Created', 'Last sign-in'],
+    row: (u) =>
+      h(
+        'tr',
+        { class: 'clickable', 'data-user': u.username, onclick: () => go(`#/users/${u.id}`) },
+        h('td', {}, h('a', { href: `#/users/${u.id}` }, u.username)),
+        h('td', {}, badge(u.role.replace('_', ' '), 'role')),
+        h('td', {}, userStatus(u)),
+        h('td', {}, u.email || '—'),
+        h('td', {}, fmtTime(u.createdAt)),
+        h('td', {}, fmtTime(u.lastLoginAt)),
+      ),
+  });
   const username = h('input', { name: 'username', autocomplete: 'off', required: true });
   const password = h('input', { name: 'password', type: 'password', autocomplete: 'new-password', required: true });
   const email = h('input', { name: 'email', type: 'email', autocomplete: 'off' });
@@ -711,31 +743,8 @@ function renderUsers(main, id) {
     field('Role', role),
     h('div', { class: 'form-actions' }, h('button', { type: 'submit', class: 'btn btn-primary' }, 'Create user')),
   );
-  append(
-    main,
-    header('Users'),
-    card(
-      null,
-      h(
-        'form',
-        {
-          class: 'toolbar',
-          role: 'search',
-          onsubmit: (ev) => {
-            ev.preventDefault();
-            search = searchInput.value.trim();
-            offset = 0;
-            load();
-          },
-        },
-        field('Search users', searchInput),
-        h('button', { type: 'submit', class: 'btn' }, 'Search'),
-      ),
-      list,
-    ),
-    card('Create a user', createForm),
-  );
-  load();
+  append(main, header('Users'), card(null, users.toolbar, users.list), card('Create a user', createForm));
+  users.load();
 }
 
 async function renderUser(main, id) {
@@ -883,44 +892,27 @@ function channelBadges(c) {
 
 function renderChannels(main, id) {
   if (id) return renderChannel(main, id);
-  let search = '';
-  let offset = 0;
-  const searchInput = h('input', { type: 'search', id: 'channel-search', placeholder: 'channel name' });
-  const list = h('div', { id: 'channel-list' });
-  const load = async () => {
-    try {
+  const channels = pagedSearch({
+    main,
+    what: 'channel',
+    searchId: 'channel-search',
+    listId: 'channel-list',
+    placeholder: 'channel name',
+    fetchPage: async (search, offset) => {
       const page = await api('GET', `/api/channels${qs({ all: 'true', search, limit: PAGE, offset })}`);
-      clear(list);
-      append(
-        list,
-        table(
-          ['Name', 'Kind', 'Description', 'Created'],
-          page.channels.map((c) =>
-            h(
-              'tr',
-              { class: 'clickable', onclick: () => go(`#/channels/${c.id}`) },
-              h('td', {}, h('a', { href: `#/channels/${c.id}`, class: 'channel-link' }, c.name)),
-              h('td', {}, channelBadges(c)),
-              h('td', { class: 'truncate' }, c.description || '—'),
-              h('td', {}, fmtTime(c.createdAt)),
-            ),
-          ),
-          search ? `No channel matches “${search}”.` : 'No channels yet.',
-        ),
-        pager(
-          offset,
-          page.hasMore,
-          (o) => {
-            offset = o;
-            load();
-          },
-          (page.users || page.channels || page.messages || []).length,
-        ),
-      );
-    } catch (err) {
-      failed(main, err);
-    }
-  };
+      return { items: page.channels, hasMore: page.hasMore };
+    },
+    columns: ['Name', 'Kind', 'Description', 'Created'],
+    row: (c) =>
+      h(
+        'tr',
+        { class: 'clickable', onclick: () => go(`#/channels/${c.id}`) },
+        h('td', {}, h('a', { href: `#/channels/${c.id}`, class: 'channel-link' }, c.name)),
+        h('td', {}, channelBadges(c)),
+        h('td', { class: 'truncate' }, c.description || '—'),
+        h('td', {}, fmtTime(c.createdAt)),
+      ),
+  });
   const name = h('input', { name: 'name', required: true, autocomplete: 'off' });
   const description = h('input', { name: 'description', autocomplete: 'off' });
   const kind = select(
@@ -953,31 +945,8 @@ function renderChannels(main, id) {
     field('Kind', kind),
     h('div', { class: 'form-actions' }, h('button', { type: 'submit', class: 'btn btn-primary' }, 'Create channel')),
   );
-  append(
-    main,
-    header('Channels'),
-    card(
-      null,
-      h(
-        'form',
-        {
-          class: 'toolbar',
-          role: 'search',
-          onsubmit: (ev) => {
-            ev.preventDefault();
-            search = searchInput.value.trim();
-            offset = 0;
-            load();
-          },
-        },
-        field('Search channels', searchInput),
-        h('button', { type: 'submit', class: 'btn' }, 'Search'),
-      ),
-      list,
-    ),
-    card('Create a channel', createForm),
-  );
-  load();
+  append(main, header('Channels'), card(null, channels.toolbar, channels.list), card('Create a channel', createForm));
+  channels.load();
 }
 
 async function renderChannel(main, id) {

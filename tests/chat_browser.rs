@@ -11,92 +11,22 @@
 //! or Chromium it prints why and passes, except under `CI=true`, where it
 //! fails.
 
+#[path = "support/browser.rs"]
+mod browser;
+
 use std::io::Read;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The whole browser run, server starts included.
 const RUN_TIMEOUT: Duration = Duration::from_secs(180);
 
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
-/// Prints why the test cannot run; under CI that is a failure.
-fn cannot_run(why: &str) {
-    assert!(
-        !in_ci(),
-        "the chat page browser test cannot run under CI=true: {why}"
-    );
-    eprintln!("skipping the chat page browser test: {why}");
-}
-
-fn browser_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
-}
-
-/// Node's major version, `None` when there is no `node`.
-fn node_major() -> Option<u32> {
-    let out = Command::new("node").arg("--version").output().ok()?;
-    let version = String::from_utf8_lossy(&out.stdout);
-    version
-        .trim()
-        .trim_start_matches('v')
-        .split('.')
-        .next()?
-        .parse()
-        .ok()
-}
-
-/// `npm ci` unless the installed packages match the lock file.
-fn install_packages(dir: &Path) -> Result<(), String> {
-    let lock = dir.join("package-lock.json");
-    let installed = dir.join("node_modules/.package-lock.json");
-    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let fresh = dir
-        .join("node_modules/playwright-core/package.json")
-        .exists()
-        && matches!((modified(&installed), modified(&lock)), (Some(i), Some(l)) if i >= l);
-    if fresh {
-        return Ok(());
-    }
-    let out = Command::new("npm")
-        .args(["ci", "--no-audit", "--no-fund"])
-        .current_dir(dir)
-        .output()
-        .map_err(|e| format!("npm could not run: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "npm ci failed ({}):\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
-}
-
 #[test]
 fn chat_page_in_chromium() {
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    match node_major() {
-        None => return cannot_run("`node` is not installed (Node 20 or later is needed)"),
-        Some(major) if major < 20 => {
-            return cannot_run(&format!("Node {major} is too old (20 or later is needed)"))
-        }
-        Some(_) => {}
-    }
-    if !Path::new(&chromium).exists() {
-        return cannot_run(&format!(
-            "{chromium} is not there (Debian: apt-get install chromium)"
-        ));
-    }
-    let dir = browser_dir();
-    if let Err(why) = install_packages(&dir) {
-        return cannot_run(&why);
-    }
+    let Some(browser::Browser { chromium, dir }) = browser::prepare("chat page browser test")
+    else {
+        return;
+    };
 
     let data = tempfile::tempdir().expect("a temporary data directory");
     let started = Instant::now();

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use courier_protocol::frames::ServerFrame;
 use reqwest::Method;
-use rest::{Backend, Rest, Session};
+use rest::{Backend, Rest};
 use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(10);
@@ -22,18 +22,6 @@ both_backends!(
     archive_refuses_new_messages_and_keeps_history,
     every_channel_paged_for_channel_managers,
 );
-
-async fn send(api: &Rest, session: &Session, channel: &str, text: &str) -> String {
-    let sent = api
-        .post(
-            "/api/messages",
-            &session.token,
-            json!({"channelId": channel, "text": text}),
-        )
-        .await
-        .expect(201);
-    sent.body["id"].as_str().expect("id").to_owned()
-}
 
 /// The oldest audit entry of `action` whose details name `key: value`.
 async fn audited(api: &Rest, action: &str, key: &str, value: &str) -> Value {
@@ -67,15 +55,11 @@ async fn flags_the_queue_and_delete_with_a_reason(backend: Backend) {
     api.add_member(&owner, &ward, &member).await;
     let secret = api.channel(&owner, "secret", "private").await;
     api.add_member(&owner, &secret, &member).await;
-    let m1 = send(
-        &api,
-        &member,
-        &ward,
-        "Mr <img src=x onerror=alert(1)> in bed 4",
-    )
-    .await;
-    let m2 = send(&api, &member, &ward, "second").await;
-    let hidden = send(&api, &member, &secret, "private talk").await;
+    let m1 = api
+        .send(&member, &ward, "Mr <img src=x onerror=alert(1)> in bed 4")
+        .await;
+    let m2 = api.send(&member, &ward, "second").await;
+    let hidden = api.send(&member, &secret, "private talk").await;
     let mut watching = api.joined(&owner, &ward).await;
 
     // A plain member may not flag; an empty reason is 400; a long one 413.
@@ -247,7 +231,7 @@ async fn flags_the_queue_and_delete_with_a_reason(backend: Backend) {
     api.delete(&format!("/api/messages/{m2}"), &member.token)
         .await
         .expect(204);
-    let m3 = send(&api, &member, &ward, "third").await;
+    let m3 = api.send(&member, &ward, "third").await;
     api.call(
         Method::DELETE,
         &format!("/api/messages/{m3}"),
@@ -271,7 +255,7 @@ async fn archive_refuses_new_messages_and_keeps_history(backend: Backend) {
     let member = api.user(&root, "member", "user").await;
     let ward = api.channel(&owner, "ward-5", "private").await;
     api.add_member(&owner, &ward, &member).await;
-    let kept = send(&api, &member, &ward, "before").await;
+    let kept = api.send(&member, &ward, "before").await;
     let mut socket = api.joined(&member, &ward).await;
 
     let archive = format!("/api/channels/{ward}/archive");
@@ -344,7 +328,7 @@ async fn archive_refuses_new_messages_and_keeps_history(backend: Backend) {
     assert_eq!(open.body["channel"]["archived"], json!(false));
     assert_eq!(open.body["channel"]["archivedAt"], json!(null));
     audited(&api, "channel.unarchive", "channelId", &ward).await;
-    send(&api, &member, &ward, "open again").await;
+    api.send(&member, &ward, "open again").await;
     api.server.stop().await;
 }
 

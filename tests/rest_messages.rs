@@ -14,7 +14,7 @@ use std::time::Duration;
 use courier_protocol::frames::{ClientRequest, EditMessage, ServerFrame};
 use courier_protocol::{ErrorCode, MessageId, UserId};
 use reqwest::Method;
-use rest::{Backend, Rest, Session};
+use rest::{Backend, Rest};
 use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(10);
@@ -23,18 +23,6 @@ both_backends!(
     messages_are_read_edited_and_deleted_like_the_socket_frames,
     audit_filters_pages_and_entries,
 );
-
-async fn send(api: &Rest, session: &Session, channel: &str, text: &str) -> String {
-    let sent = api
-        .post(
-            "/api/messages",
-            &session.token,
-            json!({"channelId": channel, "text": text}),
-        )
-        .await
-        .expect(201);
-    sent.body["id"].as_str().expect("id").to_owned()
-}
 
 async fn messages_are_read_edited_and_deleted_like_the_socket_frames(backend: Backend) {
     let Some(api) = Rest::start_with(backend, |c| c.max_text_bytes = 1000).await else {
@@ -47,7 +35,7 @@ async fn messages_are_read_edited_and_deleted_like_the_socket_frames(backend: Ba
     let ward = api.channel(&doc, "ward", "private").await;
     api.add_member(&doc, &ward, &nurse).await;
     let mut socket = api.joined(&nurse, &ward).await;
-    let id = send(&api, &doc, &ward, "BP 120/80").await;
+    let id = api.send(&doc, &ward, "BP 120/80").await;
     let path = format!("/api/messages/{id}");
 
     // Reading: members only, as history pages.
@@ -78,7 +66,7 @@ async fn messages_are_read_edited_and_deleted_like_the_socket_frames(backend: Ba
     api.put(&path, &outsider.token, json!({"text": "hijack"}))
         .await
         .expect_error(403, "forbidden");
-    let nurse_id = send(&api, &nurse, &ward, "note").await;
+    let nurse_id = api.send(&nurse, &ward, "note").await;
     api.put(
         &format!("/api/messages/{nurse_id}"),
         &doc.token,
@@ -217,8 +205,8 @@ async fn audit_filters_pages_and_entries(backend: Backend) {
     let nurse = api.user(&root, "nurse", "user").await;
     let a = api.channel(&nurse, "ward-a", "private").await;
     let b = api.channel(&root, "ward-b", "public").await;
-    send(&api, &nurse, &a, "in a").await;
-    send(&api, &root, &b, "in b").await;
+    api.send(&nurse, &a, "in a").await;
+    api.send(&root, &b, "in b").await;
     api.try_login("nurse", "wrong password here")
         .await
         .expect(401);

@@ -175,6 +175,20 @@ impl Rest {
         self.login(username, PASSWORD).await
     }
 
+    /// Sends `text` to `channel` through `POST /api/messages` (201); returns
+    /// the message's id.
+    pub async fn send(&self, session: &Session, channel: &str, text: &str) -> String {
+        let sent = self
+            .post(
+                "/api/messages",
+                &session.token,
+                json!({"channelId": channel, "text": text}),
+            )
+            .await
+            .expect(201);
+        sent.body["id"].as_str().expect("id").to_owned()
+    }
+
     /// Creates a channel through `POST /api/channels`; returns its id.
     pub async fn channel(&self, owner: &Session, name: &str, kind: &str) -> String {
         let reply = self

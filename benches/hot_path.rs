@@ -47,6 +47,8 @@ fn frames() -> (ClientFrame, ServerFrame) {
         flag_reason: None,
         flagged_by: None,
         flagged_at: None,
+        kind: Default::default(),
+        attachments: Vec::new(),
     });
     (send, push)
 }

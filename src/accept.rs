@@ -51,6 +51,23 @@ pub struct Deadlines {
     /// For the whole body, from the end of the headers
     /// (`http_body_timeout_ms`).
     pub body: Duration,
+    /// For the whole body of a file upload (`files_upload_timeout_secs`).
+    pub upload: Duration,
+}
+
+impl Deadlines {
+    /// The body deadline of a request: uploads (`POST /api/files`,
+    /// `POST /api/channels/{id}/attachments`) get the longer one.
+    fn body_for(&self, method: &hyper::Method, path: &str) -> Duration {
+        let upload = method == hyper::Method::POST
+            && (path == "/api/files"
+                || (path.starts_with("/api/channels/") && path.ends_with("/attachments")));
+        if upload {
+            self.upload
+        } else {
+            self.body
+        }
+    }
 }
 
 /// Serves `router` on `listener` until `shutdown` completes.
@@ -101,7 +118,8 @@ async fn connection<I>(
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-        let mut request = request.map(|body| DeadlineBody::new(body, deadlines.body));
+        let timeout = deadlines.body_for(request.method(), request.uri().path());
+        let mut request = request.map(|body| DeadlineBody::new(body, timeout));
         request.extensions_mut().insert(ConnectInfo(peer));
         router.clone().oneshot(request)
     });

@@ -243,12 +243,15 @@ pub async fn keys_rotate(config: &Config) -> Result<u32, CommandError> {
         n
     };
     let mut done = reencrypt_all(&*store, &cipher, active, total).await?;
+    let mut rewrapped = rewrap_all(&*store, &cipher, active).await?;
     // A running server picks the new keyring file up within two seconds;
     // until then it may still write under the old version. Sweep once more
     // after that window so that nothing is left behind.
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
     done += reencrypt_all(&*store, &cipher, active, total).await?;
+    rewrapped += rewrap_all(&*store, &cipher, active).await?;
     println!("re-encrypted {done} messages");
+    println!("re-wrapped the keys of {rewrapped} files");
     println!("rotation complete: every message uses key version {active}");
     Ok(active)
 }
@@ -282,6 +285,36 @@ async fn reencrypt_all(
     }
 }
 
+/// Re-wraps every file key not on `active` (the content is not touched:
+/// each file has a key of its own, wrapped by the master key).
+async fn rewrap_all(
+    store: &dyn courier_actors::durable::store::Store,
+    cipher: &MessageCipher,
+    active: u32,
+) -> Result<u64, CommandError> {
+    let mut done = 0u64;
+    loop {
+        let batch = store.files_not_on_key(active, 500).await?;
+        if batch.is_empty() {
+            return Ok(done);
+        }
+        let mut rows = Vec::with_capacity(batch.len());
+        for f in &batch {
+            let scope = courier_actors::files::key_scope(f.owner_id, f.channel_id);
+            let key = cipher.rewrap_file_key(f.id, scope, &f.key).map_err(|e| {
+                CommandError::Invalid(format!(
+                    "the key of file {} cannot be unwrapped ({e}); rotation stopped",
+                    f.id
+                ))
+            })?;
+            rows.push((f.id, key));
+        }
+        store.store_rewrapped(&rows).await?;
+        done += rows.len() as u64;
+        println!("re-wrapped {done} file keys");
+    }
+}
+
 /// `courier keys retire --version N`: removes a version from the keyring
 /// file, only when no stored message uses it.
 pub async fn keys_retire(config: &Config, version: u32) -> Result<(), CommandError> {
@@ -294,6 +327,13 @@ pub async fn keys_retire(config: &Config, version: u32) -> Result<(), CommandErr
     if in_use > 0 {
         return Err(CommandError::Invalid(format!(
             "{in_use} messages still use key version {version}; run `courier keys rotate` first"
+        )));
+    }
+    let files = store.count_file_key_version(version).await?;
+    if files > 0 {
+        return Err(CommandError::Invalid(format!(
+            "{files} files still have their key wrapped under version {version}; \
+             run `courier keys rotate` first"
         )));
     }
     let mut ring: Keyring = secrets.keyring;

@@ -158,6 +158,24 @@ pub struct Config {
     pub tls_key: Option<PathBuf>,
     pub behind_proxy: bool,
 
+    /// Where file content lives (docs/files.md): empty for
+    /// `<data_dir>/files`, or `file://`, `s3://`, `gs://`, `az://` URLs.
+    pub files_store: String,
+    pub files_max_bytes: u64,
+    /// MIME types uploads may have (sniffed from the content).
+    #[serde(deserialize_with = "string_or_list")]
+    pub files_allowed_types: Vec<String>,
+    /// clamd (`tcp://host:port` or `unix:///path`); absent: uploads are not
+    /// scanned (development) or refused (production).
+    pub files_clamd_url: Option<String>,
+    pub files_clamd_timeout_ms: u64,
+    /// `refuse` (the default) or `queue`.
+    pub files_when_scanner_down: String,
+    pub files_upload_timeout_secs: u64,
+    pub files_unsent_grace_secs: u64,
+    pub files_link_ttl_secs: u64,
+    pub files_sweep_interval_secs: u64,
+
     /// Cluster mode when set (`nats://...`); absent: a single node.
     pub cluster_nats_url: Option<String>,
     /// `None`: generated at start and logged.
@@ -210,6 +228,20 @@ impl Default for Config {
             admin_session_hours: 8,
             typing_expiry_ms: 6_000,
             fanout_coalesce_us: 2_000,
+            files_store: String::new(),
+            files_max_bytes: 50 * 1024 * 1024,
+            files_allowed_types: courier_actors::files::sniff::AllowList::default()
+                .mimes()
+                .into_iter()
+                .map(String::from)
+                .collect(),
+            files_clamd_url: None,
+            files_clamd_timeout_ms: 30_000,
+            files_when_scanner_down: "refuse".into(),
+            files_upload_timeout_secs: 600,
+            files_unsent_grace_secs: 24 * 3600,
+            files_link_ttl_secs: 300,
+            files_sweep_interval_secs: 60,
             cluster_nats_url: None,
             node_id: None,
             cluster_lease_ms: 3_000,
@@ -632,6 +664,23 @@ impl Config {
             );
         }
         c.within("typing_expiry_ms", self.typing_expiry_ms, 1, HOUR_MS);
+        c.within("files_max_bytes", self.files_max_bytes, 1, 64 * 1024 * MIB);
+        if let Err(e) = courier_actors::files::sniff::AllowList::parse(&self.files_allowed_types) {
+            c.invalid("files_allowed_types", e);
+        }
+        if let Some(url) = &self.files_clamd_url {
+            if let Err(e) = courier_actors::files::scan::Clamd::parse(url, std::time::Duration::from_secs(1)) {
+                c.invalid("files_clamd_url", e);
+            }
+        }
+        c.within("files_clamd_timeout_ms", self.files_clamd_timeout_ms, 1, HOUR_MS);
+        if !matches!(self.files_when_scanner_down.as_str(), "refuse" | "queue") {
+            c.invalid("files_when_scanner_down", "must be \"refuse\" or \"queue\"".into());
+        }
+        c.within("files_upload_timeout_secs", self.files_upload_timeout_secs, 1, 24 * 3600);
+        c.within("files_unsent_grace_secs", self.files_unsent_grace_secs, 1, 365 * 24 * 3600);
+        c.within("files_link_ttl_secs", self.files_link_ttl_secs, 1, 24 * 3600);
+        c.within("files_sweep_interval_secs", self.files_sweep_interval_secs, 1, 24 * 3600);
         c.within("fanout_coalesce_us", self.fanout_coalesce_us, 0, 100_000);
 
         if let Some(max) = self.persist_batch_max {
@@ -779,6 +828,28 @@ impl Config {
             lease_ttl: std::time::Duration::from_millis(self.cluster_lease_ms),
             forward_timeout: std::time::Duration::from_millis(self.cluster_forward_timeout_ms),
         })
+    }
+
+    /// How files are taken and kept.
+    pub fn files(&self) -> courier_actors::files::FilesConfig {
+        use courier_actors::files::{scan::Clamd, sniff::AllowList, FilesConfig, WhenScannerDown};
+        use std::time::Duration;
+        FilesConfig {
+            max_bytes: self.files_max_bytes,
+            // Checked whole by `problems`.
+            allowed: AllowList::parse(&self.files_allowed_types).unwrap_or_default(),
+            scanner: self.files_clamd_url.as_deref().and_then(|url| {
+                Clamd::parse(url, Duration::from_millis(self.files_clamd_timeout_ms)).ok()
+            }),
+            require_scanner: self.env == Environment::Production,
+            when_scanner_down: match self.files_when_scanner_down.as_str() {
+                "queue" => WhenScannerDown::Queue,
+                _ => WhenScannerDown::Refuse,
+            },
+            unsent_grace: Duration::from_secs(self.files_unsent_grace_secs),
+            link_ttl: Duration::from_secs(self.files_link_ttl_secs),
+            sweep_interval: Duration::from_secs(self.files_sweep_interval_secs),
+        }
     }
 
     /// Whether `/api/auth/register` is open.

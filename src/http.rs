@@ -33,6 +33,8 @@ use crate::config::Config;
 pub struct App {
     pub config: Arc<Config>,
     pub store: DynStore,
+    /// Attachments and the vault: the object store, uploads, downloads.
+    pub files: Arc<courier_actors::files::Files>,
     pub realtime: Arc<Realtime>,
     pub tokens: Arc<Tokens>,
     pub passwords: Passwords,

@@ -164,8 +164,19 @@ pub async fn start(config: Config) -> Result<Started, ServerError> {
         }
         None => (None, None),
     };
+    let files_config = config.files();
+    if files_config.scanner.is_none() && !files_config.require_scanner {
+        tracing::warn!(
+            "COURIER_FILES_CLAMD_URL is not set: uploads are stored without a virus scan \
+             (production refuses them)"
+        );
+    }
+    let objects = courier_actors::files::storage::open(&config.files_store, &config.data_dir)
+        .map_err(ServerError::Config)?;
+    let files = courier_actors::files::Files::new(files_config, objects, store.clone(), cipher.clone());
     let deps = RealtimeDeps {
         store: store.clone(),
+        files: files.clone(),
         cipher,
         phi: Arc::new(PhiDetector::new(phi_kinds)),
         authenticator: Arc::new(SessionAuthenticator {
@@ -249,6 +260,7 @@ pub async fn start(config: Config) -> Result<Started, ServerError> {
         login_guard: LoginGuard::new(&config),
         config: Arc::new(config),
         store,
+        files,
         realtime,
         tokens,
         passwords,
@@ -333,6 +345,7 @@ pub async fn serve(
     let deadlines = crate::accept::Deadlines {
         header: Duration::from_millis(app.config.http_header_timeout_ms),
         body: Duration::from_millis(app.config.http_body_timeout_ms),
+        upload: Duration::from_secs(app.config.files_upload_timeout_secs),
     };
     // The accept loop runs as a task on the workers rather than on the
     // thread that called this (`main`'s, outside the workers): there every

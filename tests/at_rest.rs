@@ -694,6 +694,8 @@ async fn a_write_commits_while_every_worker_is_busy_on_postgres() {
         edited_at: None,
         expires_at: None,
         deleted_at: None,
+        kind: Default::default(),
+        attachments: Vec::new(),
     });
     let (tx, mut rx) = oneshot::channel();
     handle

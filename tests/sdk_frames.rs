@@ -52,6 +52,7 @@ const BOB: &str = "0b5e6c1a-3f1d-4c2a-9e51-7a0d2f4b8c02";
 const WARD: &str = "c4a1e0f2-6b7d-4e38-a9c5-1d2e3f405060";
 const MSG: &str = "01890a5d-ac96-774b-bcce-b302099a8057";
 const MSG2: &str = "01890a5d-ac96-774b-bcce-b302099a8058";
+const FILE: &str = "5f0c2b7e-1d3a-4e6f-8a9b-0c1d2e3f4a5b";
 const SESSION: &str = "5e55a0e1-8c2d-4f1e-9a3b-000000000001";
 /// The largest seq a JavaScript number holds exactly.
 const MAX_SAFE: u64 = (1 << 53) - 1;
@@ -115,6 +116,7 @@ fn client_frames() -> Vec<(&'static str, ClientFrame)> {
                 contains_phi: true,
                 reply_to: Some(msg),
                 ttl_seconds: Some(u32::MAX),
+                attachments: vec![id(FILE)],
             }))
             .with_ref(Ref::Int(-(MAX_SAFE as i64))),
         ),
@@ -252,6 +254,8 @@ fn message(seq: u64) -> MessageView {
         flag_reason: None,
         flagged_by: None,
         flagged_at: None,
+        kind: Default::default(),
+        attachments: Vec::new(),
     }
 }
 
@@ -262,6 +266,13 @@ fn full_message() -> MessageView {
         reply_to: Some(id(MSG2)),
         edited_at: Some(1_760_000_060_000),
         expires_at: Some(1_760_086_400_123),
+        kind: courier_protocol::frames::MessageKind::Image,
+        attachments: vec![courier_protocol::frames::AttachmentView {
+            id: id(FILE),
+            name: "wound \u{1F4F7}.png".into(),
+            mime: "image/png".into(),
+            size: 48_213,
+        }],
         ..message(MAX_SAFE)
     }
 }
@@ -449,6 +460,8 @@ fn server_frames() -> Vec<(&'static str, ServerFrame)> {
                         flag_reason: Some("Patient name in a public channel".into()),
                         flagged_by: Some(id(BOB)),
                         flagged_at: Some(1_760_000_200_000),
+                        kind: Default::default(),
+                        attachments: Vec::new(),
                         ..message(41)
                     },
                 ],

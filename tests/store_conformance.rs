@@ -257,6 +257,8 @@ fn msg(channel: &Channel, sender: &User, seq: u64, client: Option<&str>) -> Stor
         edited_at: None,
         expires_at: None,
         deleted_at: None,
+        kind: Default::default(),
+        attachments: Vec::new(),
     }
 }
 
@@ -1248,6 +1250,8 @@ async fn duplicate_client_ids(store: DynStore) {
             key_version: 0,
             contains_phi: false,
             deleted_at: Some(resent.created_at),
+            kind: Default::default(),
+            attachments: Vec::new(),
             ..resent.clone()
         }
     );
@@ -1455,6 +1459,8 @@ async fn edits_deletes_and_reactions(store: DynStore) {
         deleted.message,
         StoredMessage {
             deleted_at: Some(T0 + 300),
+            kind: Default::default(),
+            attachments: Vec::new(),
             ..m2.clone()
         }
     );

@@ -162,6 +162,8 @@ async fn seed(
                     edited_at: None,
                     expires_at: None,
                     deleted_at: None,
+                    kind: Default::default(),
+                    attachments: Vec::new(),
                 })
             })
             .collect();

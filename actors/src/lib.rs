@@ -31,7 +31,11 @@
 //! - [`audit`]: the audit actor and the pure SHA-256 chain with its signed
 //!   checkpoints.
 //! - [`policy`]: authorization, identity, PHI detection; pure decisions.
-//! - [`crypto`]: the master keyring and per-channel AES-256-GCM message keys.
+//! - [`crypto`]: the master keyring, per-channel AES-256-GCM message keys,
+//!   and the wrapping of per-file keys.
+//! - [`files`]: encrypted attachments and the file vault: uploads streamed
+//!   through type sniffing, ClamAV and chunked sealing into an object store,
+//!   ranged downloads, and the sweeper actor that purges and rescans.
 //! - [`telemetry`]: the name of every `courier_*` metric.
 //!
 //! Edges point down: `realtime` uses `durable`, `audit`, `policy` and
@@ -70,6 +74,7 @@ pub mod audit;
 pub mod cluster;
 pub mod crypto;
 pub mod durable;
+pub mod files;
 pub mod policy;
 pub mod realtime;
 pub mod telemetry;

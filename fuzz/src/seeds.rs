@@ -166,6 +166,8 @@ pub fn server_frames() -> Vec<ServerFrame> {
         flag_reason: None,
         flagged_by: None,
         flagged_at: None,
+        kind: Default::default(),
+        attachments: Vec::new(),
     };
     vec![
         ServerFrame::ack(Some(Ref::Int(1))),

@@ -156,6 +156,8 @@ impl CompactMessage {
             flag_reason: None,
             flagged_by: None,
             flagged_at: None,
+            kind: Default::default(),
+            attachments: Vec::new(),
         }
     }
 }
@@ -281,6 +283,8 @@ mod tests {
             flag_reason: None,
             flagged_by: None,
             flagged_at: None,
+            kind: Default::default(),
+            attachments: Vec::new(),
         }
     }
 

@@ -32,6 +32,14 @@ pub enum ErrorCode {
     Unavailable,
     /// A bug on the server side.
     Internal,
+    /// An uploaded file's content is of a type the server does not accept
+    /// (sniffed from the bytes; the claimed type and name do not count).
+    UnsupportedType,
+    /// The virus scanner found malware in an uploaded file.
+    Infected,
+    /// The request body ended before its declared length (an upload cut
+    /// short); nothing was kept.
+    Incomplete,
 }
 
 impl ErrorCode {
@@ -50,6 +58,9 @@ impl ErrorCode {
             Self::SlowConsumer => "slow_consumer",
             Self::Unavailable => "unavailable",
             Self::Internal => "internal",
+            Self::UnsupportedType => "unsupported_type",
+            Self::Infected => "infected",
+            Self::Incomplete => "incomplete",
         }
     }
 }

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::compact::{CompactMessage, FrameStyle};
 use crate::error::ErrorCode;
-use crate::ids::{ChannelId, MessageId, SessionId, UserId};
+use crate::ids::{ChannelId, FileId, MessageId, SessionId, UserId};
 
 /// Largest integer `ref`: 2^53 - 1, the largest integer a JavaScript number
 /// holds exactly. Integer refs lie in `-MAX_REF_INT..=MAX_REF_INT`.
@@ -31,6 +31,9 @@ pub const MAX_REF_INT: i64 = (1 << 53) - 1;
 pub const MAX_REF_BYTES: usize = 256;
 /// Longest `clientMsgId`, in bytes of UTF-8 (longer: `too_large`).
 pub const MAX_CLIENT_MSG_ID_BYTES: usize = 64;
+
+/// The most attachments one message may carry.
+pub const MAX_ATTACHMENTS: usize = 10;
 /// `fetch_history` page size when `limit` is absent.
 pub const HISTORY_LIMIT_DEFAULT: u32 = 50;
 /// Largest `fetch_history` page; larger `limit`s are clamped to it.
@@ -340,10 +343,15 @@ pub struct SendMessage {
     /// Delete the message for everyone this many seconds after it is sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_seconds: Option<u32>,
+    /// Files the sender uploaded to this channel
+    /// (`POST /api/channels/{id}/attachments`), at most [`MAX_ATTACHMENTS`];
+    /// with any, `text` may be empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<FileId>,
 }
 
 impl SendMessage {
-    /// A plain send: no idempotency key, hint, reply or expiry.
+    /// A plain send: no idempotency key, hint, reply, expiry or attachment.
     pub fn text(channel_id: ChannelId, text: impl Into<String>) -> Self {
         Self {
             channel_id,
@@ -352,6 +360,7 @@ impl SendMessage {
             contains_phi: false,
             reply_to: None,
             ttl_seconds: None,
+            attachments: Vec::new(),
         }
     }
 }
@@ -365,6 +374,7 @@ impl fmt::Debug for SendMessage {
             .field("contains_phi", &self.contains_phi)
             .field("reply_to", &self.reply_to)
             .field("ttl_seconds", &self.ttl_seconds)
+            .field("attachments", &self.attachments)
             .finish()
     }
 }
@@ -1067,6 +1077,97 @@ pub struct MessageView {
     /// When it was flagged (ms since the epoch), while `flagged`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flagged_at: Option<i64>,
+    /// What the message is: absent for `text`; `image` or `file` when it
+    /// carries attachments.
+    #[serde(default, skip_serializing_if = "MessageKind::is_text")]
+    pub kind: MessageKind,
+    /// Its files, in the order they were sent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<AttachmentView>,
+}
+
+/// The `kind` of a message.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum MessageKind {
+    /// Text only (the default, not written on the wire).
+    #[default]
+    Text,
+    /// Every attachment is an image.
+    Image,
+    /// Carries attachments, not all of them images.
+    File,
+    /// Written by the server (calls, notices), not by a user.
+    System,
+}
+
+impl MessageKind {
+    /// Whether it is `text`, which the wire leaves out.
+    pub fn is_text(&self) -> bool {
+        *self == MessageKind::Text
+    }
+
+    /// The spelling on the wire and in the store.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            MessageKind::Text => "text",
+            MessageKind::Image => "image",
+            MessageKind::File => "file",
+            MessageKind::System => "system",
+        }
+    }
+
+    /// The kind of a message carrying attachments of these types.
+    pub fn of_attachments<'a>(mut mimes: impl Iterator<Item = &'a str>) -> MessageKind {
+        match mimes.next() {
+            None => MessageKind::Text,
+            Some(first) if first.starts_with("image/") && mimes.all(|m| m.starts_with("image/")) => {
+                MessageKind::Image
+            }
+            Some(_) => MessageKind::File,
+        }
+    }
+}
+
+impl std::str::FromStr for MessageKind {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "text" => Ok(MessageKind::Text),
+            "image" => Ok(MessageKind::Image),
+            "file" => Ok(MessageKind::File),
+            "system" => Ok(MessageKind::System),
+            _ => Err(()),
+        }
+    }
+}
+
+/// One attachment of a message: `{id, name, type, size}`. The content is
+/// fetched over REST (`GET /api/files/{id}/content`).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = Attachment))]
+pub struct AttachmentView {
+    /// The file's id.
+    pub id: FileId,
+    /// The uploader's file name, sanitized (metadata only).
+    pub name: String,
+    /// The MIME type sniffed from the content.
+    #[serde(rename = "type")]
+    pub mime: String,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+impl fmt::Debug for AttachmentView {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AttachmentView")
+            .field("id", &self.id)
+            .field("name", &Redacted(self.name.len()))
+            .field("mime", &self.mime)
+            .field("size", &self.size)
+            .finish()
+    }
 }
 
 impl fmt::Debug for MessageView {
@@ -1090,6 +1191,8 @@ impl fmt::Debug for MessageView {
             )
             .field("flagged_by", &self.flagged_by)
             .field("flagged_at", &self.flagged_at)
+            .field("kind", &self.kind)
+            .field("attachments", &self.attachments)
             .finish()
     }
 }

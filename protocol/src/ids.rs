@@ -108,3 +108,11 @@ uuid_id!(
     /// A login session (one refresh-token family).
     SessionId, new_v4
 );
+uuid_id!(
+    /// A stored file: a message's attachment or a vault file.
+    FileId, new_v4
+);
+uuid_id!(
+    /// One grant of a vault file to a user or a channel.
+    ShareId, new_v4
+);

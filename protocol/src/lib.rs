@@ -46,4 +46,4 @@ pub use codec::{
 };
 pub use error::ErrorCode;
 pub use frames::{ClientFrame, ClientRequest, Ref, ServerFrame};
-pub use ids::{ChannelId, MessageId, SessionId, UserId};
+pub use ids::{ChannelId, FileId, MessageId, SessionId, ShareId, UserId};

@@ -117,6 +117,8 @@ async fn scripted_peer() -> String {
                             flag_reason: None,
                             flagged_by: None,
                             flagged_at: None,
+                            kind: Default::default(),
+                            attachments: Vec::new(),
                         }));
                         out.push(ServerFrame::Ack(Ack {
                             reference: frame.reference,

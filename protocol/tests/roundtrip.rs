@@ -8,7 +8,7 @@ use courier_protocol::codec::{
 };
 use courier_protocol::compact::{CompactMessage, FrameStyle};
 use courier_protocol::frames::*;
-use courier_protocol::{ChannelId, ErrorCode, MessageId, SessionId, UserId};
+use courier_protocol::{ChannelId, ErrorCode, FileId, MessageId, SessionId, UserId};
 use proptest::prelude::*;
 use serde_json::Value;
 use uuid::Uuid;
@@ -25,6 +25,15 @@ fn channel_id() -> impl Strategy<Value = ChannelId> {
 
 fn message_id() -> impl Strategy<Value = MessageId> {
     uuid().prop_map(MessageId)
+}
+
+fn file_id() -> impl Strategy<Value = FileId> {
+    uuid().prop_map(FileId)
+}
+
+fn attachment() -> impl Strategy<Value = AttachmentView> {
+    (file_id(), text(), "[a-z]{1,12}/[a-z.+-]{1,40}", any::<u64>())
+        .prop_map(|(id, name, mime, size)| AttachmentView { id, name, mime, size })
 }
 
 fn user_id() -> impl Strategy<Value = UserId> {
@@ -68,9 +77,10 @@ fn client_request() -> impl Strategy<Value = ClientRequest> {
         any::<bool>(),
         proptest::option::of(message_id()),
         proptest::option::of(any::<u32>()),
+        proptest::collection::vec(file_id(), 0..3),
     )
         .prop_map(
-            |(channel_id, text, client_msg_id, contains_phi, reply_to, ttl_seconds)| {
+            |(channel_id, text, client_msg_id, contains_phi, reply_to, ttl_seconds, attachments)| {
                 ClientRequest::SendMessage(SendMessage {
                     channel_id,
                     text,
@@ -78,6 +88,7 @@ fn client_request() -> impl Strategy<Value = ClientRequest> {
                     contains_phi,
                     reply_to,
                     ttl_seconds,
+                    attachments,
                 })
             },
         );
@@ -181,12 +192,22 @@ fn message_view() -> impl Strategy<Value = MessageView> {
             proptest::option::of(user_id()),
             proptest::option::of(any::<i64>()),
         ),
+        (
+            prop_oneof![
+                Just(MessageKind::Text),
+                Just(MessageKind::Image),
+                Just(MessageKind::File),
+                Just(MessageKind::System)
+            ],
+            proptest::collection::vec(attachment(), 0..3),
+        ),
     )
         .prop_map(
             |(
                 (id, channel_id, seq, sender_id, sender, text),
                 (timestamp, contains_phi, reply_to, edited_at, expires_at),
                 (flagged, flag_reason, flagged_by, flagged_at),
+                (kind, attachments),
             )| {
                 MessageView {
                     id,
@@ -204,6 +225,8 @@ fn message_view() -> impl Strategy<Value = MessageView> {
                     flag_reason,
                     flagged_by,
                     flagged_at,
+                    kind,
+                    attachments,
                 }
             },
         )

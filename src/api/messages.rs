@@ -49,6 +49,10 @@ pub(super) struct SendBody {
     reply_to: Option<MessageId>,
     #[serde(default)]
     ttl_seconds: Option<u32>,
+    /// Files uploaded to the channel (`POST /api/channels/{id}/attachments`);
+    /// with any, `text` may be empty.
+    #[serde(default)]
+    attachments: Vec<courier_protocol::FileId>,
 }
 
 /// `POST /api/messages`: 201 with the message; 200 with the original for a
@@ -69,8 +73,8 @@ pub(super) async fn send(
     JsonBody(body): JsonBody<SendBody>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let received = Instant::now();
-    if body.text.trim().is_empty() {
-        return Err(ApiError::invalid("text", "must not be empty"));
+    if body.text.trim().is_empty() && body.attachments.is_empty() {
+        return Err(ApiError::invalid("text", "must not be empty without attachments"));
     }
     if body
         .client_msg_id
@@ -100,6 +104,7 @@ pub(super) async fn send(
         contains_phi: body.contains_phi.unwrap_or(false),
         reply_to: body.reply_to,
         ttl_seconds: body.ttl_seconds.map(u64::from),
+        attachments: body.attachments,
         received,
         actor: None,
     };

@@ -42,6 +42,7 @@ pub mod auth;
 pub mod channels;
 pub mod error;
 pub mod extract;
+pub mod files;
 pub mod messages;
 pub mod moderation;
 pub mod openapi;
@@ -141,6 +142,13 @@ fn documented_routes(app: Arc<App>) -> (Router<Arc<App>>, utoipa::openapi::OpenA
         .routes(routes!(channels::messages))
         .routes(routes!(channels::receipts))
         .routes(routes!(messages::send))
+        .routes(routes!(files::attach))
+        .routes(routes!(files::list, files::upload_to_vault))
+        .routes(routes!(files::get, files::delete))
+        .routes(routes!(files::content))
+        .routes(routes!(files::link))
+        .routes(routes!(files::shares, files::share))
+        .routes(routes!(files::unshare))
         .routes(routes!(messages::get, messages::edit, messages::delete))
         .routes(routes!(messages::flag, messages::unflag))
         .routes(routes!(moderation::flags))
@@ -149,9 +157,13 @@ fn documented_routes(app: Arc<App>) -> (Router<Arc<App>>, utoipa::openapi::OpenA
         .routes(routes!(audit::get))
         .route_layer(middleware::from_fn_with_state(gate, authenticate_counted));
 
+    // A signed link is its own credential.
+    let links = OpenApiRouter::new().routes(routes!(files::link_content));
+
     let (router, document) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(auth)
         .merge(api)
+        .merge(links)
         .routes(routes!(openapi_json))
         .split_for_parts();
     let mut document = document;

@@ -12,7 +12,7 @@
 //! | `courier.node` | [`NodeEvent`] | every node → every node |
 
 use bytes::Bytes;
-use courier_protocol::frames::{MessageFlagged, MessageView};
+use courier_protocol::frames::{AttachmentView, MessageFlagged, MessageView};
 use courier_protocol::{ChannelId, ErrorCode, MessageId, SessionId, UserId};
 use serde::{Deserialize, Serialize};
 
@@ -111,6 +111,10 @@ pub enum ForwardOp {
         phi_found: Vec<String>,
         reply_to: Option<MessageId>,
         ttl_seconds: Option<u64>,
+        /// The message's files, checked by the forwarding node (absent
+        /// from older nodes).
+        #[serde(default)]
+        attachments: Vec<AttachmentView>,
     },
     Edit {
         editor: UserId,
@@ -265,6 +269,7 @@ mod tests {
                 phi_found: vec![],
                 reply_to: None,
                 ttl_seconds: Some(5),
+                attachments: vec![],
             },
         };
         let back: Forward = decode(&encode(&forward)).unwrap();

@@ -13,8 +13,10 @@
 //! Secrets are zeroized on drop and never appear in `Debug` output or errors.
 
 mod cipher;
+pub mod file_keys;
 mod keyring;
 
+pub use file_keys::KeyScope;
 pub use cipher::{MessageCipher, Sealed, DEFAULT_CACHE_CAPACITY, EPOCH_SHIFT, NONCE_LEN, TAG_LEN};
 pub use keyring::{Keyring, MasterKey, MASTER_KEY_LEN};
 

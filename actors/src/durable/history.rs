@@ -98,6 +98,18 @@ pub fn open_row_with(
         flag_reason: None,
         flagged_by: None,
         flagged_at: None,
+        kind: m.kind,
+        attachments: row
+            .attachments
+            .iter()
+            .map(|f| crate::files::attachment_view(cipher, f))
+            .collect::<Result<_, _>>()
+            .map_err(|e| {
+                counter!(m::DECRYPT_FAILURES).increment(1);
+                tracing::error!(message_id = %m.id, error = %e,
+                    "an attachment's name failed authentication: tampered or corrupt");
+                HistoryError::Integrity(m.id)
+            })?,
     };
     if let Some(flag) = flag {
         show_flag(&mut view, flag.as_ref());

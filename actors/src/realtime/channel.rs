@@ -51,7 +51,8 @@ use std::time::{Duration, Instant};
 
 use courier_protocol::error::close;
 use courier_protocol::frames::{
-    ChannelView, DeliveryStatus, MessageFlagged, MessageView, PresenceStatus, Ref, ServerFrame,
+    AttachmentView, ChannelView, DeliveryStatus, MessageFlagged, MessageKind, MessageView,
+    PresenceStatus, Ref, ServerFrame,
 };
 use courier_protocol::{ChannelId, ErrorCode, MessageId, UserId};
 use metrics::{counter, histogram};
@@ -257,6 +258,9 @@ pub struct PublishRequest {
     pub phi_found: Vec<String>,
     pub reply_to: Option<MessageId>,
     pub ttl_seconds: Option<u64>,
+    /// The message's files, checked by [`Realtime::publish`](crate::realtime::Realtime::publish):
+    /// uploaded by the sender to this channel, scanned and ready.
+    pub attachments: Vec<AttachmentView>,
     pub reply: Reply,
     /// When the request reached the server (for the ack latency metric).
     pub received: Instant,
@@ -1437,6 +1441,8 @@ impl ChannelState {
                         flag_reason: None,
                         flagged_by: None,
                         flagged_at: None,
+                        kind: Default::default(),
+                        attachments: Vec::new(),
                     };
                     req.reply.send(Ok(Accepted::Sent {
                         message,
@@ -1488,6 +1494,8 @@ impl ChannelState {
             edited_at: None,
             expires_at,
             deleted_at: None,
+            kind: MessageKind::of_attachments(req.attachments.iter().map(|a| a.mime.as_str())),
+            attachments: req.attachments.iter().map(|a| a.id).collect(),
         };
         let message = MessageView {
             id,
@@ -1505,6 +1513,8 @@ impl ChannelState {
             flag_reason: None,
             flagged_by: None,
             flagged_at: None,
+            kind: stored.kind,
+            attachments: req.attachments,
         };
         let token = self.next_token;
         let pending = Pending::Publish {

@@ -593,6 +593,7 @@ impl ConnectionState {
                     contains_phi: send.contains_phi,
                     reply_to: send.reply_to,
                     ttl_seconds: send.ttl_seconds.map(u64::from),
+                    attachments: send.attachments,
                     received: Instant::now(),
                     actor: self.joined.get(&send.channel_id).map(|j| j.actor.clone()),
                 };

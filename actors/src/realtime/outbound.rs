@@ -654,7 +654,9 @@ impl EncodedFrame {
             wire::frame(opcode, &payload)
         };
         let compact_message = match frame {
-            ServerFrame::NewMessage(push) if forms.compact => Some(build(
+            // A message with files has no compact form: compact clients get
+            // the standard one (docs/protocol.md, compact pushes).
+            ServerFrame::NewMessage(push) if forms.compact && push.data.attachments.is_empty() => Some(build(
                 &ServerFrame::CompactMessage(CompactMessage::from(&push.data)),
                 Encoding::MessagePack,
                 Opcode::Binary,

@@ -78,6 +78,8 @@ pub enum ShutdownPhase {
 /// Everything [`Realtime::start`] needs.
 pub struct RealtimeDeps {
     pub store: DynStore,
+    /// Attachments: the sweeper purges and rescans them.
+    pub files: Arc<crate::files::Files>,
     pub cipher: Arc<MessageCipher>,
     pub phi: Arc<PhiDetector>,
     pub authenticator: Arc<dyn Authenticator>,
@@ -276,6 +278,13 @@ impl Realtime {
                 audit.clone(),
                 channels.get_derived(),
             ),
+            root.get_cell(),
+        )
+        .await?;
+        Actor::spawn_linked(
+            Some(core_name("file-sweeper")),
+            crate::files::sweeper::FileSweeper,
+            (deps.files.clone(), audit.clone()),
             root.get_cell(),
         )
         .await?;
@@ -781,6 +790,9 @@ impl Realtime {
                 (actor, member)
             }
         };
+        let attachments = self
+            .attachments(send.sender.user_id, send.channel_id, &send.attachments)
+            .await?;
         let phi_found = self.phi.detect_names(&send.text);
         if !phi_found.is_empty() {
             metrics::counter!(crate::telemetry::names::PHI_DETECTED).increment(1);
@@ -796,6 +808,7 @@ impl Realtime {
             client_msg_id: send.client_msg_id,
             reply_to: send.reply_to,
             ttl_seconds: send.ttl_seconds,
+            attachments,
             reply,
             received: send.received,
             joined,
@@ -803,6 +816,57 @@ impl Realtime {
         actor
             .cast(ChannelMsg::Publish(Box::new(request)))
             .map_err(|_| PublishError::Access(AccessError::Unavailable))
+    }
+
+    /// The files a send names, as its message shows them: each must be one
+    /// the sender uploaded to this channel, scanned and not yet purged
+    /// (files travel with one message; a forward uploads again).
+    async fn attachments(
+        &self,
+        sender: UserId,
+        channel: ChannelId,
+        ids: &[courier_protocol::FileId],
+    ) -> Result<Vec<courier_protocol::frames::AttachmentView>, PublishError> {
+        use crate::durable::store::FileState;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        if ids.len() > courier_protocol::frames::MAX_ATTACHMENTS {
+            return Err(PublishError::Invalid("a message carries at most 10 attachments"));
+        }
+        if ids.iter().enumerate().any(|(i, id)| ids[..i].contains(id)) {
+            return Err(PublishError::Invalid("an attachment is named twice"));
+        }
+        let found = self
+            .store
+            .get_files(ids)
+            .await
+            .map_err(|e| PublishError::Access(e.into()))?;
+        let mut views = Vec::with_capacity(ids.len());
+        for id in ids {
+            let file = found
+                .iter()
+                .find(|f| f.id == *id)
+                .filter(|f| {
+                    f.owner_id == sender
+                        && f.channel_id == Some(channel)
+                        && f.deleted_at.is_none()
+                })
+                .ok_or(PublishError::Access(AccessError::NotFound(
+                    "no such attachment in this channel",
+                )))?;
+            if file.state != FileState::Ready {
+                return Err(PublishError::Access(AccessError::Conflict(
+                    "an attachment is waiting for its virus scan",
+                )));
+            }
+            let view = crate::files::attachment_view(&self.cipher, file).map_err(|e| {
+                tracing::error!(error = %e, "an attachment's name does not open");
+                PublishError::Access(AccessError::Internal)
+            })?;
+            views.push(view);
+        }
+        Ok(views)
     }
 
     /// Checks the per-user send rate; `Err` carries the wait until a retry.
@@ -937,6 +1001,8 @@ pub struct Publish {
     pub contains_phi: bool,
     pub reply_to: Option<courier_protocol::MessageId>,
     pub ttl_seconds: Option<u64>,
+    /// Files the sender uploaded to this channel.
+    pub attachments: Vec<courier_protocol::FileId>,
     /// When the request arrived (for the ack latency metric).
     pub received: Instant,
     /// The channel's actor when the caller already holds it (a joined channel).

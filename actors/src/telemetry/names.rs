@@ -67,6 +67,17 @@ pub const USERS_ONLINE: &str = "courier_users_online";
 pub const DECRYPT_FAILURES: &str = "courier_decrypt_failures_total";
 /// Messages flagged as containing PHI by the server's detectors (counter).
 pub const PHI_DETECTED: &str = "courier_phi_detected_total";
+/// Uploads, by `result` (`stored`, `queued`, `too_large`, `type`,
+/// `infected`, `scanner_down`, `incomplete`, `storage`, `error`) (counter).
+pub const FILE_UPLOADS: &str = "courier_file_uploads_total";
+/// Plaintext bytes of files stored (counter).
+pub const FILE_BYTES_IN: &str = "courier_file_bytes_in_total";
+/// Plaintext bytes of files served (counter).
+pub const FILE_BYTES_OUT: &str = "courier_file_bytes_out_total";
+/// Times the virus scanner could not be reached or failed (counter).
+pub const FILE_SCANNER_DOWN: &str = "courier_file_scanner_unavailable_total";
+/// Files whose objects the sweeper deleted (counter).
+pub const FILES_PURGED: &str = "courier_files_purged_total";
 /// Resident memory of the process (gauge, bytes).
 pub const PROCESS_RSS: &str = "courier_process_resident_memory_bytes";
 /// CPU time of the process (gauge, seconds; monotonic).
@@ -163,6 +174,14 @@ pub fn describe() {
     describe_gauge!(USERS_ONLINE, "Users with at least one connection");
     describe_counter!(DECRYPT_FAILURES, "Ciphertexts that failed authentication");
     describe_counter!(PHI_DETECTED, "Messages flagged as PHI by the server");
+    describe_counter!(FILE_UPLOADS, "File uploads, by result");
+    describe_counter!(FILE_BYTES_IN, Unit::Bytes, "Plaintext bytes of files stored");
+    describe_counter!(FILE_BYTES_OUT, Unit::Bytes, "Plaintext bytes of files served");
+    describe_counter!(
+        FILE_SCANNER_DOWN,
+        "Times the virus scanner could not be reached or failed"
+    );
+    describe_counter!(FILES_PURGED, "Files whose objects were deleted by the sweeper");
     describe_gauge!(PROCESS_RSS, Unit::Bytes, "Resident memory of the process");
     describe_gauge!(PROCESS_CPU, Unit::Seconds, "CPU time used by the process");
     describe_gauge!(PROCESS_FDS, "Open file descriptors");

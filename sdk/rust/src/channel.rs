@@ -267,6 +267,8 @@ mod tests {
             flag_reason: None,
             flagged_by: None,
             flagged_at: None,
+            kind: Default::default(),
+            attachments: Vec::new(),
         }
     }
 

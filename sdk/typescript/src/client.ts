@@ -88,6 +88,8 @@ export interface SendOptions {
   containsPHI?: boolean;
   replyTo?: string;
   ttlSeconds?: number;
+  /** Ids of files uploaded to the channel first (`POST /api/channels/{id}/attachments`). */
+  attachments?: string[];
 }
 
 export interface JoinOptions {
@@ -1085,6 +1087,7 @@ export class CourierClient {
       containsPHI: opts.containsPHI,
       replyTo: opts.replyTo,
       ttlSeconds: opts.ttlSeconds,
+      attachments: opts.attachments?.length ? opts.attachments : undefined,
     }, fail);
   }
 

@@ -43,6 +43,20 @@ export interface Message {
   flagReason?: string;
   flaggedBy?: string;
   flaggedAt?: number;
+  /** (addition) `image` or `file` when it carries attachments; absent for text. */
+  kind?: 'text' | 'image' | 'file' | 'system';
+  /** (addition) Its files; fetch one with `GET /api/files/{id}/content`. */
+  attachments?: Attachment[];
+}
+
+/** (addition) One file of a message. */
+export interface Attachment {
+  id: string;
+  /** The uploader's file name, sanitized. */
+  name: string;
+  /** The MIME type sniffed from the content. */
+  type: string;
+  size: number;
 }
 
 /** The `channel` object of a `join_channel` or `open_direct` ack. */
@@ -104,6 +118,8 @@ export interface SendMessageFrame {
   containsPHI?: boolean;
   replyTo?: string;
   ttlSeconds?: number;
+  /** (addition) Ids of files uploaded to this channel (`POST /api/channels/{id}/attachments`). */
+  attachments?: string[];
 }
 export interface EditMessageFrame { type: 'edit_message'; ref?: Ref; messageId: string; text: string }
 export interface DeleteMessageFrame { type: 'delete_message'; ref?: Ref; messageId: string }

@@ -63,6 +63,7 @@ const ALICE = '0b5e6c1a-3f1d-4c2a-9e51-7a0d2f4b8c01';
 const BOB = '0b5e6c1a-3f1d-4c2a-9e51-7a0d2f4b8c02';
 const WARD = 'c4a1e0f2-6b7d-4e38-a9c5-1d2e3f405060';
 const MSG = '01890a5d-ac96-774b-bcce-b302099a8057';
+const FILE = '5f0c2b7e-1d3a-4e6f-8a9b-0c1d2e3f4a5b';
 const MAX_SAFE = Number.MAX_SAFE_INTEGER;
 void ALICE;
 
@@ -83,6 +84,7 @@ const clientFrames: Record<string, ClientFrame> = {
     containsPHI: true,
     replyTo: MSG,
     ttlSeconds: 4294967295,
+    attachments: [FILE],
   },
   edit_message: { type: 'edit_message', ref: 5, messageId: MSG, text: 'edited' },
   delete_message: { type: 'delete_message', ref: 6, messageId: MSG },

@@ -2580,7 +2580,8 @@ var CourierClient = class {
       clientMsgId,
       containsPHI: opts.containsPHI,
       replyTo: opts.replyTo,
-      ttlSeconds: opts.ttlSeconds
+      ttlSeconds: opts.ttlSeconds,
+      attachments: opts.attachments?.length ? opts.attachments : void 0
     }, fail);
   }
   #settleSend(s, result, err) {

@@ -11,6 +11,8 @@
 //! persistence actor, so that one transaction commits a whole batch.
 
 mod audit_ride;
+mod file_rows;
+mod files;
 mod model;
 pub mod postgres;
 mod sql;
@@ -22,6 +24,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use courier_protocol::{ChannelId, MessageId, SessionId, UserId};
 
+pub use file_rows::*;
+pub use files::{FilePurge, FileStore};
 pub use model::*;
 
 /// A shared handle to whichever backend is configured.
@@ -126,7 +130,7 @@ impl WriterLock {
 /// Everything Courier keeps. Implementations are cheap to share (`Arc`) and
 /// safe to call from many tasks at once.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: FileStore + Send + Sync + 'static {
     /// `"postgres"` or `"sqlite"`.
     fn backend(&self) -> &'static str;
 

@@ -3,7 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use courier_protocol::{ChannelId, MessageId, SessionId, UserId};
+use courier_protocol::frames::MessageKind;
+use courier_protocol::{ChannelId, FileId, MessageId, SessionId, UserId};
 use serde::{Deserialize, Serialize};
 
 /// A global role. Permissions per role live in `role_permissions`.
@@ -263,15 +264,22 @@ pub struct StoredMessage {
     pub edited_at: Option<i64>,
     pub expires_at: Option<i64>,
     pub deleted_at: Option<i64>,
+    /// `text`, or `image`/`file` with attachments.
+    pub kind: MessageKind,
+    /// The files it carries, in order (linked in `message_files` by the
+    /// insert; reads fill [`MessageRow::attachments`] instead).
+    pub attachments: Vec<FileId>,
 }
 
-/// A stored message with its sender's username and its moderation flag,
-/// as reads return it.
+/// A stored message with its sender's username, its moderation flag and
+/// its files, as reads return it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MessageRow {
     pub message: StoredMessage,
     pub sender_username: String,
     pub flag: Option<Flag>,
+    /// The rows of its attachments, in order.
+    pub attachments: Vec<super::FileRecord>,
 }
 
 /// A moderator's flag on a message.

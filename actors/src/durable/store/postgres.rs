@@ -27,6 +27,9 @@ use sqlx::postgres::{
 use sqlx::Row;
 use uuid::Uuid;
 
+#[path = "postgres_files.rs"]
+mod files;
+
 use super::sql::{self, bound, to_db, SqlRow};
 use super::{
     AuditFilter, AuditRecord, Channel, ChannelPatch, Checkpoint, ClientMsgRef, Flag, Member,
@@ -768,7 +771,13 @@ impl Store for PgStore {
         for run in sql::runs(ops) {
             match run {
                 sql::Run::Inserts(messages) => {
-                    outcomes.extend(insert_messages(&mut tx, &messages).await?)
+                    let done = insert_messages(&mut tx, &messages).await?;
+                    for (m, outcome) in messages.iter().zip(&done) {
+                        if !m.attachments.is_empty() && *outcome == WriteOutcome::Done {
+                            files::link_files(&mut tx, m).await?;
+                        }
+                    }
+                    outcomes.extend(done);
                 }
                 sql::Run::Others(others) => {
                     for op in others {
@@ -822,7 +831,10 @@ impl Store for PgStore {
         .bind(id.0)
         .fetch_optional(&self.pool)
         .await?;
-        row.as_ref().map(sql::message_row).transpose()
+        let mut rows: Vec<MessageRow> =
+            row.as_ref().map(sql::message_row).transpose()?.into_iter().collect();
+        files::load_attachments(&self.pool, &mut rows).await?;
+        Ok(rows.pop())
     }
 
     async fn messages_after(
@@ -842,7 +854,9 @@ impl Store for PgStore {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        sql::all(&rows, sql::message_row)
+        let mut rows = sql::all(&rows, sql::message_row)?;
+        files::load_attachments(&self.pool, &mut rows).await?;
+        Ok(rows)
     }
 
     async fn messages_before(
@@ -863,7 +877,9 @@ impl Store for PgStore {
         .bind(i64::from(limit) + 1)
         .fetch_all(&self.pool)
         .await?;
-        sql::page_before(&rows, limit)
+        let (mut rows, more) = sql::page_before(&rows, limit)?;
+        files::load_attachments(&self.pool, &mut rows).await?;
+        Ok((rows, more))
     }
 
     async fn reaction_counts(

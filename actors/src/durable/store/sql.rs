@@ -5,7 +5,8 @@
 //! serves both; [`SqlRow`] hides the one difference in representation (UUIDs
 //! are `uuid` in PostgreSQL and hyphenated TEXT in SQLite).
 
-use courier_protocol::{ChannelId, MessageId, SessionId, UserId};
+use courier_protocol::frames::MessageKind;
+use courier_protocol::{ChannelId, FileId, MessageId, SessionId, ShareId, UserId};
 use sqlx::postgres::{PgDatabaseError, PgRow};
 use sqlx::sqlite::{SqliteError, SqliteRow};
 use sqlx::Row;
@@ -246,6 +247,8 @@ pub(super) fn message(r: &impl SqlRow) -> Result<StoredMessage, StoreError> {
         edited_at: r.opt_int("edited_at")?,
         expires_at: r.opt_int("expires_at")?,
         deleted_at: r.opt_int("deleted_at")?,
+        kind: r.text("kind")?.parse().map_err(|()| StoreError::Corrupt("messages.kind: unknown kind".into()))?,
+        attachments: Vec::new(),
     })
 }
 
@@ -263,6 +266,7 @@ pub(super) fn message_row(r: &impl SqlRow) -> Result<MessageRow, StoreError> {
             }),
             None => None,
         },
+        attachments: Vec::new(),
     })
 }
 
@@ -460,6 +464,8 @@ pub(super) fn tombstone(duplicate: &StoredMessage) -> StoredMessage {
         edited_at: None,
         expires_at: None,
         deleted_at: Some(duplicate.created_at),
+        kind: MessageKind::Text,
+        attachments: Vec::new(),
     }
 }
 
@@ -494,4 +500,79 @@ pub(super) fn done_or_not_found(rows_affected: u64) -> super::WriteOutcome {
         0 => super::WriteOutcome::NotFound,
         _ => super::WriteOutcome::Done,
     }
+}
+
+// ---- the file vault -------------------------------------------------------------
+
+pub(super) fn file_record(r: &impl SqlRow) -> Result<super::FileRecord, StoreError> {
+    use super::{FileRecord, FileState, WrappedKey};
+    Ok(FileRecord {
+        id: FileId(r.uuid("id")?),
+        owner_id: UserId(r.uuid("owner_id")?),
+        channel_id: r.opt_uuid("channel_id")?.map(ChannelId),
+        name_ciphertext: r.bytes("name_ciphertext")?,
+        name_nonce: r.bytes("name_nonce")?,
+        mime: r.text("mime")?,
+        size: r.uint("size")?,
+        object_key: r.text("object_key")?,
+        chunk_len: r.u32("chunk_len")?,
+        key: WrappedKey {
+            ciphertext: r.bytes("wrapped_key")?,
+            nonce: r.bytes("key_nonce")?,
+            key_version: r.u32("key_version")?,
+        },
+        state: FileState::parse(&r.text("state")?)
+            .ok_or_else(|| StoreError::Corrupt("files.state: unknown state".into()))?,
+        created_at: r.int("created_at")?,
+        attached_at: r.opt_int("attached_at")?,
+        deleted_at: r.opt_int("deleted_at")?,
+    })
+}
+
+/// A `file_shares` row whose columns are prefixed `s_` (joined with `files`).
+pub(super) fn file_share(r: &impl SqlRow) -> Result<super::FileShare, StoreError> {
+    use super::{FileShare, Grantee, ShareRights};
+    let grantee = match (r.opt_uuid("user_id")?, r.opt_uuid("channel_id")?) {
+        (Some(user), None) => Grantee::User(UserId(user)),
+        (None, Some(channel)) => Grantee::Channel(ChannelId(channel)),
+        _ => return Err(StoreError::Corrupt("file_shares: not one grantee".into())),
+    };
+    Ok(FileShare {
+        id: ShareId(r.uuid("id")?),
+        file_id: FileId(r.uuid("file_id")?),
+        grantee,
+        rights: ShareRights::parse(&r.text("rights")?)
+            .ok_or_else(|| StoreError::Corrupt("file_shares.rights: unknown".into()))?,
+        granted_by: UserId(r.uuid("granted_by")?),
+        created_at: r.int("created_at")?,
+        revoked_at: r.opt_int("revoked_at")?,
+        revoked_by: r.opt_uuid("revoked_by")?.map(UserId),
+    })
+}
+
+/// Columns of a share prefixed `s_`, for joins with `files`.
+pub(super) fn prefixed_share(r: &impl SqlRow) -> Result<super::FileShare, StoreError> {
+    file_share(&Prefixed(r, "s_"))
+}
+
+/// Column list of `file_shares` aliased `s_<name>`.
+pub(super) const SHARE_COLUMNS_PREFIXED: &str = "s.id AS s_id, s.file_id AS s_file_id, \
+    s.user_id AS s_user_id, s.channel_id AS s_channel_id, s.rights AS s_rights, \
+    s.granted_by AS s_granted_by, s.created_at AS s_created_at, \
+    s.revoked_at AS s_revoked_at, s.revoked_by AS s_revoked_by";
+
+/// Puts each file row (with a `message_id` column) under its message, in
+/// `position` order (the query's).
+pub(super) fn attach_rows(
+    messages: &mut [MessageRow],
+    rows: &[impl SqlRow],
+) -> Result<(), StoreError> {
+    for row in rows {
+        let message = MessageId(row.uuid("message_id")?);
+        let file = file_record(row)?;
+        if let Some(m) = messages.iter_mut().find(|m| m.message.id == message) {
+            m.attachments.push(file);
+        }
+    }
+    Ok(())
 }

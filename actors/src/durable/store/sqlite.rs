@@ -40,6 +40,9 @@ use sqlx::{Acquire, Connection, Sqlite, Transaction};
 use uuid::fmt::Hyphenated;
 use uuid::Uuid;
 
+#[path = "sqlite_files.rs"]
+mod files;
+
 use super::audit_ride::{AuditRide, Next, Parked};
 use super::sql::{self, bound, to_db, SqlRow};
 use super::sqlite_conn::{ReadConn, Reads, Writer};
@@ -664,7 +667,13 @@ impl Store for SqliteStore {
             match run {
                 sql::Run::Inserts(messages) => {
                     for chunk in messages.chunks(INSERT_ROWS_MAX) {
-                        outcomes.extend(insert_messages(&mut tx, chunk).await?);
+                        let done = insert_messages(&mut tx, chunk).await?;
+                        for (m, outcome) in chunk.iter().zip(&done) {
+                            if !m.attachments.is_empty() && *outcome == WriteOutcome::Done {
+                                files::link_files(&mut tx, m).await?;
+                            }
+                        }
+                        outcomes.extend(done);
                     }
                 }
                 sql::Run::Others(others) => {
@@ -717,15 +726,18 @@ impl Store for SqliteStore {
     }
 
     async fn get_message(&self, message: MessageId) -> Result<Option<MessageRow>, StoreError> {
+        let mut conn = self.read().await?;
         let row = sqlx::query(
             "SELECT m.*, u.username AS sender_username
              FROM messages m LEFT JOIN users u ON u.id = m.sender_id
              WHERE m.id = $1",
         )
         .bind(id(message.0))
-        .fetch_optional(&mut *self.read().await?)
+        .fetch_optional(&mut *conn)
         .await?;
-        row.as_ref().map(sql::message_row).transpose()
+        let mut rows: Vec<MessageRow> = row.as_ref().map(sql::message_row).transpose()?.into_iter().collect();
+        files::load_attachments(&mut conn, &mut rows).await?;
+        Ok(rows.pop())
     }
 
     async fn messages_after(
@@ -734,6 +746,7 @@ impl Store for SqliteStore {
         after: u64,
         limit: u32,
     ) -> Result<Vec<MessageRow>, StoreError> {
+        let mut conn = self.read().await?;
         let rows = sqlx::query(
             "SELECT m.*, u.username AS sender_username
              FROM messages m LEFT JOIN users u ON u.id = m.sender_id
@@ -743,9 +756,11 @@ impl Store for SqliteStore {
         .bind(id(channel.0))
         .bind(bound(after))
         .bind(i64::from(limit))
-        .fetch_all(&mut *self.read().await?)
+        .fetch_all(&mut *conn)
         .await?;
-        sql::all(&rows, sql::message_row)
+        let mut rows = sql::all(&rows, sql::message_row)?;
+        files::load_attachments(&mut conn, &mut rows).await?;
+        Ok(rows)
     }
 
     async fn messages_before(
@@ -755,6 +770,7 @@ impl Store for SqliteStore {
         limit: u32,
     ) -> Result<(Vec<MessageRow>, bool), StoreError> {
         // One row more than asked tells whether older ones exist.
+        let mut conn = self.read().await?;
         let rows = sqlx::query(
             "SELECT m.*, u.username AS sender_username
              FROM messages m LEFT JOIN users u ON u.id = m.sender_id
@@ -764,9 +780,11 @@ impl Store for SqliteStore {
         .bind(id(channel.0))
         .bind(before.map_or(i64::MAX, bound))
         .bind(i64::from(limit) + 1)
-        .fetch_all(&mut *self.read().await?)
+        .fetch_all(&mut *conn)
         .await?;
-        sql::page_before(&rows, limit)
+        let (mut rows, more) = sql::page_before(&rows, limit)?;
+        files::load_attachments(&mut conn, &mut rows).await?;
+        Ok((rows, more))
     }
 
     async fn reaction_counts(

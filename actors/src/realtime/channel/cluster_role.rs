@@ -182,6 +182,7 @@ pub fn forwarded(cluster: Arc<Cluster>, op: ForwardOp, reply: String) -> Channel
             phi_found,
             reply_to,
             ttl_seconds,
+            attachments,
         } => ChannelMsg::Publish(Box::new(PublishRequest {
             sender: Sender {
                 user_id: sender.user_id,
@@ -196,6 +197,7 @@ pub fn forwarded(cluster: Arc<Cluster>, op: ForwardOp, reply: String) -> Channel
             phi_found,
             reply_to,
             ttl_seconds,
+            attachments,
             reply,
             received: Instant::now(),
             joined: false,
@@ -405,6 +407,7 @@ impl ChannelState {
                     phi_found: req.phi_found,
                     reply_to: req.reply_to,
                     ttl_seconds: req.ttl_seconds,
+                    attachments: req.attachments,
                 };
                 (Some(op), req.reply)
             }

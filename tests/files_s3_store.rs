@@ -20,8 +20,6 @@
 //! default gives up in about 1.5 to 7 s (rarely up to 40). The tests that
 //! kill the server use a bounded [`RetryConfig`] to stay fast.
 
-#[path = "support/s3.rs"]
-mod s3;
 mod support;
 
 use std::time::{Duration, Instant};
@@ -33,7 +31,7 @@ use object_store::{
     BackoffConfig, ClientOptions, GetOptions, GetRange, ObjectMeta, ObjectStore, ObjectStoreExt,
     PutPayload, RetryConfig, WriteMultipart,
 };
-use s3::S3Server;
+use support::s3::S3Server;
 
 const MIB: usize = 1024 * 1024;
 

@@ -5,14 +5,11 @@
 //! stopped clamd is unreachable until it is started again.
 
 mod support;
-// Until tests/support/mod.rs declares it.
-#[path = "support/clamd.rs"]
-mod clamd;
 
 use std::time::{Duration, Instant};
 
-use clamd::{ClamdServer, EICAR, EICAR_SIGNATURE};
 use courier_actors::files::scan::{Clamd, ScanError, Verdict};
+use support::clamd::{ClamdServer, EICAR, EICAR_SIGNATURE};
 
 async fn scan(clamd: &Clamd, pieces: &[&[u8]]) -> Result<Verdict, ScanError> {
     let mut session = clamd.start().await?;

@@ -25,10 +25,12 @@ macro_rules! both_backends {
     )* };
 }
 
+pub mod clamd;
 pub mod nats;
 pub mod outage;
 pub mod process;
 pub mod proxy;
+pub mod s3;
 pub mod server;
 
 use std::sync::atomic::{AtomicBool, Ordering};

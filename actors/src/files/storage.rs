@@ -24,10 +24,21 @@ use object_store::azure::MicrosoftAzureBuilder;
 use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::local::LocalFileSystem;
 use object_store::prefix::PrefixStore;
-use object_store::ObjectStore;
+use object_store::{ObjectStore, RetryConfig};
 use url::Url;
 
 use courier_protocol::FileId;
+
+/// Retries of a cloud store: a few, within 15 s, so that an upload to a
+/// store that went away fails with a clear answer in seconds rather than
+/// object_store's default of up to three minutes.
+fn retry() -> RetryConfig {
+    RetryConfig {
+        max_retries: 4,
+        retry_timeout: std::time::Duration::from_secs(15),
+        ..RetryConfig::default()
+    }
+}
 
 /// Opens the object store `url` names (see the module doc); `data_dir`
 /// holds the default local one.
@@ -43,18 +54,21 @@ pub fn open(url: &str, data_dir: &Path) -> Result<Arc<dyn ObjectStore>, String> 
         "s3" => Arc::new(
             AmazonS3Builder::from_env()
                 .with_bucket_name(bucket)
+                .with_retry(retry())
                 .build()
                 .map_err(|e| format!("S3 store {url:?}: {e}"))?,
         ),
         "gs" => Arc::new(
             GoogleCloudStorageBuilder::from_env()
                 .with_bucket_name(bucket)
+                .with_retry(retry())
                 .build()
                 .map_err(|e| format!("GCS store {url:?}: {e}"))?,
         ),
         "az" => Arc::new(
             MicrosoftAzureBuilder::from_env()
                 .with_container_name(bucket)
+                .with_retry(retry())
                 .build()
                 .map_err(|e| format!("Azure store {url:?}: {e}"))?,
         ),

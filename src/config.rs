@@ -669,18 +669,48 @@ impl Config {
             c.invalid("files_allowed_types", e);
         }
         if let Some(url) = &self.files_clamd_url {
-            if let Err(e) = courier_actors::files::scan::Clamd::parse(url, std::time::Duration::from_secs(1)) {
+            if let Err(e) =
+                courier_actors::files::scan::Clamd::parse(url, std::time::Duration::from_secs(1))
+            {
                 c.invalid("files_clamd_url", e);
             }
         }
-        c.within("files_clamd_timeout_ms", self.files_clamd_timeout_ms, 1, HOUR_MS);
+        c.within(
+            "files_clamd_timeout_ms",
+            self.files_clamd_timeout_ms,
+            1,
+            HOUR_MS,
+        );
         if !matches!(self.files_when_scanner_down.as_str(), "refuse" | "queue") {
-            c.invalid("files_when_scanner_down", "must be \"refuse\" or \"queue\"".into());
+            c.invalid(
+                "files_when_scanner_down",
+                "must be \"refuse\" or \"queue\"".into(),
+            );
         }
-        c.within("files_upload_timeout_secs", self.files_upload_timeout_secs, 1, 24 * 3600);
-        c.within("files_unsent_grace_secs", self.files_unsent_grace_secs, 1, 365 * 24 * 3600);
-        c.within("files_link_ttl_secs", self.files_link_ttl_secs, 1, 24 * 3600);
-        c.within("files_sweep_interval_secs", self.files_sweep_interval_secs, 1, 24 * 3600);
+        c.within(
+            "files_upload_timeout_secs",
+            self.files_upload_timeout_secs,
+            1,
+            24 * 3600,
+        );
+        c.within(
+            "files_unsent_grace_secs",
+            self.files_unsent_grace_secs,
+            1,
+            365 * 24 * 3600,
+        );
+        c.within(
+            "files_link_ttl_secs",
+            self.files_link_ttl_secs,
+            1,
+            24 * 3600,
+        );
+        c.within(
+            "files_sweep_interval_secs",
+            self.files_sweep_interval_secs,
+            1,
+            24 * 3600,
+        );
         c.within("fanout_coalesce_us", self.fanout_coalesce_us, 0, 100_000);
 
         if let Some(max) = self.persist_batch_max {

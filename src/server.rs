@@ -173,7 +173,8 @@ pub async fn start(config: Config) -> Result<Started, ServerError> {
     }
     let objects = courier_actors::files::storage::open(&config.files_store, &config.data_dir)
         .map_err(ServerError::Config)?;
-    let files = courier_actors::files::Files::new(files_config, objects, store.clone(), cipher.clone());
+    let files =
+        courier_actors::files::Files::new(files_config, objects, store.clone(), cipher.clone());
     let deps = RealtimeDeps {
         store: store.clone(),
         files: files.clone(),

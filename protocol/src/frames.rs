@@ -1122,7 +1122,9 @@ impl MessageKind {
     pub fn of_attachments<'a>(mut mimes: impl Iterator<Item = &'a str>) -> MessageKind {
         match mimes.next() {
             None => MessageKind::Text,
-            Some(first) if first.starts_with("image/") && mimes.all(|m| m.starts_with("image/")) => {
+            Some(first)
+                if first.starts_with("image/") && mimes.all(|m| m.starts_with("image/")) =>
+            {
                 MessageKind::Image
             }
             Some(_) => MessageKind::File,

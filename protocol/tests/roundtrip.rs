@@ -32,8 +32,18 @@ fn file_id() -> impl Strategy<Value = FileId> {
 }
 
 fn attachment() -> impl Strategy<Value = AttachmentView> {
-    (file_id(), text(), "[a-z]{1,12}/[a-z.+-]{1,40}", any::<u64>())
-        .prop_map(|(id, name, mime, size)| AttachmentView { id, name, mime, size })
+    (
+        file_id(),
+        text(),
+        "[a-z]{1,12}/[a-z.+-]{1,40}",
+        any::<u64>(),
+    )
+        .prop_map(|(id, name, mime, size)| AttachmentView {
+            id,
+            name,
+            mime,
+            size,
+        })
 }
 
 fn user_id() -> impl Strategy<Value = UserId> {
@@ -80,7 +90,15 @@ fn client_request() -> impl Strategy<Value = ClientRequest> {
         proptest::collection::vec(file_id(), 0..3),
     )
         .prop_map(
-            |(channel_id, text, client_msg_id, contains_phi, reply_to, ttl_seconds, attachments)| {
+            |(
+                channel_id,
+                text,
+                client_msg_id,
+                contains_phi,
+                reply_to,
+                ttl_seconds,
+                attachments,
+            )| {
                 ClientRequest::SendMessage(SendMessage {
                     channel_id,
                     text,

@@ -26,9 +26,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine as _;
 use bytes::Bytes;
-use courier_actors::durable::store::{
-    FileRecord, FileShare, FileState, Grantee, ShareRights,
-};
+use courier_actors::durable::store::{FileRecord, FileShare, FileState, Grantee, ShareRights};
 use courier_actors::files::upload::{ScanOutcome, UploadRequest, Uploaded};
 use courier_actors::files::{sniff::SniffError, FileError};
 use courier_actors::policy::authz::Action;
@@ -284,7 +282,9 @@ async fn upload(
                 .map_err(|e| ApiError::bad_request(format!("multipart body: {e}")))?;
             let field = loop {
                 match form.next_field().await {
-                    Ok(Some(field)) if field.file_name().is_some() || field.name() == Some("file") => {
+                    Ok(Some(field))
+                        if field.file_name().is_some() || field.name() == Some("file") =>
+                    {
                         break field
                     }
                     Ok(Some(_)) => continue,
@@ -309,7 +309,8 @@ async fn upload(
                 _ => "stored",
             })
             .increment(1);
-            metrics::counter!(courier_actors::telemetry::names::FILE_BYTES_IN).increment(record.size);
+            metrics::counter!(courier_actors::telemetry::names::FILE_BYTES_IN)
+                .increment(record.size);
             let scan = match scan {
                 ScanOutcome::Clean => "clean",
                 ScanOutcome::Queued(_) => "queued",
@@ -417,9 +418,9 @@ async fn access(app: &App, caller: &Caller, f: &FileRecord) -> ApiResult<ShareRi
             app,
             "files.read",
             details,
-            courier_actors::realtime::AccessError::Denied(
-                courier_actors::policy::authz::Denied(why),
-            ),
+            courier_actors::realtime::AccessError::Denied(courier_actors::policy::authz::Denied(
+                why,
+            )),
         );
         ApiError::not_found("no such file")
     };
@@ -552,9 +553,15 @@ pub(super) async fn content(
 ) -> ApiResult<Response> {
     let f = load(&app, &id).await?;
     if access(&app, &caller, &f).await? < ShareRights::Download {
-        return Err(ApiError::forbidden("this file is shared with you to view, not to download"));
+        return Err(ApiError::forbidden(
+            "this file is shared with you to view, not to download",
+        ));
     }
-    let event = |details| caller.client.event(Some(caller.identity.user_id), "file.downloaded", details);
+    let event = |details| {
+        caller
+            .client
+            .event(Some(caller.identity.user_id), "file.downloaded", details)
+    };
     serve(&app, &f, &headers, "api", event).await
 }
 
@@ -611,13 +618,17 @@ async fn serve(
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
     h.insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_str(&f.mime).unwrap_or(HeaderValue::from_static("application/octet-stream")),
+        HeaderValue::from_str(&f.mime)
+            .unwrap_or(HeaderValue::from_static("application/octet-stream")),
     );
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     h.insert(
         header::CONTENT_DISPOSITION,
-        HeaderValue::from_str(&format!("attachment; filename*=UTF-8''{}", percent_encode(&name)))
-            .map_err(ApiError::internal)?,
+        HeaderValue::from_str(&format!(
+            "attachment; filename*=UTF-8''{}",
+            percent_encode(&name)
+        ))
+        .map_err(ApiError::internal)?,
     );
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
@@ -709,7 +720,9 @@ pub(super) async fn link(
 ) -> ApiResult<(StatusCode, Json<LinkView>)> {
     let f = load(&app, &id).await?;
     if access(&app, &caller, &f).await? < ShareRights::Download {
-        return Err(ApiError::forbidden("this file is shared with you to view, not to download"));
+        return Err(ApiError::forbidden(
+            "this file is shared with you to view, not to download",
+        ));
     }
     let expires_at = courier_actors::now_ms()
         .saturating_add(app.files.config.link_ttl.as_millis().min(i64::MAX as u128) as i64);
@@ -726,7 +739,11 @@ pub(super) async fn link(
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&token)
     );
     caller
-        .audit(&app, "file.link_created", json!({"fileId": f.id, "expiresAt": expires_at}))
+        .audit(
+            &app,
+            "file.link_created",
+            json!({"fileId": f.id, "expiresAt": expires_at}),
+        )
         .await?;
     Ok((StatusCode::CREATED, Json(LinkView { url, expires_at })))
 }
@@ -816,11 +833,19 @@ pub(super) async fn delete(
         return Err(ApiError::not_found("no such file"));
     }
     if f.attached_at.is_some() {
-        return Err(ApiError::conflict("the file belongs to a message: delete the message"));
+        return Err(ApiError::conflict(
+            "the file belongs to a message: delete the message",
+        ));
     }
-    app.store.delete_file(f.id, courier_actors::now_ms()).await?;
+    app.store
+        .delete_file(f.id, courier_actors::now_ms())
+        .await?;
     caller
-        .audit(&app, "file.deleted", json!({"fileId": f.id, "channelId": f.channel_id}))
+        .audit(
+            &app,
+            "file.deleted",
+            json!({"fileId": f.id, "channelId": f.channel_id}),
+        )
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -856,7 +881,13 @@ pub(super) async fn shares(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let f = own_vault_file(&app, &caller, &id).await?;
-    let shares: Vec<ShareView> = app.store.list_shares(f.id).await?.iter().map(share_view).collect();
+    let shares: Vec<ShareView> = app
+        .store
+        .list_shares(f.id)
+        .await?
+        .iter()
+        .map(share_view)
+        .collect();
     Ok(Json(json!({ "shares": shares })))
 }
 
@@ -951,7 +982,13 @@ pub(super) async fn unshare(
 ) -> ApiResult<StatusCode> {
     let f = own_vault_file(&app, &caller, &id).await?;
     let share: ShareId = path_id("share", &share)?;
-    if !app.store.list_shares(f.id).await?.iter().any(|s| s.id == share) {
+    if !app
+        .store
+        .list_shares(f.id)
+        .await?
+        .iter()
+        .any(|s| s.id == share)
+    {
         return Err(ApiError::not_found("no such share"));
     }
     app.store
@@ -959,7 +996,11 @@ pub(super) async fn unshare(
         .await?
         .ok_or_else(|| ApiError::not_found("no such share, or revoked already"))?;
     caller
-        .audit(&app, "file.unshared", json!({"fileId": f.id, "shareId": share}))
+        .audit(
+            &app,
+            "file.unshared",
+            json!({"fileId": f.id, "shareId": share}),
+        )
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -74,7 +74,10 @@ pub(super) async fn send(
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let received = Instant::now();
     if body.text.trim().is_empty() && body.attachments.is_empty() {
-        return Err(ApiError::invalid("text", "must not be empty without attachments"));
+        return Err(ApiError::invalid(
+            "text",
+            "must not be empty without attachments",
+        ));
     }
     if body
         .client_msg_id

@@ -170,7 +170,11 @@ fn name_aad(file: FileId) -> [u8; 32] {
 }
 
 /// Seals a file's name under its key: `(ciphertext, nonce)`.
-pub fn seal_name(key: &FileKey, file: FileId, name: &str) -> Result<(Vec<u8>, Vec<u8>), CryptoError> {
+pub fn seal_name(
+    key: &FileKey,
+    file: FileId,
+    name: &str,
+) -> Result<(Vec<u8>, Vec<u8>), CryptoError> {
     let mut nonce = Nonce::<Aes256Gcm>::default();
     fill_random(&mut nonce[..])?;
     let ciphertext = name_aead(key)?
@@ -220,7 +224,9 @@ mod tests {
         let wrapped = cipher.wrap_file_key(file, channel, &key).unwrap();
         let opened = cipher.unwrap_file_key(file, channel, &wrapped).unwrap();
         assert_eq!(opened.as_bytes(), key.as_bytes());
-        assert!(cipher.unwrap_file_key(FileId::new(), channel, &wrapped).is_err());
+        assert!(cipher
+            .unwrap_file_key(FileId::new(), channel, &wrapped)
+            .is_err());
         let other = KeyScope::Channel(ChannelId::new());
         assert!(cipher.unwrap_file_key(file, other, &wrapped).is_err());
         let owner = KeyScope::Owner(UserId::new());
@@ -251,7 +257,10 @@ mod tests {
         let file = FileId::new();
         let (ct, nonce) = seal_name(&key, file, "wound photo.png").unwrap();
         assert!(!ct.windows(5).any(|w| w == b"wound"));
-        assert_eq!(open_name(&key, file, &ct, &nonce).unwrap(), "wound photo.png");
+        assert_eq!(
+            open_name(&key, file, &ct, &nonce).unwrap(),
+            "wound photo.png"
+        );
         assert!(open_name(&key, FileId::new(), &ct, &nonce).is_err());
     }
 }

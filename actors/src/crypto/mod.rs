@@ -16,8 +16,8 @@ mod cipher;
 pub mod file_keys;
 mod keyring;
 
-pub use file_keys::KeyScope;
 pub use cipher::{MessageCipher, Sealed, DEFAULT_CACHE_CAPACITY, EPOCH_SHIFT, NONCE_LEN, TAG_LEN};
+pub use file_keys::KeyScope;
 pub use keyring::{Keyring, MasterKey, MASTER_KEY_LEN};
 
 use std::path::PathBuf;

@@ -55,7 +55,10 @@ impl Files {
             .cipher
             .unwrap_file_key(f.id, key_scope(f.owner_id, f.channel_id), &f.key)?;
         let location = storage::path(&f.object_key);
-        let header = self.objects.get_range(&location, 0..HEADER_LEN as u64).await?;
+        let header = self
+            .objects
+            .get_range(&location, 0..HEADER_LEN as u64)
+            .await?;
         let opener = StreamOpener::new(&key, f.id.0, &header)?;
         let chunk_len = opener.chunk_len();
         let span = seal::span(f.size, chunk_len, range.clone());

@@ -179,7 +179,10 @@ pub fn name_of(cipher: &MessageCipher, f: &FileRecord) -> Result<String, FileErr
 }
 
 /// `{id, name, type, size}` of a file (history reads, pushes).
-pub fn attachment_view(cipher: &MessageCipher, f: &FileRecord) -> Result<AttachmentView, FileError> {
+pub fn attachment_view(
+    cipher: &MessageCipher,
+    f: &FileRecord,
+) -> Result<AttachmentView, FileError> {
     Ok(AttachmentView {
         id: f.id,
         name: name_of(cipher, f)?,

@@ -151,7 +151,10 @@ impl SweeperState {
                 Verdict::Clean => {
                     files.store.set_file_state(f.id, FileState::Ready).await?;
                     report.rescanned_clean += 1;
-                    ("file.scanned", serde_json::json!({"fileId": f.id, "verdict": "clean"}))
+                    (
+                        "file.scanned",
+                        serde_json::json!({"fileId": f.id, "verdict": "clean"}),
+                    )
                 }
                 Verdict::Infected { signature } => {
                     files.store.delete_file(f.id, crate::now_ms()).await?;

@@ -155,7 +155,14 @@ impl Files {
                 writer.put(chunk);
             }
             let streamed = self
-                .stream_body(&mut body, rest, &mut sealer, &mut scan, &mut writer, &mut taken)
+                .stream_body(
+                    &mut body,
+                    rest,
+                    &mut sealer,
+                    &mut scan,
+                    &mut writer,
+                    &mut taken,
+                )
                 .await;
             let finished = match streamed {
                 Ok(()) => match sealer.finish() {

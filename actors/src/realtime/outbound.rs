@@ -656,11 +656,13 @@ impl EncodedFrame {
         let compact_message = match frame {
             // A message with files has no compact form: compact clients get
             // the standard one (docs/protocol.md, compact pushes).
-            ServerFrame::NewMessage(push) if forms.compact && push.data.attachments.is_empty() => Some(build(
-                &ServerFrame::CompactMessage(CompactMessage::from(&push.data)),
-                Encoding::MessagePack,
-                Opcode::Binary,
-            )),
+            ServerFrame::NewMessage(push) if forms.compact && push.data.attachments.is_empty() => {
+                Some(build(
+                    &ServerFrame::CompactMessage(CompactMessage::from(&push.data)),
+                    Encoding::MessagePack,
+                    Opcode::Binary,
+                ))
+            }
             _ => None,
         };
         let msgpack = (forms.msgpack || (forms.compact && compact_message.is_none()))

@@ -832,7 +832,9 @@ impl Realtime {
             return Ok(Vec::new());
         }
         if ids.len() > courier_protocol::frames::MAX_ATTACHMENTS {
-            return Err(PublishError::Invalid("a message carries at most 10 attachments"));
+            return Err(PublishError::Invalid(
+                "a message carries at most 10 attachments",
+            ));
         }
         if ids.iter().enumerate().any(|(i, id)| ids[..i].contains(id)) {
             return Err(PublishError::Invalid("an attachment is named twice"));
@@ -848,9 +850,7 @@ impl Realtime {
                 .iter()
                 .find(|f| f.id == *id)
                 .filter(|f| {
-                    f.owner_id == sender
-                        && f.channel_id == Some(channel)
-                        && f.deleted_at.is_none()
+                    f.owner_id == sender && f.channel_id == Some(channel) && f.deleted_at.is_none()
                 })
                 .ok_or(PublishError::Access(AccessError::NotFound(
                     "no such attachment in this channel",

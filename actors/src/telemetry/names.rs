@@ -175,13 +175,24 @@ pub fn describe() {
     describe_counter!(DECRYPT_FAILURES, "Ciphertexts that failed authentication");
     describe_counter!(PHI_DETECTED, "Messages flagged as PHI by the server");
     describe_counter!(FILE_UPLOADS, "File uploads, by result");
-    describe_counter!(FILE_BYTES_IN, Unit::Bytes, "Plaintext bytes of files stored");
-    describe_counter!(FILE_BYTES_OUT, Unit::Bytes, "Plaintext bytes of files served");
+    describe_counter!(
+        FILE_BYTES_IN,
+        Unit::Bytes,
+        "Plaintext bytes of files stored"
+    );
+    describe_counter!(
+        FILE_BYTES_OUT,
+        Unit::Bytes,
+        "Plaintext bytes of files served"
+    );
     describe_counter!(
         FILE_SCANNER_DOWN,
         "Times the virus scanner could not be reached or failed"
     );
-    describe_counter!(FILES_PURGED, "Files whose objects were deleted by the sweeper");
+    describe_counter!(
+        FILES_PURGED,
+        "Files whose objects were deleted by the sweeper"
+    );
     describe_gauge!(PROCESS_RSS, Unit::Bytes, "Resident memory of the process");
     describe_gauge!(PROCESS_CPU, Unit::Seconds, "CPU time used by the process");
     describe_gauge!(PROCESS_FDS, "Open file descriptors");

@@ -90,8 +90,11 @@ pub trait FileStore: Send + Sync {
     /// their objects were deleted).
     async fn remove_files(&self, ids: &[FileId]) -> Result<(), StoreError>;
     /// Files whose key is wrapped under a version other than `active`.
-    async fn files_not_on_key(&self, active: u32, limit: u32)
-        -> Result<Vec<FileRecord>, StoreError>;
+    async fn files_not_on_key(
+        &self,
+        active: u32,
+        limit: u32,
+    ) -> Result<Vec<FileRecord>, StoreError>;
     /// Stores re-wrapped file keys.
     async fn store_rewrapped(&self, rows: &[(FileId, WrappedKey)]) -> Result<(), StoreError>;
     /// How many files' keys are wrapped under `version`.

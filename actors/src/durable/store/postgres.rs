@@ -831,8 +831,12 @@ impl Store for PgStore {
         .bind(id.0)
         .fetch_optional(&self.pool)
         .await?;
-        let mut rows: Vec<MessageRow> =
-            row.as_ref().map(sql::message_row).transpose()?.into_iter().collect();
+        let mut rows: Vec<MessageRow> = row
+            .as_ref()
+            .map(sql::message_row)
+            .transpose()?
+            .into_iter()
+            .collect();
         files::load_attachments(&self.pool, &mut rows).await?;
         Ok(rows.pop())
     }

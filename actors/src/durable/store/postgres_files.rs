@@ -216,11 +216,12 @@ impl FileStore for PgStore {
     }
 
     async fn delete_file(&self, file: FileId, at: i64) -> Result<bool, StoreError> {
-        let done = sqlx::query("UPDATE files SET deleted_at = $2 WHERE id = $1 AND deleted_at IS NULL")
-            .bind(file.0)
-            .bind(at)
-            .execute(&self.pool)
-            .await?;
+        let done =
+            sqlx::query("UPDATE files SET deleted_at = $2 WHERE id = $1 AND deleted_at IS NULL")
+                .bind(file.0)
+                .bind(at)
+                .execute(&self.pool)
+                .await?;
         Ok(done.rows_affected() > 0)
     }
 
@@ -255,7 +256,12 @@ impl FileStore for PgStore {
             .fetch_all(&self.pool)
             .await?;
         rows.iter()
-            .map(|r| Ok((sql::file_record(r)?, purge_reason(&r.text("purge_reason")?)?)))
+            .map(|r| {
+                Ok((
+                    sql::file_record(r)?,
+                    purge_reason(&r.text("purge_reason")?)?,
+                ))
+            })
             .collect()
     }
 
@@ -266,12 +272,10 @@ impl FileStore for PgStore {
         let list = id_list(ids.iter().map(|f| &f.0));
         let mut tx = self.pool.begin().await?;
         for table in ["message_files", "file_shares"] {
-            sqlx::query(&format!(
-                "DELETE FROM {table} WHERE file_id = ANY($1)"
-            ))
-            .bind(&list)
-            .execute(&mut *tx)
-            .await?;
+            sqlx::query(&format!("DELETE FROM {table} WHERE file_id = ANY($1)"))
+                .bind(&list)
+                .execute(&mut *tx)
+                .await?;
         }
         sqlx::query("DELETE FROM files WHERE id = ANY($1)")
             .bind(&list)

@@ -247,7 +247,10 @@ pub(super) fn message(r: &impl SqlRow) -> Result<StoredMessage, StoreError> {
         edited_at: r.opt_int("edited_at")?,
         expires_at: r.opt_int("expires_at")?,
         deleted_at: r.opt_int("deleted_at")?,
-        kind: r.text("kind")?.parse().map_err(|()| StoreError::Corrupt("messages.kind: unknown kind".into()))?,
+        kind: r
+            .text("kind")?
+            .parse()
+            .map_err(|()| StoreError::Corrupt("messages.kind: unknown kind".into()))?,
         attachments: Vec::new(),
     })
 }

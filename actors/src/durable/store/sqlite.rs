@@ -735,7 +735,12 @@ impl Store for SqliteStore {
         .bind(id(message.0))
         .fetch_optional(&mut *conn)
         .await?;
-        let mut rows: Vec<MessageRow> = row.as_ref().map(sql::message_row).transpose()?.into_iter().collect();
+        let mut rows: Vec<MessageRow> = row
+            .as_ref()
+            .map(sql::message_row)
+            .transpose()?
+            .into_iter()
+            .collect();
         files::load_attachments(&mut conn, &mut rows).await?;
         Ok(rows.pop())
     }

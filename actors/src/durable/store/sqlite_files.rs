@@ -23,7 +23,10 @@ fn id_list<'a>(ids: impl Iterator<Item = &'a uuid::Uuid>) -> String {
             out.push(',');
         }
         out.push('"');
-        out.push_str(uuid.hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()));
+        out.push_str(
+            uuid.hyphenated()
+                .encode_lower(&mut uuid::Uuid::encode_buffer()),
+        );
         out.push('"');
     }
     out.push(']');
@@ -227,11 +230,12 @@ impl FileStore for SqliteStore {
     }
 
     async fn delete_file(&self, file: FileId, at: i64) -> Result<bool, StoreError> {
-        let done = sqlx::query("UPDATE files SET deleted_at = $2 WHERE id = $1 AND deleted_at IS NULL")
-            .bind(id(file.0))
-            .bind(at)
-            .execute(&mut *self.write.lock().await?)
-            .await?;
+        let done =
+            sqlx::query("UPDATE files SET deleted_at = $2 WHERE id = $1 AND deleted_at IS NULL")
+                .bind(id(file.0))
+                .bind(at)
+                .execute(&mut *self.write.lock().await?)
+                .await?;
         Ok(done.rows_affected() > 0)
     }
 
@@ -266,7 +270,12 @@ impl FileStore for SqliteStore {
             .fetch_all(&mut *self.read().await?)
             .await?;
         rows.iter()
-            .map(|r| Ok((sql::file_record(r)?, purge_reason(&r.text("purge_reason")?)?)))
+            .map(|r| {
+                Ok((
+                    sql::file_record(r)?,
+                    purge_reason(&r.text("purge_reason")?)?,
+                ))
+            })
             .collect()
     }
 

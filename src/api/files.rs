@@ -437,7 +437,11 @@ async fn access(app: &App, caller: &Caller, f: &FileRecord) -> ApiResult<ShareRi
                     Err(denied("an unsent upload is its uploader's"))
                 };
             }
-            if !app.store.file_in_live_message(f.id).await? {
+            if !app
+                .store
+                .file_in_live_message(f.id, courier_actors::now_ms())
+                .await?
+            {
                 return Err(ApiError::not_found("no such file"));
             }
             app.realtime

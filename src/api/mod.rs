@@ -142,8 +142,13 @@ fn documented_routes(app: Arc<App>) -> (Router<Arc<App>>, utoipa::openapi::OpenA
         .routes(routes!(channels::messages))
         .routes(routes!(channels::receipts))
         .routes(routes!(messages::send))
-        .routes(routes!(files::attach))
-        .routes(routes!(files::list, files::upload_to_vault))
+        // Uploads stream up to files_max_bytes, counted by the files
+        // subsystem: no body limit of axum's (multipart's is 2 MiB).
+        .routes(routes!(files::attach).layer(axum::extract::DefaultBodyLimit::disable()))
+        .routes(
+            routes!(files::list, files::upload_to_vault)
+                .layer(axum::extract::DefaultBodyLimit::disable()),
+        )
         .routes(routes!(files::get, files::delete))
         .routes(routes!(files::content))
         .routes(routes!(files::link))

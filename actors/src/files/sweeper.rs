@@ -133,19 +133,39 @@ impl SweeperState {
             let Ok(mut session) = clamd.start().await else {
                 return Ok(()); // still down: try again next run
             };
-            let mut content = files.content(&f, None).await?;
+            // A file that does not stream (its object gone or altered) or
+            // that clamd refuses (past StreamMaxLength) stays queued, and
+            // the files behind it are still scanned.
+            let mut content = match files.content(&f, None).await {
+                Ok(content) => content,
+                Err(e) => {
+                    tracing::warn!(file_id = %f.id, error = %e, "a queued file cannot be read for its scan");
+                    continue;
+                }
+            };
             let mut fed = true;
             while let Some(piece) = content.next().await {
-                if session.feed(&piece?).await.is_err() {
+                let fed_ok = match piece {
+                    Ok(piece) => session.feed(&piece).await.is_ok(),
+                    Err(e) => {
+                        tracing::warn!(file_id = %f.id, error = %e, "a queued file stopped mid-scan");
+                        false
+                    }
+                };
+                if !fed_ok {
                     fed = false;
                     break;
                 }
             }
             if !fed {
-                return Ok(());
+                continue;
             }
-            let Ok(verdict) = session.finish().await else {
-                return Ok(());
+            let verdict = match session.finish().await {
+                Ok(verdict) => verdict,
+                Err(e) => {
+                    tracing::warn!(file_id = %f.id, error = %e, "the rescan of a queued file failed");
+                    continue;
+                }
             };
             let (action, details) = match &verdict {
                 Verdict::Clean => {

@@ -819,8 +819,9 @@ impl Realtime {
     }
 
     /// The files a send names, as its message shows them: each must be one
-    /// the sender uploaded to this channel, scanned and not yet purged
-    /// (files travel with one message; a forward uploads again).
+    /// the sender uploaded to this channel, scanned and not deleted. The
+    /// same file may go out in several messages of its channel; it lives
+    /// while one of them does.
     async fn attachments(
         &self,
         sender: UserId,

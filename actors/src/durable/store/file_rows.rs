@@ -12,7 +12,7 @@ use courier_protocol::{ChannelId, FileId, ShareId, UserId};
 pub enum FileState {
     /// Scanned clean: may be attached and downloaded.
     Ready,
-    /// Stored while the scanner was unreachable (`files.scan_unreachable =
+    /// Stored while the scanner was unreachable (`files_when_scanner_down =
     /// "queue"`): nobody may download it until a rescan finds it clean.
     PendingScan,
 }

@@ -1,7 +1,7 @@
 //! [`FileStore`]: what the store keeps of the file vault, and the reads
 //! and writes the files subsystem (`crate::files`), retention and key
 //! rotation make of it. Both backends implement it (`sqlite_files.rs`,
-//! `postgres_files.rs`) over the same tables (migrations `0004_files`):
+//! `postgres_files.rs`) over the same tables (migrations `*_files.sql`):
 //!
 //! - `files`: one row per stored file; the content is in the object store.
 //! - `message_files`: which message carries which file, in order. The
@@ -49,8 +49,9 @@ pub trait FileStore: Send + Sync {
     async fn get_file(&self, id: FileId) -> Result<Option<FileRecord>, StoreError>;
     /// The files of `ids` that exist (any order).
     async fn get_files(&self, ids: &[FileId]) -> Result<Vec<FileRecord>, StoreError>;
-    /// Whether a message that is not deleted carries the file.
-    async fn file_in_live_message(&self, id: FileId) -> Result<bool, StoreError>;
+    /// Whether a message that is neither deleted nor expired at `now`
+    /// carries the file.
+    async fn file_in_live_message(&self, id: FileId, now: i64) -> Result<bool, StoreError>;
     /// A user's own vault files (not deleted), newest first.
     async fn list_vault(&self, owner: UserId) -> Result<Vec<FileRecord>, StoreError>;
     /// Vault files shared, and not revoked, with `user` or with one of

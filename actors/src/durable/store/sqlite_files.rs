@@ -136,12 +136,14 @@ impl FileStore for SqliteStore {
         sql::all(&rows, sql::file_record)
     }
 
-    async fn file_in_live_message(&self, file: FileId) -> Result<bool, StoreError> {
+    async fn file_in_live_message(&self, file: FileId, now: i64) -> Result<bool, StoreError> {
         let row = sqlx::query(
             "SELECT EXISTS (SELECT 1 FROM message_files mf JOIN messages m ON m.id = mf.message_id
-                            WHERE mf.file_id = $1 AND m.deleted_at IS NULL) AS live",
+                            WHERE mf.file_id = $1 AND m.deleted_at IS NULL
+                              AND (m.expires_at IS NULL OR m.expires_at > $2)) AS live",
         )
         .bind(id(file.0))
+        .bind(now)
         .fetch_one(&mut *self.read().await?)
         .await?;
         row.flag("live")

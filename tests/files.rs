@@ -652,6 +652,35 @@ async fn vault_shares_give_and_take_access(backend: Backend) {
     assert!(!w.rest.audit_entries("file.shared", 2).await.is_empty());
     assert!(!w.rest.audit_entries("file.unshared", 1).await.is_empty());
 
+    // A form upload (multipart/form-data), past axum's 2 MiB default.
+    let photo = png_of(3 * 1024 * 1024);
+    let mut form =
+        b"--xyzzy\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nhello\r\n".to_vec();
+    form.extend_from_slice(
+        b"--xyzzy\r\nContent-Disposition: form-data; name=\"file\"; filename=\"leg.png\"\r\n\
+          Content-Type: application/pdf\r\n\r\n",
+    );
+    form.extend_from_slice(&photo);
+    form.extend_from_slice(b"\r\n--xyzzy--\r\n");
+    let response = w
+        .rest
+        .http
+        .post(w.url("/api/files"))
+        .bearer_auth(&w.alice.token)
+        .header("content-type", "multipart/form-data; boundary=xyzzy")
+        .body(form)
+        .send()
+        .await
+        .expect("form upload");
+    let uploaded = rest::reply(response).await.expect(201);
+    assert_eq!(uploaded.body["name"], "leg.png");
+    assert_eq!(uploaded.body["type"], "image/png");
+    let form_file = format!(
+        "/api/files/{}/content",
+        uploaded.body["id"].as_str().expect("id")
+    );
+    assert_eq!(w.download(Some(&w.alice), &form_file, None).await.2, photo);
+
     // The owner deletes it: gone for everyone, then purged from disk.
     w.rest
         .delete(&format!("/api/files/{id}"), &w.alice.token)
@@ -770,7 +799,82 @@ async fn deleted_and_expired_messages_take_their_files(backend: Backend) {
     w.rest.stop().await;
 }
 
+async fn key_rotation_rewraps_file_keys(backend: Backend) {
+    let Some(w) = Ward::start(backend).await else {
+        return;
+    };
+    let content = png_of(150_000);
+    let up = w
+        .attach(&w.alice, "chart.png", content.clone())
+        .await
+        .expect(201);
+    let id = up.body["id"].as_str().expect("id").to_owned();
+    let vault = w
+        .upload_to(&w.alice, "/api/files", "notes.txt", b"plan\n".repeat(50))
+        .await
+        .expect(201);
+    let object_before = std::fs::read(w.object_of(&id)).expect("object");
+    let store = w.rest.server.app.store.clone();
+    assert_eq!(store.count_file_key_version(1).await.expect("count"), 2);
+
+    let config = w.rest.server.app.config.clone();
+    let active = courier::commands::keys_rotate(&config)
+        .await
+        .expect("rotate");
+    assert_eq!(active, 2);
+    assert_eq!(store.count_file_key_version(1).await.expect("count"), 0);
+    assert_eq!(store.count_file_key_version(2).await.expect("count"), 2);
+    // Only the wrapped keys changed: the content's object is untouched.
+    assert_eq!(
+        std::fs::read(w.object_of(&id)).expect("object"),
+        object_before
+    );
+    assert!(
+        eventually(Duration::from_secs(10), async || w
+            .rest
+            .server
+            .app
+            .realtime
+            .cipher
+            .active_version()
+            == 2)
+        .await,
+        "the server reloaded the keyring"
+    );
+    // Version 1 can go: both files still open, and their names.
+    courier::commands::keys_retire(&config, 1)
+        .await
+        .expect("retire version 1");
+    assert!(
+        eventually(Duration::from_secs(10), async || !w
+            .rest
+            .server
+            .app
+            .realtime
+            .cipher
+            .keyring()
+            .contains(1))
+        .await,
+        "the server dropped version 1"
+    );
+    let (status, _, body) = w
+        .download(Some(&w.alice), &format!("/api/files/{id}/content"), None)
+        .await;
+    assert_eq!((status, body == content), (200, true));
+    let meta = w
+        .rest
+        .get(
+            &format!("/api/files/{}", vault.body["id"].as_str().expect("id")),
+            &w.alice.token,
+        )
+        .await
+        .expect(200);
+    assert_eq!(meta.body["name"], "notes.txt");
+    w.rest.stop().await;
+}
+
 both_backends!(
+    key_rotation_rewraps_file_keys,
     attachment_round_trip,
     bad_uploads_get_their_answers,
     tampered_objects_do_not_open,

@@ -321,7 +321,21 @@ export function decodeMessage(v: unknown): Message {
   put(m, 'flagReason', optStr(o, 'flagReason'));
   put(m, 'flaggedBy', optStr(o, 'flaggedBy'));
   put(m, 'flaggedAt', optInt(o, 'flaggedAt'));
+  const kind = optStr(o, 'kind');
+  if (kind !== undefined && kind !== 'text') {
+    if (kind !== 'image' && kind !== 'file' && kind !== 'system') bad('field `kind`: unknown message kind');
+    m.kind = kind;
+  }
+  if (o.attachments !== undefined && o.attachments !== null) {
+    if (!Array.isArray(o.attachments)) bad('field `attachments`: expected a list');
+    m.attachments = o.attachments.map(decodeAttachment);
+  }
   return m;
+}
+
+export function decodeAttachment(v: unknown): Attachment {
+  const o = obj(v, 'attachment');
+  return { id: str(o, 'id'), name: str(o, 'name'), type: str(o, 'type'), size: int(o, 'size') };
 }
 
 export function decodeChannel(v: unknown): ChannelView {

@@ -1560,7 +1560,20 @@ function decodeMessage(v) {
   put(m, "flagReason", optStr(o, "flagReason"));
   put(m, "flaggedBy", optStr(o, "flaggedBy"));
   put(m, "flaggedAt", optInt(o, "flaggedAt"));
+  const kind = optStr(o, "kind");
+  if (kind !== void 0 && kind !== "text") {
+    if (kind !== "image" && kind !== "file" && kind !== "system") bad("field `kind`: unknown message kind");
+    m.kind = kind;
+  }
+  if (o.attachments !== void 0 && o.attachments !== null) {
+    if (!Array.isArray(o.attachments)) bad("field `attachments`: expected a list");
+    m.attachments = o.attachments.map(decodeAttachment);
+  }
   return m;
+}
+function decodeAttachment(v) {
+  const o = obj(v, "attachment");
+  return { id: str(o, "id"), name: str(o, "name"), type: str(o, "type"), size: int(o, "size") };
 }
 function decodeChannel(v) {
   const o = obj(v, "channel");

@@ -105,7 +105,7 @@ pub(super) struct LinkView {
 }
 
 fn file_view(app: &App, f: &FileRecord, rights: ShareRights) -> ApiResult<FileView> {
-    let name = app.files.name(f).map_err(|e| ApiError::internal(e))?;
+    let name = app.files.name(f).map_err(ApiError::internal)?;
     Ok(FileView {
         id: f.id,
         name,

@@ -158,7 +158,8 @@ impl ForwardOp {
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Answer {
     Sent {
-        message: MessageView,
+        /// Boxed: a message with attachments is far larger than the rest.
+        message: Box<MessageView>,
         duplicate: bool,
     },
     Done,

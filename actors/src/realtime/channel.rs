@@ -210,9 +210,10 @@ impl Reply {
             Reply::Remote { cluster, subject } => {
                 use crate::cluster::wire::Answer;
                 let answer = match result {
-                    Ok(Accepted::Sent { message, duplicate }) => {
-                        Answer::Sent { message, duplicate }
-                    }
+                    Ok(Accepted::Sent { message, duplicate }) => Answer::Sent {
+                        message: Box::new(message),
+                        duplicate,
+                    },
                     Ok(Accepted::Done) => Answer::Done,
                     Err(e) => Answer::Failed {
                         code: e.code(),

@@ -247,7 +247,10 @@ pub fn forwarded(cluster: Arc<Cluster>, op: ForwardOp, reply: String) -> Channel
 /// The result a relayed answer stands for.
 fn relayed(answer: Option<Answer>) -> Result<Accepted, ChannelError> {
     match answer {
-        Some(Answer::Sent { message, duplicate }) => Ok(Accepted::Sent { message, duplicate }),
+        Some(Answer::Sent { message, duplicate }) => Ok(Accepted::Sent {
+            message: *message,
+            duplicate,
+        }),
         Some(Answer::Done) => Ok(Accepted::Done),
         Some(Answer::Failed { code, message }) => Err(ChannelError::Relayed { code, message }),
         // Nobody owned it, or no answer in time: the client resends (with

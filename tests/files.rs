@@ -308,6 +308,14 @@ async fn attachment_round_trip(backend: Backend) {
         .await
         .expect(404);
     let object = std::fs::read(w.object_of(&id)).expect("the sealed object");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(w.object_of(&id))
+            .expect("object")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "a stored object is its owner's only");
+    }
     assert!(!contains(&object, &content[PNG.len()..PNG.len() + 64]));
     assert!(!contains(&object, PNG));
 

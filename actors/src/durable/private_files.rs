@@ -113,6 +113,12 @@ pub fn narrow(path: &Path) {
     let _ = path;
 }
 
+/// Makes an existing file 0600 (one written by a library that used the
+/// umask, such as the local object store).
+pub fn make_private(path: &Path) -> io::Result<()> {
+    set_mode(path, FILE_MODE)
+}
+
 fn set_mode(path: &Path, mode: u32) -> io::Result<()> {
     #[cfg(unix)]
     {

@@ -120,6 +120,8 @@ impl From<seal::SealError> for FileError {
 pub struct Files {
     pub config: FilesConfig,
     pub objects: Arc<dyn ObjectStore>,
+    /// The local store's directory (objects are made 0600 there).
+    pub local_dir: Option<std::path::PathBuf>,
     pub store: DynStore,
     pub cipher: Arc<MessageCipher>,
 }
@@ -136,13 +138,14 @@ impl Files {
     /// The handle.
     pub fn new(
         config: FilesConfig,
-        objects: Arc<dyn ObjectStore>,
+        objects: storage::Objects,
         store: DynStore,
         cipher: Arc<MessageCipher>,
     ) -> Arc<Files> {
         Arc::new(Files {
             config,
-            objects,
+            objects: objects.store,
+            local_dir: objects.local_dir,
             store,
             cipher,
         })

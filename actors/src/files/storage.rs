@@ -16,7 +16,7 @@
 //! named `f/<file id>`: the name says nothing about the file and grants
 //! nothing (the content is sealed, its key is not in the object store).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use object_store::aws::AmazonS3Builder;
@@ -40,9 +40,17 @@ fn retry() -> RetryConfig {
     }
 }
 
+/// An object store and, when it is a local directory, where.
+pub struct Objects {
+    pub store: Arc<dyn ObjectStore>,
+    /// The local store's directory: objects written there are made 0600
+    /// (`object_store` creates them under the umask).
+    pub local_dir: Option<PathBuf>,
+}
+
 /// Opens the object store `url` names (see the module doc); `data_dir`
 /// holds the default local one.
-pub fn open(url: &str, data_dir: &Path) -> Result<Arc<dyn ObjectStore>, String> {
+pub fn open(url: &str, data_dir: &Path) -> Result<Objects, String> {
     if url.is_empty() {
         return local(&data_dir.join("files"));
     }
@@ -81,20 +89,27 @@ pub fn open(url: &str, data_dir: &Path) -> Result<Arc<dyn ObjectStore>, String> 
     if bucket.is_empty() {
         return Err(format!("files store URL {url:?} names no bucket"));
     }
-    Ok(if prefix.is_empty() {
+    let store = if prefix.is_empty() {
         store
     } else {
         Arc::new(PrefixStore::new(store, prefix))
+    };
+    Ok(Objects {
+        store,
+        local_dir: None,
     })
 }
 
 /// A local directory, created 0700.
-fn local(dir: &Path) -> Result<Arc<dyn ObjectStore>, String> {
+fn local(dir: &Path) -> Result<Objects, String> {
     crate::durable::private_files::create_dir_all(dir)
         .map_err(|e| format!("files directory {}: {e}", dir.display()))?;
     let store = LocalFileSystem::new_with_prefix(dir)
         .map_err(|e| format!("files directory {}: {e}", dir.display()))?;
-    Ok(Arc::new(store))
+    Ok(Objects {
+        store: Arc::new(store),
+        local_dir: Some(dir.to_path_buf()),
+    })
 }
 
 /// The object key of a new file.

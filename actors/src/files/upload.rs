@@ -187,6 +187,11 @@ impl Files {
                 }
             }
         };
+        if let Some(dir) = &self.local_dir {
+            if let Err(e) = crate::durable::private_files::make_private(&dir.join(&object_key)) {
+                tracing::warn!(error = %e, "cannot make a stored object 0600");
+            }
+        }
         // 4. The row.
         let name = sniff::sanitize_name(&req.claimed_name);
         let record = self.record(&req, id, &key, &name, &detected, taken, object_key, &put)?;

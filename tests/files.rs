@@ -295,6 +295,31 @@ async fn attachment_round_trip(backend: Backend) {
     let last = forged.pop().expect("a char");
     forged.push(if last == 'A' { 'B' } else { 'A' });
     assert_eq!(w.download(None, &forged, None).await.0, 404);
+    // A link ends with the session that made it.
+    let bob_again = w.rest.login("bob", rest::PASSWORD).await;
+    let link = w
+        .rest
+        .post(
+            &format!("/api/files/{id}/link"),
+            &bob_again.token,
+            json!({}),
+        )
+        .await
+        .expect(201);
+    let url_of_session = link.body["url"].as_str().expect("url").to_owned();
+    assert_eq!(w.download(None, &url_of_session, None).await.0, 200);
+    w.rest
+        .post(
+            "/api/auth/logout",
+            &bob_again.token,
+            json!({"refreshToken": bob_again.refresh}),
+        )
+        .await;
+    assert_eq!(
+        w.download(None, &url_of_session, None).await.0,
+        404,
+        "a link outlived its session"
+    );
 
     // Carol, in no channel, gets nothing: not the file, not its metadata,
     // not a link, and the object store's key is no way in.
@@ -347,9 +372,9 @@ async fn attachment_round_trip(backend: Backend) {
 
     // Everything is in the audit chain.
     assert!(!w.rest.audit_entries("file.uploaded", 1).await.is_empty());
-    // One whole, five ranges, one through the link (the 416 served nothing).
-    let downloads = w.rest.audit_entries("file.downloaded", 7).await;
-    assert_eq!(downloads.len(), 7, "every download audited");
+    // One whole, five ranges, two through links (the 416 served nothing).
+    let downloads = w.rest.audit_entries("file.downloaded", 8).await;
+    assert_eq!(downloads.len(), 8, "every download audited");
     assert!(downloads.iter().any(|e| e.details["via"] == "link"));
     assert!(!w
         .rest

@@ -605,16 +605,18 @@ async fn serve(
         "fileId": f.id, "channelId": f.channel_id, "via": via,
         "range": range.as_ref().map(|r| format!("{}-{}", r.start, r.end.saturating_sub(1))),
     });
-    app.realtime.audit.append(event(details)).await?;
+    // The object opens (its header, the read started) before the entry is
+    // committed, so a download that cannot start is not recorded as made.
     let stream = app
         .files
         .content(f, range.clone())
         .await
-        .map_err(file_error)?
-        .map_err(|e| {
-            tracing::error!(error = %e, "a file stopped mid-download");
-            std::io::Error::other(e)
-        });
+        .map_err(file_error)?;
+    app.realtime.audit.append(event(details)).await?;
+    let stream = stream.map_err(|e| {
+        tracing::error!(error = %e, "a file stopped mid-download");
+        std::io::Error::other(e)
+    });
     let name = app.files.name(f).map_err(ApiError::internal)?;
     let mut response = Response::new(Body::from_stream(stream));
     let h = response.headers_mut();
@@ -690,7 +692,9 @@ fn percent_encode(name: &str) -> String {
 
 // ---- signed links -------------------------------------------------------------------
 
-const LINK_LEN: usize = 16 + 16 + 8 + 4;
+/// A link's token, before its HMAC-SHA256 tag: file id, user id, session
+/// id (16 bytes each), expiry (ms, 8), master key version (4).
+const LINK_LEN: usize = 16 + 16 + 16 + 8 + 4;
 
 fn link_mac(app: &App, version: u32, body: &[u8]) -> ApiResult<hmac::Hmac<sha2::Sha256>> {
     let key = app
@@ -706,7 +710,8 @@ fn link_mac(app: &App, version: u32, body: &[u8]) -> ApiResult<hmac::Hmac<sha2::
 
 /// `POST /api/files/{id}/link`: a URL that downloads the file without
 /// credentials for `files_link_ttl_secs` (5 minutes), as the caller: access
-/// is checked again when it is used.
+/// is checked again when it is used, and the link ends with the caller's
+/// session (logout, revocation).
 #[utoipa::path(
     post,
     path = "/api/files/{id}/link",
@@ -734,6 +739,7 @@ pub(super) async fn link(
     let mut token = Vec::with_capacity(LINK_LEN + 32);
     token.extend_from_slice(f.id.0.as_bytes());
     token.extend_from_slice(caller.identity.user_id.0.as_bytes());
+    token.extend_from_slice(caller.identity.session_id.0.as_bytes());
     token.extend_from_slice(&expires_at.to_be_bytes());
     token.extend_from_slice(&version.to_be_bytes());
     let tag = link_mac(&app, version, &token)?.finalize().into_bytes();
@@ -778,14 +784,25 @@ pub(super) async fn link_content(
         return Err(gone());
     }
     let (body, tag) = raw.split_at(LINK_LEN);
-    let version = u32::from_be_bytes(body[40..44].try_into().map_err(|_| gone())?);
+    let version = u32::from_be_bytes(body[56..60].try_into().map_err(|_| gone())?);
     link_mac(&app, version, body)?
         .verify_slice(tag)
         .map_err(|_| gone())?;
     let file = FileId(uuid::Uuid::from_slice(&body[..16]).map_err(|_| gone())?);
     let user = UserId(uuid::Uuid::from_slice(&body[16..32]).map_err(|_| gone())?);
-    let expires_at = i64::from_be_bytes(body[32..40].try_into().map_err(|_| gone())?);
+    let session =
+        courier_protocol::SessionId(uuid::Uuid::from_slice(&body[32..48]).map_err(|_| gone())?);
+    let expires_at = i64::from_be_bytes(body[48..56].try_into().map_err(|_| gone())?);
     if courier_actors::now_ms() >= expires_at {
+        return Err(gone());
+    }
+    // The link lives no longer than the session that made it (logout,
+    // revocation, a disabled account end it).
+    let live =
+        app.store.get_session(session).await?.is_some_and(|s| {
+            s.valid && s.user_id == user && s.expires_at > courier_actors::now_ms()
+        });
+    if !live {
         return Err(gone());
     }
     let account = app.store.get_user(user).await?.ok_or_else(gone)?;
@@ -798,7 +815,7 @@ pub(super) async fn link_content(
             user_id: account.id,
             username: account.username.clone(),
             role: account.role,
-            session_id: courier_protocol::SessionId(uuid::Uuid::nil()),
+            session_id: session,
             expires_at,
             must_change_password: false,
         },

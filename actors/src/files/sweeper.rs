@@ -185,8 +185,11 @@ impl SweeperState {
                     )
                 }
             };
+            // The system acted; the owner is in the details.
+            let mut details = details;
+            details["ownerId"] = serde_json::json!(f.owner_id);
             self.audit
-                .record(PendingAudit::new(Some(f.owner_id), None, action, details));
+                .record(PendingAudit::new(None, None, action, details));
         }
         Ok(())
     }

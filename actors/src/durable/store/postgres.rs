@@ -1106,7 +1106,9 @@ impl Store for PgStore {
         .bind(i64::from(offset))
         .fetch_all(&self.pool)
         .await?;
-        sql::all(&rows, sql::message_row)
+        let mut rows = sql::all(&rows, sql::message_row)?;
+        files::load_attachments(&self.pool, &mut rows).await?;
+        Ok(rows)
     }
 
     async fn list_channels_page(

@@ -991,6 +991,7 @@ impl Store for SqliteStore {
     }
 
     async fn list_flagged(&self, limit: u32, offset: u32) -> Result<Vec<MessageRow>, StoreError> {
+        let mut conn = self.read().await?;
         let rows = sqlx::query(
             "SELECT m.*, u.username AS sender_username
              FROM messages m LEFT JOIN users u ON u.id = m.sender_id
@@ -1000,9 +1001,11 @@ impl Store for SqliteStore {
         )
         .bind(i64::from(limit))
         .bind(i64::from(offset))
-        .fetch_all(&mut *self.read().await?)
+        .fetch_all(&mut *conn)
         .await?;
-        sql::all(&rows, sql::message_row)
+        let mut rows = sql::all(&rows, sql::message_row)?;
+        files::load_attachments(&mut conn, &mut rows).await?;
+        Ok(rows)
     }
 
     async fn list_channels_page(

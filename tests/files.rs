@@ -906,7 +906,79 @@ async fn key_rotation_rewraps_file_keys(backend: Backend) {
     w.rest.stop().await;
 }
 
+async fn a_queued_upload_waits_for_its_scan(backend: Backend) {
+    let Some(mut w) =
+        Ward::start_with(backend, |c| c.files_when_scanner_down = "queue".into()).await
+    else {
+        return;
+    };
+    w.clamd.stop().await;
+    let clean = w
+        .attach(&w.alice, "xray.png", png_of(90_000))
+        .await
+        .expect(201);
+    assert_eq!(clean.body["state"], "pending_scan");
+    let mut infected = b"%PDF-1.4\n".to_vec();
+    infected.extend_from_slice(EICAR);
+    let bad = w.attach(&w.alice, "labs.pdf", infected).await.expect(201);
+    assert_eq!(bad.body["state"], "pending_scan");
+    let (clean_id, bad_id) = (
+        clean.body["id"].as_str().expect("id").to_owned(),
+        bad.body["id"].as_str().expect("id").to_owned(),
+    );
+    // Nobody downloads it, and it cannot be sent, until it is scanned.
+    let path = |id: &str| format!("/api/files/{id}/content");
+    assert_eq!(
+        w.download(Some(&w.alice), &path(&clean_id), None).await.0,
+        409
+    );
+    let mut ws = w.rest.joined(&w.alice, &w.channel).await;
+    let mut send = courier_protocol::frames::SendMessage::text(w.channel.parse().expect("id"), "");
+    send.attachments = vec![clean_id.parse().expect("file id")];
+    let refused = ws
+        .request(courier_protocol::ClientRequest::SendMessage(send.clone()))
+        .await
+        .expect("answer");
+    assert!(
+        matches!(&refused, courier_protocol::ServerFrame::Error(e) if e.code == courier_protocol::ErrorCode::Conflict),
+        "{refused:?}"
+    );
+    // clamd back: the sweeper scans the queue; the clean one is served and
+    // sent over the WebSocket, the infected one is gone.
+    w.clamd.restart().await;
+    let scanned = eventually(Duration::from_secs(15), async || {
+        w.download(Some(&w.alice), &path(&clean_id), None).await.0 == 200
+    })
+    .await;
+    assert!(scanned, "the queued file was never scanned");
+    assert!(
+        eventually(Duration::from_secs(15), async || !w
+            .object_of(&bad_id)
+            .exists())
+        .await,
+        "the infected file is still stored"
+    );
+    assert_eq!(
+        w.download(Some(&w.alice), &path(&bad_id), None).await.0,
+        404
+    );
+    match ws
+        .ack(courier_protocol::ClientRequest::SendMessage(send))
+        .await
+        .expect("ack")
+        .result
+    {
+        courier_protocol::frames::AckResult::Sent(_) => {}
+        other => panic!("{other:?}"),
+    }
+    assert!(!w.rest.audit_entries("file.scanned", 1).await.is_empty());
+    let infected = w.rest.audit_entries("file.infected", 1).await;
+    assert_eq!(infected[0].details["rescan"], true);
+    w.rest.stop().await;
+}
+
 both_backends!(
+    a_queued_upload_waits_for_its_scan,
     key_rotation_rewraps_file_keys,
     attachment_round_trip,
     bad_uploads_get_their_answers,

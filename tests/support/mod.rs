@@ -25,6 +25,7 @@ macro_rules! both_backends {
     )* };
 }
 
+pub mod child;
 pub mod clamd;
 pub mod nats;
 pub mod outage;

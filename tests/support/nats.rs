@@ -117,35 +117,17 @@ impl Nats {
 
     /// Whether the child runs.
     pub fn is_running(&mut self) -> bool {
-        match &mut self.child {
-            Some(child) => matches!(child.try_wait(), Ok(None)),
-            None => false,
-        }
+        super::child::is_running(&mut self.child)
     }
 
     /// SIGTERM, then waits (at most 20 s, then SIGKILL) for it to exit.
     pub async fn stop(&mut self) -> Option<ExitStatus> {
-        let mut child = self.child.take()?;
-        if let Some(pid) = child.id() {
-            let _ = std::process::Command::new("kill")
-                .arg("-TERM")
-                .arg(pid.to_string())
-                .status();
-        }
-        match tokio::time::timeout(Duration::from_secs(20), child.wait()).await {
-            Ok(status) => status.ok(),
-            Err(_) => {
-                let _ = child.start_kill();
-                child.wait().await.ok()
-            }
-        }
+        super::child::stop(&mut self.child, "TERM", Duration::from_secs(20)).await
     }
 
     /// SIGKILL, then reaps it.
     pub async fn kill(&mut self) -> Option<ExitStatus> {
-        let mut child = self.child.take()?;
-        let _ = child.start_kill();
-        child.wait().await.ok()
+        super::child::kill(&mut self.child).await
     }
 
     /// Starts it again (after [`Nats::stop`] or [`Nats::kill`]) on the same
@@ -159,9 +141,7 @@ impl Nats {
 
     /// The last `lines` lines of its log (every start appends to it).
     pub fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        super::child::log_tail(&self.log_path, lines)
     }
 
     /// Whether `/healthz` answers 200 (JetStream included).

@@ -196,36 +196,18 @@ impl S3Server {
 
     /// Whether the child runs.
     pub fn is_running(&mut self) -> bool {
-        match &mut self.child {
-            Some(child) => matches!(child.try_wait(), Ok(None)),
-            None => false,
-        }
+        super::child::is_running(&mut self.child)
     }
 
     /// Asks it to stop (SIGINT: it stops accepting and lets requests in
     /// flight finish, 10 s at most), then waits (at most 15 s, then SIGKILL).
     pub async fn stop(&mut self) -> Option<ExitStatus> {
-        let mut child = self.child.take()?;
-        if let Some(pid) = child.id() {
-            let _ = std::process::Command::new("kill")
-                .arg("-INT")
-                .arg(pid.to_string())
-                .status();
-        }
-        match tokio::time::timeout(Duration::from_secs(15), child.wait()).await {
-            Ok(status) => status.ok(),
-            Err(_) => {
-                let _ = child.start_kill();
-                child.wait().await.ok()
-            }
-        }
+        super::child::stop(&mut self.child, "INT", Duration::from_secs(15)).await
     }
 
     /// SIGKILL, then reaps it.
     pub async fn kill(&mut self) -> Option<ExitStatus> {
-        let mut child = self.child.take()?;
-        let _ = child.start_kill();
-        child.wait().await.ok()
+        super::child::kill(&mut self.child).await
     }
 
     /// Starts it again (after [`S3Server::stop`] or [`S3Server::kill`]) on
@@ -239,9 +221,7 @@ impl S3Server {
 
     /// The last `lines` lines of its log (every start appends to it).
     pub fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        super::child::log_tail(&self.log_path, lines)
     }
 
     /// Whether it answers HTTP (any status: an unsigned request is refused).

@@ -104,8 +104,11 @@ pub fn open(url: &str, data_dir: &Path) -> Result<Objects, String> {
 fn local(dir: &Path) -> Result<Objects, String> {
     crate::durable::private_files::create_dir_all(dir)
         .map_err(|e| format!("files directory {}: {e}", dir.display()))?;
+    // fsync before an upload is answered: a file acked is on disk, as its
+    // row is.
     let store = LocalFileSystem::new_with_prefix(dir)
-        .map_err(|e| format!("files directory {}: {e}", dir.display()))?;
+        .map_err(|e| format!("files directory {}: {e}", dir.display()))?
+        .with_fsync(true);
     Ok(Objects {
         store: Arc::new(store),
         local_dir: Some(dir.to_path_buf()),

@@ -32,10 +32,12 @@
 //!   checkpoints.
 //! - [`policy`]: authorization, identity, PHI detection; pure decisions.
 //! - [`crypto`]: the master keyring, per-channel AES-256-GCM message keys,
-//!   and the wrapping of per-file keys.
+//!   the wrapping of per-file keys, and sealed, tagged patient references.
 //! - [`files`]: encrypted attachments and the file vault: uploads streamed
 //!   through type sniffing, ClamAV and chunked sealing into an object store,
 //!   ranged downloads, and the sweeper actor that purges and rescans.
+//! - [`compliance`]: legal holds, break-glass access and the accounting of
+//!   disclosures per patient (issue 36).
 //! - [`telemetry`]: the name of every `courier_*` metric.
 //!
 //! Edges point down: `realtime` uses `durable`, `audit`, `policy` and
@@ -72,6 +74,7 @@ macro_rules! variant_message {
 
 pub mod audit;
 pub mod cluster;
+pub mod compliance;
 pub mod crypto;
 pub mod durable;
 pub mod files;

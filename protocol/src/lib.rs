@@ -6,6 +6,7 @@
 //!
 //! # Layout
 //! - [`ids`]: typed UUID identifiers.
+//! - [`patient`]: the validated patient reference (`patientRef`).
 //! - [`error`]: error codes and close codes.
 //! - [`frames`]: `ClientFrame` (requests) and `ServerFrame` (answers, pushes).
 //! - [`codec`]: the only calls to MessagePack and JSON; decoding is bounded.
@@ -37,6 +38,7 @@ pub mod compact;
 pub mod error;
 pub mod frames;
 pub mod ids;
+pub mod patient;
 
 #[cfg(feature = "client")]
 pub mod client;
@@ -47,3 +49,4 @@ pub use codec::{
 pub use error::ErrorCode;
 pub use frames::{ClientFrame, ClientRequest, Ref, ServerFrame};
 pub use ids::{ChannelId, FileId, MessageId, SessionId, ShareId, UserId};
+pub use patient::PatientRef;

@@ -10,15 +10,20 @@
 //!   version, so a ciphertext moved to another row fails to open with
 //!   [`CryptoError::Authentication`].
 //!
+//! - [`patient`] seals patient references and makes the keyed tags that
+//!   find them.
+//!
 //! Secrets are zeroized on drop and never appear in `Debug` output or errors.
 
 mod cipher;
 pub mod file_keys;
 mod keyring;
+pub mod patient;
 
 pub use cipher::{MessageCipher, Sealed, DEFAULT_CACHE_CAPACITY, EPOCH_SHIFT, NONCE_LEN, TAG_LEN};
 pub use file_keys::KeyScope;
 pub use keyring::{Keyring, MasterKey, MASTER_KEY_LEN};
+pub use patient::RefOwner;
 
 use std::path::PathBuf;
 

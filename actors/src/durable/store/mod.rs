@@ -11,6 +11,7 @@
 //! persistence actor, so that one transaction commits a whole batch.
 
 mod audit_ride;
+mod disclosures;
 mod file_rows;
 mod files;
 mod model;
@@ -24,6 +25,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use courier_protocol::{ChannelId, MessageId, SessionId, UserId};
 
+pub use disclosures::DisclosureStore;
 pub use file_rows::*;
 pub use files::{FilePurge, FileStore};
 pub use model::*;
@@ -130,7 +132,7 @@ impl WriterLock {
 /// Everything Courier keeps. Implementations are cheap to share (`Arc`) and
 /// safe to call from many tasks at once.
 #[async_trait]
-pub trait Store: FileStore + Send + Sync + 'static {
+pub trait Store: FileStore + DisclosureStore + Send + Sync + 'static {
     /// `"postgres"` or `"sqlite"`.
     fn backend(&self) -> &'static str;
 

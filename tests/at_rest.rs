@@ -696,6 +696,8 @@ async fn a_write_commits_while_every_worker_is_busy_on_postgres() {
         deleted_at: None,
         kind: Default::default(),
         attachments: Vec::new(),
+        patient_ref: None,
+        patient_tag: None,
     });
     let (tx, mut rx) = oneshot::channel();
     handle

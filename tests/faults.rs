@@ -869,6 +869,8 @@ impl Fixture {
                 created_at: now,
                 direct_key: None,
                 archived_at: None,
+                patient_ref: None,
+                patient_tag: None,
             };
             channel_ids.push(channel.id);
             store

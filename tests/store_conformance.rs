@@ -216,6 +216,8 @@ fn new_channel(owner: &User, name: &str, kind: ChannelKind) -> Channel {
         created_at: T0,
         direct_key: None,
         archived_at: None,
+        patient_ref: None,
+        patient_tag: None,
     }
 }
 
@@ -259,6 +261,8 @@ fn msg(channel: &Channel, sender: &User, seq: u64, client: Option<&str>) -> Stor
         deleted_at: None,
         kind: Default::default(),
         attachments: Vec::new(),
+        patient_ref: None,
+        patient_tag: None,
     }
 }
 

@@ -164,6 +164,8 @@ async fn seed(
                     deleted_at: None,
                     kind: Default::default(),
                     attachments: Vec::new(),
+                    patient_ref: None,
+                    patient_tag: None,
                 })
             })
             .collect();

@@ -153,6 +153,8 @@ pub(super) async fn create(
         created_at: now,
         direct_key: None,
         archived_at: None,
+        patient_ref: None,
+        patient_tag: None,
     };
     let owner = Member {
         channel_id: channel.id,

@@ -201,6 +201,8 @@ impl TestServer {
             created_at: now,
             direct_key: None,
             archived_at: None,
+            patient_ref: None,
+            patient_tag: None,
         };
         let id = channel.id;
         let member = |user: UserId, role| Member {

@@ -34,6 +34,7 @@ pub mod perm {
     pub const KEYS_MANAGE: &str = "keys.manage";
     pub const SESSIONS_MANAGE: &str = "sessions.manage";
     pub const SETTINGS_MANAGE: &str = "settings.manage";
+    pub const HOLDS_MANAGE: &str = "holds.manage";
 }
 
 /// The permissions of every role, as stored.
@@ -166,6 +167,8 @@ pub enum Action<'a> {
     /// Read the effective configuration and change runtime settings
     /// (rate limits).
     ManageSettings,
+    /// Place, list and release legal holds.
+    ManageHolds,
     /// Sign in to the admin console: only those who may see one of its
     /// sections (users, moderation or audit).
     UseConsole,
@@ -335,6 +338,10 @@ pub fn decide(who: Principal<'_>, action: Action<'_>) -> Result<(), Denied> {
         ManageSettings => allow(
             who.can(perm::SETTINGS_MANAGE),
             "not allowed to manage settings",
+        ),
+        ManageHolds => allow(
+            who.can(perm::HOLDS_MANAGE),
+            "not allowed to manage legal holds",
         ),
         UseConsole => allow(
             who.can(perm::USERS_MANAGE)

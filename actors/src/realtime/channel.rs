@@ -1497,6 +1497,8 @@ impl ChannelState {
             deleted_at: None,
             kind: MessageKind::of_attachments(req.attachments.iter().map(|a| a.mime.as_str())),
             attachments: req.attachments.iter().map(|a| a.id).collect(),
+            patient_ref: None,
+            patient_tag: None,
         };
         let message = MessageView {
             id,

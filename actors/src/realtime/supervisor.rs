@@ -37,7 +37,7 @@ use crate::durable::history::Flags;
 use crate::durable::persistence::{
     PersistError, PersistenceActor, PersistenceConfig, PersistenceHandle, PersistenceMsg,
 };
-use crate::durable::retention::{RetentionActor, RetentionConfig};
+use crate::durable::retention::{RetentionActor, RetentionConfig, RetentionMsg};
 use crate::durable::store::{
     Channel, ChannelKind, ChannelRole, DynStore, Flag, Member, MessageRow, StoreError, WriteOp,
 };
@@ -159,6 +159,9 @@ pub struct Realtime {
     pub permissions: Arc<RolePermissions>,
     pub authenticator: Arc<dyn Authenticator>,
     pub limits: Limits,
+    /// The retention actor: `RetentionMsg::Run` runs it now (tests,
+    /// operators) and answers with its report.
+    pub retention: ActorRef<RetentionMsg>,
     /// The cluster link, in cluster mode.
     pub cluster: Option<Arc<Cluster>>,
     /// Connections see shutdown phases here.
@@ -268,12 +271,13 @@ impl Realtime {
             root.get_cell(),
         )
         .await?;
-        Actor::spawn_linked(
+        let (retention, _) = Actor::spawn_linked(
             Some(core_name("retention")),
             RetentionActor,
             (
                 deps.retention,
                 deps.store.clone(),
+                deps.cipher.clone(),
                 persistence.clone(),
                 audit.clone(),
                 channels.get_derived(),
@@ -292,6 +296,7 @@ impl Realtime {
             route_inbound(cluster.clone(), inbound, channels.clone(), presence.clone());
         }
         Ok(Arc::new(Realtime {
+            retention,
             cluster,
             send_limiter: arc_swap::ArcSwap::from_pointee(RateLimiter::keyed(send_quota(
                 deps.limits.send_per_minute,

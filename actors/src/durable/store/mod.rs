@@ -15,6 +15,7 @@ mod disclosures;
 mod file_rows;
 mod files;
 mod model;
+mod patients;
 pub mod postgres;
 mod sql;
 pub mod sqlite;
@@ -29,6 +30,9 @@ pub use disclosures::DisclosureStore;
 pub use file_rows::*;
 pub use files::{FilePurge, FileStore};
 pub use model::*;
+pub use patients::{
+    PatientCursor, PatientMessageRef, PatientSeal, PatientStore, SealedRefOwner, SealedRefRow,
+};
 
 /// A shared handle to whichever backend is configured.
 pub type DynStore = Arc<dyn Store>;
@@ -132,7 +136,7 @@ impl WriterLock {
 /// Everything Courier keeps. Implementations are cheap to share (`Arc`) and
 /// safe to call from many tasks at once.
 #[async_trait]
-pub trait Store: FileStore + DisclosureStore + Send + Sync + 'static {
+pub trait Store: FileStore + PatientStore + DisclosureStore + Send + Sync + 'static {
     /// `"postgres"` or `"sqlite"`.
     fn backend(&self) -> &'static str;
 

@@ -196,6 +196,12 @@ pub struct Channel {
     pub direct_key: Option<String>,
     /// Set while archived: no new messages, history kept.
     pub archived_at: Option<i64>,
+    /// The channel's `patientRef`, sealed
+    /// ([`MessageCipher::seal_patient_ref`](crate::crypto::MessageCipher::seal_patient_ref)
+    /// with `RefOwner::Channel`); never in clear.
+    pub patient_ref: Option<Vec<u8>>,
+    /// The keyed tag of that reference, for lookups (`store::patients`).
+    pub patient_tag: Option<String>,
 }
 
 /// A partial update of a channel; `None` leaves a field alone.
@@ -205,6 +211,9 @@ pub struct ChannelPatch {
     pub description: Option<Option<String>>,
     /// `Some(None)` unarchives.
     pub archived_at: Option<Option<i64>>,
+    /// `Some(Some(..))` links the channel to a patient (sealed reference
+    /// and tag), `Some(None)` clears the link.
+    pub patient: Option<Option<super::PatientSeal>>,
 }
 
 /// A role inside one channel.
@@ -269,6 +278,11 @@ pub struct StoredMessage {
     /// The files it carries, in order (linked in `message_files` by the
     /// insert; reads fill [`MessageRow::attachments`] instead).
     pub attachments: Vec<FileId>,
+    /// The message's own `patientRef`, sealed with `RefOwner::Message`;
+    /// `None` for most messages (they cost nothing more).
+    pub patient_ref: Option<Vec<u8>>,
+    /// The keyed tag of that reference, for lookups.
+    pub patient_tag: Option<String>,
 }
 
 /// A stored message with its sender's username, its moderation flag and

@@ -31,6 +31,8 @@ use uuid::Uuid;
 mod disclosures;
 #[path = "postgres_files.rs"]
 mod files;
+#[path = "postgres_patients.rs"]
+mod patients;
 
 use super::sql::{self, bound, to_db, SqlRow};
 use super::{
@@ -618,8 +620,9 @@ impl Store for PgStore {
     async fn create_channel(&self, channel: Channel, owner: Member) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
-            "INSERT INTO channels (id, name, description, kind, created_by, created_at, direct_key)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO channels (id, name, description, kind, created_by, created_at, direct_key,
+                                   patient_ref, patient_tag)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(channel.id.0)
         .bind(&channel.name)
@@ -628,6 +631,8 @@ impl Store for PgStore {
         .bind(channel.created_by.0)
         .bind(channel.created_at)
         .bind(&channel.direct_key)
+        .bind(channel.patient_ref.as_deref())
+        .bind(channel.patient_tag.as_deref())
         .execute(&mut *tx)
         .await?;
         sqlx::query(
@@ -689,11 +694,14 @@ impl Store for PgStore {
         id: ChannelId,
         patch: ChannelPatch,
     ) -> Result<Channel, StoreError> {
+        let patient = patch.patient.clone().flatten();
         let row = sqlx::query(
             "UPDATE channels SET
                  name = COALESCE($2, name),
                  description = CASE WHEN $3 THEN $4 ELSE description END,
-                 archived_at = CASE WHEN $5 THEN $6 ELSE archived_at END
+                 archived_at = CASE WHEN $5 THEN $6 ELSE archived_at END,
+                 patient_ref = CASE WHEN $7 THEN $8 ELSE patient_ref END,
+                 patient_tag = CASE WHEN $7 THEN $9 ELSE patient_tag END
              WHERE id = $1
              RETURNING *",
         )
@@ -703,6 +711,9 @@ impl Store for PgStore {
         .bind(patch.description.flatten())
         .bind(patch.archived_at.is_some())
         .bind(patch.archived_at.flatten())
+        .bind(patch.patient.is_some())
+        .bind(patient.as_ref().map(|p| &p.sealed[..]))
+        .bind(patient.as_ref().map(|p| p.tag.as_str()))
         .fetch_optional(&self.pool)
         .await?;
         sql::channel(&row.ok_or(StoreError::NotFound)?)
@@ -777,6 +788,9 @@ impl Store for PgStore {
                     for (m, outcome) in messages.iter().zip(&done) {
                         if !m.attachments.is_empty() && *outcome == WriteOutcome::Done {
                             files::link_files(&mut tx, m).await?;
+                        }
+                        if m.patient_ref.is_some() && *outcome == WriteOutcome::Done {
+                            patients::set_message_ref(&mut tx, m).await?;
                         }
                     }
                     outcomes.extend(done);

@@ -122,6 +122,7 @@ pub(super) trait SqlRow {
     fn text(&self, col: &str) -> Result<String, StoreError>;
     fn opt_text(&self, col: &str) -> Result<Option<String>, StoreError>;
     fn bytes(&self, col: &str) -> Result<Vec<u8>, StoreError>;
+    fn opt_bytes(&self, col: &str) -> Result<Option<Vec<u8>>, StoreError>;
     fn flag(&self, col: &str) -> Result<bool, StoreError>;
 
     /// A non-negative BIGINT (a seq or a count).
@@ -157,6 +158,9 @@ macro_rules! impl_sql_row {
                 Ok(self.try_get(col)?)
             }
             fn bytes(&self, col: &str) -> Result<Vec<u8>, StoreError> {
+                Ok(self.try_get(col)?)
+            }
+            fn opt_bytes(&self, col: &str) -> Result<Option<Vec<u8>>, StoreError> {
                 Ok(self.try_get(col)?)
             }
             fn flag(&self, col: &str) -> Result<bool, StoreError> {
@@ -216,6 +220,8 @@ pub(super) fn channel(r: &impl SqlRow) -> Result<Channel, StoreError> {
         created_at: r.int("created_at")?,
         direct_key: r.opt_text("direct_key")?,
         archived_at: r.opt_int("archived_at")?,
+        patient_ref: r.opt_bytes("patient_ref")?,
+        patient_tag: r.opt_text("patient_tag")?,
     })
 }
 
@@ -252,6 +258,8 @@ pub(super) fn message(r: &impl SqlRow) -> Result<StoredMessage, StoreError> {
             .parse()
             .map_err(|()| StoreError::Corrupt("messages.kind: unknown kind".into()))?,
         attachments: Vec::new(),
+        patient_ref: r.opt_bytes("patient_ref")?,
+        patient_tag: r.opt_text("patient_tag")?,
     })
 }
 
@@ -352,6 +360,9 @@ impl<R: SqlRow> SqlRow for Prefixed<'_, R> {
     }
     fn bytes(&self, col: &str) -> Result<Vec<u8>, StoreError> {
         self.0.bytes(&self.col(col))
+    }
+    fn opt_bytes(&self, col: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.0.opt_bytes(&self.col(col))
     }
     fn flag(&self, col: &str) -> Result<bool, StoreError> {
         self.0.flag(&self.col(col))
@@ -469,6 +480,8 @@ pub(super) fn tombstone(duplicate: &StoredMessage) -> StoredMessage {
         deleted_at: Some(duplicate.created_at),
         kind: MessageKind::Text,
         attachments: Vec::new(),
+        patient_ref: None,
+        patient_tag: None,
     }
 }
 

@@ -44,6 +44,8 @@ use uuid::Uuid;
 mod disclosures;
 #[path = "sqlite_files.rs"]
 mod files;
+#[path = "sqlite_patients.rs"]
+mod patients;
 
 use super::audit_ride::{AuditRide, Next, Parked};
 use super::sql::{self, bound, to_db, SqlRow};
@@ -518,8 +520,9 @@ impl Store for SqliteStore {
         let mut conn = self.write.lock().await?;
         let mut tx = begin_write(&mut conn).await?;
         sqlx::query(
-            "INSERT INTO channels (id, name, description, kind, created_by, created_at, direct_key)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO channels (id, name, description, kind, created_by, created_at, direct_key,
+                                   patient_ref, patient_tag)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(id(channel.id.0))
         .bind(&channel.name)
@@ -528,6 +531,8 @@ impl Store for SqliteStore {
         .bind(id(channel.created_by.0))
         .bind(channel.created_at)
         .bind(&channel.direct_key)
+        .bind(channel.patient_ref.as_deref())
+        .bind(channel.patient_tag.as_deref())
         .execute(&mut *tx)
         .await?;
         sqlx::query(
@@ -589,11 +594,14 @@ impl Store for SqliteStore {
         channel: ChannelId,
         patch: ChannelPatch,
     ) -> Result<Channel, StoreError> {
+        let patient = patch.patient.clone().flatten();
         let row = sqlx::query(
             "UPDATE channels SET
                  name = COALESCE($2, name),
                  description = CASE WHEN $3 THEN $4 ELSE description END,
-                 archived_at = CASE WHEN $5 THEN $6 ELSE archived_at END
+                 archived_at = CASE WHEN $5 THEN $6 ELSE archived_at END,
+                 patient_ref = CASE WHEN $7 THEN $8 ELSE patient_ref END,
+                 patient_tag = CASE WHEN $7 THEN $9 ELSE patient_tag END
              WHERE id = $1
              RETURNING *",
         )
@@ -603,6 +611,9 @@ impl Store for SqliteStore {
         .bind(patch.description.flatten())
         .bind(patch.archived_at.is_some())
         .bind(patch.archived_at.flatten())
+        .bind(patch.patient.is_some())
+        .bind(patient.as_ref().map(|p| &p.sealed[..]))
+        .bind(patient.as_ref().map(|p| p.tag.as_str()))
         .fetch_optional(&mut *self.write.lock().await?)
         .await?;
         sql::channel(&row.ok_or(StoreError::NotFound)?)
@@ -673,6 +684,9 @@ impl Store for SqliteStore {
                         for (m, outcome) in chunk.iter().zip(&done) {
                             if !m.attachments.is_empty() && *outcome == WriteOutcome::Done {
                                 files::link_files(&mut tx, m).await?;
+                            }
+                            if m.patient_ref.is_some() && *outcome == WriteOutcome::Done {
+                                patients::set_message_ref(&mut tx, m).await?;
                             }
                         }
                         outcomes.extend(done);

@@ -44,6 +44,10 @@ pub struct Secret(String);
 /// What a set secret serializes as.
 pub const REDACTED: &str = "[redacted]";
 
+/// How long production keeps clinical text unless `retention_text_days`
+/// says otherwise: 7 years.
+pub const PRODUCTION_TEXT_RETENTION_DAYS: u64 = 2557;
+
 impl Serialize for Secret {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(REDACTED)
@@ -141,6 +145,14 @@ pub struct Config {
     pub deleted_retention_days: u64,
     /// `None` (the default): messages are kept until deleted or expired.
     pub message_retention_days: Option<u64>,
+    /// The maximum age of `text` messages; `None`: 2557 days (7 years) in
+    /// production, `message_retention_days` in development.
+    pub retention_text_days: Option<u64>,
+    /// The maximum age of `image`, `file` and `system` messages; `None`:
+    /// `message_retention_days`.
+    pub retention_image_days: Option<u64>,
+    pub retention_file_days: Option<u64>,
+    pub retention_system_days: Option<u64>,
     #[serde(deserialize_with = "string_or_list")]
     pub phi_detectors: Vec<String>,
 
@@ -260,6 +272,10 @@ impl Default for Config {
             retention_interval_secs: 60,
             deleted_retention_days: 90,
             message_retention_days: None,
+            retention_text_days: None,
+            retention_image_days: None,
+            retention_file_days: None,
+            retention_system_days: None,
             phi_detectors: ["ssn", "mrn", "date_of_birth", "phone", "email"]
                 .map(String::from)
                 .to_vec(),
@@ -766,8 +782,16 @@ impl Config {
             0,
             36_500,
         );
-        if let Some(days) = self.message_retention_days {
-            c.within("message_retention_days", days, 1, 36_500);
+        for (key, days) in [
+            ("message_retention_days", self.message_retention_days),
+            ("retention_text_days", self.retention_text_days),
+            ("retention_image_days", self.retention_image_days),
+            ("retention_file_days", self.retention_file_days),
+            ("retention_system_days", self.retention_system_days),
+        ] {
+            if let Some(days) = days {
+                c.within(key, days, 1, 36_500);
+            }
         }
         for name in &self.phi_detectors {
             if let Err(e) = name.parse::<courier_actors::policy::phi::PhiKind>() {
@@ -879,6 +903,34 @@ impl Config {
             unsent_grace: Duration::from_secs(self.files_unsent_grace_secs),
             link_ttl: Duration::from_secs(self.files_link_ttl_secs),
             sweep_interval: Duration::from_secs(self.files_sweep_interval_secs),
+        }
+    }
+
+    /// What retention keeps, kind by kind. Production keeps clinical text
+    /// 7 years (2557 days) unless `retention_text_days` says otherwise;
+    /// development keeps every kind for `message_retention_days` (unset:
+    /// until deleted or expired) unless its own key says otherwise.
+    pub fn retention(&self) -> courier_actors::durable::retention::RetentionConfig {
+        use courier_actors::durable::retention::{ByKind, RetentionConfig};
+        use std::time::Duration;
+        const DAY_SECS: u64 = 86_400;
+        let days = |d: Option<u64>| d.map(|d| Duration::from_secs(d.saturating_mul(DAY_SECS)));
+        let fallback = self.message_retention_days;
+        let text_default = match self.env {
+            Environment::Production => Some(PRODUCTION_TEXT_RETENTION_DAYS),
+            Environment::Development => fallback,
+        };
+        RetentionConfig {
+            interval: Duration::from_secs(self.retention_interval_secs.max(1)),
+            deleted_retention: Duration::from_secs(
+                self.deleted_retention_days.saturating_mul(DAY_SECS),
+            ),
+            max_age: ByKind {
+                text: days(self.retention_text_days.or(text_default)),
+                image: days(self.retention_image_days.or(fallback)),
+                file: days(self.retention_file_days.or(fallback)),
+                system: days(self.retention_system_days.or(fallback)),
+            },
         }
     }
 

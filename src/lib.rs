@@ -38,6 +38,7 @@ pub mod commands;
 pub mod config;
 pub mod http;
 pub mod rate_limit;
+pub mod retention_report;
 pub mod runtime_settings;
 pub mod secrets;
 pub mod server;

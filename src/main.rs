@@ -57,6 +57,22 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Retention: what the next run would do.
+    Retention {
+        #[command(subcommand)]
+        command: RetentionCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum RetentionCommand {
+    /// The dry run: per message kind, what the next retention run would
+    /// expire and purge, and what legal holds keep; changes nothing.
+    Report {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -198,6 +214,11 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         Command::Keys {
             command: KeysCommand::Retire { version },
         } => commands::keys_retire(&config, version).await?,
+        Command::Retention {
+            command: RetentionCommand::Report { json },
+        } => {
+            courier::retention_report::run(&config, json).await?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -19,7 +19,6 @@ use courier_actors::cluster::{Cluster, ClusterError};
 use courier_actors::crypto::{Keyring, MessageCipher};
 use courier_actors::durable::persistence::PersistenceConfig;
 use courier_actors::durable::private_files;
-use courier_actors::durable::retention::RetentionConfig;
 use courier_actors::durable::store::{self, DynStore, NewUser, Role, StoreError, User};
 use courier_actors::policy::phi::{PhiDetector, PhiKind};
 use courier_actors::realtime::{Limits, Realtime, RealtimeDeps};
@@ -212,13 +211,7 @@ pub async fn start(config: Config) -> Result<Started, ServerError> {
             keyring,
             linked: cluster.is_some(),
         },
-        retention: RetentionConfig {
-            interval: Duration::from_secs(config.retention_interval_secs.max(1)),
-            deleted_retention: Duration::from_secs(config.deleted_retention_days * 86_400),
-            message_retention: config
-                .message_retention_days
-                .map(|d| Duration::from_secs(d * 86_400)),
-        },
+        retention: config.retention(),
         recovery_limit: config.recovery_limit,
         recovery_max_replay: config.recovery_max_replay,
         typing_expiry: Duration::from_millis(config.typing_expiry_ms),

@@ -283,7 +283,7 @@ pub(super) async fn update(
     tag = "channels",
     summary = "Delete a channel; joined connections get system_event channel_deleted",
     params(("id" = String, Path, description = "The resource's id (a UUID)")),
-    responses((status = 204, description = "Deleted"), (status = 400, description = "A field or parameter is missing or invalid (`field` names it)", body = ErrorBody), (status = 403, description = "Not allowed (audited as access.denied)", body = ErrorBody), (status = 404, description = "No such resource", body = ErrorBody)),
+    responses((status = 204, description = "Deleted"), (status = 400, description = "A field or parameter is missing or invalid (`field` names it)", body = ErrorBody), (status = 403, description = "Not allowed (audited as access.denied)", body = ErrorBody), (status = 404, description = "No such resource", body = ErrorBody), (status = 409, description = "Messages of the channel are under a legal hold", body = ErrorBody)),
     security(("bearer" = []))
 )]
 pub(super) async fn delete(
@@ -293,6 +293,12 @@ pub(super) async fn delete(
 ) -> ApiResult<StatusCode> {
     let id: ChannelId = path_id("id", &id)?;
     let (channel, _) = manage_access(&app, &caller, id, "channels.delete").await?;
+    // A legal hold on the channel, or on any message in it, keeps it.
+    if app.store.channel_held(id).await? {
+        return Err(ApiError::conflict(
+            "the channel holds messages under a legal hold",
+        ));
+    }
     app.store.delete_channel(id).await?;
     app.realtime.notify_channel(id, ChannelMsg::Deleted);
     caller

@@ -13,6 +13,7 @@
 //!   signed checkpoints.
 //! - [`settings`]: `/api/settings*`: the effective configuration (secrets
 //!   redacted) and the rate limits an admin changes at run time.
+//! - [`holds`]: `/api/holds*`: legal holds, placed and released.
 //! - [`openapi`]: the OpenAPI description served at `/api/openapi.json`,
 //!   derived from the handlers' `#[utoipa::path]` and types.
 //! - [`error`], [`extract`], [`validate`], [`views`]: error bodies, request
@@ -43,6 +44,7 @@ pub mod channels;
 pub mod error;
 pub mod extract;
 pub mod files;
+pub mod holds;
 pub mod messages;
 pub mod moderation;
 pub mod openapi;
@@ -132,6 +134,9 @@ fn documented_routes(app: Arc<App>) -> (Router<Arc<App>>, utoipa::openapi::OpenA
         .routes(routes!(users::reset_password))
         .routes(routes!(users::security_events))
         .routes(routes!(settings::get, settings::update_rate_limits))
+        .routes(routes!(holds::place, holds::list))
+        .routes(routes!(holds::get))
+        .routes(routes!(holds::release))
         .routes(routes!(audit::checkpoints))
         .routes(routes!(channels::list, channels::create))
         .routes(routes!(channels::get, channels::update, channels::delete))

@@ -15,3 +15,5 @@
 //! [`crate::crypto::patient`] and the store; retention by kind is in
 //! [`crate::durable::retention`]; the signed export is the CLI's
 //! (`src/export/`).
+
+pub mod holds;

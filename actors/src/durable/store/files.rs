@@ -103,8 +103,11 @@ pub trait FileStore: Send + Sync {
 }
 
 /// The `files_to_purge` query: the same SQL on both backends but for the
-/// `$1` bind (`unsent_before`) and `$2` (limit).
-pub(super) const FILES_TO_PURGE: &str = "
+/// `$1` bind (`unsent_before`) and `$2` (limit). A file that a message
+/// under a legal hold carries (deleted or not) is kept, whatever else
+/// would purge it ([`super::HoldStore`]).
+pub(super) const FILES_TO_PURGE: &str = concat!(
+    "
     SELECT f.*, CASE
         WHEN f.deleted_at IS NOT NULL THEN 'deleted'
         WHEN f.channel_id IS NOT NULL
@@ -112,15 +115,20 @@ pub(super) const FILES_TO_PURGE: &str = "
         WHEN f.attached_at IS NOT NULL THEN 'messages_gone'
         ELSE 'never_sent' END AS purge_reason
     FROM files f
-    WHERE f.deleted_at IS NOT NULL
+    WHERE (f.deleted_at IS NOT NULL
        OR (f.channel_id IS NOT NULL AND (
               NOT EXISTS (SELECT 1 FROM channels c WHERE c.id = f.channel_id)
               OR (f.attached_at IS NOT NULL AND NOT EXISTS (
                      SELECT 1 FROM message_files mf JOIN messages m ON m.id = mf.message_id
                      WHERE mf.file_id = f.id AND m.deleted_at IS NULL))
-              OR (f.attached_at IS NULL AND f.created_at < $1)))
+              OR (f.attached_at IS NULL AND f.created_at < $1))))
+    AND NOT EXISTS (SELECT 1 FROM message_files hf JOIN messages ON messages.id = hf.message_id
+                    WHERE hf.file_id = f.id AND ",
+    super::holds::held!(),
+    ")
     ORDER BY f.created_at
-    LIMIT $2";
+    LIMIT $2"
+);
 
 /// Parses `purge_reason` of [`FILES_TO_PURGE`].
 pub(super) fn purge_reason(s: &str) -> Result<FilePurge, StoreError> {

@@ -14,6 +14,7 @@ mod audit_ride;
 mod disclosures;
 mod file_rows;
 mod files;
+mod holds;
 mod model;
 mod patients;
 pub mod postgres;
@@ -29,6 +30,7 @@ use courier_protocol::{ChannelId, MessageId, SessionId, UserId};
 pub use disclosures::DisclosureStore;
 pub use file_rows::*;
 pub use files::{FilePurge, FileStore};
+pub use holds::{HoldId, HoldStore, HoldTarget, KindFigures, KindPlan, LegalHold};
 pub use model::*;
 pub use patients::{
     PatientCursor, PatientMessageRef, PatientSeal, PatientStore, SealedRefOwner, SealedRefRow,
@@ -136,7 +138,7 @@ impl WriterLock {
 /// Everything Courier keeps. Implementations are cheap to share (`Arc`) and
 /// safe to call from many tasks at once.
 #[async_trait]
-pub trait Store: FileStore + PatientStore + DisclosureStore + Send + Sync + 'static {
+pub trait Store: FileStore + HoldStore + PatientStore + DisclosureStore + Send + Sync + 'static {
     /// `"postgres"` or `"sqlite"`.
     fn backend(&self) -> &'static str;
 
@@ -337,15 +339,18 @@ pub trait Store: FileStore + PatientStore + DisclosureStore + Send + Sync + 'sta
         &self,
         message: MessageId,
     ) -> Result<std::collections::BTreeMap<String, u64>, StoreError>;
-    /// Non-deleted messages whose `expires_at <= now`, at most `limit`.
+    /// Non-deleted messages whose `expires_at <= now`, at most `limit`;
+    /// none under a legal hold ([`HoldStore`]).
     async fn expired_messages(
         &self,
         now: i64,
         limit: u32,
     ) -> Result<Vec<StoredMessage>, StoreError>;
-    /// Physically removes messages soft-deleted before `before`; returns how many.
+    /// Physically removes messages soft-deleted before `before`, but those
+    /// under a legal hold; returns how many.
     async fn purge_deleted(&self, before: i64) -> Result<u64, StoreError>;
-    /// Physically removes messages created before `before`; returns how many.
+    /// Physically removes messages created before `before`, but those
+    /// under a legal hold; returns how many.
     async fn purge_older_than(&self, before: i64) -> Result<u64, StoreError>;
     /// How many stored messages (any state) use a key version.
     async fn count_key_version(&self, version: u32) -> Result<u64, StoreError>;

@@ -31,6 +31,8 @@ use uuid::Uuid;
 mod disclosures;
 #[path = "postgres_files.rs"]
 mod files;
+#[path = "postgres_holds.rs"]
+mod holds;
 #[path = "postgres_patients.rs"]
 mod patients;
 
@@ -914,11 +916,13 @@ impl Store for PgStore {
         now: i64,
         limit: u32,
     ) -> Result<Vec<StoredMessage>, StoreError> {
-        let rows = sqlx::query(
+        let rows = sqlx::query(&format!(
             "SELECT * FROM messages
              WHERE expires_at IS NOT NULL AND expires_at <= $1 AND deleted_at IS NULL
+               AND NOT {HELD}
              ORDER BY expires_at LIMIT $2",
-        )
+            HELD = super::holds::HELD
+        ))
         .bind(now)
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
@@ -927,11 +931,13 @@ impl Store for PgStore {
     }
 
     async fn purge_deleted(&self, before: i64) -> Result<u64, StoreError> {
-        self.purge("deleted_at < $1", before).await
+        self.purge(&format!("deleted_at < $1 AND NOT {}", super::holds::HELD), before)
+            .await
     }
 
     async fn purge_older_than(&self, before: i64) -> Result<u64, StoreError> {
-        self.purge("created_at < $1", before).await
+        self.purge(&format!("created_at < $1 AND NOT {}", super::holds::HELD), before)
+            .await
     }
 
     async fn count_key_version(&self, version: u32) -> Result<u64, StoreError> {

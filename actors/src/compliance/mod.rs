@@ -17,3 +17,5 @@
 //! (`src/export/`).
 
 pub mod holds;
+
+pub mod break_glass;

@@ -108,6 +108,8 @@ pub struct ChannelServices {
     pub shutdown: watch::Receiver<ShutdownPhase>,
     /// The cluster this node is part of, if any (see `cluster_role`).
     pub cluster: Option<Arc<Cluster>>,
+    /// Break-glass grants in force: reads under one are marked in the audit.
+    pub break_glass: crate::compliance::break_glass::BreakGlassRegistry,
 }
 
 /// Why a request to a channel failed. Mapped to an error code at the edge.

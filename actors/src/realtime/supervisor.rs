@@ -30,6 +30,7 @@ use tokio_tungstenite::WebSocketStream;
 use crate::audit::actor::{AuditActor, AuditConfig, AuditHandle, AuditMsg};
 use crate::audit::chain::PendingAudit;
 use crate::cluster::wire::NodeEvent;
+use crate::compliance::break_glass::BreakGlassRegistry;
 use crate::cluster::{Cluster, Inbound};
 use crate::crypto::MessageCipher;
 use crate::durable::history;
@@ -164,6 +165,9 @@ pub struct Realtime {
     pub retention: ActorRef<RetentionMsg>,
     /// The cluster link, in cluster mode.
     pub cluster: Option<Arc<Cluster>>,
+    /// Break-glass grants in force (loaded from the store at start): reads
+    /// under one are marked `details.breakGlass` in the audit.
+    pub break_glass: BreakGlassRegistry,
     /// Connections see shutdown phases here.
     pub shutdown: watch::Receiver<ShutdownPhase>,
     shutdown_tx: watch::Sender<ShutdownPhase>,
@@ -241,6 +245,7 @@ impl Realtime {
             Some((cluster, inbound)) => (Some(cluster), Some(inbound)),
             None => (None, None),
         };
+        let break_glass = BreakGlassRegistry::new();
         let services = Arc::new(ChannelServices {
             store: deps.store.clone(),
             cipher: deps.cipher.clone(),
@@ -254,6 +259,7 @@ impl Realtime {
             idle_stop: Duration::from_secs(60),
             shutdown: shutdown.clone(),
             cluster: cluster.clone(),
+            break_glass: break_glass.clone(),
         });
         let (channels, _) = Actor::spawn_linked(
             Some(core_name("channels")),
@@ -296,6 +302,7 @@ impl Realtime {
             route_inbound(cluster.clone(), inbound, channels.clone(), presence.clone());
         }
         Ok(Arc::new(Realtime {
+            break_glass,
             retention,
             cluster,
             send_limiter: arc_swap::ArcSwap::from_pointee(RateLimiter::keyed(send_quota(

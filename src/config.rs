@@ -1247,6 +1247,32 @@ mod tests {
     }
 
     #[test]
+    fn retention_by_kind_defaults_by_environment() {
+        let day = std::time::Duration::from_secs(86_400);
+        let dev = Config::default().retention();
+        assert_eq!(dev.max_age.text, None, "development keeps today's defaults");
+        assert_eq!(dev.deleted_retention, day * 90);
+        let prod = Config {
+            env: Environment::Production,
+            message_retention_days: Some(365),
+            ..Config::default()
+        }
+        .retention();
+        assert_eq!(prod.max_age.text, Some(day * 2557), "clinical text 7 years");
+        assert_eq!(prod.max_age.image, Some(day * 365));
+        assert_eq!(prod.deleted_retention, day * 90);
+        let set = Config {
+            env: Environment::Production,
+            retention_text_days: Some(3650),
+            retention_file_days: Some(30),
+            ..Config::default()
+        }
+        .retention();
+        assert_eq!(set.max_age.text, Some(day * 3650));
+        assert_eq!((set.max_age.file, set.max_age.system), (Some(day * 30), None));
+    }
+
+    #[test]
     fn production_names_every_missing_piece() {
         let c = Config {
             env: Environment::Production,

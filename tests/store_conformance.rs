@@ -681,6 +681,7 @@ async fn role_permissions_are_seeded(store: DynStore) {
         "channels.create_private",
         "channels.create_public",
         "channels.manage",
+        "holds.manage",
         "keys.manage",
         "messages.moderate",
         "sessions.manage",

@@ -153,6 +153,10 @@ pub struct Config {
     pub retention_image_days: Option<u64>,
     pub retention_file_days: Option<u64>,
     pub retention_system_days: Option<u64>,
+    /// How long a break-glass grant lasts, in seconds.
+    pub break_glass_ttl_secs: u64,
+    /// How often grants past their expiry are ended, in milliseconds.
+    pub break_glass_sweep_ms: u64,
     #[serde(deserialize_with = "string_or_list")]
     pub phi_detectors: Vec<String>,
 
@@ -276,6 +280,8 @@ impl Default for Config {
             retention_image_days: None,
             retention_file_days: None,
             retention_system_days: None,
+            break_glass_ttl_secs: 3_600,
+            break_glass_sweep_ms: 1_000,
             phi_detectors: ["ssn", "mrn", "date_of_birth", "phone", "email"]
                 .map(String::from)
                 .to_vec(),
@@ -770,6 +776,18 @@ impl Config {
             60_000_000,
         );
 
+        c.within(
+            "break_glass_ttl_secs",
+            self.break_glass_ttl_secs,
+            1,
+            DAY_SECS,
+        );
+        c.within(
+            "break_glass_sweep_ms",
+            self.break_glass_sweep_ms,
+            10,
+            HOUR_MS,
+        );
         c.within(
             "retention_interval_secs",
             self.retention_interval_secs,

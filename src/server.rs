@@ -217,6 +217,7 @@ pub async fn start(config: Config) -> Result<Started, ServerError> {
         typing_expiry: Duration::from_millis(config.typing_expiry_ms),
         fanout_coalesce: Duration::from_micros(config.fanout_coalesce_us),
         cluster,
+        break_glass_sweep: Duration::from_millis(config.break_glass_sweep_ms),
     };
     let realtime = Realtime::start(deps)
         .await

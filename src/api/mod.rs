@@ -14,6 +14,8 @@
 //! - [`settings`]: `/api/settings*`: the effective configuration (secrets
 //!   redacted) and the rate limits an admin changes at run time.
 //! - [`holds`]: `/api/holds*`: legal holds, placed and released.
+//! - [`break_glass`]: `/api/break-glass*`, `POST /api/channels/{id}/break-glass`,
+//!   `PUT /api/users/{id}/break-glass`: emergency access and its review.
 //! - [`openapi`]: the OpenAPI description served at `/api/openapi.json`,
 //!   derived from the handlers' `#[utoipa::path]` and types.
 //! - [`error`], [`extract`], [`validate`], [`views`]: error bodies, request
@@ -40,6 +42,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod break_glass;
 pub mod channels;
 pub mod error;
 pub mod extract;
@@ -137,6 +140,11 @@ fn documented_routes(app: Arc<App>) -> (Router<Arc<App>>, utoipa::openapi::OpenA
         .routes(routes!(holds::place, holds::list))
         .routes(routes!(holds::get))
         .routes(routes!(holds::release))
+        .routes(routes!(break_glass::open))
+        .routes(routes!(break_glass::list))
+        .routes(routes!(break_glass::end))
+        .routes(routes!(break_glass::review))
+        .routes(routes!(break_glass::set_right))
         .routes(routes!(audit::checkpoints))
         .routes(routes!(channels::list, channels::create))
         .routes(routes!(channels::get, channels::update, channels::delete))

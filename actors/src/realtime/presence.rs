@@ -8,7 +8,8 @@
 //! **Takes** [`PresenceMsg`], routed by the [`PresenceDirectory`]:
 //! connections opening and closing, joins and leaves, `set_status`, and
 //! session revocations (logout, password change, admin action), which close
-//! the matching connections with 4003.
+//! the matching connections with 4003, and frames to push to every
+//! connection of the user.
 //!
 //! **Does**: a status change is pushed as `presence` to every channel the
 //! user has joined, whose channel actor passes it to everyone else there. A
@@ -24,7 +25,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use courier_protocol::frames::PresenceStatus;
+use courier_protocol::frames::{PresenceStatus, ServerFrame};
 use courier_protocol::{ChannelId, SessionId, UserId};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 
@@ -57,6 +58,9 @@ pub enum PresenceMsg {
     SetStatus(PresenceStatus),
     /// Close the connections of these sessions (all when `None`) with 4003.
     Revoke(Option<Vec<SessionId>>),
+    /// Push a frame to every connection of the user (a `system_event` meant
+    /// for them wherever they are, e.g. `break_glass`).
+    Push(Box<ServerFrame>),
     /// The last connection closed: stop after the messages before this one.
     Retire,
 }
@@ -152,6 +156,11 @@ impl Actor for PresenceActor {
                     if sessions.as_ref().is_none_or(|s| s.contains(session)) {
                         outbound.close_now(close::SESSION_REVOKED);
                     }
+                }
+            }
+            PresenceMsg::Push(frame) => {
+                for (_, outbound) in state.connections.values() {
+                    outbound.deliver(&frame);
                 }
             }
             PresenceMsg::Retire => myself.stop(None),

@@ -30,8 +30,8 @@ use tokio_tungstenite::WebSocketStream;
 use crate::audit::actor::{AuditActor, AuditConfig, AuditHandle, AuditMsg};
 use crate::audit::chain::PendingAudit;
 use crate::cluster::wire::NodeEvent;
-use crate::compliance::break_glass::BreakGlassRegistry;
 use crate::cluster::{Cluster, Inbound};
+use crate::compliance::break_glass::{BreakGlassAccess, BreakGlassRegistry, BreakGlassSweeper};
 use crate::crypto::MessageCipher;
 use crate::durable::history;
 use crate::durable::history::Flags;
@@ -98,6 +98,9 @@ pub struct RealtimeDeps {
     pub fanout_coalesce: Duration,
     /// The cluster link, in cluster mode, with what it receives for this node.
     pub cluster: Option<(Arc<Cluster>, Inbound)>,
+    /// How often the break-glass sweeper ends grants past their expiry
+    /// (`break_glass_sweep_ms`).
+    pub break_glass_sweep: Duration,
 }
 
 /// Why a channel action was refused; mapped to codes at each edge.
@@ -168,6 +171,8 @@ pub struct Realtime {
     /// Break-glass grants in force (loaded from the store at start): reads
     /// under one are marked `details.breakGlass` in the audit.
     pub break_glass: BreakGlassRegistry,
+    /// Opens and ends break-glass grants (the REST edge and the sweeper).
+    pub break_glass_access: BreakGlassAccess,
     /// Connections see shutdown phases here.
     pub shutdown: watch::Receiver<ShutdownPhase>,
     shutdown_tx: watch::Sender<ShutdownPhase>,
@@ -298,11 +303,29 @@ impl Realtime {
             root.get_cell(),
         )
         .await?;
+        let break_glass_access = BreakGlassAccess {
+            store: deps.store.clone(),
+            cipher: deps.cipher.clone(),
+            persistence: persistence.clone(),
+            audit: audit.clone(),
+            channels: channels.clone(),
+            presence: presence.clone(),
+            permissions: permissions.clone(),
+            registry: break_glass.clone(),
+        };
+        Actor::spawn_linked(
+            Some(core_name("break-glass")),
+            BreakGlassSweeper,
+            (break_glass_access.clone(), deps.break_glass_sweep),
+            root.get_cell(),
+        )
+        .await?;
         if let (Some(cluster), Some(inbound)) = (&cluster, inbound) {
             route_inbound(cluster.clone(), inbound, channels.clone(), presence.clone());
         }
         Ok(Arc::new(Realtime {
             break_glass,
+            break_glass_access,
             retention,
             cluster,
             send_limiter: arc_swap::ArcSwap::from_pointee(RateLimiter::keyed(send_quota(

@@ -11,6 +11,7 @@
 //! persistence actor, so that one transaction commits a whole batch.
 
 mod audit_ride;
+mod break_glass;
 mod disclosures;
 mod file_rows;
 mod files;
@@ -27,6 +28,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use courier_protocol::{ChannelId, MessageId, SessionId, UserId};
 
+pub use break_glass::{BreakGlassGrant, BreakGlassStore};
 pub use disclosures::DisclosureStore;
 pub use file_rows::*;
 pub use files::{FilePurge, FileStore};
@@ -138,7 +140,16 @@ impl WriterLock {
 /// Everything Courier keeps. Implementations are cheap to share (`Arc`) and
 /// safe to call from many tasks at once.
 #[async_trait]
-pub trait Store: FileStore + HoldStore + PatientStore + DisclosureStore + Send + Sync + 'static {
+pub trait Store:
+    BreakGlassStore
+    + FileStore
+    + HoldStore
+    + PatientStore
+    + DisclosureStore
+    + Send
+    + Sync
+    + 'static
+{
     /// `"postgres"` or `"sqlite"`.
     fn backend(&self) -> &'static str;
 

@@ -27,6 +27,8 @@ use sqlx::postgres::{
 use sqlx::Row;
 use uuid::Uuid;
 
+#[path = "postgres_break_glass.rs"]
+mod break_glass;
 #[path = "postgres_disclosures.rs"]
 mod disclosures;
 #[path = "postgres_files.rs"]

@@ -40,6 +40,8 @@ use sqlx::{Acquire, Connection, Sqlite, Transaction};
 use uuid::fmt::Hyphenated;
 use uuid::Uuid;
 
+#[path = "sqlite_break_glass.rs"]
+mod break_glass;
 #[path = "sqlite_disclosures.rs"]
 mod disclosures;
 #[path = "sqlite_files.rs"]

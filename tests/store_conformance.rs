@@ -678,6 +678,8 @@ async fn users(store: DynStore) {
 async fn role_permissions_are_seeded(store: DynStore) {
     let all = [
         "audit.read",
+        "break_glass.review",
+        "channels.break_glass",
         "channels.create_private",
         "channels.create_public",
         "channels.manage",

@@ -49,6 +49,7 @@ fn frames() -> (ClientFrame, ServerFrame) {
         flagged_at: None,
         kind: Default::default(),
         attachments: Vec::new(),
+        patient_ref: None,
     });
     (send, push)
 }

@@ -117,6 +117,7 @@ fn client_frames() -> Vec<(&'static str, ClientFrame)> {
                 reply_to: Some(msg),
                 ttl_seconds: Some(u32::MAX),
                 attachments: vec![id(FILE)],
+                patient_ref: None,
             }))
             .with_ref(Ref::Int(-(MAX_SAFE as i64))),
         ),
@@ -256,6 +257,7 @@ fn message(seq: u64) -> MessageView {
         flagged_at: None,
         kind: Default::default(),
         attachments: Vec::new(),
+        patient_ref: None,
     }
 }
 
@@ -288,6 +290,7 @@ fn channel(recovered: bool) -> ChannelView {
         recovered,
         online: vec![id(ALICE), id(BOB)],
         archived: false,
+        patient_ref: None,
     }
 }
 

@@ -158,6 +158,7 @@ impl CompactMessage {
             flagged_at: None,
             kind: Default::default(),
             attachments: Vec::new(),
+            patient_ref: None,
         }
     }
 }
@@ -285,6 +286,7 @@ mod tests {
             flagged_at: None,
             kind: Default::default(),
             attachments: Vec::new(),
+            patient_ref: None,
         }
     }
 

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::compact::{CompactMessage, FrameStyle};
 use crate::error::ErrorCode;
 use crate::ids::{ChannelId, FileId, MessageId, SessionId, UserId};
+use crate::patient::PatientRef;
 
 /// Largest integer `ref`: 2^53 - 1, the largest integer a JavaScript number
 /// holds exactly. Integer refs lie in `-MAX_REF_INT..=MAX_REF_INT`.
@@ -348,6 +349,10 @@ pub struct SendMessage {
     /// with any, `text` may be empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attachments: Vec<FileId>,
+    /// The patient the message concerns (docs/protocol.md, "Patient
+    /// link"); validated on decode (`invalid_frame`, never echoed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patient_ref: Option<PatientRef>,
 }
 
 impl SendMessage {
@@ -361,6 +366,7 @@ impl SendMessage {
             reply_to: None,
             ttl_seconds: None,
             attachments: Vec::new(),
+            patient_ref: None,
         }
     }
 }
@@ -375,6 +381,7 @@ impl fmt::Debug for SendMessage {
             .field("reply_to", &self.reply_to)
             .field("ttl_seconds", &self.ttl_seconds)
             .field("attachments", &self.attachments)
+            .field("patient_ref", &self.patient_ref)
             .finish()
     }
 }
@@ -1084,6 +1091,10 @@ pub struct MessageView {
     /// Its files, in the order they were sent.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attachments: Vec<AttachmentView>,
+    /// The patient the message itself concerns (the channel's own
+    /// reference is on the channel), for those who may read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patient_ref: Option<PatientRef>,
 }
 
 /// The `kind` of a message.
@@ -1195,6 +1206,7 @@ impl fmt::Debug for MessageView {
             .field("flagged_at", &self.flagged_at)
             .field("kind", &self.kind)
             .field("attachments", &self.attachments)
+            .field("patient_ref", &self.patient_ref)
             .finish()
     }
 }
@@ -1228,6 +1240,10 @@ pub struct ChannelView {
         skip_serializing_if = "is_false"
     )]
     pub archived: bool,
+    /// The patient the channel concerns (docs/protocol.md, "Patient
+    /// link"), shown to those who may read the channel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patient_ref: Option<PatientRef>,
 }
 
 /// A channel's kind on the wire.

@@ -119,6 +119,7 @@ async fn scripted_peer() -> String {
                             flagged_at: None,
                             kind: Default::default(),
                             attachments: Vec::new(),
+                            patient_ref: None,
                         }));
                         out.push(ServerFrame::Ack(Ack {
                             reference: frame.reference,

@@ -107,6 +107,7 @@ fn client_request() -> impl Strategy<Value = ClientRequest> {
                     reply_to,
                     ttl_seconds,
                     attachments,
+                    patient_ref: None,
                 })
             },
         );
@@ -245,6 +246,7 @@ fn message_view() -> impl Strategy<Value = MessageView> {
                     flagged_at,
                     kind,
                     attachments,
+                    patient_ref: None,
                 }
             },
         )
@@ -277,6 +279,7 @@ fn channel_view() -> impl Strategy<Value = ChannelView> {
                     recovered,
                     online,
                     archived,
+                    patient_ref: None,
                 }
             },
         )

@@ -15,7 +15,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use courier_actors::durable::store::{
-    Channel, ChannelKind, ChannelPatch, ChannelRole, Member, WriteOp,
+    Channel, ChannelKind, ChannelPatch, ChannelRole, Member, PatientSeal, WriteOp,
 };
 use courier_actors::policy::authz::{self, Action};
 use courier_actors::realtime::channel::ChannelMsg;
@@ -30,7 +30,7 @@ use super::extract::{path_id, Caller, JsonBody, QueryParams};
 use super::openapi::{
     ChannelBody, ChannelList, ErrorBody, MemberBody, MemberList, MessagePage, ReceiptList,
 };
-use super::{validate, views};
+use super::{disclosures, patients, validate, views};
 use crate::http::App;
 
 /// `GET /api/channels`: `{channels}`, the ones the caller can see: public
@@ -70,7 +70,13 @@ pub(super) async fn list(
             },
         );
         if visible.is_ok() {
-            channels.push(views::channel(&channel, member.as_ref()));
+            let patient_ref = patients::channel_ref(&app, &channel);
+            channels.push(views::channel_full(
+                &channel,
+                member.as_ref(),
+                None,
+                patient_ref,
+            ));
         }
     }
     Ok(Json(json!({"channels": channels})))
@@ -111,6 +117,10 @@ pub(super) struct CreateBody {
     #[serde(default)]
     description: Option<String>,
     kind: ChannelKind,
+    /// The patient the channel concerns (docs/protocol.md, "Patient link").
+    #[serde(default, rename = "patientRef")]
+    #[schema(value_type = Option<String>, example = "Patient/123")]
+    patient_ref: Option<String>,
 }
 
 /// `POST /api/channels`: 201 `{channel}`; the caller becomes its owner.
@@ -137,6 +147,11 @@ pub(super) async fn create(
     }
     let name = validate::channel_name("name", &body.name)?;
     let description = validate::description("description", body.description.as_deref())?;
+    let patient_ref = body
+        .patient_ref
+        .as_deref()
+        .map(|r| patients::parse_ref("patientRef", r))
+        .transpose()?;
     caller.authorize(
         &app,
         Action::CreateChannel { kind: body.kind },
@@ -144,6 +159,15 @@ pub(super) async fn create(
         json!({"kind": body.kind}),
     )?;
     let now = courier_actors::now_ms();
+    let id = ChannelId::new();
+    let seal = patient_ref
+        .as_ref()
+        .map(|r| patients::seal_for_channel(&app, id, r))
+        .transpose()?;
+    let (sealed, tag) = match seal {
+        Some(PatientSeal { sealed, tag }) => (Some(sealed), Some(tag)),
+        None => (None, None),
+    };
     let channel = Channel {
         id: ChannelId::new(),
         name,
@@ -153,8 +177,8 @@ pub(super) async fn create(
         created_at: now,
         direct_key: None,
         archived_at: None,
-        patient_ref: None,
-        patient_tag: None,
+        patient_ref: sealed,
+        patient_tag: tag,
     };
     let owner = Member {
         channel_id: channel.id,
@@ -171,14 +195,12 @@ pub(super) async fn create(
         .audit(
             &app,
             "channel.create",
-            json!({"channelId": channel.id, "kind": channel.kind}),
+            json!({"channelId": channel.id, "kind": channel.kind,
+                   "patientLinked": channel.patient_tag.is_some()}),
         )
         .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({"channel": views::channel(&channel, Some(&owner))})),
-    )
-        .into_response())
+    let view = views::channel_full(&channel, Some(&owner), None, patient_ref);
+    Ok((StatusCode::CREATED, Json(json!({"channel": view}))).into_response())
 }
 
 /// `GET /api/channels/{id}`: `{channel}` with `lastSeq`.
@@ -200,7 +222,8 @@ pub(super) async fn get(
     let id: ChannelId = path_id("id", &id)?;
     let (channel, member) = read_access(&app, &caller, id, "channels.get").await?;
     let last_seq = app.store.last_seq(id).await?;
-    let view = views::channel_at(&channel, member.as_ref(), Some(last_seq));
+    let patient_ref = patients::channel_ref(&app, &channel);
+    let view = views::channel_full(&channel, member.as_ref(), Some(last_seq), patient_ref);
     Ok(Json(json!({"channel": view})))
 }
 
@@ -215,6 +238,10 @@ pub(super) struct UpdateBody {
     description: Option<Option<String>>,
     #[serde(default)]
     kind: Option<ChannelKind>,
+    /// Absent: unchanged; `null`: the link to a patient is removed.
+    #[serde(default, rename = "patientRef", deserialize_with = "present")]
+    #[schema(value_type = Option<String>, example = "Patient/123")]
+    patient_ref: Option<Option<String>>,
 }
 
 fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
@@ -255,6 +282,16 @@ pub(super) async fn update(
         Some(d) => Some(validate::description("description", d.as_deref())?),
         None => None,
     };
+    let patient_ref = match &body.patient_ref {
+        Some(Some(r)) => Some(Some(patients::parse_ref("patientRef", r)?)),
+        Some(None) => Some(None),
+        None => None,
+    };
+    let patient = match &patient_ref {
+        Some(Some(r)) => Some(Some(patients::seal_for_channel(&app, id, r)?)),
+        Some(None) => Some(None),
+        None => None,
+    };
     let updated = app
         .store
         .update_channel(
@@ -262,16 +299,43 @@ pub(super) async fn update(
             ChannelPatch {
                 name,
                 description,
+                patient,
                 ..ChannelPatch::default()
             },
         )
         .await?;
-    caller
-        .audit(&app, "channel.update", json!({"channelId": id}))
-        .await?;
-    Ok(Json(
-        json!({"channel": views::channel(&updated, member.as_ref())}),
-    ))
+    let mut details = json!({"channelId": id});
+    if let Some(set) = &patient_ref {
+        // Whether it was linked or unlinked; never the reference.
+        details["patientLinked"] = set.is_some().into();
+    }
+    caller.audit(&app, "channel.update", details).await?;
+    let patient_ref = patients::channel_ref(&app, &updated);
+    Ok(Json(json!({
+        "channel": views::channel_full(&updated, member.as_ref(), None, patient_ref)
+    })))
+}
+
+/// `PATCH /api/channels/{id}`: the same edit as `PUT` (absent fields are
+/// unchanged; `"patientRef": null` unlinks the patient).
+#[utoipa::path(
+    patch,
+    path = "/api/channels/{id}",
+    operation_id = "channels.patch",
+    tag = "channels",
+    summary = "Edit a channel: name, description, patientRef (its owner or channels.manage)",
+    params(("id" = String, Path, description = "The resource's id (a UUID)")),
+    request_body = UpdateBody,
+    responses((status = 200, description = "The channel, changed", body = ChannelBody), (status = 400, description = "A field or parameter is missing or invalid (`field` names it)", body = ErrorBody), (status = 403, description = "Not allowed (audited as access.denied)", body = ErrorBody), (status = 404, description = "No such resource", body = ErrorBody), (status = 413, description = "Body or text over the size limit", body = ErrorBody)),
+    security(("bearer" = []))
+)]
+pub(super) async fn patch(
+    state: State<Arc<App>>,
+    caller: Caller,
+    id: Path<String>,
+    body: JsonBody<UpdateBody>,
+) -> ApiResult<Json<Value>> {
+    update(state, caller, id, body).await
 }
 
 /// `DELETE /api/channels/{id}`: 204; joined connections get

@@ -54,6 +54,10 @@ pub(super) struct SendBody {
     #[serde(default)]
     attachments: Vec<courier_protocol::FileId>,
 }
+    /// The patient the message concerns (docs/protocol.md, "Patient link").
+    #[serde(default)]
+    #[schema(value_type = Option<String>, example = "Patient/123")]
+    patient_ref: Option<String>,
 
 /// `POST /api/messages`: 201 with the message; 200 with the original for a
 /// resend of a `clientMsgId` (nothing new is delivered).
@@ -93,6 +97,11 @@ pub(super) async fn send(
         return Err(ApiError::invalid("ttlSeconds", "must be positive"));
     }
     let channel_id = body.channel_id;
+    let patient_ref = body
+        .patient_ref
+        .as_deref()
+        .map(|r| super::patients::parse_ref("patientRef", r))
+        .transpose()?;
     let publish = Publish {
         sender: Sender {
             user_id: caller.identity.user_id,
@@ -109,6 +118,7 @@ pub(super) async fn send(
         ttl_seconds: body.ttl_seconds.map(u64::from),
         attachments: body.attachments,
         received,
+        patient_ref,
         actor: None,
     };
     let (tx, rx) = oneshot::channel();

@@ -51,6 +51,7 @@ pub mod holds;
 pub mod messages;
 pub mod moderation;
 pub mod openapi;
+pub mod patients;
 pub mod settings;
 pub mod users;
 pub mod validate;
@@ -147,7 +148,14 @@ fn documented_routes(app: Arc<App>) -> (Router<Arc<App>>, utoipa::openapi::OpenA
         .routes(routes!(break_glass::set_right))
         .routes(routes!(audit::checkpoints))
         .routes(routes!(channels::list, channels::create))
-        .routes(routes!(channels::get, channels::update, channels::delete))
+        .routes(routes!(patients::channels))
+        .routes(routes!(patients::messages))
+        .routes(routes!(
+            channels::get,
+            channels::update,
+            channels::patch,
+            channels::delete
+        ))
         .routes(routes!(channels::archive))
         .routes(routes!(channels::unarchive))
         .routes(routes!(channels::members, channels::add_member))

@@ -6,7 +6,7 @@
 use courier_actors::durable::store::{
     Channel, ChannelKind, ChannelRole, Member, Role, Session, User,
 };
-use courier_protocol::{ChannelId, SessionId, UserId};
+use courier_protocol::{ChannelId, PatientRef, SessionId, UserId};
 use serde::Serialize;
 use serde_json::{json, Value};
 use utoipa::ToSchema;
@@ -77,6 +77,10 @@ pub struct ChannelView {
     /// The last `seq` (`GET /api/channels/{id}` only).
     #[serde(skip_serializing_if = "Option::is_none")]
     last_seq: Option<u64>,
+    /// The patient the channel concerns (docs/protocol.md, "Patient
+    /// link"), for those who may read the channel.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patient_ref: Option<PatientRef>,
 }
 
 /// A channel, with the caller's role in it when they are a member, and
@@ -87,6 +91,17 @@ pub fn channel(c: &Channel, member: Option<&Member>) -> Value {
 
 /// [`channel`] with its `lastSeq`.
 pub fn channel_at(c: &Channel, member: Option<&Member>, last_seq: Option<u64>) -> Value {
+    channel_full(c, member, last_seq, None)
+}
+
+/// [`channel_at`] with its `patientRef`, opened for a reader who may read
+/// the channel (`api::patients::channel_ref`).
+pub fn channel_full(
+    c: &Channel,
+    member: Option<&Member>,
+    last_seq: Option<u64>,
+    patient_ref: Option<PatientRef>,
+) -> Value {
     json!(ChannelView {
         id: c.id,
         name: c.name.clone(),
@@ -98,6 +113,7 @@ pub fn channel_at(c: &Channel, member: Option<&Member>, last_seq: Option<u64>) -
         archived: c.archived_at.is_some(),
         archived_at: c.archived_at,
         last_seq,
+        patient_ref,
     })
 }
 

@@ -115,6 +115,9 @@ pub enum ForwardOp {
         /// from older nodes).
         #[serde(default)]
         attachments: Vec<AttachmentView>,
+        /// The patient the message concerns (absent from older nodes).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        patient_ref: Option<courier_protocol::PatientRef>,
     },
     Edit {
         editor: UserId,
@@ -271,6 +274,7 @@ mod tests {
                 reply_to: None,
                 ttl_seconds: Some(5),
                 attachments: vec![],
+                patient_ref: None,
             },
         };
         let back: Forward = decode(&encode(&forward)).unwrap();

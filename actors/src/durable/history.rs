@@ -11,11 +11,11 @@
 use std::sync::Arc;
 
 use courier_protocol::frames::MessageView;
-use courier_protocol::MessageId;
+use courier_protocol::{MessageId, PatientRef};
 use metrics::counter;
 
-use crate::crypto::MessageCipher;
-use crate::durable::store::{Flag, MessageRow};
+use crate::crypto::{MessageCipher, RefOwner};
+use crate::durable::store::{Channel, Flag, MessageRow, StoredMessage};
 use crate::telemetry::names as m;
 
 /// Pages larger than this are decrypted on the blocking pool.
@@ -48,6 +48,42 @@ pub fn show_flag(view: &mut MessageView, flag: Option<&Flag>) {
     view.flag_reason = flag.map(|f| f.reason.clone());
     view.flagged_by = flag.map(|f| f.by);
     view.flagged_at = flag.map(|f| f.at);
+}
+
+/// Opens a message's own `patientRef` (`None` when it has none); a blob
+/// that fails authentication fails the read like its text would.
+pub fn message_patient_ref(
+    cipher: &MessageCipher,
+    m: &StoredMessage,
+) -> Result<Option<PatientRef>, HistoryError> {
+    let Some(sealed) = m.patient_ref.as_deref() else {
+        return Ok(None);
+    };
+    cipher
+        .open_patient_ref(RefOwner::Message(m.id), sealed)
+        .map(Some)
+        .map_err(|e| {
+            counter!(m::DECRYPT_FAILURES).increment(1);
+            tracing::error!(message_id = %m.id, error = %e,
+                "a message's patient reference failed authentication: tampered or corrupt");
+            HistoryError::Integrity(m.id)
+        })
+}
+
+/// Opens a channel's `patientRef` (`None` when it has none). A blob that
+/// fails authentication is logged, counted and shown as no reference: a
+/// channel stays usable, and its messages keep their own checks.
+pub fn channel_patient_ref(cipher: &MessageCipher, channel: &Channel) -> Option<PatientRef> {
+    let sealed = channel.patient_ref.as_deref()?;
+    match cipher.open_patient_ref(RefOwner::Channel(channel.id), sealed) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            counter!(m::DECRYPT_FAILURES).increment(1);
+            tracing::error!(channel_id = %channel.id, error = %e,
+                "a channel's patient reference failed authentication: tampered or corrupt");
+            None
+        }
+    }
 }
 
 /// Decrypts one row, without its flag.
@@ -110,6 +146,7 @@ pub fn open_row_with(
                     "an attachment's name failed authentication: tampered or corrupt");
                 HistoryError::Integrity(m.id)
             })?,
+        patient_ref: message_patient_ref(cipher, &m)?,
     };
     if let Some(flag) = flag {
         show_flag(&mut view, flag.as_ref());

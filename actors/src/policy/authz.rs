@@ -34,6 +34,7 @@ pub mod perm {
     pub const KEYS_MANAGE: &str = "keys.manage";
     pub const SESSIONS_MANAGE: &str = "sessions.manage";
     pub const SETTINGS_MANAGE: &str = "settings.manage";
+    pub const PATIENTS_READ: &str = "patients.read";
     pub const HOLDS_MANAGE: &str = "holds.manage";
 }
 
@@ -160,6 +161,8 @@ pub enum Action<'a> {
     },
     /// Read or verify the audit log.
     ReadAudit,
+    /// List a patient's channels and messages (`/api/patients/{ref}/...`).
+    ReadPatient,
     /// Rotate or retire master keys.
     ManageKeys,
     /// See the server's live figures (the admin console's overview).
@@ -330,6 +333,10 @@ pub fn decide(who: Principal<'_>, action: Action<'_>) -> Result<(), Denied> {
             who.can(perm::AUDIT_READ),
             "not allowed to read the audit log",
         ),
+        ReadPatient => allow(
+            who.can(perm::PATIENTS_READ),
+            "not allowed to read a patient's channels and messages",
+        ),
         ManageKeys => allow(who.can(perm::KEYS_MANAGE), "not allowed to manage keys"),
         ReadServerStatus => allow(
             who.can(perm::USERS_MANAGE),
@@ -386,6 +393,8 @@ mod tests {
             created_at: 0,
             direct_key: None,
             archived_at: None,
+            patient_ref: None,
+            patient_tag: None,
         }
     }
 

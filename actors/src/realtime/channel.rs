@@ -54,7 +54,7 @@ use courier_protocol::frames::{
     AttachmentView, ChannelView, DeliveryStatus, MessageFlagged, MessageKind, MessageView,
     PresenceStatus, Ref, ServerFrame,
 };
-use courier_protocol::{ChannelId, ErrorCode, MessageId, UserId};
+use courier_protocol::{ChannelId, ErrorCode, MessageId, PatientRef, UserId};
 use metrics::{counter, histogram};
 use ractor::{Actor, ActorProcessingErr, ActorRef, DerivedActorRef};
 use tokio::sync::{oneshot, watch};
@@ -63,11 +63,11 @@ use crate::audit::actor::AuditHandle;
 use crate::audit::chain::PendingAudit;
 use crate::cluster::wire::Notice;
 use crate::cluster::Cluster;
-use crate::crypto::MessageCipher;
+use crate::crypto::{MessageCipher, RefOwner};
 use crate::durable::history;
 use crate::durable::persistence::{Committed, PersistError, PersistReply, PersistenceHandle};
 use crate::durable::store::{
-    Channel, ChannelKind, ClientMsgRef, DynStore, Member, Role, StoredMessage, WriteOp,
+    Channel, ChannelKind, ClientMsgRef, DynStore, Member, PatientSeal, Role, StoredMessage, WriteOp,
     WriteOutcome,
 };
 use crate::policy::authz::{self, Action, Principal, RolePermissions};
@@ -254,6 +254,12 @@ pub struct JoinRequest {
 /// `send_message` (WebSocket) or `POST /api/messages` (REST).
 pub struct PublishRequest {
     pub sender: Sender,
+    /// Where the connection comes from, for the audit of what it is sent.
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    /// The channel's `patientRef`, opened by the caller from the channel it
+    /// just read (this actor's copy may predate an edit).
+    pub patient_ref: Option<PatientRef>,
     pub text: String,
     pub client_msg_id: Option<String>,
     pub contains_phi: bool,
@@ -269,6 +275,9 @@ pub struct PublishRequest {
     pub received: Instant,
     /// The sender's connection has joined this channel: the membership is
     /// the one this actor keeps for joined users (no store read was made,
+    /// The patient the message concerns; sealed by this actor (a send
+    /// without one seals nothing more).
+    pub patient_ref: Option<PatientRef>,
     /// `sender.member` is empty).
     pub joined: bool,
 }
@@ -1230,6 +1239,9 @@ impl ChannelState {
             sub.hold_messages = last - through <= page;
             if next.send(Some(last)).is_ok() {
                 return;
+            ip,
+            user_agent,
+            patient_ref,
             }
         } else {
             let _ = next.send(None);
@@ -1260,6 +1272,7 @@ impl ChannelState {
         sub.hold_messages = false;
         sub.replay = 0;
         let user = sub.user_id;
+            patient_ref,
         if !ok {
             self.subscribers.remove(conn_id);
         } else if let Some(seq) = through {
@@ -1499,8 +1512,8 @@ impl ChannelState {
             deleted_at: None,
             kind: MessageKind::of_attachments(req.attachments.iter().map(|a| a.mime.as_str())),
             attachments: req.attachments.iter().map(|a| a.id).collect(),
-            patient_ref: None,
-            patient_tag: None,
+            patient_ref,
+            patient_tag,
         };
         let message = MessageView {
             id,
@@ -1566,6 +1579,7 @@ impl ChannelState {
         let mut message = req.original;
         message.text = req.text;
         message.edited_at = Some(edited_at);
+                        patient_ref: None,
         let pending = Pending::Edit {
             message,
             editor: req.editor,
@@ -1599,6 +1613,23 @@ impl ChannelState {
         match (pending, outcome) {
             (Pending::Delivered, Ok(_)) => {}
             (Pending::Delivered, Err(e)) => {
+        // Only a message that names a patient pays for sealing and tagging it.
+        let patient = match &req.patient_ref {
+            None => None,
+            Some(r) => match PatientSeal::new(&self.services.cipher, RefOwner::Message(id), r) {
+                Ok(seal) => Some(seal),
+                Err(e) => {
+                    tracing::error!(error = %e, "sealing a patient reference failed");
+                    req.reply
+                        .send(Err(ChannelError::Internal("encryption failed".into())));
+                    return;
+                }
+            },
+        };
+        let (patient_ref, patient_tag) = match patient {
+            Some(PatientSeal { sealed, tag }) => (Some(sealed), Some(tag)),
+            None => (None, None),
+        };
                 tracing::warn!(channel_id = %channel_id, error = %e, "delivered position not stored");
             }
             (
@@ -1640,6 +1671,7 @@ impl ChannelState {
                 ));
                 for resend in resends {
                     resend.send(Ok(Accepted::Sent {
+            patient_ref: req.patient_ref,
                         message: message.clone(),
                         duplicate: true,
                     }));

@@ -595,6 +595,7 @@ impl ConnectionState {
                     ttl_seconds: send.ttl_seconds.map(u64::from),
                     attachments: send.attachments,
                     received: Instant::now(),
+                    patient_ref: send.patient_ref,
                     actor: self.joined.get(&send.channel_id).map(|j| j.actor.clone()),
                 };
                 match self.realtime.publish(publish, reply).await {
@@ -744,6 +745,9 @@ impl ConnectionState {
             since_seq,
             reference,
         };
+            ip: self.peer.ip.clone(),
+            user_agent: self.peer.user_agent.clone(),
+            patient_ref: history::channel_patient_ref(&self.realtime.cipher, &channel),
         actor
             .cast(ChannelMsg::Join(Box::new(request)))
             .map_err(|_| RequestError::Unavailable)?;

@@ -654,9 +654,14 @@ impl EncodedFrame {
             wire::frame(opcode, &payload)
         };
         let compact_message = match frame {
-            // A message with files has no compact form: compact clients get
-            // the standard one (docs/protocol.md, compact pushes).
-            ServerFrame::NewMessage(push) if forms.compact && push.data.attachments.is_empty() => {
+            // A message with files or a patient reference has no compact
+            // form: compact clients get the standard one (docs/protocol.md,
+            // compact pushes).
+            ServerFrame::NewMessage(push)
+                if forms.compact
+                    && push.data.attachments.is_empty()
+                    && push.data.patient_ref.is_none() =>
+            {
                 Some(build(
                     &ServerFrame::CompactMessage(CompactMessage::from(&push.data)),
                     Encoding::MessagePack,

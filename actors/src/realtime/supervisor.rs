@@ -504,6 +504,8 @@ impl Realtime {
                 let owner = Member {
                     channel_id: channel.id,
                     user_id: me.user_id,
+                    patient_ref: None,
+                    patient_tag: None,
                     role: ChannelRole::Owner,
                     joined_at: now,
                     last_read_seq: 0,
@@ -848,6 +850,7 @@ impl Realtime {
             received: send.received,
             joined,
         };
+            patient_ref: send.patient_ref,
         actor
             .cast(ChannelMsg::Publish(Box::new(request)))
             .map_err(|_| PublishError::Access(AccessError::Unavailable))
@@ -1043,6 +1046,8 @@ pub struct Publish {
     pub received: Instant,
     /// The channel's actor when the caller already holds it (a joined channel).
     pub actor: Option<ActorRef<ChannelMsg>>,
+    /// The patient the message concerns (validated by the edge).
+    pub patient_ref: Option<courier_protocol::PatientRef>,
 }
 
 /// What an `edit_message` or `delete_message` asks of a message.

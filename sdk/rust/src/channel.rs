@@ -269,6 +269,7 @@ mod tests {
             flagged_at: None,
             kind: Default::default(),
             attachments: Vec::new(),
+            patient_ref: None,
         }
     }
 
@@ -287,6 +288,7 @@ mod tests {
             recovered,
             online: Vec::new(),
             archived: false,
+            patient_ref: None,
         }
     }
 

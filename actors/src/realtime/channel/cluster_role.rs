@@ -183,6 +183,7 @@ pub fn forwarded(cluster: Arc<Cluster>, op: ForwardOp, reply: String) -> Channel
             reply_to,
             ttl_seconds,
             attachments,
+            patient_ref,
         } => ChannelMsg::Publish(Box::new(PublishRequest {
             sender: Sender {
                 user_id: sender.user_id,
@@ -198,6 +199,7 @@ pub fn forwarded(cluster: Arc<Cluster>, op: ForwardOp, reply: String) -> Channel
             reply_to,
             ttl_seconds,
             attachments,
+            patient_ref,
             reply,
             received: Instant::now(),
             joined: false,
@@ -411,6 +413,7 @@ impl ChannelState {
                     reply_to: req.reply_to,
                     ttl_seconds: req.ttl_seconds,
                     attachments: req.attachments,
+                    patient_ref: req.patient_ref,
                 };
                 (Some(op), req.reply)
             }

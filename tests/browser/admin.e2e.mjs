@@ -238,7 +238,7 @@ async function main() {
     // ---- overview: live figures
     await page.locator('nav a[data-section="overview"].active').waitFor();
     const sections = await page.locator('nav a[data-section]').evaluateAll((as) => as.map((a) => a.dataset.section));
-    check(sections.join(',') === 'overview,users,channels,moderation,audit,settings', `the super admin's nav: ${sections}`);
+    check(sections.join(',') === 'overview,users,channels,moderation,break-glass,audit,settings', `the super admin's nav: ${sections}`);
     await until('the overview charts to draw a line', async () => (await page.locator('svg.chart polyline').count()) >= 4, 15_000);
     check((await page.locator('#store-health').textContent()).includes('reachable'), 'the store badge');
     check((await page.locator('#audit-health').textContent()).includes('healthy'), 'the audit badge');
@@ -355,6 +355,25 @@ async function main() {
     check(gone.status === 404 || gone.body?.deleted === true || gone.body?.message?.deleted === true, `the deleted message: ${gone.status} ${JSON.stringify(gone.body)}`);
     check((await page.evaluate(() => window.__xss)) === undefined, 'no markup ran (window.__xss is undefined)');
     log('flagged message deleted with a reason from the queue');
+
+    // ---- break-glass: an emergency access in the queue, reviewed from it
+    const ward = await rest('POST', '/api/channels', posterToken, { name: 'ward-7', kind: 'private' });
+    check(ward.status === 201, `a private channel: ${ward.status} ${JSON.stringify(ward.body)}`);
+    const opened = await rest('POST', `/api/channels/${ward.body.channel.id}/break-glass`, admin.token, { reason: 'Code blue <b>bed 7</b>, need the notes' });
+    check(opened.status === 201, `break-glass opened: ${opened.status} ${JSON.stringify(opened.body)}`);
+    const grantId = opened.body.grant.id;
+    await nav(page, 'break-glass');
+    const grantRow = page.locator(`#break-glass-queue tr[data-grant="${grantId}"]`);
+    await grantRow.waitFor();
+    check((await grantRow.locator('td.message-text').textContent()) === 'Code blue <b>bed 7</b>, need the notes', 'the reason shows, as text');
+    await shot(page, '07b-break-glass');
+    await grantRow.locator('input.review-note').fill('justified');
+    await grantRow.getByRole('button', { name: 'Review' }).click();
+    await notice(page, 'Reviewed');
+    await until('the grant to leave the queue', async () => (await page.locator(`#break-glass-queue tr[data-grant="${grantId}"]`).count()) === 0);
+    const reviewed = await rest('GET', '/api/break-glass?status=all', admin.token);
+    check(reviewed.body.grants.some((g) => g.id === grantId && g.reviewNote === 'justified'), `the review is stored: ${JSON.stringify(reviewed.body)}`);
+    log('a break-glass access listed with its reason and reviewed from the queue');
 
     // ---- settings: sendPerMinute 2 is enforced at once
     await nav(page, 'settings');

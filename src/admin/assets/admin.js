@@ -174,6 +174,7 @@ const SECTIONS = [
   { key: 'users', title: 'Users', perm: 'users.manage', render: renderUsers },
   { key: 'channels', title: 'Channels', perm: 'channels.manage', render: renderChannels },
   { key: 'moderation', title: 'Moderation', perm: 'messages.moderate', render: renderModeration },
+  { key: 'break-glass', title: 'Break-glass', perm: 'break_glass.review', render: renderBreakGlass },
   { key: 'audit', title: 'Audit log', perm: 'audit.read', render: renderAudit },
   { key: 'settings', title: 'Settings', perm: 'settings.manage', render: renderSettings },
 ];
@@ -1255,6 +1256,119 @@ function renderModeration(main) {
   );
   append(main, header('Moderation'), card('Flagged messages', queue), card('Flag a message by id', h('p', { class: 'hint' }, 'A channel’s page lists its recent messages with a Flag button each.'), flagForm));
   load();
+}
+
+// ---- break-glass --------------------------------------------------------------
+
+function renderBreakGlass(main) {
+  let status = 'unreviewed';
+  const queue = h('div', { id: 'break-glass-queue' });
+  const load = async () => {
+    try {
+      const page = await api('GET', `/api/break-glass${qs({ status })}`);
+      clear(queue);
+      append(
+        queue,
+        h('p', { class: 'hint' }, 'Reading this list opens the reasons; it is recorded in the audit log (break_glass.queue_read). A grant stays here until reviewed, after it ended too.'),
+        table(
+          ['Channel', 'User', 'Reason', 'Granted', 'Expires', 'State', 'Review'],
+          page.grants.map((g) => breakGlassRow(g, load)),
+          status === 'unreviewed' ? 'No break-glass access waits for review.' : 'No break-glass access yet.',
+        ),
+      );
+    } catch (err) {
+      failed(main, err);
+    }
+  };
+  const which = h(
+    'select',
+    {
+      id: 'break-glass-status',
+      onchange: () => {
+        status = which.value;
+        load();
+      },
+    },
+    h('option', { value: 'unreviewed' }, 'Waiting for review'),
+    h('option', { value: 'all' }, 'Every grant'),
+  );
+  const userId = h('input', { id: 'break-glass-user', required: true, autocomplete: 'off', placeholder: 'user id' });
+  const allowed = h('select', { id: 'break-glass-allowed' }, h('option', { value: 'true' }, 'may break the glass'), h('option', { value: 'false' }, 'may not'));
+  const rightForm = h(
+    'form',
+    {
+      class: 'toolbar',
+      id: 'break-glass-right',
+      onsubmit: (ev) => {
+        ev.preventDefault();
+        act('Setting the break-glass right', async () => {
+          const res = await api('PUT', `/api/users/${encodeURIComponent(userId.value.trim())}/break-glass`, { allowed: allowed.value === 'true' });
+          rightForm.reset();
+          showNotice(res.allowed ? 'The user may now break the glass.' : 'The user may no longer break the glass.');
+        });
+      },
+    },
+    field('User id', userId),
+    field('Right', allowed),
+    h('button', { type: 'submit', class: 'btn' }, 'Save'),
+  );
+  append(
+    main,
+    header('Break-glass', field('Show', which)),
+    card('Emergency access', queue),
+    card('Who may break the glass', h('p', { class: 'hint' }, 'Clinicians need this right (patients never); admins have it by role.'), rightForm),
+  );
+  load();
+}
+
+function breakGlassRow(g, reload) {
+  const note = h('input', { 'aria-label': `Review note for grant ${g.id}`, placeholder: 'review note', class: 'input-small review-note', required: true });
+  const state = g.active ? 'active' : g.endReason ? `ended (${g.endReason.replace(/_/g, ' ')})` : 'lapsed';
+  const review = g.reviewedAt
+    ? h('span', {}, `${fmtTime(g.reviewedAt)}: ${g.reviewNote || ''}`)
+    : h(
+        'form',
+        {
+          class: 'inline-form',
+          onsubmit: (ev) => {
+            ev.preventDefault();
+            act('Reviewing', async () => {
+              await api('POST', `/api/break-glass/${g.id}/review`, { note: note.value });
+              showNotice('Reviewed; it has left the queue.');
+              reload();
+            });
+          },
+        },
+        note,
+        h('button', { type: 'submit', class: 'btn btn-small' }, 'Review'),
+      );
+  const revoke = g.active
+    ? h(
+        'button',
+        {
+          type: 'button',
+          class: 'btn btn-small btn-warn',
+          onclick: () =>
+            act('Revoking', async () => {
+              await api('DELETE', `/api/break-glass/${g.id}`);
+              showNotice('Access revoked: the user has left the channel.');
+              reload();
+            }),
+        },
+        'Revoke',
+      )
+    : null;
+  return h(
+    'tr',
+    { 'data-grant': g.id },
+    h('td', {}, h('a', { href: `#/channels/${g.channelId}` }, g.channelId)),
+    h('td', {}, h('a', { href: `#/users/${g.userId}` }, g.userId)),
+    h('td', { class: 'message-text' }, g.reason || ''),
+    h('td', {}, fmtTime(g.grantedAt)),
+    h('td', {}, fmtTime(g.expiresAt)),
+    h('td', {}, state, revoke ? ' ' : null, revoke),
+    h('td', { class: 'actions' }, review),
+  );
 }
 
 function flagRow(m, reload) {

@@ -137,6 +137,9 @@ pub struct Config {
     pub audit_checkpoint_interval_secs: u64,
     pub audit_batch_delay_us: u64,
     pub audit_append_timeout_ms: u64,
+    /// How often a channel writes the pushes a long-lived connection was
+    /// sent to the audit (`message.delivered`), besides on leave.
+    pub audit_delivery_flush_secs: u64,
     pub audit_checkpoint_webhook: Option<String>,
     pub audit_checkpoint_webhook_secret: Option<Secret>,
     pub audit_checkpoint_webhook_queue: usize,
@@ -270,6 +273,7 @@ impl Default for Config {
             audit_checkpoint_interval_secs: 60,
             audit_batch_delay_us: 5_000,
             audit_append_timeout_ms: 5_000,
+            audit_delivery_flush_secs: 300,
             audit_checkpoint_webhook: None,
             audit_checkpoint_webhook_secret: None,
             audit_checkpoint_webhook_queue: 1_024,
@@ -766,6 +770,12 @@ impl Config {
         c.within(
             "audit_checkpoint_interval_secs",
             self.audit_checkpoint_interval_secs,
+            1,
+            DAY_SECS,
+        );
+        c.within(
+            "audit_delivery_flush_secs",
+            self.audit_delivery_flush_secs,
             1,
             DAY_SECS,
         );

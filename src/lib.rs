@@ -36,6 +36,7 @@ pub mod audit_webhook;
 pub mod auth;
 pub mod commands;
 pub mod config;
+pub mod disclosures_report;
 pub mod http;
 pub mod rate_limit;
 pub mod retention_report;

@@ -62,6 +62,32 @@ enum Command {
         #[command(subcommand)]
         command: RetentionCommand,
     },
+    /// Compliance reports.
+    Report {
+        #[command(subcommand)]
+        command: ReportCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReportCommand {
+    /// The accounting of disclosures of a patient, from the audit chain:
+    /// every read of their messages, by whom, when, from where; exit 2
+    /// when the chain is broken over the window.
+    Disclosures {
+        /// The patient reference (`Patient/123`, `system|value`).
+        #[arg(long)]
+        patient: String,
+        /// Window start, included: ms since the epoch or RFC 3339 (the epoch).
+        #[arg(long)]
+        from: Option<String>,
+        /// Window end, excluded: ms since the epoch or RFC 3339 (now).
+        #[arg(long)]
+        to: Option<String>,
+        /// JSON Lines (one row a line, then the summary) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -218,6 +244,26 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             command: RetentionCommand::Report { json },
         } => {
             courier::retention_report::run(&config, json).await?;
+        }
+        Command::Report {
+            command:
+                ReportCommand::Disclosures {
+                    patient,
+                    from,
+                    to,
+                    json,
+                },
+        } => {
+            let request = courier::disclosures_report::Request {
+                patient,
+                from,
+                to,
+                json,
+            };
+            let outcome = courier::disclosures_report::run(&config, &request).await?;
+            if matches!(outcome, courier::disclosures_report::Outcome::Tampered { .. }) {
+                return Ok(ExitCode::from(2));
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -216,6 +216,7 @@ pub async fn start(config: Config) -> Result<Started, ServerError> {
         recovery_max_replay: config.recovery_max_replay,
         typing_expiry: Duration::from_millis(config.typing_expiry_ms),
         fanout_coalesce: Duration::from_micros(config.fanout_coalesce_us),
+        delivery_flush: Duration::from_secs(config.audit_delivery_flush_secs.max(1)),
         cluster,
         break_glass_sweep: Duration::from_millis(config.break_glass_sweep_ms),
     };

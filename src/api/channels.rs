@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use courier_actors::durable::store::{
@@ -169,7 +169,7 @@ pub(super) async fn create(
         None => (None, None),
     };
     let channel = Channel {
-        id: ChannelId::new(),
+        id,
         name,
         description,
         kind: body.kind,
@@ -645,6 +645,7 @@ pub(super) async fn remove_member(
 pub(super) async fn messages(
     State(app): State<Arc<App>>,
     caller: Caller,
+    headers: HeaderMap,
     Path(id): Path<String>,
     query: QueryParams,
 ) -> ApiResult<Json<Value>> {
@@ -659,14 +660,13 @@ pub(super) async fn messages(
         .read_history(caller.principal(&app), id, before, limit)
         .await
         .map_err(|e| caller.access_error(&app, "channels.messages", json!({"channelId": id}), e))?;
-    // The same entry as a WebSocket `fetch_history`: decrypted messages left.
-    caller
-        .audit(
-            &app,
-            "history.read",
-            json!({"channelId": id, "count": messages.len()}),
-        )
-        .await?;
+    // The same entry as a WebSocket `fetch_history`: decrypted messages
+    // left, by seq (docs/audit.md, "Disclosures").
+    let via = disclosures::via(&headers, "history");
+    let mut details =
+        disclosures::read_details(&app, &caller, id, messages.iter().map(|m| m.seq), via);
+    details["count"] = messages.len().into();
+    caller.audit(&app, "history.read", details).await?;
     Ok(Json(json!({"messages": messages, "hasMore": has_more})))
 }
 

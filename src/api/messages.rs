@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use courier_actors::realtime::channel::{Accepted, ChannelError, Reply, Sender};
 use courier_actors::realtime::{Change, Publish, PublishError};
@@ -25,6 +25,7 @@ use serde_json::{json, Value};
 use tokio::sync::oneshot;
 use utoipa::ToSchema;
 
+use super::disclosures;
 use super::error::{ApiError, ApiResult};
 use super::extract::{parse_json, path_id, Caller, JsonBody, RawBody};
 use super::openapi::{ErrorBody, MessageBody};
@@ -53,11 +54,11 @@ pub(super) struct SendBody {
     /// with any, `text` may be empty.
     #[serde(default)]
     attachments: Vec<courier_protocol::FileId>,
-}
     /// The patient the message concerns (docs/protocol.md, "Patient link").
     #[serde(default)]
     #[schema(value_type = Option<String>, example = "Patient/123")]
     patient_ref: Option<String>,
+}
 
 /// `POST /api/messages`: 201 with the message; 200 with the original for a
 /// resend of a `clientMsgId` (nothing new is delivered).
@@ -96,12 +97,12 @@ pub(super) async fn send(
     if body.ttl_seconds == Some(0) {
         return Err(ApiError::invalid("ttlSeconds", "must be positive"));
     }
-    let channel_id = body.channel_id;
     let patient_ref = body
         .patient_ref
         .as_deref()
         .map(|r| super::patients::parse_ref("patientRef", r))
         .transpose()?;
+    let channel_id = body.channel_id;
     let publish = Publish {
         sender: Sender {
             user_id: caller.identity.user_id,
@@ -117,8 +118,8 @@ pub(super) async fn send(
         reply_to: body.reply_to,
         ttl_seconds: body.ttl_seconds.map(u64::from),
         attachments: body.attachments,
-        received,
         patient_ref,
+        received,
         actor: None,
     };
     let (tx, rx) = oneshot::channel();
@@ -183,6 +184,7 @@ async fn committed(rx: oneshot::Receiver<Result<Accepted, ChannelError>>) -> Api
 pub(super) async fn get(
     State(app): State<Arc<App>>,
     caller: Caller,
+    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let id: MessageId = path_id("id", &id)?;
@@ -191,13 +193,12 @@ pub(super) async fn get(
         .read_message(caller.principal(&app), id)
         .await
         .map_err(|e| caller.access_error(&app, "messages.get", json!({"messageId": id}), e))?;
-    caller
-        .audit(
-            &app,
-            "history.read",
-            json!({"channelId": message.channel_id, "messageId": id, "count": 1}),
-        )
-        .await?;
+    let via = disclosures::via(&headers, "message");
+    let mut details =
+        disclosures::read_details(&app, &caller, message.channel_id, [message.seq], via);
+    details["messageId"] = json!(id);
+    details["count"] = 1.into();
+    caller.audit(&app, "history.read", details).await?;
     Ok(Json(json!(message)))
 }
 

@@ -14,6 +14,8 @@
 //! - [`settings`]: `/api/settings*`: the effective configuration (secrets
 //!   redacted) and the rate limits an admin changes at run time.
 //! - [`holds`]: `/api/holds*`: legal holds, placed and released.
+//! - [`disclosures`]: `/api/patients/{ref}/disclosures`, the accounting of
+//!   disclosures of a patient, and the audit details of REST reads.
 //! - [`break_glass`]: `/api/break-glass*`, `POST /api/channels/{id}/break-glass`,
 //!   `PUT /api/users/{id}/break-glass`: emergency access and its review.
 //! - [`openapi`]: the OpenAPI description served at `/api/openapi.json`,
@@ -44,6 +46,7 @@ pub mod audit;
 pub mod auth;
 pub mod break_glass;
 pub mod channels;
+pub mod disclosures;
 pub mod error;
 pub mod extract;
 pub mod files;
@@ -147,6 +150,7 @@ fn documented_routes(app: Arc<App>) -> (Router<Arc<App>>, utoipa::openapi::OpenA
         .routes(routes!(break_glass::review))
         .routes(routes!(break_glass::set_right))
         .routes(routes!(audit::checkpoints))
+        .routes(routes!(disclosures::report))
         .routes(routes!(channels::list, channels::create))
         .routes(routes!(patients::channels))
         .routes(routes!(patients::messages))

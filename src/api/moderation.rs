@@ -12,13 +12,16 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::Json;
+use courier_actors::audit::reads;
 use courier_actors::durable::history::{self, Flags};
 use courier_actors::durable::store::{Channel, Member};
 use courier_actors::policy::authz::{self, Action};
 use courier_protocol::ChannelId;
 use serde_json::{json, Value};
 
+use super::disclosures;
 use super::error::{ApiError, ApiResult};
 use super::extract::{Caller, QueryParams};
 use super::openapi::{ErrorBody, FlaggedPage};
@@ -41,6 +44,7 @@ use crate::http::App;
 pub(super) async fn flags(
     State(app): State<Arc<App>>,
     caller: Caller,
+    headers: HeaderMap,
     query: QueryParams,
 ) -> ApiResult<Json<Value>> {
     let limit = query.int_in("limit", 1, 100, 50)? as u32;
@@ -55,6 +59,7 @@ pub(super) async fn flags(
     let mut channels: HashMap<ChannelId, Option<(Channel, Option<Member>)>> = HashMap::new();
     let mut messages = Vec::new();
     let mut ids = Vec::new();
+    let mut seqs = Vec::new();
     for row in rows {
         if row.message.expires_at.is_some_and(|t| t <= now) {
             continue;
@@ -80,17 +85,31 @@ pub(super) async fn flags(
         let message = history::open_row_with(&app.realtime.cipher, row, Flags::Shown)
             .map_err(|_| ApiError::internal("a flagged message cannot be read"))?;
         ids.push(message.id);
+        seqs.push((channel_id, message.seq));
         let mut entry = json!(message);
         entry["channelName"] = json!(channel.name);
         messages.push(entry);
     }
-    caller
-        .audit(
-            &app,
-            "history.read",
-            json!({"via": "moderation.flags", "count": ids.len(), "messageIds": ids}),
-        )
-        .await?;
+    // Several channels at once: `disclosed`, one item per channel
+    // (docs/audit.md, "Disclosures"); `via` says the console read it.
+    let via = disclosures::via(&headers, "moderation.flags");
+    let mut details = reads::details_multi(seqs.iter().copied(), via);
+    if let Some(items) = details["disclosed"].as_array_mut() {
+        for item in items {
+            let grant = item["channelId"]
+                .as_str()
+                .and_then(|c| c.parse::<ChannelId>().ok())
+                .and_then(|c| {
+                    app.realtime
+                        .break_glass
+                        .active(c, caller.identity.user_id, now)
+                });
+            reads::mark_break_glass(item, grant);
+        }
+    }
+    details["count"] = ids.len().into();
+    details["messageIds"] = json!(ids);
+    caller.audit(&app, "history.read", details).await?;
     Ok(Json(json!({
         "messages": messages,
         "limit": limit,

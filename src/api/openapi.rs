@@ -55,6 +55,7 @@ pub const ENDPOINTS: &[(&str, &str)] = &[
     ("post", "/api/break-glass/{id}/review"),
     ("put", "/api/users/{id}/break-glass"),
     ("get", "/api/audit/checkpoints"),
+    ("get", "/api/patients/{ref}/disclosures"),
     ("get", "/api/patients/{ref}/channels"),
     ("get", "/api/patients/{ref}/messages"),
     ("get", "/api/channels"),

@@ -19,3 +19,4 @@
 pub mod holds;
 
 pub mod break_glass;
+pub mod disclosures;

@@ -31,10 +31,11 @@ pub mod perm {
     pub const CHANNELS_CREATE_PRIVATE: &str = "channels.create_private";
     pub const MESSAGES_MODERATE: &str = "messages.moderate";
     pub const AUDIT_READ: &str = "audit.read";
+    pub const PATIENTS_DISCLOSURES: &str = "patients.disclosures";
+    pub const PATIENTS_READ: &str = "patients.read";
     pub const KEYS_MANAGE: &str = "keys.manage";
     pub const SESSIONS_MANAGE: &str = "sessions.manage";
     pub const SETTINGS_MANAGE: &str = "settings.manage";
-    pub const PATIENTS_READ: &str = "patients.read";
     pub const HOLDS_MANAGE: &str = "holds.manage";
 }
 
@@ -161,6 +162,8 @@ pub enum Action<'a> {
     },
     /// Read or verify the audit log.
     ReadAudit,
+    /// Read the accounting of disclosures of a patient.
+    ReadDisclosures,
     /// List a patient's channels and messages (`/api/patients/{ref}/...`).
     ReadPatient,
     /// Rotate or retire master keys.
@@ -332,6 +335,10 @@ pub fn decide(who: Principal<'_>, action: Action<'_>) -> Result<(), Denied> {
         ReadAudit => allow(
             who.can(perm::AUDIT_READ),
             "not allowed to read the audit log",
+        ),
+        ReadDisclosures => allow(
+            who.can(perm::PATIENTS_DISCLOSURES),
+            "not allowed to read a patient's disclosures",
         ),
         ReadPatient => allow(
             who.can(perm::PATIENTS_READ),

@@ -61,6 +61,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::audit::actor::AuditHandle;
 use crate::audit::chain::PendingAudit;
+use crate::audit::reads;
 use crate::cluster::wire::Notice;
 use crate::cluster::Cluster;
 use crate::crypto::{MessageCipher, RefOwner};
@@ -103,6 +104,10 @@ pub struct ChannelServices {
     pub fanout_coalesce: Duration,
     /// A channel with no connections and no pending writes stops after this.
     pub idle_stop: Duration,
+    /// How often the seqs pushed to each long-lived joined connection are
+    /// written to the audit (`message.delivered`), besides on leave,
+    /// disconnect and stop (`audit_delivery_flush_secs`).
+    pub delivery_flush: Duration,
     /// The server's shutdown phase: an actor that dies once the server is
     /// closing closes its connections with 1001, not as a crash.
     pub shutdown: watch::Receiver<ShutdownPhase>,
@@ -249,17 +254,17 @@ pub struct JoinRequest {
     pub member: Member,
     pub since_seq: Option<u64>,
     pub reference: Option<Ref>,
-}
-
-/// `send_message` (WebSocket) or `POST /api/messages` (REST).
-pub struct PublishRequest {
-    pub sender: Sender,
     /// Where the connection comes from, for the audit of what it is sent.
     pub ip: Option<String>,
     pub user_agent: Option<String>,
     /// The channel's `patientRef`, opened by the caller from the channel it
     /// just read (this actor's copy may predate an edit).
     pub patient_ref: Option<PatientRef>,
+}
+
+/// `send_message` (WebSocket) or `POST /api/messages` (REST).
+pub struct PublishRequest {
+    pub sender: Sender,
     pub text: String,
     pub client_msg_id: Option<String>,
     pub contains_phi: bool,
@@ -270,14 +275,14 @@ pub struct PublishRequest {
     /// The message's files, checked by [`Realtime::publish`](crate::realtime::Realtime::publish):
     /// uploaded by the sender to this channel, scanned and ready.
     pub attachments: Vec<AttachmentView>,
+    /// The patient the message concerns; sealed by this actor (a send
+    /// without one seals nothing more).
+    pub patient_ref: Option<PatientRef>,
     pub reply: Reply,
     /// When the request reached the server (for the ack latency metric).
     pub received: Instant,
     /// The sender's connection has joined this channel: the membership is
     /// the one this actor keeps for joined users (no store read was made,
-    /// The patient the message concerns; sealed by this actor (a send
-    /// without one seals nothing more).
-    pub patient_ref: Option<PatientRef>,
     /// `sender.member` is empty).
     pub joined: bool,
 }
@@ -421,6 +426,15 @@ struct Subscriber {
     /// A push found its queue empty and did not wake the writer: a flush
     /// is due.
     unflushed: bool,
+    /// While live: the `new_message` pushes it was sent have seqs after
+    /// this one, up to [`Subscribers::pushed_through`] (written to the
+    /// audit as one range when it leaves, and every `delivery_flush`).
+    pushed_from: Option<u64>,
+    /// Once `hold_messages` is set: the messages it holds come after this.
+    hold_from: u64,
+    /// Where the connection comes from (the audit's `ip`, `userAgent`).
+    ip: Option<String>,
+    user_agent: Option<String>,
 }
 
 /// The joined connections. Dropped without a clean stop (a crash), it closes
@@ -442,6 +456,49 @@ struct Subscribers {
     deferring: bool,
     /// Where a wide channel's unflushed connections wait for their write.
     line: FlushLine,
+    /// The seq of the last `new_message` fanned out: one assignment per
+    /// message, nothing per connection (see [`Subscriber::pushed_from`]).
+    pushed_through: u64,
+    /// Where the ranges of pushes delivered are written (none in a
+    /// subscriber set that is not a channel actor's).
+    deliveries: Option<DeliveryLog>,
+}
+
+/// Writes `message.delivered`: the seqs of the `new_message` pushes a
+/// connection was sent, as one range per flush (fire-and-forget, like
+/// `channel.join`).
+struct DeliveryLog {
+    channel: ChannelId,
+    audit: AuditHandle,
+    break_glass: crate::compliance::break_glass::BreakGlassRegistry,
+}
+
+impl DeliveryLog {
+    /// The entry for what `sub` was pushed after its `pushed_from` up to
+    /// `through`, if anything; moves its `pushed_from` to `through`.
+    fn write(&self, sub: &mut Subscriber, through: u64) {
+        let Some(from) = sub.pushed_from else {
+            return;
+        };
+        if through <= from {
+            return;
+        }
+        sub.pushed_from = Some(through);
+        let mut details = reads::details_of_ranges(self.channel, &[[from + 1, through]], "push");
+        details["connId"] = sub.outbound.conn_id().0.into();
+        let grant = self
+            .break_glass
+            .active(self.channel, sub.user_id, crate::now_ms());
+        reads::mark_break_glass(&mut details, grant);
+        let mut event = PendingAudit::new(
+            Some(sub.user_id),
+            sub.ip.clone(),
+            "message.delivered",
+            details,
+        );
+        event.user_agent = sub.user_agent.clone();
+        self.audit.record(event);
+    }
 }
 
 impl Subscribers {
@@ -452,21 +509,46 @@ impl Subscribers {
             PushForm::Compact => self.compact += 1,
         }
         *self.users.entry(sub.user_id).or_default() += 1;
-        if let Some(old) = self.by_conn.insert(sub.outbound.conn_id(), sub) {
+        if let Some(mut old) = self.by_conn.insert(sub.outbound.conn_id(), sub) {
             if old.unflushed {
                 old.outbound.flush();
             }
+            self.delivered(&mut old, self.pushed_through);
             self.uncount(&old);
         }
     }
 
     fn remove(&mut self, conn: ConnId) -> Option<Subscriber> {
-        let sub = self.by_conn.remove(&conn)?;
+        self.remove_through(conn, self.pushed_through)
+    }
+
+    /// Removes a connection that was pushed the messages up to `through`.
+    fn remove_through(&mut self, conn: ConnId, through: u64) -> Option<Subscriber> {
+        let mut sub = self.by_conn.remove(&conn)?;
         if sub.unflushed {
             sub.outbound.flush();
         }
+        self.delivered(&mut sub, through);
         self.uncount(&sub);
         Some(sub)
+    }
+
+    /// Audits what `sub` was pushed up to `through` (see [`DeliveryLog`]).
+    fn delivered(&self, sub: &mut Subscriber, through: u64) {
+        if let Some(log) = &self.deliveries {
+            log.write(sub, through);
+        }
+    }
+
+    /// Audits what every live connection was pushed since the last time:
+    /// every `delivery_flush`, and when the actor stops.
+    fn flush_deliveries(&mut self) {
+        let Some(log) = &self.deliveries else {
+            return;
+        };
+        for sub in self.by_conn.values_mut() {
+            log.write(sub, self.pushed_through);
+        }
     }
 
     fn uncount(&mut self, sub: &Subscriber) {
@@ -510,6 +592,11 @@ impl Subscribers {
     /// subscriber but those of `except`, then flushes unless `deferring`.
     /// Returns how many got it.
     fn fan_out(&mut self, frame: &ServerFrame, except: Option<UserId>) -> u64 {
+        // Those cut off below did not get this message.
+        let through_before = self.pushed_through;
+        if let ServerFrame::NewMessage(m) = frame {
+            self.pushed_through = self.pushed_through.max(m.data.seq);
+        }
         if self.by_conn.is_empty() {
             return 0;
         }
@@ -551,7 +638,7 @@ impl Subscribers {
             }
         }
         for conn in gone {
-            self.remove(conn);
+            self.remove_through(conn, through_before);
         }
         if !self.deferring {
             self.flush();
@@ -643,6 +730,8 @@ impl Subscribers {
 
 impl Drop for Subscribers {
     fn drop(&mut self) {
+        // A stop, and a crash that unwinds, still write what was pushed.
+        self.flush_deliveries();
         if !self.clean {
             let closing = self
                 .shutdown
@@ -787,6 +876,8 @@ pub struct ChannelState {
     /// connection has everything committed (see `delivered_seq`): nothing
     /// is counted per message.
     delivered: HashMap<UserId, u64>,
+    /// When the pushes delivered were last written to the audit.
+    deliveries_flushed: Instant,
     /// Owner or follower in a cluster; `Single` without one.
     mode: Mode,
     /// The other nodes' events of this channel, in a cluster.
@@ -833,6 +924,11 @@ impl Actor for ChannelActor {
         metrics::gauge!(m::CHANNELS_ACTIVE).increment(1.0);
         let shutdown = args.services.shutdown.clone();
         let coalesce = args.services.fanout_coalesce;
+        let deliveries = DeliveryLog {
+            channel: args.channel.id,
+            audit: args.services.audit.clone(),
+            break_glass: args.services.break_glass.clone(),
+        };
         Ok(ChannelState {
             services: args.services,
             channel: args.channel,
@@ -848,6 +944,8 @@ impl Actor for ChannelActor {
                 shutdown: Some(shutdown),
                 deferring: false,
                 line: FlushLine::new(coalesce),
+                pushed_through: last,
+                deliveries: Some(deliveries),
             },
             members: HashMap::new(),
             client_ids,
@@ -860,6 +958,7 @@ impl Actor for ChannelActor {
             idle_since: Instant::now(),
             last_replay: 0,
             delivered: HashMap::new(),
+            deliveries_flushed: Instant::now(),
             mode,
             _feed: feed,
             remote_users: HashMap::new(),
@@ -1086,6 +1185,10 @@ impl Actor for ChannelActor {
                 for user in expired {
                     state.stop_typing(user);
                 }
+                if state.deliveries_flushed.elapsed() >= state.services.delivery_flush {
+                    state.deliveries_flushed = now;
+                    state.subscribers.flush_deliveries();
+                }
                 if state.subscribers.by_conn.is_empty()
                     && state.pending.is_empty()
                     && state.held_sends.is_empty()
@@ -1136,6 +1239,9 @@ impl ChannelState {
             member,
             since_seq,
             reference,
+            ip,
+            user_agent,
+            patient_ref,
         } = req;
         let last = self.last_committed;
         // However far behind, the replay pages through the store, unless the
@@ -1166,6 +1272,7 @@ impl ChannelState {
             recovered,
             online,
             archived: self.channel.archived_at.is_some(),
+            patient_ref,
         };
         let ack = out::ack_channel(reference, view);
         outbound.deliver(&ack);
@@ -1190,6 +1297,12 @@ impl ChannelState {
             after,
             target: last,
             actor: myself.clone(),
+            reader: Reader {
+                user_id,
+                ip: ip.clone(),
+                user_agent: user_agent.clone(),
+            },
+            sent: Vec::new(),
         });
         self.subscribers.insert(Subscriber {
             outbound,
@@ -1200,6 +1313,10 @@ impl ChannelState {
             held: Vec::new(),
             replay,
             unflushed: false,
+            pushed_from: since_seq.is_none().then_some(last),
+            hold_from: 0,
+            ip,
+            user_agent,
         });
         match job {
             Some(job) if job.after < last => {
@@ -1237,11 +1354,9 @@ impl ChannelState {
         };
         if !sub.hold_messages && last > through {
             sub.hold_messages = last - through <= page;
+            sub.hold_from = last;
             if next.send(Some(last)).is_ok() {
                 return;
-            ip,
-            user_agent,
-            patient_ref,
             }
         } else {
             let _ = next.send(None);
@@ -1268,11 +1383,16 @@ impl ChannelState {
                 break;
             }
         }
+        // Pushes from here on: the held ones and the live ones after.
+        sub.pushed_from = Some(match through {
+            Some(seq) => seq,
+            None if sub.hold_messages => sub.hold_from,
+            None => self.subscribers.pushed_through,
+        });
         sub.live = true;
         sub.hold_messages = false;
         sub.replay = 0;
         let user = sub.user_id;
-            patient_ref,
         if !ok {
             self.subscribers.remove(conn_id);
         } else if let Some(seq) = through {
@@ -1459,6 +1579,7 @@ impl ChannelState {
                         flagged_at: None,
                         kind: Default::default(),
                         attachments: Vec::new(),
+                        patient_ref: None,
                     };
                     req.reply.send(Ok(Accepted::Sent {
                         message,
@@ -1491,6 +1612,23 @@ impl ChannelState {
                     .send(Err(ChannelError::Internal("encryption failed".into())));
                 return;
             }
+        };
+        // Only a message that names a patient pays for sealing and tagging it.
+        let patient = match &req.patient_ref {
+            None => None,
+            Some(r) => match PatientSeal::new(&self.services.cipher, RefOwner::Message(id), r) {
+                Ok(seal) => Some(seal),
+                Err(e) => {
+                    tracing::error!(error = %e, "sealing a patient reference failed");
+                    req.reply
+                        .send(Err(ChannelError::Internal("encryption failed".into())));
+                    return;
+                }
+            },
+        };
+        let (patient_ref, patient_tag) = match patient {
+            Some(PatientSeal { sealed, tag }) => (Some(sealed), Some(tag)),
+            None => (None, None),
         };
         let expires_at = req
             .ttl_seconds
@@ -1533,6 +1671,7 @@ impl ChannelState {
             flagged_at: None,
             kind: stored.kind,
             attachments: req.attachments,
+            patient_ref: req.patient_ref,
         };
         let token = self.next_token;
         let pending = Pending::Publish {
@@ -1579,7 +1718,6 @@ impl ChannelState {
         let mut message = req.original;
         message.text = req.text;
         message.edited_at = Some(edited_at);
-                        patient_ref: None,
         let pending = Pending::Edit {
             message,
             editor: req.editor,
@@ -1613,23 +1751,6 @@ impl ChannelState {
         match (pending, outcome) {
             (Pending::Delivered, Ok(_)) => {}
             (Pending::Delivered, Err(e)) => {
-        // Only a message that names a patient pays for sealing and tagging it.
-        let patient = match &req.patient_ref {
-            None => None,
-            Some(r) => match PatientSeal::new(&self.services.cipher, RefOwner::Message(id), r) {
-                Ok(seal) => Some(seal),
-                Err(e) => {
-                    tracing::error!(error = %e, "sealing a patient reference failed");
-                    req.reply
-                        .send(Err(ChannelError::Internal("encryption failed".into())));
-                    return;
-                }
-            },
-        };
-        let (patient_ref, patient_tag) = match patient {
-            Some(PatientSeal { sealed, tag }) => (Some(sealed), Some(tag)),
-            None => (None, None),
-        };
                 tracing::warn!(channel_id = %channel_id, error = %e, "delivered position not stored");
             }
             (
@@ -1671,7 +1792,6 @@ impl ChannelState {
                 ));
                 for resend in resends {
                     resend.send(Ok(Accepted::Sent {
-            patient_ref: req.patient_ref,
                         message: message.clone(),
                         duplicate: true,
                     }));
@@ -1855,10 +1975,51 @@ struct Replay {
     /// Going up to here.
     target: u64,
     actor: ActorRef<ChannelMsg>,
+    /// Who is sent the replay (the audit's reader).
+    reader: Reader,
+    /// The seqs queued so far, merged as they go.
+    sent: Vec<reads::SeqRange>,
+}
+
+/// The reader of a replay, for its `history.read` entry.
+struct Reader {
+    user_id: UserId,
+    ip: Option<String>,
+    user_agent: Option<String>,
 }
 
 impl Replay {
     async fn run(mut self) {
+        self.replay_all().await;
+        self.audit();
+    }
+
+    /// `history.read` with `via: "recovery"`: the seqs queued to the
+    /// connection (however the replay ended), once.
+    fn audit(&self) {
+        if self.sent.is_empty() {
+            return;
+        }
+        let count: u64 = self.sent.iter().map(|[a, b]| b - a + 1).sum();
+        let mut details = reads::details_of_ranges(self.channel, &self.sent, "recovery");
+        details["count"] = count.into();
+        details["connId"] = self.outbound.conn_id().0.into();
+        let grant =
+            self.services
+                .break_glass
+                .active(self.channel, self.reader.user_id, crate::now_ms());
+        reads::mark_break_glass(&mut details, grant);
+        let mut event = PendingAudit::new(
+            Some(self.reader.user_id),
+            self.reader.ip.clone(),
+            "history.read",
+            details,
+        );
+        event.user_agent = self.reader.user_agent.clone();
+        self.services.audit.record(event);
+    }
+
+    async fn replay_all(&mut self) {
         let conn_id = self.outbound.conn_id();
         loop {
             match self.catch_up().await {
@@ -1903,9 +2064,14 @@ impl Replay {
                 if !self.outbound.has_room() && !self.outbound.room().await {
                     return Ok(false);
                 }
+                let seq = message.seq;
                 let frame = out::new_message(message);
                 if self.outbound.deliver(&frame) != Push::Queued {
                     return Ok(false);
+                }
+                match self.sent.last_mut() {
+                    Some(last) if last[1] + 1 == seq => last[1] = seq,
+                    _ => self.sent.push([seq, seq]),
                 }
             }
         }

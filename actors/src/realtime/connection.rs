@@ -46,6 +46,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tracing::Instrument;
 
 use crate::audit::chain::PendingAudit;
+use crate::audit::reads;
 use crate::durable::history;
 use crate::durable::store::{Channel, Member};
 use crate::policy::authz::{Action, Principal};
@@ -594,8 +595,8 @@ impl ConnectionState {
                     reply_to: send.reply_to,
                     ttl_seconds: send.ttl_seconds.map(u64::from),
                     attachments: send.attachments,
-                    received: Instant::now(),
                     patient_ref: send.patient_ref,
+                    received: Instant::now(),
                     actor: self.joined.get(&send.channel_id).map(|j| j.actor.clone()),
                 };
                 match self.realtime.publish(publish, reply).await {
@@ -744,10 +745,10 @@ impl ConnectionState {
             member,
             since_seq,
             reference,
-        };
             ip: self.peer.ip.clone(),
             user_agent: self.peer.user_agent.clone(),
             patient_ref: history::channel_patient_ref(&self.realtime.cipher, &channel),
+        };
         actor
             .cast(ChannelMsg::Join(Box::new(request)))
             .map_err(|_| RequestError::Unavailable)?;
@@ -880,10 +881,16 @@ impl ConnectionState {
                 fetch.effective_limit(),
             )
             .await?;
-        self.audit(
-            "history.read",
-            serde_json::json!({"channelId": fetch.channel_id, "count": messages.len()}),
-        );
+        // What was disclosed, by seq (docs/audit.md, "Disclosures").
+        let mut details =
+            reads::details(fetch.channel_id, messages.iter().map(|m| m.seq), "history");
+        details["count"] = messages.len().into();
+        let grant =
+            self.realtime
+                .break_glass
+                .active(fetch.channel_id, identity.user_id, crate::now_ms());
+        reads::mark_break_glass(&mut details, grant);
+        self.audit("history.read", details);
         Ok(ServerFrame::History(History {
             reference,
             channel_id: fetch.channel_id,

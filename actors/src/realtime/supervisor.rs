@@ -96,6 +96,9 @@ pub struct RealtimeDeps {
     /// How long a wide channel's write to a connection may wait for the
     /// channel's next messages (see [`FlushLine`](crate::realtime::flush_line)).
     pub fanout_coalesce: Duration,
+    /// How often a channel writes the pushes its long-lived connections
+    /// were sent to the audit (`message.delivered`), besides on leave.
+    pub delivery_flush: Duration,
     /// The cluster link, in cluster mode, with what it receives for this node.
     pub cluster: Option<(Arc<Cluster>, Inbound)>,
     /// How often the break-glass sweeper ends grants past their expiry
@@ -262,6 +265,7 @@ impl Realtime {
             typing_expiry: deps.typing_expiry,
             fanout_coalesce: deps.fanout_coalesce,
             idle_stop: Duration::from_secs(60),
+            delivery_flush: deps.delivery_flush,
             shutdown: shutdown.clone(),
             cluster: cluster.clone(),
             break_glass: break_glass.clone(),
@@ -324,10 +328,10 @@ impl Realtime {
             route_inbound(cluster.clone(), inbound, channels.clone(), presence.clone());
         }
         Ok(Arc::new(Realtime {
-            break_glass,
-            break_glass_access,
             retention,
             cluster,
+            break_glass,
+            break_glass_access,
             send_limiter: arc_swap::ArcSwap::from_pointee(RateLimiter::keyed(send_quota(
                 deps.limits.send_per_minute,
             ))),
@@ -500,12 +504,12 @@ impl Realtime {
                     created_at: now,
                     direct_key: Some(key.clone()),
                     archived_at: None,
+                    patient_ref: None,
+                    patient_tag: None,
                 };
                 let owner = Member {
                     channel_id: channel.id,
                     user_id: me.user_id,
-                    patient_ref: None,
-                    patient_tag: None,
                     role: ChannelRole::Owner,
                     joined_at: now,
                     last_read_seq: 0,
@@ -846,11 +850,11 @@ impl Realtime {
             reply_to: send.reply_to,
             ttl_seconds: send.ttl_seconds,
             attachments,
+            patient_ref: send.patient_ref,
             reply,
             received: send.received,
             joined,
         };
-            patient_ref: send.patient_ref,
         actor
             .cast(ChannelMsg::Publish(Box::new(request)))
             .map_err(|_| PublishError::Access(AccessError::Unavailable))
@@ -1042,12 +1046,12 @@ pub struct Publish {
     pub ttl_seconds: Option<u64>,
     /// Files the sender uploaded to this channel.
     pub attachments: Vec<courier_protocol::FileId>,
+    /// The patient the message concerns (validated by the edge).
+    pub patient_ref: Option<courier_protocol::PatientRef>,
     /// When the request arrived (for the ack latency metric).
     pub received: Instant,
     /// The channel's actor when the caller already holds it (a joined channel).
     pub actor: Option<ActorRef<ChannelMsg>>,
-    /// The patient the message concerns (validated by the edge).
-    pub patient_ref: Option<courier_protocol::PatientRef>,
 }
 
 /// What an `edit_message` or `delete_message` asks of a message.

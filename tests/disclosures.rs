@@ -21,13 +21,16 @@ use courier_actors::durable::store::{ChannelPatch, PatientSeal};
 use courier_protocol::client::Client;
 use courier_protocol::frames::{ClientRequest, FetchHistory, ServerFrame};
 use courier_protocol::{ChannelId, PatientRef};
-use rest::{Backend, Rest, Session, USER_AGENT};
+use rest::{Backend, Rest, Session, PASSWORD, USER_AGENT};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(10);
 const WS_AGENT: &str = "courier-disclosure-tests-ws/1";
 
-both_backends!(a_report_lists_exactly_the_reads_made);
+both_backends!(
+    a_report_lists_exactly_the_reads_made,
+    break_glass_console_and_long_joins_are_accounted,
+);
 
 /// What a row says, in a form to compare: (reader, action, via, message
 /// ids, ip, userAgent).
@@ -410,7 +413,10 @@ async fn a_report_lists_exactly_the_reads_made(backend: Backend) {
     );
     let lines: Vec<Value> = stdout
         .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}\n{stdout}")))
+        .map(|l| {
+            serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}\n{stdout}"))
+        })
         .collect();
     let (cli_rows, summary) = lines.split_at(lines.len() - 1);
     assert_eq!(
@@ -529,4 +535,134 @@ async fn tamper(api: &Rest, seq: u64) {
             assert_eq!(done.rows_affected(), 1);
         }
     }
+}
+
+/// A read under break-glass access carries the grant; a read through the
+/// admin console's cookie says `console`; a connection that stays joined
+/// has its pushes written every `audit_delivery_flush_secs`, not only
+/// when it leaves.
+async fn break_glass_console_and_long_joins_are_accounted(backend: Backend) {
+    let Some(api) = Rest::start_with(backend, |c| c.audit_delivery_flush_secs = 1).await else {
+        return;
+    };
+    let root = api.root().await;
+    let owner = api.user(&root, "owner", "user").await;
+    let watcher = api.user(&root, "watcher", "user").await;
+    let doctor = api.user(&root, "er-doctor", "user").await;
+    let patient = PatientRef::parse("Patient/bg-1").expect("ref");
+    let ward = api.channel(&owner, "icu", "private").await;
+    api.add_member(&owner, &ward, &watcher).await;
+    // The console reads what its user may read: root is a member here.
+    api.add_member(&owner, &ward, &root).await;
+    link(&api, &ward, &patient).await;
+    let from = now_ms();
+
+    // A long-lived join: its pushes are written while it stays joined.
+    let mut long = socket(&api, &watcher).await;
+    long.join(ward.parse().expect("id"), None)
+        .await
+        .expect("join");
+    let m1 = api.send(&owner, &ward, "lactate 4.1").await;
+    long.next_push_matching(T, |f| matches!(f, ServerFrame::NewMessage(_)))
+        .await
+        .expect("new_message");
+    let mut flushed = Vec::new();
+    assert!(
+        rest::eventually(Duration::from_secs(5), async || {
+            flushed = api.audit_entries("message.delivered", 0).await;
+            !flushed.is_empty()
+        })
+        .await,
+        "no message.delivered while the connection stays joined"
+    );
+    assert_eq!(flushed[0].details["via"], "push");
+    assert_eq!(
+        flushed[0].actor_id.map(|a| a.to_string()),
+        Some(watcher.user_id.clone())
+    );
+
+    // Break-glass: the doctor, not a member, opens the channel and reads.
+    api.put(
+        &format!("/api/users/{}/break-glass", doctor.user_id),
+        &root.token,
+        serde_json::json!({"allowed": true}),
+    )
+    .await
+    .expect(200);
+    let grant = api
+        .post(
+            &format!("/api/channels/{ward}/break-glass"),
+            &doctor.token,
+            serde_json::json!({"reason": "cardiac arrest in bed 4, records needed now"}),
+        )
+        .await
+        .expect(201);
+    let grant = grant.body["grant"]["id"]
+        .as_str()
+        .expect("grant id")
+        .to_owned();
+    api.get(&format!("/api/channels/{ward}/messages"), &doctor.token)
+        .await
+        .expect(200);
+
+    // The admin console: root signs in and reads the channel's messages
+    // with the cookie, as the console's channel page does.
+    let signed_in = rest::reply(
+        api.http
+            .post(format!("{}/admin/session", api.base))
+            .json(&serde_json::json!({"username": rest::ROOT, "password": PASSWORD}))
+            .send()
+            .await
+            .expect("sign in"),
+    )
+    .await
+    .expect(200);
+    let cookie = signed_in.headers["set-cookie"]
+        .to_str()
+        .expect("ascii")
+        .split(';')
+        .next()
+        .expect("pair")
+        .to_owned();
+    let console_read = api
+        .http
+        .get(format!("{}/api/channels/{ward}/messages", api.base))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .expect("console read");
+    assert_eq!(console_read.status(), 200);
+    pause().await;
+    let to = now_ms();
+
+    let report = report_with(&api, &root, &path(&patient, from, to), 3).await;
+    let rows = report["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), 3, "{report:#}");
+    let by = |reader: &str| {
+        rows.iter()
+            .find(|r| r["readerUsername"] == reader)
+            .unwrap_or_else(|| panic!("no row of {reader}: {report:#}"))
+    };
+    let watched = by("watcher");
+    assert_eq!(
+        (watched["via"].as_str(), watched["action"].as_str()),
+        (Some("push"), Some("message.delivered"))
+    );
+    assert_eq!(watched["messageIds"], serde_json::json!([m1.clone()]));
+    let emergency = by("er-doctor");
+    assert_eq!(emergency["via"], "history");
+    assert_eq!(emergency["breakGlass"], grant.as_str());
+    assert_eq!(emergency["messageIds"], serde_json::json!([m1.clone()]));
+    let console = by(rest::ROOT);
+    assert_eq!(console["via"], "console");
+    assert!(console["breakGlass"].is_null());
+    // The watcher's later flushes carry nothing new: one row only.
+    assert_eq!(
+        rows.iter()
+            .filter(|r| r["readerUsername"] == "watcher")
+            .count(),
+        1
+    );
+    drop(long);
+    api.stop().await;
 }

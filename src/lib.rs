@@ -22,6 +22,7 @@
 //! - [`web`]: the chat page at `/` and `/chat`, its assets embedded.
 //! - [`admin`]: the admin console at `/admin` and its cookie sessions.
 //! - [`runtime_settings`]: the rate limits an admin changes at run time.
+//! - [`export`]: `courier export` and `export verify`: the signed compliance export.
 //! - [`commands`]: `migrate`, `user create`, `audit verify`, `audit
 //!   public-key`, `keys rotate`.
 
@@ -37,6 +38,7 @@ pub mod auth;
 pub mod commands;
 pub mod config;
 pub mod disclosures_report;
+pub mod export;
 pub mod http;
 pub mod rate_limit;
 pub mod retention_report;

@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use courier::commands::{self, CommandError};
 use courier::config::{Config, ConfigError, Overrides};
+use courier::export;
 use courier::secrets::SecretsError;
 use courier::server::ServerError;
 use courier::telemetry;
@@ -66,6 +67,47 @@ enum Command {
     Report {
         #[command(subcommand)]
         command: ReportCommand,
+    },
+    /// A signed compliance export of a channel or of a patient's channels,
+    /// as JSON Lines with `FILE.sig` beside it (docs/export.md); `export
+    /// verify FILE` checks one.
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+    Export {
+        #[command(subcommand)]
+        command: Option<ExportCommand>,
+        #[command(flatten)]
+        args: ExportArgs,
+    },
+}
+
+#[derive(clap::Args)]
+struct ExportArgs {
+    /// The channel to export (its id).
+    #[arg(long, required_unless_present = "patient", conflicts_with = "patient")]
+    channel: Option<courier_protocol::ChannelId>,
+    /// The patient whose channels to export (`Patient/123`, `system|value`).
+    #[arg(long)]
+    patient: Option<String>,
+    /// The file to write (it must not exist); the signature goes to FILE.sig.
+    #[arg(long, required = true)]
+    out: Option<PathBuf>,
+    /// The username of whoever takes the export (needs `audit.read`, and
+    /// `patients.read` for `--patient`); the audit entry names them.
+    #[arg(long, required = true)]
+    actor: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum ExportCommand {
+    /// Check an export: its signature, its hash, every audit entry against
+    /// the stored chain, the chain head; exit 2 on any mismatch.
+    Verify {
+        /// The export file (its signature is FILE.sig).
+        file: PathBuf,
+        /// Verify with these public keys alone (`mk1:<hex>`, as `courier
+        /// audit public-key` prints them); the master keys are not needed.
+        #[arg(long)]
+        public_key: Option<String>,
     },
 }
 
@@ -265,6 +307,37 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(2));
             }
         }
+        Command::Export {
+            command: Some(ExportCommand::Verify { file, public_key }),
+            ..
+        } => {
+            let options = export::VerifyOptions {
+                file,
+                public_keys: public_key,
+            };
+            if !export::verify(&config, &options).await?.ok {
+                return Ok(ExitCode::from(2));
+            }
+        }
+        Command::Export {
+            command: None,
+            args,
+        } => {
+            let scope = match (args.channel, args.patient) {
+                (Some(channel), _) => export::ExportScope::Channel(channel),
+                (None, Some(patient)) => export::ExportScope::Patient(
+                    courier_protocol::PatientRef::parse(&patient)
+                        .map_err(|e| anyhow::anyhow!("--patient: {e}"))?,
+                ),
+                (None, None) => anyhow::bail!("--channel or --patient is required"),
+            };
+            let options = export::ExportOptions {
+                scope,
+                out: args.out.context("--out is required")?,
+                actor: args.actor.context("--actor is required")?,
+            };
+            export::export(&config, &options).await?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -300,6 +373,11 @@ fn is_config_error(error: &(dyn std::error::Error + 'static)) -> bool {
         ServerError::Secrets(s) => secrets(s),
         _ => false,
     };
+    let command = |e: &CommandError| match e {
+        CommandError::Server(s) => server(s),
+        CommandError::Secrets(s) => secrets(s),
+        _ => false,
+    };
     if error.is::<ConfigError>() {
         true
     } else if let Some(e) = error.downcast_ref::<ServerError>() {
@@ -307,9 +385,12 @@ fn is_config_error(error: &(dyn std::error::Error + 'static)) -> bool {
     } else if let Some(e) = error.downcast_ref::<SecretsError>() {
         secrets(e)
     } else if let Some(e) = error.downcast_ref::<CommandError>() {
+        command(e)
+    } else if let Some(e) = error.downcast_ref::<export::ExportError>() {
         match e {
-            CommandError::Server(s) => server(s),
-            CommandError::Secrets(s) => secrets(s),
+            export::ExportError::Server(s) => server(s),
+            export::ExportError::Secrets(s) => secrets(s),
+            export::ExportError::Command(c) => command(c),
             _ => false,
         }
     } else {

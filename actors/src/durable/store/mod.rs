@@ -13,6 +13,7 @@
 mod audit_ride;
 mod break_glass;
 mod disclosures;
+mod export;
 mod file_rows;
 mod files;
 mod holds;
@@ -30,6 +31,7 @@ use courier_protocol::{ChannelId, MessageId, SessionId, UserId};
 
 pub use break_glass::{BreakGlassGrant, BreakGlassStore};
 pub use disclosures::DisclosureStore;
+pub use export::ExportStore;
 pub use file_rows::*;
 pub use files::{FilePurge, FileStore};
 pub use holds::{HoldId, HoldStore, HoldTarget, KindFigures, KindPlan, LegalHold};
@@ -143,6 +145,7 @@ impl WriterLock {
 pub trait Store:
     BreakGlassStore
     + FileStore
+    + ExportStore
     + HoldStore
     + PatientStore
     + DisclosureStore

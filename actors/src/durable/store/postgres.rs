@@ -37,6 +37,8 @@ mod files;
 mod holds;
 #[path = "postgres_patients.rs"]
 mod patients;
+#[path = "postgres_export.rs"]
+mod export;
 
 use super::sql::{self, bound, to_db, SqlRow};
 use super::{

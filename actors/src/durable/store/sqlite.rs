@@ -50,6 +50,8 @@ mod files;
 mod holds;
 #[path = "sqlite_patients.rs"]
 mod patients;
+#[path = "sqlite_export.rs"]
+mod export;
 
 use super::audit_ride::{AuditRide, Next, Parked};
 use super::sql::{self, bound, to_db, SqlRow};

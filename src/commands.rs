@@ -244,14 +244,17 @@ pub async fn keys_rotate(config: &Config) -> Result<u32, CommandError> {
     };
     let mut done = reencrypt_all(&*store, &cipher, active, total).await?;
     let mut rewrapped = rewrap_all(&*store, &cipher, active).await?;
+    let mut resealed = reseal_patient_refs(&*store, &cipher, active).await?;
     // A running server picks the new keyring file up within two seconds;
     // until then it may still write under the old version. Sweep once more
     // after that window so that nothing is left behind.
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
     done += reencrypt_all(&*store, &cipher, active, total).await?;
     rewrapped += rewrap_all(&*store, &cipher, active).await?;
+    resealed += reseal_patient_refs(&*store, &cipher, active).await?;
     println!("re-encrypted {done} messages");
     println!("re-wrapped the keys of {rewrapped} files");
+    println!("re-sealed and re-tagged {resealed} patient references");
     println!("rotation complete: every message uses key version {active}");
     Ok(active)
 }
@@ -315,6 +318,41 @@ async fn rewrap_all(
     }
 }
 
+/// Re-seals and re-tags, under `active`, every patient reference of a
+/// message or channel sealed under another version, so lookups keep
+/// finding them once the old version is retired.
+async fn reseal_patient_refs(
+    store: &dyn courier_actors::durable::store::Store,
+    cipher: &MessageCipher,
+    active: u32,
+) -> Result<u64, CommandError> {
+    use courier_actors::durable::store::PatientSeal;
+    let mut done = 0u64;
+    loop {
+        let batch = store.patient_refs_not_on_key(active, 500).await?;
+        if batch.is_empty() {
+            return Ok(done);
+        }
+        let mut rows = Vec::with_capacity(batch.len());
+        for old in batch {
+            let owner = old.owner.ref_owner();
+            let sealed = cipher
+                .open_patient_ref(owner, &old.sealed)
+                .and_then(|r| PatientSeal::new(cipher, owner, &r))
+                .map_err(|e| {
+                    CommandError::Invalid(format!(
+                        "the patient reference of {:?} cannot be opened ({e}); rotation stopped",
+                        old.owner
+                    ))
+                })?;
+            rows.push((old, sealed));
+        }
+        store.store_resealed_refs(&rows).await?;
+        done += rows.len() as u64;
+        println!("re-sealed {done} patient references");
+    }
+}
+
 /// `courier keys retire --version N`: removes a version from the keyring
 /// file, only when no stored message uses it.
 pub async fn keys_retire(config: &Config, version: u32) -> Result<(), CommandError> {
@@ -327,6 +365,13 @@ pub async fn keys_retire(config: &Config, version: u32) -> Result<(), CommandErr
     if in_use > 0 {
         return Err(CommandError::Invalid(format!(
             "{in_use} messages still use key version {version}; run `courier keys rotate` first"
+        )));
+    }
+    let refs = store.count_patient_ref_version(version).await?;
+    if refs > 0 {
+        return Err(CommandError::Invalid(format!(
+            "{refs} patient references are still sealed under key version {version}; \
+             run `courier keys rotate` first"
         )));
     }
     let files = store.count_file_key_version(version).await?;

@@ -79,6 +79,12 @@ fn error_code() -> impl Strategy<Value = ErrorCode> {
     ]
 }
 
+/// A valid `patientRef` made from an id (hex digits and hyphens are a FHIR
+/// id).
+fn patient_of(id: impl std::fmt::Display) -> courier_protocol::PatientRef {
+    courier_protocol::PatientRef::parse(&format!("Patient/{id}")).expect("a FHIR reference")
+}
+
 fn client_request() -> impl Strategy<Value = ClientRequest> {
     let send = (
         channel_id(),
@@ -107,7 +113,7 @@ fn client_request() -> impl Strategy<Value = ClientRequest> {
                     reply_to,
                     ttl_seconds,
                     attachments,
-                    patient_ref: None,
+                    patient_ref: reply_to.map(patient_of),
                 })
             },
         );
@@ -246,7 +252,7 @@ fn message_view() -> impl Strategy<Value = MessageView> {
                     flagged_at,
                     kind,
                     attachments,
-                    patient_ref: None,
+                    patient_ref: reply_to.map(patient_of),
                 }
             },
         )
@@ -279,7 +285,7 @@ fn channel_view() -> impl Strategy<Value = ChannelView> {
                     recovered,
                     online,
                     archived,
-                    patient_ref: None,
+                    patient_ref: archived.then(|| patient_of(id)),
                 }
             },
         )

@@ -90,6 +90,8 @@ export interface SendOptions {
   ttlSeconds?: number;
   /** Ids of files uploaded to the channel first (`POST /api/channels/{id}/attachments`). */
   attachments?: string[];
+  /** The patient the message concerns (`Patient/123`, `system|value`). */
+  patientRef?: string;
 }
 
 export interface JoinOptions {
@@ -1088,6 +1090,7 @@ export class CourierClient {
       replyTo: opts.replyTo,
       ttlSeconds: opts.ttlSeconds,
       attachments: opts.attachments?.length ? opts.attachments : undefined,
+      patientRef: opts.patientRef,
     }, fail);
   }
 

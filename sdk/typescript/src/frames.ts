@@ -47,6 +47,8 @@ export interface Message {
   kind?: 'text' | 'image' | 'file' | 'system';
   /** (addition) Its files; fetch one with `GET /api/files/{id}/content`. */
   attachments?: Attachment[];
+  /** (addition) The patient the message itself concerns (`Patient/123`, `system|value`). */
+  patientRef?: string;
 }
 
 /** (addition) One file of a message. */
@@ -71,6 +73,8 @@ export interface ChannelView {
   online: string[];
   /** (addition) Present and `true` when the channel is archived: readable, nothing new is posted. */
   archived?: boolean;
+  /** (addition) The patient the channel concerns. */
+  patientRef?: string;
 }
 
 /** The ack of `send_message`. */
@@ -120,6 +124,8 @@ export interface SendMessageFrame {
   ttlSeconds?: number;
   /** (addition) Ids of files uploaded to this channel (`POST /api/channels/{id}/attachments`). */
   attachments?: string[];
+  /** (addition) The patient the message concerns (`Patient/123`, `system|value`). */
+  patientRef?: string;
 }
 export interface EditMessageFrame { type: 'edit_message'; ref?: Ref; messageId: string; text: string }
 export interface DeleteMessageFrame { type: 'delete_message'; ref?: Ref; messageId: string }
@@ -330,6 +336,7 @@ export function decodeMessage(v: unknown): Message {
     if (!Array.isArray(o.attachments)) bad('field `attachments`: expected a list');
     m.attachments = o.attachments.map(decodeAttachment);
   }
+  put(m, 'patientRef', optStr(o, 'patientRef'));
   return m;
 }
 
@@ -353,6 +360,8 @@ export function decodeChannel(v: unknown): ChannelView {
     online: online as string[],
   } as ChannelView;
   if (optBool(o, 'archived', false)) view.archived = true;
+  const patientRef = optStr(o, 'patientRef');
+  if (patientRef !== undefined) view.patientRef = patientRef;
   return view;
 }
 

@@ -1569,6 +1569,7 @@ function decodeMessage(v) {
     if (!Array.isArray(o.attachments)) bad("field `attachments`: expected a list");
     m.attachments = o.attachments.map(decodeAttachment);
   }
+  put(m, "patientRef", optStr(o, "patientRef"));
   return m;
 }
 function decodeAttachment(v) {
@@ -1590,6 +1591,8 @@ function decodeChannel(v) {
     online
   };
   if (optBool(o, "archived", false)) view.archived = true;
+  const patientRef = optStr(o, "patientRef");
+  if (patientRef !== void 0) view.patientRef = patientRef;
   return view;
 }
 function decodeMessages(v) {
@@ -2594,7 +2597,8 @@ var CourierClient = class {
       containsPHI: opts.containsPHI,
       replyTo: opts.replyTo,
       ttlSeconds: opts.ttlSeconds,
-      attachments: opts.attachments?.length ? opts.attachments : void 0
+      attachments: opts.attachments?.length ? opts.attachments : void 0,
+      patientRef: opts.patientRef
     }, fail);
   }
   #settleSend(s, result, err) {

@@ -275,6 +275,7 @@ fn full_message() -> MessageView {
             mime: "image/png".into(),
             size: 48_213,
         }],
+        patient_ref: Some("urn:oid:1.2.36.146.595.217.0.1|MRN-0042".parse().expect("a reference")),
         ..message(MAX_SAFE)
     }
 }
@@ -290,7 +291,7 @@ fn channel(recovered: bool) -> ChannelView {
         recovered,
         online: vec![id(ALICE), id(BOB)],
         archived: false,
-        patient_ref: None,
+        patient_ref: recovered.then(|| "Patient/ward-7".parse().expect("a reference")),
     }
 }
 

@@ -195,7 +195,10 @@ async fn set_shown_refused_and_listed(backend: Backend) {
         .await
         .expect(201);
     assert_eq!(created.body["channel"]["patientRef"], chart.as_str());
-    let channel = created.body["channel"]["id"].as_str().expect("id").to_owned();
+    let channel = created.body["channel"]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
     rest.add_member(&ann, &channel, &bob).await;
     let got = rest
         .get(&format!("/api/channels/{channel}"), &bob.token)
@@ -238,7 +241,10 @@ async fn set_shown_refused_and_listed(backend: Backend) {
     // ---- on messages: REST and WebSocket sends, push, history ----
     let plain = rest.send(&ann, &channel, "bp 120/80").await;
     let first = next_message(&mut bob_ws).await;
-    assert_eq!(first.patient_ref, None, "a message without its own reference");
+    assert_eq!(
+        first.patient_ref, None,
+        "a message without its own reference"
+    );
     let sent = rest
         .post(
             "/api/messages",
@@ -272,7 +278,9 @@ async fn set_shown_refused_and_listed(backend: Backend) {
         .expect(200);
     let messages = history.body["messages"].as_array().expect("messages");
     assert_eq!(messages.len(), 3);
-    assert!(messages.iter().any(|m| m["id"] == plain.as_str() && m.get("patientRef").is_none()));
+    assert!(messages
+        .iter()
+        .any(|m| m["id"] == plain.as_str() && m.get("patientRef").is_none()));
     assert!(messages
         .iter()
         .any(|m| m["id"] == own_id.as_str() && m["patientRef"] == own.as_str()));
@@ -331,7 +339,11 @@ async fn set_shown_refused_and_listed(backend: Backend) {
         .await
         .expect(200);
     assert_eq!(history.body["messages"].as_array().map(Vec::len), Some(3));
-    assert_eq!(sealed_refs(&rest).await, 3, "the channel's and two messages'");
+    assert_eq!(
+        sealed_refs(&rest).await,
+        3,
+        "the channel's and two messages'"
+    );
 
     // ---- the patient routes: patients.read, the concerns rule, disclosures ----
     let path = |r: &str, what: &str| format!("/api/patients/{}/{what}", encoded(r));
@@ -446,7 +458,9 @@ async fn set_shown_refused_and_listed(backend: Backend) {
         assert!(!contains(&stored, id), "a reference is stored in clear");
     }
     let chain = rest.audit_entries("channel.create", 1).await;
-    assert!(chain.iter().all(|e| !e.details.to_string().contains(&chart)));
+    assert!(chain
+        .iter()
+        .all(|e| !e.details.to_string().contains(&chart)));
     assert!(chain
         .iter()
         .any(|e| e.details["patientLinked"] == true && e.details["channelId"] == channel.as_str()));
@@ -476,7 +490,10 @@ async fn rotation_keeps_lookups(backend: Backend) {
         )
         .await
         .expect(201);
-    let channel = created.body["channel"]["id"].as_str().expect("id").to_owned();
+    let channel = created.body["channel"]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
     let plain = rest.send(&root, &channel, "rounds").await;
     let owned = rest
         .post(

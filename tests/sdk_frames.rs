@@ -275,7 +275,11 @@ fn full_message() -> MessageView {
             mime: "image/png".into(),
             size: 48_213,
         }],
-        patient_ref: Some("urn:oid:1.2.36.146.595.217.0.1|MRN-0042".parse().expect("a reference")),
+        patient_ref: Some(
+            "urn:oid:1.2.36.146.595.217.0.1|MRN-0042"
+                .parse()
+                .expect("a reference"),
+        ),
         ..message(MAX_SAFE)
     }
 }

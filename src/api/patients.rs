@@ -188,10 +188,9 @@ pub(super) async fn messages(
         .patient_messages(&tags(&app, &patient)?, before, limit)
         .await?;
     let next_before = match rows.last() {
-        Some(last) if rows.len() == limit as usize => Some(format!(
-            "{}.{}",
-            last.message.created_at, last.message.id.0
-        )),
+        Some(last) if rows.len() == limit as usize => {
+            Some(format!("{}.{}", last.message.created_at, last.message.id.0))
+        }
         _ => None,
     };
     let messages = history::open_rows_with(app.realtime.cipher.clone(), rows, Flags::Hidden)
@@ -206,7 +205,8 @@ pub(super) async fn messages(
         let tag = active_tag(&app, &patient)?;
         for (channel, seqs) in by_channel {
             let count = seqs.len();
-            let mut details = disclosures::read_details(&app, &caller, channel, seqs, "patient_list");
+            let mut details =
+                disclosures::read_details(&app, &caller, channel, seqs, "patient_list");
             details["count"] = count.into();
             details["patientTag"] = tag.clone().into();
             caller.audit(&app, "history.read", details).await?;

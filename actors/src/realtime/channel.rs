@@ -68,8 +68,8 @@ use crate::crypto::{MessageCipher, RefOwner};
 use crate::durable::history;
 use crate::durable::persistence::{Committed, PersistError, PersistReply, PersistenceHandle};
 use crate::durable::store::{
-    Channel, ChannelKind, ClientMsgRef, DynStore, Member, PatientSeal, Role, StoredMessage, WriteOp,
-    WriteOutcome,
+    Channel, ChannelKind, ClientMsgRef, DynStore, Member, PatientSeal, Role, StoredMessage,
+    WriteOp, WriteOutcome,
 };
 use crate::policy::authz::{self, Action, Principal, RolePermissions};
 use crate::realtime::flush_line::{FlushLine, FLUSH_CHUNK};

@@ -325,6 +325,10 @@ pub struct ClientMsgRef {
 
 /// One write of a group-commit batch. A batch is applied in one transaction,
 /// in order; each op yields one [`WriteOutcome`] at the same index.
+///
+/// Inserts are nearly every op of a batch, so the message stays inline:
+/// boxing it would cost an allocation per message on the hot path.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum WriteOp {
     /// Insert a message. When `(channel_id, sender_id, client_msg_id)` exists

@@ -88,7 +88,7 @@ impl PatientStore for PgStore {
         if tags.is_empty() {
             return Ok(Vec::new());
         }
-                let (at, after_id) = match before {
+        let (at, after_id) = match before {
             Some(c) => (c.created_at, Some(c.message_id.0)),
             None => (i64::MAX, None),
         };

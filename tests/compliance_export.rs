@@ -338,6 +338,36 @@ async fn an_export_verifies_and_any_change_fails_it(backend: Backend) {
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert_eq!(printed_json(&out)["ok"], true);
 
+    // The real binary takes an export too; without a scope it is a usage
+    // error, and it never overwrites a file.
+    let by_cli = dir.path().join("by-cli.jsonl");
+    let ch_arg = ch.to_string();
+    let cli_args = [
+        "export",
+        "--channel",
+        ch_arg.as_str(),
+        "--out",
+        by_cli.to_str().expect("path"),
+        "--actor",
+        "auditor",
+    ];
+    let out = courier(&server, &cli_args);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(printed_json(&out)["counts"]["messages"], 4);
+    assert!(export::format::signature_path(&by_cli).exists());
+    let out = courier(
+        &server,
+        &["export", "verify", by_cli.to_str().expect("path")],
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let again = courier(&server, &cli_args);
+    assert_eq!(again.status.code(), Some(1), "{again:?}");
+    let usage = courier(
+        &server,
+        &["export", "--out", "x.jsonl", "--actor", "auditor"],
+    );
+    assert_eq!(usage.status.code(), Some(2), "{usage:?}");
+
     // The export is in the chain, with what it disclosed and no text.
     let entry = {
         let store = server.app.store.clone();
@@ -352,11 +382,14 @@ async fn an_export_verifies_and_any_change_fails_it(backend: Backend) {
                     })
                     .await
                     .expect("list");
-                !found.is_empty()
+                found.len() >= 2
             })
             .await
         );
-        found.remove(0)
+        found
+            .into_iter()
+            .find(|e| e.details["sha256"] == summary.sha256.as_str())
+            .expect("the in-process export's entry")
     };
     assert_eq!(entry.actor_id, Some(auditor.id));
     assert!(entry.seq > summary.chain_head.seq);

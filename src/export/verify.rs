@@ -9,9 +9,12 @@
 //! 3. the file parses: a header naming the same chain head, a footer whose
 //!    counts are the file's;
 //! 4. every audit entry in the file recomputes to its own hash, is at or
-//!    below the head, and equals the stored chain's entry of that seq;
-//! 5. the stored chain still holds the head (its entry at that seq has
-//!    that hash).
+//!    below the head, and is the stored chain's entry of that seq (the same
+//!    hash);
+//! 5. the stored chain still holds the head: walked once from genesis to
+//!    the head's seq, every entry links to the one before and recomputes to
+//!    its hash, and the last has the head's hash (a stored row changed
+//!    after the export, even one the file does not carry, fails this).
 //!
 //! Content that fails a check is a verdict (`ok: false`, exit 2); only a
 //! file that cannot be read or a store that cannot be reached is an error.

@@ -20,7 +20,7 @@
 use aes_gcm::aead::{Aead, KeyInit as _, Nonce, Payload};
 use aes_gcm::Aes256Gcm;
 use courier_protocol::{ChannelId, MessageId, PatientRef};
-use hmac::{Hmac, KeyInit as _, Mac};
+use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use zeroize::Zeroizing;
 

@@ -129,16 +129,8 @@ pub fn to_table(report: &DisclosureReport) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:>8}  {:>13}  {:<20}  {:<15}  {:<17}  {:<9}  {:<36}  {:>4}  {}",
-        "entry",
-        "time (ms)",
-        "reader",
-        "address",
-        "action",
-        "via",
-        "channel",
-        "msgs",
-        "break-glass"
+        "{:>8}  {:>13}  {:<20}  {:<15}  {:<17}  {:<9}  {:<36}  {:>4}  break-glass",
+        "entry", "time (ms)", "reader", "address", "action", "via", "channel", "msgs",
     );
     for row in &report.rows {
         let _ = writeln!(out, "{}", table_line(row));

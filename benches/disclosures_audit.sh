@@ -1,16 +1,16 @@
 #!/bin/bash
 # Issue 36 audit-rate benchmark: rooms load, message.delivered flushed every
-# second, entries by action in the same run. Run from /tmp/dz/tree.
+# second, entries by action in the same run. Run from the repository root: benches/disclosures_audit.sh target/release/deps/load-<hash> (cargo bench --bench load --no-run builds it).
 set -u
-TREE=/tmp/dz/tree
-BIN=/work/main/target/release/courier
+
+BIN=${BIN:-target/release/courier}
 LOAD=$1            # the built load bench binary
 CONNS=${CONNS:-2000}
 DUR=${DUR:-20}
 PORT=18736
 DB=courier_i36_rooms
-PG=postgres://postgres@127.0.0.1:5432
-OUT=/tmp/dz/bench; rm -rf $OUT; mkdir -p $OUT/data
+PG=${PG:-postgres://postgres@127.0.0.1:5432}
+OUT=${OUT:-target/disclosures-audit}; rm -rf $OUT; mkdir -p $OUT/data
 psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS $DB" -c "CREATE DATABASE $DB"
 limit=100000000
 env COURIER_BIND=127.0.0.1:$PORT COURIER_DATA_DIR=$OUT/data \

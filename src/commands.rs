@@ -94,7 +94,10 @@ const AUDIT_APPEND_TRIES: usize = 20;
 /// running broker may append in between (the store then refuses the entry
 /// as a `Conflict`): it is linked again after the newer head. The broker's
 /// audit actor, in turn, links its next batch after this entry.
-pub(crate) async fn append_audit(store: &dyn Store, event: PendingAudit) -> Result<(), CommandError> {
+pub(crate) async fn append_audit(
+    store: &dyn Store,
+    event: PendingAudit,
+) -> Result<(), CommandError> {
     for _ in 0..AUDIT_APPEND_TRIES {
         let head = ChainHead::after(store.audit_head().await?.as_ref());
         let (records, _) = chain::chain(&head, vec![event.clone()]);

@@ -1297,7 +1297,10 @@ mod tests {
         }
         .retention();
         assert_eq!(set.max_age.text, Some(day * 3650));
-        assert_eq!((set.max_age.file, set.max_age.system), (Some(day * 30), None));
+        assert_eq!(
+            (set.max_age.file, set.max_age.system),
+            (Some(day * 30), None)
+        );
     }
 
     #[test]

@@ -303,7 +303,10 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
                 json,
             };
             let outcome = courier::disclosures_report::run(&config, &request).await?;
-            if matches!(outcome, courier::disclosures_report::Outcome::Tampered { .. }) {
+            if matches!(
+                outcome,
+                courier::disclosures_report::Outcome::Tampered { .. }
+            ) {
                 return Ok(ExitCode::from(2));
             }
         }

@@ -162,8 +162,12 @@ mod tests {
             assert!(PatientRef::parse(bad).is_err(), "{bad:?} accepted");
         }
         // The message depends on the rule broken, never on the input.
-        let a = PatientRef::parse("Practitioner/123").unwrap_err().to_string();
-        let b = PatientRef::parse("Device/secret-name").unwrap_err().to_string();
+        let a = PatientRef::parse("Practitioner/123")
+            .unwrap_err()
+            .to_string();
+        let b = PatientRef::parse("Device/secret-name")
+            .unwrap_err()
+            .to_string();
         assert_eq!(a, b);
         assert!(!a.contains("123"));
         let long = format!("Patient/{}", "1".repeat(65));

@@ -14,10 +14,12 @@
 //! - [`settings`]: `/api/settings*`: the effective configuration (secrets
 //!   redacted) and the rate limits an admin changes at run time.
 //! - [`holds`]: `/api/holds*`: legal holds, placed and released.
-//! - [`disclosures`]: `/api/patients/{ref}/disclosures`, the accounting of
-//!   disclosures of a patient, and the audit details of REST reads.
 //! - [`break_glass`]: `/api/break-glass*`, `POST /api/channels/{id}/break-glass`,
 //!   `PUT /api/users/{id}/break-glass`: emergency access and its review.
+//! - [`patients`]: `/api/patients/{ref}/channels` and `/messages`, the
+//!   patient link, and the parsing, sealing and showing of `patientRef`.
+//! - [`disclosures`]: `/api/patients/{ref}/disclosures`, the accounting of
+//!   disclosures of a patient, and the audit details of REST reads.
 //! - [`openapi`]: the OpenAPI description served at `/api/openapi.json`,
 //!   derived from the handlers' `#[utoipa::path]` and types.
 //! - [`error`], [`extract`], [`validate`], [`views`]: error bodies, request
@@ -151,9 +153,9 @@ fn documented_routes(app: Arc<App>) -> (Router<Arc<App>>, utoipa::openapi::OpenA
         .routes(routes!(break_glass::set_right))
         .routes(routes!(audit::checkpoints))
         .routes(routes!(disclosures::report))
-        .routes(routes!(channels::list, channels::create))
         .routes(routes!(patients::channels))
         .routes(routes!(patients::messages))
+        .routes(routes!(channels::list, channels::create))
         .routes(routes!(
             channels::get,
             channels::update,

@@ -16,7 +16,6 @@
 //! [`crate::durable::retention`]; the signed export is the CLI's
 //! (`src/export/`).
 
-pub mod holds;
-
 pub mod break_glass;
 pub mod disclosures;
+pub mod holds;

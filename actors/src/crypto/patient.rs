@@ -111,7 +111,11 @@ impl MessageCipher {
     /// Opens a blob made by [`seal_patient_ref`](Self::seal_patient_ref)
     /// for the same owner; [`CryptoError::Authentication`] when it was
     /// altered, belongs elsewhere, or does not hold a valid reference.
-    pub fn open_patient_ref(&self, owner: RefOwner, blob: &[u8]) -> Result<PatientRef, CryptoError> {
+    pub fn open_patient_ref(
+        &self,
+        owner: RefOwner,
+        blob: &[u8],
+    ) -> Result<PatientRef, CryptoError> {
         if blob.len() < 4 + NONCE_LEN {
             return Err(CryptoError::Authentication);
         }
@@ -194,7 +198,10 @@ mod tests {
         let m = RefOwner::Message(MessageId::new());
         let blob = c.seal_patient_ref(m, &patient("Patient/123")).unwrap();
         assert!(!blob.windows(3).any(|w| w == b"123"));
-        assert_eq!(c.open_patient_ref(m, &blob).unwrap().as_str(), "Patient/123");
+        assert_eq!(
+            c.open_patient_ref(m, &blob).unwrap().as_str(),
+            "Patient/123"
+        );
         let other = RefOwner::Message(MessageId::new());
         assert!(matches!(
             c.open_patient_ref(other, &blob),

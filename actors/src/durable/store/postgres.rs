@@ -31,14 +31,14 @@ use uuid::Uuid;
 mod break_glass;
 #[path = "postgres_disclosures.rs"]
 mod disclosures;
+#[path = "postgres_export.rs"]
+mod export;
 #[path = "postgres_files.rs"]
 mod files;
 #[path = "postgres_holds.rs"]
 mod holds;
 #[path = "postgres_patients.rs"]
 mod patients;
-#[path = "postgres_export.rs"]
-mod export;
 
 use super::sql::{self, bound, to_db, SqlRow};
 use super::{
@@ -935,13 +935,19 @@ impl Store for PgStore {
     }
 
     async fn purge_deleted(&self, before: i64) -> Result<u64, StoreError> {
-        self.purge(&format!("deleted_at < $1 AND NOT {}", super::holds::HELD), before)
-            .await
+        self.purge(
+            &format!("deleted_at < $1 AND NOT {}", super::holds::HELD),
+            before,
+        )
+        .await
     }
 
     async fn purge_older_than(&self, before: i64) -> Result<u64, StoreError> {
-        self.purge(&format!("created_at < $1 AND NOT {}", super::holds::HELD), before)
-            .await
+        self.purge(
+            &format!("created_at < $1 AND NOT {}", super::holds::HELD),
+            before,
+        )
+        .await
     }
 
     async fn count_key_version(&self, version: u32) -> Result<u64, StoreError> {

@@ -44,14 +44,14 @@ use uuid::Uuid;
 mod break_glass;
 #[path = "sqlite_disclosures.rs"]
 mod disclosures;
+#[path = "sqlite_export.rs"]
+mod export;
 #[path = "sqlite_files.rs"]
 mod files;
 #[path = "sqlite_holds.rs"]
 mod holds;
 #[path = "sqlite_patients.rs"]
 mod patients;
-#[path = "sqlite_export.rs"]
-mod export;
 
 use super::audit_ride::{AuditRide, Next, Parked};
 use super::sql::{self, bound, to_db, SqlRow};
@@ -841,13 +841,19 @@ impl Store for SqliteStore {
     }
 
     async fn purge_deleted(&self, before: i64) -> Result<u64, StoreError> {
-        self.purge(&format!("deleted_at < $1 AND NOT {}", super::holds::HELD), before)
-            .await
+        self.purge(
+            &format!("deleted_at < $1 AND NOT {}", super::holds::HELD),
+            before,
+        )
+        .await
     }
 
     async fn purge_older_than(&self, before: i64) -> Result<u64, StoreError> {
-        self.purge(&format!("created_at < $1 AND NOT {}", super::holds::HELD), before)
-            .await
+        self.purge(
+            &format!("created_at < $1 AND NOT {}", super::holds::HELD),
+            before,
+        )
+        .await
     }
 
     async fn count_key_version(&self, version: u32) -> Result<u64, StoreError> {

@@ -686,6 +686,7 @@ async fn role_permissions_are_seeded(store: DynStore) {
         "holds.manage",
         "keys.manage",
         "messages.moderate",
+        "patients.disclosures",
         "patients.read",
         "sessions.manage",
         "settings.manage",

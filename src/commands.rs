@@ -248,6 +248,7 @@ pub async fn keys_rotate(config: &Config) -> Result<u32, CommandError> {
     let mut done = reencrypt_all(&*store, &cipher, active, total).await?;
     let mut rewrapped = rewrap_all(&*store, &cipher, active).await?;
     let mut resealed = reseal_patient_refs(&*store, &cipher, active).await?;
+    let mut reasons = reseal_grant_reasons(&*store, &cipher, active).await?;
     // A running server picks the new keyring file up within two seconds;
     // until then it may still write under the old version. Sweep once more
     // after that window so that nothing is left behind.
@@ -255,9 +256,11 @@ pub async fn keys_rotate(config: &Config) -> Result<u32, CommandError> {
     done += reencrypt_all(&*store, &cipher, active, total).await?;
     rewrapped += rewrap_all(&*store, &cipher, active).await?;
     resealed += reseal_patient_refs(&*store, &cipher, active).await?;
+    reasons += reseal_grant_reasons(&*store, &cipher, active).await?;
     println!("re-encrypted {done} messages");
     println!("re-wrapped the keys of {rewrapped} files");
     println!("re-sealed and re-tagged {resealed} patient references");
+    println!("re-sealed the reasons of {reasons} break-glass grants");
     println!("rotation complete: every message uses key version {active}");
     Ok(active)
 }
@@ -356,6 +359,45 @@ async fn reseal_patient_refs(
     }
 }
 
+/// Re-seals, under `active`, the reason of every break-glass grant sealed
+/// under another version, so the review queue still opens them once the old
+/// version is retired.
+async fn reseal_grant_reasons(
+    store: &dyn courier_actors::durable::store::Store,
+    cipher: &MessageCipher,
+    active: u32,
+) -> Result<u64, CommandError> {
+    use courier_actors::durable::store::BreakGlassGrant;
+    let mut done = 0u64;
+    for g in store.list_grants(false).await? {
+        if g.reason_key_version == active {
+            continue;
+        }
+        let sealed = cipher
+            .reseal(
+                g.channel_id,
+                BreakGlassGrant::reason_message_id(g.id),
+                0,
+                g.reason_key_version,
+                &g.reason_nonce,
+                &g.reason_ciphertext,
+            )
+            .map_err(|e| {
+                CommandError::Invalid(format!(
+                    "the reason of break-glass grant {} cannot be opened ({e}); rotation stopped",
+                    g.id
+                ))
+            })?;
+        if store
+            .reseal_grant_reason(g.id, g.reason_key_version, &sealed)
+            .await?
+        {
+            done += 1;
+        }
+    }
+    Ok(done)
+}
+
 /// `courier keys retire --version N`: removes a version from the keyring
 /// file, only when no stored message uses it.
 pub async fn keys_retire(config: &Config, version: u32) -> Result<(), CommandError> {
@@ -374,6 +416,18 @@ pub async fn keys_retire(config: &Config, version: u32) -> Result<(), CommandErr
     if refs > 0 {
         return Err(CommandError::Invalid(format!(
             "{refs} patient references are still sealed under key version {version}; \
+             run `courier keys rotate` first"
+        )));
+    }
+    let reasons = store
+        .list_grants(false)
+        .await?
+        .iter()
+        .filter(|g| g.reason_key_version == version)
+        .count();
+    if reasons > 0 {
+        return Err(CommandError::Invalid(format!(
+            "{reasons} break-glass reasons are still sealed under key version {version}; \
              run `courier keys rotate` first"
         )));
     }

@@ -470,7 +470,61 @@ async fn ended_early_revoked_and_reloaded(backend: Backend) {
     rest.stop().await;
 }
 
+/// `keys rotate` re-seals the reasons, so retiring the old version keeps
+/// the review queue readable; `keys retire` refuses while one is left.
+async fn reasons_survive_rotation_and_retirement(backend: Backend) {
+    let Some(rest) = Rest::start(backend).await else {
+        return;
+    };
+    let root = rest.root().await;
+    let owner = rest.user(&root, "owner", "user").await;
+    let doctor = rest.user(&root, "doctor", "user").await;
+    let channel = rest.channel(&owner, "icu-team", "private").await;
+    allow(&rest, &root, &doctor).await;
+    open(&rest, &doctor, &channel, json!(REASON))
+        .await
+        .expect(201);
+    let config = rest.server.app.config.clone();
+    // A grant sealed under version 1 cannot lose its key.
+    let refused = courier::commands::keys_retire(&config, 1).await;
+    let refused = refused.expect_err("retired a version a reason is still sealed under");
+    assert!(refused.to_string().contains("break-glass"), "{refused}");
+    assert_eq!(
+        courier::commands::keys_rotate(&config)
+            .await
+            .expect("rotate"),
+        2
+    );
+    let grants = rest
+        .server
+        .app
+        .store
+        .list_grants(false)
+        .await
+        .expect("grants");
+    assert_eq!(grants.len(), 1);
+    assert_eq!(grants[0].reason_key_version, 2);
+    courier::commands::keys_retire(&config, 1)
+        .await
+        .expect("retire version 1");
+    assert!(
+        rest::eventually(Duration::from_secs(10), async || !rest
+            .server
+            .app
+            .realtime
+            .cipher
+            .keyring()
+            .contains(1))
+        .await,
+        "version 1 is gone from the running server"
+    );
+    let queue = rest.get("/api/break-glass", &root.token).await.expect(200);
+    assert_eq!(queue.body["grants"][0]["reason"], REASON);
+    rest.stop().await;
+}
+
 both_backends!(
     granted_expires_and_is_reviewed,
     ended_early_revoked_and_reloaded,
+    reasons_survive_rotation_and_retirement,
 );

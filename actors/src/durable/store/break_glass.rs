@@ -85,6 +85,14 @@ pub trait BreakGlassStore: Send + Sync {
         at: i64,
         note: &str,
     ) -> Result<Option<BreakGlassGrant>, StoreError>;
+    /// Replaces a grant's sealed reason (`keys rotate`), only while it is
+    /// still sealed under `old_version`; whether it was replaced.
+    async fn reseal_grant_reason(
+        &self,
+        id: GrantId,
+        old_version: u32,
+        sealed: &crate::crypto::Sealed,
+    ) -> Result<bool, StoreError>;
     /// The users whose role is one of `roles` (who is told of a grant).
     async fn user_ids_with_roles(&self, roles: &[Role]) -> Result<Vec<UserId>, StoreError>;
 }
@@ -102,6 +110,10 @@ pub(super) const GRANT_END: &str = "UPDATE break_glass_grants
 pub(super) const GRANT_REVIEW: &str = "UPDATE break_glass_grants
      SET reviewed_by = $2, reviewed_at = $3, review_note = $4
      WHERE id = $1 AND reviewed_at IS NULL RETURNING *";
+
+pub(super) const GRANT_RESEAL: &str = "UPDATE break_glass_grants
+     SET reason_ciphertext = $2, reason_nonce = $3, reason_key_version = $4
+     WHERE id = $1 AND reason_key_version = $5";
 
 pub(super) const GRANTS_OPEN: &str =
     "SELECT * FROM break_glass_grants WHERE ended_at IS NULL ORDER BY expires_at, id";

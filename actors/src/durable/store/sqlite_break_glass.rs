@@ -5,7 +5,7 @@ use courier_protocol::UserId;
 
 use super::super::break_glass::{
     grant, BreakGlassGrant, BreakGlassStore, GRANTS_ALL, GRANTS_OPEN, GRANTS_UNREVIEWED, GRANT_END,
-    GRANT_INSERT, GRANT_REVIEW,
+    GRANT_INSERT, GRANT_RESEAL, GRANT_REVIEW,
 };
 use super::super::sql::{self, SqlRow};
 use super::super::{Role, StoreError};
@@ -127,6 +127,23 @@ impl BreakGlassStore for SqliteStore {
             .fetch_optional(&mut *self.write.lock().await?)
             .await?;
         row.as_ref().map(grant).transpose()
+    }
+
+    async fn reseal_grant_reason(
+        &self,
+        g: GrantId,
+        old_version: u32,
+        sealed: &crate::crypto::Sealed,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(GRANT_RESEAL)
+            .bind(id(g.0))
+            .bind(&sealed.ciphertext)
+            .bind(&sealed.nonce)
+            .bind(i64::from(sealed.key_version))
+            .bind(i64::from(old_version))
+            .execute(&mut *self.write.lock().await?)
+            .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     async fn user_ids_with_roles(&self, roles: &[Role]) -> Result<Vec<UserId>, StoreError> {

@@ -44,7 +44,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 #[derive(Debug, thiserror::Error)]
 pub enum WebhookError {
     /// The URL is not an `http://` or `https://` URL.
-    #[error("checkpoint webhook URL {0:?}: must be an http:// or https:// URL")]
+    #[error("webhook URL {0:?}: must be an http:// or https:// URL")]
     Url(String),
     /// The HTTP client could not be built.
     #[error("checkpoint webhook client: {0}")]
@@ -150,15 +150,17 @@ pub fn parse_checkpoint_list(bytes: &[u8]) -> Result<Vec<Checkpoint>, String> {
     }
 }
 
-/// Where and how to deliver.
-struct Hook {
+/// Where and how to deliver: one receiver of signed JSON POSTs (the
+/// checkpoint webhook here; the password reset webhook,
+/// [`crate::auth::reset`], too).
+pub(crate) struct Hook {
     url: String,
     secret: Option<Secret>,
     client: reqwest::Client,
 }
 
 impl Hook {
-    fn new(url: &str, secret: Option<Secret>) -> Result<Hook, WebhookError> {
+    pub(crate) fn new(url: &str, secret: Option<Secret>) -> Result<Hook, WebhookError> {
         let parsed = reqwest::Url::parse(url).map_err(|_| WebhookError::Url(url.to_owned()))?;
         if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
             return Err(WebhookError::Url(url.to_owned()));
@@ -175,7 +177,7 @@ impl Hook {
     }
 
     /// One POST of `body`; `Err` says why it did not land.
-    async fn post(&self, body: &[u8]) -> Result<(), String> {
+    pub(crate) async fn post(&self, body: &[u8]) -> Result<(), String> {
         let mut request = self
             .client
             .post(&self.url)

@@ -95,12 +95,7 @@ pub(super) async fn request(
                 "give a username or an email, not both",
             ))
         }
-        (None, None) => {
-            return Err(ApiError::invalid(
-                "username",
-                "is required (or give email)",
-            ))
-        }
+        (None, None) => return Err(ApiError::invalid("username", "is required (or give email)")),
         (Some(username), None) => {
             validate::presented("username", &username)?;
             if username.chars().count() > 64 {
@@ -138,11 +133,18 @@ async fn self_service(app: &App, client: &Client, named: Named) -> Result<(), Ap
         // No username holds a NUL, and PostgreSQL refuses one in a query.
         Named::Username(name) if name.contains('\0') => (vec![], json!({"username": name})),
         Named::Username(name) => (
-            app.store.get_user_by_username(name).await?.into_iter().collect(),
+            app.store
+                .get_user_by_username(name)
+                .await?
+                .into_iter()
+                .collect(),
             json!({"username": name}),
         ),
         // The email asked with stays out of the chain (it may be anyone's).
-        Named::Email(email) => (app.store.users_with_email(email).await?, json!({"by": "email"})),
+        Named::Email(email) => (
+            app.store.users_with_email(email).await?,
+            json!({"by": "email"}),
+        ),
     };
     let now = courier_actors::now_ms();
     let user = match users.as_slice() {

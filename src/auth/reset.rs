@@ -19,9 +19,7 @@
 //! the token, which nobody received, is simply never used. Nothing here
 //! keeps state between requests: a crash loses at most a link being sent.
 
-use courier_actors::durable::store::{
-    PasswordResetStore, ResetKind, ResetToken, StoreError, User,
-};
+use courier_actors::durable::store::{PasswordResetStore, ResetKind, ResetToken, StoreError, User};
 use courier_actors::telemetry::names;
 use courier_protocol::UserId;
 use serde_json::json;

@@ -4,9 +4,8 @@ use async_trait::async_trait;
 use courier_protocol::UserId;
 
 use super::super::password_reset::{
-    token, PasswordResetStore, ResetKind, ResetToken, KEEP_EXPIRED_MS, TOKENS_COUNT,
-    TOKENS_PRUNE, TOKENS_REPLACE, TOKEN_GET, TOKEN_INSERT, TOKEN_SPEND,
-    USERS_WITH_EMAIL,
+    token, PasswordResetStore, ResetKind, ResetToken, KEEP_EXPIRED_MS, TOKENS_COUNT, TOKENS_PRUNE,
+    TOKENS_REPLACE, TOKEN_GET, TOKEN_INSERT, TOKEN_SPEND, USERS_WITH_EMAIL,
 };
 use super::super::sql::{self, SqlRow};
 use super::super::{StoreError, User};

@@ -29,6 +29,9 @@ fn spec(data_dir: &Path, url: &str) -> BrokerSpec {
     BrokerSpec::new(data_dir, url)
         .with("COURIER_INITIAL_ADMIN_USERNAME", ADMIN)
         .with("COURIER_INITIAL_ADMIN_PASSWORD", PASSWORD)
+        // Development's default (no role must enrol a second factor), set
+        // explicitly: this test logs in with passwords alone.
+        .with("COURIER_TOTP_REQUIRED_ROLES", "")
 }
 
 fn pg_bin_args() -> Vec<String> {
@@ -308,6 +311,16 @@ async fn sqlite_backup_while_running_restores_history_files_and_chain() {
     );
     let broker = source.start().await;
     let seeded = seed(&broker).await;
+    // A signed checkpoint in the file, so the archive carries one.
+    let checkpoints = source_dir.join("audit-checkpoints.jsonl");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::fs::metadata(&checkpoints).map_or(0, |m| m.len()) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint written"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // A writer keeps sending while the backup runs: the snapshot must be
     // one consistent moment of the database all the same.

@@ -249,6 +249,7 @@ pub async fn keys_rotate(config: &Config) -> Result<u32, CommandError> {
     let mut rewrapped = rewrap_all(&*store, &cipher, active).await?;
     let mut resealed = reseal_patient_refs(&*store, &cipher, active).await?;
     let mut reasons = reseal_grant_reasons(&*store, &cipher, active).await?;
+    let mut totp = reseal_totp_secrets(&*store, &cipher, active).await?;
     // A running server picks the new keyring file up within two seconds;
     // until then it may still write under the old version. Sweep once more
     // after that window so that nothing is left behind.
@@ -257,10 +258,12 @@ pub async fn keys_rotate(config: &Config) -> Result<u32, CommandError> {
     rewrapped += rewrap_all(&*store, &cipher, active).await?;
     resealed += reseal_patient_refs(&*store, &cipher, active).await?;
     reasons += reseal_grant_reasons(&*store, &cipher, active).await?;
+    totp += reseal_totp_secrets(&*store, &cipher, active).await?;
     println!("re-encrypted {done} messages");
     println!("re-wrapped the keys of {rewrapped} files");
     println!("re-sealed and re-tagged {resealed} patient references");
     println!("re-sealed the reasons of {reasons} break-glass grants");
+    println!("re-sealed {totp} TOTP secrets");
     println!("rotation complete: every message uses key version {active}");
     Ok(active)
 }
@@ -398,6 +401,41 @@ async fn reseal_grant_reasons(
     Ok(done)
 }
 
+/// Re-seals, under `active`, every TOTP secret sealed under another
+/// version, so second factors keep working once the old version is retired.
+async fn reseal_totp_secrets(
+    store: &dyn courier_actors::durable::store::Store,
+    cipher: &MessageCipher,
+    active: u32,
+) -> Result<u64, CommandError> {
+    let mut done = 0u64;
+    loop {
+        let batch = store.totp_secrets_not_on_key(active, 500).await?;
+        if batch.is_empty() {
+            return Ok(done);
+        }
+        let mut moved = 0u64;
+        for s in &batch {
+            let sealed = cipher
+                .reseal_totp_secret(s.user_id, &s.sealed)
+                .map_err(|e| {
+                    CommandError::Invalid(format!(
+                        "the TOTP secret of user {} cannot be opened ({e}); rotation stopped",
+                        s.user_id
+                    ))
+                })?;
+            if store
+                .reseal_totp_secret(s.user_id, s.sealed.key_version, &sealed)
+                .await?
+            {
+                moved += 1;
+            }
+        }
+        done += moved;
+        println!("re-sealed {done} TOTP secrets");
+    }
+}
+
 /// `courier keys retire --version N`: removes a version from the keyring
 /// file, only when no stored message uses it.
 pub async fn keys_retire(config: &Config, version: u32) -> Result<(), CommandError> {
@@ -428,6 +466,13 @@ pub async fn keys_retire(config: &Config, version: u32) -> Result<(), CommandErr
     if reasons > 0 {
         return Err(CommandError::Invalid(format!(
             "{reasons} break-glass reasons are still sealed under key version {version}; \
+             run `courier keys rotate` first"
+        )));
+    }
+    let totp = store.count_totp_key_version(version).await?;
+    if totp > 0 {
+        return Err(CommandError::Invalid(format!(
+            "{totp} TOTP secrets are still sealed under key version {version}; \
              run `courier keys rotate` first"
         )));
     }

@@ -79,8 +79,19 @@ pub struct Config {
     pub bind: SocketAddr,
     pub data_dir: PathBuf,
     pub database_url: Option<String>,
+    /// The store's connections (docs/operations.md); `None`: the backend's
+    /// default (16 on PostgreSQL, 5 on SQLite).
+    pub db_max_connections: Option<u32>,
+    pub db_min_connections: u32,
+    /// `None`: the backend's default (3 s on PostgreSQL, 5 s on SQLite).
+    pub db_acquire_timeout_secs: Option<u64>,
+    /// 0: an idle connection is never closed.
+    pub db_idle_timeout_secs: u64,
     pub env: Environment,
     pub log_format: LogFormat,
+    /// The log filter (`info`, `debug`, `courier=debug,info`, ...) used when
+    /// `RUST_LOG` is unset; see `telemetry::log_filter`.
+    pub log_level: String,
 
     pub jwt_secret: Option<Secret>,
     /// `HS256` (with `jwt_secret`), `RS256` or `EdDSA` (with the key files).
@@ -168,14 +179,43 @@ pub struct Config {
     pub argon2_parallelism: u32,
     pub argon2_max_concurrent: usize,
     pub password_min_length: usize,
+    /// The roles whose accounts must have a TOTP second factor: until they
+    /// enrol, their sessions may only enrol (docs/identity.md). `None`:
+    /// `super_admin` and `admin` in production, none in development.
+    #[serde(deserialize_with = "opt_string_or_list")]
+    pub totp_required_roles: Option<Vec<String>>,
+    /// The issuer an authenticator app shows beside the account name.
+    pub totp_issuer: String,
     pub lockout_threshold: u32,
     pub lockout_minutes: u64,
     pub lockout_account_threshold: u32,
     pub lockout_backoff_secs: u64,
+    /// Days a password is good for; past them a login succeeds but the
+    /// session may only change the password (docs/identity.md). 0: no limit.
+    pub password_max_age_days: u64,
+    /// Where reset links are POSTed (the deployment's mail or SMS
+    /// gateway); empty: self-service reset is off and admins have the
+    /// temporary password only.
+    pub password_reset_webhook_url: String,
+    /// How long a reset token is good for, in seconds.
+    pub password_reset_token_ttl_secs: u64,
+    /// Keys the HMAC-SHA256 signature of every reset webhook body; required
+    /// with `password_reset_webhook_url`.
+    pub password_reset_webhook_secret: Option<Secret>,
 
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
-    pub behind_proxy: bool,
+    /// Who may use the REST/WebSocket surface: CIDR blocks or addresses,
+    /// IPv4 and IPv6; empty: everyone (docs/network.md).
+    #[serde(deserialize_with = "string_or_list")]
+    pub allowed_networks: Vec<String>,
+    /// Who may also use the admin surface; empty: as `allowed_networks`.
+    #[serde(deserialize_with = "string_or_list")]
+    pub admin_allowed_networks: Vec<String>,
+    /// The proxies whose `X-Forwarded-For` is believed; empty: none, the
+    /// client address is the TCP peer's.
+    #[serde(deserialize_with = "string_or_list")]
+    pub trusted_proxies: Vec<String>,
 
     /// Where file content lives (docs/files.md): empty for
     /// `<data_dir>/files`, or `file://`, `s3://`, `gs://`, `az://` URLs.
@@ -209,8 +249,13 @@ impl Default for Config {
             bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: PathBuf::from("./data"),
             database_url: None,
+            db_max_connections: None,
+            db_min_connections: 0,
+            db_acquire_timeout_secs: None,
+            db_idle_timeout_secs: 600,
             env: Environment::Development,
             log_format: LogFormat::Pretty,
+            log_level: "info".into(),
             jwt_secret: None,
             jwt_algorithm: "HS256".into(),
             jwt_private_key_file: None,
@@ -294,13 +339,21 @@ impl Default for Config {
             argon2_parallelism: 1,
             argon2_max_concurrent: 2,
             password_min_length: 12,
+            totp_required_roles: None,
+            totp_issuer: "Courier".into(),
             lockout_threshold: 5,
             lockout_minutes: 15,
             lockout_account_threshold: 20,
             lockout_backoff_secs: 30,
+            password_max_age_days: 0,
+            password_reset_webhook_url: String::new(),
+            password_reset_token_ttl_secs: 900,
+            password_reset_webhook_secret: None,
             tls_cert: None,
             tls_key: None,
-            behind_proxy: false,
+            allowed_networks: Vec::new(),
+            admin_allowed_networks: Vec::new(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -404,10 +457,12 @@ impl Config {
                 Ok(data) => {
                     for key in data.values().flat_map(|dict| dict.keys()) {
                         if !known.contains(key) {
-                            problems.push(ConfigProblem::Unknown {
-                                name: format!("key {key} in {}", file.display()),
-                                suggestion: closest(key, &known).map(str::to_owned),
-                            });
+                            problems.push(unknown_key(
+                                format!("key {key} in {}", file.display()),
+                                key,
+                                &known,
+                                str::to_owned,
+                            ));
                         }
                     }
                     figment = figment.merge(toml);
@@ -422,10 +477,12 @@ impl Config {
         let env = Env::prefixed(ENV_PREFIX);
         for (key, _) in env.iter() {
             if !known.iter().any(|k| k == key.as_str()) {
-                problems.push(ConfigProblem::Unknown {
-                    name: format!("variable {}", env_name(key.as_str())),
-                    suggestion: closest(key.as_str(), &known).map(env_name),
-                });
+                problems.push(unknown_key(
+                    format!("variable {}", env_name(key.as_str())),
+                    key.as_str(),
+                    &known,
+                    env_name,
+                ));
             }
         }
         let figment = figment.merge(env).merge(Serialized::defaults(overrides));
@@ -742,6 +799,33 @@ impl Config {
         if let Some(max) = self.persist_batch_max {
             c.within("persist_batch_max", max as u64, 1, 1_000_000);
         }
+        let backend = if self.database_url().starts_with("postgres") {
+            "postgres"
+        } else {
+            "sqlite"
+        };
+        if let Some(max) = self.db_max_connections {
+            c.within("db_max_connections", max.into(), 1, 10_000);
+        }
+        let pool_max = self.pool().resolve(backend).max_connections;
+        if self.db_min_connections > pool_max {
+            c.versus(
+                ("db_min_connections", self.db_min_connections.into()),
+                "must not exceed",
+                ("db_max_connections", pool_max.into()),
+                "",
+            );
+        }
+        if let Some(secs) = self.db_acquire_timeout_secs {
+            c.within("db_acquire_timeout_secs", secs, 1, 3_600);
+        }
+        c.within("db_idle_timeout_secs", self.db_idle_timeout_secs, 0, 7 * DAY_SECS);
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
+            c.invalid(
+                "log_level",
+                format!("is no log filter (error, warn, info, debug, trace, or target=level,...): {e}"),
+            );
+        }
         c.within(
             "persist_batch_delay_us",
             self.persist_batch_delay_us,
@@ -821,6 +905,23 @@ impl Config {
                 c.within(key, days, 1, 36_500);
             }
         }
+        for role in self.totp_required_roles.iter().flatten() {
+            if courier_actors::durable::store::Role::parse(role).is_none() {
+                c.invalid(
+                    "totp_required_roles",
+                    format!("{role:?} is not a role (super_admin, admin, moderator, user)"),
+                );
+            }
+        }
+        if self.totp_issuer.trim().is_empty()
+            || self.totp_issuer.contains(':')
+            || self.totp_issuer.chars().count() > 64
+        {
+            c.invalid(
+                "totp_issuer",
+                "must be 1 to 64 characters without ':'".into(),
+            );
+        }
         for name in &self.phi_detectors {
             if let Err(e) = name.parse::<courier_actors::policy::phi::PhiKind>() {
                 c.invalid("phi_detectors", e.to_string());
@@ -859,6 +960,32 @@ impl Config {
             1024,
         );
         c.within("lockout_minutes", self.lockout_minutes, 1, 365 * 24 * 60);
+        c.within(
+            "password_max_age_days",
+            self.password_max_age_days,
+            0,
+            10 * 365,
+        );
+        c.within(
+            "password_reset_token_ttl_secs",
+            self.password_reset_token_ttl_secs,
+            1,
+            DAY_SECS,
+        );
+        if !self.password_reset_webhook_url.is_empty() {
+            if let Err(e) = crate::auth::reset::check_webhook_url(&self.password_reset_webhook_url) {
+                c.invalid("password_reset_webhook_url", e);
+            }
+            if self.password_reset_webhook_secret.is_none() {
+                c.conflict(format!(
+                    "{} needs {} (the receiver checks the signature with it)",
+                    (c.name)("password_reset_webhook_url"),
+                    (c.name)("password_reset_webhook_secret")
+                ));
+            }
+        }
+
+        self.check_networks(&mut c);
 
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             c.conflict(format!(
@@ -877,13 +1004,36 @@ impl Config {
                     "COURIER_MASTER_KEYS or COURIER_KEYRING_FILE",
                 ));
             }
-            if self.tls_cert.is_none() && !self.behind_proxy {
+            if self.tls_cert.is_none() && self.trusted_proxies.is_empty() {
                 c.problems.push(ConfigProblem::Production(
-                    "TLS (COURIER_TLS_CERT and COURIER_TLS_KEY) or COURIER_BEHIND_PROXY=true",
+                    "TLS (COURIER_TLS_CERT and COURIER_TLS_KEY) or COURIER_TRUSTED_PROXIES (the addresses of the TLS-terminating proxy)",
                 ));
             }
         }
         c.problems
+    }
+
+    /// The network lists (docs/network.md): every entry an address or a CIDR
+    /// block (a bad one named with its key), and no admin network outside
+    /// every allowed one (both lists apply to the admin surface: it would
+    /// admit nobody).
+    fn check_networks(&self, c: &mut Checks<'_>) {
+        let allowed = parsed_networks(c, "allowed_networks", &self.allowed_networks);
+        let admin = parsed_networks(c, "admin_allowed_networks", &self.admin_allowed_networks);
+        parsed_networks(c, "trusted_proxies", &self.trusted_proxies);
+        if allowed.is_empty() {
+            return;
+        }
+        for net in &admin {
+            if !allowed.iter().any(|a| a.contains(net) || net.contains(a)) {
+                let message = format!(
+                    "{} lists {net}, which no entry of {} overlaps: both lists apply to the admin surface, so it would admit nobody",
+                    (c.name)("admin_allowed_networks"),
+                    (c.name)("allowed_networks"),
+                );
+                c.conflict(message);
+            }
+        }
     }
 
     /// The database URL: the configured one, else `courier.db` in the data
@@ -892,6 +1042,19 @@ impl Config {
         match &self.database_url {
             Some(url) => url.clone(),
             None => format!("sqlite://{}", self.data_dir.join("courier.db").display()),
+        }
+    }
+
+    /// The store's connection settings (`db_*`).
+    pub fn pool(&self) -> courier_actors::durable::store::PoolSettings {
+        courier_actors::durable::store::PoolSettings {
+            max_connections: self.db_max_connections,
+            min_connections: self.db_min_connections,
+            acquire_timeout: self
+                .db_acquire_timeout_secs
+                .map(std::time::Duration::from_secs),
+            idle_timeout: (self.db_idle_timeout_secs > 0)
+                .then(|| std::time::Duration::from_secs(self.db_idle_timeout_secs)),
         }
     }
 
@@ -962,6 +1125,19 @@ impl Config {
         }
     }
 
+    /// The roles whose accounts must have a second factor
+    /// (`totp_required_roles`; unset: `super_admin` and `admin` in
+    /// production, none in development). Names that are not roles are
+    /// refused by [`Config::check`] and left out here.
+    pub fn totp_required_roles(&self) -> Vec<courier_actors::durable::store::Role> {
+        use courier_actors::durable::store::Role;
+        match (&self.totp_required_roles, self.env) {
+            (Some(names), _) => names.iter().filter_map(|n| Role::parse(n)).collect(),
+            (None, Environment::Production) => vec![Role::SuperAdmin, Role::Admin],
+            (None, Environment::Development) => Vec::new(),
+        }
+    }
+
     /// Whether `/api/auth/register` is open.
     pub fn registration_open(&self) -> bool {
         self.allow_registration
@@ -983,6 +1159,7 @@ impl Config {
             "database_url",
             "cluster_nats_url",
             "audit_checkpoint_webhook",
+            "password_reset_webhook_url",
         ] {
             if let Some(slot) = value.get_mut(key) {
                 if let Some(url) = slot.as_str() {
@@ -1088,6 +1265,48 @@ fn is_origin(origin: &str) -> bool {
         && !host.contains(['/', '?', '#', ' ', ','])
 }
 
+/// The networks of one list; each entry that is not one is a problem
+/// naming `key`.
+fn parsed_networks(c: &mut Checks<'_>, key: &str, entries: &[String]) -> Vec<ipnet::IpNet> {
+    entries
+        .iter()
+        .filter_map(|entry| match crate::network::parse_network(entry) {
+            Ok(net) => Some(net),
+            Err(bad) => {
+                c.invalid(key, bad.to_string());
+                None
+            }
+        })
+        .collect()
+}
+
+/// Keys that are gone, and what to set instead: reported as invalid (with
+/// the way forward), not as unknown.
+fn removed_key(key: &str) -> Option<&'static str> {
+    match key {
+        "behind_proxy" => Some(
+            "removed: list the addresses of the proxies in front of Courier in trusted_proxies \
+             (COURIER_TRUSTED_PROXIES=10.0.0.5,10.0.1.0/24); X-Forwarded-For is believed only from them, \
+             and production without TLS needs them (docs/network.md)",
+        ),
+        _ => None,
+    }
+}
+
+/// An unknown key, or a removed one with what replaces it.
+fn unknown_key(name: String, key: &str, known: &[String], suggest: impl Fn(&str) -> String) -> ConfigProblem {
+    match removed_key(key) {
+        Some(instead) => ConfigProblem::Invalid {
+            name,
+            reason: instead.to_owned(),
+        },
+        None => ConfigProblem::Unknown {
+            name,
+            suggestion: closest(key, known).map(suggest),
+        },
+    }
+}
+
 /// Collects the problems of [`Config::check`].
 struct Checks<'a> {
     problems: Vec<ConfigProblem>,
@@ -1140,6 +1359,11 @@ impl Checks<'_> {
 
 /// Accepts a TOML list or a comma-separated string (the form environment
 /// variables take), so `COURIER_ALLOWED_ORIGINS=https://a,https://b` works.
+/// [`string_or_list`] for a key that may be left unset.
+fn opt_string_or_list<'de, D: Deserializer<'de>>(de: D) -> Result<Option<Vec<String>>, D::Error> {
+    string_or_list(de).map(Some)
+}
+
 fn string_or_list<'de, D: Deserializer<'de>>(de: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]

@@ -91,7 +91,7 @@ pub struct Started {
 /// and the SQLite file when needed) and migrates it.
 pub async fn open_store(config: &Config) -> Result<DynStore, ServerError> {
     prepare_data_dir(config)?;
-    Ok(store::connect(&config.database_url()).await?)
+    Ok(store::connect_with(&config.database_url(), &config.pool()).await?)
 }
 
 /// Creates the data directory 0700, or narrows an existing one (to 0700)
@@ -182,6 +182,8 @@ pub async fn start(config: Config) -> Result<Started, ServerError> {
         authenticator: Arc::new(SessionAuthenticator {
             tokens: tokens.clone(),
             store: store.clone(),
+            password_max_age_days: config.password_max_age_days,
+            totp_required_roles: config.totp_required_roles(),
         }),
         limits: Limits {
             max_text_bytes: config.max_text_bytes,
@@ -252,6 +254,8 @@ pub async fn start(config: Config) -> Result<Started, ServerError> {
             config.max_unauthenticated_per_ip,
             config.max_connections_per_ip,
         ),
+        network: crate::network::Network::new(&config)
+            .map_err(|e| ServerError::Config(e.to_string()))?,
         started_at: std::time::Instant::now(),
         login_guard: LoginGuard::new(&config),
         config: Arc::new(config),

@@ -853,6 +853,7 @@ async fn direct_channel(api: &Rest, a: &Session, b: &Session) -> String {
         session_id: SessionId::new(),
         expires_at: i64::MAX,
         must_change_password: false,
+        must_enrol_second_factor: false,
     };
     let view = api
         .server
@@ -1214,7 +1215,7 @@ async fn every_endpoint_answers_401_and_429() {
     let api = Rest::start_with(Backend::Sqlite, |c| {
         c.rest_per_15min = 1;
         c.auth_per_15min = 1;
-        c.behind_proxy = true;
+        c.trusted_proxies = vec!["127.0.0.1".into()];
     })
     .await
     .expect("server");

@@ -40,6 +40,15 @@ pub enum ErrorCode {
     /// The request body ended before its declared length (an upload cut
     /// short); nothing was kept.
     Incomplete,
+    /// A password reset token that is unknown, used, replaced by a newer
+    /// one or expired (REST only, HTTP 400).
+    InvalidToken,
+    /// The account has a second factor and the login presented no code
+    /// (REST only, HTTP 401): ask for `totpCode` or `recoveryCode`.
+    SecondFactorRequired,
+    /// A second-factor code that is wrong, stale, replayed or an unknown or
+    /// used recovery code (REST only, HTTP 401).
+    SecondFactorFailed,
 }
 
 impl ErrorCode {
@@ -61,6 +70,9 @@ impl ErrorCode {
             Self::UnsupportedType => "unsupported_type",
             Self::Infected => "infected",
             Self::Incomplete => "incomplete",
+            Self::InvalidToken => "invalid_token",
+            Self::SecondFactorRequired => "second_factor_required",
+            Self::SecondFactorFailed => "second_factor_failed",
         }
     }
 }

@@ -139,6 +139,9 @@ pub(super) async fn figures(
         if checked.caller.identity.must_change_password {
             return Err(ApiError::forbidden("password change required"));
         }
+        if checked.caller.identity.must_enrol_second_factor {
+            return Err(ApiError::forbidden("second factor enrolment required"));
+        }
         checked
             .caller
             .authorize(&app, Action::ReadServerStatus, "admin.overview", json!({}))?;

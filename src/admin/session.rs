@@ -162,6 +162,12 @@ pub async fn check(
         ));
     }
     let csrf = csrf_of(&cookie.secret);
+    let must_enrol_second_factor = crate::auth::totp::enrolment_required(
+        &*app.store,
+        &app.config.totp_required_roles(),
+        &user,
+    )
+    .await?;
     let caller = Caller {
         identity: Identity {
             user_id: user.id,
@@ -169,7 +175,13 @@ pub async fn check(
             role: user.role,
             session_id: session.id,
             expires_at: session.expires_at,
-            must_change_password: user.must_change_password,
+            must_change_password: user.must_change_password
+                || crate::auth::reset::password_expired(
+                    app.config.password_max_age_days,
+                    &user,
+                    now,
+                ),
+            must_enrol_second_factor,
         },
         client,
     };
@@ -210,10 +222,15 @@ pub async fn require(
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct SignIn {
     username: String,
     password: String,
+    /// The second factor, as REST login takes it.
+    #[serde(default)]
+    totp_code: Option<String>,
+    #[serde(default)]
+    recovery_code: Option<String>,
 }
 
 /// `POST /admin/session` `{username, password}`: 200 with the session's
@@ -234,9 +251,17 @@ async fn open(app: &App, client: Client, headers: &HeaderMap, body: &[u8]) -> Ap
     if let Err(wait) = app.rate_limits.auth.check(&ip_key(&client.ip)) {
         return Err(ApiError::rate_limited(wait));
     }
-    let SignIn { username, password } = parse_json(body)?;
+    let SignIn {
+        username,
+        password,
+        totp_code,
+        recovery_code,
+    } = parse_json(body)?;
+    let second =
+        crate::api::second_factor::presented(totp_code.as_deref(), recovery_code.as_deref())?;
     let user =
-        crate::api::auth::check_credentials(app, &client, headers, &username, password).await?;
+        crate::api::auth::check_credentials(app, &client, headers, &username, password, second)
+            .await?;
     let principal = Principal {
         user_id: user.id,
         role: user.role,
@@ -292,7 +317,7 @@ async fn open(app: &App, client: Client, headers: &HeaderMap, body: &[u8]) -> Ap
             ""
         },
     );
-    let mut response = Json(answer(app, &user, &session, &csrf_of(&secret))).into_response();
+    let mut response = Json(answer(app, &user, &session, &csrf_of(&secret)).await?).into_response();
     set_cookie(&mut response, &cookie);
     Ok(super::with_csp(response))
 }
@@ -310,7 +335,9 @@ pub(super) async fn current(
             .get_user(checked.caller.identity.user_id)
             .await?
             .ok_or_else(|| ApiError::auth_failed("not signed in to the console"))?;
-        Ok::<_, ApiError>(Json(answer(&app, &user, &checked.session, &checked.csrf)))
+        Ok::<_, ApiError>(Json(
+            answer(&app, &user, &checked.session, &checked.csrf).await?,
+        ))
     }
     .await;
     super::with_csp(result.into_response())
@@ -354,16 +381,25 @@ pub(super) async fn sign_out(
 }
 
 /// What the page learns of its session: who, what they may do, the CSRF
-/// token and the timeouts.
-fn answer(app: &App, user: &User, session: &Session, csrf: &str) -> Value {
-    json!({
+/// token and the timeouts, and whether the account must enrol a second
+/// factor before anything else.
+async fn answer(app: &App, user: &User, session: &Session, csrf: &str) -> ApiResult<Value> {
+    let enrol =
+        crate::auth::totp::enrolment_required(&*app.store, &app.config.totp_required_roles(), user)
+            .await?;
+    let enrolled = crate::auth::totp::active_secret(&*app.store, user.id)
+        .await?
+        .is_some();
+    Ok(json!({
         "user": views::user(user),
         "permissions": app.realtime.permissions.of(user.role),
         "csrf": csrf,
         "idleTimeoutSecs": app.config.admin_idle_minutes * 60,
         "expiresAt": session.expires_at,
         "mustChangePassword": user.must_change_password,
-    })
+        "secondFactorEnrolmentRequired": enrol,
+        "secondFactorEnrolled": enrolled,
+    }))
 }
 
 fn set_cookie(response: &mut Response, cookie: &str) {

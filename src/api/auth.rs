@@ -31,7 +31,7 @@ use utoipa::ToSchema;
 use super::error::{ApiError, ApiResult};
 use super::extract::{parse_json, Caller, Client, JsonBody, RawBody};
 use super::openapi::{ErrorBody, LoginAnswer, Tokens, UserBody};
-use super::{validate, views};
+use super::{second_factor, validate, views};
 use crate::auth::lockout::{Admission, Failure};
 use crate::auth::tokens::{hash_refresh_token, new_refresh_token};
 use crate::http::App;
@@ -117,9 +117,17 @@ pub(super) async fn register(
 }
 
 #[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub(super) struct LoginBody {
     username: String,
     password: String,
+    /// The authenticator app's current code, when the account has a
+    /// second factor.
+    #[serde(default)]
+    totp_code: Option<String>,
+    /// One of the account's one-time recovery codes, instead of `totpCode`.
+    #[serde(default)]
+    recovery_code: Option<String>,
 }
 
 /// `POST /api/auth/login`: 200 `{token, refreshToken, expiresIn, user}`.
@@ -135,7 +143,7 @@ pub(super) struct LoginBody {
     tag = "auth",
     summary = "Log in: open a session",
     request_body = LoginBody,
-    responses((status = 200, description = "A new session's tokens", body = LoginAnswer), (status = 400, description = "A field or parameter is missing or invalid (`field` names it)", body = ErrorBody), (status = 401, description = "Invalid username or password, or the account is temporarily locked (the same answer for each)", body = ErrorBody)),
+    responses((status = 200, description = "A new session's tokens", body = LoginAnswer), (status = 400, description = "A field or parameter is missing or invalid (`field` names it)", body = ErrorBody), (status = 401, description = "Invalid username or password, or the account is temporarily locked (the same answer for each); with the password right and a second factor enrolled, `second_factor_required` (no code) or `second_factor_failed` (a wrong, stale or replayed code, or an unknown or used recovery code)", body = ErrorBody)),
     security(())
 )]
 pub(super) async fn login(
@@ -144,7 +152,17 @@ pub(super) async fn login(
     headers: HeaderMap,
     JsonBody(body): JsonBody<LoginBody>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let user = check_credentials(&app, &client, &headers, &body.username, body.password).await?;
+    let second =
+        second_factor::presented(body.totp_code.as_deref(), body.recovery_code.as_deref())?;
+    let user = check_credentials(
+        &app,
+        &client,
+        &headers,
+        &body.username,
+        body.password,
+        second,
+    )
+    .await?;
     let (tokens, session_id) = open_session(&app, &user, &client).await?;
     app.realtime
         .audit
@@ -156,6 +174,14 @@ pub(super) async fn login(
         .await?;
     let mut answer = tokens;
     answer["user"] = views::user(&user);
+    answer["secondFactorEnrolmentRequired"] = json!(
+        crate::auth::totp::enrolment_required(
+            &*app.store,
+            &app.config.totp_required_roles(),
+            &user
+        )
+        .await?
+    );
     Ok(Json(answer))
 }
 
@@ -164,13 +190,20 @@ pub(super) async fn login(
 /// console's sign-in. The [`LoginGuard`] decides first (see [`login`]);
 /// then the password, then the account's state: locked by an admin or
 /// disabled answers the same 401 as a wrong password (audited with its
-/// reason), after the same argon2 work. Records `last_login_at`.
+/// reason), after the same argon2 work. With a second factor enrolled,
+/// `second` must pass it ([`second_factor::check`]: 401
+/// `second_factor_required` or `second_factor_failed`, the latter counted
+/// towards the lockout). Records `last_login_at`. A
+/// password past `password_max_age_days` is marked to be changed
+/// (`must_change_password`, audited once as `user.password_expired`): the
+/// login succeeds, its session may only change the password.
 pub(crate) async fn check_credentials(
     app: &App,
     client: &Client,
     headers: &HeaderMap,
     username: &str,
     password: String,
+    second: crate::auth::totp::Presented<'_>,
 ) -> ApiResult<User> {
     validate::presented("username", username)?;
     validate::presented("password", &password)?;
@@ -275,13 +308,31 @@ pub(crate) async fn check_credentials(
     if user.locked_until.is_some_and(|until| until > now) {
         return Err(failed(Some(user.id), "locked_by_admin", json!({})).await);
     }
+    second_factor::check(app, client, &user, &account, second, now).await?;
     app.login_guard.succeeded(&account, &ip_key(&client.ip));
+    let expired = !user.must_change_password
+        && crate::auth::reset::password_expired(app.config.password_max_age_days, &user, now);
+    if expired {
+        app.realtime
+            .audit
+            .append(client.event(
+                Some(user.id),
+                "user.password_expired",
+                json!({
+                    "userId": user.id,
+                    "passwordChangedAt": user.password_changed_at,
+                    "maxAgeDays": app.config.password_max_age_days,
+                }),
+            ))
+            .await?;
+    }
     let user = app
         .store
         .update_user(
             user.id,
             UserPatch {
                 last_login_at: Some(now),
+                must_change_password: expired.then_some(true),
                 updated_at: user.updated_at,
                 ..UserPatch::default()
             },
@@ -329,7 +380,7 @@ async fn known_client(
 /// Audits what a failure locked (`auth.lockout`): the client's address out
 /// of the account (`scope: "address"`), or the account into back-off
 /// (`scope: "account"`), committed to the chain before the caller answers.
-async fn audit_lockout(
+pub(super) async fn audit_lockout(
     app: &App,
     client: &Client,
     user: Option<UserId>,
@@ -569,10 +620,12 @@ pub(super) async fn change_password(
         .await?;
         return Err(ApiError::forbidden("currentPassword: is incorrect"));
     }
-    if user.must_change_password && reused {
+    let expired =
+        crate::auth::reset::password_expired(app.config.password_max_age_days, &user, now);
+    if (user.must_change_password || expired) && reused {
         return Err(ApiError::invalid(
             "newPassword",
-            "must differ from the temporary password",
+            "must differ from the temporary or expired password",
         ));
     }
     let hash = app.passwords.hash(body.new_password).await?;

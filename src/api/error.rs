@@ -145,6 +145,12 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        metrics::counter!(
+            courier_actors::telemetry::names::ERRORS,
+            "surface" => "rest",
+            "code" => self.code.as_str()
+        )
+        .increment(1);
         let error = ErrorDetail {
             code: self.code,
             message: self.message.into_owned(),
@@ -186,6 +192,56 @@ impl From<StoreError> for ApiError {
 /// An audit entry that is not durable: the request is not reported done
 /// (503 `unavailable`; docs/audit.md says what was committed meanwhile).
 /// The audit handle has logged why.
+impl From<crate::network::Denied> for ApiError {
+    fn from(e: crate::network::Denied) -> Self {
+        ApiError::forbidden(e.to_string())
+    }
+}
+
+/// A reset link that cannot be issued, delivered or used
+/// (`crate::auth::reset`): no webhook configured is 409 `conflict`, a
+/// receiver that did not take the link 503 `unavailable`, a token that
+/// cannot be used 400 `invalid_token` naming the field `token`.
+impl From<crate::auth::reset::ResetError> for ApiError {
+    fn from(e: crate::auth::reset::ResetError) -> Self {
+        use crate::auth::reset::ResetError;
+        match e {
+            ResetError::Off => ApiError::conflict(
+                "no password reset webhook is configured; set a temporary password with \
+                 /api/users/{id}/reset-password",
+            ),
+            ResetError::Webhook(_) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::Unavailable,
+                "the password reset webhook did not take the link; nothing was sent, retry later",
+            ),
+            ResetError::Token(why) => {
+                let mut e = Self::new(
+                    StatusCode::BAD_REQUEST,
+                    ErrorCode::InvalidToken,
+                    format!("token: {why}"),
+                );
+                e.field = Some("token".into());
+                e
+            }
+            ResetError::Store(e) => e.into(),
+        }
+    }
+}
+
+/// A second factor that cannot be checked or made (`crate::auth::totp`):
+/// the store's errors as everywhere; a sealed secret that does not open
+/// (or cannot be sealed) and refused TOTP parameters are a 500.
+impl From<crate::auth::totp::TotpError> for ApiError {
+    fn from(e: crate::auth::totp::TotpError) -> Self {
+        use crate::auth::totp::TotpError;
+        match e {
+            TotpError::Store(e) => e.into(),
+            e @ (TotpError::Crypto(_) | TotpError::Parameters(_)) => ApiError::internal(e),
+        }
+    }
+}
+
 impl From<AuditError> for ApiError {
     fn from(_: AuditError) -> Self {
         ApiError::unavailable()

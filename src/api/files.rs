@@ -818,6 +818,7 @@ pub(super) async fn link_content(
             session_id: session,
             expires_at,
             must_change_password: false,
+            must_enrol_second_factor: false,
         },
         client,
     };

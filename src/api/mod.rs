@@ -4,6 +4,8 @@
 //! - [`auth`]: `/api/auth/*`: register, login (lockout), refresh-token
 //!   (rotation, reuse detection), logout, change-password.
 //! - [`users`]: `/api/users*`: user management, permissions, sessions.
+//! - [`second_factor`]: `/api/auth/totp*` (enrol, confirm, disable one's
+//!   TOTP second factor) and `DELETE /api/users/{id}/totp` (an admin's reset).
 //! - [`channels`]: `/api/channels*`: channels, members, history pages.
 //! - [`messages`]: `/api/messages*`: send, read, edit and delete, through
 //!   the WebSocket paths.
@@ -33,7 +35,9 @@
 //! algorithm, `exp`/`iss`/`aud`/`sub`, and a live session of an existing,
 //! enabled user), and, outside `/api/auth/*`, the per-user limit
 //! (`rest_per_15min`) applies, and an account with a temporary password
-//! is refused (403) until it changes it. A request without `Authorization`
+//! is refused (403) until it changes it, and so is an account whose role
+//! must have a second factor (`totp_required_roles`) until it enrols one
+//! (the `/api/auth/totp*` routes take it). A request without `Authorization`
 //! may instead carry the admin console's cookie ([`crate::admin::session`]):
 //! the same checks follow, and a state-changing method also needs the
 //! session's CSRF token. The [`Caller`](extract::Caller) it leaves in
@@ -56,7 +60,9 @@ pub mod holds;
 pub mod messages;
 pub mod moderation;
 pub mod openapi;
+pub mod password_reset;
 pub mod patients;
+pub mod second_factor;
 pub mod settings;
 pub mod users;
 pub mod validate;
@@ -114,6 +120,9 @@ fn documented_routes(app: Arc<App>) -> (Router<Arc<App>>, utoipa::openapi::OpenA
     let auth_session = OpenApiRouter::new()
         .routes(routes!(auth::logout))
         .routes(routes!(auth::change_password))
+        .routes(routes!(second_factor::enroll))
+        .routes(routes!(second_factor::confirm))
+        .routes(routes!(second_factor::disable))
         .route_layer(middleware::from_fn_with_state(
             gate.clone(),
             authenticate_uncounted,
@@ -127,6 +136,8 @@ fn documented_routes(app: Arc<App>) -> (Router<Arc<App>>, utoipa::openapi::OpenA
         )
         .routes(routes!(auth::login))
         .routes(routes!(auth::refresh))
+        .routes(routes!(password_reset::request))
+        .routes(routes!(password_reset::confirm))
         .merge(auth_session)
         .route_layer(middleware::from_fn_with_state(gate.clone(), limit_auth_ip));
 
@@ -141,6 +152,8 @@ fn documented_routes(app: Arc<App>) -> (Router<Arc<App>>, utoipa::openapi::OpenA
         .routes(routes!(users::disable))
         .routes(routes!(users::enable))
         .routes(routes!(users::reset_password))
+        .routes(routes!(second_factor::reset))
+        .routes(routes!(password_reset::admin_reset))
         .routes(routes!(users::security_events))
         .routes(routes!(settings::get, settings::update_rate_limits))
         .routes(routes!(holds::place, holds::list))
@@ -307,6 +320,10 @@ async fn authenticate(gate: &Gate, counted: bool, req: Request, next: Next) -> R
     if counted {
         if caller.identity.must_change_password {
             return ApiError::forbidden(AuthRejected::PasswordChangeRequired.to_string())
+                .into_response();
+        }
+        if caller.identity.must_enrol_second_factor {
+            return ApiError::forbidden(AuthRejected::SecondFactorEnrolmentRequired.to_string())
                 .into_response();
         }
         if let Err(wait) = gate.app.rate_limits.rest.check(&caller.identity.user_id) {

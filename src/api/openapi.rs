@@ -29,6 +29,11 @@ pub const ENDPOINTS: &[(&str, &str)] = &[
     ("post", "/api/auth/refresh-token"),
     ("post", "/api/auth/logout"),
     ("post", "/api/auth/change-password"),
+    ("post", "/api/auth/totp/enroll"),
+    ("post", "/api/auth/totp/confirm"),
+    ("delete", "/api/auth/totp"),
+    ("post", "/api/auth/password-reset/request"),
+    ("post", "/api/auth/password-reset/confirm"),
     ("get", "/api/users"),
     ("post", "/api/users"),
     ("get", "/api/users/{id}"),
@@ -42,6 +47,8 @@ pub const ENDPOINTS: &[(&str, &str)] = &[
     ("post", "/api/users/{id}/disable"),
     ("post", "/api/users/{id}/enable"),
     ("post", "/api/users/{id}/reset-password"),
+    ("delete", "/api/users/{id}/totp"),
+    ("post", "/api/users/{id}/password-reset"),
     ("get", "/api/users/{id}/security-events"),
     ("get", "/api/settings"),
     ("put", "/api/settings/rate-limits"),
@@ -236,6 +243,9 @@ pub struct LoginAnswer {
     pub refresh_token: String,
     pub expires_in: u64,
     pub user: UserView,
+    /// The account's role must have a second factor and it has none: the
+    /// session may only enrol one (`/api/auth/totp/*`) until it does.
+    pub second_factor_enrolment_required: bool,
 }
 
 /// A password reset's answer: the user and the temporary password, shown

@@ -12,6 +12,8 @@
 //!
 //! - [`patient`] seals patient references and makes the keyed tags that
 //!   find them.
+//! - `second_factor` seals accounts' TOTP secrets
+//!   ([`MessageCipher::seal_totp_secret`]).
 //!
 //! Secrets are zeroized on drop and never appear in `Debug` output or errors.
 
@@ -19,6 +21,7 @@ mod cipher;
 pub mod file_keys;
 mod keyring;
 pub mod patient;
+mod second_factor;
 
 pub use cipher::{MessageCipher, Sealed, DEFAULT_CACHE_CAPACITY, EPOCH_SHIFT, NONCE_LEN, TAG_LEN};
 pub use file_keys::KeyScope;

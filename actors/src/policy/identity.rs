@@ -19,6 +19,10 @@ pub struct Identity {
     /// The account's password was set by an admin: until it is changed,
     /// every request but changing it (and logging out) is refused.
     pub must_change_password: bool,
+    /// The account's role must have a second factor (`totp_required_roles`)
+    /// and it has none yet: until it enrols, every request but the TOTP
+    /// enrolment routes (and logging out) is refused.
+    pub must_enrol_second_factor: bool,
 }
 
 /// Why a token was refused; the text is safe to show the client.
@@ -34,6 +38,10 @@ pub enum AuthRejected {
     /// by an admin): only REST `change-password` and `logout` take it.
     #[error("password change required")]
     PasswordChangeRequired,
+    /// The account's role requires a second factor it has not enrolled: only
+    /// REST `/api/auth/totp/*` and `logout` take it.
+    #[error("second factor enrolment required")]
+    SecondFactorEnrolmentRequired,
     /// The check could not be made (store down).
     #[error("authentication is unavailable; retry")]
     Unavailable,

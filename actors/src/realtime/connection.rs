@@ -427,6 +427,9 @@ impl ConnectionState {
                 Err(AuthRejected::InvalidToken)
             }
             (Ok(new), _) if new.must_change_password => Err(AuthRejected::PasswordChangeRequired),
+            (Ok(new), _) if new.must_enrol_second_factor => {
+                Err(AuthRejected::SecondFactorEnrolmentRequired)
+            }
             (other, _) => other,
         };
         match identity {

@@ -48,6 +48,36 @@ pub const AUDIT_CHECKPOINT_WEBHOOK_FAILURES: &str =
     "courier_audit_checkpoint_webhook_failures_total";
 /// Failed authentications (counter; label `reason`).
 pub const AUTH_FAILURES: &str = "courier_auth_failures_total";
+/// Second-factor checks at login (counter; label `result`, one of
+/// [`SECOND_FACTOR_RESULTS`]).
+pub const AUTH_SECOND_FACTOR: &str = "courier_auth_second_factor_total";
+/// The `result`s of [`AUTH_SECOND_FACTOR`]: a TOTP code `accepted`, a
+/// recovery code `recovery_used`, no code given (`required`), a code
+/// `failed` (wrong, stale or malformed), a code `replayed`.
+pub const SECOND_FACTOR_RESULTS: &[&str] = &[
+    "accepted",
+    "recovery_used",
+    "required",
+    "failed",
+    "replayed",
+];
+/// Password reset links asked for and used (counter; labels `kind`:
+/// `admin` or `self`, and `result`, one of [`PASSWORD_RESET_RESULTS`]).
+pub const PASSWORD_RESETS: &str = "courier_password_resets_total";
+/// The `result`s of [`PASSWORD_RESETS`]: a link `sent`, `webhook_failed`,
+/// `no_account` (no such account: nothing sent), `refused` (a disabled or
+/// locked account, or several with the email), `throttled` (the account's
+/// self-service links per 15 minutes), a reset `completed`, a token
+/// refused as `invalid_token`.
+pub const PASSWORD_RESET_RESULTS: &[&str] = &[
+    "sent",
+    "webhook_failed",
+    "no_account",
+    "refused",
+    "throttled",
+    "completed",
+    "invalid_token",
+];
 /// Requests refused by a rate limit (counter; label `limit`).
 pub const RATE_LIMITED: &str = "courier_rate_limited_total";
 /// WebSocket upgrades answered 429 because the client address was at a
@@ -57,6 +87,9 @@ pub const CONNECTIONS_REFUSED: &str = "courier_connections_refused_total";
 /// HTTP requests whose body did not arrive within `http_body_timeout_ms`
 /// (counter).
 pub const HTTP_BODY_TIMEOUTS: &str = "courier_http_body_timeouts_total";
+/// Requests refused by the network allow-lists, by `surface` (`api`,
+/// `admin`, `ws`) (counter).
+pub const NETWORK_DENIED: &str = "courier_network_denied_total";
 /// Connections closed with 4009 because their queue overflowed (counter).
 pub const SLOW_CONSUMERS: &str = "courier_slow_consumer_disconnects_total";
 /// Channel actors running (gauge).
@@ -97,6 +130,25 @@ pub const CLUSTER_LEASE_CHANGES: &str = "courier_cluster_lease_changes_total";
 pub const CLUSTER_PUSHES_DROPPED: &str = "courier_cluster_pushes_dropped_total";
 /// Missed `new_message` pushes a follower read back from the store (counter).
 pub const CLUSTER_GAP_FILLS: &str = "courier_cluster_gap_fills_total";
+/// Database connections of the store, by `state`: `idle` (open, free) or
+/// `in_use` (taken by a transaction or a read) (gauge; sampled on scrape).
+pub const DB_POOL_CONNECTIONS: &str = "courier_db_pool_connections";
+/// The most connections the store opens (`db_max_connections`) (gauge).
+pub const DB_POOL_MAX: &str = "courier_db_pool_max_connections";
+/// Waits for a database connection that gave up after
+/// `db_acquire_timeout_secs`, each answered `unavailable` (counter).
+pub const DB_POOL_ACQUIRE_TIMEOUTS: &str = "courier_db_pool_acquire_timeouts_total";
+/// 1 while the store answers the persistence actor's probe (what `/ready`
+/// reports as `database`), else 0 (gauge; sampled on scrape).
+pub const STORE_UP: &str = "courier_store_up";
+/// When the served TLS certificate (the leaf of `tls_cert`) expires, in
+/// seconds since the Unix epoch (gauge; only when TLS is configured).
+pub const TLS_CERT_EXPIRY: &str = "courier_tls_cert_expiry_timestamp_seconds";
+/// Errors answered, by `surface` (`rest` or `ws`) and protocol `code`
+/// (counter).
+pub const ERRORS: &str = "courier_errors_total";
+/// HTTP responses, by status `class` (`2xx` ... `5xx`) (counter).
+pub const HTTP_RESPONSES: &str = "courier_http_responses_total";
 
 /// Registers descriptions and units with the installed recorder.
 pub fn describe() {
@@ -157,6 +209,14 @@ pub fn describe() {
         "Failed deliveries to the audit checkpoint webhook (retried)"
     );
     describe_counter!(AUTH_FAILURES, "Failed authentications");
+    describe_counter!(
+        AUTH_SECOND_FACTOR,
+        "Second-factor checks at login, by result"
+    );
+    describe_counter!(
+        PASSWORD_RESETS,
+        "Password reset links asked for and used, by kind and result"
+    );
     describe_counter!(RATE_LIMITED, "Requests refused by a rate limit");
     describe_counter!(
         CONNECTIONS_REFUSED,
@@ -165,6 +225,10 @@ pub fn describe() {
     describe_counter!(
         HTTP_BODY_TIMEOUTS,
         "HTTP request bodies not received within the body deadline"
+    );
+    describe_counter!(
+        NETWORK_DENIED,
+        "Requests refused by the network allow-lists, by surface"
     );
     describe_counter!(
         SLOW_CONSUMERS,
@@ -211,8 +275,118 @@ pub fn describe() {
         CLUSTER_PUSHES_DROPPED,
         "Pushes dropped: the cluster publish queue was full"
     );
-    describe_counter!(
-        CLUSTER_GAP_FILLS,
-        "Missed pushes a follower read back from the store"
+    describe_gauge!(
+        DB_POOL_CONNECTIONS,
+        "Database connections of the store, by state (idle, in_use)"
     );
+    describe_gauge!(DB_POOL_MAX, "The most database connections the store opens");
+    describe_counter!(
+        DB_POOL_ACQUIRE_TIMEOUTS,
+        "Waits for a database connection that timed out (answered unavailable)"
+    );
+    describe_gauge!(
+        STORE_UP,
+        "1 while the store answers the readiness probe, else 0"
+    );
+    describe_gauge!(
+        TLS_CERT_EXPIRY,
+        Unit::Seconds,
+        "Expiry of the served TLS certificate, seconds since the Unix epoch"
+    );
+    describe_counter!(ERRORS, "Errors answered, by surface (rest, ws) and code");
+    describe_counter!(HTTP_RESPONSES, "HTTP responses, by status class");
+}
+
+/// The series exported from start, at zero, so that `/metrics` lists every
+/// family before its first event and `increase()` sees that first event
+/// (a counter born at 1 shows no increase). Gauges are registered with
+/// `increment(0.0)`, which leaves a value already set alone; labelled
+/// families are registered with the label values alerts and dashboards
+/// select on.
+pub fn export_from_start() {
+    use metrics::{counter, gauge, histogram};
+    for name in [
+        CONNECTIONS_TOTAL,
+        FRAMES_IN,
+        FRAMES_OUT,
+        INVALID_FRAMES,
+        MESSAGES_PUBLISHED,
+        MESSAGES_DELIVERED,
+        PERSIST_REJECTED,
+        PERSIST_RETRIES,
+        AUDIT_ENTRIES,
+        AUDIT_APPEND_FAILURES,
+        AUDIT_CHECKPOINT_SINK_DROPPED,
+        AUDIT_CHECKPOINT_WEBHOOK_SENT,
+        AUDIT_CHECKPOINT_WEBHOOK_FAILURES,
+        HTTP_BODY_TIMEOUTS,
+        SLOW_CONSUMERS,
+        DECRYPT_FAILURES,
+        PHI_DETECTED,
+        FILE_BYTES_IN,
+        FILE_BYTES_OUT,
+        FILE_SCANNER_DOWN,
+        FILES_PURGED,
+        CLUSTER_PUSHES_DROPPED,
+        CLUSTER_GAP_FILLS,
+        DB_POOL_ACQUIRE_TIMEOUTS,
+    ] {
+        counter!(name).increment(0);
+    }
+    for name in [
+        CONNECTIONS,
+        PERSIST_QUEUE,
+        CHANNELS_ACTIVE,
+        USERS_ONLINE,
+        CLUSTER_LEASES_HELD,
+        DB_POOL_MAX,
+        STORE_UP,
+    ] {
+        gauge!(name).increment(0.0);
+    }
+    for state in ["idle", "in_use"] {
+        gauge!(DB_POOL_CONNECTIONS, "state" => state).increment(0.0);
+    }
+    for name in [
+        PUBLISH_ACK_SECONDS,
+        PERSIST_BATCH_SIZE,
+        PERSIST_FLUSH_SECONDS,
+        PERSIST_COMMITS_IN_FLIGHT,
+        AUDIT_BATCH_SIZE,
+        AUDIT_APPEND_WAIT_SECONDS,
+        CLUSTER_PUSH_LATENCY,
+    ] {
+        let _ = histogram!(name);
+    }
+    for reason in ["password", "token", "refresh", "refresh_reuse", "timeout"] {
+        counter!(AUTH_FAILURES, "reason" => reason).increment(0);
+    }
+    for result in SECOND_FACTOR_RESULTS {
+        counter!(AUTH_SECOND_FACTOR, "result" => *result).increment(0);
+    }
+    for kind in ["admin", "self"] {
+        for result in PASSWORD_RESET_RESULTS {
+            counter!(PASSWORD_RESETS, "kind" => kind, "result" => *result).increment(0);
+        }
+    }
+    for limit in ["send_message", "rest", "auth", "register"] {
+        counter!(RATE_LIMITED, "limit" => limit).increment(0);
+    }
+    for limit in ["unauthenticated_per_ip", "connections_per_ip"] {
+        counter!(CONNECTIONS_REFUSED, "limit" => limit).increment(0);
+    }
+    for result in ["stored", "queued"] {
+        counter!(FILE_UPLOADS, "result" => result).increment(0);
+    }
+    for change in ["acquired", "renewed", "taken_over", "lost"] {
+        counter!(CLUSTER_LEASE_CHANGES, "change" => change).increment(0);
+    }
+    for surface in ["rest", "ws"] {
+        for code in ["internal", "unavailable"] {
+            counter!(ERRORS, "surface" => surface, "code" => code).increment(0);
+        }
+    }
+    for class in ["2xx", "4xx", "5xx"] {
+        counter!(HTTP_RESPONSES, "class" => class).increment(0);
+    }
 }

@@ -18,11 +18,14 @@ mod file_rows;
 mod files;
 mod holds;
 mod model;
+mod password_reset;
 mod patients;
+mod pool;
 pub mod postgres;
 mod sql;
 pub mod sqlite;
 mod sqlite_conn;
+mod totp;
 
 use std::sync::Arc;
 
@@ -36,9 +39,12 @@ pub use file_rows::*;
 pub use files::{FilePurge, FileStore};
 pub use holds::{HoldId, HoldStore, HoldTarget, KindFigures, KindPlan, LegalHold};
 pub use model::*;
+pub use password_reset::{PasswordResetStore, ResetKind, ResetToken};
+pub use pool::{PoolSettings, PoolStats, ResolvedPool};
 pub use patients::{
     PatientCursor, PatientMessageRef, PatientSeal, PatientStore, SealedRefOwner, SealedRefRow,
 };
+pub use totp::{TotpSecret, TotpStore};
 
 /// A shared handle to whichever backend is configured.
 pub type DynStore = Arc<dyn Store>;
@@ -77,11 +83,18 @@ impl StoreError {
 
 /// Opens the store named by `url` (`sqlite://path` or `postgres://...`), runs
 /// its migrations and returns it. SQLite files are created when missing.
+/// The connections are the backend's defaults ([`connect_with`]).
 pub async fn connect(url: &str) -> Result<DynStore, StoreError> {
+    connect_with(url, &PoolSettings::default()).await
+}
+
+/// [`connect`] with the connection sizes and timeouts of `pool` (the
+/// `db_*` settings).
+pub async fn connect_with(url: &str, pool: &PoolSettings) -> Result<DynStore, StoreError> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(Arc::new(postgres::PgStore::connect(url).await?))
+        Ok(Arc::new(postgres::PgStore::connect_with(url, pool).await?))
     } else if url.starts_with("sqlite:") {
-        Ok(Arc::new(sqlite::SqliteStore::connect(url).await?))
+        Ok(Arc::new(sqlite::SqliteStore::connect_with(url, pool).await?))
     } else {
         Err(StoreError::Database(
             "database URL must start with sqlite: or postgres://".into(),
@@ -149,6 +162,8 @@ pub trait Store:
     + HoldStore
     + PatientStore
     + DisclosureStore
+    + PasswordResetStore
+    + TotpStore
     + Send
     + Sync
     + 'static
@@ -174,6 +189,9 @@ pub trait Store:
 
     /// A cheap round trip: `Ok` when the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// The connections now: the most, taken and free (`/metrics`).
+    fn pool_stats(&self) -> PoolStats;
 
     /// Makes this process the store's only writer for as long as the
     /// returned lock lives. A broker's `seq` counters and audit chain head

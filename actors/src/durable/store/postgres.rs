@@ -1,8 +1,9 @@
 //! PostgreSQL backend: the production store.
 //!
-//! A [`PgPool`] of 16 connections with a 3 s acquire timeout, so that an
-//! outage surfaces quickly as [`StoreError::Unavailable`] instead of hanging
-//! the caller; `synchronous_commit` is forced on, so an acknowledged batch is
+//! A [`PgPool`] sized by the `db_*` settings ([`PoolSettings`]; by default
+//! 16 connections with a 3 s acquire timeout, so that an outage or an
+//! exhausted pool surfaces quickly as [`StoreError::Unavailable`] instead of
+//! hanging the caller); `synchronous_commit` is forced on, so an acknowledged batch is
 //! on disk. Migrations come from `migrations/postgres`, embedded at build time.
 //! TLS is the URL's: `sslmode` and `sslrootcert` as libpq reads them (see
 //! [`TlsAsked`]), over rustls; a connection that fails for TLS's sake is
@@ -37,14 +38,19 @@ mod export;
 mod files;
 #[path = "postgres_holds.rs"]
 mod holds;
+#[path = "postgres_password_reset.rs"]
+mod password_reset;
 #[path = "postgres_patients.rs"]
 mod patients;
+#[path = "postgres_totp.rs"]
+mod totp;
 
 use super::sql::{self, bound, to_db, SqlRow};
 use super::{
     AuditFilter, AuditRecord, Channel, ChannelPatch, Checkpoint, ClientMsgRef, Flag, Member,
-    MessageRow, NewUser, Reencrypted, RefreshOutcome, Role, Session, Setting, Store, StoreError,
-    StoredMessage, Turn, User, UserPatch, WriteOp, WriteOutcome, WriterLock,
+    MessageRow, NewUser, PoolSettings, PoolStats, Reencrypted, RefreshOutcome, Role, Session,
+    Setting, Store, StoreError, StoredMessage, Turn, User, UserPatch, WriteOp, WriteOutcome,
+    WriterLock,
 };
 use crate::audit::chain::{self, ChainHead};
 
@@ -79,19 +85,26 @@ const BEGIN_FENCED: &str = concat!(
 /// ("Courier#").
 const AUDIT_APPEND_KEY: i64 = 0x436f_7572_6965_7223;
 
-/// Connections in the pool.
-const POOL_CONNECTIONS: u32 = 16;
-
 /// The PostgreSQL store. Cheap to clone (the pool is shared).
 #[derive(Clone, Debug)]
 pub struct PgStore {
     pool: PgPool,
+    /// The pool's size (`db_max_connections`).
+    max_connections: u32,
 }
 
 impl PgStore {
-    /// Connects to `url` (`postgres://...`) and runs pending migrations.
-    /// `sslmode` and `sslrootcert` in the URL are honoured ([`TlsAsked`]).
+    /// Connects to `url` (`postgres://...`) with the default pool and runs
+    /// pending migrations.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_with(url, &PoolSettings::default()).await
+    }
+
+    /// Connects to `url` with the pool `pool` asks for and runs pending
+    /// migrations. `sslmode` and `sslrootcert` in the URL are honoured
+    /// ([`TlsAsked`]).
+    pub async fn connect_with(url: &str, pool: &PoolSettings) -> Result<Self, StoreError> {
+        let sizes = pool.resolve("postgres");
         let options = PgConnectOptions::from_str(url)?;
         let tls = TlsAsked::of(url, &options);
         tls.check_root_cert().await?;
@@ -100,12 +113,17 @@ impl PgStore {
             .application_name("courier")
             .options([("synchronous_commit", "on")]);
         let pool = PgPoolOptions::new()
-            .max_connections(POOL_CONNECTIONS)
-            .acquire_timeout(Duration::from_secs(3))
+            .max_connections(sizes.max_connections)
+            .min_connections(sizes.min_connections)
+            .acquire_timeout(sizes.acquire_timeout)
+            .idle_timeout(sizes.idle_timeout)
             .connect_with(options)
             .await
             .map_err(|e| tls.explain(e))?;
-        let store = PgStore { pool };
+        let store = PgStore {
+            pool,
+            max_connections: sizes.max_connections,
+        };
         store.migrate().await?;
         Ok(store)
     }
@@ -304,9 +322,10 @@ impl Store for PgStore {
         "postgres"
     }
 
-    /// A quarter of the pool: reads, the audit actor and REST keep the rest.
+    /// A quarter of the pool (at least one): reads, the audit actor and
+    /// REST keep the rest.
     fn write_parallelism(&self) -> usize {
-        (POOL_CONNECTIONS / 4) as usize
+        (self.max_connections / 4).max(1) as usize
     }
 
     /// 512: past it, full batches commit side by side
@@ -329,6 +348,17 @@ impl Store for PgStore {
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    /// sqlx's own counts: open connections, of which idle.
+    fn pool_stats(&self) -> PoolStats {
+        let open = self.pool.size();
+        let idle = u32::try_from(self.pool.num_idle()).unwrap_or(open).min(open);
+        PoolStats {
+            max: self.max_connections,
+            in_use: open - idle,
+            idle,
+        }
     }
 
     async fn lock_writer(&self, wait: Duration) -> Result<WriterLock, StoreError> {
@@ -361,8 +391,9 @@ impl Store for PgStore {
 
     async fn create_user(&self, user: NewUser) -> Result<User, StoreError> {
         let row = sqlx::query(
-            "INSERT INTO users (id, username, email, password_hash, role, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $6)
+            "INSERT INTO users (id, username, email, password_hash, role, created_at, updated_at,
+                 password_changed_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $6, $6)
              RETURNING *",
         )
         .bind(user.id.0)
@@ -427,6 +458,7 @@ impl Store for PgStore {
                  email = CASE WHEN $2 THEN $3 ELSE email END,
                  role = COALESCE($4, role),
                  password_hash = COALESCE($5, password_hash),
+                 password_changed_at = CASE WHEN $5 IS NULL THEN password_changed_at ELSE $6 END,
                  updated_at = $6,
                  locked_until = CASE WHEN $7 THEN $8 ELSE locked_until END,
                  disabled_at = CASE WHEN $9 THEN $10 ELSE disabled_at END,

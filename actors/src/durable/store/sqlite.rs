@@ -8,7 +8,10 @@
 //!
 //! SQLite has one writer at a time, so the store has one connection for
 //! writes and a few for reads (WAL lets them read while it writes), all
-//! held for the store's life rather than pooled (`sqlite_conn.rs`). Writers (the
+//! held for the store's life rather than pooled (`sqlite_conn.rs`):
+//! `db_max_connections` in all (by default 5: the writer and four readers;
+//! 1 lets the writer read too), each waited for at most
+//! `db_acquire_timeout_secs` (by default 5 s). Writers (the
 //! persistence and audit actors, REST) queue for that one connection behind
 //! a fair async mutex instead of colliding on the file lock, where SQLite's
 //! busy handler would sleep them for 1 to 100 ms at a time. Every write
@@ -50,8 +53,12 @@ mod export;
 mod files;
 #[path = "sqlite_holds.rs"]
 mod holds;
+#[path = "sqlite_password_reset.rs"]
+mod password_reset;
 #[path = "sqlite_patients.rs"]
 mod patients;
+#[path = "sqlite_totp.rs"]
+mod totp;
 
 use super::audit_ride::{AuditRide, Next, Parked};
 use super::sql::{self, bound, to_db, SqlRow};
@@ -59,13 +66,10 @@ use super::sqlite_conn::{ReadConn, Reads, Writer};
 use super::{
     AuditFilter, AuditRecord, Channel, ChannelPatch, Checkpoint, ClientMsgRef, Flag, Member,
     MessageRow, NewUser, Reencrypted, RefreshOutcome, Role, Session, Setting, Store, StoreError,
-    StoredMessage, User, UserPatch, WriteOp, WriteOutcome,
+    PoolSettings, PoolStats, StoredMessage, User, UserPatch, WriteOp, WriteOutcome,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("../migrations/sqlite");
-
-/// Connections for reads (WAL lets them read while the writer writes).
-const READ_CONNECTIONS: usize = 4;
 
 /// What SQLite creates beside the database file.
 const SIDE_FILES: [&str; 3] = ["-wal", "-shm", "-journal"];
@@ -112,9 +116,15 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     /// Opens the database named by `url` (`sqlite://path/to/file.db` or
-    /// `sqlite::memory:`), creating the file and its directory when missing,
-    /// and runs pending migrations.
+    /// `sqlite::memory:`) with the default connections, creating the file
+    /// and its directory when missing, and runs pending migrations.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_with(url, &PoolSettings::default()).await
+    }
+
+    /// [`SqliteStore::connect`] with `pool`'s connection count and wait.
+    pub async fn connect_with(url: &str, pool: &PoolSettings) -> Result<Self, StoreError> {
+        let sizes = pool.resolve("sqlite");
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -129,13 +139,15 @@ impl SqliteStore {
         if !in_memory {
             create_private(options.get_filename())?;
         }
-        let write = Arc::new(Writer::open(options.clone(), &MIGRATOR).await?);
-        let reads = if in_memory {
+        let write =
+            Arc::new(Writer::open(options.clone(), &MIGRATOR, sizes.acquire_timeout).await?);
+        let readers = sizes.max_connections as usize - 1;
+        let reads = if in_memory || readers == 0 {
             // An in-memory database lives as long as its one connection,
-            // which then reads and writes.
+            // which then reads and writes; so does a store of one connection.
             Reads::Writer
         } else {
-            Reads::open(&options, READ_CONNECTIONS).await?
+            Reads::open(&options, readers, sizes.acquire_timeout).await?
         };
         let store = SqliteStore {
             reads: Arc::new(reads),
@@ -254,12 +266,25 @@ impl Store for SqliteStore {
         self.write.check().await
     }
 
+    /// The write connection and the read connections, all held open.
+    fn pool_stats(&self) -> PoolStats {
+        let (readers, reading) = self.reads.in_use();
+        let writing = u32::from(self.write.in_use());
+        let max = readers + 1;
+        PoolStats {
+            max,
+            in_use: writing + reading,
+            idle: max - writing - reading,
+        }
+    }
+
     // ---- users -------------------------------------------------------------
 
     async fn create_user(&self, user: NewUser) -> Result<User, StoreError> {
         let row = sqlx::query(
-            "INSERT INTO users (id, username, email, password_hash, role, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $6)
+            "INSERT INTO users (id, username, email, password_hash, role, created_at, updated_at,
+                 password_changed_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $6, $6)
              RETURNING *",
         )
         .bind(id(user.id.0))
@@ -324,6 +349,7 @@ impl Store for SqliteStore {
                  email = CASE WHEN $2 THEN $3 ELSE email END,
                  role = COALESCE($4, role),
                  password_hash = COALESCE($5, password_hash),
+                 password_changed_at = CASE WHEN $5 IS NULL THEN password_changed_at ELSE $6 END,
                  updated_at = $6,
                  locked_until = CASE WHEN $7 THEN $8 ELSE locked_until END,
                  disabled_at = CASE WHEN $9 THEN $10 ELSE disabled_at END,

@@ -23,6 +23,8 @@
 //! - [`admin`]: the admin console at `/admin` and its cookie sessions.
 //! - [`runtime_settings`]: the rate limits an admin changes at run time.
 //! - [`export`]: `courier export` and `export verify`: the signed compliance export.
+//! - [`backup`]: `courier backup` and `courier restore`: one archive of the
+//!   database and the data directory.
 //! - [`commands`]: `migrate`, `user create`, `audit verify`, `audit
 //!   public-key`, `keys rotate`.
 
@@ -35,6 +37,7 @@ pub mod admission;
 pub mod api;
 pub mod audit_webhook;
 pub mod auth;
+pub mod backup;
 pub mod commands;
 pub mod config;
 pub mod disclosures_report;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use courier::backup;
 use courier::commands::{self, CommandError};
 use courier::config::{Config, ConfigError, Overrides};
 use courier::export;
@@ -67,6 +68,32 @@ enum Command {
     Report {
         #[command(subcommand)]
         command: ReportCommand,
+    },
+    /// One archive of the database, the data directory's keys and
+    /// checkpoints, and the local file store's objects (docs/backup.md);
+    /// online: the broker may run meanwhile.
+    Backup {
+        /// The archive to write (it must not exist); created 0600: it holds
+        /// the keyring.
+        #[arg(long)]
+        out: PathBuf,
+        /// The directory of `pg_dump` (PostgreSQL; default: found on PATH).
+        #[arg(long)]
+        pg_bin: Option<PathBuf>,
+    },
+    /// Put a backup back into an empty data directory and database, check
+    /// it and verify the restored audit chain (exit 2 when it does not).
+    Restore {
+        /// The archive `courier backup` wrote.
+        #[arg(long)]
+        from: PathBuf,
+        /// Replace the data directory's files that exist (stop the broker
+        /// first); a PostgreSQL database must be empty all the same.
+        #[arg(long)]
+        force: bool,
+        /// The directory of `pg_restore` (PostgreSQL; default: found on PATH).
+        #[arg(long)]
+        pg_bin: Option<PathBuf>,
     },
     /// A signed compliance export of a channel or of a patient's channels,
     /// as JSON Lines with `FILE.sig` beside it (docs/export.md); `export
@@ -310,6 +337,23 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(2));
             }
         }
+        Command::Backup { out, pg_bin } => {
+            backup::backup(&config, &backup::BackupOptions { out, pg_bin }).await?;
+        }
+        Command::Restore {
+            from,
+            force,
+            pg_bin,
+        } => {
+            let options = backup::RestoreOptions {
+                from,
+                force,
+                pg_bin,
+            };
+            if !backup::restore(&config, &options).await?.audit.ok {
+                return Ok(ExitCode::from(2));
+            }
+        }
         Command::Export {
             command: Some(ExportCommand::Verify { file, public_key }),
             ..
@@ -389,6 +433,13 @@ fn is_config_error(error: &(dyn std::error::Error + 'static)) -> bool {
         secrets(e)
     } else if let Some(e) = error.downcast_ref::<CommandError>() {
         command(e)
+    } else if let Some(e) = error.downcast_ref::<backup::BackupError>() {
+        match e {
+            backup::BackupError::Server(s) => server(s),
+            backup::BackupError::Secrets(s) => secrets(s),
+            backup::BackupError::Command(c) => command(c),
+            _ => false,
+        }
     } else if let Some(e) = error.downcast_ref::<export::ExportError>() {
         match e {
             export::ExportError::Server(s) => server(s),

@@ -409,7 +409,13 @@ pub(super) async fn terminate_sessions(
 /// account is read (so a caller without it cannot tell which ids exist),
 /// then again with the account's role: nobody acts on a user of a higher
 /// role. A refusal is audited (`access.denied` with `op`) and answers 403.
-async fn target(app: &App, caller: &Caller, id: UserId, act: UserAct, op: &str) -> ApiResult<User> {
+pub(super) async fn target(
+    app: &App,
+    caller: &Caller,
+    id: UserId,
+    act: UserAct,
+    op: &str,
+) -> ApiResult<User> {
     let ask = |role| Action::ActOnUser {
         target: id,
         role,
@@ -657,6 +663,11 @@ const SECURITY_ACTIONS: &[&str] = &[
     "auth.logout",
     "auth.password_change",
     "auth.password_change_failed",
+    "auth.totp.enrolment_started",
+    "auth.totp.enrolled",
+    "auth.totp.disabled",
+    "auth.second_factor.failed",
+    "auth.recovery_code.used",
     "auth.refresh_reused",
     "admin.sign_in",
     "admin.sign_out",
@@ -670,6 +681,9 @@ const SECURITY_ACTIONS: &[&str] = &[
     "user.disable",
     "user.enable",
     "user.reset_password",
+    "user.password_reset.requested",
+    "user.password_reset.completed",
+    "user.password_expired",
 ];
 
 /// `GET /api/users/{id}/security-events?limit=`: `{entries}`, newest first:

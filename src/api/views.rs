@@ -35,6 +35,9 @@ pub struct UserView {
     must_change_password: bool,
     /// The last successful login or console sign-in.
     last_login_at: Option<i64>,
+    /// When the password was last set (what `password_max_age_days`
+    /// measures).
+    password_changed_at: i64,
 }
 
 /// A user account.
@@ -54,6 +57,7 @@ pub fn user(u: &User) -> Value {
         disabled_at: u.disabled_at,
         must_change_password: u.must_change_password,
         last_login_at: u.last_login_at,
+        password_changed_at: u.password_changed_at,
     })
 }
 

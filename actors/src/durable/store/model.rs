@@ -64,6 +64,10 @@ pub struct User {
     pub must_change_password: bool,
     /// The last successful login (REST or the admin console).
     pub last_login_at: Option<i64>,
+    /// When the password was last set (what `password_max_age_days`
+    /// measures): every write of `password_hash` sets it to the write's
+    /// `updated_at`.
+    pub password_changed_at: i64,
 }
 
 /// What `Store::create_user` needs.
@@ -82,6 +86,7 @@ pub struct NewUser {
 pub struct UserPatch {
     pub email: Option<Option<String>>,
     pub role: Option<Role>,
+    /// A new password; also sets `password_changed_at` to `updated_at`.
     pub password_hash: Option<String>,
     /// `Some(None)` unlocks.
     pub locked_until: Option<Option<i64>>,

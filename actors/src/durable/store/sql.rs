@@ -62,6 +62,7 @@ impl From<sqlx::Error> for StoreError {
                 }
             }
             E::PoolTimedOut => {
+                super::pool::count_acquire_timeout();
                 StoreError::Unavailable("timed out waiting for a database connection".into())
             }
             E::PoolClosed => StoreError::Unavailable("connection pool closed".into()),
@@ -190,6 +191,7 @@ pub(super) fn user(r: &impl SqlRow) -> Result<User, StoreError> {
         disabled_at: r.opt_int("disabled_at")?,
         must_change_password: r.flag("must_change_password")?,
         last_login_at: r.opt_int("last_login_at")?,
+        password_changed_at: r.int("password_changed_at")?,
     })
 }
 
@@ -378,7 +380,7 @@ pub(super) const SESSION_USER: &str = "SELECT s.*,
         u.created_at AS u_created_at, u.updated_at AS u_updated_at,
         u.failed_logins AS u_failed_logins, u.locked_until AS u_locked_until,
         u.disabled_at AS u_disabled_at, u.must_change_password AS u_must_change_password,
-        u.last_login_at AS u_last_login_at
+        u.last_login_at AS u_last_login_at, u.password_changed_at AS u_password_changed_at
      FROM sessions s JOIN users u ON u.id = s.user_id
      WHERE s.id = $1";
 

@@ -207,6 +207,10 @@ function route() {
     showChangePassword();
     return;
   }
+  if (state.session.secondFactorEnrolmentRequired) {
+    showEnrolSecondFactor();
+    return;
+  }
   const { section, id } = parseRoute();
   if (section === 'forbidden') {
     renderShell('forbidden', (main) => renderForbidden(main));
@@ -369,6 +373,10 @@ function showSignIn(message, kind = 'error') {
   const root = clear(app());
   const username = h('input', { name: 'username', autocomplete: 'username', required: true });
   const password = h('input', { name: 'password', type: 'password', autocomplete: 'current-password', required: true });
+  // The second factor's step: shown once the server asks for it.
+  const code = h('input', { name: 'totp-code', id: 'totp-code', autocomplete: 'one-time-code', inputmode: 'text' });
+  const codeField = field('Authentication code', code, 'The six digits of your authenticator app, or one of your recovery codes.');
+  codeField.hidden = true;
   const status = h('div', { class: 'form-status', 'aria-live': 'polite' }, message ? h('div', { class: `alert alert-${kind}`, role: 'alert' }, message) : null);
   const submit = h('button', { type: 'submit', class: 'btn btn-primary btn-block' }, 'Sign in');
   const form = h(
@@ -381,19 +389,34 @@ function showSignIn(message, kind = 'error') {
         submit.disabled = true;
         clear(status);
         try {
-          state.session = await api('POST', '/admin/session', { username: username.value, password: password.value });
+          const body = { username: username.value, password: password.value };
+          const given = code.value.trim();
+          if (!codeField.hidden && given) {
+            if (/^[0-9 ]+$/.test(given)) body.totpCode = given;
+            else body.recoveryCode = given;
+          }
+          state.session = await api('POST', '/admin/session', body);
           password.value = '';
           if (!parseRoute().section || parseRoute().section === 'forbidden') location.hash = '';
           route();
         } catch (err) {
+          if (err.code === 'second_factor_required' || err.code === 'second_factor_failed') {
+            codeField.hidden = false;
+            code.value = '';
+            code.focus();
+          }
           const text =
-            err.status === 401
-              ? 'Wrong username or password.'
-              : err.status === 403
-                ? `This account cannot use the console: ${err.message}`
-                : err.status === 429
-                  ? `Too many attempts: ${err.message}`
-                  : err.message;
+            err.code === 'second_factor_required'
+              ? 'Enter the code of your authenticator app.'
+              : err.code === 'second_factor_failed'
+                ? 'That code is wrong, expired or already used. Try the next one.'
+                : err.status === 401
+                  ? 'Wrong username or password.'
+                  : err.status === 403
+                    ? `This account cannot use the console: ${err.message}`
+                    : err.status === 429
+                      ? `Too many attempts: ${err.message}`
+                      : err.message;
           append(status, h('div', { class: 'alert alert-error', role: 'alert' }, text));
         } finally {
           submit.disabled = false;
@@ -402,6 +425,7 @@ function showSignIn(message, kind = 'error') {
     },
     field('Username', username),
     field('Password', password),
+    codeField,
     submit,
   );
   append(
@@ -457,6 +481,104 @@ function showChangePassword() {
     ),
   );
   current.focus();
+}
+
+/**
+ * The enrolment a role in `totp_required_roles` must finish before
+ * anything else: the current password, then the QR code and a code from
+ * the app, then the recovery codes, shown once.
+ */
+function showEnrolSecondFactor() {
+  const root = clear(app());
+  const card = h('div', { class: 'signin-card' });
+  append(root, h('div', { class: 'signin' }, card));
+  const status = h('div', { class: 'form-status', 'aria-live': 'polite' });
+  const alertOf = (err) => h('div', { class: 'alert alert-error', role: 'alert' }, err.message);
+  const current = h('input', { type: 'password', autocomplete: 'current-password', required: true });
+  const step1 = h(
+    'form',
+    {
+      class: 'signin-form',
+      id: 'totp-enroll',
+      onsubmit: async (ev) => {
+        ev.preventDefault();
+        clear(status);
+        try {
+          const enrolment = await api('POST', '/api/auth/totp/enroll', { currentPassword: current.value });
+          current.value = '';
+          showScan(enrolment);
+        } catch (err) {
+          if (err.status !== 401) append(status, alertOf(err));
+        }
+      },
+    },
+    field('Current password', current),
+    h('button', { type: 'submit', class: 'btn btn-primary btn-block' }, 'Continue'),
+    h('button', { type: 'button', class: 'btn btn-ghost btn-block', onclick: signOut }, 'Sign out'),
+  );
+  append(card, h('h1', {}, 'Set up two-step sign-in'), h('p', { class: 'muted' }, `Signed in as ${state.session.user.username}. Your role needs an authenticator app (a second factor) before you can use the console.`), status, step1);
+  current.focus();
+
+  function showScan(enrolment) {
+    clear(card);
+    const code = h('input', { id: 'totp-confirm-code', autocomplete: 'one-time-code', inputmode: 'numeric', required: true });
+    const form = h(
+      'form',
+      {
+        class: 'signin-form',
+        id: 'totp-confirm',
+        onsubmit: async (ev) => {
+          ev.preventDefault();
+          clear(status);
+          try {
+            const confirmed = await api('POST', '/api/auth/totp/confirm', { code: code.value.trim() });
+            showRecoveryCodes(confirmed.recoveryCodes);
+          } catch (err) {
+            if (err.status !== 401) append(status, alertOf(err));
+          }
+        },
+      },
+      field('Code from the app', code),
+      h('button', { type: 'submit', class: 'btn btn-primary btn-block' }, 'Turn on'),
+    );
+    append(
+      card,
+      h('h1', {}, 'Scan this code'),
+      h('p', { class: 'muted' }, 'Scan it with your authenticator app, then enter the six digits it shows.'),
+      h('img', { src: enrolment.qrCode, alt: 'QR code of the authenticator secret', id: 'totp-qr', width: 200, height: 200 }),
+      h('p', { class: 'hint' }, 'Or type this secret into the app: ', h('code', { id: 'totp-secret' }, enrolment.secret)),
+      status,
+      form,
+    );
+    code.focus();
+  }
+
+  function showRecoveryCodes(codes) {
+    clear(card);
+    append(
+      card,
+      h('h1', {}, 'Save your recovery codes'),
+      h('p', { class: 'muted' }, 'Each signs you in once if you lose your device. They are shown only now: keep them somewhere safe.'),
+      h('ul', { class: 'recovery-codes', id: 'recovery-codes' }, codes.map((c) => h('li', {}, h('code', {}, c)))),
+      h(
+        'button',
+        {
+          type: 'button',
+          class: 'btn btn-primary btn-block',
+          id: 'totp-done',
+          onclick: async () => {
+            try {
+              state.session = await api('GET', '/admin/session');
+              route();
+            } catch (err) {
+              append(card, alertOf(err));
+            }
+          },
+        },
+        'I saved them',
+      ),
+    );
+  }
 }
 
 async function signOut() {

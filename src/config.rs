@@ -1360,8 +1360,12 @@ impl Checks<'_> {
 /// Accepts a TOML list or a comma-separated string (the form environment
 /// variables take), so `COURIER_ALLOWED_ORIGINS=https://a,https://b` works.
 /// [`string_or_list`] for a key that may be left unset.
+/// As [`string_or_list`], or unset (the built-in default serializes `None`,
+/// which a bare `string_or_list` refused at every start).
 fn opt_string_or_list<'de, D: Deserializer<'de>>(de: D) -> Result<Option<Vec<String>>, D::Error> {
-    string_or_list(de).map(Some)
+    #[derive(Deserialize)]
+    struct List(#[serde(deserialize_with = "string_or_list")] Vec<String>);
+    Ok(Option::<List>::deserialize(de)?.map(|l| l.0))
 }
 
 fn string_or_list<'de, D: Deserializer<'de>>(de: D) -> Result<Vec<String>, D::Error> {

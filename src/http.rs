@@ -8,7 +8,7 @@
 //! are set once, by layers on the router, and so is CORS for the origins of
 //! `COURIER_CORS_ORIGINS` (none by default).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -40,6 +40,8 @@ pub struct App {
     pub passwords: Passwords,
     /// The per-address WebSocket caps.
     pub admission: Arc<crate::admission::Admission>,
+    /// The network allow-lists and trusted proxies ([`crate::network`]).
+    pub network: Arc<crate::network::Network>,
     /// When the server started (`/health`'s uptime).
     pub started_at: Instant,
     /// Failed-login counts per account and address, and per account.
@@ -50,21 +52,19 @@ pub struct App {
 }
 
 impl App {
-    /// The client's address: the socket's, or the first `X-Forwarded-For`
-    /// hop when `behind_proxy` is set (only then is that header trusted).
+    /// The client's address, the one every rate limit, the login lockout,
+    /// the per-address WebSocket caps, the network allow-lists and the
+    /// audit take: the socket's peer, or, when that peer is one of
+    /// `trusted_proxies`, the first `X-Forwarded-For` hop from the right
+    /// that is not a trusted proxy ([`crate::network::Network::client_addr`]).
+    pub fn client_addr(&self, headers: &HeaderMap, addr: SocketAddr) -> IpAddr {
+        self.network.client_addr(addr.ip(), headers)
+    }
+
+    /// [`App::client_addr`] as text, as sessions, limiters and the audit
+    /// keep it.
     pub fn client_ip(&self, headers: &HeaderMap, addr: SocketAddr) -> String {
-        if self.config.behind_proxy {
-            if let Some(ip) = headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.split(',').next())
-                .map(str::trim)
-                .filter(|v| !v.is_empty())
-            {
-                return ip.chars().take(64).collect();
-            }
-        }
-        addr.ip().to_string()
+        self.client_addr(headers, addr).to_string()
     }
 }
 
@@ -89,6 +89,14 @@ pub fn router(app: Arc<App>) -> Router {
         .layer(axum::middleware::map_response(
             crate::api::method_not_allowed_as_json,
         ))
+        // Before every handler and the WebSocket upgrade: the client's
+        // address, and the network allow-lists.
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            crate::network::guard,
+        ))
+        // Outside the guard: every answer is counted, refusals included.
+        .layer(axum::middleware::map_response(count_response))
         .with_state(app)
         .layer(SetResponseHeaderLayer::overriding(
             header::X_CONTENT_TYPE_OPTIONS,
@@ -110,6 +118,20 @@ pub fn router(app: Arc<App>) -> Router {
     } else {
         router
     }
+}
+
+/// Counts every answer by its status class (`courier_http_responses_total`).
+async fn count_response(response: Response<Body>) -> Response<Body> {
+    let class = match response.status().as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    metrics::counter!(courier_actors::telemetry::names::HTTP_RESPONSES, "class" => class)
+        .increment(1);
+    response
 }
 
 /// CORS for the origins of `COURIER_CORS_ORIGINS`: their pages may call the
@@ -203,7 +225,12 @@ async fn ready(State(app): State<Arc<App>>) -> Response<Body> {
     )
 }
 
-async fn metrics() -> Response<Body> {
+/// `/metrics`: the store's figures sampled now, then everything recorded.
+async fn metrics(State(app): State<Arc<App>>) -> Response<Body> {
+    crate::telemetry::record_store(
+        app.store.pool_stats(),
+        app.realtime.persistence.store_reachable(),
+    );
     let mut response = Response::new(Body::from(crate::telemetry::render_metrics()));
     response.headers_mut().insert(
         header::CONTENT_TYPE,

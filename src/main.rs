@@ -253,7 +253,7 @@ async fn main() -> ExitCode {
         Ok(config) => config,
         Err(e) => return fail(&e.into()),
     };
-    telemetry::init_logging(config.log_format);
+    telemetry::init_logging(config.log_format, &config.log_level);
     match run(command, config).await {
         Ok(code) => code,
         Err(e) => fail(&e),

@@ -1,27 +1,108 @@
 //! Logs (tracing) and metrics (Prometheus).
 //!
 //! Logs are pretty in development and JSON when `log_format = "json"`.
+//! What is logged is `RUST_LOG` when it is set, else `log_level`
+//! (`COURIER_LOG_LEVEL`, default `info`); either way the dependencies that
+//! would print WebSocket frames, HTTP bodies, TLS records or SQL are capped
+//! at `info` ([`CAPPED_TARGETS`]), so no message text, token or password
+//! reaches the log at any level (`tests/log_hygiene.rs` runs the binary at
+//! `trace` to prove it). A filter that cannot be parsed falls back to `info`
+//! with a warning; the configuration check refuses a bad `log_level` first.
+//!
 //! Metrics go to one process-wide Prometheus recorder, installed once (tests
-//! start several servers in one process and share it); `/metrics` renders it
-//! after refreshing the process gauges from `/proc`.
+//! start several servers in one process and share it), with every family
+//! exported at zero from the start; `/metrics` renders it after refreshing
+//! the process gauges from `/proc` and the store's figures
+//! ([`record_store`]).
 
 use std::sync::OnceLock;
 
+use courier_actors::durable::store::PoolStats;
 use courier_actors::telemetry::names as m;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
-/// Installs the global tracing subscriber. Safe to call more than once (later
-/// calls do nothing), so tests can call it too.
-pub fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// Targets capped at `info` whatever the filter asks: at `debug` and
+/// `trace` they print what crosses the wire or reaches the database
+/// (WebSocket frames and payloads, HTTP headers and bodies, TLS records,
+/// SQL statements, NATS messages between nodes, requests to the webhook and
+/// object stores), which carry message text, tokens and passwords.
+pub const CAPPED_TARGETS: [&str; 14] = [
+    "tungstenite",
+    "tokio_tungstenite",
+    "hyper",
+    "hyper_util",
+    "h2",
+    "rustls",
+    "tokio_rustls",
+    "sqlx",
+    "async_nats",
+    "reqwest",
+    "object_store",
+    "tower_http",
+    "axum",
+    "mio",
+];
+
+/// The filter to log with: `RUST_LOG` when set and not blank, else
+/// `log_level`; directives on a capped target (or one under it, like
+/// `hyper::proto`) and span-field directives (`[span{field}]=trace`, which
+/// would reach the capped targets' events inside such spans) are dropped,
+/// and each capped target is set to `info`. Also the filter's text, and the
+/// directives dropped (to warn about once logging runs).
+pub fn log_filter(log_level: &str) -> (EnvFilter, String, Vec<String>) {
+    let asked = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or_else(|| log_level.to_owned());
+    let capped = |target: &str| {
+        CAPPED_TARGETS
+            .iter()
+            .any(|cap| target == *cap || target.starts_with(&format!("{cap}::")))
+    };
+    let mut kept = Vec::new();
+    let mut dropped = Vec::new();
+    for directive in asked.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let target = directive.split('=').next().unwrap_or_default();
+        if directive.contains('[') || capped(target) {
+            dropped.push(directive.to_owned());
+        } else {
+            kept.push(directive.to_owned());
+        }
+    }
+    kept.extend(CAPPED_TARGETS.iter().map(|cap| format!("{cap}=info")));
+    let text = kept.join(",");
+    match EnvFilter::try_new(&text) {
+        Ok(filter) => (filter, text, dropped),
+        Err(_) => {
+            dropped.push(format!("{asked} (unreadable: logging at info)"));
+            let fallback = std::iter::once("info".to_owned())
+                .chain(CAPPED_TARGETS.iter().map(|cap| format!("{cap}=info")))
+                .collect::<Vec<_>>()
+                .join(",");
+            (EnvFilter::new(&fallback), fallback, dropped)
+        }
+    }
+}
+
+/// Installs the global tracing subscriber with [`log_filter`]`(log_level)`.
+/// Safe to call more than once (later calls do nothing), so tests can call
+/// it too.
+pub fn init_logging(format: LogFormat, log_level: &str) {
+    let (filter, _, dropped) = log_filter(log_level);
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     let _ = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Pretty => builder.try_init(),
     };
+    for directive in dropped {
+        tracing::warn!(
+            %directive,
+            "log filter directive ignored: it would log frames, bodies or SQL (docs/operations.md)"
+        );
+    }
 }
 
 /// The process-wide Prometheus recorder, installed on first use.
@@ -47,8 +128,17 @@ pub fn prometheus() -> &'static PrometheusHandle {
         // then ours still renders, it just sees no events.
         let _ = metrics::set_global_recorder(recorder);
         m::describe();
+        m::export_from_start();
         handle
     })
+}
+
+/// Records the store's figures for the next render: its connections and
+/// whether it answers the readiness probe (`courier_store_up`). Called by
+/// `/metrics` before [`render_metrics`], so a scrape sees them as of now.
+pub fn record_store(pool: PoolStats, reachable: bool) {
+    pool.record();
+    metrics::gauge!(m::STORE_UP).set(if reachable { 1.0 } else { 0.0 });
 }
 
 /// Renders `/metrics`, refreshing the process gauges first.

@@ -1,7 +1,10 @@
 //! Native TLS (rustls), so that `https://` and `wss://` work without a proxy.
 //!
 //! [`server_config`] reads the PEM certificate chain and private key named
-//! by `tls_cert`/`tls_key`. [`TlsListener`] wraps a bound TCP listener for
+//! by `tls_cert`/`tls_key`, and records when the leaf certificate expires
+//! (`courier_tls_cert_expiry_timestamp_seconds`, which the shipped alert
+//! rules watch; a configuration built again, on a reload, records it again).
+//! [`TlsListener`] wraps a bound TCP listener for
 //! `axum::serve`: a task of its own accepts TCP connections and runs each
 //! handshake in a spawned task under a deadline, so a slow or silent client
 //! never holds up the accept loop; finished handshakes are handed to the
@@ -63,6 +66,7 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsEr
     if chain.is_empty() {
         return Err(pem_error(cert, "no certificate found".into()));
     }
+    let expiry = not_after(&chain[0]).map_err(|problem| pem_error(cert, problem))?;
     let key_pem = read(key)?;
     let key_der =
         PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| pem_error(key, e.to_string()))?;
@@ -72,7 +76,16 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsEr
         .with_no_client_auth()
         .with_single_cert(chain, key_der)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    metrics::gauge!(courier_actors::telemetry::names::TLS_CERT_EXPIRY).set(expiry as f64);
     Ok(Arc::new(config))
+}
+
+/// When `cert` stops being valid (its `notAfter`), in seconds since the
+/// Unix epoch.
+pub fn not_after(cert: &CertificateDer<'_>) -> Result<i64, String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
+        .map_err(|e| format!("the first certificate cannot be read: {e}"))?;
+    Ok(parsed.validity().not_after.timestamp())
 }
 
 /// A TCP listener whose connections come out TLS-terminated.
@@ -158,5 +171,21 @@ async fn accept_loop(
                 Err(_) => tracing::debug!(%addr, "TLS handshake timed out"),
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod expiry_tests {
+    use super::*;
+
+    #[test]
+    fn not_after_reads_the_certificates_expiry() {
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).expect("params");
+        params.not_after = rcgen::date_time_ymd(2031, 3, 4);
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params.self_signed(&key).expect("certificate");
+        // 2031-03-04T00:00:00Z
+        assert_eq!(not_after(cert.der()), Ok(1_930_348_800));
+        assert!(not_after(&CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01, 0x00])).is_err());
     }
 }

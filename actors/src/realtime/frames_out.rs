@@ -44,13 +44,25 @@ pub fn ack_channel(reference: Option<Ref>, channel: ChannelView) -> ServerFrame 
     })
 }
 
-/// An `error`.
+/// An `error` (counted in `courier_errors_total{surface="ws"}`).
 pub fn error(reference: Option<Ref>, code: ErrorCode, message: &str) -> ServerFrame {
+    count_error(code);
     ServerFrame::error(reference, code, message)
+}
+
+/// Counts one `error` frame by its code.
+fn count_error(code: ErrorCode) {
+    metrics::counter!(
+        crate::telemetry::names::ERRORS,
+        "surface" => "ws",
+        "code" => code.as_str()
+    )
+    .increment(1);
 }
 
 /// A `rate_limited` error with the time until a retry can succeed.
 pub fn rate_limited(reference: Option<Ref>, retry_after_ms: u64) -> ServerFrame {
+    count_error(ErrorCode::RateLimited);
     ServerFrame::Error(ErrorFrame {
         reference,
         code: ErrorCode::RateLimited,

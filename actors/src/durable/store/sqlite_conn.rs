@@ -8,8 +8,11 @@
 //! tasks. Held behind async mutexes, connections cost nothing to take or
 //! give back. Writers queue fairly for the write connection (tokio's mutex
 //! is FIFO); a reader takes a free read connection, or queues for them in
-//! turn when all are taken. Either waits at most [`CONNECTION_WAIT`], as they did
-//! for the pools.
+//! turn when all are taken. Either waits at most the store's acquire timeout
+//! (`db_acquire_timeout_secs`, by default 5 s), as they did for the pools, and
+//! a wait that gives up is counted (`courier_db_pool_acquire_timeouts_total`).
+//! [`Writer::in_use`] and [`Reads::in_use`] tell how many are taken, for
+//! `/metrics`.
 //!
 //! A transaction whose future is dropped rolls back as before: sqlx queues
 //! the rollback on the connection's thread, ahead of the next user's
@@ -30,9 +33,6 @@ use tokio::sync::{Mutex, MutexGuard};
 
 use super::StoreError;
 
-/// How long a writer or reader waits for a connection before it gives up.
-pub(super) const CONNECTION_WAIT: Duration = Duration::from_secs(5);
-
 /// The one write connection.
 #[derive(Debug)]
 pub(super) struct Writer {
@@ -42,28 +42,38 @@ pub(super) struct Writer {
     /// Run again on a reopened connection (an in-memory database starts
     /// empty).
     migrator: &'static Migrator,
+    /// How long a writer waits for the connection before it gives up.
+    wait: Duration,
 }
 
 impl Writer {
-    /// Opens the write connection.
+    /// Opens the write connection; a writer waits at most `wait` for it.
     pub(super) async fn open(
         options: SqliteConnectOptions,
         migrator: &'static Migrator,
+        wait: Duration,
     ) -> Result<Self, StoreError> {
         Ok(Writer {
             conn: Mutex::new(options.connect().await?),
             options,
             migrator,
+            wait,
         })
     }
 
-    /// Takes the write connection, waiting at most [`CONNECTION_WAIT`].
+    /// Takes the write connection, waiting at most the acquire timeout.
     pub(super) async fn lock(&self) -> Result<MutexGuard<'_, SqliteConnection>, StoreError> {
-        tokio::time::timeout(CONNECTION_WAIT, self.conn.lock())
+        tokio::time::timeout(self.wait, self.conn.lock())
             .await
             .map_err(|_| {
+                super::pool::count_acquire_timeout();
                 StoreError::Unavailable("timed out waiting for the SQLite write connection".into())
             })
+    }
+
+    /// Whether someone holds the write connection now.
+    pub(super) fn in_use(&self) -> bool {
+        self.conn.try_lock().is_err()
     }
 
     /// Pings the write connection when nobody holds it (a writer holding it
@@ -111,6 +121,8 @@ pub(super) enum Reads {
         next: AtomicUsize,
         /// To reopen a connection whose thread is gone.
         options: SqliteConnectOptions,
+        /// How long a reader waits for a taken connection.
+        wait: Duration,
     },
     Writer,
 }
@@ -119,8 +131,13 @@ pub(super) enum Reads {
 pub(super) struct ReadConn<'a>(MutexGuard<'a, SqliteConnection>);
 
 impl Reads {
-    /// Opens `n` read connections.
-    pub(super) async fn open(options: &SqliteConnectOptions, n: usize) -> Result<Self, StoreError> {
+    /// Opens `n` read connections (at least one); a reader waits at most
+    /// `wait` for a taken one.
+    pub(super) async fn open(
+        options: &SqliteConnectOptions,
+        n: usize,
+        wait: Duration,
+    ) -> Result<Self, StoreError> {
         let mut conns = Vec::with_capacity(n);
         for _ in 0..n.max(1) {
             conns.push(Mutex::new(options.connect().await?));
@@ -129,7 +146,20 @@ impl Reads {
             conns: conns.into(),
             next: AtomicUsize::new(0),
             options: options.clone(),
+            wait,
         })
+    }
+
+    /// The read connections held, and how many of them are taken now (none
+    /// of its own when reads go to the write connection).
+    pub(super) fn in_use(&self) -> (u32, u32) {
+        match self {
+            Reads::Held { conns, .. } => {
+                let taken = conns.iter().filter(|c| c.try_lock().is_err()).count();
+                (conns.len() as u32, taken as u32)
+            }
+            Reads::Writer => (0, 0),
+        }
     }
 
     /// Pings every read connection nobody holds, and reopens those whose
@@ -145,21 +175,24 @@ impl Reads {
         Ok(())
     }
 
-    /// Takes a free read connection, or queues (at most [`CONNECTION_WAIT`]) for
-    /// the connections in turn when none is free.
+    /// Takes a free read connection, or queues (at most the acquire timeout)
+    /// for the connections in turn when none is free.
     pub(super) async fn take<'a>(&'a self, writer: &'a Writer) -> Result<ReadConn<'a>, StoreError> {
-        let (conns, next) = match self {
-            Reads::Held { conns, next, .. } => (conns, next),
+        let (conns, next, wait) = match self {
+            Reads::Held {
+                conns, next, wait, ..
+            } => (conns, next, *wait),
             Reads::Writer => return Ok(ReadConn(writer.lock().await?)),
         };
         if let Some(free) = conns.iter().find_map(|c| c.try_lock().ok()) {
             return Ok(ReadConn(free));
         }
         let turn = &conns[next.fetch_add(1, Ordering::Relaxed) % conns.len()];
-        tokio::time::timeout(CONNECTION_WAIT, turn.lock())
+        tokio::time::timeout(wait, turn.lock())
             .await
             .map(ReadConn)
             .map_err(|_| {
+                super::pool::count_acquire_timeout();
                 StoreError::Unavailable("timed out waiting for a SQLite read connection".into())
             })
     }
@@ -187,6 +220,8 @@ mod tests {
 
     static MIGRATOR: Migrator = sqlx::migrate!("../migrations/sqlite");
 
+    const WAIT: Duration = Duration::from_secs(5);
+
     fn options(dir: &tempfile::TempDir) -> SqliteConnectOptions {
         SqliteConnectOptions::from_str(&format!("sqlite://{}", dir.path().join("c.db").display()))
             .expect("options")
@@ -196,7 +231,9 @@ mod tests {
     #[tokio::test]
     async fn the_check_does_not_wait_for_a_writer_holding_the_connection() {
         let dir = tempfile::tempdir().expect("dir");
-        let writer = Writer::open(options(&dir), &MIGRATOR).await.expect("open");
+        let writer = Writer::open(options(&dir), &MIGRATOR, WAIT)
+            .await
+            .expect("open");
         writer
             .check()
             .await
@@ -210,10 +247,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_writer_gives_up_after_the_acquire_timeout() {
+        let dir = tempfile::tempdir().expect("dir");
+        let wait = Duration::from_millis(200);
+        let writer = Writer::open(options(&dir), &MIGRATOR, wait)
+            .await
+            .expect("open");
+        assert!(!writer.in_use());
+        let held = writer.lock().await.expect("lock");
+        assert!(writer.in_use(), "a held connection counts as in use");
+        let started = std::time::Instant::now();
+        let second = writer.lock().await;
+        assert!(
+            matches!(second, Err(StoreError::Unavailable(_))),
+            "a second writer is refused unavailable"
+        );
+        let waited = started.elapsed();
+        assert!(
+            waited >= wait && waited < Duration::from_secs(2),
+            "it waits the acquire timeout, not the default: {waited:?}"
+        );
+        drop(held);
+        assert!(writer.lock().await.is_ok(), "free again");
+    }
+
+    #[tokio::test]
     async fn a_reader_takes_a_free_connection_or_queues_for_one() {
         let dir = tempfile::tempdir().expect("dir");
-        let writer = Writer::open(options(&dir), &MIGRATOR).await.expect("open");
-        let reads = Reads::open(&options(&dir), 2).await.expect("reads");
+        let writer = Writer::open(options(&dir), &MIGRATOR, WAIT)
+            .await
+            .expect("open");
+        let reads = Reads::open(&options(&dir), 2, WAIT).await.expect("reads");
         let first = reads.take(&writer).await.expect("first");
         let second = tokio::time::timeout(Duration::from_millis(500), reads.take(&writer))
             .await

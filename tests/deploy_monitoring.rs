@@ -38,9 +38,31 @@ fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
 
-/// PromQL words that are neither metrics nor followed by `(`.
-const KEYWORDS: [&str; 9] = [
-    "and", "or", "unless", "bool", "offset", "by", "without", "inf", "nan",
+/// PromQL words that are no metrics and may stand before something other
+/// than `(`: binary operators, modifiers, and the aggregations, which may
+/// take their `by (...)` first (`sum by (le) (...)`).
+const KEYWORDS: [&str; 21] = [
+    "and",
+    "or",
+    "unless",
+    "bool",
+    "offset",
+    "by",
+    "without",
+    "inf",
+    "nan",
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "count",
+    "stddev",
+    "stdvar",
+    "topk",
+    "bottomk",
+    "quantile",
+    "count_values",
+    "group",
 ];
 
 /// The metric names an expression uses: identifiers outside label matchers

@@ -378,6 +378,15 @@ pub fn export_from_start() {
     for result in ["stored", "queued"] {
         counter!(FILE_UPLOADS, "result" => result).increment(0);
     }
+    for op in [
+        "send_message",
+        "edit_message",
+        "delete_message",
+        "mark_read",
+        "reaction",
+    ] {
+        counter!(CLUSTER_FORWARDED, "op" => op).increment(0);
+    }
     for change in ["acquired", "renewed", "taken_over", "lost"] {
         counter!(CLUSTER_LEASE_CHANGES, "change" => change).increment(0);
     }

@@ -14,6 +14,7 @@
 //! - [`admission`]: per-address caps on WebSocket connections.
 //! - [`http`]: the router, health, readiness, metrics.
 //! - [`ws`]: the WebSocket upgrade.
+//! - [`network`]: the network allow-lists, trusted proxies and the client address.
 //! - [`api`]: REST handlers.
 //! - [`audit_webhook`]: signed audit checkpoints POSTed off the machine.
 //! - [`auth`]: passwords, tokens, session checks.
@@ -43,6 +44,7 @@ pub mod config;
 pub mod disclosures_report;
 pub mod export;
 pub mod http;
+pub mod network;
 pub mod rate_limit;
 pub mod retention_report;
 pub mod runtime_settings;

@@ -3029,7 +3029,7 @@ async fn connection_abuse() {
         // Each flood below comes from addresses of its own (X-Forwarded-For,
         // trusted behind a proxy), with 100 logins per address.
         c.auth_per_15min = 100;
-        c.behind_proxy = true;
+        c.trusted_proxies = vec!["127.0.0.1".into()];
     })
     .await
     else {

@@ -543,7 +543,7 @@ async fn forged_tokens_are_refused() {
 async fn auth_endpoints_are_limited_per_ip() {
     let api = Rest::start_with(Backend::Sqlite, |c| {
         c.auth_per_15min = 3;
-        c.behind_proxy = true;
+        c.trusted_proxies = vec!["127.0.0.1".into()];
     })
     .await
     .expect("server");

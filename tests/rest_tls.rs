@@ -260,7 +260,7 @@ async fn tls_configuration_is_checked_at_start() {
     .await
     .expect_err("refused");
     assert!(not_a_key.contains("cert.pem"), "{not_a_key}");
-    // Production on plain TCP needs behind_proxy.
+    // Production on plain TCP needs trusted_proxies (a TLS-terminating proxy).
     let plain = start(Box::new(|c2| c2.env = Environment::Production))
         .await
         .expect_err("refused");

@@ -153,7 +153,7 @@ async fn production_refusal_lists_every_missing_piece() {
             "production requires COURIER_JWT_SECRET",
             "production requires COURIER_MASTER_KEYS or COURIER_KEYRING_FILE",
             "production requires TLS (COURIER_TLS_CERT and COURIER_TLS_KEY) or \
-             COURIER_BEHIND_PROXY=true",
+             COURIER_TRUSTED_PROXIES (the addresses of the TLS-terminating proxy)",
         ],
     );
     assert!(!work.path().join("data").exists());

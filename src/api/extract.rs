@@ -4,7 +4,7 @@
 //! ids and query parameters parsed with errors that name them.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,11 +35,16 @@ pub struct Client {
 }
 
 impl Client {
-    /// From the request's headers and peer address (see [`App::client_ip`]).
+    /// From the request's headers and peer address (see [`App::client_addr`]).
     pub fn from_parts(app: &App, headers: &HeaderMap, peer: Option<SocketAddr>) -> Self {
         let peer = peer.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+        Self::at(app.client_addr(headers, peer), headers)
+    }
+
+    /// The client at `addr`, with the user agent of `headers`.
+    pub fn at(addr: IpAddr, headers: &HeaderMap) -> Self {
         Client {
-            ip: app.client_ip(headers, peer),
+            ip: addr.to_string(),
             user_agent: headers
                 .get(header::USER_AGENT)
                 .and_then(|v| v.to_str().ok())

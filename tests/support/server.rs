@@ -95,9 +95,18 @@ impl TestServer {
 
     /// Starts a server with exactly this configuration.
     pub async fn start_config(config: Config, dir: TempDir, pg_url: Option<String>) -> TestServer {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        Self::start_config_at(config, dir, pg_url, loopback).await
+    }
+
+    /// [`TestServer::start_config`] listening on `bind` (`[::1]:0` for IPv6).
+    pub async fn start_config_at(
+        config: Config,
+        dir: TempDir,
+        pg_url: Option<String>,
+        bind: SocketAddr,
+    ) -> TestServer {
+        let listener = tokio::net::TcpListener::bind(bind).await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let started: Started = server::start(config).await.expect("server starts");
         let app = started.app.clone();

@@ -819,11 +819,18 @@ impl Config {
         if let Some(secs) = self.db_acquire_timeout_secs {
             c.within("db_acquire_timeout_secs", secs, 1, 3_600);
         }
-        c.within("db_idle_timeout_secs", self.db_idle_timeout_secs, 0, 7 * DAY_SECS);
+        c.within(
+            "db_idle_timeout_secs",
+            self.db_idle_timeout_secs,
+            0,
+            7 * DAY_SECS,
+        );
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
             c.invalid(
                 "log_level",
-                format!("is no log filter (error, warn, info, debug, trace, or target=level,...): {e}"),
+                format!(
+                    "is no log filter (error, warn, info, debug, trace, or target=level,...): {e}"
+                ),
             );
         }
         c.within(
@@ -973,7 +980,8 @@ impl Config {
             DAY_SECS,
         );
         if !self.password_reset_webhook_url.is_empty() {
-            if let Err(e) = crate::auth::reset::check_webhook_url(&self.password_reset_webhook_url) {
+            if let Err(e) = crate::auth::reset::check_webhook_url(&self.password_reset_webhook_url)
+            {
                 c.invalid("password_reset_webhook_url", e);
             }
             if self.password_reset_webhook_secret.is_none() {
@@ -1294,7 +1302,12 @@ fn removed_key(key: &str) -> Option<&'static str> {
 }
 
 /// An unknown key, or a removed one with what replaces it.
-fn unknown_key(name: String, key: &str, known: &[String], suggest: impl Fn(&str) -> String) -> ConfigProblem {
+fn unknown_key(
+    name: String,
+    key: &str,
+    known: &[String],
+    suggest: impl Fn(&str) -> String,
+) -> ConfigProblem {
     match removed_key(key) {
         Some(instead) => ConfigProblem::Invalid {
             name,

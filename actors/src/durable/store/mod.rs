@@ -40,10 +40,10 @@ pub use files::{FilePurge, FileStore};
 pub use holds::{HoldId, HoldStore, HoldTarget, KindFigures, KindPlan, LegalHold};
 pub use model::*;
 pub use password_reset::{PasswordResetStore, ResetKind, ResetToken};
-pub use pool::{PoolSettings, PoolStats, ResolvedPool};
 pub use patients::{
     PatientCursor, PatientMessageRef, PatientSeal, PatientStore, SealedRefOwner, SealedRefRow,
 };
+pub use pool::{PoolSettings, PoolStats, ResolvedPool};
 pub use totp::{TotpSecret, TotpStore};
 
 /// A shared handle to whichever backend is configured.
@@ -94,7 +94,9 @@ pub async fn connect_with(url: &str, pool: &PoolSettings) -> Result<DynStore, St
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Ok(Arc::new(postgres::PgStore::connect_with(url, pool).await?))
     } else if url.starts_with("sqlite:") {
-        Ok(Arc::new(sqlite::SqliteStore::connect_with(url, pool).await?))
+        Ok(Arc::new(
+            sqlite::SqliteStore::connect_with(url, pool).await?,
+        ))
     } else {
         Err(StoreError::Database(
             "database URL must start with sqlite: or postgres://".into(),

@@ -353,7 +353,9 @@ impl Store for PgStore {
     /// sqlx's own counts: open connections, of which idle.
     fn pool_stats(&self) -> PoolStats {
         let open = self.pool.size();
-        let idle = u32::try_from(self.pool.num_idle()).unwrap_or(open).min(open);
+        let idle = u32::try_from(self.pool.num_idle())
+            .unwrap_or(open)
+            .min(open);
         PoolStats {
             max: self.max_connections,
             in_use: open - idle,

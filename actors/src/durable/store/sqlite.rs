@@ -65,8 +65,8 @@ use super::sql::{self, bound, to_db, SqlRow};
 use super::sqlite_conn::{ReadConn, Reads, Writer};
 use super::{
     AuditFilter, AuditRecord, Channel, ChannelPatch, Checkpoint, ClientMsgRef, Flag, Member,
-    MessageRow, NewUser, Reencrypted, RefreshOutcome, Role, Session, Setting, Store, StoreError,
-    PoolSettings, PoolStats, StoredMessage, User, UserPatch, WriteOp, WriteOutcome,
+    MessageRow, NewUser, PoolSettings, PoolStats, Reencrypted, RefreshOutcome, Role, Session,
+    Setting, Store, StoreError, StoredMessage, User, UserPatch, WriteOp, WriteOutcome,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("../migrations/sqlite");

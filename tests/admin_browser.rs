@@ -67,7 +67,9 @@ async fn admin_console_in_chromium() {
     let db = data.path().join("courier.db");
     let spec = BrokerSpec::new(data.path(), &format!("sqlite://{}", db.display()))
         .with("COURIER_INITIAL_ADMIN_USERNAME", ADMIN_USERNAME)
-        .with("COURIER_INITIAL_ADMIN_PASSWORD", ADMIN_PASSWORD);
+        .with("COURIER_INITIAL_ADMIN_PASSWORD", ADMIN_PASSWORD)
+        // Admins must enrol a second factor (the super admin is not asked).
+        .with("COURIER_TOTP_REQUIRED_ROLES", "admin");
     let started = Instant::now();
     let broker = spec.start().await;
     let screenshots = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/admin-screenshots");

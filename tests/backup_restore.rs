@@ -29,9 +29,6 @@ fn spec(data_dir: &Path, url: &str) -> BrokerSpec {
     BrokerSpec::new(data_dir, url)
         .with("COURIER_INITIAL_ADMIN_USERNAME", ADMIN)
         .with("COURIER_INITIAL_ADMIN_PASSWORD", PASSWORD)
-        // Development's default (no role must enrol a second factor), set
-        // explicitly: this test logs in with passwords alone.
-        .with("COURIER_TOTP_REQUIRED_ROLES", "")
 }
 
 fn pg_bin_args() -> Vec<String> {

@@ -15,9 +15,12 @@
 // WebSocket send is refused rate_limited; the audit log is filtered by action
 // and the chain verifies; after the tampering it reports the first bad seq;
 // a state change without the CSRF token is refused; a moderator sees the 403
-// page for #/users and is refused POST /api/users; sign-out. Screenshots of
+// page for #/users and is refused POST /api/users; an admin (their role must
+// have a second factor) enrols one from the console's enrolment page and signs
+// in again with a code; sign-out. Screenshots of
 // every page go to ADMIN_E2E_SCREENSHOTS.
 
+import { createHmac } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 import readline from 'node:readline';
@@ -85,6 +88,28 @@ async function createUser(adminToken, username, role = 'user') {
   const r = await rest('POST', '/api/users', adminToken, { username, password: PASSWORD, role });
   check(r.status === 201, `create ${username}: ${r.status} ${JSON.stringify(r.body)}`);
   return r.body.user;
+}
+
+/** RFC 6238 with the console's parameters: the code of 30-second `step` for a base32 secret. */
+function totpCode(secret, step) {
+  const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZ234567';
+  let bits = 0;
+  let value = 0;
+  const bytes = [];
+  for (const c of secret.replace(/=+$/, '').toUpperCase()) {
+    value = ((value << 5) | alphabet.indexOf(c)) & 0xffff;
+    bits += 5;
+    if (bits >= 8) {
+      bytes.push((value >>> (bits - 8)) & 0xff);
+      bits -= 8;
+    }
+  }
+  const counter = Buffer.alloc(8);
+  counter.writeBigUInt64BE(BigInt(step));
+  const mac = createHmac('sha1', Buffer.from(bytes)).update(counter).digest();
+  const at = mac[19] & 0xf;
+  const n = ((mac[at] & 0x7f) << 24) | (mac[at + 1] << 16) | (mac[at + 2] << 8) | mac[at + 3];
+  return String(n % 1_000_000).padStart(6, '0');
 }
 
 /** An authenticated JSON WebSocket: `request(frame)` resolves with the frame answering its ref. */
@@ -479,6 +504,47 @@ async function main() {
     await mod.locator('#flag-queue table, #flag-queue .empty').first().waitFor();
     check(mod.errors.length === 0, `moderator page errors: ${mod.errors.join(' | ')}`);
     log('a moderator changes a temporary password, then gets the 403 page for #/users and a 403 from POST /api/users');
+
+    // ---- an admin must enrol a second factor, then signs in with a code
+    await createUser(admin.token, 'ada', 'admin');
+    const ada = await newPage(browser, 'ada');
+    await ada.goto(`${BASE}/admin`);
+    await ada.locator('#sign-in').waitFor();
+    await ada.getByLabel('Username').fill('ada');
+    await ada.getByLabel('Password').fill(PASSWORD);
+    await ada.getByRole('button', { name: 'Sign in' }).click();
+    await ada.locator('#totp-enroll').waitFor();
+    const adaOverview = await pageFetch(ada, 'GET', '/admin/overview');
+    check(adaOverview.status === 403, `the overview before enrolling: ${adaOverview.status}`);
+    await ada.getByLabel('Current password').fill(PASSWORD);
+    await ada.getByRole('button', { name: 'Continue' }).click();
+    await ada.locator('#totp-qr').waitFor();
+    check((await ada.locator('#totp-qr').getAttribute('src')).startsWith('data:image/png;base64,'), 'the QR code is an image');
+    await shot(ada, '14-totp-enrol');
+    const totpSecret = (await ada.locator('#totp-secret').textContent()).trim();
+    const enrolStep = Math.floor(Date.now() / 30_000);
+    await ada.getByLabel('Code from the app').fill(totpCode(totpSecret, enrolStep));
+    await ada.getByRole('button', { name: 'Turn on' }).click();
+    await ada.locator('#recovery-codes').waitFor();
+    check((await ada.locator('#recovery-codes li').count()) === 10, 'ten recovery codes');
+    await shot(ada, '15-recovery-codes');
+    await ada.locator('#totp-done').click();
+    await ada.locator('#whoami').waitFor();
+    check((await ada.locator('#whoami').textContent()) === 'ada', 'the enrolled admin reaches the console');
+    const again = await newPage(browser, 'ada again');
+    await again.goto(`${BASE}/admin`);
+    await again.locator('#sign-in').waitFor();
+    await again.getByLabel('Username').fill('ada');
+    await again.getByLabel('Password').fill(PASSWORD);
+    await again.getByRole('button', { name: 'Sign in' }).click();
+    await again.locator('#totp-code').waitFor({ state: 'visible' });
+    await shot(again, '16-sign-in-code');
+    await again.locator('#totp-code').fill(totpCode(totpSecret, enrolStep + 1));
+    await again.getByRole('button', { name: 'Sign in' }).click();
+    await again.locator('#whoami').waitFor();
+    check((await again.locator('#whoami').textContent()) === 'ada', 'signed in with the code');
+    check(ada.errors.length === 0 && again.errors.length === 0, `ada's page errors: ${[...ada.errors, ...again.errors].join(' | ')}`);
+    log('an admin enrols a second factor from the console, then signs in with a code');
 
     // ---- sign-out
     await page.locator('#sign-out').click();

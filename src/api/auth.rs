@@ -584,42 +584,20 @@ pub(super) async fn change_password(
         &body.new_password,
         &caller.identity.username,
     )?;
-    let user = app
-        .store
-        .get_user(caller.identity.user_id)
-        .await?
-        .ok_or_else(|| ApiError::auth_failed("session is no longer valid"))?;
-    let now = courier_actors::now_ms();
-    let account = user.id.to_string();
-    let address = ip_key(&caller.client.ip);
-    if let Admission::AddressLocked { .. } = app.login_guard.admit(&account, &address, now) {
-        app.passwords.burn().await;
-        return Err(ApiError::forbidden("the account is temporarily locked"));
-    }
     let reused = body.new_password == body.current_password;
-    if !app
-        .passwords
-        .verify(body.current_password, user.password_hash.clone())
-        .await?
-    {
-        let failure = app.login_guard.failed(&account, &address, now);
-        caller
-            .audit(
-                &app,
-                "auth.password_change_failed",
-                json!({"reason": "bad_password", "failures": failure.address_failures}),
-            )
-            .await?;
-        audit_lockout(
-            &app,
-            &caller.client,
-            Some(user.id),
-            &user.username,
-            &failure,
-        )
-        .await?;
-        return Err(ApiError::forbidden("currentPassword: is incorrect"));
-    }
+    let Reauthenticated {
+        user,
+        account,
+        address,
+        now,
+    } = reauthenticate(
+        &app,
+        &caller,
+        body.current_password,
+        "auth.password_change_failed",
+        json!({"reason": "bad_password"}),
+    )
+    .await?;
     let expired =
         crate::auth::reset::password_expired(app.config.password_max_age_days, &user, now);
     if (user.must_change_password || expired) && reused {
@@ -651,6 +629,60 @@ pub(super) async fn change_password(
         )
         .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The caller's account once their current password is checked, with the
+/// lockout's keys and the time of the check.
+pub(super) struct Reauthenticated {
+    pub user: User,
+    /// The lockout's account key.
+    pub account: String,
+    /// The lockout's address key.
+    pub address: String,
+    pub now: i64,
+}
+
+/// Checks `password`, the caller's current password, under the login
+/// lockout: a locked address answers 403 at once (after a hash's worth of
+/// work); a wrong password counts towards the lockout, is audited as
+/// `failed_action` with `details` and `failures` (and `auth.lockout` when it
+/// locks) and answers 403.
+pub(super) async fn reauthenticate(
+    app: &App,
+    caller: &Caller,
+    password: String,
+    failed_action: &str,
+    mut details: serde_json::Value,
+) -> ApiResult<Reauthenticated> {
+    let user = app
+        .store
+        .get_user(caller.identity.user_id)
+        .await?
+        .ok_or_else(|| ApiError::auth_failed("session is no longer valid"))?;
+    let now = courier_actors::now_ms();
+    let account = user.id.to_string();
+    let address = ip_key(&caller.client.ip);
+    if let Admission::AddressLocked { .. } = app.login_guard.admit(&account, &address, now) {
+        app.passwords.burn().await;
+        return Err(ApiError::forbidden("the account is temporarily locked"));
+    }
+    if app
+        .passwords
+        .verify(password, user.password_hash.clone())
+        .await?
+    {
+        return Ok(Reauthenticated {
+            user,
+            account,
+            address,
+            now,
+        });
+    }
+    let failure = app.login_guard.failed(&account, &address, now);
+    details["failures"] = json!(failure.address_failures);
+    caller.audit(app, failed_action, details).await?;
+    audit_lockout(app, &caller.client, Some(user.id), &user.username, &failure).await?;
+    Err(ApiError::forbidden("currentPassword: is incorrect"))
 }
 
 fn secs_ms(secs: u64) -> i64 {

@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::ToSchema;
 
-use super::auth::audit_lockout;
+use super::auth::{audit_lockout, reauthenticate};
 use super::error::{ApiError, ApiResult};
 use super::extract::{path_id, Caller, Client, JsonBody};
 use super::openapi::ErrorBody;
@@ -162,38 +162,10 @@ pub(super) async fn check(
 /// answers 403.
 async fn with_password(app: &App, caller: &Caller, op: &str, password: String) -> ApiResult<User> {
     validate::presented("currentPassword", &password)?;
-    let user = app
-        .store
-        .get_user(caller.identity.user_id)
-        .await?
-        .ok_or_else(|| ApiError::auth_failed("session is no longer valid"))?;
-    let now = courier_actors::now_ms();
-    let account = user.id.to_string();
-    let address = ip_key(&caller.client.ip);
-    if let Admission::AddressLocked { .. } = app.login_guard.admit(&account, &address, now) {
-        app.passwords.burn().await;
-        return Err(ApiError::forbidden("the account is temporarily locked"));
-    }
-    if app
-        .passwords
-        .verify(password, user.password_hash.clone())
-        .await?
-    {
-        return Ok(user);
-    }
-    let failure = app.login_guard.failed(&account, &address, now);
-    caller
-        .audit(
-            app,
-            "auth.second_factor.failed",
-            json!({
-                "userId": user.id, "op": op, "reason": "bad_password",
-                "failures": failure.address_failures,
-            }),
-        )
-        .await?;
-    audit_lockout(app, &caller.client, Some(user.id), &user.username, &failure).await?;
-    Err(ApiError::forbidden("currentPassword: is incorrect"))
+    let details = json!({"userId": caller.identity.user_id, "op": op, "reason": "bad_password"});
+    let checked =
+        reauthenticate(app, caller, password, "auth.second_factor.failed", details).await?;
+    Ok(checked.user)
 }
 
 #[derive(Deserialize, ToSchema)]

@@ -46,34 +46,32 @@ pub const CAPPED_TARGETS: [&str; 14] = [
     "mio",
 ];
 
+/// Levels, quietest first (`off` logs nothing).
+const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+/// Where `info` stands in [`LEVELS`]: the most a capped target may log.
+const INFO: usize = 3;
+
+/// A level's place in [`LEVELS`].
+fn level_rank(level: &str) -> Option<usize> {
+    let level = level.trim().to_ascii_lowercase();
+    LEVELS.iter().position(|l| *l == level)
+}
+
 /// The filter to log with: `RUST_LOG` when set and not blank, else
-/// `log_level`; directives on a capped target (or one under it, like
-/// `hyper::proto`) and span-field directives (`[span{field}]=trace`, which
-/// would reach the capped targets' events inside such spans) are dropped,
-/// and each capped target is set to `info`. Also the filter's text, and the
-/// directives dropped (to warn about once logging runs).
+/// `log_level`. Each capped target logs at the filter's default level or
+/// `info`, whichever is quieter (so `RUST_LOG=error` keeps SQL notices out
+/// too), or at the level a directive of its own asks when that is no more
+/// than `info`; its directives asking more (or a bare target, which means
+/// `trace`), and span-field directives (`[span{field}]=trace`, which would
+/// reach the capped targets' events inside such spans), are dropped. Also
+/// the filter's text, and the directives dropped (to warn about once
+/// logging runs).
 pub fn log_filter(log_level: &str) -> (EnvFilter, String, Vec<String>) {
     let asked = std::env::var("RUST_LOG")
         .ok()
         .filter(|v| !v.trim().is_empty())
         .unwrap_or_else(|| log_level.to_owned());
-    let capped = |target: &str| {
-        CAPPED_TARGETS
-            .iter()
-            .any(|cap| target == *cap || target.starts_with(&format!("{cap}::")))
-    };
-    let mut kept = Vec::new();
-    let mut dropped = Vec::new();
-    for directive in asked.split(',').map(str::trim).filter(|d| !d.is_empty()) {
-        let target = directive.split('=').next().unwrap_or_default();
-        if directive.contains('[') || capped(target) {
-            dropped.push(directive.to_owned());
-        } else {
-            kept.push(directive.to_owned());
-        }
-    }
-    kept.extend(CAPPED_TARGETS.iter().map(|cap| format!("{cap}=info")));
-    let text = kept.join(",");
+    let (text, mut dropped) = filter_text(&asked);
     match EnvFilter::try_new(&text) {
         Ok(filter) => (filter, text, dropped),
         Err(_) => {
@@ -85,6 +83,54 @@ pub fn log_filter(log_level: &str) -> (EnvFilter, String, Vec<String>) {
             (EnvFilter::new(&fallback), fallback, dropped)
         }
     }
+}
+
+/// [`log_filter`]'s text for the filter `asked`, and the directives dropped.
+fn filter_text(asked: &str) -> (String, Vec<String>) {
+    let capped = |target: &str| {
+        CAPPED_TARGETS
+            .iter()
+            .any(|cap| target == *cap || target.starts_with(&format!("{cap}::")))
+    };
+    // A filter without a bare level logs errors of unnamed targets.
+    let mut default = level_rank("error").unwrap_or(1);
+    let mut kept = Vec::new();
+    let mut dropped = Vec::new();
+    let mut set_caps = Vec::new();
+    for directive in asked.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let (target, level) = match directive.split_once('=') {
+            Some((target, level)) => (target, level_rank(level)),
+            None => match level_rank(directive) {
+                Some(rank) => {
+                    default = rank;
+                    kept.push(directive.to_owned());
+                    continue;
+                }
+                None => (directive, None),
+            },
+        };
+        if directive.contains('[') {
+            dropped.push(directive.to_owned());
+        } else if capped(target) {
+            match level {
+                Some(rank) if rank <= INFO => {
+                    set_caps.push(target.to_owned());
+                    kept.push(directive.to_owned());
+                }
+                _ => dropped.push(directive.to_owned()),
+            }
+        } else {
+            kept.push(directive.to_owned());
+        }
+    }
+    let cap_level = LEVELS[default.min(INFO)];
+    kept.extend(
+        CAPPED_TARGETS
+            .iter()
+            .filter(|cap| !set_caps.iter().any(|t| t == *cap))
+            .map(|cap| format!("{cap}={cap_level}")),
+    );
+    (kept.join(","), dropped)
 }
 
 /// Installs the global tracing subscriber with [`log_filter`]`(log_level)`.
@@ -180,4 +226,41 @@ fn record_process_metrics() {
 /// would need libc (unsafe), so the constant is used.
 fn clock_ticks_per_second() -> f64 {
     100.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn directives(text: &str) -> Vec<&str> {
+        text.split(',').collect()
+    }
+
+    #[test]
+    fn capped_targets_log_no_more_than_info_or_the_default() {
+        let (text, dropped) = filter_text("trace");
+        assert!(directives(&text).contains(&"sqlx=info"), "{text}");
+        assert!(dropped.is_empty());
+        // A quieter default quiets them too: RUST_LOG=error keeps SQL
+        // notices (sqlx logs them at info) out of a command's output.
+        let (text, _) = filter_text("error");
+        assert!(directives(&text).contains(&"sqlx=error"), "{text}");
+        assert!(!text.contains("=info"), "{text}");
+        let (text, _) = filter_text("courier=debug");
+        assert!(directives(&text).contains(&"hyper=error"), "{text}");
+    }
+
+    #[test]
+    fn a_capped_target_may_be_quieter_never_louder() {
+        let (text, dropped) = filter_text("debug,sqlx=warn,hyper=trace,h2,[req{body}]=trace");
+        let d = directives(&text);
+        assert!(
+            d.contains(&"sqlx=warn") && !d.contains(&"sqlx=info"),
+            "{text}"
+        );
+        assert!(d.contains(&"hyper=info"), "{text}");
+        assert!(d.contains(&"h2=info"), "{text}");
+        assert_eq!(dropped, ["hyper=trace", "h2", "[req{body}]=trace"]);
+        assert!(EnvFilter::try_new(&text).is_ok(), "{text}");
+    }
 }

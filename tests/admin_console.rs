@@ -112,9 +112,10 @@ async fn a_console_session_is_a_strict_cookie_and_every_change_needs_its_csrf_to
         .expect(200);
 
     // Every state-changing operation of the API, with the cookie and no
-    // token, or a wrong one: 403 before the handler runs. The three
-    // routes that take no session (register, login, refresh) do not look
-    // at the cookie, so a forged request gains nothing from it.
+    // token, or a wrong one: 403 before the handler runs. The routes that
+    // take no session (register, login, refresh, the password reset's
+    // request and confirmation) do not look at the cookie, so a forged
+    // request gains nothing from it.
     let document = api
         .call(Method::GET, "/api/openapi.json", None, None)
         .await
@@ -128,6 +129,8 @@ async fn a_console_session_is_a_strict_cookie_and_every_change_needs_its_csrf_to
                     "/api/auth/register",
                     "/api/auth/login",
                     "/api/auth/refresh-token",
+                    "/api/auth/password-reset/request",
+                    "/api/auth/password-reset/confirm",
                 ]
                 .contains(&path.as_str())
             {

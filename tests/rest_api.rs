@@ -1205,6 +1205,8 @@ fn secured(path: &str) -> bool {
         "/api/auth/register"
             | "/api/auth/login"
             | "/api/auth/refresh-token"
+            | "/api/auth/password-reset/request"
+            | "/api/auth/password-reset/confirm"
             | "/api/openapi.json"
             | "/api/file-links/{token}"
     )

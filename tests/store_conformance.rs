@@ -605,7 +605,8 @@ async fn users(store: DynStore) {
         Vec::<String>::new()
     );
 
-    // Updates touch only what the patch names.
+    // Updates touch only what the patch names (a new password hash also
+    // moves password_changed_at to the update's time).
     let updated = store
         .update_user(
             bob.id,
@@ -626,6 +627,7 @@ async fn users(store: DynStore) {
             role: Role::Admin,
             password_hash: "new-hash".into(),
             updated_at: T0 + 5,
+            password_changed_at: T0 + 5,
             ..bob.clone()
         }
     );

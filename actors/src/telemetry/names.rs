@@ -275,6 +275,10 @@ pub fn describe() {
         CLUSTER_PUSHES_DROPPED,
         "Pushes dropped: the cluster publish queue was full"
     );
+    describe_counter!(
+        CLUSTER_GAP_FILLS,
+        "Missed new_message pushes a follower read back from the store"
+    );
     describe_gauge!(
         DB_POOL_CONNECTIONS,
         "Database connections of the store, by state (idle, in_use)"

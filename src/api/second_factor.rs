@@ -38,7 +38,6 @@ use super::extract::{path_id, Caller, Client, JsonBody};
 use super::openapi::ErrorBody;
 use super::users::target;
 use super::validate;
-use crate::auth::lockout::Admission;
 use crate::auth::totp::{self, Presented, Verdict};
 use crate::http::App;
 use crate::rate_limit::ip_key;

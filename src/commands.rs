@@ -268,7 +268,8 @@ pub async fn keys_rotate(config: &Config) -> Result<u32, CommandError> {
     Ok(active)
 }
 
-/// Re-encrypts every message not on `active`, in batches, with progress.
+/// Re-encrypts every message not on `active`, in batches, with progress;
+/// each message's search tokens are made again under `active` with it.
 async fn reencrypt_all(
     store: &dyn courier_actors::durable::store::Store,
     cipher: &MessageCipher,
@@ -466,6 +467,13 @@ pub async fn keys_retire(config: &Config, version: u32) -> Result<(), CommandErr
     if reasons > 0 {
         return Err(CommandError::Invalid(format!(
             "{reasons} break-glass reasons are still sealed under key version {version}; \
+             run `courier keys rotate` first"
+        )));
+    }
+    let tokens = store.count_search_tokens_on_key(version).await?;
+    if tokens > 0 {
+        return Err(CommandError::Invalid(format!(
+            "{tokens} search tokens are still keyed under version {version}; \
              run `courier keys rotate` first"
         )));
     }

@@ -680,6 +680,7 @@ async fn a_write_commits_while_every_worker_is_busy_on_postgres() {
         .await
         .expect("persistence");
     let to_nowhere = WriteOp::InsertMessage(StoredMessage {
+        search: Default::default(),
         id: MessageId::new(),
         channel_id: ChannelId::new(),
         seq: 1,

@@ -245,6 +245,7 @@ async fn channel(store: &DynStore, owner: &User, name: &str, kind: ChannelKind) 
 /// distinct bytes: the store never looks inside).
 fn msg(channel: &Channel, sender: &User, seq: u64, client: Option<&str>) -> StoredMessage {
     StoredMessage {
+        search: Default::default(),
         id: MessageId::new(),
         channel_id: channel.id,
         seq,
@@ -1361,6 +1362,7 @@ async fn edits_deletes_and_reactions(store: DynStore) {
     insert(&store, [m1.clone(), m2.clone()]).await;
 
     let edit = |id, text: &str| WriteOp::EditMessage {
+        search: Default::default(),
         id,
         ciphertext: text.as_bytes().to_vec(),
         nonce: vec![9; 12],
@@ -1683,6 +1685,7 @@ async fn key_versions(store: DynStore) {
             ciphertext: format!("v2-{}", m.seq).into_bytes(),
             nonce: vec![2; 12],
             key_version: 2,
+            search: Default::default(),
         })
         .collect();
     store.store_reencrypted(&rotated).await.unwrap();

@@ -148,6 +148,7 @@ async fn seed(
                     .seal(channel, id, seq, text.as_bytes())
                     .expect("seal");
                 WriteOp::InsertMessage(StoredMessage {
+                    search: Default::default(),
                     id,
                     channel_id: channel,
                     seq,

@@ -38,6 +38,8 @@
 //!   ranged downloads, and the sweeper actor that purges and rescans.
 //! - [`compliance`]: legal holds, break-glass access and the accounting of
 //!   disclosures per patient (issue 36).
+//! - [`search`]: search over encrypted messages: the normalizer, the blind
+//!   index of keyed per-channel tokens, and the search query (issue 38).
 //! - [`telemetry`]: the name of every `courier_*` metric.
 //!
 //! Edges point down: `realtime` uses `durable`, `audit`, `policy` and
@@ -80,6 +82,7 @@ pub mod durable;
 pub mod files;
 pub mod policy;
 pub mod realtime;
+pub mod search;
 pub mod telemetry;
 
 /// Microseconds since the Unix epoch (cross-node latencies).

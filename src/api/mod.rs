@@ -9,6 +9,8 @@
 //! - [`channels`]: `/api/channels*`: channels, members, history pages.
 //! - [`messages`]: `/api/messages*`: send, read, edit and delete, through
 //!   the WebSocket paths.
+//! - [`search`]: `GET /api/messages/search`, search over encrypted messages
+//!   through the blind index (issue 38, docs/search.md).
 //! - [`moderation`]: `/api/moderation/flags`: the queue of flagged messages
 //!   (flags are set under `/api/messages/{id}/flag`).
 //! - [`audit`]: `/api/audit*`: filtered pages, one entry, verification,
@@ -62,6 +64,7 @@ pub mod moderation;
 pub mod openapi;
 pub mod password_reset;
 pub mod patients;
+pub mod search;
 pub mod second_factor;
 pub mod settings;
 pub mod users;
@@ -194,6 +197,7 @@ fn documented_routes(app: Arc<App>) -> (Router<Arc<App>>, utoipa::openapi::OpenA
         .routes(routes!(files::link))
         .routes(routes!(files::shares, files::share))
         .routes(routes!(files::unshare))
+        .routes(routes!(search::search))
         .routes(routes!(messages::get, messages::edit, messages::delete))
         .routes(routes!(messages::flag, messages::unflag))
         .routes(routes!(moderation::flags))

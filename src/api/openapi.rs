@@ -80,6 +80,7 @@ pub const ENDPOINTS: &[(&str, &str)] = &[
     ("get", "/api/channels/{id}/messages"),
     ("get", "/api/channels/{id}/receipts"),
     ("post", "/api/messages"),
+    ("get", "/api/messages/search"),
     ("get", "/api/messages/{id}"),
     ("put", "/api/messages/{id}"),
     ("delete", "/api/messages/{id}"),

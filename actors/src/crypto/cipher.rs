@@ -230,20 +230,19 @@ impl MessageCipher {
 
     /// [`MessageCipher::reseal`] for a stored row, as the rotation job
     /// writes it back.
+    /// The message's blind-index tokens are made again from its text under
+    /// the new version (`crate::search`).
     pub fn reencrypt(&self, m: &StoredMessage) -> Result<Reencrypted, CryptoError> {
-        let sealed = self.reseal(
-            m.channel_id,
-            m.id,
-            m.seq,
-            m.key_version,
-            &m.nonce,
-            &m.ciphertext,
-        )?;
+        let plaintext = Zeroizing::new(self.open_stored(m)?);
+        let sealed = self.seal(m.channel_id, m.id, m.seq, &plaintext)?;
+        let text = String::from_utf8_lossy(&plaintext);
+        let search = crate::search::index_text(self, m.channel_id, &text)?;
         Ok(Reencrypted {
             id: m.id,
             ciphertext: sealed.ciphertext,
             nonce: sealed.nonce,
             key_version: sealed.key_version,
+            search,
         })
     }
 

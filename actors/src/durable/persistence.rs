@@ -477,8 +477,11 @@ async fn commit(
     mut turn: Turn,
     done: watch::Sender<bool>,
 ) -> (Vec<PersistReply>, Vec<Outcome>) {
-    let (ops, replies): (Vec<WriteOp>, Vec<PersistReply>) =
+    let (mut ops, replies): (Vec<WriteOp>, Vec<PersistReply>) =
         batch.into_iter().map(|w| (w.op, w.reply)).unzip();
+    // Messages' words become blind-index tokens here, on the blocking pool,
+    // so that they commit in this batch's transaction (`crate::search`).
+    crate::search::resolve_batch(&mut ops).await;
     let mut backoff = Duration::from_millis(50);
     let outcomes = loop {
         let started = Instant::now();

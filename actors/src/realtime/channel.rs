@@ -76,6 +76,7 @@ use crate::realtime::flush_line::{FlushLine, FLUSH_CHUNK};
 use crate::realtime::frames_out as out;
 use crate::realtime::outbound::{ConnId, EncodedFrame, Forms, Outbound, Push, PushForm};
 use crate::realtime::ShutdownPhase;
+use crate::search::SearchIndex;
 use crate::telemetry::names as m;
 
 mod cluster_role;
@@ -1652,6 +1653,8 @@ impl ChannelState {
             attachments: req.attachments.iter().map(|a| a.id).collect(),
             patient_ref,
             patient_tag,
+            // Hashed into blind-index tokens by the persistence actor's batch.
+            search: SearchIndex::pending(self.services.cipher.clone(), self.channel.id, &req.text),
         };
         let message = MessageView {
             id,
@@ -1714,6 +1717,7 @@ impl ChannelState {
             nonce: sealed.nonce.to_vec(),
             key_version: sealed.key_version,
             edited_at,
+            search: SearchIndex::pending(self.services.cipher.clone(), self.channel.id, &req.text),
         };
         let mut message = req.original;
         message.text = req.text;

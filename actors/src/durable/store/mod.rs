@@ -22,6 +22,7 @@ mod password_reset;
 mod patients;
 mod pool;
 pub mod postgres;
+mod search;
 mod sql;
 pub mod sqlite;
 mod sqlite_conn;
@@ -44,6 +45,7 @@ pub use patients::{
     PatientCursor, PatientMessageRef, PatientSeal, PatientStore, SealedRefOwner, SealedRefRow,
 };
 pub use pool::{PoolSettings, PoolStats, ResolvedPool};
+pub use search::{SearchQuery, SearchStore};
 pub use totp::{TotpSecret, TotpStore};
 
 /// A shared handle to whichever backend is configured.
@@ -166,6 +168,7 @@ pub trait Store:
     + DisclosureStore
     + PasswordResetStore
     + TotpStore
+    + SearchStore
     + Send
     + Sync
     + 'static

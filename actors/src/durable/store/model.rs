@@ -288,6 +288,9 @@ pub struct StoredMessage {
     pub patient_ref: Option<Vec<u8>>,
     /// The keyed tag of that reference, for lookups.
     pub patient_tag: Option<String>,
+    /// Its blind-index tokens, written beside it (`crate::search`); rows
+    /// read back carry `None` (the tokens stay in their table).
+    pub search: crate::search::SearchIndex,
 }
 
 /// A stored message with its sender's username, its moderation flag and
@@ -341,15 +344,18 @@ pub enum WriteOp {
     /// original, and a tombstone row (deleted, empty ciphertext, no client id)
     /// takes this message's `seq` so that `seq` stays gap-free in the store.
     InsertMessage(StoredMessage),
-    /// Replace a message's ciphertext (an edit re-encrypts) and set `edited_at`.
+    /// Replace a message's ciphertext (an edit re-encrypts) and set
+    /// `edited_at`; its blind-index tokens are replaced by `search`'s.
     EditMessage {
         id: MessageId,
         ciphertext: Vec<u8>,
         nonce: Vec<u8>,
         key_version: u32,
         edited_at: i64,
+        search: crate::search::SearchIndex,
     },
-    /// Soft-delete: set `deleted_at`. The row is purged after retention.
+    /// Soft-delete: set `deleted_at`, and drop its blind-index tokens unless
+    /// a legal hold keeps the message. The row is purged after retention.
     DeleteMessage { id: MessageId, deleted_at: i64 },
     /// Move `last_read_seq` forward (never backward) and `last_delivered_seq` with it.
     MarkRead {
@@ -463,4 +469,7 @@ pub struct Reencrypted {
     pub ciphertext: Vec<u8>,
     pub nonce: Vec<u8>,
     pub key_version: u32,
+    /// The message's blind-index tokens under the new version: they replace
+    /// its old ones.
+    pub search: crate::search::SearchTokens,
 }

@@ -42,6 +42,8 @@ mod holds;
 mod password_reset;
 #[path = "postgres_patients.rs"]
 mod patients;
+#[path = "postgres_search.rs"]
+mod search;
 #[path = "postgres_totp.rs"]
 mod totp;
 
@@ -825,6 +827,7 @@ impl Store for PgStore {
             match run {
                 sql::Run::Inserts(messages) => {
                     let done = insert_messages(&mut tx, &messages).await?;
+                    let mut indexed = Vec::new();
                     for (m, outcome) in messages.iter().zip(&done) {
                         if !m.attachments.is_empty() && *outcome == WriteOutcome::Done {
                             files::link_files(&mut tx, m).await?;
@@ -832,7 +835,14 @@ impl Store for PgStore {
                         if m.patient_ref.is_some() && *outcome == WriteOutcome::Done {
                             patients::set_message_ref(&mut tx, m).await?;
                         }
+                        if *outcome == WriteOutcome::Done {
+                            if let Some(tokens) = super::search::tokens(&m.search)? {
+                                indexed.push((m.id, tokens));
+                            }
+                        }
                     }
+                    let indexed: Vec<_> = indexed.iter().map(|(id, t)| (*id, &**t)).collect();
+                    search::insert_tokens(&mut tx, &indexed).await?;
                     outcomes.extend(done);
                 }
                 sql::Run::Others(others) => {
@@ -1012,19 +1022,43 @@ impl Store for PgStore {
     async fn store_reencrypted(&self, rows: &[Reencrypted]) -> Result<(), StoreError> {
         // One statement is one transaction. A row already on the target
         // version (edited meanwhile under the new key) is left alone.
-        sqlx::query(
+        // The rows moved take their search tokens with them, in the same
+        // transaction.
+        let mut tx = self.pool.begin().await?;
+        let moved = sqlx::query(
             "UPDATE messages AS m
              SET ciphertext = r.ciphertext, nonce = r.nonce, key_version = r.key_version
              FROM UNNEST($1::uuid[], $2::bytea[], $3::bytea[], $4::int8[])
                   AS r(id, ciphertext, nonce, key_version)
-             WHERE m.id = r.id AND m.key_version <> r.key_version",
+             WHERE m.id = r.id AND m.key_version <> r.key_version
+             RETURNING m.id",
         )
         .bind(column(rows, |r| r.id.0))
         .bind(column(rows, |r| &r.ciphertext[..]))
         .bind(column(rows, |r| &r.nonce[..]))
         .bind(column(rows, |r| i64::from(r.key_version)))
-        .execute(&self.pool)
+        .fetch_all(&mut *tx)
         .await?;
+        let moved: Vec<Uuid> = moved
+            .iter()
+            .map(|r| r.try_get("id"))
+            .collect::<Result<_, _>>()?;
+        let moved: HashSet<Uuid> =
+            sqlx::query(&super::search::reindexed("SELECT unnest($1::uuid[])"))
+                .bind(moved)
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|r| r.try_get("id"))
+                .collect::<Result<_, _>>()?;
+        let moved: Vec<&Reencrypted> = rows.iter().filter(|r| moved.contains(&r.id.0)).collect();
+        sqlx::query("DELETE FROM message_search_tokens WHERE message_id = ANY($1::uuid[])")
+            .bind(column(&moved, |r| r.id.0))
+            .execute(&mut *tx)
+            .await?;
+        let indexed: Vec<_> = moved.iter().map(|r| (r.id, &r.search)).collect();
+        search::insert_tokens(&mut tx, &indexed).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -1398,25 +1432,37 @@ async fn apply_op(conn: &mut PgConnection, op: &WriteOp) -> Result<WriteOutcome,
             nonce,
             key_version,
             edited_at,
-        } => sqlx::query(
-            "UPDATE messages SET ciphertext = $2, nonce = $3, key_version = $4, edited_at = $5
-             WHERE id = $1 AND deleted_at IS NULL",
-        )
-        .bind(id.0)
-        .bind(&ciphertext[..])
-        .bind(&nonce[..])
-        .bind(i64::from(*key_version))
-        .bind(edited_at)
-        .execute(&mut *conn)
-        .await?
-        .rows_affected(),
+            search: index,
+        } => {
+            let touched = sqlx::query(
+                "UPDATE messages SET ciphertext = $2, nonce = $3, key_version = $4, edited_at = $5
+                 WHERE id = $1 AND deleted_at IS NULL",
+            )
+            .bind(id.0)
+            .bind(&ciphertext[..])
+            .bind(&nonce[..])
+            .bind(i64::from(*key_version))
+            .bind(edited_at)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+            if touched > 0 {
+                let tokens = super::search::tokens(index)?.unwrap_or_default();
+                search::replace_tokens(conn, *id, &tokens).await?;
+            }
+            touched
+        }
         WriteOp::DeleteMessage { id, deleted_at } => {
-            sqlx::query("UPDATE messages SET deleted_at = $2 WHERE id = $1 AND deleted_at IS NULL")
-                .bind(id.0)
-                .bind(deleted_at)
-                .execute(&mut *conn)
-                .await?
-                .rows_affected()
+            let touched = sqlx::query(
+                "UPDATE messages SET deleted_at = $2 WHERE id = $1 AND deleted_at IS NULL",
+            )
+            .bind(id.0)
+            .bind(deleted_at)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+            search::drop_tokens(conn, *id).await?;
+            touched
         }
         WriteOp::MarkRead {
             channel_id,

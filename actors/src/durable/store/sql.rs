@@ -262,6 +262,7 @@ pub(super) fn message(r: &impl SqlRow) -> Result<StoredMessage, StoreError> {
         attachments: Vec::new(),
         patient_ref: r.opt_bytes("patient_ref")?,
         patient_tag: r.opt_text("patient_tag")?,
+        search: Default::default(),
     })
 }
 
@@ -484,6 +485,7 @@ pub(super) fn tombstone(duplicate: &StoredMessage) -> StoredMessage {
         attachments: Vec::new(),
         patient_ref: None,
         patient_tag: None,
+        search: Default::default(),
     }
 }
 

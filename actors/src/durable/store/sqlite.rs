@@ -57,6 +57,8 @@ mod holds;
 mod password_reset;
 #[path = "sqlite_patients.rs"]
 mod patients;
+#[path = "sqlite_search.rs"]
+mod search;
 #[path = "sqlite_totp.rs"]
 mod totp;
 
@@ -720,6 +722,11 @@ impl Store for SqliteStore {
                             if m.patient_ref.is_some() && *outcome == WriteOutcome::Done {
                                 patients::set_message_ref(&mut tx, m).await?;
                             }
+                            if *outcome == WriteOutcome::Done {
+                                if let Some(tokens) = super::search::tokens(&m.search)? {
+                                    search::insert_tokens(&mut tx, m.id, &tokens).await?;
+                                }
+                            }
                         }
                         outcomes.extend(done);
                     }
@@ -913,7 +920,7 @@ impl Store for SqliteStore {
         for row in rows {
             // A row already on the target version (edited meanwhile under the
             // new key) is left alone.
-            sqlx::query(
+            let touched = sqlx::query(
                 "UPDATE messages SET ciphertext = $2, nonce = $3, key_version = $4
                  WHERE id = $1 AND key_version <> $4",
             )
@@ -922,7 +929,18 @@ impl Store for SqliteStore {
             .bind(&row.nonce[..])
             .bind(i64::from(row.key_version))
             .execute(&mut *tx)
-            .await?;
+            .await?
+            .rows_affected();
+            // Its tokens move to the new version with it.
+            if touched > 0
+                && sqlx::query(&super::search::reindexed("$1"))
+                    .bind(id(row.id.0))
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .is_some()
+            {
+                search::replace_tokens(&mut tx, row.id, &row.search).await?;
+            }
         }
         tx.commit().await?;
         Ok(())
@@ -1229,28 +1247,40 @@ async fn apply_op(conn: &mut SqliteConnection, op: &WriteOp) -> Result<WriteOutc
             nonce,
             key_version,
             edited_at,
-        } => sqlx::query(
-            "UPDATE messages SET ciphertext = $2, nonce = $3, key_version = $4, edited_at = $5
-             WHERE id = $1 AND deleted_at IS NULL",
-        )
-        .bind(id(message.0))
-        .bind(&ciphertext[..])
-        .bind(&nonce[..])
-        .bind(i64::from(*key_version))
-        .bind(edited_at)
-        .execute(&mut *conn)
-        .await?
-        .rows_affected(),
+            search: index,
+        } => {
+            let touched = sqlx::query(
+                "UPDATE messages SET ciphertext = $2, nonce = $3, key_version = $4, edited_at = $5
+                 WHERE id = $1 AND deleted_at IS NULL",
+            )
+            .bind(id(message.0))
+            .bind(&ciphertext[..])
+            .bind(&nonce[..])
+            .bind(i64::from(*key_version))
+            .bind(edited_at)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+            if touched > 0 {
+                let tokens = super::search::tokens(index)?.unwrap_or_default();
+                search::replace_tokens(conn, *message, &tokens).await?;
+            }
+            touched
+        }
         WriteOp::DeleteMessage {
             id: message,
             deleted_at,
         } => {
-            sqlx::query("UPDATE messages SET deleted_at = $2 WHERE id = $1 AND deleted_at IS NULL")
-                .bind(id(message.0))
-                .bind(deleted_at)
-                .execute(&mut *conn)
-                .await?
-                .rows_affected()
+            let touched = sqlx::query(
+                "UPDATE messages SET deleted_at = $2 WHERE id = $1 AND deleted_at IS NULL",
+            )
+            .bind(id(message.0))
+            .bind(deleted_at)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+            search::drop_tokens(conn, *message).await?;
+            touched
         }
         WriteOp::MarkRead {
             channel_id,

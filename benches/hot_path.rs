@@ -50,6 +50,7 @@ fn frames() -> (ClientFrame, ServerFrame) {
         kind: Default::default(),
         attachments: Vec::new(),
         patient_ref: None,
+        mentions: Vec::new(),
     });
     (send, push)
 }

@@ -258,6 +258,7 @@ fn message(seq: u64) -> MessageView {
         kind: Default::default(),
         attachments: Vec::new(),
         patient_ref: None,
+        mentions: Vec::new(),
     }
 }
 

@@ -680,6 +680,7 @@ async fn users(store: DynStore) {
 
 async fn role_permissions_are_seeded(store: DynStore) {
     let all = [
+        "announcements.create",
         "audit.read",
         "break_glass.review",
         "channels.break_glass",

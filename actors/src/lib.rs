@@ -10,6 +10,7 @@
 //! ├── PersistenceActor      group commit of every realtime write
 //! ├── AuditActor            the SHA-256 hash chain and signed checkpoints
 //! ├── RetentionActor        TTL expiry and purges, on an interval
+//! ├── Notifier              notification pushes (bounded queue)
 //! ├── ChannelDirectory
 //! │   └── ChannelActor ×N   one per channel with traffic: seq, fan-out
 //! ├── PresenceDirectory
@@ -40,6 +41,9 @@
 //!   disclosures per patient (issue 36).
 //! - [`search`]: search over encrypted messages: the normalizer, the blind
 //!   index of keyed per-channel tokens, and the search query (issue 38).
+//! - [`notify`]: in-app notifications: `@username` mentions, the notifier
+//!   actor that pushes `notification` for mentions, direct messages and
+//!   announcements under each user's preferences (issue 38).
 //! - [`telemetry`]: the name of every `courier_*` metric.
 //!
 //! Edges point down: `realtime` uses `durable`, `audit`, `policy` and
@@ -80,6 +84,7 @@ pub mod compliance;
 pub mod crypto;
 pub mod durable;
 pub mod files;
+pub mod notify;
 pub mod policy;
 pub mod realtime;
 pub mod search;

@@ -168,6 +168,7 @@ pub fn server_frames() -> Vec<ServerFrame> {
         flagged_at: None,
         kind: Default::default(),
         attachments: Vec::new(),
+        mentions: Vec::new(),
     };
     vec![
         ServerFrame::ack(Some(Ref::Int(1))),

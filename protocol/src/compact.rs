@@ -159,6 +159,7 @@ impl CompactMessage {
             kind: Default::default(),
             attachments: Vec::new(),
             patient_ref: None,
+            mentions: Vec::new(),
         }
     }
 }
@@ -287,6 +288,7 @@ mod tests {
             kind: Default::default(),
             attachments: Vec::new(),
             patient_ref: None,
+            mentions: Vec::new(),
         }
     }
 

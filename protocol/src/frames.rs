@@ -1095,6 +1095,22 @@ pub struct MessageView {
     /// reference is on the channel), for those who may read it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub patient_ref: Option<PatientRef>,
+    /// The channel's members its text names as `@username`, in order of
+    /// first appearance (names of non-members are not mentions).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mentions: Vec<Mention>,
+}
+
+/// A member named by `@username` in a message's text (`mentions` of a
+/// message): `{userId, username}`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct Mention {
+    /// The member named.
+    pub user_id: UserId,
+    /// Their username, as written after the `@`.
+    pub username: String,
 }
 
 /// The `kind` of a message.
@@ -1207,6 +1223,7 @@ impl fmt::Debug for MessageView {
             .field("kind", &self.kind)
             .field("attachments", &self.attachments)
             .field("patient_ref", &self.patient_ref)
+            .field("mentions", &self.mentions)
             .finish()
     }
 }

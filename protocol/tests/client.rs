@@ -120,6 +120,7 @@ async fn scripted_peer() -> String {
                             kind: Default::default(),
                             attachments: Vec::new(),
                             patient_ref: None,
+                            mentions: Vec::new(),
                         }));
                         out.push(ServerFrame::Ack(Ack {
                             reference: frame.reference,

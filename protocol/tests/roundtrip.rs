@@ -253,6 +253,7 @@ fn message_view() -> impl Strategy<Value = MessageView> {
                     kind,
                     attachments,
                     patient_ref: reply_to.map(patient_of),
+                    mentions: Vec::new(),
                 }
             },
         )

@@ -18,6 +18,8 @@
 //! - [`settings`]: `/api/settings*`: the effective configuration (secrets
 //!   redacted) and the rate limits an admin changes at run time.
 //! - [`holds`]: `/api/holds*`: legal holds, placed and released.
+//! - [`notifications`]: `/api/me/notification-preferences` and
+//!   `/api/announcements`: notification preferences, admins' announcements.
 //! - [`break_glass`]: `/api/break-glass*`, `POST /api/channels/{id}/break-glass`,
 //!   `PUT /api/users/{id}/break-glass`: emergency access and its review.
 //! - [`patients`]: `/api/patients/{ref}/channels` and `/messages`, the
@@ -59,6 +61,7 @@ pub mod error;
 pub mod extract;
 pub mod files;
 pub mod holds;
+pub mod notifications;
 pub mod messages;
 pub mod moderation;
 pub mod openapi;
@@ -162,6 +165,8 @@ fn documented_routes(app: Arc<App>) -> (Router<Arc<App>>, utoipa::openapi::OpenA
         .routes(routes!(holds::place, holds::list))
         .routes(routes!(holds::get))
         .routes(routes!(holds::release))
+        .routes(routes!(notifications::get_prefs, notifications::put_prefs))
+        .routes(routes!(notifications::create, notifications::list))
         .routes(routes!(break_glass::open))
         .routes(routes!(break_glass::list))
         .routes(routes!(break_glass::end))

@@ -118,11 +118,18 @@ pub enum ForwardOp {
         /// The patient the message concerns (absent from older nodes).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         patient_ref: Option<courier_protocol::PatientRef>,
+        /// The members the text mentions, resolved by the forwarding node
+        /// (absent from older nodes).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        mentions: Vec<courier_protocol::frames::Mention>,
     },
     Edit {
         editor: UserId,
         original: MessageView,
         text: String,
+        /// As for `Publish` (absent from older nodes).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        mentions: Vec<courier_protocol::frames::Mention>,
     },
     Delete {
         deleter: UserId,
@@ -275,6 +282,7 @@ mod tests {
                 ttl_seconds: Some(5),
                 attachments: vec![],
                 patient_ref: None,
+                mentions: vec![],
             },
         };
         let back: Forward = decode(&encode(&forward)).unwrap();

@@ -147,6 +147,7 @@ pub fn open_row_with(
                 HistoryError::Integrity(m.id)
             })?,
         patient_ref: message_patient_ref(cipher, &m)?,
+        mentions: row.mentions,
     };
     if let Some(flag) = flag {
         show_flag(&mut view, flag.as_ref());

@@ -37,6 +37,7 @@ pub mod perm {
     pub const SESSIONS_MANAGE: &str = "sessions.manage";
     pub const SETTINGS_MANAGE: &str = "settings.manage";
     pub const HOLDS_MANAGE: &str = "holds.manage";
+    pub const ANNOUNCEMENTS_CREATE: &str = "announcements.create";
 }
 
 /// The permissions of every role, as stored.
@@ -175,6 +176,8 @@ pub enum Action<'a> {
     ManageSettings,
     /// Place, list and release legal holds.
     ManageHolds,
+    /// Post an announcement to everyone or to roles.
+    Announce,
     /// Sign in to the admin console: only those who may see one of its
     /// sections (users, moderation or audit).
     UseConsole,
@@ -356,6 +359,10 @@ pub fn decide(who: Principal<'_>, action: Action<'_>) -> Result<(), Denied> {
         ManageHolds => allow(
             who.can(perm::HOLDS_MANAGE),
             "not allowed to manage legal holds",
+        ),
+        Announce => allow(
+            who.can(perm::ANNOUNCEMENTS_CREATE),
+            "not allowed to post announcements",
         ),
         UseConsole => allow(
             who.can(perm::USERS_MANAGE)

@@ -51,8 +51,8 @@ use std::time::{Duration, Instant};
 
 use courier_protocol::error::close;
 use courier_protocol::frames::{
-    AttachmentView, ChannelView, DeliveryStatus, MessageFlagged, MessageKind, MessageView,
-    PresenceStatus, Ref, ServerFrame,
+    AttachmentView, ChannelView, DeliveryStatus, Mention, MessageFlagged, MessageKind,
+    MessageView, PresenceStatus, Ref, ServerFrame,
 };
 use courier_protocol::{ChannelId, ErrorCode, MessageId, PatientRef, UserId};
 use metrics::{counter, histogram};
@@ -116,6 +116,9 @@ pub struct ChannelServices {
     pub cluster: Option<Arc<Cluster>>,
     /// Break-glass grants in force: reads under one are marked in the audit.
     pub break_glass: crate::compliance::break_glass::BreakGlassRegistry,
+    /// Told of committed sends with mentions and of direct messages (never
+    /// awaited; see [`crate::notify`]).
+    pub notifier: crate::notify::NotifierHandle,
 }
 
 /// Why a request to a channel failed. Mapped to an error code at the edge.
@@ -279,6 +282,8 @@ pub struct PublishRequest {
     /// The patient the message concerns; sealed by this actor (a send
     /// without one seals nothing more).
     pub patient_ref: Option<PatientRef>,
+    /// The channel's members its text mentions, resolved by the caller.
+    pub mentions: Vec<Mention>,
     pub reply: Reply,
     /// When the request reached the server (for the ack latency metric).
     pub received: Instant,
@@ -292,6 +297,8 @@ pub struct PublishRequest {
 pub struct EditRequest {
     pub editor: UserId,
     pub original: MessageView,
+    /// The members the new text mentions, resolved by the caller.
+    pub mentions: Vec<Mention>,
     pub text: String,
     pub reply: Reply,
 }
@@ -819,6 +826,8 @@ enum Pending {
         message: MessageView,
         editor: UserId,
         reply: Reply,
+        /// Who the text mentioned before the edit (they are not told again).
+        before: Vec<UserId>,
     },
     Delete {
         deleter: UserId,
@@ -841,6 +850,8 @@ enum Pending {
     },
     /// A member's delivered position; nobody waits for it.
     Delivered,
+    /// A message's mentions, stored after its insert or edit; nobody waits.
+    Mentions,
 }
 
 /// Everything the actor owns.
@@ -1581,6 +1592,7 @@ impl ChannelState {
                         kind: Default::default(),
                         attachments: Vec::new(),
                         patient_ref: None,
+                        mentions: Vec::new(),
                     };
                     req.reply.send(Ok(Accepted::Sent {
                         message,
@@ -1675,7 +1687,16 @@ impl ChannelState {
             kind: stored.kind,
             attachments: req.attachments,
             patient_ref: req.patient_ref,
+            mentions: req.mentions,
         };
+        if !message.mentions.is_empty() {
+            // Before the insert, so that its ack means both are committed.
+            let op = WriteOp::SetMentions {
+                message_id: id,
+                users: message.mentions.iter().map(|m| m.user_id).collect(),
+            };
+            self.submit(op, Pending::Mentions);
+        }
         let token = self.next_token;
         let pending = Pending::Publish {
             message,
@@ -1722,11 +1743,24 @@ impl ChannelState {
         let mut message = req.original;
         message.text = req.text;
         message.edited_at = Some(edited_at);
+        let before: Vec<UserId> = message.mentions.iter().map(|m| m.user_id).collect();
+        message.mentions = req.mentions;
+        let after: Vec<UserId> = message.mentions.iter().map(|m| m.user_id).collect();
+        let message_id = message.id;
         let pending = Pending::Edit {
             message,
             editor: req.editor,
             reply: req.reply,
+            before: before.clone(),
         };
+        if before != after {
+            // Before the edit, so that its answer means both are committed.
+            let mentions = WriteOp::SetMentions {
+                message_id,
+                users: after,
+            };
+            self.submit(mentions, Pending::Mentions);
+        }
         self.submit(op, pending);
     }
 
@@ -1745,6 +1779,32 @@ impl ChannelState {
         self.submit(op, pending);
     }
 
+    /// Tells the notifier of a committed message: the members it mentions
+    /// (but those in `already`) and, for a new message of a direct
+    /// channel, the other party. Nothing is queued for anything else.
+    fn notify(&self, message: &MessageView, already: &[UserId], new: bool) {
+        let direct = new && self.channel.kind == ChannelKind::Direct;
+        let mentioned: Vec<UserId> = message
+            .mentions
+            .iter()
+            .map(|m| m.user_id)
+            .filter(|u| !already.contains(u))
+            .collect();
+        if !direct && mentioned.is_empty() {
+            return;
+        }
+        self.services
+            .notifier
+            .send(crate::notify::NotifyMsg::Message(crate::notify::MessageEvent {
+                channel_id: self.channel.id,
+                message_id: message.id,
+                seq: message.seq,
+                sender: message.sender_id,
+                mentioned,
+                direct,
+            }));
+    }
+
     /// A write was committed (or refused): answer, push, audit.
     fn committed(&mut self, pending: Pending, outcome: Result<WriteOutcome, PersistError>) {
         let channel_id = self.channel.id;
@@ -1756,6 +1816,10 @@ impl ChannelState {
             (Pending::Delivered, Ok(_)) => {}
             (Pending::Delivered, Err(e)) => {
                 tracing::warn!(channel_id = %channel_id, error = %e, "delivered position not stored");
+            }
+            (Pending::Mentions, Ok(_)) => {}
+            (Pending::Mentions, Err(e)) => {
+                tracing::warn!(channel_id = %channel_id, error = %e, "a message's mentions were not stored");
             }
             (
                 Pending::Publish {
@@ -1801,6 +1865,7 @@ impl ChannelState {
                     }));
                 }
                 let (sender, seq) = (message.sender_id, message.seq);
+                self.notify(&message, &[], true);
                 let frame = out::new_message(message.clone());
                 reply.send(Ok(Accepted::Sent {
                     message,
@@ -1866,9 +1931,11 @@ impl ChannelState {
                     message,
                     editor,
                     reply,
+                    before,
                 },
                 Ok(WriteOutcome::Done),
             ) => {
+                self.notify(&message, &before, false);
                 self.services.audit.record(audit(
                     editor,
                     None,
@@ -1955,7 +2022,7 @@ impl Pending {
                     r.send(Err(err.clone()));
                 }
             }
-            Pending::Delivered => {}
+            Pending::Delivered | Pending::Mentions => {}
             Pending::Edit { reply, .. }
             | Pending::Delete { reply, .. }
             | Pending::Read { reply, .. }

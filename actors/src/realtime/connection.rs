@@ -473,6 +473,13 @@ impl ConnectionState {
                         outbound: self.outbound.clone(),
                     };
                     let _ = self.realtime.presence.cast(ForUser(identity.user_id, msg));
+                    // The current announcements it has not had yet.
+                    self.realtime
+                        .notifier
+                        .send(crate::notify::NotifyMsg::Connected {
+                            user_id: identity.user_id,
+                            role: identity.role,
+                        });
                 }
                 self.identity = Some(identity);
                 if first {

@@ -42,6 +42,7 @@ use crate::durable::retention::{RetentionActor, RetentionConfig, RetentionMsg};
 use crate::durable::store::{
     Channel, ChannelKind, ChannelRole, DynStore, Flag, Member, MessageRow, StoreError, WriteOp,
 };
+use crate::notify::NotifierHandle;
 use crate::policy::authz::{self, Action, Denied, Principal, RolePermissions};
 use crate::policy::identity::{Authenticator, Identity};
 use crate::policy::phi::PhiDetector;
@@ -176,6 +177,9 @@ pub struct Realtime {
     pub break_glass: BreakGlassRegistry,
     /// Opens and ends break-glass grants (the REST edge and the sweeper).
     pub break_glass_access: BreakGlassAccess,
+    /// The notifier: `notification` pushes for mentions, direct messages
+    /// and announcements ([`crate::notify`]).
+    pub notifier: NotifierHandle,
     /// Connections see shutdown phases here.
     pub shutdown: watch::Receiver<ShutdownPhase>,
     shutdown_tx: watch::Sender<ShutdownPhase>,
@@ -253,6 +257,22 @@ impl Realtime {
             Some((cluster, inbound)) => (Some(cluster), Some(inbound)),
             None => (None, None),
         };
+        let (presence, _) = Actor::spawn_linked(
+            Some(core_name("presence")),
+            PresenceDirectory {
+                cluster: cluster.clone(),
+            },
+            (),
+            root.get_cell(),
+        )
+        .await?;
+        let notifier = NotifierHandle::spawn_linked(
+            core_name("notifier"),
+            root.get_cell(),
+            deps.store.clone(),
+            presence.clone(),
+        )
+        .await?;
         let break_glass = BreakGlassRegistry::new();
         let services = Arc::new(ChannelServices {
             store: deps.store.clone(),
@@ -269,19 +289,11 @@ impl Realtime {
             shutdown: shutdown.clone(),
             cluster: cluster.clone(),
             break_glass: break_glass.clone(),
+            notifier: notifier.clone(),
         });
         let (channels, _) = Actor::spawn_linked(
             Some(core_name("channels")),
             ChannelDirectory { services },
-            (),
-            root.get_cell(),
-        )
-        .await?;
-        let (presence, _) = Actor::spawn_linked(
-            Some(core_name("presence")),
-            PresenceDirectory {
-                cluster: cluster.clone(),
-            },
             (),
             root.get_cell(),
         )
@@ -329,6 +341,7 @@ impl Realtime {
         }
         Ok(Arc::new(Realtime {
             retention,
+            notifier,
             cluster,
             break_glass,
             break_glass_access,
@@ -734,6 +747,7 @@ impl Realtime {
         let msg = match change {
             Change::Edit(text) => ChannelMsg::Edit(Box::new(EditRequest {
                 editor: who.user_id,
+                mentions: self.mentions(row.message.channel_id, &text).await?,
                 original: history::open_row(&self.cipher, row)?,
                 text,
                 reply,
@@ -834,11 +848,16 @@ impl Realtime {
         let attachments = self
             .attachments(send.sender.user_id, send.channel_id, &send.attachments)
             .await?;
+        let mentions = self
+            .mentions(send.channel_id, &send.text)
+            .await
+            .map_err(|e| PublishError::Access(e.into()))?;
         let phi_found = self.phi.detect_names(&send.text);
         if !phi_found.is_empty() {
             metrics::counter!(crate::telemetry::names::PHI_DETECTED).increment(1);
         }
         let request = PublishRequest {
+            mentions,
             sender: Sender {
                 member,
                 ..send.sender
@@ -858,6 +877,20 @@ impl Realtime {
         actor
             .cast(ChannelMsg::Publish(Box::new(request)))
             .map_err(|_| PublishError::Access(AccessError::Unavailable))
+    }
+
+    /// The members of `channel` that `text` mentions (`@username`); no
+    /// store read for a text without a candidate name.
+    pub async fn mentions(
+        &self,
+        channel: ChannelId,
+        text: &str,
+    ) -> Result<Vec<courier_protocol::frames::Mention>, StoreError> {
+        let names = crate::notify::mentions::candidates(text);
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.store.members_named(channel, &names).await
     }
 
     /// The files a send names, as its message shows them: each must be one

@@ -149,6 +149,15 @@ pub const TLS_CERT_EXPIRY: &str = "courier_tls_cert_expiry_timestamp_seconds";
 pub const ERRORS: &str = "courier_errors_total";
 /// HTTP responses, by status `class` (`2xx` ... `5xx`) (counter).
 pub const HTTP_RESPONSES: &str = "courier_http_responses_total";
+/// `notification` pushes handed to a user's connections, by `kind`
+/// (`mention`, `direct_message`, `announcement`) (counter).
+pub const NOTIFICATIONS_SENT: &str = "courier_notifications_sent_total";
+/// Notifications a user's preferences held back, by `reason` (`disabled`,
+/// `muted`, `quiet_hours`) (counter).
+pub const NOTIFICATIONS_SUPPRESSED: &str = "courier_notifications_suppressed_total";
+/// Notification events dropped: the notifier's queue was full, or the
+/// store failed while deciding (counter).
+pub const NOTIFICATIONS_DROPPED: &str = "courier_notifications_dropped_total";
 
 /// Registers descriptions and units with the installed recorder.
 pub fn describe() {
@@ -299,6 +308,18 @@ pub fn describe() {
     );
     describe_counter!(ERRORS, "Errors answered, by surface (rest, ws) and code");
     describe_counter!(HTTP_RESPONSES, "HTTP responses, by status class");
+    describe_counter!(
+        NOTIFICATIONS_SENT,
+        "Notification pushes handed to a user's connections, by kind"
+    );
+    describe_counter!(
+        NOTIFICATIONS_SUPPRESSED,
+        "Notifications held back by the user's preferences, by reason"
+    );
+    describe_counter!(
+        NOTIFICATIONS_DROPPED,
+        "Notification events dropped (queue full or store failure)"
+    );
 }
 
 /// The series exported from start, at zero, so that `/metrics` lists every
@@ -376,6 +397,13 @@ pub fn export_from_start() {
     for limit in ["send_message", "rest", "auth", "register"] {
         counter!(RATE_LIMITED, "limit" => limit).increment(0);
     }
+    for kind in ["mention", "direct_message", "announcement"] {
+        counter!(NOTIFICATIONS_SENT, "kind" => kind).increment(0);
+    }
+    for reason in ["disabled", "muted", "quiet_hours"] {
+        counter!(NOTIFICATIONS_SUPPRESSED, "reason" => reason).increment(0);
+    }
+    counter!(NOTIFICATIONS_DROPPED).increment(0);
     for limit in ["unauthenticated_per_ip", "connections_per_ip"] {
         counter!(CONNECTIONS_REFUSED, "limit" => limit).increment(0);
     }

@@ -270,6 +270,7 @@ mod tests {
             kind: Default::default(),
             attachments: Vec::new(),
             patient_ref: None,
+            mentions: Vec::new(),
         }
     }
 

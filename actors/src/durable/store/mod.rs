@@ -18,6 +18,7 @@ mod file_rows;
 mod files;
 mod holds;
 mod model;
+mod notify;
 mod password_reset;
 mod patients;
 mod pool;
@@ -40,6 +41,7 @@ pub use file_rows::*;
 pub use files::{FilePurge, FileStore};
 pub use holds::{HoldId, HoldStore, HoldTarget, KindFigures, KindPlan, LegalHold};
 pub use model::*;
+pub use notify::{Announcement, NotifyStore};
 pub use password_reset::{PasswordResetStore, ResetKind, ResetToken};
 pub use patients::{
     PatientCursor, PatientMessageRef, PatientSeal, PatientStore, SealedRefOwner, SealedRefRow,
@@ -168,6 +170,7 @@ pub trait Store:
     + DisclosureStore
     + PasswordResetStore
     + TotpStore
+    + NotifyStore
     + SearchStore
     + Send
     + Sync

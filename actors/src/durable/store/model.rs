@@ -302,6 +302,8 @@ pub struct MessageRow {
     pub flag: Option<Flag>,
     /// The rows of its attachments, in order.
     pub attachments: Vec<super::FileRecord>,
+    /// The members its text mentions, in order (`message_mentions`).
+    pub mentions: Vec<courier_protocol::frames::Mention>,
 }
 
 /// A moderator's flag on a message.
@@ -389,6 +391,12 @@ pub enum WriteOp {
     RemoveMember {
         channel_id: ChannelId,
         user_id: UserId,
+    },
+    /// Replace the members a message mentions (after its insert or edit in
+    /// the same channel's order; `users` empty clears them).
+    SetMentions {
+        message_id: MessageId,
+        users: Vec<UserId>,
     },
 }
 

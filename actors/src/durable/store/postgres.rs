@@ -40,6 +40,8 @@ mod files;
 mod holds;
 #[path = "postgres_password_reset.rs"]
 mod password_reset;
+#[path = "postgres_notify.rs"]
+mod notify;
 #[path = "postgres_patients.rs"]
 mod patients;
 #[path = "postgres_search.rs"]
@@ -904,6 +906,7 @@ impl Store for PgStore {
             .into_iter()
             .collect();
         files::load_attachments(&self.pool, &mut rows).await?;
+        notify::load_mentions(&self.pool, &mut rows).await?;
         Ok(rows.pop())
     }
 
@@ -926,6 +929,7 @@ impl Store for PgStore {
         .await?;
         let mut rows = sql::all(&rows, sql::message_row)?;
         files::load_attachments(&self.pool, &mut rows).await?;
+        notify::load_mentions(&self.pool, &mut rows).await?;
         Ok(rows)
     }
 
@@ -949,6 +953,7 @@ impl Store for PgStore {
         .await?;
         let (mut rows, more) = sql::page_before(&rows, limit)?;
         files::load_attachments(&self.pool, &mut rows).await?;
+        notify::load_mentions(&self.pool, &mut rows).await?;
         Ok((rows, more))
     }
 
@@ -1208,6 +1213,7 @@ impl Store for PgStore {
         .await?;
         let mut rows = sql::all(&rows, sql::message_row)?;
         files::load_attachments(&self.pool, &mut rows).await?;
+        notify::load_mentions(&self.pool, &mut rows).await?;
         Ok(rows)
     }
 
@@ -1564,6 +1570,9 @@ async fn apply_op(conn: &mut PgConnection, op: &WriteOp) -> Result<WriteOutcome,
             .execute(&mut *conn)
             .await?
             .rows_affected(),
+        WriteOp::SetMentions { message_id, users } => {
+            notify::set_mentions(conn, *message_id, users).await?
+        }
     };
     Ok(sql::done_or_not_found(touched))
 }

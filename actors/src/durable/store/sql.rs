@@ -281,6 +281,7 @@ pub(super) fn message_row(r: &impl SqlRow) -> Result<MessageRow, StoreError> {
             None => None,
         },
         attachments: Vec::new(),
+        mentions: Vec::new(),
     })
 }
 

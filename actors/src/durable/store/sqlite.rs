@@ -55,6 +55,8 @@ mod files;
 mod holds;
 #[path = "sqlite_password_reset.rs"]
 mod password_reset;
+#[path = "sqlite_notify.rs"]
+mod notify;
 #[path = "sqlite_patients.rs"]
 mod patients;
 #[path = "sqlite_search.rs"]
@@ -797,6 +799,7 @@ impl Store for SqliteStore {
             .into_iter()
             .collect();
         files::load_attachments(&mut conn, &mut rows).await?;
+        notify::load_mentions(&mut conn, &mut rows).await?;
         Ok(rows.pop())
     }
 
@@ -820,6 +823,7 @@ impl Store for SqliteStore {
         .await?;
         let mut rows = sql::all(&rows, sql::message_row)?;
         files::load_attachments(&mut conn, &mut rows).await?;
+        notify::load_mentions(&mut conn, &mut rows).await?;
         Ok(rows)
     }
 
@@ -844,6 +848,7 @@ impl Store for SqliteStore {
         .await?;
         let (mut rows, more) = sql::page_before(&rows, limit)?;
         files::load_attachments(&mut conn, &mut rows).await?;
+        notify::load_mentions(&mut conn, &mut rows).await?;
         Ok((rows, more))
     }
 
@@ -1081,6 +1086,7 @@ impl Store for SqliteStore {
         .await?;
         let mut rows = sql::all(&rows, sql::message_row)?;
         files::load_attachments(&mut conn, &mut rows).await?;
+        notify::load_mentions(&mut conn, &mut rows).await?;
         Ok(rows)
     }
 
@@ -1382,6 +1388,9 @@ async fn apply_op(conn: &mut SqliteConnection, op: &WriteOp) -> Result<WriteOutc
             .execute(&mut *conn)
             .await?
             .rows_affected(),
+        WriteOp::SetMentions { message_id, users } => {
+            notify::set_mentions(conn, *message_id, users).await?
+        }
     };
     Ok(sql::done_or_not_found(touched))
 }

@@ -16,7 +16,7 @@ use super::super::{
 use super::{begin_write, id, SqliteStore};
 
 /// A JSON array of hyphenated ids, for `json_each`.
-fn id_list<'a>(ids: impl Iterator<Item = &'a uuid::Uuid>) -> String {
+pub(super) fn id_list<'a>(ids: impl Iterator<Item = &'a uuid::Uuid>) -> String {
     let mut out = String::from("[");
     for (i, uuid) in ids.enumerate() {
         if i > 0 {

@@ -184,6 +184,7 @@ pub fn forwarded(cluster: Arc<Cluster>, op: ForwardOp, reply: String) -> Channel
             ttl_seconds,
             attachments,
             patient_ref,
+            mentions,
         } => ChannelMsg::Publish(Box::new(PublishRequest {
             sender: Sender {
                 user_id: sender.user_id,
@@ -200,6 +201,7 @@ pub fn forwarded(cluster: Arc<Cluster>, op: ForwardOp, reply: String) -> Channel
             ttl_seconds,
             attachments,
             patient_ref,
+            mentions,
             reply,
             received: Instant::now(),
             joined: false,
@@ -208,9 +210,11 @@ pub fn forwarded(cluster: Arc<Cluster>, op: ForwardOp, reply: String) -> Channel
             editor,
             original,
             text,
+            mentions,
         } => ChannelMsg::Edit(Box::new(EditRequest {
             editor,
             original,
+            mentions,
             text,
             reply,
         })),
@@ -414,6 +418,7 @@ impl ChannelState {
                     ttl_seconds: req.ttl_seconds,
                     attachments: req.attachments,
                     patient_ref: req.patient_ref,
+                    mentions: req.mentions,
                 };
                 (Some(op), req.reply)
             }
@@ -421,6 +426,7 @@ impl ChannelState {
                 let EditRequest {
                     editor,
                     original,
+                    mentions,
                     text,
                     reply,
                 } = *req;
@@ -429,6 +435,7 @@ impl ChannelState {
                         editor,
                         original,
                         text,
+                        mentions,
                     }),
                     reply,
                 )

@@ -18,7 +18,10 @@ use courier_actors::durable::store::Store;
 use rest::{Backend, Rest, Session};
 use serde_json::{json, Value};
 
-both_backends!(search_finds_what_it_should, search_leaks_nothing_and_survives_rotation,);
+both_backends!(
+    search_finds_what_it_should,
+    search_leaks_nothing_and_survives_rotation,
+);
 
 async fn search(api: &Rest, who: &Session, query: &str) -> Value {
     api.get(&format!("/api/messages/search?{query}"), &who.token)
@@ -115,8 +118,14 @@ async fn search_finds_what_it_should(backend: Backend) {
     )
     .await
     .expect(200);
-    assert_eq!(ids(&search(&api, &alice, "q=cafe").await), vec![both.clone()]);
-    assert_eq!(ids(&search(&api, &alice, "q=library").await), vec![cafe.clone()]);
+    assert_eq!(
+        ids(&search(&api, &alice, "q=cafe").await),
+        vec![both.clone()]
+    );
+    assert_eq!(
+        ids(&search(&api, &alice, "q=library").await),
+        vec![cafe.clone()]
+    );
 
     // A delete: gone from search, and its tokens from the table.
     api.delete(&format!("/api/messages/{both}"), &bob.token)
@@ -139,7 +148,10 @@ async fn search_finds_what_it_should(backend: Backend) {
         .as_str()
         .expect("id")
         .to_owned();
-    assert_eq!(ids(&search(&api, &alice, "q=zeppelin").await), vec![ttl.clone()]);
+    assert_eq!(
+        ids(&search(&api, &alice, "q=zeppelin").await),
+        vec![ttl.clone()]
+    );
     assert!(token_rows(&api, &ttl).await > 0);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(ids(&search(&api, &alice, "q=zeppelin").await).is_empty());
@@ -217,7 +229,9 @@ async fn search_leaks_nothing_and_survives_rotation(backend: Backend) {
     let one = api.channel(&alice, "one", "private").await;
     let two = api.channel(&alice, "two", "private").await;
     let marker = "xylophonequartz";
-    let a = api.send(&alice, &one, &format!("the {marker} result")).await;
+    let a = api
+        .send(&alice, &one, &format!("the {marker} result"))
+        .await;
     let b = api.send(&alice, &two, &format!("{marker} again")).await;
 
     // The same word's tokens differ across channels.
@@ -243,7 +257,10 @@ async fn search_leaks_nothing_and_survives_rotation(backend: Backend) {
     assert_eq!(ta.len(), 3);
     assert_eq!(tb.len(), 2);
     assert!(ta.iter().all(|t| t.len() == 16));
-    assert!(ta.iter().all(|t| !tb.contains(t)), "tokens compare across channels");
+    assert!(
+        ta.iter().all(|t| !tb.contains(t)),
+        "tokens compare across channels"
+    );
 
     // No plaintext word on disk.
     match raw(&api).await {
@@ -305,8 +322,17 @@ async fn search_leaks_nothing_and_survives_rotation(backend: Backend) {
             .collect();
         store.store_reencrypted(&rows).await.expect("store");
     }
-    assert_eq!(store.count_search_tokens_on_key(active - 1).await.expect("old"), 0);
-    assert_eq!(store.count_search_tokens_on_key(active).await.expect("new"), 5);
+    assert_eq!(
+        store
+            .count_search_tokens_on_key(active - 1)
+            .await
+            .expect("old"),
+        0
+    );
+    assert_eq!(
+        store.count_search_tokens_on_key(active).await.expect("new"),
+        5
+    );
     assert_ne!(tokens_of(&a).await, ta, "tokens changed with the key");
     let found = search(&api, &alice, &format!("q={marker}&channel={one}")).await;
     assert_eq!(texts(&found), vec![format!("the {marker} result")]);

@@ -60,7 +60,11 @@ impl ChannelSearchKey {
             .key(version)
             .ok_or(CryptoError::UnknownKeyVersion(version))?;
         let mut key = Zeroizing::new([0u8; 32]);
-        master.derive(SEARCH_PURPOSE, &[channel.as_uuid().as_bytes()], &mut key[..])?;
+        master.derive(
+            SEARCH_PURPOSE,
+            &[channel.as_uuid().as_bytes()],
+            &mut key[..],
+        )?;
         let mac = <Hmac<Sha256> as hmac::KeyInit>::new_from_slice(&key[..])
             .map_err(|_| CryptoError::KeyDerivation)?;
         Ok(ChannelSearchKey { mac, version })
@@ -279,7 +283,10 @@ mod tests {
         let channel = ChannelId::new();
         let mut index = SearchIndex::pending(cipher.clone(), channel, "Hello world");
         let expected = index_text(&cipher, channel, "hello WORLD").expect("tokens");
-        assert_eq!(index.tokens().expect("tokens").expect("some").into_owned(), expected);
+        assert_eq!(
+            index.tokens().expect("tokens").expect("some").into_owned(),
+            expected
+        );
         let mut ops = [WriteOp::EditMessage {
             id: courier_protocol::MessageId::new(),
             ciphertext: Vec::new(),

@@ -53,7 +53,8 @@ fn stem(mut word: String) -> String {
         base.push('y');
         return base;
     }
-    if word.ends_with('s') && !(word.ends_with("ss") || word.ends_with("us") || word.ends_with("is"))
+    if word.ends_with('s')
+        && !(word.ends_with("ss") || word.ends_with("us") || word.ends_with("is"))
     {
         word.pop();
     }

@@ -50,10 +50,11 @@ impl SearchStore for PgStore {
     }
 
     async fn count_search_tokens_on_key(&self, version: u32) -> Result<u64, StoreError> {
-        let row = sqlx::query("SELECT count(*) AS n FROM message_search_tokens WHERE key_version = $1")
-            .bind(i64::from(version))
-            .fetch_one(&self.pool)
-            .await?;
+        let row =
+            sqlx::query("SELECT count(*) AS n FROM message_search_tokens WHERE key_version = $1")
+                .bind(i64::from(version))
+                .fetch_one(&self.pool)
+                .await?;
         row.uint("n")
     }
 }
@@ -104,7 +105,10 @@ pub(super) async fn insert_tokens(
 }
 
 /// Drops a deleted or expired message's rows unless it is held.
-pub(super) async fn drop_tokens(conn: &mut PgConnection, message: MessageId) -> Result<(), StoreError> {
+pub(super) async fn drop_tokens(
+    conn: &mut PgConnection,
+    message: MessageId,
+) -> Result<(), StoreError> {
     sqlx::query(DROP_UNLESS_HELD)
         .bind(message.0)
         .execute(&mut *conn)

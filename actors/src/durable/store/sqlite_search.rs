@@ -57,10 +57,11 @@ impl SearchStore for SqliteStore {
     }
 
     async fn count_search_tokens_on_key(&self, version: u32) -> Result<u64, StoreError> {
-        let row = sqlx::query("SELECT count(*) AS n FROM message_search_tokens WHERE key_version = $1")
-            .bind(i64::from(version))
-            .fetch_one(&mut *self.read().await?)
-            .await?;
+        let row =
+            sqlx::query("SELECT count(*) AS n FROM message_search_tokens WHERE key_version = $1")
+                .bind(i64::from(version))
+                .fetch_one(&mut *self.read().await?)
+                .await?;
         row.uint("n")
     }
 }

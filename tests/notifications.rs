@@ -250,7 +250,7 @@ async fn mentions_and_direct_messages_notify_without_text(backend: Backend) {
     // A direct message notifies the other party, not the sender; and the
     // sentinel proves carol (not mentioned the first time), dave (not a
     // member) and alice (the sender) heard nothing before it.
-    let direct = open_direct(&api, bob, &alice).await;
+    let direct = open_direct(&api, bob, alice).await;
     api.send(bob, &direct, &format!("private {marker}")).await;
     let data = alice_dev.expect(Encoding::Json).await;
     assert_eq!(data["kind"], "direct_message");
@@ -261,7 +261,7 @@ async fn mentions_and_direct_messages_notify_without_text(backend: Backend) {
     let sentinel = api.send(alice, &channel, "@bob sentinel").await;
     let data = bob_json.expect(Encoding::Json).await;
     assert_eq!(data["messageId"], sentinel.as_str());
-    let direct_dave = open_direct(&api, dave, &carol).await;
+    let direct_dave = open_direct(&api, dave, carol).await;
     api.send(dave, &direct_dave, "sentinel").await;
     let data = carol_dev.expect(Encoding::Json).await;
     assert_eq!(
@@ -310,7 +310,10 @@ async fn preferences_mute_disable_and_quiet_hours(backend: Backend) {
     api.send(alice, &channel, "@bob muted").await;
     api.send(alice, &direct, "sentinel one").await;
     let data = bob_dev.expect(Encoding::Json).await;
-    assert_eq!(data["kind"], "direct_message", "the muted mention sent nothing");
+    assert_eq!(
+        data["kind"], "direct_message",
+        "the muted mention sent nothing"
+    );
     assert_eq!(data["channelId"], direct.as_str());
 
     // Mentions turned off: nothing; the direct message after it arrives.
@@ -326,7 +329,10 @@ async fn preferences_mute_disable_and_quiet_hours(backend: Backend) {
     api.send(alice, &channel, "@bob off").await;
     api.send(alice, &direct, "sentinel two").await;
     let data = bob_dev.expect(Encoding::Json).await;
-    assert_eq!(data["kind"], "direct_message", "the disabled kind sent nothing");
+    assert_eq!(
+        data["kind"], "direct_message",
+        "the disabled kind sent nothing"
+    );
 
     // Quiet hours around now: no mention, no direct message; an
     // announcement (never held by quiet hours) is the sentinel.
@@ -420,7 +426,10 @@ async fn announcements_reach_roles_live_and_on_connect(backend: Backend) {
     // eve connects later: both current announcements for users, oldest
     // first; connecting again, nothing old, only what is new since.
     let mut eve_dev = raw_device(&api, eve, Encoding::Json).await;
-    assert_eq!(eve_dev.expect(Encoding::Json).await["title"], "Shift handover");
+    assert_eq!(
+        eve_dev.expect(Encoding::Json).await["title"],
+        "Shift handover"
+    );
     assert_eq!(eve_dev.expect(Encoding::Json).await["title"], "Everyone");
     drop(eve_dev);
     api.post(
@@ -432,7 +441,10 @@ async fn announcements_reach_roles_live_and_on_connect(backend: Backend) {
     .expect(201);
     let mut eve_again = raw_device(&api, eve, Encoding::Json).await;
     let data = eve_again.expect(Encoding::Json).await;
-    assert_eq!(data["title"], "Third", "only what is new since the last connect");
+    assert_eq!(
+        data["title"], "Third",
+        "only what is new since the last connect"
+    );
 
     let listed = api.get("/api/announcements", &mona.token).await.expect(200);
     let titles: Vec<&str> = listed.body["announcements"]
@@ -443,12 +455,17 @@ async fn announcements_reach_roles_live_and_on_connect(backend: Backend) {
         .collect();
     assert_eq!(titles, ["Third", "Everyone"], "a moderator's current ones");
     let listed = api.get("/api/announcements", &eve.token).await.expect(200);
-    assert_eq!(listed.body["announcements"].as_array().expect("list").len(), 3);
+    assert_eq!(
+        listed.body["announcements"].as_array().expect("list").len(),
+        3
+    );
 
     let audited = api.audit_entries("announcement.created", 3).await;
     assert_eq!(audited.len(), 3);
-    assert!(audited.iter().any(|e| e.details["announcementId"] == first.as_str()
-        && e.details["roles"] == json!(["user"])));
+    assert!(audited
+        .iter()
+        .any(|e| e.details["announcementId"] == first.as_str()
+            && e.details["roles"] == json!(["user"])));
     assert!(
         !serde_json::to_string(&audited[0].details)
             .expect("json")

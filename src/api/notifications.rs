@@ -11,8 +11,8 @@
 
 use std::sync::Arc;
 
-use axum::http::StatusCode;
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::Json;
 use courier_actors::durable::store::{Announcement, Role};
 use courier_actors::notify::prefs::NotificationPrefs;

@@ -245,12 +245,14 @@ mod tests {
 
     #[test]
     fn validates_ranges() {
-        let mut p = NotificationPrefs::default();
-        p.quiet_hours = Some(QuietHours {
-            start_minute: 1440,
-            end_minute: 0,
-            utc_offset_minutes: 0,
-        });
+        let mut p = NotificationPrefs {
+            quiet_hours: Some(QuietHours {
+                start_minute: 1440,
+                end_minute: 0,
+                utc_offset_minutes: 0,
+            }),
+            ..NotificationPrefs::default()
+        };
         assert_eq!(p.clone().validated(), Err(PrefsError::Minute));
         p.quiet_hours = Some(QuietHours {
             start_minute: 0,

@@ -51,8 +51,8 @@ use std::time::{Duration, Instant};
 
 use courier_protocol::error::close;
 use courier_protocol::frames::{
-    AttachmentView, ChannelView, DeliveryStatus, Mention, MessageFlagged, MessageKind,
-    MessageView, PresenceStatus, Ref, ServerFrame,
+    AttachmentView, ChannelView, DeliveryStatus, Mention, MessageFlagged, MessageKind, MessageView,
+    PresenceStatus, Ref, ServerFrame,
 };
 use courier_protocol::{ChannelId, ErrorCode, MessageId, PatientRef, UserId};
 use metrics::{counter, histogram};
@@ -1795,14 +1795,16 @@ impl ChannelState {
         }
         self.services
             .notifier
-            .send(crate::notify::NotifyMsg::Message(crate::notify::MessageEvent {
-                channel_id: self.channel.id,
-                message_id: message.id,
-                seq: message.seq,
-                sender: message.sender_id,
-                mentioned,
-                direct,
-            }));
+            .send(crate::notify::NotifyMsg::Message(
+                crate::notify::MessageEvent {
+                    channel_id: self.channel.id,
+                    message_id: message.id,
+                    seq: message.seq,
+                    sender: message.sender_id,
+                    mentioned,
+                    direct,
+                },
+            ));
     }
 
     /// A write was committed (or refused): answer, push, audit.

@@ -38,10 +38,10 @@ mod export;
 mod files;
 #[path = "postgres_holds.rs"]
 mod holds;
-#[path = "postgres_password_reset.rs"]
-mod password_reset;
 #[path = "postgres_notify.rs"]
 mod notify;
+#[path = "postgres_password_reset.rs"]
+mod password_reset;
 #[path = "postgres_patients.rs"]
 mod patients;
 #[path = "postgres_search.rs"]

@@ -154,14 +154,13 @@ impl NotifyStore for PgStore {
         at: i64,
     ) -> Result<Option<i64>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let before = sqlx::query(
-            "SELECT seen_at FROM announcement_reads WHERE user_id = $1 FOR UPDATE",
-        )
-        .bind(user.0)
-        .fetch_optional(&mut *tx)
-        .await?
-        .map(|r| r.int("seen_at"))
-        .transpose()?;
+        let before =
+            sqlx::query("SELECT seen_at FROM announcement_reads WHERE user_id = $1 FOR UPDATE")
+                .bind(user.0)
+                .fetch_optional(&mut *tx)
+                .await?
+                .map(|r| r.int("seen_at"))
+                .transpose()?;
         sqlx::query(
             "INSERT INTO announcement_reads (user_id, seen_at) VALUES ($1, $2)
              ON CONFLICT (user_id) DO UPDATE
@@ -177,12 +176,11 @@ impl NotifyStore for PgStore {
 
     async fn users_of_roles(&self, roles: &[Role]) -> Result<Vec<UserId>, StoreError> {
         let names: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
-        let rows = sqlx::query(
-            "SELECT id FROM users WHERE cardinality($1::text[]) = 0 OR role = ANY($1)",
-        )
-        .bind(names)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows =
+            sqlx::query("SELECT id FROM users WHERE cardinality($1::text[]) = 0 OR role = ANY($1)")
+                .bind(names)
+                .fetch_all(&self.pool)
+                .await?;
         sql::all(&rows, |r| Ok(UserId(r.uuid("id")?)))
     }
 }

@@ -53,10 +53,10 @@ mod export;
 mod files;
 #[path = "sqlite_holds.rs"]
 mod holds;
-#[path = "sqlite_password_reset.rs"]
-mod password_reset;
 #[path = "sqlite_notify.rs"]
 mod notify;
+#[path = "sqlite_password_reset.rs"]
+mod password_reset;
 #[path = "sqlite_patients.rs"]
 mod patients;
 #[path = "sqlite_search.rs"]

@@ -70,8 +70,8 @@ impl NotifyStore for SqliteStore {
         if usernames.is_empty() {
             return Ok(Vec::new());
         }
-        let names = serde_json::to_string(usernames)
-            .map_err(|e| StoreError::Database(e.to_string()))?;
+        let names =
+            serde_json::to_string(usernames).map_err(|e| StoreError::Database(e.to_string()))?;
         let rows = sqlx::query(
             "SELECT u.id, u.username FROM users u
              JOIN channel_members cm ON cm.user_id = u.id AND cm.channel_id = $1
@@ -179,7 +179,8 @@ impl NotifyStore for SqliteStore {
 
     async fn users_of_roles(&self, roles: &[Role]) -> Result<Vec<UserId>, StoreError> {
         let names: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
-        let names = serde_json::to_string(&names).map_err(|e| StoreError::Database(e.to_string()))?;
+        let names =
+            serde_json::to_string(&names).map_err(|e| StoreError::Database(e.to_string()))?;
         let rows = sqlx::query(
             "SELECT id FROM users
              WHERE $1 = '[]' OR role IN (SELECT value FROM json_each($1))",

@@ -386,7 +386,10 @@ async fn an_export_verifies_and_any_change_fails_it(backend: Backend) {
             })
             .await,
             "compliance.export entries: {:?}",
-            found.iter().map(|e| (e.seq, &e.details["sha256"])).collect::<Vec<_>>()
+            found
+                .iter()
+                .map(|e| (e.seq, &e.details["sha256"]))
+                .collect::<Vec<_>>()
         );
         found
             .into_iter()

@@ -30,7 +30,7 @@ use courier_protocol::codec::{decode_server, Encoding};
 use courier_protocol::frames::{AckResult, ClientRequest, OpenDirect, ServerFrame};
 use courier_protocol::UserId;
 use futures_util::StreamExt;
-use rest::{Backend, Rest, Session};
+use rest::{eventually, Backend, Rest, Session};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -424,7 +424,15 @@ async fn announcements_reach_roles_live_and_on_connect(backend: Backend) {
     );
 
     // eve connects later: both current announcements for users, oldest
-    // first; connecting again, nothing old, only what is new since.
+    // first; connecting again, nothing old, only what is new since. (Once
+    // the notifier has handled both announcements: mona may have had
+    // "Everyone" from her own connect's catch-up while its live delivery
+    // was still queued, which would reach eve live first.)
+    let notifier = api.server.app.realtime.notifier.clone();
+    assert!(
+        eventually(T, async || notifier.queued() == 0).await,
+        "the notifier drains"
+    );
     let mut eve_dev = raw_device(&api, eve, Encoding::Json).await;
     assert_eq!(
         eve_dev.expect(Encoding::Json).await["title"],
@@ -432,6 +440,10 @@ async fn announcements_reach_roles_live_and_on_connect(backend: Backend) {
     );
     assert_eq!(eve_dev.expect(Encoding::Json).await["title"], "Everyone");
     drop(eve_dev);
+    assert!(
+        eventually(T, async || notifier.queued() == 0).await,
+        "the notifier drains"
+    );
     api.post(
         "/api/announcements",
         &root.token,

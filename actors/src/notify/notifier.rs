@@ -105,6 +105,11 @@ impl NotifierHandle {
         Ok(NotifierHandle { actor, queued })
     }
 
+    /// Events sent and not yet handled (the one being handled included).
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
     /// Queues `msg`, or drops and counts it.
     pub fn send(&self, msg: NotifyMsg) {
         if self.queued.fetch_add(1, Ordering::Relaxed) >= QUEUE_CAPACITY {

@@ -473,19 +473,23 @@ impl ConnectionState {
                         outbound: self.outbound.clone(),
                     };
                     let _ = self.realtime.presence.cast(ForUser(identity.user_id, msg));
-                    // The current announcements it has not had yet.
-                    self.realtime
-                        .notifier
-                        .send(crate::notify::NotifyMsg::Connected {
-                            user_id: identity.user_id,
-                            role: identity.role,
-                        });
                 }
+                let user = (identity.user_id, identity.role);
                 self.identity = Some(identity);
                 if first {
                     self.audit("ws.connect", serde_json::json!({"connId": self.conn_id.0}));
                 }
                 self.send(&response, encoding);
+                if first {
+                    // The current announcements it has not had yet, after
+                    // the answer: a client sees `authenticated` first.
+                    self.realtime
+                        .notifier
+                        .send(crate::notify::NotifyMsg::Connected {
+                            user_id: user.0,
+                            role: user.1,
+                        });
+                }
             }
             Err(rejected) => {
                 counter!(m::AUTH_FAILURES, "reason" => "token").increment(1);

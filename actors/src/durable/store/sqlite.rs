@@ -96,15 +96,23 @@ fn create_private(db: &std::path::Path) -> Result<(), StoreError> {
         side.push(suffix);
         private_files::narrow(std::path::Path::new(&side));
     }
-    private_files::open(
+    // Only a file that does not exist yet is opened here. Closing a
+    // descriptor of a database this process already has open would drop
+    // every POSIX lock SQLite holds on it in this process (a second store on
+    // the same file, as `courier export` in-process and the tests make), and
+    // another process could then write under a connection that believes it
+    // holds the lock: "database disk image is malformed".
+    match private_files::open(
         db,
         std::fs::OpenOptions::new()
             .read(true)
             .write(true)
-            .create(true),
-    )
-    .map_err(failed)?;
-    Ok(())
+            .create_new(true),
+    ) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(failed(e)),
+    }
 }
 
 /// The SQLite store. Cheap to clone (the connections are shared).

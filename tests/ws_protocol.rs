@@ -1173,6 +1173,10 @@ async fn a_wide_fan_out_arrives_whole_and_in_order_everywhere() {
 async fn slow_consumer_is_closed_4009_and_others_keep_receiving() {
     let server = TestServer::start_with(Backend::Sqlite, |c| {
         c.outbound_queue_frames = 256;
+        // A committed batch's pushes reach a reader at once (this runtime
+        // has one thread): batches of at most 64 keep each burst well under
+        // the fast reader's queue, however long a commit takes.
+        c.persist_batch_max = Some(64);
         c.max_text_bytes = 60_000;
     })
     .await

@@ -17,8 +17,7 @@
 
 use std::collections::BTreeSet;
 
-use unicode_normalization::char::is_combining_mark;
-use unicode_normalization::UnicodeNormalization;
+use unicode_normalization::char::{decompose_compatible, is_combining_mark};
 
 /// A word longer than this (in characters, after normalization) is indexed by
 /// its first this many characters.
@@ -28,13 +27,31 @@ pub const MAX_WORD_CHARS: usize = 64;
 pub fn words(text: &str) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     let mut word = String::new();
-    for c in text.nfkd().filter(|c| !is_combining_mark(*c)) {
+    // Characters in `word` (kept beside it: counting them each time made a
+    // long word quadratic).
+    let mut chars = 0;
+    let mut push = |c: char, word: &mut String, chars: &mut usize| {
+        if is_combining_mark(c) {
+            return;
+        }
         if c.is_alphanumeric() {
-            if word.chars().count() < MAX_WORD_CHARS {
+            if *chars < MAX_WORD_CHARS {
                 word.extend(c.to_lowercase());
+                *chars += 1;
             }
         } else if !word.is_empty() {
-            out.insert(stem(std::mem::take(&mut word)));
+            out.insert(stem(std::mem::take(word)));
+            *chars = 0;
+        }
+    };
+    for c in text.chars() {
+        if c.is_ascii() {
+            // ASCII is its own compatibility decomposition.
+            push(c, &mut word, &mut chars);
+        } else {
+            // Per character: the canonical reordering a string's NFKD adds
+            // moves only combining marks, which are dropped anyway.
+            decompose_compatible(c, |d| push(d, &mut word, &mut chars));
         }
     }
     if !word.is_empty() {
